@@ -1,0 +1,174 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * vdevtest: a tiny guest-side test driver for the vdev emulated endpoint.
+ *
+ * No in-tree driver binds the emulator's placeholder IDs, so the guest tests
+ * bind this one through sysfs new_id.  It enables the function, maps BAR0,
+ * allocates one MSI-X vector and counts its interrupts, and gives the test
+ * script three attributes on the PCI device:
+ *
+ *   irq_count  (ro)  interrupts received on MSI-X vector 0
+ *   mmio_addr  (rw)  BAR0 offset used by mmio_data (dword aligned)
+ *   mmio_data  (rw)  32-bit MMIO read / write at mmio_addr
+ */
+#include <linux/atomic.h>
+#include <linux/interrupt.h>
+#include <linux/io.h>
+#include <linux/kernel.h>
+#include <linux/module.h>
+#include <linux/pci.h>
+
+struct vdevtest {
+	struct pci_dev *pdev;
+	void __iomem *bar0;
+	resource_size_t bar0_len;
+	atomic_t irq_count;
+	u32 mmio_addr;
+	int irq;
+};
+
+static irqreturn_t vdevtest_irq(int irq, void *data)
+{
+	struct vdevtest *vt = data;
+
+	atomic_inc(&vt->irq_count);
+	return IRQ_HANDLED;
+}
+
+static ssize_t irq_count_show(struct device *dev, struct device_attribute *attr,
+			      char *buf)
+{
+	struct vdevtest *vt = dev_get_drvdata(dev);
+
+	return sysfs_emit(buf, "%d\n", atomic_read(&vt->irq_count));
+}
+static DEVICE_ATTR_RO(irq_count);
+
+static ssize_t mmio_addr_show(struct device *dev, struct device_attribute *attr,
+			      char *buf)
+{
+	struct vdevtest *vt = dev_get_drvdata(dev);
+
+	return sysfs_emit(buf, "0x%x\n", vt->mmio_addr);
+}
+
+static ssize_t mmio_addr_store(struct device *dev, struct device_attribute *attr,
+			       const char *buf, size_t count)
+{
+	struct vdevtest *vt = dev_get_drvdata(dev);
+	u32 off;
+	int rc;
+
+	rc = kstrtou32(buf, 0, &off);
+	if (rc)
+		return rc;
+	if (off & 3 || off + 4 > vt->bar0_len)
+		return -EINVAL;
+	vt->mmio_addr = off;
+	return count;
+}
+static DEVICE_ATTR_RW(mmio_addr);
+
+static ssize_t mmio_data_show(struct device *dev, struct device_attribute *attr,
+			      char *buf)
+{
+	struct vdevtest *vt = dev_get_drvdata(dev);
+
+	return sysfs_emit(buf, "0x%08x\n", readl(vt->bar0 + vt->mmio_addr));
+}
+
+static ssize_t mmio_data_store(struct device *dev, struct device_attribute *attr,
+			       const char *buf, size_t count)
+{
+	struct vdevtest *vt = dev_get_drvdata(dev);
+	u32 val;
+	int rc;
+
+	rc = kstrtou32(buf, 0, &val);
+	if (rc)
+		return rc;
+	writel(val, vt->bar0 + vt->mmio_addr);
+	return count;
+}
+static DEVICE_ATTR_RW(mmio_data);
+
+static struct attribute *vdevtest_attrs[] = {
+	&dev_attr_irq_count.attr,
+	&dev_attr_mmio_addr.attr,
+	&dev_attr_mmio_data.attr,
+	NULL,
+};
+
+static const struct attribute_group vdevtest_group = {
+	.attrs = vdevtest_attrs,
+};
+
+static int vdevtest_probe(struct pci_dev *pdev, const struct pci_device_id *id)
+{
+	struct vdevtest *vt;
+	int rc;
+
+	vt = devm_kzalloc(&pdev->dev, sizeof(*vt), GFP_KERNEL);
+	if (!vt)
+		return -ENOMEM;
+	vt->pdev = pdev;
+	atomic_set(&vt->irq_count, 0);
+
+	rc = pcim_enable_device(pdev);
+	if (rc)
+		return dev_err_probe(&pdev->dev, rc, "enable failed\n");
+
+	vt->bar0 = pcim_iomap_region(pdev, 0, "vdevtest");
+	if (IS_ERR(vt->bar0))
+		return dev_err_probe(&pdev->dev, PTR_ERR(vt->bar0),
+				     "cannot map BAR0\n");
+	vt->bar0_len = pci_resource_len(pdev, 0);
+
+	rc = pci_alloc_irq_vectors(pdev, 1, 1, PCI_IRQ_MSIX);
+	if (rc < 0)
+		return dev_err_probe(&pdev->dev, rc, "no MSI-X vector\n");
+
+	vt->irq = pci_irq_vector(pdev, 0);
+	rc = request_irq(vt->irq, vdevtest_irq, 0, "vdevtest", vt);
+	if (rc) {
+		pci_free_irq_vectors(pdev);
+		return dev_err_probe(&pdev->dev, rc, "request_irq failed\n");
+	}
+
+	pci_set_drvdata(pdev, vt);
+	rc = sysfs_create_group(&pdev->dev.kobj, &vdevtest_group);
+	if (rc) {
+		free_irq(vt->irq, vt);
+		pci_free_irq_vectors(pdev);
+		return rc;
+	}
+	dev_info(&pdev->dev, "vdevtest bound, BAR0 %pR, MSI-X irq %d\n",
+		 &pdev->resource[0], vt->irq);
+	return 0;
+}
+
+static void vdevtest_remove(struct pci_dev *pdev)
+{
+	struct vdevtest *vt = pci_get_drvdata(pdev);
+
+	sysfs_remove_group(&pdev->dev.kobj, &vdevtest_group);
+	free_irq(vt->irq, vt);
+	pci_free_irq_vectors(pdev);
+}
+
+/* IDs are added at run time through new_id: the emulator's IDs are a profile setting. */
+static const struct pci_device_id vdevtest_ids[] = {
+	{ }
+};
+MODULE_DEVICE_TABLE(pci, vdevtest_ids);
+
+static struct pci_driver vdevtest_driver = {
+	.name = "vdevtest",
+	.id_table = vdevtest_ids,
+	.probe = vdevtest_probe,
+	.remove = vdevtest_remove,
+};
+module_pci_driver(vdevtest_driver);
+
+MODULE_DESCRIPTION("Guest-side test driver for the vdev emulated PCIe endpoint");
+MODULE_LICENSE("GPL");
