@@ -1,0 +1,719 @@
+"""asyncio vfio-user server: one `VfioUserDevice` per UNIX socket path.
+
+Design (reference: /work/shared/reference/vfio-user-qemu.md):
+
+* Non-blocking socket driven by `loop.add_reader`/`add_writer`; every message
+  is read header-then-body with `recvmsg` and a 16-fd cmsg buffer, and sent
+  with its fds in one `sendmsg` (reference §1 "Socket I/O").
+* Client requests are processed strictly in order, synchronously, on the
+  event-loop thread; the device is only ever called from that thread (except
+  that `IrqSink.trigger` and `DmaAccess` may also be used from other threads).
+* One client at a time.  While a client is connected the listening socket is
+  not polled, so a second `connect()` waits in the kernel backlog (queued)
+  until the first client leaves; then it is accepted and served.
+* Malformed but framed requests get an error reply (flags 0x21, positive
+  errno, header only) unless NO_REPLY was set; a stream that cannot be
+  re-synchronised (bad size field, EOF mid-message, truncated fds) drops the
+  client with one log line.  After a drop every DMA map and IRQ fd of that
+  client is released, `device.detach()` is called and the next client is
+  accepted.
+* DMA for maps without an fd goes out as DMA_READ/DMA_WRITE.  A synchronous
+  `DmaAccess.read/write` on the loop thread runs a nested receive pump on the
+  socket until the reply arrives, and meanwhile dispatches any client
+  request that arrives, in order (the device may thus be re-entered from
+  inside its own DMA call).  This avoids the deadlock where QEMU's vCPU holds
+  the BQL waiting for our reply while its DMA handler needs the BQL
+  (reference §7.6, libvfio-user #279); the price is that other asyncio tasks
+  stall for the duration (bounded by `dma_timeout`).  From other threads the
+  call is handed to the loop and blocks only that thread.  The non-blocking
+  alternative is `GuestMemory.read_async/write_async`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import errno
+import json
+import logging
+import os
+import select
+import socket
+import stat
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+
+from construct import ConstructError
+
+from vdev.device_api import RegionIndex, RegionInfo, VfioUserDevice
+
+from . import wire
+from .dma import DmaTable, GuestMemory
+from .errors import DmaError, DropClient, ProtocolError
+from .irq import NUM_IRQ_INDICES, IrqTable
+from .transport import Message, MessageReader, PeerClosed, sendmsg_all
+from .wire import Command, HeaderFlags, MsgType
+
+log = logging.getLogger("vdev.vfio_user")
+
+NUM_REGIONS = len(RegionIndex)  # 9: BAR0-5, ROM, CONFIG, VGA (reference §3)
+NUM_IRQS = NUM_IRQ_INDICES  # 5: INTx, MSI, MSI-X, ERR, REQ
+
+#: Our VERSION capabilities.  Must stay shorter than QEMU's own VERSION JSON
+#: because QEMU's reply buffer is its request size (reference §1 VERSION).
+SERVER_CAPABILITIES: dict[str, object] = {
+    "capabilities": {
+        "max_msg_fds": wire.MAX_MSG_FDS,
+        "max_data_xfer_size": wire.MAX_DATA_XFER_SIZE,
+        "write_multiple": True,
+    }
+}
+
+DEFAULT_DMA_TIMEOUT = 5.0  # QEMU's own x-msg-timeout default (reference §6)
+_MAX_DMA_NESTING = 8
+_QEMU_MAX_XFER = 64 << 20  # reference §1: max_data_xfer_size <= 64 MiB
+
+_Handler = Callable[[Message], bytes]
+
+
+@dataclass
+class _PendingDma:
+    cmd: int
+    count: int
+    future: asyncio.Future[bytes] | None = None
+    done: bool = False
+    data: bytes = b""
+    error: BaseException | None = None
+
+    def finish(self, data: bytes = b"", error: BaseException | None = None) -> None:
+        self.done, self.data, self.error = True, data, error
+        if self.future is not None and not self.future.done():
+            if error is not None:
+                self.future.set_exception(error)
+            else:
+                self.future.set_result(data)
+
+
+class Connection:
+    """One connected client: framing, dispatch, IRQ and DMA state."""
+
+    def __init__(
+        self,
+        device: VfioUserDevice,
+        sock: socket.socket,
+        loop: asyncio.AbstractEventLoop,
+        on_close: Callable[[Connection], None],
+        dma_timeout: float = DEFAULT_DMA_TIMEOUT,
+    ) -> None:
+        self.device = device
+        self.loop = loop
+        self.dma_timeout = dma_timeout
+        self.irq = IrqTable(device.irq_count)
+        self.dma_table = DmaTable()
+        self.memory = GuestMemory(self.dma_table, self)
+        self.closed = False
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._on_close = on_close
+        self._rx = MessageReader(sock)
+        self._txq: deque[tuple[memoryview, list[int]]] = deque()
+        self._writer_armed = False
+        self._loop_thread = threading.get_ident()
+        self._negotiated = False
+        self._client_max_xfer = wire.MAX_DATA_XFER_SIZE
+        self._next_id = 0
+        self._pending: dict[int, _PendingDma] = {}
+        self._abandoned: set[int] = set()
+        self._nesting = 0
+        self._regions: dict[int, RegionInfo] = {r.index: r for r in device.regions()}
+        self._handlers: dict[int, _Handler] = {
+            Command.VERSION: self._version,
+            Command.DMA_MAP: self._dma_map,
+            Command.DMA_UNMAP: self._dma_unmap,
+            Command.DEVICE_GET_INFO: self._device_get_info,
+            Command.DEVICE_GET_REGION_INFO: self._get_region_info,
+            Command.DEVICE_GET_IRQ_INFO: self._get_irq_info,
+            Command.DEVICE_SET_IRQS: self._set_irqs,
+            Command.REGION_READ: self._region_read,
+            Command.REGION_WRITE: self._region_write,
+            Command.DEVICE_RESET: self._device_reset,
+            Command.REGION_WRITE_MULTI: self._write_multi,
+        }
+        device.attach(self.irq, self.memory)
+        loop.add_reader(self._fd, self._on_readable)
+
+    # --- lifecycle ------------------------------------------------------------
+
+    def close(self, reason: str, level: int = logging.WARNING) -> None:
+        """Drop the client: one log line, release everything, detach the device."""
+        if self.closed:
+            return
+        self.closed = True
+        log.log(level, "client dropped: %s", reason)
+        with contextlib.suppress(Exception):
+            self.loop.remove_reader(self._fd)
+        if self._writer_armed:
+            with contextlib.suppress(Exception):
+                self.loop.remove_writer(self._fd)
+        self._sock.close()
+        self._rx.close_fds()
+        for p in self._pending.values():
+            p.finish(error=DmaError(errno.ECONNRESET, "client went away"))
+        self._pending.clear()
+        try:
+            self.device.detach()
+        except Exception:
+            log.exception("device.detach() failed")
+        self.irq.release()
+        self.dma_table.release()
+        self._on_close(self)
+
+    # --- receive path -----------------------------------------------------------
+
+    def _on_readable(self) -> None:
+        try:
+            while not self.closed:
+                msg = self._rx.poll()
+                if msg is None:
+                    return
+                self._dispatch(msg)
+        except PeerClosed as exc:
+            self.close(str(exc), logging.INFO)
+        except DropClient as exc:
+            self.close(str(exc))
+
+    def _dispatch(self, msg: Message) -> None:
+        try:
+            if wire.msg_type(msg.flags) == MsgType.REPLY:
+                self._on_reply(msg)
+            else:
+                self._on_request(msg)
+        finally:
+            for fd in msg.fds:  # fds no handler took ownership of
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            msg.fds.clear()
+
+    def _on_request(self, msg: Message) -> None:
+        no_reply = bool(msg.flags & HeaderFlags.NO_REPLY)
+        name = wire.command_name(msg.cmd)
+        try:
+            if wire.msg_type(msg.flags) != MsgType.REQUEST:
+                raise ProtocolError(errno.EINVAL, f"bad message type {msg.flags & 0xF}")
+            handler = self._handlers.get(msg.cmd)
+            if handler is None:
+                raise ProtocolError(errno.ENOTSUP, "command not supported")
+            if not self._negotiated and msg.cmd != Command.VERSION:
+                raise ProtocolError(errno.EINVAL, "VERSION must be the first message")
+            max_fds = {Command.DMA_MAP: 1, Command.DEVICE_SET_IRQS: wire.RECV_FDS}.get(
+                Command(msg.cmd), 0
+            )
+            if len(msg.fds) > max_fds:
+                raise ProtocolError(errno.EINVAL, f"{len(msg.fds)} fds, at most {max_fds}")
+            payload = handler(msg)
+        except ProtocolError as exc:
+            log.warning("%s id %d refused: %s (errno %d)", name, msg.id, exc, exc.errno)
+            if not no_reply:
+                self._send(wire.build_error_reply(msg.id, msg.cmd, exc.errno))
+            return
+        except (ConstructError, ValueError, UnicodeDecodeError) as exc:
+            log.warning("%s id %d malformed: %s", name, msg.id, exc)
+            if not no_reply:
+                self._send(wire.build_error_reply(msg.id, msg.cmd, errno.EINVAL))
+            return
+        except Exception as exc:
+            # A device bug must not take the server down; the guest sees an error.
+            log.exception("%s id %d failed in the device", name, msg.id)
+            code = exc.errno if isinstance(exc, OSError) and exc.errno else errno.EIO
+            if not no_reply:
+                self._send(wire.build_error_reply(msg.id, msg.cmd, code))
+            return
+        # Posted writes and WRITE_MULTI never get a reply (reference §7.1).
+        if not no_reply:
+            self._send(wire.build_message(msg.id, msg.cmd, payload, flags=MsgType.REPLY))
+
+    def _on_reply(self, msg: Message) -> None:
+        pending = self._pending.pop(msg.id, None)
+        if pending is None:
+            if msg.id in self._abandoned:
+                self._abandoned.discard(msg.id)
+                log.warning("late reply id %d to a timed-out DMA request ignored", msg.id)
+                return
+            log.warning("reply id %d (%s) matches no request", msg.id,
+                        wire.command_name(msg.cmd))
+            if not msg.flags & HeaderFlags.NO_REPLY:
+                self._send(wire.build_error_reply(msg.id, msg.cmd, errno.EINVAL))
+            return
+        if msg.fds:
+            pending.finish(error=DmaError(errno.EINVAL, "fds on a DMA reply"))
+        elif msg.cmd != pending.cmd:
+            pending.finish(error=DmaError(errno.EPROTO, f"reply cmd {msg.cmd} to {pending.cmd}"))
+        elif msg.flags & HeaderFlags.ERROR:
+            pending.finish(error=DmaError(msg.error or errno.EIO, "client refused DMA"))
+        elif pending.cmd == Command.DMA_READ:
+            try:
+                body = wire.parse(wire.DmaData, msg.payload)
+            except ConstructError as exc:
+                pending.finish(error=DmaError(errno.EPROTO, f"bad DMA_READ reply: {exc}"))
+                return
+            if body.count != pending.count or len(body.data) != pending.count:
+                pending.finish(error=DmaError(errno.EPROTO, "DMA_READ reply count mismatch"))
+            else:
+                pending.finish(data=bytes(body.data))
+        else:
+            pending.finish()
+
+    # --- send path ----------------------------------------------------------------
+
+    def _send(self, data: bytes, fds: Sequence[int] = ()) -> None:
+        if self.closed:
+            return
+        self._txq.append((memoryview(data), list(fds)))
+        if len(self._txq) == 1:
+            self._flush()
+
+    def _flush(self) -> None:
+        try:
+            while self._txq:
+                buf, fds = self._txq[0]
+                n = sendmsg_all(self._sock, bytes(buf), fds)
+                if n < len(buf):
+                    # Partial send: the fds went with the first byte.
+                    self._txq[0] = (buf[n:], [])
+                    break
+                self._txq.popleft()
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError as exc:
+            self.close(f"send failed: {exc}")
+            return
+        want_writer = bool(self._txq)
+        if want_writer != self._writer_armed:
+            if want_writer:
+                self.loop.add_writer(self._fd, self._flush)
+            else:
+                self.loop.remove_writer(self._fd)
+            self._writer_armed = want_writer
+
+    # --- RemoteDma: DMA_READ / DMA_WRITE to the client ---------------------------------
+
+    def _chunks(self, addr: int, length: int) -> list[tuple[int, int, int]]:
+        """(address, offset in buffer, length) pieces within the client's xfer size."""
+        step = self._client_max_xfer
+        return [(addr + o, o, min(step, length - o)) for o in range(0, length, step)]
+
+    def _start_dma(
+        self, cmd: Command, addr: int, data: bytes, count: int
+    ) -> tuple[int, _PendingDma]:
+        if self.closed:
+            raise DmaError(errno.ECONNRESET, "no client")
+        msg_id = self._next_id
+        self._next_id = (msg_id + 1) & 0xFFFF
+        if cmd == Command.DMA_READ:
+            payload = wire.build(wire.DmaReadRequest, offset=addr, count=count)
+        else:
+            payload = wire.build(wire.DmaData, offset=addr, count=count, data=data)
+        pending = _PendingDma(cmd, count)
+        self._pending[msg_id] = pending
+        self._send(wire.build_message(msg_id, cmd, payload))
+        return msg_id, pending
+
+    def _from_thread(self, coro: Coroutine[object, object, bytes | None]) -> bytes | None:
+        """A DMA from a device thread: run it on the loop, block only this thread."""
+        fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return fut.result(self.dma_timeout * 2)
+        except concurrent.futures.TimeoutError:
+            fut.cancel()
+            raise DmaError(errno.ETIMEDOUT, "DMA reply timed out") from None
+
+    def read(self, addr: int, length: int) -> bytes:
+        if threading.get_ident() != self._loop_thread:
+            return self._from_thread(self.read_async(addr, length)) or b""
+        out = bytearray(length)
+        for a, o, n in self._chunks(addr, length):
+            out[o : o + n] = self._wait_sync(*self._start_dma(Command.DMA_READ, a, b"", n))
+        return bytes(out)
+
+    def write(self, addr: int, data: bytes) -> None:
+        if threading.get_ident() != self._loop_thread:
+            self._from_thread(self.write_async(addr, data))
+            return
+        for a, o, n in self._chunks(addr, len(data)):
+            self._wait_sync(*self._start_dma(Command.DMA_WRITE, a, data[o : o + n], n))
+
+    async def read_async(self, addr: int, length: int) -> bytes:
+        out = bytearray(length)
+        for a, o, n in self._chunks(addr, length):
+            out[o : o + n] = await self._wait_async(*self._start_dma(Command.DMA_READ, a, b"", n))
+        return bytes(out)
+
+    async def write_async(self, addr: int, data: bytes) -> None:
+        for a, o, n in self._chunks(addr, len(data)):
+            await self._wait_async(*self._start_dma(Command.DMA_WRITE, a, data[o : o + n], n))
+
+    async def _wait_async(self, msg_id: int, pending: _PendingDma) -> bytes:
+        if pending.done:
+            return self._result(pending)
+        pending.future = self.loop.create_future()
+        try:
+            return await asyncio.wait_for(pending.future, self.dma_timeout)
+        except TimeoutError:
+            self._abandon(msg_id)
+            raise DmaError(errno.ETIMEDOUT, "DMA reply timed out") from None
+
+    def _wait_sync(self, msg_id: int, pending: _PendingDma) -> bytes:
+        """Nested receive pump on the loop thread (see module docstring)."""
+        if self._nesting >= _MAX_DMA_NESTING:
+            self._abandon(msg_id)
+            raise DmaError(errno.EDEADLK, "DMA nested too deeply")
+        self._nesting += 1
+        deadline = time.monotonic() + self.dma_timeout
+        try:
+            poller = select.poll()
+            while not pending.done:
+                if self.closed:
+                    raise DmaError(errno.ECONNRESET, "client went away")
+                msg = self._rx.poll()
+                if msg is not None:
+                    self._dispatch(msg)
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self._abandon(msg_id)
+                    raise DmaError(errno.ETIMEDOUT, "DMA reply timed out")
+                events = select.POLLIN | (select.POLLOUT if self._txq else 0)
+                poller.register(self._fd, events)
+                ready = poller.poll(remaining * 1000)
+                for _, ev in ready:
+                    if ev & select.POLLOUT:
+                        self._flush()
+        except PeerClosed as exc:
+            self.close(str(exc), logging.INFO)
+            raise DmaError(errno.ECONNRESET, "client went away") from None
+        except DropClient as exc:
+            self.close(str(exc))
+            raise DmaError(errno.ECONNRESET, "client dropped") from None
+        finally:
+            self._nesting -= 1
+        return self._result(pending)
+
+    def _abandon(self, msg_id: int) -> None:
+        if self._pending.pop(msg_id, None) is not None:
+            self._abandoned.add(msg_id)
+
+    @staticmethod
+    def _result(pending: _PendingDma) -> bytes:
+        if pending.error is not None:
+            raise pending.error
+        return pending.data
+
+    # --- command handlers (return the reply payload) ------------------------------------
+
+    def _version(self, msg: Message) -> bytes:
+        if self._negotiated:
+            raise ProtocolError(errno.EINVAL, "VERSION sent twice")
+        req = wire.parse(wire.Version, msg.payload)
+        if req.major != 0:
+            raise ProtocolError(errno.ENOTSUP, f"protocol major {req.major} not supported")
+        caps = json.loads(req.json) if req.json.strip() else {}
+        if not isinstance(caps, dict):
+            raise ProtocolError(errno.EINVAL, "VERSION JSON is not an object")
+        client_caps = caps.get("capabilities", {})
+        if isinstance(client_caps, dict):
+            xfer = client_caps.get("max_data_xfer_size")
+            if isinstance(xfer, int) and xfer >= 4096:
+                self._client_max_xfer = min(xfer, _QEMU_MAX_XFER)
+        self._negotiated = True
+        # Reply 0.0 (QEMU fails on minor > 0) with a JSON object (reference §1 VERSION).
+        text = json.dumps(SERVER_CAPABILITIES, separators=(",", ":"))
+        log.info("client negotiated: %s", req.json)
+        return wire.build(wire.Version, major=0, minor=0, json=text)
+
+    def _dma_map(self, msg: Message) -> bytes:
+        req = _fixed(wire.DmaMap, msg.payload, wire.DMA_MAP_SIZE)
+        if req.argsz < wire.DMA_MAP_SIZE:
+            raise ProtocolError(errno.EINVAL, f"DMA_MAP argsz {req.argsz}")
+        fd = msg.fds.pop() if msg.fds else None
+        self.dma_table.map(req.iova, req.size, req.offset, req.flags, fd)
+        return b""
+
+    def _dma_unmap(self, msg: Message) -> bytes:
+        req = _fixed(wire.DmaUnmap, msg.payload, wire.DMA_UNMAP_SIZE)
+        if req.argsz < wire.DMA_UNMAP_SIZE:
+            raise ProtocolError(errno.EINVAL, f"DMA_UNMAP argsz {req.argsz}")
+        self.dma_table.unmap(req.iova, req.size, req.flags)
+        # Echo the struct: fits QEMU's rsize of 40 (reference §1 DMA_UNMAP).
+        return wire.build(wire.DmaUnmap, argsz=wire.DMA_UNMAP_SIZE, flags=req.flags,
+                          iova=req.iova, size=req.size)
+
+    def _device_get_info(self, msg: Message) -> bytes:
+        req = _fixed(wire.DeviceInfo, msg.payload, wire.DEVICE_INFO_SIZE)
+        if req.argsz < wire.DEVICE_INFO_SIZE:
+            raise ProtocolError(errno.EINVAL, f"DEVICE_GET_INFO argsz {req.argsz}")
+        # PCI is required by QEMU; RESET makes it send DEVICE_RESET (reference §1).
+        return wire.build(
+            wire.DeviceInfo,
+            argsz=wire.DEVICE_INFO_SIZE,
+            flags=wire.DeviceInfoFlags.PCI | wire.DeviceInfoFlags.RESET,
+            num_regions=NUM_REGIONS,
+            num_irqs=NUM_IRQS,
+        )
+
+    def _get_region_info(self, msg: Message) -> bytes:
+        req = _fixed(wire.RegionInfo, msg.payload, wire.REGION_INFO_SIZE)
+        if req.argsz < wire.REGION_INFO_SIZE:
+            raise ProtocolError(errno.EINVAL, f"GET_REGION_INFO argsz {req.argsz}")
+        if not 0 <= req.index < NUM_REGIONS:
+            raise ProtocolError(errno.EINVAL, f"region index {req.index} out of range")
+        info = self._regions.get(req.index)
+        size = info.size if info is not None else 0
+        flags = 0
+        if info is not None and size:
+            flags |= wire.RegionInfoFlags.READ if info.readable else 0
+            flags |= wire.RegionInfoFlags.WRITE if info.writable else 0
+        # No MMAP flag and no caps: we hand out no mmap fds, so QEMU uses posted
+        # writes for memory BARs, and the reply is always the bare 32-byte struct
+        # (argsz = 32 = what we need), which fits QEMU's first rsize of 48.
+        return wire.build(
+            wire.RegionInfo,
+            argsz=wire.REGION_INFO_SIZE,
+            flags=flags,
+            index=req.index,
+            cap_offset=0,
+            size=size,
+            offset=0,
+        )
+
+    def _get_irq_info(self, msg: Message) -> bytes:
+        req = _fixed(wire.IrqInfo, msg.payload, wire.IRQ_INFO_SIZE)
+        if req.argsz < wire.IRQ_INFO_SIZE:
+            raise ProtocolError(errno.EINVAL, f"GET_IRQ_INFO argsz {req.argsz}")
+        if not 0 <= req.index < NUM_IRQS:
+            raise ProtocolError(errno.EINVAL, f"irq index {req.index} out of range")
+        count = self.device.irq_count(req.index)
+        flags = wire.IrqInfoFlags.EVENTFD
+        if req.index == 0:
+            # INTx is level-triggered with automask, like the kernel (reference §4).
+            flags |= wire.IrqInfoFlags.MASKABLE | wire.IrqInfoFlags.AUTOMASKED
+        # MSI/MSI-X: no NORESIZE, so QEMU updates single vectors with
+        # SET_IRQS(start=v, count=1) instead of disabling and re-enabling the
+        # whole index on every vector change (reference §4 MSI-X), which would
+        # drop interrupts raised in between.
+        return wire.build(wire.IrqInfo, argsz=wire.IRQ_INFO_SIZE, flags=flags,
+                          index=req.index, count=count)
+
+    def _set_irqs(self, msg: Message) -> bytes:
+        if len(msg.payload) < wire.SET_IRQS_SIZE:
+            raise ProtocolError(errno.EINVAL, "SET_IRQS payload too short")
+        req = wire.parse(wire.SetIrqs, msg.payload)  # DATA_BOOL bytes follow the struct
+        if req.argsz < wire.SET_IRQS_SIZE:
+            raise ProtocolError(errno.EINVAL, f"SET_IRQS argsz {req.argsz}")
+        self.irq.set_irqs(req.flags, req.index, req.start, req.count, list(msg.fds),
+                          bytes(req.data))
+        msg.fds.clear()  # ownership went to the IRQ table
+        return b""
+
+    def _check_region(self, index: int, offset: int, count: int, write: bool) -> None:
+        if not 0 <= index < NUM_REGIONS:
+            raise ProtocolError(errno.EINVAL, f"region index {index} out of range")
+        info = self._regions.get(index)
+        if info is None or info.size == 0:
+            raise ProtocolError(errno.EINVAL, f"region {index} does not exist")
+        if not (info.writable if write else info.readable):
+            raise ProtocolError(errno.EINVAL, f"region {index} is not "
+                                f"{'writable' if write else 'readable'}")
+        if count > wire.MAX_DATA_XFER_SIZE:
+            raise ProtocolError(errno.EINVAL, f"access of {count} bytes too large")
+        if offset + count > info.size:
+            raise ProtocolError(
+                errno.EINVAL,
+                f"access {offset:#x}+{count} beyond region {index} size {info.size:#x}",
+            )
+
+    def _region_read(self, msg: Message) -> bytes:
+        req = _fixed(wire.RegionAccess, msg.payload, wire.REGION_ACCESS_SIZE)
+        self._check_region(req.region, req.offset, req.count, write=False)
+        data = bytes(self.device.region_read(req.region, req.offset, req.count))
+        if len(data) != req.count:
+            # QEMU requires the reply count to equal the request (reference §1).
+            raise ProtocolError(errno.EIO, f"device returned {len(data)} of {req.count} bytes")
+        return wire.build(wire.RegionAccessData, offset=req.offset, region=req.region,
+                          count=req.count, data=data)
+
+    def _region_write(self, msg: Message) -> bytes:
+        if len(msg.payload) < wire.REGION_ACCESS_SIZE:
+            raise ProtocolError(errno.EINVAL, "REGION_WRITE payload too short")
+        req = wire.parse(wire.RegionAccess, msg.payload[: wire.REGION_ACCESS_SIZE])
+        if len(msg.payload) - wire.REGION_ACCESS_SIZE != req.count:
+            raise ProtocolError(
+                errno.EINVAL,
+                f"REGION_WRITE count {req.count} but {len(msg.payload) - 16} data bytes",
+            )
+        self._check_region(req.region, req.offset, req.count, write=True)
+        self.device.region_write(req.region, req.offset, msg.payload[wire.REGION_ACCESS_SIZE :])
+        return wire.build(wire.RegionAccess, offset=req.offset, region=req.region,
+                          count=req.count)
+
+    def _device_reset(self, msg: Message) -> bytes:
+        # DMA maps and IRQ fds survive a device reset: QEMU does not re-send
+        # them (reference §2 step 14).
+        self.device.reset()
+        return b""
+
+    def _write_multi(self, msg: Message) -> bytes:
+        if len(msg.payload) < 8:
+            raise ProtocolError(errno.EINVAL, "WRITE_MULTI payload too short")
+        cnt = int.from_bytes(msg.payload[:8], "little")
+        if len(msg.payload) != 8 + cnt * wire.WRITE_MULTI_ENTRY_SIZE:
+            raise ProtocolError(errno.EINVAL, f"WRITE_MULTI wr_cnt {cnt} disagrees with size")
+        req = wire.parse(wire.WriteMulti, msg.payload)
+        for e in req.entries:
+            if e.count > wire.WRITE_MULTI_MAX_DATA:
+                raise ProtocolError(errno.EINVAL, f"WRITE_MULTI entry count {e.count}")
+            self._check_region(e.region, e.offset, e.count, write=True)
+        for e in req.entries:
+            self.device.region_write(e.region, e.offset, bytes(e.data[: e.count]))
+        return b""
+
+
+def _fixed(struct: object, payload: bytes, size: int) -> wire.Container:
+    """Parse a fixed-size request struct; trailing bytes are tolerated (argsz growth)."""
+    if len(payload) < size:
+        raise ProtocolError(errno.EINVAL, f"payload {len(payload)} bytes, need {size}")
+    return wire.parse(struct, payload[:size])
+
+
+class VfioUserServer:
+    """Serves one device on one UNIX socket path, one client at a time."""
+
+    def __init__(
+        self,
+        device: VfioUserDevice,
+        socket_path: str,
+        *,
+        dma_timeout: float = DEFAULT_DMA_TIMEOUT,
+    ) -> None:
+        self.device = device
+        self.socket_path = socket_path
+        self.dma_timeout = dma_timeout
+        self.connection: Connection | None = None
+        self.clients_served = 0
+        self._listener: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client_gone: asyncio.Event | None = None
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._client_gone = asyncio.Event()
+        _remove_stale_socket(self.socket_path)
+        lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            lst.bind(self.socket_path)
+            lst.listen(8)
+            lst.setblocking(False)
+        except OSError:
+            lst.close()
+            raise
+        self._listener = lst
+        self._loop.add_reader(lst.fileno(), self._on_accept)
+        log.info("listening on %s", self.socket_path)
+
+    async def close(self) -> None:
+        if self.connection is not None:
+            self.connection.close("server shutting down", logging.INFO)
+        if self._listener is not None and self._loop is not None:
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(self._listener.fileno())
+            self._listener.close()
+            self._listener = None
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.socket_path)
+
+    async def wait_client_gone(self) -> None:
+        """For tests: wait until the current client has been dropped."""
+        assert self._client_gone is not None
+        await self._client_gone.wait()
+
+    def _on_accept(self) -> None:
+        assert self._listener is not None and self._loop is not None
+        try:
+            sock, _ = self._listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            log.warning("accept failed: %s", exc)
+            return
+        sock.setblocking(False)
+        # Queue further clients in the listen backlog until this one leaves.
+        self._loop.remove_reader(self._listener.fileno())
+        assert self._client_gone is not None
+        self._client_gone.clear()
+        self.clients_served += 1
+        log.info("client connected on %s", self.socket_path)
+        try:
+            self.connection = Connection(self.device, sock, self._loop, self._on_close,
+                                         self.dma_timeout)
+        except Exception:
+            log.exception("device.attach() failed; client dropped")
+            sock.close()
+            self._resume_accepting()
+
+    def _on_close(self, conn: Connection) -> None:
+        if self.connection is conn:
+            self.connection = None
+        self._resume_accepting()
+
+    def _resume_accepting(self) -> None:
+        assert self._client_gone is not None
+        self._client_gone.set()
+        if self._listener is not None and self._loop is not None:
+            self._loop.add_reader(self._listener.fileno(), self._on_accept)
+
+
+def _remove_stale_socket(path: str) -> None:
+    """Unlink a leftover socket file; refuse if a live server still listens on it."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise FileExistsError(f"{path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)  # nobody listening: stale
+        return
+    finally:
+        probe.close()
+    raise FileExistsError(f"{path}: another server is listening")
+
+
+async def serve(
+    device: VfioUserDevice,
+    socket_path: str,
+    *,
+    stop: asyncio.Event | None = None,
+    dma_timeout: float = DEFAULT_DMA_TIMEOUT,
+) -> None:
+    """Serve `device` on `socket_path` until `stop` is set (forever if None)."""
+    server = VfioUserServer(device, socket_path, dma_timeout=dma_timeout)
+    await server.start()
+    try:
+        if stop is None:
+            await asyncio.Event().wait()
+        else:
+            await stop.wait()
+    finally:
+        await server.close()
+
+
+def run_server(device: VfioUserDevice, socket_path: str) -> None:
+    """Blocking entry point: serve until Ctrl-C / SIGINT."""
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(device, socket_path))
