@@ -1,0 +1,187 @@
+"""The TEE-IO endpoint: config space + BAR0 + DOE + IDE, behind `VfioUserDevice`.
+
+Composition (offsets for the default profile):
+
+  config 0x000  Type 0 header: BAR0 64-bit MMIO (BAR1 = upper half), no ROM
+         0x040  PCI Express capability v2, Endpoint, DEVCAP TEE-IO + FLR
+         0x07C  Power Management
+         0x084  MSI-X (table and PBA in BAR0, see vdev.device_regs)
+         0x100  DOE extended capability (0x2E, v2) -> `self.doe`
+         0x118  IDE extended capability (0x30) -> `self.ide`
+  BAR0          vdev.device_regs register map
+
+Until the SPDM responder is wired in, DOE types 0001:01 (CMA/SPDM) and
+0001:02 (secured CMA/SPDM) are served by `spdm_unsupported_placeholder`,
+which answers every request with an SPDM ERROR(UnsupportedRequest)
+(DSP0274 §10.12: SPDMVersion, 0x7F, Param1 = ErrorCode 0x07, Param2 =
+ErrorData = the request code).  `register_doe_protocol` replaces it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+from vdev.device_api import DmaAccess, IrqIndex, IrqSink, RegionIndex, RegionInfo
+from vdev.device_regs import DeviceRegisters, msix_pba_offset
+from vdev.doe_mailbox import DoeMailbox, Handler
+from vdev.doe_object import DOE_TYPE_CMA_SPDM, DOE_TYPE_SECURED_CMA_SPDM, PCI_SIG_VENDOR_ID
+from vdev.pci.bar import MemoryBar
+from vdev.pci.config_space import CONFIG_SPACE_SIZE, ConfigSpace
+from vdev.pci.doe_cap import DoeCap
+from vdev.pci.header import HeaderIdentity, Type0Header
+from vdev.pci.ide_cap import IdeCap
+from vdev.pci.msix_cap import MsixCap
+from vdev.pci.pcie_cap import PcieCap
+from vdev.pci.pm_cap import PowerManagementCap
+from vdev.profile import MSIX_TABLE_OFFSET, DeviceProfile
+
+log = logging.getLogger(__name__)
+
+SPDM_VERSION_1_0 = 0x10
+SPDM_ERROR = 0x7F
+SPDM_ERROR_UNSUPPORTED_REQUEST = 0x07
+
+ResetObserver = Callable[[], None]
+
+
+def spdm_unsupported_placeholder(request: bytes) -> bytes:
+    """Placeholder SPDM responder: ERROR(UnsupportedRequest) for every request.
+
+    Response = [request SPDMVersion (0x10 if the request is empty), 0x7F,
+    0x07 UnsupportedRequest, request RequestResponseCode (0 if absent)].
+    """
+    version = request[0] if request else SPDM_VERSION_1_0
+    code = request[1] if len(request) > 1 else 0
+    return bytes([version, SPDM_ERROR, SPDM_ERROR_UNSUPPORTED_REQUEST, code])
+
+
+class TeeIoEndpoint:
+    """A PCIe endpoint advertising TEE-IO, with DOE and Selective IDE."""
+
+    def __init__(self, profile: DeviceProfile | None = None) -> None:
+        self.profile = profile = profile if profile is not None else DeviceProfile()
+        self._irq: IrqSink | None = None
+        self._dma: DmaAccess | None = None
+        self.reset_observers: list[ResetObserver] = []
+
+        self.doe = DoeMailbox(
+            max_object_dw=profile.doe_max_object_dw,
+            interrupt_message_number=profile.doe_interrupt_vector,
+            interrupt=self.raise_msix,
+        )
+        self.msix = MsixCap(
+            vectors=profile.msix_vectors,
+            bir=0,
+            table_offset=MSIX_TABLE_OFFSET,
+            pba_offset=msix_pba_offset(profile.msix_vectors),
+        )
+        self.regs = DeviceRegisters(profile.bar0_size, self.msix.state, self.raise_msix)
+        self.pcie = PcieCap(tee_io=profile.tee_io, on_flr=self.function_level_reset)
+        self.pm = PowerManagementCap()
+        self.ide = IdeCap(
+            selective_streams=profile.ide_selective_streams,
+            address_associations=profile.ide_address_associations,
+            link_streams=profile.ide_link_streams,
+        )
+        self.header = Type0Header(
+            HeaderIdentity(
+                vendor_id=profile.vendor_id,
+                device_id=profile.device_id,
+                subsystem_vendor_id=profile.subsystem_vendor_id,
+                subsystem_id=profile.subsystem_id,
+                class_code=profile.class_code,
+                revision=profile.revision,
+                interrupt_pin=profile.interrupt_pin,
+            ),
+            [MemoryBar(0, profile.bar0_size, is_64bit=True, prefetchable=False)],
+        )
+        self.doe_cap = DoeCap(self.doe)
+        self.config = ConfigSpace(
+            self.header, [self.pcie, self.pm, self.msix], [self.doe_cap, self.ide]
+        )
+        self.register_doe_protocol(
+            PCI_SIG_VENDOR_ID, DOE_TYPE_CMA_SPDM, spdm_unsupported_placeholder
+        )
+        self.register_doe_protocol(
+            PCI_SIG_VENDOR_ID, DOE_TYPE_SECURED_CMA_SPDM, spdm_unsupported_placeholder
+        )
+
+    # ---- extension points --------------------------------------------------
+
+    def register_doe_protocol(
+        self, vendor_id: int, data_object_type: int, handler: Handler
+    ) -> None:
+        """Serve a DOE protocol; replacing an existing one keeps its discovery index."""
+        self.doe.register(vendor_id, data_object_type, handler)
+
+    def add_reset_observer(self, observer: ResetObserver) -> None:
+        """Called after every FLR / device reset, once all device state is reset."""
+        self.reset_observers.append(observer)
+
+    @property
+    def irq_sink(self) -> IrqSink | None:
+        return self._irq
+
+    @property
+    def dma(self) -> DmaAccess | None:
+        return self._dma
+
+    # ---- interrupts and reset -----------------------------------------------
+
+    def raise_msix(self, vector: int) -> None:
+        """Signal an MSI-X vector through the adapter (QEMU applies enable/mask)."""
+        self.regs.note_interrupt()
+        if self._irq is None:
+            log.debug("MSI-X vector %d raised with no client attached", vector)
+            return
+        self._irq.trigger(IrqIndex.MSIX, vector)
+
+    def function_level_reset(self) -> None:
+        """FLR (PCIe 6.2 §6.6.2): config registers (non-sticky), BAR0 registers,
+        DOE (aborted), IDE streams (keys dropped, INSECURE), MSI-X pending bits.
+        Completes immediately, then tells the reset observers."""
+        log.info("function level reset")
+        self.config.reset()
+        self.regs.reset()
+        for observer in list(self.reset_observers):
+            observer()
+
+    # ---- VfioUserDevice ------------------------------------------------------
+
+    def regions(self) -> Sequence[RegionInfo]:
+        sizes = {RegionIndex.BAR0: self.profile.bar0_size, RegionIndex.CONFIG: CONFIG_SPACE_SIZE}
+        return [RegionInfo(int(index), sizes.get(index, 0)) for index in RegionIndex]
+
+    def irq_count(self, index: int) -> int:
+        if index == IrqIndex.INTX:
+            return 1 if self.profile.interrupt_pin else 0
+        if index == IrqIndex.MSIX:
+            return self.profile.msix_vectors
+        return 0  # no MSI capability; ERR/REQ not supported (ERR would stop the VM)
+
+    def region_read(self, index: int, offset: int, count: int) -> bytes:
+        if index == RegionIndex.CONFIG:
+            return self.config.read(offset, count)
+        if index == RegionIndex.BAR0:
+            return self.regs.read(offset, count)
+        raise ValueError(f"region {index} is not implemented")
+
+    def region_write(self, index: int, offset: int, data: bytes) -> None:
+        if index == RegionIndex.CONFIG:
+            self.config.write(offset, data)
+        elif index == RegionIndex.BAR0:
+            self.regs.write(offset, data)
+        else:
+            raise ValueError(f"region {index} is not implemented")
+
+    def reset(self) -> None:
+        self.function_level_reset()
+
+    def attach(self, irq: IrqSink, dma: DmaAccess) -> None:
+        self._irq = irq
+        self._dma = dma
+
+    def detach(self) -> None:
+        self._irq = None
+        self._dma = None
