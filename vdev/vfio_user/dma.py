@@ -84,7 +84,7 @@ class DmaTable:
                 os.close(fd)
 
     def _map(self, iova: int, size: int, offset: int, flags: int, fd: int | None) -> None:
-        if flags & ~(DmaMapFlags.READ | DmaMapFlags.WRITE):
+        if flags & ~int(DmaMapFlags.READ | DmaMapFlags.WRITE):  # int: IntFlag ~ drops unknown bits
             raise ProtocolError(errno.EINVAL, f"DMA_MAP unknown flags {flags:#x}")
         if size == 0 or iova + size > _U64:
             raise ProtocolError(errno.EINVAL, f"DMA_MAP bad range {iova:#x}+{size:#x}")
@@ -133,7 +133,7 @@ class DmaTable:
 
     def unmap(self, iova: int, size: int, flags: int) -> int:
         """Remove the maps inside [iova, iova+size) (all with ALL); returns how many."""
-        if flags & ~DmaUnmapFlags.ALL:
+        if flags & ~int(DmaUnmapFlags.ALL):
             raise ProtocolError(errno.ENOTSUP, f"DMA_UNMAP flags {flags:#x} not supported")
         with self._lock:
             if flags & DmaUnmapFlags.ALL:

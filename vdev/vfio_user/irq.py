@@ -103,7 +103,7 @@ class IrqTable:
         on ProtocolError the caller still owns (and closes) them."""
         data_kind = flags & SET_IRQS_DATA_BITS
         action = flags & SET_IRQS_ACTION_BITS
-        if flags & ~(SET_IRQS_DATA_BITS | SET_IRQS_ACTION_BITS):
+        if flags & ~int(SET_IRQS_DATA_BITS | SET_IRQS_ACTION_BITS):
             raise ProtocolError(errno.EINVAL, f"unknown SET_IRQS flags {flags:#x}")
         if bin(data_kind).count("1") != 1 or bin(action).count("1") != 1:
             raise ProtocolError(errno.EINVAL, f"SET_IRQS needs one data and one action: {flags:#x}")
