@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from vdev.endpoint import TeeIoEndpoint
+from vdev.pci.capability import Capability, ExtCapability
 from vdev.pci.pcie_cap import DEVCAP_FLR, DEVCAP_TEE
 from vdev.profile import DeviceProfile
 
@@ -92,10 +93,11 @@ def test_extended_capability_chain(cfg: Cfg) -> None:
 
 
 def test_capabilities_do_not_overlap_and_fit(endpoint: TeeIoEndpoint) -> None:
-    spans = sorted(
-        (c.offset, c.offset + c.size)
-        for c in (*endpoint.config.capabilities, *endpoint.config.ext_capabilities)
-    )
+    caps: list[Capability | ExtCapability] = [
+        *endpoint.config.capabilities,
+        *endpoint.config.ext_capabilities,
+    ]
+    spans = sorted((c.offset, c.offset + c.size) for c in caps)
     for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
         assert end <= start
     assert spans[-1][1] <= 4096

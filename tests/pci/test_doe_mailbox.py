@@ -23,8 +23,8 @@ from vdev.doe_mailbox import (
     MailboxEvent,
     MailboxState,
 )
-from vdev.doe_object import build_object
 from vdev.doe_object import DoeProtocolId as P
+from vdev.doe_object import build_object
 from vdev.endpoint import TeeIoEndpoint
 
 from .fakes import Cfg, FakeIrqSink
@@ -314,7 +314,9 @@ def test_transition_table_is_explicit_and_abort_always_idles() -> None:
         assert (state, MailboxEvent.GO_REJECTED) in TRANSITIONS
         assert (state, MailboxEvent.READ_ADVANCE) in TRANSITIONS
     # only ABORT leaves ERROR
-    leaving_error = {e for (s, e), t in TRANSITIONS.items() if s is MailboxState.ERROR and t is not s}
+    leaving_error = {
+        e for (s, e), t in TRANSITIONS.items() if s is MailboxState.ERROR and t is not s
+    }
     assert leaving_error == {MailboxEvent.ABORT}
     # only a successful GO reaches READY, only the last read ack leaves it normally
     assert {k for k, t in TRANSITIONS.items() if t is MailboxState.READY} == {
