@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import select
+from collections.abc import Iterator
 
 import pytest
 
@@ -37,9 +38,9 @@ def conn(server: ServerHandle) -> Connection:
 
 
 @pytest.fixture
-def efds() -> list[int]:
+def efds() -> Iterator[list[int]]:
     fds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(4)]
-    yield fds  # type: ignore[misc]
+    yield fds
     for fd in fds:
         os.close(fd)
 

@@ -225,6 +225,11 @@ class Connection:
             if not no_reply:
                 self._send(wire.build_error_reply(msg.id, msg.cmd, errno.EINVAL))
             return
+        except DmaError as exc:
+            log.warning("%s id %d: device DMA failed: %s", name, msg.id, exc)
+            if not no_reply:
+                self._send(wire.build_error_reply(msg.id, msg.cmd, exc.errno or errno.EIO))
+            return
         except Exception as exc:
             # A device bug must not take the server down; the guest sees an error.
             log.exception("%s id %d failed in the device", name, msg.id)
