@@ -21,7 +21,7 @@ unmapped offsets read 0 and ignore writes.
   0x1000  MSI-X table  --      16 bytes per vector; emulated by QEMU, which never
                                forwards it: here it reads 0 and ignores writes
   PBA     MSI-X PBA    RO      at the next 4 KiB boundary after the table;
-                               answered from the model (PCIe 6.2 §7.7.2.5)
+                               answered from the model (PCIe r6.0 §7.7.2.5)
 
 Doorbell delivery: QEMU owns MSI-X enable/masking (vfio-user reference §3
 and §4), so the doorbell always asks the attached IrqSink to signal the

@@ -1,4 +1,4 @@
-"""DOE mailbox: a register-level, sans-IO state machine (PCIe 6.2 §6.30, §7.9.24).
+"""DOE mailbox: a register-level, sans-IO state machine (PCIe r6.0 §6.30, §7.9.24).
 
 The mailbox knows only the five DOE registers (relative to the capability):
 

@@ -1,4 +1,4 @@
-"""DOE data object wire format (PCIe 6.2 §6.30.1) and the Discovery protocol (§6.30.1.1).
+"""DOE data object wire format (PCIe r6.0 §6.30.1) and the Discovery protocol (§6.30.1.1).
 
 Declared once with `construct`; the mailbox builds and parses through these.
 

@@ -138,7 +138,7 @@ class TeeIoEndpoint:
         self._irq.trigger(IrqIndex.MSIX, vector)
 
     def function_level_reset(self) -> None:
-        """FLR (PCIe 6.2 §6.6.2): config registers (non-sticky), BAR0 registers,
+        """FLR (PCIe r6.0 §6.6.2): config registers (non-sticky), BAR0 registers,
         DOE (aborted), IDE streams (keys dropped, INSECURE), MSI-X pending bits.
         Completes immediately, then tells the reset observers."""
         log.info("function level reset")

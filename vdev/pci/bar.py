@@ -1,4 +1,4 @@
-"""Base Address Registers in the Type 0 header (PCIe 6.2 §7.5.1.2.1).
+"""Base Address Registers in the Type 0 header (PCIe r6.0 §7.5.1.2.1).
 
 A memory BAR's low 4 bits are read-only type bits; the address bits below the
 BAR's size are hardwired to 0.  Software sizes a BAR by writing all-ones and

@@ -1,7 +1,7 @@
 """Capability objects: each owns the layout and masks of its registers.
 
 A capability is placed by `ConfigSpace`, which decides its offset, writes the
-header (ID and next pointer, PCIe 6.2 §7.5.3 / §7.6.3) and then asks the
+header (ID and next pointer, PCIe r6.0 §7.5.3 / §7.6.3) and then asks the
 capability for its body registers at that offset.  The capability keeps
 references to its own registers so the device model can read and drive them
 without knowing offsets.

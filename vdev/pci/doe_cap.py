@@ -1,4 +1,4 @@
-"""DOE extended capability, ID 0x2E, version 2 (PCIe 6.2 §7.9.24).
+"""DOE extended capability, ID 0x2E, version 2 (PCIe r6.0 §7.9.24).
 
 A thin register view over a `DoeMailbox`: every body register is model
 backed (`on_read`) and forwards writes to the mailbox.  Version 2 makes Linux

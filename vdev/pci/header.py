@@ -1,4 +1,4 @@
-"""The Type 0 configuration header, 0x00..0x3F (PCIe 6.2 §7.5.1.1, §7.5.1.2).
+"""The Type 0 configuration header, 0x00..0x3F (PCIe r6.0 §7.5.1.1, §7.5.1.2).
 
 Identity and class come from the profile; Command is read-write (QEMU keeps
 its own copy for BAR decode but reads ours live, vfio-user reference §3);

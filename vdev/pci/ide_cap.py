@@ -1,4 +1,4 @@
-"""IDE extended capability, ID 0x30 (PCIe 6.2 §7.9.26), with a selective-stream model.
+"""IDE extended capability, ID 0x30 (PCIe r6.0 §7.9.26), with a selective-stream model.
 
 Layout (offsets from the capability; Linux reference §2, drivers/pci/ide.c):
 
@@ -21,7 +21,7 @@ Layout (offsets from the capability; Linux reference §2, drivers/pci/ide.c):
 The kernel writes the reserved Stream ID 255 into SEL_CTL/LINK_CTL b31:24
 of every non-enabled stream at boot; those bits are RW.
 
-Stream state (§6.33.3 IDE stream states, simplified to what SEL_STS shows):
+Stream state (PCIe r6.0 §6.33 IDE stream states, simplified to what SEL_STS shows):
 a selective stream is SECURE exactly when SEL_CTL.EN is 1 and, for all six
 (direction, sub-stream) slots, a key set has been made active by K_SET_GO and
 that key set's key for the slot is programmed.  The IDE_KM responder (another
@@ -84,7 +84,7 @@ MAX_ADDRESS_ASSOCIATIONS = 15
 
 
 class IdeStreamState(enum.IntEnum):
-    """SEL_STS bits 3:0 (§7.9.26.5.3)."""
+    """SEL_STS bits 3:0 (PCIe r6.0 §7.9.26, Linux PCI_IDE_SEL_STS_STATUS)."""
 
     INSECURE = 0
     SECURE = 2

@@ -1,4 +1,4 @@
-"""MSI-X capability, ID 0x11 (PCIe 6.2 §7.7.2), and the function's PBA model.
+"""MSI-X capability, ID 0x11 (PCIe r6.0 §7.7.2), and the function's PBA model.
 
 QEMU emulates this capability and the vector table entirely (vfio-user
 reference §3): guest writes are still forwarded to us, so we keep an honest

@@ -1,4 +1,4 @@
-"""PCI Express capability, ID 0x10, version 2, Endpoint (PCIe 6.2 §7.5.3).
+"""PCI Express capability, ID 0x10, version 2, Endpoint (PCIe r6.0 §7.5.3).
 
 What matters to the guest (Linux reference §2, vfio-user reference §3):
 - Flags: version 2, Device/Port Type 0000b (PCI Express Endpoint); QEMU

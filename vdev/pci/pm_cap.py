@@ -1,4 +1,4 @@
-"""PCI Power Management capability, ID 0x01 (PCI PM 1.2; PCIe 6.2 §7.5.2).
+"""PCI Power Management capability, ID 0x01 (PCI PM 1.2; PCIe r6.0 §7.5.2).
 
 Version 3 (PM 1.2), D0 and D3hot only, no PME.  No_Soft_Reset is set so a
 D3hot -> D0 transition keeps our state (§7.5.2.2), which is what a purely

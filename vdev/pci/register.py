@@ -2,10 +2,10 @@
 
 Every PCI register we model is a `Register`: a reset value plus masks saying
 which bits software may write (RW), which it clears by writing 1 (RW1C), and
-which survive a function-level reset (sticky, PCIe 6.2 §7.4 "RWS"/"RW1CS").
+which survive a function-level reset (sticky, PCIe r6.0 §7.4 "RWS"/"RW1CS").
 Everything else is read-only: writes to RO bits are silently ignored, which is
 what config space requires (QEMU forwards BAR sizing and ROM BAR writes to us,
-PCIe 6.2 §7.5.1.2.1).
+PCIe r6.0 §7.5.1.2.1).
 
 Registers whose value lives in a model rather than in storage (the DOE
 mailbox, IDE stream state) supply `on_read`; registers whose writes have side
@@ -17,7 +17,7 @@ triggers a reset is not half-undone by the tail of the same write.
 `RegisterFile` maps a flat address range (4 KiB config space, a BAR) onto
 registers and accepts byte/word/dword (or any-length) accesses at any
 alignment; bytes not covered by a register read as 0 and ignore writes
-(reserved space, PCIe 6.2 §7.2.2 "RsvdP"/"RsvdZ" read as 0 in our model).
+(reserved space, PCIe r6.0 §7.2.2 "RsvdP"/"RsvdZ" read as 0 in our model).
 """
 
 from __future__ import annotations
