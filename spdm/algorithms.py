@@ -1,0 +1,224 @@
+"""Algorithm identifiers, sizes and DSP0274 negotiation selection rules.
+
+Bit values: DSP0274 1.2/1.3 Tables 'NEGOTIATE_ALGORITHMS' / 'ALGORITHMS' (libspdm spdm.h).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class BaseAsym(enum.IntFlag):
+    RSASSA_2048 = 0x1
+    RSAPSS_2048 = 0x2
+    RSASSA_3072 = 0x4
+    RSAPSS_3072 = 0x8
+    ECDSA_P256 = 0x10
+    RSASSA_4096 = 0x20
+    RSAPSS_4096 = 0x40
+    ECDSA_P384 = 0x80
+    ECDSA_P521 = 0x100
+    SM2_P256 = 0x200
+    EDDSA_25519 = 0x400
+    EDDSA_448 = 0x800
+
+
+class BaseHash(enum.IntFlag):
+    SHA_256 = 0x1
+    SHA_384 = 0x2
+    SHA_512 = 0x4
+    SHA3_256 = 0x8
+    SHA3_384 = 0x10
+    SHA3_512 = 0x20
+    SM3_256 = 0x40
+
+
+class MeasHash(enum.IntFlag):
+    RAW_BIT_STREAM = 0x1
+    SHA_256 = 0x2
+    SHA_384 = 0x4
+    SHA_512 = 0x8
+    SHA3_256 = 0x10
+    SHA3_384 = 0x20
+    SHA3_512 = 0x40
+    SM3_256 = 0x80
+
+
+class Dhe(enum.IntFlag):
+    FFDHE_2048 = 0x1
+    FFDHE_3072 = 0x2
+    FFDHE_4096 = 0x4
+    SECP256R1 = 0x8
+    SECP384R1 = 0x10
+    SECP521R1 = 0x20
+    SM2_P256 = 0x40
+
+
+class Aead(enum.IntFlag):
+    AES_128_GCM = 0x1
+    AES_256_GCM = 0x2
+    CHACHA20_POLY1305 = 0x4
+    SM4_GCM = 0x8
+
+
+class KeySchedule(enum.IntFlag):
+    SPDM = 0x1
+
+
+class AlgType(enum.IntEnum):
+    """AlgStruct AlgType (DSP0274 Table 'Algorithm request structure')."""
+
+    DHE = 2
+    AEAD = 3
+    REQ_BASE_ASYM = 4
+    KEY_SCHEDULE = 5
+
+
+# Sizes in bytes -------------------------------------------------------------------------
+
+ASYM_SIG_SIZE: dict[int, int] = {
+    BaseAsym.RSASSA_2048: 256,
+    BaseAsym.RSAPSS_2048: 256,
+    BaseAsym.RSASSA_3072: 384,
+    BaseAsym.RSAPSS_3072: 384,
+    BaseAsym.RSASSA_4096: 512,
+    BaseAsym.RSAPSS_4096: 512,
+    BaseAsym.ECDSA_P256: 64,
+    BaseAsym.ECDSA_P384: 96,
+    BaseAsym.ECDSA_P521: 132,
+    BaseAsym.EDDSA_25519: 64,
+    BaseAsym.EDDSA_448: 114,
+}
+
+HASH_SIZE: dict[int, int] = {BaseHash.SHA_256: 32, BaseHash.SHA_384: 48, BaseHash.SHA_512: 64}
+
+MEAS_HASH_SIZE: dict[int, int] = {
+    MeasHash.RAW_BIT_STREAM: 0,
+    MeasHash.SHA_256: 32,
+    MeasHash.SHA_384: 48,
+    MeasHash.SHA_512: 64,
+}
+
+# DHE ExchangeData size: ECDHE X||Y, FFDHE the public value padded to the prime size.
+DHE_SIZE: dict[int, int] = {
+    Dhe.FFDHE_2048: 256,
+    Dhe.FFDHE_3072: 384,
+    Dhe.FFDHE_4096: 512,
+    Dhe.SECP256R1: 64,
+    Dhe.SECP384R1: 96,
+    Dhe.SECP521R1: 132,
+}
+
+AEAD_KEY_SIZE: dict[int, int] = {
+    Aead.AES_128_GCM: 16,
+    Aead.AES_256_GCM: 32,
+    Aead.CHACHA20_POLY1305: 32,
+}
+AEAD_IV_SIZE = 12
+AEAD_TAG_SIZE = 16
+
+# What this implementation can do, in our default priority order (strongest first).
+SUPPORTED_ASYM: tuple[int, ...] = (
+    BaseAsym.ECDSA_P384,
+    BaseAsym.ECDSA_P256,
+    BaseAsym.ECDSA_P521,
+    BaseAsym.RSAPSS_3072,
+    BaseAsym.RSASSA_3072,
+    BaseAsym.RSAPSS_4096,
+    BaseAsym.RSASSA_4096,
+    BaseAsym.RSAPSS_2048,
+    BaseAsym.RSASSA_2048,
+    BaseAsym.EDDSA_25519,
+    BaseAsym.EDDSA_448,
+)
+SUPPORTED_HASH: tuple[int, ...] = (BaseHash.SHA_384, BaseHash.SHA_256, BaseHash.SHA_512)
+SUPPORTED_MEAS_HASH: tuple[int, ...] = (
+    MeasHash.SHA_384,
+    MeasHash.SHA_256,
+    MeasHash.SHA_512,
+    MeasHash.RAW_BIT_STREAM,
+)
+SUPPORTED_DHE: tuple[int, ...] = (
+    Dhe.SECP384R1,
+    Dhe.SECP256R1,
+    Dhe.SECP521R1,
+    Dhe.FFDHE_3072,
+    Dhe.FFDHE_2048,
+    Dhe.FFDHE_4096,
+)
+SUPPORTED_AEAD: tuple[int, ...] = (
+    Aead.AES_256_GCM,
+    Aead.AES_128_GCM,
+    Aead.CHACHA20_POLY1305,
+)
+
+
+def mask_of(bits: Sequence[int]) -> int:
+    m = 0
+    for b in bits:
+        m |= int(b)
+    return m
+
+
+def select(offered: int, priority: Sequence[int]) -> int:
+    """Responder selection: first algorithm of *priority* that the requester offered.
+
+    DSP0274 §10.4: the responder selects one algorithm from the set the requester
+    supports; which one is the responder's policy. Returns 0 when the intersection is empty.
+    """
+    for bit in priority:
+        if offered & int(bit):
+            return int(bit)
+    return 0
+
+
+def is_single_bit(value: int) -> bool:
+    return value != 0 and value & (value - 1) == 0
+
+
+def check_selected(selected: int, offered: int, *, allow_zero: bool = False) -> bool:
+    """Requester validation: at most one bit, within the offered set (DSP0274 §10.4)."""
+    if selected == 0:
+        return allow_zero
+    return is_single_bit(selected) and (selected & ~offered) == 0
+
+
+@dataclass(frozen=True)
+class NegotiatedAlgorithms:
+    """Result of NEGOTIATE_ALGORITHMS/ALGORITHMS."""
+
+    meas_spec: int = 0
+    other_params: int = 0
+    meas_hash: int = 0
+    base_asym: int = 0
+    base_hash: int = 0
+    dhe: int = 0
+    aead: int = 0
+    req_base_asym: int = 0
+    key_schedule: int = 0
+
+    @property
+    def hash_size(self) -> int:
+        return HASH_SIZE.get(self.base_hash, 0)
+
+    @property
+    def sig_size(self) -> int:
+        return ASYM_SIG_SIZE.get(self.base_asym, 0)
+
+    @property
+    def req_sig_size(self) -> int:
+        return ASYM_SIG_SIZE.get(self.req_base_asym, 0)
+
+    @property
+    def dhe_size(self) -> int:
+        return DHE_SIZE.get(self.dhe, 0)
+
+    @property
+    def meas_hash_size(self) -> int:
+        return MEAS_HASH_SIZE.get(self.meas_hash, 0)
+
+    @property
+    def aead_key_size(self) -> int:
+        return AEAD_KEY_SIZE.get(self.aead, 0)

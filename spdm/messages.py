@@ -1,0 +1,459 @@
+"""SPDM message wire formats as `construct` declarations (DSP0274 1.2/1.3 §10).
+
+Each message is declared once and used for both parsing and building. Fields whose size
+depends on negotiated state read it from the construct context, passed as keyword arguments
+to `decode` / `encode`:
+
+    hash_size          H, size of the negotiated BaseHashAlgo digest
+    sig_size           S, signature size of the signer of this message (0 when unsigned)
+    dhe_size           D, ExchangeData size of the negotiated DHE group
+    meas_summary_size  H, or 0 when MeasurementSummaryHashType was 0
+    verify_size        H, or 0 when the message carries no VerifyData (handshake in the clear)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from construct import (
+    Array,
+    Bytes,
+    Const,
+    ConstructError,
+    Default,
+    GreedyBytes,
+    If,
+    Int8ul,
+    Int16ul,
+    Int24ul,
+    Int32ul,
+    Rebuild,
+    Struct,
+    Terminated,
+    len_,
+    this,
+)
+
+from spdm.codes import Req, Rsp
+
+MEASUREMENT_BLOCK_HEADER_SIZE = 4
+HEADER_SIZE = 4
+
+
+class MessageFormatError(Exception):
+    """The bytes do not match the declaration (length, constant or trailing data)."""
+
+
+def _hdr(code: int) -> list[Any]:
+    return [
+        "version" / Int8ul,
+        "code" / Const(code, Int8ul),
+        "param1" / Default(Int8ul, 0),
+        "param2" / Default(Int8ul, 0),
+    ]
+
+
+def _v(minimum: int) -> Any:
+    return lambda ctx: ctx.version >= minimum
+
+
+def Opt(cond: Any, subcon: Any) -> Any:  # noqa: N802 - reads like a construct class
+    """`If` whose field may be omitted when building (the condition decides presence)."""
+    field = If(cond, subcon)
+    field.flagbuildnone = True
+    return field
+
+
+Header = Struct("version" / Int8ul, "code" / Int8ul, "param1" / Int8ul, "param2" / Int8ul)
+
+# --- VCA --------------------------------------------------------------------------------
+
+GetVersion = Struct(*_hdr(Req.GET_VERSION), Terminated)
+
+Version = Struct(
+    *_hdr(Rsp.VERSION),
+    "reserved" / Default(Int8ul, 0),
+    "count" / Rebuild(Int8ul, len_(this.entries)),
+    "entries" / Array(this.count, Int16ul),
+    Terminated,
+)
+
+# DSP0274 1.2 Table 'GET_CAPABILITIES': 4 bytes (1.0), 12 (1.1), 20 (1.2+).
+GetCapabilities = Struct(
+    *_hdr(Req.GET_CAPABILITIES),
+    "reserved1" / Opt(_v(0x11), Default(Int8ul, 0)),
+    "ct_exponent" / Opt(_v(0x11), Default(Int8ul, 0)),
+    "reserved2" / Opt(_v(0x11), Default(Int16ul, 0)),
+    "flags" / Opt(_v(0x11), Default(Int32ul, 0)),
+    "data_transfer_size" / Opt(_v(0x12), Int32ul),
+    "max_spdm_msg_size" / Opt(_v(0x12), Int32ul),
+    Terminated,
+)
+
+Capabilities = Struct(
+    *_hdr(Rsp.CAPABILITIES),
+    "reserved1" / Default(Int8ul, 0),
+    "ct_exponent" / Int8ul,
+    "reserved2" / Default(Int16ul, 0),
+    "flags" / Int32ul,
+    "data_transfer_size" / Opt(_v(0x12), Int32ul),
+    "max_spdm_msg_size" / Opt(_v(0x12), Int32ul),
+    Terminated,
+)
+
+# AlgStruct (DSP0274 Table 'Algorithm request structure'): AlgCount bits 7:4 = 2 (fixed
+# algorithm bytes), bits 3:0 = number of external algorithms.
+AlgStruct = Struct(
+    "alg_type" / Int8ul,
+    "alg_count" / Default(Int8ul, 0x20),
+    "supported" / Int16ul,
+    "external" / Default(Array(this.alg_count & 0x0F, Int32ul), []),
+)
+
+
+def _alg_structs_len(structs: list[Any]) -> int:
+    return sum(4 + 4 * (s.get("alg_count", 0x20) & 0x0F) for s in structs)
+
+
+NegotiateAlgorithms = Struct(
+    *_hdr(Req.NEGOTIATE_ALGORITHMS),  # param1 = number of AlgStructs
+    "length"
+    / Rebuild(
+        Int16ul,
+        lambda c: 32
+        + 4 * (len(c.get("ext_asym") or []) + len(c.get("ext_hash") or []))
+        + _alg_structs_len(c.alg_structs),
+    ),
+    "meas_spec" / Int8ul,
+    "other_params" / Default(Int8ul, 0),
+    "base_asym" / Int32ul,
+    "base_hash" / Int32ul,
+    "reserved1" / Default(Bytes(12), bytes(12)),
+    "ext_asym_count" / Rebuild(Int8ul, lambda c: len(c.get("ext_asym") or [])),
+    "ext_hash_count" / Rebuild(Int8ul, lambda c: len(c.get("ext_hash") or [])),
+    "reserved2" / Default(Int8ul, 0),
+    "mel_spec" / Default(Int8ul, 0),
+    "ext_asym" / Default(Array(this.ext_asym_count, Int32ul), []),
+    "ext_hash" / Default(Array(this.ext_hash_count, Int32ul), []),
+    "alg_structs" / Array(this.param1, AlgStruct),
+    Terminated,
+)
+
+Algorithms = Struct(
+    *_hdr(Rsp.ALGORITHMS),
+    "length"
+    / Rebuild(
+        Int16ul,
+        lambda c: 36
+        + 4 * (len(c.get("ext_asym_sel") or []) + len(c.get("ext_hash_sel") or []))
+        + _alg_structs_len(c.alg_structs),
+    ),
+    "meas_spec_sel" / Int8ul,
+    "other_params_sel" / Default(Int8ul, 0),
+    "meas_hash_algo" / Int32ul,
+    "base_asym_sel" / Int32ul,
+    "base_hash_sel" / Int32ul,
+    "reserved1" / Default(Bytes(11), bytes(11)),
+    "mel_spec_sel" / Default(Int8ul, 0),
+    "ext_asym_sel_count" / Rebuild(Int8ul, lambda c: len(c.get("ext_asym_sel") or [])),
+    "ext_hash_sel_count" / Rebuild(Int8ul, lambda c: len(c.get("ext_hash_sel") or [])),
+    "reserved2" / Default(Int16ul, 0),
+    "ext_asym_sel" / Default(Array(this.ext_asym_sel_count, Int32ul), []),
+    "ext_hash_sel" / Default(Array(this.ext_hash_sel_count, Int32ul), []),
+    "alg_structs" / Array(this.param1, AlgStruct),
+    Terminated,
+)
+
+# --- Identity -----------------------------------------------------------------------------
+
+GetDigests = Struct(*_hdr(Req.GET_DIGESTS), Terminated)
+
+# param2 = ProvisionedSlotMask (1.3; SlotMask before); one digest per set bit.
+Digests = Struct(
+    *_hdr(Rsp.DIGESTS),
+    "digests" / Array(lambda c: bin(c.param2).count("1"), Bytes(this._params.hash_size)),
+    Terminated,
+)
+
+GetCertificate = Struct(
+    *_hdr(Req.GET_CERTIFICATE),  # param1 bits 3:0 = SlotID
+    "offset" / Int16ul,
+    "length" / Int16ul,
+    Terminated,
+)
+
+Certificate = Struct(
+    *_hdr(Rsp.CERTIFICATE),
+    "portion_length" / Rebuild(Int16ul, len_(this.cert_chain)),
+    "remainder_length" / Int16ul,
+    "cert_chain" / Bytes(this.portion_length),
+    Terminated,
+)
+
+Challenge = Struct(
+    *_hdr(Req.CHALLENGE),  # param1 = SlotID, param2 = MeasurementSummaryHashType
+    "nonce" / Bytes(32),
+    "requester_context" / Opt(_v(0x13), Bytes(8)),
+    Terminated,
+)
+
+ChallengeAuth = Struct(
+    *_hdr(Rsp.CHALLENGE_AUTH),  # param1 bits 3:0 SlotID, param2 SlotMask
+    "cert_chain_hash" / Bytes(this._params.hash_size),
+    "nonce" / Bytes(32),
+    "meas_summary_hash" / Bytes(this._params.meas_summary_size),
+    "opaque_length" / Rebuild(Int16ul, len_(this.opaque)),
+    "opaque" / Bytes(this.opaque_length),
+    "requester_context" / Opt(_v(0x13), Bytes(8)),
+    "signature" / Bytes(this._params.sig_size),
+    Terminated,
+)
+
+# --- Measurements ---------------------------------------------------------------------------
+
+MEAS_ATTR_SIGNATURE = 0x01
+MEAS_ATTR_RAW_BIT_STREAM = 0x02  # 1.3
+
+GetMeasurements = Struct(
+    *_hdr(Req.GET_MEASUREMENTS),  # param1 attributes, param2 operation (index)
+    "nonce" / Opt(lambda c: c.param1 & MEAS_ATTR_SIGNATURE, Bytes(32)),
+    "slot_id" / Opt(lambda c: c.param1 & MEAS_ATTR_SIGNATURE and c.version >= 0x11, Int8ul),
+    "requester_context" / Opt(_v(0x13), Bytes(8)),
+    Terminated,
+)
+
+Measurements = Struct(
+    *_hdr(Rsp.MEASUREMENTS),
+    "number_of_blocks" / Int8ul,
+    "record_length" / Rebuild(Int24ul, len_(this.record)),
+    "record" / Bytes(this.record_length),
+    "nonce" / Bytes(32),
+    "opaque_length" / Rebuild(Int16ul, len_(this.opaque)),
+    "opaque" / Bytes(this.opaque_length),
+    "requester_context" / Opt(_v(0x13), Bytes(8)),
+    "signature" / Bytes(this._params.sig_size),
+    Terminated,
+)
+
+MeasurementBlock = Struct(
+    "index" / Int8ul,
+    "meas_spec" / Default(Int8ul, 0x01),
+    "size" / Rebuild(Int16ul, len_(this.measurement)),
+    "measurement" / Bytes(this.size),
+)
+
+# DMTF measurement specification (DSP0274 Table 'DMTF measurement specification format').
+DmtfMeasurement = Struct(
+    "value_type" / Int8ul,
+    "value_size" / Rebuild(Int16ul, len_(this.value)),
+    "value" / Bytes(this.value_size),
+    Terminated,
+)
+
+# --- Sessions ---------------------------------------------------------------------------
+
+KeyExchange = Struct(
+    *_hdr(Req.KEY_EXCHANGE),  # param1 MeasurementSummaryHashType, param2 SlotID
+    "req_session_id" / Int16ul,
+    "session_policy" / Default(Int8ul, 0),
+    "reserved" / Default(Int8ul, 0),
+    "random" / Bytes(32),
+    "exchange_data" / Bytes(this._params.dhe_size),
+    "opaque_length" / Rebuild(Int16ul, len_(this.opaque)),
+    "opaque" / Bytes(this.opaque_length),
+    Terminated,
+)
+
+KeyExchangeRsp = Struct(
+    *_hdr(Rsp.KEY_EXCHANGE_RSP),  # param1 HeartbeatPeriod
+    "rsp_session_id" / Int16ul,
+    "mut_auth_requested" / Default(Int8ul, 0),
+    "req_slot_id_param" / Default(Int8ul, 0),
+    "random" / Bytes(32),
+    "exchange_data" / Bytes(this._params.dhe_size),
+    "meas_summary_hash" / Bytes(this._params.meas_summary_size),
+    "opaque_length" / Rebuild(Int16ul, len_(this.opaque)),
+    "opaque" / Bytes(this.opaque_length),
+    "signature" / Bytes(this._params.sig_size),
+    "verify_data" / Bytes(this._params.verify_size),
+    Terminated,
+)
+
+FINISH_ATTR_SIGNATURE = 0x01
+
+Finish = Struct(
+    *_hdr(Req.FINISH),  # param1 bit0 signature present, param2 ReqSlotID
+    "signature" / Bytes(this._params.sig_size),
+    "verify_data" / Bytes(this._params.hash_size),
+    Terminated,
+)
+
+FinishRsp = Struct(
+    *_hdr(Rsp.FINISH_RSP),
+    "verify_data" / Bytes(this._params.verify_size),
+    Terminated,
+)
+
+PskExchange = Struct(
+    *_hdr(Req.PSK_EXCHANGE),  # param1 MeasurementSummaryHashType
+    "req_session_id" / Int16ul,
+    "psk_hint_length" / Rebuild(Int16ul, len_(this.psk_hint)),
+    "context_length" / Rebuild(Int16ul, len_(this.context)),
+    "opaque_length" / Rebuild(Int16ul, len_(this.opaque)),
+    "psk_hint" / Bytes(this.psk_hint_length),
+    "context" / Bytes(this.context_length),
+    "opaque" / Bytes(this.opaque_length),
+    Terminated,
+)
+
+PskExchangeRsp = Struct(
+    *_hdr(Rsp.PSK_EXCHANGE_RSP),  # param1 HeartbeatPeriod
+    "rsp_session_id" / Int16ul,
+    "reserved" / Default(Int16ul, 0),
+    "context_length" / Rebuild(Int16ul, len_(this.context)),
+    "opaque_length" / Rebuild(Int16ul, len_(this.opaque)),
+    "meas_summary_hash" / Bytes(this._params.meas_summary_size),
+    "context" / Bytes(this.context_length),
+    "opaque" / Bytes(this.opaque_length),
+    "verify_data" / Bytes(this._params.hash_size),
+    Terminated,
+)
+
+PskFinish = Struct(
+    *_hdr(Req.PSK_FINISH),
+    "verify_data" / Bytes(this._params.hash_size),
+    Terminated,
+)
+PskFinishRsp = Struct(*_hdr(Rsp.PSK_FINISH_RSP), Terminated)
+
+Heartbeat = Struct(*_hdr(Req.HEARTBEAT), Terminated)
+HeartbeatAck = Struct(*_hdr(Rsp.HEARTBEAT_ACK), Terminated)
+KeyUpdate = Struct(*_hdr(Req.KEY_UPDATE), Terminated)  # param1 operation, param2 tag
+KeyUpdateAck = Struct(*_hdr(Rsp.KEY_UPDATE_ACK), Terminated)
+EndSession = Struct(*_hdr(Req.END_SESSION), Terminated)  # param1 bit0 preserve state
+EndSessionAck = Struct(*_hdr(Rsp.END_SESSION_ACK), Terminated)
+
+# --- Vendor defined -------------------------------------------------------------------------
+
+VendorDefinedRequest = Struct(
+    *_hdr(Req.VENDOR_DEFINED_REQUEST),
+    "standard_id" / Int16ul,
+    "vendor_id_len" / Rebuild(Int8ul, len_(this.vendor_id)),
+    "vendor_id" / Bytes(this.vendor_id_len),
+    "payload_length" / Rebuild(Int16ul, len_(this.payload)),
+    "payload" / Bytes(this.payload_length),
+    Terminated,
+)
+
+VendorDefinedResponse = Struct(
+    *_hdr(Rsp.VENDOR_DEFINED_RESPONSE),
+    "standard_id" / Int16ul,
+    "vendor_id_len" / Rebuild(Int8ul, len_(this.vendor_id)),
+    "vendor_id" / Bytes(this.vendor_id_len),
+    "payload_length" / Rebuild(Int16ul, len_(this.payload)),
+    "payload" / Bytes(this.payload_length),
+    Terminated,
+)
+
+# --- Chunking (DSP0274 1.2 §10.23/10.24) ----------------------------------------------------
+
+CHUNK_ATTR_LAST = 0x01
+CHUNK_ACK_EARLY_ERROR = 0x01
+
+ChunkSend = Struct(
+    *_hdr(Req.CHUNK_SEND),  # param1 attributes, param2 handle
+    "chunk_seq_no" / Int16ul,
+    "reserved" / Default(Int16ul, 0),
+    "chunk_size" / Rebuild(Int32ul, len_(this.chunk)),
+    "large_message_size" / Opt(this.chunk_seq_no == 0, Int32ul),
+    "chunk" / Bytes(this.chunk_size),
+    Terminated,
+)
+
+ChunkSendAck = Struct(
+    *_hdr(Rsp.CHUNK_SEND_ACK),
+    "chunk_seq_no" / Int16ul,
+    "response" / GreedyBytes,
+)
+
+ChunkGet = Struct(*_hdr(Req.CHUNK_GET), "chunk_seq_no" / Int16ul, Terminated)
+
+ChunkResponse = Struct(
+    *_hdr(Rsp.CHUNK_RESPONSE),
+    "chunk_seq_no" / Int16ul,
+    "reserved" / Default(Int16ul, 0),
+    "chunk_size" / Rebuild(Int32ul, len_(this.chunk)),
+    "large_message_size" / Opt(this.chunk_seq_no == 0, Int32ul),
+    "chunk" / Bytes(this.chunk_size),
+    Terminated,
+)
+
+# CHUNK_SEND fixed part and CHUNK_RESPONSE fixed part sizes (for DataTransferSize maths).
+CHUNK_SEND_HEADER_SIZE = 12
+CHUNK_RESPONSE_HEADER_SIZE = 12
+
+# --- Encapsulated (mutual auth) -------------------------------------------------------------
+
+GetEncapsulatedRequest = Struct(*_hdr(Req.GET_ENCAPSULATED_REQUEST), Terminated)
+EncapsulatedRequest = Struct(*_hdr(Rsp.ENCAPSULATED_REQUEST), "request" / GreedyBytes)
+DeliverEncapsulatedResponse = Struct(
+    *_hdr(Req.DELIVER_ENCAPSULATED_RESPONSE), "response" / GreedyBytes
+)
+EncapsulatedResponseAck = Struct(
+    *_hdr(Rsp.ENCAPSULATED_RESPONSE_ACK),
+    "ack_request_id" / Opt(_v(0x12), Default(Int8ul, 0)),
+    "reserved" / Opt(_v(0x12), Default(Bytes(3), bytes(3))),
+    "request" / GreedyBytes,
+)
+
+# --- Misc ----------------------------------------------------------------------------------
+
+RespondIfReady = Struct(*_hdr(Req.RESPOND_IF_READY), Terminated)  # param1 code, param2 token
+
+Error = Struct(*_hdr(Rsp.ERROR), "extended" / Default(GreedyBytes, b""))
+
+ResponseNotReadyData = Struct(
+    "rdt_exponent" / Int8ul,
+    "request_code" / Int8ul,
+    "token" / Int8ul,
+    "rdtm" / Int8ul,
+    Terminated,
+)
+LargeResponseData = Struct("handle" / Int8ul, Terminated)
+
+
+# --- Helpers ---------------------------------------------------------------------------------
+
+_DEFAULT_PARAMS = {
+    "hash_size": 0,
+    "sig_size": 0,
+    "dhe_size": 0,
+    "meas_summary_size": 0,
+    "verify_size": 0,
+}
+
+
+def decode(fmt: Any, data: bytes, **params: int) -> Any:
+    """Parse *data* with *fmt*; raises MessageFormatError on any mismatch."""
+    ctx = {**_DEFAULT_PARAMS, **params}
+    try:
+        return fmt.parse(data, **ctx)
+    except ConstructError as exc:
+        raise MessageFormatError(str(exc).splitlines()[0]) from exc
+    except (TypeError, ValueError) as exc:  # e.g. negative computed sizes
+        raise MessageFormatError(str(exc)) from exc
+
+
+def encode(fmt: Any, fields: dict[str, Any], **params: int) -> bytes:
+    ctx = {**_DEFAULT_PARAMS, **params}
+    try:
+        out: bytes = fmt.build(fields, **ctx)
+    except ConstructError as exc:
+        raise MessageFormatError(str(exc).splitlines()[0]) from exc
+    return out
+
+
+def header(data: bytes) -> Any:
+    if len(data) < HEADER_SIZE:
+        raise MessageFormatError("message shorter than the SPDM header")
+    return Header.parse(data[:HEADER_SIZE])

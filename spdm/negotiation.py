@@ -1,0 +1,76 @@
+"""Negotiated connection parameters and the DSP0274 §10.3/10.4 validation rules shared by
+both roles."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from spdm.algorithms import NegotiatedAlgorithms
+from spdm.codes import MIN_DATA_TRANSFER_SIZE_12, PSK_CAP_MASK, ReqCap, RspCap
+
+
+@dataclass
+class ConnectionInfo:
+    version: int = 0
+    req_caps: int = 0
+    rsp_caps: int = 0
+    req_ct_exponent: int = 0
+    rsp_ct_exponent: int = 0
+    req_data_transfer_size: int = 0
+    req_max_msg_size: int = 0
+    rsp_data_transfer_size: int = 0
+    rsp_max_msg_size: int = 0
+    algorithms: NegotiatedAlgorithms = field(default_factory=NegotiatedAlgorithms)
+
+    def both(self, req_flag: int, rsp_flag: int) -> bool:
+        return bool(self.req_caps & req_flag) and bool(self.rsp_caps & rsp_flag)
+
+    @property
+    def handshake_in_clear(self) -> bool:
+        return self.both(ReqCap.HANDSHAKE_IN_THE_CLEAR, RspCap.HANDSHAKE_IN_THE_CLEAR)
+
+    @property
+    def chunking(self) -> bool:
+        return self.version >= 0x12 and self.both(ReqCap.CHUNK, RspCap.CHUNK)
+
+    @property
+    def mac_only(self) -> bool:
+        """Session type: encrypt+MAC when both set ENCRYPT_CAP, else MAC-only (DSP0277)."""
+        return not self.both(ReqCap.ENCRYPT, RspCap.ENCRYPT)
+
+    @property
+    def opaque_fmt1(self) -> bool:
+        return self.version >= 0x12 and bool(self.algorithms.other_params & 0x2)
+
+
+def check_requester_caps(version: int, flags: int, dts: int | None, max_size: int | None) -> str:
+    """Return a reason string when GET_CAPABILITIES flags are inconsistent, '' when fine.
+
+    Rules from DSP0274 1.2 Table 'Requester flag fields' (also libspdm_rsp_capabilities.c).
+    """
+    key_ex = flags & ReqCap.KEY_EX
+    psk = flags & PSK_CAP_MASK
+    if psk == PSK_CAP_MASK or psk == (2 << 10):
+        return "PSK_CAP value reserved for a requester"
+    if (key_ex or psk) and not flags & (ReqCap.ENCRYPT | ReqCap.MAC):
+        return "KEY_EX/PSK without ENCRYPT or MAC"
+    if not (key_ex or psk) and flags & (
+        ReqCap.ENCRYPT | ReqCap.MAC | ReqCap.HANDSHAKE_IN_THE_CLEAR | ReqCap.HBEAT | ReqCap.KEY_UPD
+    ):
+        return "session capabilities without KEY_EX or PSK"
+    if flags & ReqCap.CERT and flags & ReqCap.PUB_KEY_ID:
+        return "CERT and PUB_KEY_ID both set"
+    if flags & (ReqCap.CHAL | ReqCap.MUT_AUTH) and not flags & (ReqCap.CERT | ReqCap.PUB_KEY_ID):
+        return "CHAL/MUT_AUTH without CERT or PUB_KEY_ID"
+    if flags & ReqCap.HANDSHAKE_IN_THE_CLEAR and not key_ex:
+        return "HANDSHAKE_IN_THE_CLEAR without KEY_EX"
+    if version >= 0x12 and dts is not None and max_size is not None:
+        if dts < MIN_DATA_TRANSFER_SIZE_12:
+            return "DataTransferSize below MinDataTransferSize"
+        if dts > max_size:
+            return "DataTransferSize larger than MaxSPDMmsgSize"
+        if not flags & ReqCap.CHUNK and dts != max_size:
+            return "DataTransferSize != MaxSPDMmsgSize without CHUNK_CAP"
+    if version < 0x13 and flags & 0xFFC0_0000:
+        pass  # bits defined by later versions are ignored, not rejected
+    return ""

@@ -1,0 +1,1096 @@
+"""Sans-IO SPDM responder (DSP0274 1.0–1.3, DSP0277 secured messages over PCI DOE).
+
+Usage by a DOE transport adapter:
+
+    rsp = Responder(ResponderConfig(slots=CertSlots({0: identity})))
+    # DOE type 1 (SPDM):          reply_payload = rsp.handle(payload)            -> type 1
+    # DOE type 2 (secured SPDM):  kind, reply = rsp.handle_doe(2, payload)       -> kind 1 or 2
+    #                             (or rsp.handle_secured(record) -> record)
+
+The responder never performs I/O; clocks and randomness come from the config.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography import x509
+
+from spdm import algorithms as alg
+from spdm import crypto, opaque
+from spdm.algorithms import AlgType, NegotiatedAlgorithms
+from spdm.codes import (
+    KEY_UPDATE_UPDATE_ALL_KEYS,
+    KEY_UPDATE_UPDATE_KEY,
+    KEY_UPDATE_VERIFY_NEW_KEY,
+    MAX_SLOTS,
+    MEAS_CAP_MASK,
+    MEAS_SPEC_DMTF,
+    MEAS_SUMMARY_ALL,
+    MEAS_SUMMARY_NONE,
+    MEAS_SUMMARY_TCB,
+    MULTI_KEY_CONN,
+    MUT_AUTH_REQUESTED,
+    OPAQUE_FMT_0,
+    OPAQUE_FMT_1,
+    SUPPORTED_VERSIONS,
+    V10,
+    V11,
+    V12,
+    V13,
+    ErrorCode,
+    Req,
+    ReqCap,
+    RspCap,
+    version_entry,
+)
+from spdm.errors import (
+    DecryptError,
+    InvalidRequest,
+    RecordError,
+    SpdmError,
+    UnexpectedRequest,
+    UnsupportedRequest,
+)
+from spdm.identity import CertSlots
+from spdm.key_schedule import KeySchedule
+from spdm.measurements import Measurement, MeasurementProvider, block_bytes, summary_hash
+from spdm.messages import (
+    CHUNK_ATTR_LAST,
+    CHUNK_RESPONSE_HEADER_SIZE,
+    FINISH_ATTR_SIGNATURE,
+    MEAS_ATTR_RAW_BIT_STREAM,
+    MEAS_ATTR_SIGNATURE,
+    Algorithms,
+    Capabilities,
+    Certificate,
+    Challenge,
+    ChallengeAuth,
+    ChunkGet,
+    ChunkResponse,
+    ChunkSend,
+    ChunkSendAck,
+    Digests,
+    EndSession,
+    EndSessionAck,
+    Error,
+    Finish,
+    FinishRsp,
+    GetCapabilities,
+    GetCertificate,
+    GetDigests,
+    GetMeasurements,
+    GetVersion,
+    Heartbeat,
+    HeartbeatAck,
+    KeyExchange,
+    KeyExchangeRsp,
+    KeyUpdate,
+    KeyUpdateAck,
+    LargeResponseData,
+    Measurements,
+    MessageFormatError,
+    NegotiateAlgorithms,
+    PskExchange,
+    PskExchangeRsp,
+    PskFinish,
+    PskFinishRsp,
+    RespondIfReady,
+    ResponseNotReadyData,
+    VendorDefinedRequest,
+    VendorDefinedResponse,
+    Version,
+    decode,
+    encode,
+    header,
+)
+from spdm.negotiation import ConnectionInfo, check_requester_caps
+from spdm.secured_message import DOE_TRANSPORT, TransportParams, peek_session_id
+from spdm.session import Session
+from spdm.state import (
+    NOT_IN_SESSION,
+    SESSION_ONLY_REQUESTS,
+    ConnState,
+    SessionState,
+    connection_next,
+    session_next,
+)
+from spdm.transcript import ConnectionTranscript, SessionTranscript
+
+DEFAULT_RSP_CAPS = (
+    RspCap.CERT
+    | RspCap.CHAL
+    | RspCap.MEAS_SIG
+    | RspCap.MEAS_FRESH
+    | RspCap.ENCRYPT
+    | RspCap.MAC
+    | RspCap.KEY_EX
+    | RspCap.PSK_WITH_CONTEXT
+    | RspCap.HBEAT
+    | RspCap.KEY_UPD
+    | RspCap.CHUNK
+)
+
+
+@dataclass(frozen=True)
+class VendorRequestContext:
+    """What a VENDOR_DEFINED handler learns about the request's envelope."""
+
+    standard_id: int
+    vendor_id: bytes
+    session_id: int | None
+    version: int
+
+    @property
+    def in_session(self) -> bool:
+        return self.session_id is not None
+
+
+VendorHandler = Callable[[bytes, VendorRequestContext], bytes]
+
+
+@dataclass
+class ResponderConfig:
+    versions: Sequence[int] = (V10, V11, V12, V13)
+    capabilities: int = int(DEFAULT_RSP_CAPS)
+    ct_exponent: int = 12
+    # DOE replies to QEMU must fit in 4608 bytes with DOE header and record overhead.
+    data_transfer_size: int = 4096
+    max_spdm_msg_size: int = 65536
+    slots: CertSlots = field(default_factory=CertSlots)
+    measurements: MeasurementProvider | None = None
+    asym_priority: Sequence[int] = alg.SUPPORTED_ASYM
+    hash_priority: Sequence[int] = alg.SUPPORTED_HASH
+    meas_hash_priority: Sequence[int] = alg.SUPPORTED_MEAS_HASH
+    dhe_priority: Sequence[int] = alg.SUPPORTED_DHE
+    aead_priority: Sequence[int] = alg.SUPPORTED_AEAD
+    req_asym_priority: Sequence[int] = alg.SUPPORTED_ASYM
+    # Mutual authentication: requested only when this is set AND the requester advertised
+    # MUT_AUTH_CAP (reference §1.4). The requester's chain must be known beforehand
+    # (basic flow, MutAuthRequested bit 0); SPDM chain bytes are built per hash.
+    mut_auth: bool = False
+    requester_chain_der: Sequence[bytes] = ()
+    requester_trust_anchors: Sequence[x509.Certificate] = ()
+    psk_lookup: Callable[[bytes], bytes | None] | None = None
+    psk_salt: bytes | None = None
+    heartbeat_period: int = 0
+    max_sessions: int = 4
+    secured_versions: Sequence[int] = opaque.DEFAULT_SECURED_VERSIONS
+    transport: TransportParams = field(default_factory=lambda: DOE_TRANSPORT)
+    terminate_session_on_decrypt_error: bool = True
+    # Test/fault hooks: return True to answer Busy / ResponseNotReady for a request code.
+    busy: Callable[[int], bool] | None = None
+    not_ready: Callable[[int], bool] | None = None
+    rdt_exponent: int = 10
+    random: Callable[[int], bytes] = os.urandom
+
+
+# Requests that may not be answered with ResponseNotReady (DSP0274 §10.10.1).
+_NO_DELAY = frozenset(
+    {
+        Req.GET_VERSION,
+        Req.GET_CAPABILITIES,
+        Req.NEGOTIATE_ALGORITHMS,
+        Req.RESPOND_IF_READY,
+        Req.CHUNK_SEND,
+        Req.CHUNK_GET,
+        Req.END_SESSION,
+        Req.KEY_UPDATE,
+        Req.FINISH,
+        Req.PSK_FINISH,
+        Req.HEARTBEAT,
+    }
+)
+
+
+@dataclass
+class _ChunkSendState:
+    handle: int
+    expected_seq: int
+    large_size: int
+    data: bytearray
+
+
+@dataclass
+class _ChunkGetState:
+    handle: int
+    next_seq: int
+    offset: int
+    data: bytes
+
+
+class Responder:
+    def __init__(self, config: ResponderConfig | None = None) -> None:
+        self.config = config or ResponderConfig()
+        self._vendor: dict[tuple[int, bytes, int | None], VendorHandler] = {}
+        self.sessions: dict[int, Session] = {}
+        self._handlers: dict[Req, Callable[[bytes, Any, Session | None], bytes]] = {
+            Req.GET_VERSION: self._get_version,
+            Req.GET_CAPABILITIES: self._get_capabilities,
+            Req.NEGOTIATE_ALGORITHMS: self._negotiate_algorithms,
+            Req.GET_DIGESTS: self._get_digests,
+            Req.GET_CERTIFICATE: self._get_certificate,
+            Req.CHALLENGE: self._challenge,
+            Req.GET_MEASUREMENTS: self._get_measurements,
+            Req.KEY_EXCHANGE: self._key_exchange,
+            Req.FINISH: self._finish,
+            Req.PSK_EXCHANGE: self._psk_exchange,
+            Req.PSK_FINISH: self._psk_finish,
+            Req.HEARTBEAT: self._heartbeat,
+            Req.KEY_UPDATE: self._key_update,
+            Req.END_SESSION: self._end_session,
+            Req.VENDOR_DEFINED_REQUEST: self._vendor_defined,
+            Req.CHUNK_SEND: self._chunk_send,
+            Req.CHUNK_GET: self._chunk_get,
+        }
+        self._next_rsp_session = 0xFF00
+        self.reset()
+
+    # ---- public API --------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Forget the connection and all sessions (e.g. on function-level reset)."""
+        self.state = ConnState.NOT_STARTED
+        self.conn = ConnectionInfo()
+        self.transcript = ConnectionTranscript()
+        self.sessions.clear()
+        self._handshake_clear_session: Session | None = None
+        self._send_chunks: _ChunkSendState | None = None
+        self._get_chunks: _ChunkGetState | None = None
+        self._chunk_handle = 0
+        self._pending: tuple[int, int, bytes] | None = None  # (code, token, response)
+        self._token = 0
+        self._after_send: list[Callable[[], None]] = []
+
+    @property
+    def algorithms(self) -> NegotiatedAlgorithms:
+        return self.conn.algorithms
+
+    def register_vendor_handler(
+        self,
+        standard_id: int,
+        vendor_id: bytes,
+        handler: VendorHandler,
+        protocol_id: int | None = None,
+    ) -> None:
+        """Register a VENDOR_DEFINED_REQUEST handler.
+
+        The handler receives the request payload (for PCI-SIG messages this starts with the
+        ProtocolID byte) and a VendorRequestContext; it returns the response payload (again
+        starting with ProtocolID for PCI-SIG) or raises SpdmError. With `protocol_id`, the
+        handler is chosen by the payload's first byte, so IDE_KM (0) and TDISP (1) can share
+        (PCI-SIG 0x0003, vendor b"\\x01\\x00").
+        """
+        self._vendor[(standard_id, bytes(vendor_id), protocol_id)] = handler
+
+    def handle(self, request: bytes) -> bytes:
+        """Process one plaintext SPDM request (DOE type 1) and return the response."""
+        session = None
+        if self._handshake_clear_session is not None and request[1:2] == bytes([Req.FINISH]):
+            session = self._handshake_clear_session
+        resp = self._process(request, session, secured=False)
+        self._run_after_send()
+        return resp
+
+    def handle_secured(self, record: bytes) -> bytes:
+        """Process one DSP0277 record (DOE type 2). Returns a record, or — when the record
+        cannot be attributed to a session or authenticated — a plaintext ERROR."""
+        kind, data = self.handle_doe(2, record)
+        return data
+
+    def handle_doe(self, data_object_type: int, payload: bytes) -> tuple[int, bytes]:
+        """DOE adapter entry point: (type 1|2, payload) -> (type, reply payload)."""
+        if data_object_type == 1:
+            return 1, self.handle(payload)
+        try:
+            sid = peek_session_id(payload)
+        except RecordError:
+            return 1, self._error_msg(ErrorCode.INVALID_REQUEST)
+        session = self.sessions.get(sid)
+        if session is None or session.req_prot is None:
+            return 1, self._error_msg(ErrorCode.INVALID_SESSION if self.conn.version < V12
+                                      else ErrorCode.SESSION_REQUIRED)
+        try:
+            plaintext = session.open(payload, from_requester=True)
+        except RecordError:
+            # DSP0274 §10.10: DecryptError; the responder terminates the session.
+            if self.config.terminate_session_on_decrypt_error:
+                self._drop_session(session)
+            return 1, self._error_msg(ErrorCode.DECRYPT_ERROR)
+        resp = self._process(plaintext, session, secured=True)
+        out = session.seal(resp, from_requester=False)
+        self._run_after_send()
+        return 2, out
+
+    # ---- core --------------------------------------------------------------------------------
+
+    def _run_after_send(self) -> None:
+        actions, self._after_send = self._after_send, []
+        for action in actions:
+            action()
+
+    def _drop_session(self, session: Session) -> None:
+        self.sessions.pop(session.session_id, None)
+        if self._handshake_clear_session is session:
+            self._handshake_clear_session = None
+
+    def _error_version(self) -> int:
+        return self.conn.version or V10
+
+    def _error_msg(self, code: int, data: int = 0, extended: bytes = b"") -> bytes:
+        return encode(
+            Error,
+            {"version": self._error_version(), "param1": code, "param2": data,
+             "extended": extended},
+        )
+
+    def _process(self, request: bytes, session: Session | None, *, secured: bool) -> bytes:
+        try:
+            hdr = header(request)
+        except MessageFormatError:
+            return self._error_msg(ErrorCode.INVALID_REQUEST)
+        try:
+            resp = self._dispatch(request, hdr, session)
+        except SpdmError as exc:
+            self._after_send.clear()
+            return self._error_msg(exc.code, exc.data, exc.extended)
+        except MessageFormatError:
+            self._after_send.clear()
+            return self._error_msg(ErrorCode.INVALID_REQUEST)
+        return self._maybe_large(resp, hdr.code)
+
+    def _maybe_large(self, resp: bytes, code: int) -> bytes:
+        """DSP0274 1.2 §10.24: a response above the requester's DataTransferSize is delivered
+        with CHUNK_GET (ERROR LargeResponse) or refused (ResponseTooLarge)."""
+        limit = self.conn.req_data_transfer_size
+        if self.conn.version < V12 or not limit or len(resp) <= limit or code == Req.CHUNK_GET:
+            return resp
+        if len(resp) > self.conn.req_max_msg_size or not self.conn.chunking:
+            self._after_send.clear()
+            return self._error_msg(ErrorCode.RESPONSE_TOO_LARGE, 0,
+                                   struct.pack("<I", len(resp)))
+        self._chunk_handle = (self._chunk_handle + 1) & 0xFF
+        self._get_chunks = _ChunkGetState(self._chunk_handle, 0, 0, resp)
+        return self._error_msg(ErrorCode.LARGE_RESPONSE, 0,
+                               encode(LargeResponseData, {"handle": self._chunk_handle}))
+
+    def _dispatch(self, request: bytes, hdr: Any, session: Session | None) -> bytes:
+        try:
+            req = Req(hdr.code)
+        except ValueError:
+            raise UnsupportedRequest(hdr.code, "unknown request code") from None
+
+        if req == Req.RESPOND_IF_READY:
+            return self._respond_if_ready(request, hdr)
+
+        # Version checks (DSP0274 §10.3): GET_VERSION is always 1.0; GET_CAPABILITIES picks
+        # the version; everything after must carry the negotiated version.
+        if req == Req.GET_VERSION:
+            if hdr.version != V10:
+                raise SpdmError(ErrorCode.VERSION_MISMATCH, reason="GET_VERSION must be 1.0")
+        elif self.state == ConnState.AFTER_VERSION and req == Req.GET_CAPABILITIES:
+            if hdr.version not in self._common_versions():
+                raise SpdmError(ErrorCode.VERSION_MISMATCH, reason="unsupported version")
+        elif self.state == ConnState.NOT_STARTED:
+            raise UnexpectedRequest("GET_VERSION required first")
+        elif hdr.version != self.conn.version:
+            raise SpdmError(ErrorCode.VERSION_MISMATCH, reason="version differs from negotiated")
+
+        if len(request) > self.config.data_transfer_size and self.conn.version >= V12:
+            raise SpdmError(ErrorCode.REQUEST_TOO_LARGE)
+
+        next_conn: ConnState | None = self.state
+        if session is not None:
+            if req in NOT_IN_SESSION:
+                raise UnexpectedRequest("not allowed inside a session")
+            if session_next(session.state, req) is None:
+                raise UnexpectedRequest(f"{req.name} in session state {session.state.value}")
+        else:
+            if req in SESSION_ONLY_REQUESTS:
+                if self.conn.version >= V12:
+                    raise SpdmError(ErrorCode.SESSION_REQUIRED, reason=req.name)
+                raise UnexpectedRequest(f"{req.name} outside a session")
+            next_conn = connection_next(self.state, req)
+            if next_conn is None:
+                raise UnexpectedRequest(f"{req.name} in state {self.state.value}")
+
+        handler = self._handlers.get(req)
+        if handler is None:
+            raise UnsupportedRequest(req)
+        if self.config.busy is not None and req not in _NO_DELAY and self.config.busy(req):
+            raise SpdmError(ErrorCode.BUSY)
+
+        # Every request other than GET_MEASUREMENTS ends an L1/L2 run (DSP0274 1.2 §10.11).
+        if req != Req.GET_MEASUREMENTS:
+            if session is not None:
+                session.transcript.m.clear()
+            else:
+                self.transcript.m.clear()
+
+        resp = handler(request, hdr, session)
+        if session is None and next_conn is not None:
+            self.state = next_conn
+        if (
+            self.config.not_ready is not None
+            and req not in _NO_DELAY
+            and self.config.not_ready(req)
+        ):
+            self._token = (self._token + 1) & 0xFF
+            self._pending = (int(req), self._token, resp)
+            ext = encode(
+                ResponseNotReadyData,
+                {"rdt_exponent": self.config.rdt_exponent, "request_code": int(req),
+                 "token": self._token, "rdtm": 1},
+            )
+            return self._error_msg(ErrorCode.RESPONSE_NOT_READY, 0, ext)
+        return resp
+
+    def _respond_if_ready(self, request: bytes, hdr: Any) -> bytes:
+        decode(RespondIfReady, request)
+        if hdr.version != self.conn.version:
+            raise SpdmError(ErrorCode.VERSION_MISMATCH)
+        if self._pending is None or (hdr.param1, hdr.param2) != self._pending[:2]:
+            raise UnexpectedRequest("no matching pending response")
+        resp = self._pending[2]
+        self._pending = None
+        return resp
+
+    def _common_versions(self) -> list[int]:
+        return [v for v in self.config.versions if v in SUPPORTED_VERSIONS]
+
+    def _caps(self) -> int:
+        return self.config.capabilities
+
+    def _require_cap(self, req: Req, rsp_flag: int, req_flag: int = 0) -> None:
+        if not self._caps() & rsp_flag:
+            raise UnsupportedRequest(req)
+        if req_flag and not self.conn.req_caps & req_flag:
+            raise UnexpectedRequest(f"requester did not advertise capability for {req.name}")
+
+    # ---- VCA -------------------------------------------------------------------------------
+
+    def _get_version(self, request: bytes, hdr: Any, session: Session | None) -> bytes:
+        decode(GetVersion, request)
+        # DSP0274 §10.3: GET_VERSION resets the connection, all sessions included.
+        self.conn = ConnectionInfo()
+        self.transcript.reset()
+        self.sessions.clear()
+        self._handshake_clear_session = None
+        self._get_chunks = self._send_chunks = None
+        self._pending = None
+        resp = encode(
+            Version,
+            {"version": V10, "entries": [version_entry(v) for v in self._common_versions()]},
+        )
+        self.transcript.vca += request + resp
+        return resp
+
+    def _get_capabilities(self, request: bytes, hdr: Any, session: Session | None) -> bytes:
+        version = hdr.version
+        msg = decode(GetCapabilities, request)
+        flags = msg.flags or 0
+        if version >= V11:
+            reason = check_requester_caps(
+                version, flags, msg.data_transfer_size, msg.max_spdm_msg_size
+            )
+            if reason:
+                raise InvalidRequest(reason)
+            if msg.ct_exponent > 31:
+                raise InvalidRequest("CTExponent too large")
+        self.conn.version = version
+        self.conn.req_caps = flags
+        self.conn.req_ct_exponent = msg.ct_exponent or 0
+        self.conn.req_data_transfer_size = msg.data_transfer_size or 0
+        self.conn.req_max_msg_size = msg.max_spdm_msg_size or 0
+        caps = self._caps()
+        if version < V12:
+            caps &= 0xFFFF  # CHUNK and later bits are defined from 1.2 on
+        if version < V11:
+            caps &= 0x3F
+        self.conn.rsp_caps = caps
+        self.conn.rsp_ct_exponent = self.config.ct_exponent
+        fields: dict[str, Any] = {
+            "version": version,
+            "ct_exponent": self.config.ct_exponent,
+            "flags": caps,
+        }
+        if version >= V12:
+            fields["data_transfer_size"] = self.config.data_transfer_size
+            fields["max_spdm_msg_size"] = self.config.max_spdm_msg_size
+            self.conn.rsp_data_transfer_size = self.config.data_transfer_size
+            self.conn.rsp_max_msg_size = self.config.max_spdm_msg_size
+        resp = encode(Capabilities, fields)
+        self.transcript.vca += request + resp
+        return resp
+
+    def _slot_asym_mask(self) -> int:
+        mask = -1
+        for ident in self.config.slots.slots.values():
+            mask &= ident.asym_mask()
+        return 0 if mask == -1 else mask
+
+    def _negotiate_algorithms(self, request: bytes, hdr: Any, session: Session | None) -> bytes:
+        version = self.conn.version
+        msg = decode(NegotiateAlgorithms, request)
+        if msg.length != len(request):
+            raise InvalidRequest("Length field does not match message size")
+        if version >= V12 and msg.length > 128:
+            raise InvalidRequest("NEGOTIATE_ALGORITHMS longer than 128 bytes")
+        if len(msg.ext_asym) + len(msg.ext_hash) > 20:
+            raise InvalidRequest("too many extended algorithms")
+        seen: list[int] = []
+        for s in msg.alg_structs:
+            if s.alg_count >> 4 != 2:
+                raise InvalidRequest("AlgStruct fixed algorithm count must be 2")
+            if s.alg_type not in (2, 3, 4, 5) or (seen and s.alg_type <= seen[-1]):
+                raise InvalidRequest("AlgStructs out of order, duplicated or unknown")
+            seen.append(s.alg_type)
+        caps = self.conn.rsp_caps
+        structs = {s.alg_type: s.supported for s in msg.alg_structs}
+
+        meas_spec = MEAS_SPEC_DMTF if caps & MEAS_CAP_MASK and msg.meas_spec & 1 else 0
+        meas_hash = alg.select(alg.mask_of(self.config.meas_hash_priority),
+                               self.config.meas_hash_priority) if meas_spec else 0
+        asym_ok = msg.base_asym & self._slot_asym_mask()
+        base_asym = alg.select(asym_ok, self.config.asym_priority)
+        base_hash = alg.select(msg.base_hash, self.config.hash_priority)
+        if not base_hash:
+            raise InvalidRequest("no common hash algorithm")
+        other = 0
+        if version >= V12:
+            if msg.other_params & OPAQUE_FMT_1:
+                other = OPAQUE_FMT_1
+            elif msg.other_params & OPAQUE_FMT_0:
+                other = OPAQUE_FMT_0
+            if version >= V13 and msg.other_params & MULTI_KEY_CONN:
+                other |= 0  # multi-key connections are not supported; leave the bit clear
+        session_caps = caps & (RspCap.KEY_EX | RspCap.PSK | RspCap.PSK_WITH_CONTEXT)
+        dhe = aead = ks = req_asym = 0
+        if session_caps:
+            dhe = alg.select(structs.get(AlgType.DHE, 0), self.config.dhe_priority) \
+                if caps & RspCap.KEY_EX else 0
+            aead = alg.select(structs.get(AlgType.AEAD, 0), self.config.aead_priority)
+            ks = structs.get(AlgType.KEY_SCHEDULE, 0) & alg.KeySchedule.SPDM
+        if self.conn.both(ReqCap.MUT_AUTH, RspCap.MUT_AUTH):
+            req_asym = alg.select(structs.get(AlgType.REQ_BASE_ASYM, 0),
+                                  self.config.req_asym_priority)
+        self.conn.algorithms = NegotiatedAlgorithms(
+            meas_spec=meas_spec, other_params=other, meas_hash=meas_hash,
+            base_asym=base_asym, base_hash=base_hash, dhe=dhe, aead=aead,
+            req_base_asym=req_asym, key_schedule=ks,
+        )
+        sel = {AlgType.DHE: dhe, AlgType.AEAD: aead, AlgType.REQ_BASE_ASYM: req_asym,
+               AlgType.KEY_SCHEDULE: ks}
+        out_structs = [{"alg_type": t, "supported": sel[AlgType(t)]} for t in seen]
+        resp = encode(
+            Algorithms,
+            {
+                "version": version, "param1": len(out_structs), "meas_spec_sel": meas_spec,
+                "other_params_sel": other, "meas_hash_algo": meas_hash,
+                "base_asym_sel": base_asym, "base_hash_sel": base_hash,
+                "alg_structs": out_structs,
+            },
+        )
+        self.transcript.vca += request + resp
+        return resp
+
+    # ---- identity ------------------------------------------------------------------------------
+
+    @property
+    def _h(self) -> int:
+        return self.conn.algorithms.hash_size
+
+    def _chain(self, slot: int) -> bytes:
+        ident = self.config.slots.get(slot)
+        if ident is None:
+            raise InvalidRequest(f"slot {slot} not provisioned")
+        return ident.spdm_chain(self.conn.algorithms.base_hash)
+
+    def _sign(self, slot: int, context: bytes, transcript: bytes) -> bytes:
+        ident = self.config.slots.get(slot)
+        if ident is None:
+            raise InvalidRequest(f"slot {slot} not provisioned")
+        a = self.conn.algorithms
+        msg = crypto.message_to_sign(self.conn.version, a.base_hash, context, transcript)
+        return crypto.sign(a.base_asym, a.base_hash, ident.key, msg)
+
+    def _get_digests(self, request: bytes, hdr: Any, session: Session | None) -> bytes:
+        self._require_cap(Req.GET_DIGESTS, RspCap.CERT)
+        decode(GetDigests, request)
+        slots = sorted(self.config.slots.slots)
+        digests = [crypto.digest(self.conn.algorithms.base_hash, self._chain(s)) for s in slots]
+        mask = self.config.slots.mask
+        resp = encode(
+            Digests,
+            {"version": self.conn.version, "param1": mask if self.conn.version >= V13 else 0,
+             "param2": mask, "digests": digests},
+            hash_size=self._h,
+        )
+        if session is None:
+            self.transcript.b += request + resp
+        return resp
+
+    def _get_certificate(self, request: bytes, hdr: Any, session: Session | None) -> bytes:
+        self._require_cap(Req.GET_CERTIFICATE, RspCap.CERT)
+        msg = decode(GetCertificate, request)
+        slot = msg.param1 & 0x0F
+        if msg.param1 & 0xF0 or slot >= MAX_SLOTS:
+            raise InvalidRequest("bad SlotID")
+        chain = self._chain(slot)
+        if msg.offset >= len(chain):
+            raise InvalidRequest("Offset beyond the certificate chain")
+        portion = min(msg.length, len(chain) - msg.offset)
+        if self.conn.version >= V12 and self.conn.req_data_transfer_size and not self.conn.chunking:
+            portion = min(portion, self.conn.req_data_transfer_size - 8)
+        data = chain[msg.offset : msg.offset + portion]
+        resp = encode(
+            Certificate,
+            {"version": self.conn.version, "param1": slot, "cert_chain": data,
+             "remainder_length": len(chain) - msg.offset - portion},
+        )
+        if session is None:
+            self.transcript.b += request + resp
+        return resp
+
+    def _meas_summary(self, kind: int) -> bytes:
+        if kind == MEAS_SUMMARY_NONE:
+            return b""
+        if kind not in (MEAS_SUMMARY_TCB, MEAS_SUMMARY_ALL):
+            raise InvalidRequest("bad MeasurementSummaryHashType")
+        if not self.conn.rsp_caps & MEAS_CAP_MASK:
+            raise InvalidRequest("measurement summary requested without MEAS_CAP")
+        a = self.conn.algorithms
+        return summary_hash(self._measurements(), a.meas_hash, a.base_hash, kind)
+
+    def _measurements(self) -> Sequence[Measurement]:
+        return self.config.measurements() if self.config.measurements else []
+
+    def _challenge(self, request: bytes, hdr: Any, session: Session | None) -> bytes:
+        self._require_cap(Req.CHALLENGE, RspCap.CHAL)
+        msg = decode(Challenge, request)
+        slot = msg.param1
+        if slot >= MAX_SLOTS:
+            raise InvalidRequest("bad SlotID")
+        chain = self._chain(slot)
+        a = self.conn.algorithms
+        summary = self._meas_summary(msg.param2)
+        fields = {
+            "version": self.conn.version,
+            "param1": slot,
+            "param2": self.config.slots.mask,
+            "cert_chain_hash": crypto.digest(a.base_hash, chain),
+            "nonce": self.config.random(32),
+            "meas_summary_hash": summary,
+            "opaque": b"",
+            "requester_context": msg.requester_context,
+            "signature": b"",
+        }
+        unsigned = encode(ChallengeAuth, fields, hash_size=self._h,
+                          meas_summary_size=len(summary), sig_size=0)
+        self.transcript.c = bytearray(request + unsigned)
+        sig = self._sign(slot, crypto.CTX_CHALLENGE_AUTH, self.transcript.m1m2())
+        self.transcript.reset_auth()
+        return unsigned + sig
+
+    def _get_measurements(self, request: bytes, hdr: Any, session: Session | None) -> bytes:
+        caps = self.conn.rsp_caps
+        if not caps & MEAS_CAP_MASK:
+            raise UnsupportedRequest(Req.GET_MEASUREMENTS)
+        msg = decode(GetMeasurements, request)
+        signed = bool(msg.param1 & MEAS_ATTR_SIGNATURE)
+        if signed and not caps & RspCap.MEAS_SIG:
+            raise InvalidRequest("signature requested but MEAS_CAP is 01b")
+        if msg.param1 & ~(MEAS_ATTR_SIGNATURE | MEAS_ATTR_RAW_BIT_STREAM):
+            pass  # reserved attribute bits are ignored (forward compatibility)
+        slot = (msg.slot_id or 0) & 0x0F
+        if signed and (msg.slot_id & 0xF0 or self.config.slots.get(slot) is None):
+            raise InvalidRequest("bad SlotIDParam")
+        a = self.conn.algorithms
+        meas = sorted(self._measurements(), key=lambda m: m.index)
+        op = msg.param2
+        raw = bool(msg.param1 & MEAS_ATTR_RAW_BIT_STREAM) and self.conn.version >= V13
+        param1 = 0
+        if op == 0:
+            param1 = len(meas)
+            chosen: list[Measurement] = []
+        elif op == 0xFF:
+            chosen = meas
+        else:
+            chosen = [m for m in meas if m.index == op]
+            if not chosen:
+                raise InvalidRequest(f"no measurement with index {op}")
+        record = b"".join(block_bytes(m, a.meas_hash, raw_requested=raw) for m in chosen)
+        fields = {
+            "version": self.conn.version,
+            "param1": param1,
+            "param2": slot if signed else 0,
+            "number_of_blocks": len(chosen),
+            "record": record,
+            "nonce": self.config.random(32),
+            "opaque": b"",
+            "requester_context": msg.requester_context,
+            "signature": b"",
+        }
+        unsigned = encode(Measurements, fields, sig_size=0)
+        m = session.transcript.m if session is not None else self.transcript.m
+        m += request + unsigned
+        if not signed:
+            return unsigned
+        l1l2 = self.transcript.l1l2(self.conn.version, m)
+        m.clear()
+        return unsigned + self._sign(slot, crypto.CTX_MEASUREMENTS, l1l2)
+
+    # ---- sessions ----------------------------------------------------------------------------
+
+    def _select_secured_version(self, opaque_data: bytes) -> int:
+        fmt1 = self.conn.opaque_fmt1
+        try:
+            offered = opaque.parse_supported_versions(opaque_data, fmt1=fmt1)
+        except opaque.OpaqueError as exc:
+            raise InvalidRequest(str(exc)) from exc
+        common = [v for v in offered if v in self.config.secured_versions]
+        if not common:
+            raise InvalidRequest("no common secured-message version")
+        return max(common)
+
+    def _new_session_id(self, req_session_id: int) -> int:
+        for _ in range(0x10000):
+            rsp_id = self._next_rsp_session
+            self._next_rsp_session = (self._next_rsp_session + 1) & 0xFFFF or 1
+            sid = (rsp_id << 16) | req_session_id
+            if sid not in self.sessions and rsp_id not in (0, 0xFFFF):
+                return sid
+        raise SpdmError(ErrorCode.SESSION_LIMIT_EXCEEDED)
+
+    def _check_session_limit(self) -> None:
+        if len(self.sessions) >= self.config.max_sessions:
+            raise SpdmError(ErrorCode.SESSION_LIMIT_EXCEEDED)
+
+    def _new_session(self, req_session_id: int, cert_hash: bytes, psk: bool,
+                     secured_version: int) -> Session:
+        a = self.conn.algorithms
+        sid = self._new_session_id(req_session_id)
+        ks = KeySchedule(self.conn.version, a.base_hash, a.aead, psk_salt=self.config.psk_salt)
+        return Session(
+            session_id=sid,
+            version=self.conn.version,
+            algorithms=a,
+            transcript=SessionTranscript(bytes(self.transcript.vca), cert_hash),
+            key_schedule=ks,
+            psk=psk,
+            mac_only=self.conn.mac_only,
+            handshake_in_clear=self.conn.handshake_in_clear and not psk,
+            secured_version=secured_version,
+            transport=self.config.transport,
+        )
+
+    def _heartbeat_period(self) -> int:
+        if self.conn.both(ReqCap.HBEAT, RspCap.HBEAT):
+            return self.config.heartbeat_period
+        return 0
+
+    def _key_exchange(self, request: bytes, hdr: Any, session: Session | None) -> bytes:
+        self._require_cap(Req.KEY_EXCHANGE, RspCap.KEY_EX, ReqCap.KEY_EX)
+        a = self.conn.algorithms
+        if not a.dhe or not a.aead:
+            raise UnexpectedRequest("no DHE/AEAD negotiated")
+        msg = decode(KeyExchange, request, dhe_size=a.dhe_size)
+        slot = msg.param2
+        if slot >= MAX_SLOTS or self.config.slots.get(slot) is None:
+            raise InvalidRequest("bad SlotID")
+        summary = self._meas_summary(msg.param1)
+        self._check_session_limit()
+        secured_version = self._select_secured_version(msg.opaque)
+        try:
+            dhe = crypto.DheKey(a.dhe)
+            shared = dhe.shared_secret(msg.exchange_data)
+        except crypto.CryptoError as exc:
+            raise InvalidRequest(str(exc)) from exc
+        cert_hash = crypto.digest(a.base_hash, self._chain(slot))
+        sess = self._new_session(msg.req_session_id, cert_hash, False, secured_version)
+        mut = 0
+        if (
+            self.config.mut_auth
+            and self.conn.both(ReqCap.MUT_AUTH, RspCap.MUT_AUTH)
+            and self.config.requester_chain_der
+            and a.req_base_asym
+        ):
+            from spdm.identity import spdm_cert_chain
+
+            mut = MUT_AUTH_REQUESTED
+            req_chain = spdm_cert_chain(self.config.requester_chain_der, a.base_hash)
+            sess.transcript.req_cert_chain_hash = crypto.digest(a.base_hash, req_chain)
+        sess.mut_auth = mut
+        sess.heartbeat_period = self._heartbeat_period()
+        fields = {
+            "version": self.conn.version,
+            "param1": sess.heartbeat_period,
+            "rsp_session_id": sess.session_id >> 16,
+            "mut_auth_requested": mut,
+            "req_slot_id_param": 0,
+            "random": self.config.random(32),
+            "exchange_data": dhe.exchange_data(),
+            "meas_summary_hash": summary,
+            "opaque": opaque.build_version_selection(secured_version,
+                                                     fmt1=self.conn.opaque_fmt1),
+            "signature": b"",
+            "verify_data": b"",
+        }
+        partial = encode(KeyExchangeRsp, fields, dhe_size=a.dhe_size,
+                         meas_summary_size=len(summary))
+        sess.transcript.k += request + partial
+        sig = self._sign(slot, crypto.CTX_KEY_EXCHANGE_RSP, sess.transcript.th_k())
+        sess.transcript.k += sig
+        th1 = crypto.digest(a.base_hash, sess.transcript.th_k())
+        sess.install_handshake_keys(shared, th1)
+        verify = b""
+        if not sess.handshake_in_clear:
+            verify = sess.hmac_th(sess.rsp_finished_key, sess.transcript.th_k())
+            sess.transcript.k += verify
+        self.sessions[sess.session_id] = sess
+        if sess.handshake_in_clear:
+            self._handshake_clear_session = sess
+        return partial + sig + verify
+
+    def _requester_public_key(self) -> crypto.PublicKey:
+        cert = x509.load_der_x509_certificate(self.config.requester_chain_der[-1])
+        return cert.public_key()  # type: ignore[return-value]
+
+    def _finish(self, request: bytes, hdr: Any, session: Session | None) -> bytes:
+        assert session is not None
+        a = self.conn.algorithms
+        sig_present = bool(hdr.param1 & FINISH_ATTR_SIGNATURE)
+        if sig_present != bool(session.mut_auth):
+            raise InvalidRequest("FINISH signature presence disagrees with MutAuthRequested")
+        msg = decode(Finish, request, hash_size=a.hash_size,
+                     sig_size=a.req_sig_size if sig_present else 0)
+        th = session.transcript.th()
+        if sig_present:
+            signed = th + request[:4]
+            m = crypto.message_to_sign(session.version, a.base_hash, crypto.CTX_FINISH, signed)
+            if not crypto.verify(a.req_base_asym, a.base_hash, self._requester_public_key(), m,
+                                 msg.signature):
+                raise DecryptError("FINISH signature invalid")
+        expected = session.hmac_th(session.req_finished_key, th + request[:4] + msg.signature)
+        if not crypto.hmac_compare(expected, msg.verify_data):
+            raise DecryptError("RequesterVerifyData mismatch")
+        session.transcript.f += request
+        fields = {"version": self.conn.version, "verify_data": b""}
+        verify_size = 0
+        if session.handshake_in_clear:
+            hdr_bytes = encode(FinishRsp, fields)
+            fields["verify_data"] = session.hmac_th(session.rsp_finished_key,
+                                                    session.transcript.th() + hdr_bytes)
+            verify_size = a.hash_size
+        resp = encode(FinishRsp, fields, verify_size=verify_size)
+        session.transcript.f += resp
+        th2 = crypto.digest(a.base_hash, session.transcript.th())
+
+        def activate() -> None:
+            session.install_data_keys(th2)
+            if self._handshake_clear_session is session:
+                self._handshake_clear_session = None
+
+        self._after_send.append(activate)
+        return resp
+
+    def _psk_exchange(self, request: bytes, hdr: Any, session: Session | None) -> bytes:
+        self._require_cap(Req.PSK_EXCHANGE, RspCap.PSK | RspCap.PSK_WITH_CONTEXT, ReqCap.PSK)
+        a = self.conn.algorithms
+        if not a.aead:
+            raise UnexpectedRequest("no AEAD negotiated")
+        msg = decode(PskExchange, request)
+        summary = self._meas_summary(msg.param1)
+        self._check_session_limit()
+        psk = self.config.psk_lookup(msg.psk_hint) if self.config.psk_lookup else None
+        if not psk:
+            raise InvalidRequest("unknown PSK hint")
+        secured_version = self._select_secured_version(msg.opaque)
+        sess = self._new_session(msg.req_session_id, b"", True, secured_version)
+        sess.heartbeat_period = self._heartbeat_period()
+        with_context = bool(self._caps() & RspCap.PSK_WITH_CONTEXT)
+        fields = {
+            "version": self.conn.version,
+            "param1": sess.heartbeat_period,
+            "rsp_session_id": sess.session_id >> 16,
+            "meas_summary_hash": summary,
+            "context": self.config.random(a.hash_size) if with_context else b"",
+            "opaque": opaque.build_version_selection(secured_version,
+                                                     fmt1=self.conn.opaque_fmt1),
+            "verify_data": b"",
+        }
+        partial = encode(PskExchangeRsp, fields, meas_summary_size=len(summary))
+        sess.transcript.k += request + partial
+        th1 = crypto.digest(a.base_hash, sess.transcript.th_k())
+        sess.install_handshake_keys(psk, th1)
+        verify = sess.hmac_th(sess.rsp_finished_key, sess.transcript.th_k())
+        sess.transcript.k += verify
+        self.sessions[sess.session_id] = sess
+        if not with_context:
+            # DSP0274 §10.18: without responder context there is no PSK_FINISH; the
+            # session enters the application phase with TH2 = TH over PSK_EXCHANGE_RSP.
+            th2 = crypto.digest(a.base_hash, sess.transcript.th())
+            self._after_send.append(lambda: sess.install_data_keys(th2))
+        return partial + verify
+
+    def _psk_finish(self, request: bytes, hdr: Any, session: Session | None) -> bytes:
+        assert session is not None
+        if not session.psk:
+            raise UnexpectedRequest("PSK_FINISH on a KEY_EXCHANGE session")
+        a = self.conn.algorithms
+        msg = decode(PskFinish, request, hash_size=a.hash_size)
+        expected = session.hmac_th(session.req_finished_key,
+                                   session.transcript.th() + request[:4])
+        if not crypto.hmac_compare(expected, msg.verify_data):
+            raise DecryptError("RequesterVerifyData mismatch")
+        session.transcript.f += request
+        resp = encode(PskFinishRsp, {"version": self.conn.version})
+        session.transcript.f += resp
+        th2 = crypto.digest(a.base_hash, session.transcript.th())
+        self._after_send.append(lambda: session.install_data_keys(th2))
+        return resp
+
+    def _heartbeat(self, request: bytes, hdr: Any, session: Session | None) -> bytes:
+        self._require_cap(Req.HEARTBEAT, RspCap.HBEAT, ReqCap.HBEAT)
+        decode(Heartbeat, request)
+        return encode(HeartbeatAck, {"version": self.conn.version})
+
+    def _key_update(self, request: bytes, hdr: Any, session: Session | None) -> bytes:
+        assert session is not None
+        self._require_cap(Req.KEY_UPDATE, RspCap.KEY_UPD, ReqCap.KEY_UPD)
+        msg = decode(KeyUpdate, request)
+        op = msg.param1
+        if op == KEY_UPDATE_UPDATE_KEY:
+            session.update_req_keys()
+        elif op == KEY_UPDATE_UPDATE_ALL_KEYS:
+            session.update_req_keys()
+            # The ACK still travels under the old responder key (libspdm behaviour).
+            self._after_send.append(session.update_rsp_keys)
+        elif op != KEY_UPDATE_VERIFY_NEW_KEY:
+            raise InvalidRequest("bad KEY_UPDATE operation")
+        return encode(KeyUpdateAck, {"version": self.conn.version, "param1": op,
+                                     "param2": msg.param2})
+
+    def _end_session(self, request: bytes, hdr: Any, session: Session | None) -> bytes:
+        assert session is not None
+        decode(EndSession, request)
+        resp = encode(EndSessionAck, {"version": self.conn.version})
+
+        def end() -> None:
+            session.state = SessionState.ENDED
+            self._drop_session(session)
+
+        self._after_send.append(end)
+        return resp
+
+    # ---- vendor defined ------------------------------------------------------------------------
+
+    def _vendor_defined(self, request: bytes, hdr: Any, session: Session | None) -> bytes:
+        msg = decode(VendorDefinedRequest, request)
+        payload = bytes(msg.payload)
+        vid = bytes(msg.vendor_id)
+        handler = None
+        if payload:
+            handler = self._vendor.get((msg.standard_id, vid, payload[0]))
+        if handler is None:
+            handler = self._vendor.get((msg.standard_id, vid, None))
+        if handler is None:
+            raise UnsupportedRequest(Req.VENDOR_DEFINED_REQUEST, "no vendor handler")
+        ctx = VendorRequestContext(msg.standard_id, vid,
+                                   session.session_id if session else None, self.conn.version)
+        out = handler(payload, ctx)
+        return encode(
+            VendorDefinedResponse,
+            {"version": self.conn.version, "standard_id": msg.standard_id, "vendor_id": vid,
+             "payload": out},
+        )
+
+    # ---- chunking (DSP0274 1.2 §10.23, §10.24) -------------------------------------------------
+
+    def _chunk_send(self, request: bytes, hdr: Any, session: Session | None) -> bytes:
+        if not self.conn.chunking:
+            raise UnsupportedRequest(Req.CHUNK_SEND)
+        try:
+            msg = decode(ChunkSend, request)
+            st = self._send_chunks
+            dts = self.config.data_transfer_size
+            if msg.chunk_seq_no == 0:
+                if st is not None:
+                    raise InvalidRequest("new chunk sequence while one is in progress")
+                if not dts < msg.large_message_size <= self.config.max_spdm_msg_size:
+                    raise InvalidRequest("bad LargeMessageSize")
+                st = _ChunkSendState(msg.param2, 0, msg.large_message_size, bytearray())
+                self._send_chunks = st
+            elif st is None or msg.param2 != st.handle or msg.chunk_seq_no != st.expected_seq:
+                raise InvalidRequest("chunk out of sequence")
+            if not msg.chunk:
+                raise InvalidRequest("empty chunk")
+            st.data += msg.chunk
+            st.expected_seq += 1
+            if len(st.data) > st.large_size:
+                raise InvalidRequest("chunks exceed LargeMessageSize")
+            last = bool(msg.param1 & CHUNK_ATTR_LAST)
+            if last and len(st.data) != st.large_size:
+                raise InvalidRequest("last chunk before LargeMessageSize reached")
+            if not last and len(st.data) == st.large_size:
+                raise InvalidRequest("LargeMessageSize reached without LastChunk")
+        except (SpdmError, MessageFormatError):
+            self._send_chunks = None
+            raise
+        embedded = b""
+        if last:
+            self._send_chunks = None
+            large = bytes(st.data)
+            try:
+                h = header(large)
+                embedded = self._dispatch_large(large, h, session)
+            except SpdmError as exc:
+                embedded = self._error_msg(exc.code, exc.data, exc.extended)
+            except MessageFormatError:
+                embedded = self._error_msg(ErrorCode.INVALID_REQUEST)
+            embedded = self._maybe_large(embedded, 0)
+        return encode(
+            ChunkSendAck,
+            {"version": self.conn.version, "param2": st.handle,
+             "chunk_seq_no": msg.chunk_seq_no, "response": embedded},
+        )
+
+    def _dispatch_large(self, request: bytes, hdr: Any, session: Session | None) -> bytes:
+        # The reassembled request is processed as if it arrived whole; the size limit that
+        # forced chunking does not apply to it.
+        saved = self.config.data_transfer_size
+        try:
+            self.config.data_transfer_size = self.config.max_spdm_msg_size
+            return self._dispatch(request, hdr, session)
+        finally:
+            self.config.data_transfer_size = saved
+
+    def _chunk_get(self, request: bytes, hdr: Any, session: Session | None) -> bytes:
+        if not self.conn.chunking:
+            raise UnsupportedRequest(Req.CHUNK_GET)
+        msg = decode(ChunkGet, request)
+        st = self._get_chunks
+        if st is None or msg.param2 != st.handle:
+            raise InvalidRequest("no large response with this handle")
+        if msg.chunk_seq_no != st.next_seq:
+            raise InvalidRequest("CHUNK_GET out of sequence")
+        room = self.conn.req_data_transfer_size - CHUNK_RESPONSE_HEADER_SIZE
+        if st.next_seq == 0:
+            room -= 4
+        chunk = st.data[st.offset : st.offset + room]
+        st.offset += len(chunk)
+        last = st.offset >= len(st.data)
+        fields: dict[str, Any] = {
+            "version": self.conn.version, "param1": CHUNK_ATTR_LAST if last else 0,
+            "param2": st.handle, "chunk_seq_no": st.next_seq, "chunk": chunk,
+        }
+        if st.next_seq == 0:
+            fields["large_message_size"] = len(st.data)
+        st.next_seq += 1
+        if last:
+            self._get_chunks = None
+        return encode(ChunkResponse, fields)

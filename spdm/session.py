@@ -1,0 +1,104 @@
+"""One SPDM secure session: keys per direction, sequence numbers, transcript (DSP0274 §10.16+,
+DSP0277)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from spdm import crypto
+from spdm.algorithms import NegotiatedAlgorithms
+from spdm.errors import RecordError
+from spdm.key_schedule import DirectionKeys, KeySchedule
+from spdm.secured_message import (
+    DOE_TRANSPORT,
+    RecordProtection,
+    TransportParams,
+    decode_record,
+    encode_record,
+)
+from spdm.state import SessionState
+from spdm.transcript import SessionTranscript
+
+
+@dataclass(repr=False)
+class Session:
+    session_id: int
+    version: int
+    algorithms: NegotiatedAlgorithms
+    transcript: SessionTranscript
+    key_schedule: KeySchedule
+    psk: bool = False
+    mac_only: bool = False
+    handshake_in_clear: bool = False
+    mut_auth: int = 0
+    req_slot_id: int = 0
+    heartbeat_period: int = 0
+    secured_version: int = 0x1100
+    state: SessionState = SessionState.HANDSHAKING
+    transport: TransportParams = field(default_factory=lambda: DOE_TRANSPORT)
+    req_keys: DirectionKeys | None = None
+    rsp_keys: DirectionKeys | None = None
+    req_prot: RecordProtection | None = None  # requester -> responder direction
+    rsp_prot: RecordProtection | None = None  # responder -> requester direction
+    req_finished_key: bytes = b""
+    rsp_finished_key: bytes = b""
+    # KEY_UPDATE bookkeeping: the responder-direction key activates after the ACK is sent.
+    pending_rsp_keys: DirectionKeys | None = None
+    last_key_update_tag: int | None = None
+
+    def __repr__(self) -> str:
+        return f"Session(id=0x{self.session_id:08x}, state={self.state.value})"
+
+    @property
+    def hash_alg(self) -> int:
+        return self.algorithms.base_hash
+
+    def hmac_th(self, key: bytes, transcript: bytes) -> bytes:
+        """VerifyData = HMAC(finished_key, Hash(transcript)) (libspdm #1136)."""
+        return crypto.hmac(self.hash_alg, key, crypto.digest(self.hash_alg, transcript))
+
+    def _install(self, req: DirectionKeys, rsp: DirectionKeys) -> None:
+        self.req_keys, self.rsp_keys = req, rsp
+        aead = self.algorithms.aead
+        self.req_prot = RecordProtection(aead, req.key, req.iv,
+                                         little_endian=self.transport.seq_little_endian)
+        self.rsp_prot = RecordProtection(aead, rsp.key, rsp.iv,
+                                         little_endian=self.transport.seq_little_endian)
+
+    def install_handshake_keys(self, shared_secret: bytes, th1_hash: bytes) -> None:
+        self.key_schedule.set_handshake_secret(shared_secret, psk=self.psk)
+        req, rsp = self.key_schedule.handshake_keys(th1_hash)
+        self._install(req, rsp)
+        self.req_finished_key = self.key_schedule.finished_key(req.secret)
+        self.rsp_finished_key = self.key_schedule.finished_key(rsp.secret)
+
+    def install_data_keys(self, th2_hash: bytes) -> None:
+        req, rsp = self.key_schedule.data_keys(th2_hash)
+        self._install(req, rsp)
+        self.state = SessionState.ESTABLISHED
+
+    def update_req_keys(self) -> None:
+        assert self.req_keys is not None and self.req_prot is not None
+        self.req_keys = self.key_schedule.updated(self.req_keys)
+        self.req_prot.rekey(self.req_keys.key, self.req_keys.iv)
+
+    def update_rsp_keys(self) -> None:
+        assert self.rsp_keys is not None and self.rsp_prot is not None
+        self.rsp_keys = self.key_schedule.updated(self.rsp_keys)
+        self.rsp_prot.rekey(self.rsp_keys.key, self.rsp_keys.iv)
+
+    # Records --------------------------------------------------------------------------------
+
+    def seal(self, message: bytes, *, from_requester: bool) -> bytes:
+        prot = self.req_prot if from_requester else self.rsp_prot
+        if prot is None:
+            raise RecordError("session has no keys yet")
+        return encode_record(prot, self.session_id, message, encrypt=not self.mac_only,
+                             transport=self.transport)
+
+    def open(self, record: bytes, *, from_requester: bool) -> bytes:
+        prot = self.req_prot if from_requester else self.rsp_prot
+        if prot is None:
+            raise RecordError("session has no keys yet")
+        return decode_record(prot, self.session_id, record, encrypt=not self.mac_only,
+                             transport=self.transport)

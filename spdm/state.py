@@ -1,0 +1,99 @@
+"""SPDM connection and session state as explicit transition tables (h11 style).
+
+Each table maps (state, request code) to the next state. A request absent from the table in
+the current state is answered with UnexpectedRequest (DSP0274 §10.10 Table 'ERROR codes').
+Tests enumerate these tables directly.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from spdm.codes import Req
+
+
+class ConnState(enum.Enum):
+    NOT_STARTED = "not-started"
+    AFTER_VERSION = "after-version"
+    AFTER_CAPABILITIES = "after-capabilities"
+    NEGOTIATED = "negotiated"
+
+
+class SessionState(enum.Enum):
+    HANDSHAKING = "handshaking"
+    ESTABLISHED = "established"
+    ENDED = "ended"
+
+
+# Requests that operate on an already negotiated connection (DSP0274 §9 'Connection').
+_NEGOTIATED_REQUESTS = (
+    Req.GET_DIGESTS,
+    Req.GET_CERTIFICATE,
+    Req.CHALLENGE,
+    Req.GET_MEASUREMENTS,
+    Req.KEY_EXCHANGE,
+    Req.PSK_EXCHANGE,
+    Req.VENDOR_DEFINED_REQUEST,
+    Req.CHUNK_SEND,
+    Req.CHUNK_GET,
+    Req.GET_ENCAPSULATED_REQUEST,
+    Req.DELIVER_ENCAPSULATED_RESPONSE,
+)
+
+CONNECTION_TRANSITIONS: dict[tuple[ConnState, Req], ConnState] = {
+    # GET_VERSION may be issued at any time and restarts the connection (DSP0274 §10.3).
+    **{(s, Req.GET_VERSION): ConnState.AFTER_VERSION for s in ConnState},
+    (ConnState.AFTER_VERSION, Req.GET_CAPABILITIES): ConnState.AFTER_CAPABILITIES,
+    (ConnState.AFTER_CAPABILITIES, Req.NEGOTIATE_ALGORITHMS): ConnState.NEGOTIATED,
+    **{(ConnState.NEGOTIATED, r): ConnState.NEGOTIATED for r in _NEGOTIATED_REQUESTS},
+}
+
+# Requests only meaningful inside a session (record or, for FINISH with
+# HANDSHAKE_IN_THE_CLEAR, the session named by the last KEY_EXCHANGE).
+SESSION_ONLY_REQUESTS = frozenset(
+    {Req.FINISH, Req.PSK_FINISH, Req.HEARTBEAT, Req.KEY_UPDATE, Req.END_SESSION}
+)
+
+# Requests not allowed inside a secured session (DSP0274 1.2 Table 'SPDM request codes',
+# column 'allowed in session').
+NOT_IN_SESSION = frozenset(
+    {
+        Req.GET_VERSION,
+        Req.GET_CAPABILITIES,
+        Req.NEGOTIATE_ALGORITHMS,
+        Req.KEY_EXCHANGE,
+        Req.PSK_EXCHANGE,
+        Req.CHALLENGE,
+    }
+)
+
+_ESTABLISHED_REQUESTS = (
+    Req.HEARTBEAT,
+    Req.KEY_UPDATE,
+    Req.GET_DIGESTS,
+    Req.GET_CERTIFICATE,
+    Req.GET_MEASUREMENTS,
+    Req.VENDOR_DEFINED_REQUEST,
+    Req.CHUNK_SEND,
+    Req.CHUNK_GET,
+    Req.GET_ENCAPSULATED_REQUEST,
+    Req.DELIVER_ENCAPSULATED_RESPONSE,
+)
+
+SESSION_TRANSITIONS: dict[tuple[SessionState, Req], SessionState] = {
+    (SessionState.HANDSHAKING, Req.FINISH): SessionState.ESTABLISHED,
+    (SessionState.HANDSHAKING, Req.PSK_FINISH): SessionState.ESTABLISHED,
+    # Encapsulated mutual-auth flow runs during the handshake (DSP0274 §10.15).
+    (SessionState.HANDSHAKING, Req.GET_ENCAPSULATED_REQUEST): SessionState.HANDSHAKING,
+    (SessionState.HANDSHAKING, Req.DELIVER_ENCAPSULATED_RESPONSE): SessionState.HANDSHAKING,
+    **{(SessionState.ESTABLISHED, r): SessionState.ESTABLISHED for r in _ESTABLISHED_REQUESTS},
+    (SessionState.ESTABLISHED, Req.END_SESSION): SessionState.ENDED,
+}
+
+
+def connection_next(state: ConnState, request: Req) -> ConnState | None:
+    return CONNECTION_TRANSITIONS.get((state, request))
+
+
+def session_next(state: SessionState, request: Req) -> SessionState | None:
+    return SESSION_TRANSITIONS.get((state, request))

@@ -1,0 +1,61 @@
+"""Transcript bookkeeping (DSP0274 1.2 §10.x 'Transcript and transcript hash calculation').
+
+VCA   = GET_VERSION || VERSION || GET_CAPABILITIES || CAPABILITIES || NEGOTIATE_ALGORITHMS ||
+        ALGORITHMS                                        (message A)
+B     = GET_DIGESTS/DIGESTS and GET_CERTIFICATE/CERTIFICATE exchanges
+C     = CHALLENGE || CHALLENGE_AUTH without the signature
+M1/M2 = VCA || B || C                                     (CHALLENGE_AUTH signature)
+L1/L2 = [VCA if 1.2+] || GET_MEASUREMENTS/MEASUREMENTS ... (last one without signature)
+K     = KEY_EXCHANGE || KEY_EXCHANGE_RSP ...
+TH    = VCA || Hash(CertChain) || K [|| Hash(ReqCertChain)] || F
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ConnectionTranscript:
+    vca: bytearray = field(default_factory=bytearray)
+    b: bytearray = field(default_factory=bytearray)
+    c: bytearray = field(default_factory=bytearray)
+    # L1/L2 outside a session; sessions keep their own.
+    m: bytearray = field(default_factory=bytearray)
+
+    def reset(self) -> None:
+        """GET_VERSION restarts the connection (DSP0274 §10.3)."""
+        self.vca.clear()
+        self.reset_auth()
+        self.m.clear()
+
+    def reset_auth(self) -> None:
+        self.b.clear()
+        self.c.clear()
+
+    def m1m2(self) -> bytes:
+        return bytes(self.vca + self.b + self.c)
+
+    def l1l2(self, version: int, session_m: bytearray | None = None) -> bytes:
+        m = self.m if session_m is None else session_m
+        if version >= 0x12:
+            return bytes(self.vca + m)
+        return bytes(m)
+
+
+@dataclass
+class SessionTranscript:
+    """TH for one session: VCA || H(Ct) || message_k || [H(ReqCt)] || message_f."""
+
+    vca: bytes
+    cert_chain_hash: bytes  # empty for PSK sessions
+    k: bytearray = field(default_factory=bytearray)
+    req_cert_chain_hash: bytes = b""
+    f: bytearray = field(default_factory=bytearray)
+    m: bytearray = field(default_factory=bytearray)  # per-session L1/L2
+
+    def th(self) -> bytes:
+        return bytes(self.vca + self.cert_chain_hash + self.k + self.req_cert_chain_hash + self.f)
+
+    def th_k(self) -> bytes:
+        return bytes(self.vca + self.cert_chain_hash + self.k)
