@@ -201,6 +201,9 @@ class Connection:
     def _on_request(self, msg: Message) -> None:
         no_reply = bool(msg.flags & HeaderFlags.NO_REPLY)
         name = wire.command_name(msg.cmd)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("<- %s id %d flags %#x size %d fds %d %s", name, msg.id, msg.flags,
+                      msg.size, len(msg.fds), msg.payload[:32].hex())
         try:
             if wire.msg_type(msg.flags) != MsgType.REQUEST:
                 raise ProtocolError(errno.EINVAL, f"bad message type {msg.flags & 0xF}")
