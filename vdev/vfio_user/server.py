@@ -24,7 +24,12 @@ Design (reference: /work/shared/reference/vfio-user-qemu.md):
   inside its own DMA call).  This avoids the deadlock where QEMU's vCPU holds
   the BQL waiting for our reply while its DMA handler needs the BQL
   (reference §7.6, libvfio-user #279); the price is that other asyncio tasks
-  stall for the duration (bounded by `dma_timeout`).  From other threads the
+  stall for the duration (bounded by `dma_timeout`).  It cannot help when the
+  DMA is issued inside the handler of the very (non-posted) request a QEMU
+  vCPU is blocked on: QEMU only services our DMA_READ/WRITE once that reply
+  arrives.  Devices should therefore rely on memfd-backed guest RAM (plain
+  memory copies, no messages) or start fd-less DMA with `read_async` /
+  `write_async` from a task after the handler returned.  From other threads the
   call is handed to the loop and blocks only that thread.  The non-blocking
   alternative is `GuestMemory.read_async/write_async`.
 """
@@ -73,7 +78,10 @@ SERVER_CAPABILITIES: dict[str, object] = {
     }
 }
 
-DEFAULT_DMA_TIMEOUT = 5.0  # QEMU's own x-msg-timeout default (reference §6)
+#: Shorter than QEMU's 5 s x-msg-timeout (reference §6, §7.5): when a DMA the
+#: device starts inside a request handler times out, the error reply to that
+#: request must still reach QEMU before QEMU gives up on it.
+DEFAULT_DMA_TIMEOUT = 2.0
 _MAX_DMA_NESTING = 8
 _QEMU_MAX_XFER = 64 << 20  # reference §1: max_data_xfer_size <= 64 MiB
 
