@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import socket
 import struct
 
@@ -240,3 +241,35 @@ def test_stale_socket_is_replaced(server: ServerHandle) -> None:
         await srv.close()
 
     asyncio.run(main())
+
+
+def test_serve_entry_point(caplog: pytest.LogCaptureFixture) -> None:
+    import asyncio
+    import os
+    import tempfile
+
+    from vdev.vfio_user import serve
+
+    from .conftest import FakeDevice
+
+    path = tempfile.mkdtemp(prefix="vus-", dir="/tmp") + "/d.sock"
+
+    def use() -> bytes:
+        with VfioUserClient(path, timeout=2) as c:
+            c.negotiate()
+            return c.region_read(RegionIndex.CONFIG, 0, 2)
+
+    async def main() -> bytes:
+        stop = asyncio.Event()
+        task = asyncio.create_task(serve(FakeDevice(), path, stop=stop))
+        while not os.path.exists(path):
+            await asyncio.sleep(0.01)
+        result = await asyncio.to_thread(use)
+        stop.set()
+        await asyncio.wait_for(task, 2)
+        return result
+
+    with caplog.at_level(logging.INFO, logger="vdev.vfio_user"):
+        assert asyncio.run(main()) == b"\x34\x12"
+    assert f"listening on {path}" in caplog.text
+    assert not os.path.exists(path)  # removed on shutdown
