@@ -1002,7 +1002,17 @@ class Responder:
             raise UnsupportedRequest(Req.VENDOR_DEFINED_REQUEST, "no vendor handler")
         ctx = VendorRequestContext(msg.standard_id, vid,
                                    session.session_id if session else None, self.conn.version)
-        out = handler(payload, ctx)
+        try:
+            out = handler(payload, ctx)
+        except SpdmError:
+            raise
+        except Exception as exc:
+            # Protocol engines above us (tdisp.errors.VdmRefused) name the SPDM error they
+            # want via `spdm_error_code`; anything else is a bug and propagates.
+            code = getattr(exc, "spdm_error_code", None)
+            if code is None:
+                raise
+            raise SpdmError(int(code), reason=str(exc)) from exc
         return encode(
             VendorDefinedResponse,
             {"version": self.conn.version, "standard_id": msg.standard_id, "vendor_id": vid,

@@ -4,23 +4,14 @@ from __future__ import annotations
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
+from spdm_harness import identity_for
 
-from spdm.identity import DeviceIdentity, IdentityParams, generate_identity
+from spdm.identity import DeviceIdentity
 
 
 @pytest.fixture(scope="session")
 def rsa3072() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(65537, 3072)
-
-
-_IDENTITIES: dict[str, DeviceIdentity] = {}
-
-
-def identity_for(key_type: str, **kw: object) -> DeviceIdentity:
-    key = key_type + repr(sorted(kw.items()))
-    if key not in _IDENTITIES:
-        _IDENTITIES[key] = generate_identity(IdentityParams(key_type=key_type, **kw))  # type: ignore[arg-type]
-    return _IDENTITIES[key]
 
 
 @pytest.fixture(scope="session")

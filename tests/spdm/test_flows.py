@@ -1,0 +1,149 @@
+"""Requester against responder, in process, across an algorithm/version matrix."""
+
+from __future__ import annotations
+
+import pytest
+from spdm_harness import identity_for, make_link
+
+from spdm.algorithms import Aead, BaseAsym, BaseHash, Dhe, MeasHash
+from spdm.codes import (
+    KEY_UPDATE_UPDATE_ALL_KEYS,
+    KEY_UPDATE_UPDATE_KEY,
+    MEAS_SUMMARY_ALL,
+    MEAS_SUMMARY_TCB,
+)
+from spdm.identity import DeviceIdentity
+
+MATRIX = [
+    # (key type, asym, hash, aead, dhe)
+    ("ecdsa-p384", BaseAsym.ECDSA_P384, BaseHash.SHA_384, Aead.AES_256_GCM, Dhe.SECP384R1),
+    ("ecdsa-p256", BaseAsym.ECDSA_P256, BaseHash.SHA_256, Aead.AES_128_GCM, Dhe.SECP256R1),
+]
+
+
+@pytest.mark.parametrize("version", [0x12, 0x13])
+@pytest.mark.parametrize(("key_type", "asym", "hsh", "aead", "dhe"), MATRIX)
+def test_full_flow(version: int, key_type: str, asym: int, hsh: int, aead: int,
+                   dhe: int) -> None:
+    ident = identity_for(key_type)
+    link = make_link(ident, req={"versions": (version,), "base_asym": asym, "base_hash": hsh,
+                                 "aead": aead, "dhe": dhe})
+    r = link.requester
+    link.connect()
+    a = r.algorithms
+    assert r.version == version
+    assert (a.base_asym, a.base_hash, a.aead, a.dhe) == (asym, hsh, aead, dhe)
+    assert a.meas_hash == MeasHash.SHA_384
+    summary = link.run(r.challenge(0, MEAS_SUMMARY_ALL))
+    assert len(summary) == a.hash_size
+    assert link.run(r.get_measurements(0, signed=False)) == 7
+    blocks = link.run(r.get_measurements(0xFF, signed=True))
+    assert [b.index for b in blocks] == [1, 2, 3, 4, 5, 6, 7]
+    assert blocks[6].is_raw and blocks[6].value == b"vdev 0.1.0"
+    one = link.run(r.get_measurements(2, signed=True))
+    assert one[0].value == blocks[1].value
+
+    sid = link.session(meas_summary=MEAS_SUMMARY_TCB)
+    assert sid in link.responder.sessions
+    assert link.responder.sessions[sid].state.value == "established"
+    link.run(r.heartbeat(sid))
+    link.run(r.key_update(sid, KEY_UPDATE_UPDATE_KEY))
+    link.run(r.key_update(sid, KEY_UPDATE_UPDATE_ALL_KEYS))
+    link.run(r.heartbeat(sid))
+    inner = link.run(r.get_measurements(0xFF, signed=True, session_id=sid))
+    assert len(inner) == 7
+    link.run(r.get_digests(session_id=sid))
+    link.run(r.end_session(sid))
+    assert sid not in link.responder.sessions
+
+
+def test_version_11_flow(p256_identity: DeviceIdentity) -> None:
+    link = make_link(p256_identity, req={"versions": (0x11,)})
+    r = link.requester
+    link.connect()
+    assert r.version == 0x11
+    link.run(r.challenge(0))
+    link.run(r.get_measurements(0xFF, signed=True))
+    sid = link.session()
+    link.run(r.heartbeat(sid))
+    link.run(r.end_session(sid))
+
+
+def test_psk_session(p384_identity: DeviceIdentity) -> None:
+    link = make_link(p384_identity)
+    r = link.requester
+    link.run(r.init_connection())
+    sid = link.run(r.psk_exchange(b"hint"))
+    link.run(r.heartbeat(sid))
+    link.run(r.key_update(sid))
+    link.run(r.end_session(sid))
+
+
+def test_handshake_in_the_clear(p384_identity: DeviceIdentity) -> None:
+    from spdm.codes import ReqCap, RspCap
+    from spdm.requester import DEFAULT_REQ_CAPS
+    from spdm.responder import DEFAULT_RSP_CAPS
+
+    link = make_link(
+        p384_identity,
+        rsp={"capabilities": int(DEFAULT_RSP_CAPS | RspCap.HANDSHAKE_IN_THE_CLEAR)},
+        req={"capabilities": int(DEFAULT_REQ_CAPS | ReqCap.HANDSHAKE_IN_THE_CLEAR)},
+    )
+    link.connect()
+    sid = link.session()
+    # FINISH went as a plaintext DOE type 1 object.
+    assert link.log[-1][0] == 1 and link.log[-1][1][1] == 0xE5
+    link.run(link.requester.heartbeat(sid))
+
+
+def test_mac_only_session(p384_identity: DeviceIdentity) -> None:
+    from spdm.codes import ReqCap
+    from spdm.requester import DEFAULT_REQ_CAPS
+
+    link = make_link(p384_identity,
+                     req={"capabilities": int(DEFAULT_REQ_CAPS & ~ReqCap.ENCRYPT)})
+    link.connect()
+    sid = link.session()
+    assert link.responder.sessions[sid].mac_only
+    link.run(link.requester.heartbeat(sid))
+    # The heartbeat request is visible in the clear inside the record.
+    assert bytes([0x13, 0xE8, 0, 0]) in link.log[-1][1]
+
+
+def test_vendor_defined_dispatch(p384_identity: DeviceIdentity) -> None:
+    from spdm.responder import VendorRequestContext
+
+    seen: list[VendorRequestContext] = []
+
+    def ide_km(payload: bytes, ctx: VendorRequestContext) -> bytes:
+        seen.append(ctx)
+        return payload[:1] + b"\x01" + payload[2:]
+
+    link = make_link(p384_identity)
+    link.responder.register_vendor_handler(3, b"\x01\x00", ide_km, protocol_id=0)
+    link.connect()
+    sid = link.session()
+    out = link.run(link.requester.vendor_defined(3, b"\x01\x00", b"\x00\x00\x00\x00", sid))
+    assert out == b"\x00\x01\x00\x00"
+    assert seen[0].session_id == sid and seen[0].in_session
+    out = link.run(link.requester.vendor_defined(3, b"\x01\x00", b"\x00\x00\x00\x00"))
+    assert seen[1].session_id is None
+
+
+def test_rsa3072_flow() -> None:
+    ident = identity_for("rsa-3072")
+    link = make_link(ident, req={"base_asym": BaseAsym.RSAPSS_3072 | BaseAsym.RSASSA_3072,
+                                 "dhe": Dhe.FFDHE_3072})
+    link.connect()
+    assert link.requester.algorithms.base_asym == BaseAsym.RSAPSS_3072
+    link.run(link.requester.challenge())
+    sid = link.session()
+    link.run(link.requester.heartbeat(sid))
+
+
+def test_evidence(p384_identity: DeviceIdentity) -> None:
+    link = make_link(p384_identity)
+    link.connect()
+    link.run(link.requester.get_measurements())
+    ev = link.requester.evidence()
+    assert ev["version"] == 0x13 and 0 in ev["cert_chains"] and len(ev["measurements"]) == 7
