@@ -21,16 +21,20 @@ Behaviour choices and where they come from:
   checks DOR before acking the final DW (Linux reference §2, doe.c).
 - ABORT from any state discards both buffers and clears DOR and ERROR
   (§7.9.24.3 DOE Abort); it does not clear INT_STATUS, which is RW1C.
-- ERROR is set when "a data object has been received for which the DOE
-  instance is unable to provide a response" (§7.9.24.4 DOE Error) and stays
-  until ABORT.  That covers: a protocol that is not registered, a handler
-  that fails, GO with nothing written, a response that would exceed the
-  mailbox size, and a request exceeding the mailbox size.  §6.30.1 requires
-  that an object whose DW count disagrees with its Length field (or whose
-  Length is < 2) be *silently discarded*: we discard it (no handler runs)
-  and, because no response will ever follow, also set ERROR rather than make
-  the requester wait out its 1 s timeout (§6.30.2: a response or ERROR must
-  appear within 1 s of GO).
+- ERROR: §6.30.2 requires that a DOE instance "complete processing a received
+  data object and, if a data object is required in response, ... Set the
+  Data Object Ready bit ... within 1 second after the DOE Go bit was Set ...,
+  otherwise the DOE instance must Set the DOE Error bit" (wording as quoted
+  in public DOE implementations; the §7.9.24.4 DOE Error definition says the
+  same: an object "for which the DOE instance is unable to provide a
+  response").  ERROR stays until ABORT.  We therefore set it for: a protocol
+  that is not registered, a handler that fails, GO with nothing written, a
+  response that would exceed the mailbox size, and a request exceeding the
+  mailbox size.  §6.30.1 says an object whose DW count disagrees with its
+  Length field "must be silently discarded" (QEMU's hw/pci/pcie_doe.c quotes
+  this): we discard it (no handler runs) and, because no response will ever
+  follow, also set ERROR at once instead of making the requester wait out
+  its 1 s timeout.  Length < 2 is treated the same way.
 - Writes to the write mailbox while a response is pending (DOR=1) violate
   the §6.30.2 sequence (software must read the whole response first); we
   flag them with ERROR instead of silently mixing two exchanges.

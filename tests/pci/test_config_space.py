@@ -142,6 +142,8 @@ def test_command_register_is_read_write(endpoint: TeeIoEndpoint, cfg: Cfg) -> No
     cfg.write(0x04, 0xFFFF, 2)
     assert cfg.read(0x04, 2) == 0x0546  # only implemented bits stick, I/O space RO 0
     assert seen == [(0, 0x0406), (0x0406, 0x0546)]
+    endpoint.function_level_reset()
+    assert seen[-1] == (0x0546, 0)
 
 
 def test_status_cap_list_is_read_only_and_errors_w1c(endpoint: TeeIoEndpoint, cfg: Cfg) -> None:

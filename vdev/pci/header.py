@@ -90,7 +90,9 @@ class Type0Header:
             observer(old, new)
 
     def flr(self) -> None:
-        self._last_command = self.command.value
+        """After the registers were reset: tell observers if Command changed."""
+        if self.command.value != self._last_command:
+            self._command_written(0, 0)
 
     def registers(self, cap_pointer: int) -> list[Register]:
         ident = self.identity
