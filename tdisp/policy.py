@@ -1,0 +1,104 @@
+"""Profile-configurable TDISP behaviour: the points where implementations disagree.
+
+STOP_INTERFACE_REQUEST accepted in (reference §4.9):
+  * tee-io-validator: every state (StopInterfaceResponse cases 7.1–7.3 expect success
+    in RUN, CONFIG_LOCKED and CONFIG_UNLOCKED)
+  * spdm-emu: every state but CONFIG_UNLOCKED
+  * spdm-rs: RUN only
+  Default: every state.  STOP's effect (CONFIG_UNLOCKED) is harmless in
+  CONFIG_UNLOCKED, it lets a TSM tear down unconditionally (Linux's disconnect path),
+  and it is what the public conformance suite checks.
+
+REQ_MSGS_SUPPORTED bit convention:
+  * BIT_N_IS_0x81_PLUS_N (spdm-rs, tee-io-validator): GET_VERSION..STOP = 0x7F
+  * BIT_N_IS_0x80_PLUS_N (spdm-emu): GET_VERSION..STOP = 0xFE
+  Default: 0x81+n.  tee-io-validator case 2.1.6 requires (bits & 0x7F) == 0x7F and
+  bits 15:11 clear; spdm-emu's layout sets bit 11 for VDM_REQUEST and fails that.
+
+Other switches: whether LOCK demands IDE keys (default on, §11.3.8) and also that they
+are active (K_SET_GO; default off: the spec text says "configured"), the optional
+messages (BIND/UNBIND_P2P, SET_MMIO_ATTRIBUTE; default off, so UNSUPPORTED_REQUEST),
+the states those accept (RUN only, as spdm-rs), and the CAPABILITIES values.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field, replace
+
+from tdisp.tdisp_codes import LockFlags, RequestCode, TdiState
+
+U, L, R, E = TdiState.CONFIG_UNLOCKED, TdiState.CONFIG_LOCKED, TdiState.RUN, TdiState.ERROR
+
+
+class ReqMsgsConvention(enum.Enum):
+    BIT_N_IS_0x81_PLUS_N = 0x81
+    BIT_N_IS_0x80_PLUS_N = 0x80
+
+
+def req_msgs_bitmap(codes: set[int], convention: ReqMsgsConvention) -> bytes:
+    """REQ_MSGS_SUPPORTED[16] for the given request codes."""
+    value = 0
+    for code in codes:
+        value |= 1 << (code - convention.value)
+    return value.to_bytes(16, "little")
+
+
+@dataclass(frozen=True)
+class TdispPolicy:
+    name: str = "default"
+    stop_states: frozenset[TdiState] = frozenset({U, L, R, E})
+    req_msgs_convention: ReqMsgsConvention = ReqMsgsConvention.BIT_N_IS_0x81_PLUS_N
+    lock_requires_ide_keys: bool = True
+    lock_requires_key_set_go: bool = False
+    bind_p2p_supported: bool = False
+    set_mmio_attribute_supported: bool = False
+    p2p_states: frozenset[TdiState] = frozenset({R})
+    mmio_attribute_states: frozenset[TdiState] = frozenset({R})
+    require_session: bool = True
+    # START must come over the session that locked the TDI (the nonce was sent there).
+    start_requires_lock_session: bool = True
+    # CAPABILITIES (§11.3.5); tee-io-validator TdispCapabilities 2.1.5–2.1.10.
+    dsm_caps: int = 0
+    lock_flags_supported: int = int(
+        LockFlags.NO_FW_UPDATE
+        | LockFlags.SYSTEM_CACHE_LINE_SIZE
+        | LockFlags.LOCK_MSIX
+        | LockFlags.ALL_REQUEST_REDIRECT
+    )
+    dev_addr_width: int = 52
+    max_report_portion: int = 0x400  # per-response cap so each REPORT fits a DOE/SPDM message
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def supported_requests(self, vdm: bool) -> set[int]:
+        codes = {int(c) for c in RequestCode if c <= RequestCode.STOP_INTERFACE_REQUEST}
+        if self.bind_p2p_supported:
+            codes |= {RequestCode.BIND_P2P_STREAM_REQUEST, RequestCode.UNBIND_P2P_STREAM_REQUEST}
+        if self.set_mmio_attribute_supported:
+            codes.add(RequestCode.SET_MMIO_ATTRIBUTE_REQUEST)
+        if vdm:
+            codes.add(RequestCode.VDM_REQUEST)
+        return codes
+
+    @property
+    def effective_lock_flags(self) -> int:
+        flags = self.lock_flags_supported
+        if self.bind_p2p_supported:
+            flags |= LockFlags.BIND_P2P
+        return flags
+
+    @classmethod
+    def profile(cls, name: str) -> TdispPolicy:
+        """Named profiles: default / tee-io-validator, spdm-emu, spdm-rs."""
+        base = cls(name=name)
+        if name in ("default", "tee-io-validator"):
+            return base
+        if name == "spdm-emu":
+            return replace(
+                base,
+                stop_states=frozenset({L, R, E}),
+                req_msgs_convention=ReqMsgsConvention.BIT_N_IS_0x80_PLUS_N,
+            )
+        if name == "spdm-rs":
+            return replace(base, stop_states=frozenset({R}))
+        raise ValueError(f"unknown TDISP profile {name!r}")
