@@ -729,7 +729,11 @@ class Requester:
                 raise _fail("ResponderVerifyData mismatch")
             sess.transcript.k += msg.verify_data
         self.sessions[sid] = sess
-        yield from self._finish(sess)
+        try:
+            yield from self._finish(sess)
+        except Exception:
+            self.sessions.pop(sid, None)
+            raise
         return sid
 
     def _finish(self, sess: Session) -> Gen:

@@ -45,6 +45,7 @@ from spdm.codes import (
     ErrorCode,
     Req,
     ReqCap,
+    Rsp,
     RspCap,
     version_entry,
 )
@@ -324,6 +325,9 @@ class Responder:
         resp = self._process(plaintext, session, secured=True)
         out = session.seal(resp, from_requester=False)
         self._run_after_send()
+        if resp[1] == Rsp.ERROR and resp[2] == ErrorCode.DECRYPT_ERROR:
+            # A failed FINISH/PSK_FINISH verification ends the handshake (DSP0274 §10.10).
+            self._drop_session(session)
         return 2, out
 
     # ---- core --------------------------------------------------------------------------------
@@ -395,8 +399,10 @@ class Responder:
         elif self.state == ConnState.AFTER_VERSION and req == Req.GET_CAPABILITIES:
             if hdr.version not in self._common_versions():
                 raise SpdmError(ErrorCode.VERSION_MISMATCH, reason="unsupported version")
-        elif self.state == ConnState.NOT_STARTED:
-            raise UnexpectedRequest("GET_VERSION required first")
+        elif self.state == ConnState.NOT_STARTED or not self.conn.version:
+            # Order violations before a version is agreed are UnexpectedRequest, not
+            # VersionMismatch: there is nothing to mismatch against yet.
+            raise UnexpectedRequest(f"{req.name} before GET_VERSION/GET_CAPABILITIES")
         elif hdr.version != self.conn.version:
             raise SpdmError(ErrorCode.VERSION_MISMATCH, reason="version differs from negotiated")
 
