@@ -431,7 +431,7 @@ class Responder:
             raise SpdmError(ErrorCode.BUSY)
 
         # Every request other than GET_MEASUREMENTS ends an L1/L2 run (DSP0274 1.2 §10.11).
-        if req != Req.GET_MEASUREMENTS:
+        if req not in (Req.GET_MEASUREMENTS, Req.CHUNK_SEND, Req.CHUNK_GET):
             if session is not None:
                 session.transcript.m.clear()
             else:

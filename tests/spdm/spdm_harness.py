@@ -45,14 +45,16 @@ def make_link(
     rsp: dict[str, Any] | None = None,
     req: dict[str, Any] | None = None,
 ) -> Link:
-    rcfg = ResponderConfig(
-        slots=CertSlots({0: identity}),
-        measurements=lambda: default_measurements(),
-        psk_lookup=lambda hint: {b"hint": b"p" * 32}.get(hint),
-        **(rsp or {}),
-    )
-    qcfg = RequesterConfig(trust_anchors=[identity.root], psk={b"hint": b"p" * 32},
-                           **(req or {}))
+    rargs: dict[str, Any] = {
+        "slots": CertSlots({0: identity}),
+        "measurements": lambda: default_measurements(),
+        "psk_lookup": lambda hint: {b"hint": b"p" * 32}.get(hint),
+    }
+    rargs.update(rsp or {})
+    rcfg = ResponderConfig(**rargs)
+    qargs: dict[str, Any] = {"trust_anchors": [identity.root], "psk": {b"hint": b"p" * 32}}
+    qargs.update(req or {})
+    qcfg = RequesterConfig(**qargs)
     return Link(Requester(qcfg), Responder(rcfg))
 
 
