@@ -227,7 +227,8 @@ Measurements = Struct(
     "number_of_blocks" / Int8ul,
     "record_length" / Rebuild(Int24ul, len_(this.record)),
     "record" / Bytes(this.record_length),
-    "nonce" / Bytes(32),
+    # Nonce is always present from 1.1 on; SPDM 1.0 carries it only in signed responses.
+    "nonce" / Opt(lambda c: c.version >= 0x11 or c._params.sig_size > 0, Bytes(32)),
     "opaque_length" / Rebuild(Int16ul, len_(this.opaque)),
     "opaque" / Bytes(this.opaque_length),
     "requester_context" / Opt(_v(0x13), Bytes(8)),

@@ -1,0 +1,58 @@
+"""Mutual authentication (basic flow: the responder already knows the requester's chain)."""
+
+from __future__ import annotations
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from spdm_harness import identity_for, make_link
+
+from spdm.codes import ReqCap, RspCap
+from spdm.errors import ErrorResponse
+from spdm.identity import DeviceIdentity
+from spdm.requester import DEFAULT_REQ_CAPS
+from spdm.responder import DEFAULT_RSP_CAPS
+
+
+def _ders(ident: DeviceIdentity) -> list[bytes]:
+    return [c.public_bytes(serialization.Encoding.DER) for c in ident.certs]
+
+
+def _link(responder_id: DeviceIdentity, requester_id: DeviceIdentity, *, req_mut: bool):
+    req_caps = DEFAULT_REQ_CAPS | (ReqCap.MUT_AUTH if req_mut else 0)
+    return make_link(
+        responder_id,
+        rsp={"capabilities": int(DEFAULT_RSP_CAPS | RspCap.MUT_AUTH), "mut_auth": True,
+             "requester_chain_der": _ders(requester_id)},
+        req={"capabilities": int(req_caps), "identity": requester_id},
+    )
+
+
+@pytest.mark.parametrize("req_key", ["ecdsa-p256", "ecdsa-p384"])
+def test_mutual_auth_session(p384_identity: DeviceIdentity, req_key: str) -> None:
+    requester_id = identity_for(req_key, common_name="requester")
+    link = _link(p384_identity, requester_id, req_mut=True)
+    link.connect()
+    sid = link.session()
+    sess = link.responder.sessions[sid]
+    assert sess.mut_auth == 1 and sess.transcript.req_cert_chain_hash
+    # FINISH carried a signature (param1 bit 0).
+    finish = link.requester.sessions[sid].transcript.f
+    assert finish[1] == 0xE5 and finish[2] & 1
+    link.run(link.requester.heartbeat(sid))
+
+
+def test_not_requested_without_requester_cap(p384_identity: DeviceIdentity) -> None:
+    link = _link(p384_identity, identity_for("ecdsa-p256"), req_mut=False)
+    link.connect()
+    sid = link.session()
+    assert link.responder.sessions[sid].mut_auth == 0
+
+
+def test_bad_finish_signature(p384_identity: DeviceIdentity) -> None:
+    # The responder expects a different requester than the one that signs.
+    link = _link(p384_identity, identity_for("ecdsa-p256"), req_mut=True)
+    link.responder.config.requester_chain_der = _ders(identity_for("ecdsa-p256", revision=9))
+    link.connect()
+    with pytest.raises(ErrorResponse) as exc:
+        link.session()
+    assert exc.value.code == 0x06  # DecryptError
