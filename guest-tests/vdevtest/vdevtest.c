@@ -118,6 +118,9 @@ static int vdevtest_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	if (rc)
 		return dev_err_probe(&pdev->dev, rc, "enable failed\n");
 
+	/* MSI-X messages are memory writes: they need Bus Master Enable. */
+	pci_set_master(pdev);
+
 	vt->bar0 = pcim_iomap_region(pdev, 0, "vdevtest");
 	if (IS_ERR(vt->bar0))
 		return dev_err_probe(&pdev->dev, PTR_ERR(vt->bar0),
@@ -156,8 +159,13 @@ static void vdevtest_remove(struct pci_dev *pdev)
 	pci_free_irq_vectors(pdev);
 }
 
-/* IDs are added at run time through new_id: the emulator's IDs are a profile setting. */
+/*
+ * The default profile's placeholder IDs.  A profile with other IDs is bound
+ * at run time through sysfs new_id, which only accepts driver_data values
+ * found in this table, so the table must not be empty.
+ */
 static const struct pci_device_id vdevtest_ids[] = {
+	{ PCI_DEVICE(0x1ded, 0x7e10) },
 	{ }
 };
 MODULE_DEVICE_TABLE(pci, vdevtest_ids);

@@ -116,6 +116,8 @@ def qemu_command(spec: VmSpec, accel: str) -> list[str]:
                 "socket": {"type": "unix", "path": str(dev.socket)}, "rombar": 0,
             }),
         ]
+    # VDEV_QEMU_ARGS appends extra QEMU options, e.g. "-trace vfio_msi*".
+    argv += shlex.split(os.environ.get("VDEV_QEMU_ARGS", ""))
     return argv
 
 

@@ -1,0 +1,68 @@
+"""Fixtures for tests that boot the real Linux 7.3 guest under QEMU 11.
+
+Every guest test gets its own artefact directory under out/guest-tests/
+(server logs, console log with the QEMU command line, initramfs); the path
+is printed when a test fails.  With VDEV_REQUIRE_GUEST=1 (set by `make test`)
+a missing VM environment is an error, not a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from vdev.vm.env import REPO, VmEnv, VmEnvError, find_env
+from vdev.vm.qemu import choose_accel
+
+ARTIFACTS = REPO / "out" / "guest-tests"
+_accels: set[str] = set()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if Path(str(item.fspath)).is_relative_to(here):
+            item.add_marker(pytest.mark.guest)
+
+
+@pytest.fixture(scope="session")
+def vm_env() -> VmEnv:
+    try:
+        env = find_env()
+    except VmEnvError as exc:
+        if os.environ.get("VDEV_REQUIRE_GUEST") == "1":
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+    _accels.add(choose_accel(env))
+    return env
+
+
+@pytest.fixture
+def workdir(request: pytest.FixtureRequest) -> Iterator[Path]:
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.nodeid)
+    d = ARTIFACTS / name
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
+    yield d
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and "workdir" in getattr(item, "fixturenames", ()):
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", item.nodeid)
+        report.sections.append(("guest artefacts", f"kept in {ARTIFACTS / name}"))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _accels:
+        terminalreporter.write_line(
+            "guest tests ran QEMU with accel=" + ",".join(sorted(_accels))
+            + " (KVM only when a probe boot succeeds; VDEV_ACCEL forces it)"
+        )

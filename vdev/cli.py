@@ -1,0 +1,117 @@
+"""The `vdev` command line.
+
+  vdev serve --socket PATH [--profile FILE]   serve the TEE-IO endpoint over vfio-user
+  vdev run                                    device + real guest, readable summary
+  vdev vm                                     device + guest, interactive shell
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from vdev.profile import DeviceProfile, ProfileError
+
+log = logging.getLogger("vdev")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s.%(msecs)03d %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+def _load_profile(path: str | None) -> DeviceProfile:
+    if path is None:
+        return DeviceProfile()
+    try:
+        return DeviceProfile.from_toml(path)
+    except FileNotFoundError:
+        raise SystemExit(f"vdev: profile {path} not found") from None
+    except ProfileError as exc:
+        raise SystemExit(f"vdev: bad profile {path}: {exc}") from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from vdev.endpoint import TeeIoEndpoint
+    from vdev.vfio_user.server import serve
+
+    if len(os.fsencode(args.socket)) > 107:
+        raise SystemExit(f"vdev: socket path too long for AF_UNIX (max 107 bytes): {args.socket}")
+    profile = _load_profile(args.profile)
+    device = TeeIoEndpoint(profile)
+    log.info(
+        "TEE-IO endpoint %04x:%04x class %06x, BAR0 %#x, %d MSI-X vectors",
+        profile.vendor_id, profile.device_id, profile.class_code,
+        profile.bar0_size, profile.msix_vectors,
+    )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(device, args.socket, stop=stop)
+
+    try:
+        asyncio.run(main())
+    except FileExistsError as exc:
+        log.error("%s", exc)
+        return 1
+    log.info("server stopped")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from vdev.vm.demo import run_demo
+
+    return run_demo(profile_path=args.profile, workdir=Path(args.workdir) if args.workdir else None)
+
+
+def cmd_vm(args: argparse.Namespace) -> int:
+    from vdev.vm.demo import run_shell
+
+    return run_shell(profile_path=args.profile)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vdev", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--log-level", default="info",
+                   choices=["debug", "info", "warning", "error"])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="serve the TEE-IO endpoint to QEMU over vfio-user")
+    s.add_argument("--socket", required=True, help="UNIX socket path QEMU connects to")
+    s.add_argument("--profile", help="device profile (TOML); default: the built-in endpoint")
+    s.set_defaults(func=cmd_serve)
+
+    r = sub.add_parser("run", help="boot the guest against the device and summarise")
+    r.add_argument("--profile", help="device profile (TOML)")
+    r.add_argument("--workdir", help="where logs go (default out/run)")
+    r.set_defaults(func=cmd_run)
+
+    v = sub.add_parser("vm", help="boot the guest with the device and give a shell")
+    v.add_argument("--profile", help="device profile (TOML)")
+    v.set_defaults(func=cmd_vm)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    rc: int = args.func(args)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""What a guest run must show, as named checks shared by `make run` and the tests.
+
+Each check compares what the guest printed (sysfs, its own view of config
+space, interrupt counts, dmesg) with what the device profile says should be
+there.  The config-space decoding uses `ConfigDump`, which is independent of
+the device model under test.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from vdev.vm.config_dump import ConfigDump
+from vdev.vm.qemu import VmResult
+
+PCI_CAP_ID_EXP = 0x10
+PCI_CAP_ID_MSIX = 0x11
+PCI_CAP_ID_PM = 0x01
+PCI_EXT_CAP_ID_DOE = 0x2E
+PCI_EXT_CAP_ID_IDE = 0x30
+PCI_EXP_DEVCAP_TEE = 1 << 30
+PCI_EXP_DEVCAP_FLR = 1 << 28
+PCI_EXP_TYPE_ENDPOINT = 0x0
+
+# Kernel log lines that mean something went wrong in a test.
+BAD_DMESG = re.compile(r"WARNING:|BUG:|Oops|Call Trace|general protection|DOE.*(fail|error|abort)"
+                       r"|pci_doe|doe.*timed out", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Expected:
+    """The device as its profile describes it, for comparison with the guest's view."""
+
+    bdf: str
+    vendor_id: int
+    device_id: int
+    class_code: int
+    revision: int
+    id_off: int
+    id_value: int
+    scratch_off: int
+    scratch_reset: int
+    doorbell_off: int
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def _hex(v: str | None) -> int | None:
+    try:
+        return int(v, 16) if v is not None else None
+    except ValueError:
+        return None
+
+
+def foundation_checks(res: VmResult, exp: Expected) -> list[Check]:
+    out: list[Check] = []
+
+    def add(name: str, ok: bool, detail: str) -> None:
+        out.append(Check(name, bool(ok), detail))
+
+    add("guest booted", res.value("boot") is not None,
+        f"kernel {res.value('boot')}, accel {res.accel}, {res.seconds:.1f} s")
+    err = res.value("error")
+    add("device enumerated", err is None and res.value("vendor") is not None,
+        err or f"{exp.bdf} {res.value('vendor')}:{res.value('device')}")
+    add("IDs match profile",
+        _hex(res.value("vendor")) == exp.vendor_id and _hex(res.value("device")) == exp.device_id,
+        f"guest {res.value('vendor')}:{res.value('device')}, "
+        f"profile {exp.vendor_id:#06x}:{exp.device_id:#06x}")
+    add("class matches profile", _hex(res.value("class")) == exp.class_code,
+        f"guest {res.value('class')}, profile {exp.class_code:#08x}")
+
+    cfg_hex = res.value("config") or ""
+    if len(cfg_hex) == 8192:
+        cfg = ConfigDump(cfg_hex)
+        caps, ext = cfg.capabilities(), cfg.ext_capabilities()
+        exp_off = caps.get(PCI_CAP_ID_EXP)
+        ptype = (cfg.u16(exp_off + 2) >> 4) & 0xF if exp_off else None
+        devcap = cfg.u32(exp_off + 4) if exp_off else 0
+        add("PCIe Endpoint", ptype == PCI_EXP_TYPE_ENDPOINT,
+            f"PCIe cap at {exp_off:#x}, type {ptype}" if exp_off else "no PCIe capability")
+        add("DEVCAP TEE-IO bit 30", bool(devcap & PCI_EXP_DEVCAP_TEE), f"DEVCAP {devcap:#010x}")
+        add("FLR capable", bool(devcap & PCI_EXP_DEVCAP_FLR), f"DEVCAP {devcap:#010x}")
+        add("MSI-X and PM capabilities",
+            PCI_CAP_ID_MSIX in caps and PCI_CAP_ID_PM in caps,
+            "standard caps " + ", ".join(f"{k:#04x}@{v:#x}" for k, v in sorted(caps.items())))
+        ide = ext.get(PCI_EXT_CAP_ID_IDE)
+        add("DOE and IDE extended capabilities",
+            PCI_EXT_CAP_ID_DOE in ext and ide is not None and bool(cfg.u32(ide + 4) & 0x2),
+            "extended caps " + ", ".join(f"{k:#06x}@{v:#x}" for k, v in sorted(ext.items())))
+    else:
+        add("config space read by guest", False, f"got {len(cfg_hex) // 2} bytes")
+
+    feats = set((res.value("doe_features") or "").split())
+    add("DOE protocols discovered", {"0001:01", "0001:02", "doe_discovery"} <= feats,
+        "doe_features: " + " ".join(sorted(feats)))
+
+    add("guest driver bound", res.value("bound") == "vdevtest", f"bound={res.value('bound')}")
+    add("device ID register", _hex(res.value("id_reg")) == exp.id_value,
+        f"BAR0+{exp.id_off:#x} = {res.value('id_reg')}")
+    before, after = _int(res.value("irq_before")), _int(res.value("irq_after_doorbell"))
+    add("doorbell raises MSI-X", before is not None and after == before + 1,
+        f"interrupt count {before} -> {after}")
+    add("FLR", res.value("flr") == "ok" and res.value("reset_method_set") == "flr",
+        f"reset_method {res.value('reset_method')!r}, reset {res.value('flr')}")
+    add("FLR resets device state",
+        _hex(res.value("scratch_before_flr")) == 0x5A5AA5A5
+        and _hex(res.value("scratch_after_flr")) == exp.scratch_reset,
+        f"scratch {res.value('scratch_before_flr')} -> {res.value('scratch_after_flr')}")
+    after_flr = _int(res.value("irq_after_flr_doorbell"))
+    add("device answers after FLR",
+        _hex(res.value("id_after_flr")) == exp.id_value and after is not None
+        and after_flr == after + 1,
+        f"ID {res.value('id_after_flr')}, interrupts {after} -> {after_flr}")
+    bad = [line for line in res.dmesg if BAD_DMESG.search(line)]
+    add("clean guest kernel log", not bad, "; ".join(bad[:3]) or "no WARN/BUG/oops/DOE errors")
+    add("guest powered off", res.completed and not res.timed_out and res.returncode == 0,
+        f"QEMU exit {res.returncode}" + (" (timeout)" if res.timed_out else ""))
+    return out
+
+
+def _int(v: str | None) -> int | None:
+    try:
+        return int(v) if v is not None else None
+    except ValueError:
+        return None

@@ -1,0 +1,126 @@
+"""A guest session: our device servers as subprocesses plus one QEMU boot.
+
+Used by `make run`, `make vm` and the guest tests.  Every artefact of a run
+(server logs, console log, the QEMU command line, the initramfs) lands in one
+directory so a failure can be read afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vdev.vm.env import GUEST_TESTS, REPO, VmEnv, build_module
+from vdev.vm.initramfs import guest_initramfs
+from vdev.vm.qemu import VfioUserAttach, VmResult, VmSpec, run_vm
+
+
+class ServerError(RuntimeError):
+    """A device server did not come up; the message carries its log tail."""
+
+
+@dataclass
+class ServerProcess:
+    """`vdev <args>` run as a subprocess, logging to `log`, listening on `socket`."""
+
+    argv: Sequence[str]
+    socket: Path
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 20.0) -> ServerProcess:
+        if self.socket.exists():
+            self.socket.unlink()
+        logf = self.log.open("wb")
+        cmd = [sys.executable, "-m", "vdev.cli", *self.argv]
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+            cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        logf.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.socket.exists():
+                return self
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        self.stop()
+        raise ServerError(f"`vdev {' '.join(self.argv)}` did not listen:\n{self.log_tail()}")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+
+def socket_path(name: str) -> Path:
+    """A socket in a short private directory: UNIX socket paths are limited
+    to 107 bytes, which deep work directories exceed."""
+    return Path(tempfile.mkdtemp(prefix="vdev-")) / f"{name}.sock"
+
+
+def device_server(workdir: Path, name: str = "dev0", extra: Sequence[str] = ()) -> ServerProcess:
+    sock = socket_path(name)
+    return ServerProcess(
+        ["serve", "--socket", str(sock), *extra], socket=sock, log=workdir / f"{name}-server.log"
+    )
+
+
+@dataclass
+class GuestRun:
+    """Inputs of one boot: modules to build, scripts to run, devices to attach."""
+
+    env: VmEnv
+    workdir: Path
+    scripts: dict[str, bytes] = field(default_factory=dict)
+    modules: Sequence[str] = ()
+    devices: Sequence[Path] = ()
+    append: str = ""
+    timeout: float = 240.0
+
+    def prepare(self) -> VmSpec:
+        """Build the modules and the initramfs; the VmSpec that boots them."""
+        mods = {}
+        for name in self.modules:
+            ko = build_module(GUEST_TESTS / name, self.workdir / "modules" / name)
+            mods[ko.name] = ko
+        initrd = self.workdir / "initrd.cpio.gz"
+        guest_initramfs(
+            self.env.busybox, GUEST_TESTS / "init.sh", modules=mods, scripts=self.scripts
+        ).write(initrd)
+        return VmSpec(
+            env=self.env, initrd=initrd, append=self.append, timeout=self.timeout,
+            devices=[VfioUserAttach(sock, id=f"vu{i}") for i, sock in enumerate(self.devices)],
+        )
+
+    def boot(self, on_line: Callable[[str], None] | None = None) -> VmResult:
+        return run_vm(self.prepare(), self.workdir / "console.log", on_line=on_line)
+
+
+def script(body_file: str, **variables: object) -> bytes:
+    """A guest test script from guest-tests/scripts with variables prepended."""
+    head = "".join(f"{k}={v}\n" for k, v in variables.items())
+    return (head + (GUEST_TESTS / "scripts" / body_file).read_text()).encode()
