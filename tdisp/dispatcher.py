@@ -9,11 +9,21 @@ The SPDM responder calls, for every VENDOR_DEFINED_REQUEST whose StandardID is 0
 layer wraps into a VENDOR_DEFINED_RESPONSE.  `session_id` is None outside a secured
 session.  `VdmRefused` means "no protocol response": answer with SPDM ERROR
 `exc.spdm_error_code`.  When a session ends, call `dispatcher.session_ended(id)`.
+
+With spdm/responder.py's registration API (handler(payload, ctx), ctx.session_id):
+
+    responder.register_vendor_handler(0x0003, b"\x01\x00", dispatcher.spdm_handler())
+
+The dispatcher also routes IDE_KM's "stream went Insecure" events to TDISP
+enforcement, so a K_SET_STOP of the active keys of a locked TDI's stream moves it to
+ERROR (§11.4.5).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from tdisp.errors import RefusalKind, VdmRefused
 from tdisp.idekm_responder import IdeKmResponder
@@ -28,6 +38,21 @@ class PciSigVdmDispatcher:
 
     standard_id: int = STANDARD_ID_PCISIG
     vendor_id: int = PCISIG_VENDOR_ID
+
+    def __post_init__(self) -> None:
+        if self.idekm is not None and self.tdisp is not None:
+            tdisp = self.tdisp
+            self.idekm.stream_observers.append(
+                lambda _port, stream, reason: tdisp.ide_stream_insecure(stream, reason)
+            )
+
+    def spdm_handler(self) -> Callable[[bytes, Any], bytes]:
+        """Adapter for handlers called as handler(payload, ctx) with ctx.session_id."""
+
+        def handler(payload: bytes, ctx: Any) -> bytes:
+            return self.handle(payload, getattr(ctx, "session_id", None))
+
+        return handler
 
     def accepts(self, standard_id: int, vendor_id: bytes | int) -> bool:
         vid = int.from_bytes(vendor_id, "little") if isinstance(vendor_id, bytes) else vendor_id

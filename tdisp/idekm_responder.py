@@ -28,6 +28,7 @@ streams go Insecure.  Key material is passed to the target and never logged or k
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tdisp.errors import MalformedMessage, RefusalKind, VdmRefused
@@ -81,6 +82,10 @@ class IdeKmResponder:
     owner_session: int | None = None
     records: dict[_Slot, KeyRecord] = field(default_factory=dict)
     log: list[str] = field(default_factory=list)  # evidence; never contains key bytes
+    # Called as observer(port, stream_id, reason) when a key set that was active (K_SET_GO)
+    # is stopped, i.e. the stream loses its keys for a slot and goes Insecure (§6.33.4).
+    # The dispatcher routes this to TDISP enforcement.
+    stream_observers: list[Callable[[int, int, str], None]] = field(default_factory=list)
 
     # ---- entry points ---------------------------------------------------------
 
@@ -108,14 +113,19 @@ class IdeKmResponder:
 
     def session_ended(self, session_id: int) -> None:
         """§11.4.5: keys configured over an ended session are invalid; streams go Insecure."""
+        insecure: set[tuple[int, int]] = set()
         for slot, rec in list(self.records.items()):
             if rec.session_id == session_id:
                 port, stream, key_set, tx, sub = slot
                 self.target.key_set_stop(port, stream, key_set, tx, sub)
                 del self.records[slot]
+                if rec.go:
+                    insecure.add((port, stream))
         if self.owner_session == session_id:
             self.owner_session = None
         self.log.append(f"session 0x{session_id:08x} ended")
+        for port, stream in sorted(insecure):
+            self._stream_insecure(port, stream, f"SPDM session 0x{session_id:08x} ended")
 
     def keys_ready(self, stream_id: int, session_id: int, require_go: bool = False) -> bool:
         """All six (direction x sub-stream) keys of `stream_id` programmed over `session_id`.
@@ -205,6 +215,12 @@ class IdeKmResponder:
                 self.records[other].go = False
         else:
             self.target.key_set_stop(*key)
-            self.records.pop(key, None)
+            rec = self.records.pop(key, None)
+            if rec is not None and rec.go:
+                self._stream_insecure(slot.port_index, slot.stream_id, f"{name} {slot.describe()}")
         self.log.append(f"{name} {slot.describe()} (session 0x{session_id:08x})")
         return KGoStopAck(slot).build()
+
+    def _stream_insecure(self, port: int, stream_id: int, reason: str) -> None:
+        for observer in self.stream_observers:
+            observer(port, stream_id, reason)

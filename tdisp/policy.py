@@ -58,6 +58,8 @@ class TdispPolicy:
     require_session: bool = True
     # START must come over the session that locked the TDI (the nonce was sent there).
     start_requires_lock_session: bool = True
+    # §11.4.5: the default stream going Insecure (active key stopped) puts the TDI in ERROR.
+    ide_insecure_is_violation: bool = True
     # CAPABILITIES (§11.3.5); tee-io-validator TdispCapabilities 2.1.5–2.1.10.
     dsm_caps: int = 0
     lock_flags_supported: int = int(

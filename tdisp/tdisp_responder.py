@@ -26,8 +26,10 @@ Request checks, in order (each failure is a TDISP_ERROR echoing the INTERFACE_ID
 Enforcement hooks for the device model, on the `Tdi` object (`responder.tdi(id)`):
   `config_violation(reason)`  forbidden change while locked: LOCKED/RUN -> ERROR
   `function_reset()`          FLR: any state -> CONFIG_UNLOCKED, lock context forgotten
-and `TdispResponder.session_ended(id)` moves TDIs locked over that session to ERROR
-(§11.4.5).  `Tdi.machine.history` holds every transition with time and reason.
+and `TdispResponder.session_ended(id)` moves TDIs locked over that session to ERROR,
+`TdispResponder.ide_stream_insecure(stream, reason)` those whose default stream lost an
+active key (§11.4.5; the dispatcher wires IDE_KM's K_SET_STOP to it).
+`Tdi.machine.history` holds every transition with time and reason.
 """
 
 from __future__ import annotations
@@ -225,6 +227,18 @@ class TdispResponder:
         except TdispRequestError as exc:
             data_field = exc.data
             return TdispError(header.interface_id, int(exc.code), data_field, exc.extended).encode()
+
+    def ide_stream_insecure(self, stream_id: int, reason: str) -> None:
+        """The IDE stream a locked TDI uses lost its keys: LOCKED/RUN -> ERROR (§11.4.5)."""
+        if not self.policy.ide_insecure_is_violation:
+            return
+        for tdi in self.tdis.values():
+            if (
+                tdi.lock is not None
+                and tdi.lock.params.default_stream_id == stream_id
+                and tdi.state in (TdiState.CONFIG_LOCKED, TdiState.RUN)
+            ):
+                tdi.machine.fire(TdiEvent.VIOLATION, f"IDE stream {stream_id} insecure: {reason}")
 
     def session_ended(self, session_id: int) -> None:
         """§11.4.5: TDIs locked over a terminated session go to ERROR."""

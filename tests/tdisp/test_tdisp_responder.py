@@ -429,3 +429,35 @@ def test_clock_and_nonce_injection() -> None:
     assert rig.lock() == b"\xaa" * 32
     rig.start(b"\xaa" * 32)
     assert [h.at for h in rig.tdisp.tdi(TDI_ID).history] == [10.0, 20.0]
+
+
+def test_k_set_stop_of_active_key_errors_locked_tdi(rig: Rig) -> None:
+    rig.to_run()
+    km = IdeKmRequester
+    # Key refresh: program and switch to K1, then stop the old K0 -> no violation.
+    for slot in stream_slots(STREAM, key_set=1):
+        km.parse_kp_ack(rig.send(km.key_prog(slot, bytes(32))), slot)
+        rig.send(km.k_set_go(slot))
+    for slot in stream_slots(STREAM, key_set=0):
+        rig.send(km.k_set_stop(slot))
+    assert rig.state() == R
+    # Stopping the active K1 of a slot leaves the stream Insecure -> ERROR.
+    rig.send(km.k_set_stop(stream_slots(STREAM, key_set=1)[0]))
+    assert rig.state() == E
+    assert "IDE stream 1 insecure" in rig.tdisp.tdi(TDI_ID).history[-1].reason
+
+
+def test_ide_insecure_enforcement_configurable() -> None:
+    rig = make_rig(TdispPolicy(ide_insecure_is_violation=False))
+    rig.to_run()
+    rig.send(IdeKmRequester.k_set_stop(stream_slots(STREAM)[0]))
+    assert rig.state() == R
+
+
+def test_spdm_handler_adapter(rig: Rig) -> None:
+    class Ctx:
+        session_id = SESSION
+
+    handler = rig.vdm.spdm_handler()
+    out = rig.req.parse_version(handler(rig.req.get_version(), Ctx()))
+    assert out.versions == (0x10,)
