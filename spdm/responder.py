@@ -574,11 +574,15 @@ class Responder:
                 other = OPAQUE_FMT_0
             if version >= V13 and msg.other_params & MULTI_KEY_CONN:
                 other |= 0  # multi-key connections are not supported; leave the bit clear
-        session_caps = caps & (RspCap.KEY_EX | RspCap.PSK | RspCap.PSK_WITH_CONTEXT)
+        # Session algorithms are selected only when both sides can open sessions (as
+        # libspdm does); otherwise the AlgStruct is echoed with nothing selected.
+        key_ex = self.conn.both(ReqCap.KEY_EX, RspCap.KEY_EX)
+        psk = bool(self.conn.req_caps & ReqCap.PSK) and bool(
+            caps & (RspCap.PSK | RspCap.PSK_WITH_CONTEXT))
         dhe = aead = ks = req_asym = 0
-        if session_caps:
-            dhe = alg.select(structs.get(AlgType.DHE, 0), self.config.dhe_priority) \
-                if caps & RspCap.KEY_EX else 0
+        if key_ex:
+            dhe = alg.select(structs.get(AlgType.DHE, 0), self.config.dhe_priority)
+        if key_ex or psk:
             aead = alg.select(structs.get(AlgType.AEAD, 0), self.config.aead_priority)
             ks = structs.get(AlgType.KEY_SCHEDULE, 0) & alg.KeySchedule.SPDM
         if self.conn.both(ReqCap.MUT_AUTH, RspCap.MUT_AUTH):

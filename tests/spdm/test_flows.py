@@ -147,3 +147,24 @@ def test_evidence(p384_identity: DeviceIdentity) -> None:
     link.run(link.requester.get_measurements())
     ev = link.requester.evidence()
     assert ev["version"] == 0x13 and 0 in ev["cert_chains"] and len(ev["measurements"]) == 7
+
+
+def test_linux_cma_like_requester(p384_identity: DeviceIdentity) -> None:
+    """Mimic Linux lib/spdm: CERT|CHAL only, no CHUNK, OpaqueDataFmt1 offered, whole chain in
+    one GET_CERTIFICATE (length 0xFFFF); the kernel rejects ALGORITHMS whose OtherParamsSel
+    differs from what it offered or that carries more AlgStructs than it sent."""
+    from spdm.codes import ReqCap
+
+    link = make_link(p384_identity, req={
+        "capabilities": int(ReqCap.CERT | ReqCap.CHAL), "versions": (0x12,),
+        "data_transfer_size": 0x1200, "max_spdm_msg_size": 0x1200,
+        "base_asym": BaseAsym.RSASSA_3072 | BaseAsym.ECDSA_P256 | BaseAsym.ECDSA_P384,
+        "base_hash": BaseHash.SHA_256 | BaseHash.SHA_384})
+    r = link.requester
+    link.run(r.init_connection())
+    assert r.algorithms.other_params == 0x2
+    assert r.algorithms.dhe == 0 and r.algorithms.aead == 0
+    link.run(r.get_digests())
+    link.run(r.get_certificate(0, portion=0xFFFF))
+    assert sum(1 for e in link.log if e[1][1] == 0x82) == 1
+    link.run(r.challenge(0))
