@@ -203,6 +203,14 @@ class IdeKmResponder:
             raise VdmRefused(RefusalKind.MALFORMED, str(exc)) from exc
         key = (slot.port_index, slot.stream_id, slot.key_set, slot.tx, slot.sub_stream)
         name = "K_SET_GO" if go else "K_SET_STOP"
+        # K_GOSTOP_ACK has no status field (§6.33.3), so addressing errors get no ACK.
+        if (
+            self.target.port_info(slot.port_index) is None
+            or not self.target.stream_configured(slot.port_index, slot.stream_id)
+            or slot.sub_stream > SubStream.CPL
+            or slot.key_sub_stream & KSS_RESERVED_MASK
+        ):
+            raise VdmRefused(RefusalKind.MALFORMED, f"{name} for {slot.describe()}")
         if go:
             if not self.target.key_set_go(*key):
                 raise VdmRefused(RefusalKind.INVALID_STATE, f"{name} {slot.describe()}: no key")

@@ -232,3 +232,19 @@ def test_keys_ready_tracks_session(rsp: IdeKmResponder) -> None:
 def test_log_never_contains_key(rsp: IdeKmResponder) -> None:
     prog(rsp, slot(1))
     assert all(DOC_KEY.hex() not in line for line in rsp.log)
+
+
+@pytest.mark.parametrize(
+    "s",
+    [slot(1, port=7), slot(9), KeySlot(1, key_sub_stream(0, False, 3), 0), KeySlot(1, 0x08, 0)],
+)
+def test_k_set_bad_addressing_refused(rsp: IdeKmResponder, s: KeySlot) -> None:
+    for msg in (KSetGo(s), KSetStop(s)):
+        with pytest.raises(VdmRefused) as exc:
+            rsp.handle(msg.build(), S1)
+        assert exc.value.kind is RefusalKind.MALFORMED
+
+
+def test_k_set_stop_unprogrammed_is_acked(rsp: IdeKmResponder) -> None:
+    s = slot(1, 1, True, 2)
+    assert KGoStopAck.parse(rsp.handle(KSetStop(s).build(), S1)).slot == s
