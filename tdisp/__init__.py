@@ -15,6 +15,7 @@ Modules, one concept each:
     tdisp_responder    TdispResponder, Tdi (enforcement hooks)
     dispatcher         PciSigVdmDispatcher: the SPDM layer's entry point
     requesters         IdeKmRequester, TdispRequester, ReportReader (TSM side)
+    flows              sans-IO generator flows: ide_key_setup, tdisp_connect, drive
 """
 
 from tdisp.device_interface import DeviceInterface, InterfaceId, MmioBar
@@ -28,6 +29,7 @@ from tdisp.errors import (
     UnexpectedResponse,
     VdmRefused,
 )
+from tdisp.flows import drive, ide_key_setup, tdisp_connect
 from tdisp.ide_target import IdePortInfo, IdeRegisterTarget, InMemoryIdeTarget
 from tdisp.idekm_responder import IdeKmPolicy, IdeKmResponder
 from tdisp.interface_report import InterfaceReport
@@ -68,6 +70,9 @@ __all__ = [
     "TdispResponder",
     "UnexpectedResponse",
     "VdmRefused",
+    "drive",
+    "ide_key_setup",
     "stream_slots",
+    "tdisp_connect",
     "transition_table",
 ]
