@@ -1,0 +1,1 @@
+"""Benchmarks (`make bench`): JSON on stdout and in bench/results/."""

@@ -1,0 +1,74 @@
+"""vfio-user round trips and one DOE discovery exchange against `vdev serve`."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from vdev.device_api import RegionIndex
+from vdev.device_regs import REG_SCRATCH0
+from vdev.doe_requester import DoeRequester
+from vdev.vfio_user.client import VfioUserClient
+from vdev.vm.session import device_server
+
+DOE_CAP = 0x100  # default profile layout
+
+
+def _percentiles(samples_ns: list[int]) -> dict[str, float]:
+    s = sorted(samples_ns)
+
+    def pct(p: float) -> float:
+        return s[min(len(s) - 1, int(p * len(s)))] / 1000.0
+
+    return {
+        "n": len(s), "p50_us": round(pct(0.50), 2), "p99_us": round(pct(0.99), 2),
+        "mean_us": round(statistics.fmean(s) / 1000.0, 2),
+    }
+
+
+def _timed(op: Callable[[], object], n: int, warmup: int = 200) -> dict[str, float]:
+    for _ in range(warmup):
+        op()
+    samples = []
+    for _ in range(n):
+        t0 = time.perf_counter_ns()
+        op()
+        samples.append(time.perf_counter_ns() - t0)
+    return _percentiles(samples)
+
+
+def run_vfio_user_benchmarks(workdir: Path, n: int = 5000) -> dict[str, Any]:
+    server = device_server(workdir).start()
+    try:
+        with VfioUserClient(str(server.socket)) as c:
+            c.negotiate()
+            cfg = RegionIndex.CONFIG
+            bar0 = RegionIndex.BAR0
+            out: dict[str, Any] = {
+                "config_read": _timed(lambda: c.region_read(cfg, 0, 4), n),
+                "config_write": _timed(lambda: c.region_write(cfg, 0x04, b"\x06\x00"), n),
+                "bar0_read": _timed(lambda: c.region_read(bar0, REG_SCRATCH0, 4), n),
+                "bar0_write": _timed(lambda: c.region_write(bar0, REG_SCRATCH0, b"\1\0\0\0"), n),
+            }
+
+            def rd(off: int) -> int:
+                return int.from_bytes(c.region_read(cfg, off, 4), "little")
+
+            def wr(off: int, value: int) -> None:
+                c.region_write(cfg, off, value.to_bytes(4, "little"))
+
+            doe = DoeRequester(rd, wr, DOE_CAP)
+            doe.abort()
+            out["doe_discovery_exchange"] = _timed(
+                lambda: doe.exchange(0x0001, 0x00, [0x0200]), 500, warmup=20
+            )
+            out["doe_discovery_walk"] = _timed(doe.discover, 200, warmup=5)
+            out["doe_discovery_walk"]["protocols"] = [
+                f"{v:04x}:{t:02x}" for v, t in doe.discover()
+            ]
+        return out
+    finally:
+        server.stop()
