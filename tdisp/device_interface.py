@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from tdisp.tdisp_codes import InterfaceInfo
 
@@ -79,7 +79,6 @@ class DeviceInterface:
     device_specific_info: bytes = b""
     num_req_this: int = 1
     num_req_all: int = 1
-    extra: dict[str, object] = field(default_factory=dict)
 
     def current_bars(self) -> list[MmioBar]:
         bars = self.bars() if callable(self.bars) else self.bars

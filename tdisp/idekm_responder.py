@@ -193,7 +193,10 @@ class IdeKmResponder:
         )
         if status == KpAckStatus.SUCCESS:
             key = (slot.port_index, slot.stream_id, slot.key_set, slot.tx, slot.sub_stream)
-            self.records[key] = KeyRecord(session_id)
+            # Re-programming an active key set keeps it active (the hardware slot still
+            # points at it), so keep the go flag; the session is now the new one.
+            prev = self.records.get(key)
+            self.records[key] = KeyRecord(session_id, go=prev.go if prev else False)
         return KpAckStatus(status)
 
     def _k_set(self, payload: bytes, session_id: int, go: bool) -> bytes:

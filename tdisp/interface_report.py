@@ -16,7 +16,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from construct import (
     ConstructError,
@@ -172,7 +172,6 @@ class LockParams:
     default_stream_id: int
     mmio_reporting_offset: int
     bind_p2p_address_mask: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
 
 
 def report_for_lock(tdi: DeviceInterface, lock: LockParams) -> InterfaceReport:

@@ -24,7 +24,7 @@ the states those accept (RUN only, as spdm-rs), and the CAPABILITIES values.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from tdisp.tdisp_codes import LockFlags, RequestCode, TdiState
 
@@ -70,7 +70,6 @@ class TdispPolicy:
     )
     dev_addr_width: int = 52
     max_report_portion: int = 0x400  # per-response cap so each REPORT fits a DOE/SPDM message
-    extra: dict[str, str] = field(default_factory=dict)
 
     def supported_requests(self, vdm: bool) -> set[int]:
         codes = {int(c) for c in RequestCode if c <= RequestCode.STOP_INTERFACE_REQUEST}

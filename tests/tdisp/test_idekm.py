@@ -248,3 +248,12 @@ def test_k_set_bad_addressing_refused(rsp: IdeKmResponder, s: KeySlot) -> None:
 def test_k_set_stop_unprogrammed_is_acked(rsp: IdeKmResponder) -> None:
     s = slot(1, 1, True, 2)
     assert KGoStopAck.parse(rsp.handle(KSetStop(s).build(), S1)).slot == s
+
+
+def test_reprogramming_active_key_keeps_it_active(rsp: IdeKmResponder) -> None:
+    for tx in (False, True):
+        for sub in SubStream:
+            prog(rsp, slot(1, 0, tx, sub))
+            rsp.handle(KSetGo(slot(1, 0, tx, sub)).build(), S1)
+    prog(rsp, slot(1, 0, True, SubStream.PR))  # key refresh in place
+    assert rsp.keys_ready(1, S1, require_go=True)
