@@ -87,6 +87,8 @@ class IdentityParams:
     validity_days: int = 3650
     include_spdm_oids: bool = True
     include_cma_san: bool = True
+    # "responder" (device) or "requester" (for mutual authentication): selects the DMTF EKU.
+    role: str = "responder"
 
 
 def _name(cn: str) -> x509.Name:
@@ -154,6 +156,9 @@ def build_leaf(
         builder = builder.add_extension(
             x509.ExtendedKeyUsage(
                 [x509.ObjectIdentifier(OID_EKU_RESPONDER_AUTH), ExtendedKeyUsageOID.SERVER_AUTH]
+                if params.role == "responder"
+                else [x509.ObjectIdentifier(OID_EKU_REQUESTER_AUTH),
+                      ExtendedKeyUsageOID.CLIENT_AUTH]
             ),
             critical=False,
         ).add_extension(

@@ -38,6 +38,7 @@ from spdm.codes import (
     MEAS_SPEC_DMTF,
     MEAS_SUMMARY_NONE,
     MUT_AUTH_REQUESTED,
+    MUT_AUTH_WITH_ENCAP_REQUEST,
     OPAQUE_FMT_1,
     PSK_CAP_MASK,
     SUPPORTED_VERSIONS,
@@ -70,7 +71,10 @@ from spdm.messages import (
     ChunkResponse,
     ChunkSend,
     ChunkSendAck,
+    DeliverEncapsulatedResponse,
     Digests,
+    EncapsulatedRequest,
+    EncapsulatedResponseAck,
     EndSession,
     EndSessionAck,
     Error,
@@ -78,6 +82,7 @@ from spdm.messages import (
     GetCapabilities,
     GetCertificate,
     GetDigests,
+    GetEncapsulatedRequest,
     GetMeasurements,
     GetVersion,
     Heartbeat,
@@ -703,8 +708,11 @@ class Requester:
         if mut:
             if not self.conn.both(ReqCap.MUT_AUTH, RspCap.MUT_AUTH):
                 raise _fail("mutual authentication requested without MUT_AUTH_CAP")
-            if mut != MUT_AUTH_REQUESTED:
-                raise _fail("encapsulated mutual-authentication flow not supported")
+            if mut not in (MUT_AUTH_REQUESTED, MUT_AUTH_WITH_ENCAP_REQUEST):
+                raise _fail(f"unsupported MutAuthRequested 0x{mut:02x}")
+            if mut == MUT_AUTH_WITH_ENCAP_REQUEST and not self.conn.both(ReqCap.ENCAP,
+                                                                        RspCap.ENCAP):
+                raise _fail("encapsulated flow requested without ENCAP_CAP")
             if self.config.identity is None:
                 raise _fail("mutual authentication requested but no requester identity")
             sess.mut_auth = mut
@@ -730,11 +738,73 @@ class Requester:
             sess.transcript.k += msg.verify_data
         self.sessions[sid] = sess
         try:
+            if sess.mut_auth == MUT_AUTH_WITH_ENCAP_REQUEST:
+                sess.req_slot_id = yield from self._encap_flow(sess)
             yield from self._finish(sess)
         except Exception:
             self.sessions.pop(sid, None)
             raise
         return sid
+
+    def _encap_flow(self, sess: Session) -> Gen:
+        """Answer the responder's encapsulated GET_DIGESTS/GET_CERTIFICATE requests during
+        the handshake (DSP0274 1.2 §10.15); returns the slot to sign FINISH with."""
+        v = self.conn.version
+        resp = yield from self._exchange(encode(GetEncapsulatedRequest, {"version": v}), sess,
+                                         expect=Rsp.ENCAPSULATED_REQUEST)
+        er = self._decode(EncapsulatedRequest, resp)
+        request_id, inner = er.param1, bytes(er.request)
+        for _ in range(256):
+            answer = self._answer_encapsulated(inner)
+            deliver = encode(DeliverEncapsulatedResponse, {"version": v, "param1": request_id,
+                                                           "response": answer})
+            resp = yield from self._exchange(deliver, sess, expect=Rsp.ENCAPSULATED_RESPONSE_ACK)
+            ack = self._decode(EncapsulatedResponseAck, resp)
+            if v >= V12 and ack.ack_request_id != request_id:
+                raise _fail("ENCAPSULATED_RESPONSE_ACK for another request")
+            if ack.param2 == 0:
+                return 0
+            if ack.param2 == 2:
+                if len(ack.request) != 1 or ack.request[0] >= 8:
+                    raise _fail("bad ReqSlotNumber")
+                return int(ack.request[0])
+            if ack.param2 != 1:
+                raise _fail("unknown encapsulated PayloadType")
+            request_id, inner = ack.param1, bytes(ack.request)
+        raise _fail("encapsulated flow does not terminate")
+
+    def _answer_encapsulated(self, inner: bytes) -> bytes:
+        """Act as a responder for the requests a responder may encapsulate."""
+        v = self.conn.version
+        ident = self.config.identity
+        assert ident is not None
+        a = self.conn.algorithms
+        chain = ident.spdm_chain(a.base_hash)
+
+        def error(code: int, data: int = 0) -> bytes:
+            return encode(Error, {"version": v, "param1": code, "param2": data})
+
+        try:
+            hdr = header(inner)
+            if hdr.version != v:
+                return error(ErrorCode.VERSION_MISMATCH)
+            if hdr.code == Req.GET_DIGESTS:
+                decode(GetDigests, inner)
+                return encode(Digests, {"version": v, "param1": 1 if v >= V13 else 0,
+                                        "param2": 1,
+                                        "digests": [crypto.digest(a.base_hash, chain)]},
+                              hash_size=a.hash_size)
+            if hdr.code == Req.GET_CERTIFICATE:
+                gc = decode(GetCertificate, inner)
+                if gc.param1 & 0x0F != 0 or gc.offset >= len(chain):
+                    return error(ErrorCode.INVALID_REQUEST)
+                part = chain[gc.offset : gc.offset + gc.length]
+                return encode(Certificate, {"version": v, "param1": 0, "cert_chain": part,
+                                            "remainder_length": len(chain) - gc.offset
+                                            - len(part)})
+        except MessageFormatError:
+            return error(ErrorCode.INVALID_REQUEST)
+        return error(ErrorCode.UNSUPPORTED_REQUEST, inner[1] if len(inner) > 1 else 0)
 
     def _finish(self, sess: Session) -> Gen:
         a = self.conn.algorithms

@@ -12,6 +12,7 @@ The responder never performs I/O; clocks and randomness come from the config.
 
 from __future__ import annotations
 
+import datetime
 import os
 import struct
 from collections.abc import Callable, Sequence
@@ -23,6 +24,7 @@ from cryptography import x509
 from spdm import algorithms as alg
 from spdm import crypto, opaque
 from spdm.algorithms import AlgType, NegotiatedAlgorithms
+from spdm.cert_verify import CertPolicy, verify_chain
 from spdm.codes import (
     KEY_UPDATE_UPDATE_ALL_KEYS,
     KEY_UPDATE_UPDATE_KEY,
@@ -35,6 +37,7 @@ from spdm.codes import (
     MEAS_SUMMARY_TCB,
     MULTI_KEY_CONN,
     MUT_AUTH_REQUESTED,
+    MUT_AUTH_WITH_ENCAP_REQUEST,
     OPAQUE_FMT_0,
     OPAQUE_FMT_1,
     SUPPORTED_VERSIONS,
@@ -50,6 +53,7 @@ from spdm.codes import (
     version_entry,
 )
 from spdm.errors import (
+    CertificateError,
     DecryptError,
     InvalidRequest,
     RecordError,
@@ -57,7 +61,7 @@ from spdm.errors import (
     UnexpectedRequest,
     UnsupportedRequest,
 )
-from spdm.identity import CertSlots
+from spdm.identity import OID_EKU_REQUESTER_AUTH, OID_EKU_RESPONDER_AUTH, CertSlots, spdm_cert_chain
 from spdm.key_schedule import KeySchedule
 from spdm.measurements import Measurement, MeasurementProvider, block_bytes, summary_hash
 from spdm.messages import (
@@ -75,7 +79,10 @@ from spdm.messages import (
     ChunkResponse,
     ChunkSend,
     ChunkSendAck,
+    DeliverEncapsulatedResponse,
     Digests,
+    EncapsulatedRequest,
+    EncapsulatedResponseAck,
     EndSession,
     EndSessionAck,
     Error,
@@ -84,6 +91,7 @@ from spdm.messages import (
     GetCapabilities,
     GetCertificate,
     GetDigests,
+    GetEncapsulatedRequest,
     GetMeasurements,
     GetVersion,
     Heartbeat,
@@ -188,6 +196,8 @@ class ResponderConfig:
     not_ready: Callable[[int], bool] | None = None
     rdt_exponent: int = 10
     random: Callable[[int], bytes] = os.urandom
+    # Clock for validating the requester's certificates (mutual authentication).
+    now: Callable[[], datetime.datetime] | None = None
 
 
 # Requests that may not be answered with ResponseNotReady (DSP0274 §10.10.1).
@@ -206,6 +216,18 @@ _NO_DELAY = frozenset(
         Req.HEARTBEAT,
     }
 )
+
+
+@dataclass
+class _EncapState:
+    """Responder-side progress of the encapsulated GET_DIGESTS/GET_CERTIFICATE flow."""
+
+    request_id: int = 0
+    expecting: int = 0  # request code whose response is awaited, 0 before the first one
+    slot: int = 0
+    digest: bytes = b""
+    chain: bytearray = field(default_factory=bytearray)
+    done: bool = False
 
 
 @dataclass
@@ -247,6 +269,8 @@ class Responder:
             Req.VENDOR_DEFINED_REQUEST: self._vendor_defined,
             Req.CHUNK_SEND: self._chunk_send,
             Req.CHUNK_GET: self._chunk_get,
+            Req.GET_ENCAPSULATED_REQUEST: self._get_encapsulated_request,
+            Req.DELIVER_ENCAPSULATED_RESPONSE: self._deliver_encapsulated_response,
         }
         self._next_rsp_session = 0xFF00
         self.reset()
@@ -823,17 +847,24 @@ class Responder:
         cert_hash = crypto.digest(a.base_hash, self._chain(slot))
         sess = self._new_session(msg.req_session_id, cert_hash, False, secured_version)
         mut = 0
+        # Mutual authentication only when configured AND the requester advertised
+        # MUT_AUTH_CAP (reference §1.4; libspdm's ENCAP-only behaviour is a known
+        # conformance failure). With ENCAP_CAP on both sides the requester's chain is fetched
+        # with the encapsulated flow; otherwise it must be known beforehand.
         if (
             self.config.mut_auth
             and self.conn.both(ReqCap.MUT_AUTH, RspCap.MUT_AUTH)
-            and self.config.requester_chain_der
             and a.req_base_asym
         ):
-            from spdm.identity import spdm_cert_chain
-
-            mut = MUT_AUTH_REQUESTED
-            req_chain = spdm_cert_chain(self.config.requester_chain_der, a.base_hash)
-            sess.transcript.req_cert_chain_hash = crypto.digest(a.base_hash, req_chain)
+            if self.conn.both(ReqCap.ENCAP, RspCap.ENCAP) and self.config.requester_trust_anchors:
+                mut = MUT_AUTH_WITH_ENCAP_REQUEST
+                sess.encap = _EncapState()
+            elif self.config.requester_chain_der:
+                mut = MUT_AUTH_REQUESTED
+                req_chain = spdm_cert_chain(self.config.requester_chain_der, a.base_hash)
+                sess.transcript.req_cert_chain_hash = crypto.digest(a.base_hash, req_chain)
+                sess.req_public_key = x509.load_der_x509_certificate(
+                    self.config.requester_chain_der[-1]).public_key()
         sess.mut_auth = mut
         sess.heartbeat_period = self._heartbeat_period()
         fields = {
@@ -866,10 +897,6 @@ class Responder:
             self._handshake_clear_session = sess
         return partial + sig + verify
 
-    def _requester_public_key(self) -> crypto.PublicKey:
-        cert = x509.load_der_x509_certificate(self.config.requester_chain_der[-1])
-        return cert.public_key()  # type: ignore[return-value]
-
     def _finish(self, request: bytes, hdr: Any, session: Session | None) -> bytes:
         assert session is not None
         a = self.conn.algorithms
@@ -879,10 +906,14 @@ class Responder:
         msg = decode(Finish, request, hash_size=a.hash_size,
                      sig_size=a.req_sig_size if sig_present else 0)
         th = session.transcript.th()
+        if session.encap is not None and not session.encap.done:
+            raise UnexpectedRequest("FINISH before the encapsulated flow completed")
+        if sig_present and hdr.param2 != session.req_slot_id:
+            raise InvalidRequest("FINISH ReqSlotID differs from the negotiated slot")
         if sig_present:
             signed = th + request[:4]
             m = crypto.message_to_sign(session.version, a.base_hash, crypto.CTX_FINISH, signed)
-            if not crypto.verify(a.req_base_asym, a.base_hash, self._requester_public_key(), m,
+            if not crypto.verify(a.req_base_asym, a.base_hash, session.req_public_key, m,
                                  msg.signature):
                 raise DecryptError("FINISH signature invalid")
         expected = session.hmac_th(session.req_finished_key, th + request[:4] + msg.signature)
@@ -1028,6 +1059,92 @@ class Responder:
             {"version": self.conn.version, "standard_id": msg.standard_id, "vendor_id": vid,
              "payload": out},
         )
+
+    # ---- encapsulated requests for mutual authentication (DSP0274 1.2 §10.15) -----------
+
+    ENCAP_CERT_PORTION = 0x400
+
+    def _encap_state(self, session: Session | None) -> _EncapState:
+        if session is None or session.encap is None or session.encap.done:
+            raise UnexpectedRequest("no encapsulated flow in progress")
+        st: _EncapState = session.encap
+        return st
+
+    def _next_encap_id(self, st: _EncapState) -> int:
+        st.request_id = (st.request_id % 0xFF) + 1
+        return st.request_id
+
+    def _get_encapsulated_request(self, request: bytes, hdr: Any,
+                                  session: Session | None) -> bytes:
+        self._require_cap(Req.GET_ENCAPSULATED_REQUEST, RspCap.ENCAP, ReqCap.ENCAP)
+        decode(GetEncapsulatedRequest, request)
+        st = self._encap_state(session)
+        if st.expecting:
+            raise UnexpectedRequest("encapsulated flow already started")
+        st.expecting = Req.GET_DIGESTS
+        inner = encode(GetDigests, {"version": self.conn.version})
+        return encode(EncapsulatedRequest, {"version": self.conn.version,
+                                            "param1": self._next_encap_id(st),
+                                            "request": inner})
+
+    def _deliver_encapsulated_response(self, request: bytes, hdr: Any,
+                                       session: Session | None) -> bytes:
+        self._require_cap(Req.DELIVER_ENCAPSULATED_RESPONSE, RspCap.ENCAP, ReqCap.ENCAP)
+        assert session is not None
+        st = self._encap_state(session)
+        msg = decode(DeliverEncapsulatedResponse, request)
+        if not st.expecting or msg.param1 != st.request_id:
+            raise InvalidRequest("RequestID does not match the outstanding request")
+        inner = bytes(msg.response)
+        a = self.conn.algorithms
+        try:
+            ih = header(inner)
+            if ih.version != self.conn.version or ih.code == Rsp.ERROR:
+                raise InvalidRequest("encapsulated response is an error or wrong version")
+            if st.expecting == Req.GET_DIGESTS:
+                dg = decode(Digests, inner, hash_size=a.hash_size)
+                if not dg.param2:
+                    raise InvalidRequest("requester has no certificate slots")
+                st.slot = (dg.param2 & -dg.param2).bit_length() - 1
+                st.digest = bytes(dg.digests[0])
+            else:
+                ct = decode(Certificate, inner)
+                if ct.param1 & 0x0F != st.slot or not ct.portion_length:
+                    raise InvalidRequest("bad encapsulated CERTIFICATE")
+                st.chain += ct.cert_chain
+                if ct.remainder_length == 0:
+                    return self._encap_finish(session, st, msg.param1)
+        except MessageFormatError as exc:
+            raise InvalidRequest(f"malformed encapsulated response: {exc}") from exc
+        st.expecting = Req.GET_CERTIFICATE
+        inner_req = encode(GetCertificate, {"version": self.conn.version, "param1": st.slot,
+                                            "offset": len(st.chain),
+                                            "length": self.ENCAP_CERT_PORTION})
+        return encode(EncapsulatedResponseAck, {
+            "version": self.conn.version, "param1": self._next_encap_id(st), "param2": 1,
+            "ack_request_id": msg.param1, "request": inner_req})
+
+    def _encap_finish(self, session: Session, st: _EncapState, ack_id: int) -> bytes:
+        a = self.conn.algorithms
+        chain = bytes(st.chain)
+        if crypto.digest(a.base_hash, chain) != st.digest:
+            raise InvalidRequest("requester chain does not match its digest")
+        try:
+            session.req_public_key = verify_chain(
+                chain, self.config.requester_trust_anchors, a.base_hash, a.req_base_asym,
+                now=self.config.now() if self.config.now else None,
+                policy=CertPolicy(role_eku=OID_EKU_REQUESTER_AUTH,
+                                  other_role_eku=OID_EKU_RESPONDER_AUTH),
+            )
+        except CertificateError as exc:
+            raise InvalidRequest(f"requester certificate rejected: {exc}") from exc
+        session.transcript.req_cert_chain_hash = crypto.digest(a.base_hash, chain)
+        session.req_slot_id = st.slot
+        st.done = True
+        # PayloadType 2 = ReqSlotNumber: the slot the requester signs FINISH with.
+        return encode(EncapsulatedResponseAck, {
+            "version": self.conn.version, "param1": 0, "param2": 2,
+            "ack_request_id": ack_id, "request": bytes([st.slot])})
 
     # ---- chunking (DSP0274 1.2 §10.23, §10.24) -------------------------------------------------
 

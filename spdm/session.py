@@ -4,6 +4,7 @@ DSP0277)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from spdm import crypto
 from spdm.algorithms import NegotiatedAlgorithms
@@ -45,6 +46,10 @@ class Session:
     # KEY_UPDATE bookkeeping: the responder-direction key activates after the ACK is sent.
     pending_rsp_keys: DirectionKeys | None = None
     last_key_update_tag: int | None = None
+    # Mutual authentication: the requester's leaf key (responder side) and the state of
+    # the encapsulated GET_DIGESTS/GET_CERTIFICATE flow (DSP0274 1.2 §10.15).
+    req_public_key: Any = None
+    encap: Any = None
 
     def __repr__(self) -> str:
         return f"Session(id=0x{self.session_id:08x}, state={self.state.value})"
