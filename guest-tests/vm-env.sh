@@ -29,6 +29,8 @@ TRIXIE=(gcc-14 make binutils libc6-dev dwarves busybox-static cpio kmod zstd)
 NEED_MB=2000
 
 CACHE="${VDEV_CACHE:-$HOME/.cache/vdev}"
+# Overridable so the mirror lookup can be tested against sample configurations.
+APT_ETC="${VDEV_APT_ETC:-/etc/apt}"
 say() { printf '[vm-env] %s\n' "$*" >&2; }
 die() { printf '[vm-env] error: %s\n' "$*" >&2; exit 1; }
 
@@ -50,7 +52,7 @@ stamp() {
 # that carries the main suite.
 host_mirror() {
   local f uri=""
-  for f in /etc/apt/sources.list.d/*.sources; do
+  for f in "$APT_ETC"/sources.list.d/*.sources; do
     [ -r "$f" ] || continue
     uri=$(awk '
       /^[[:space:]]*#/ {next}
@@ -61,7 +63,7 @@ host_mirror() {
     ' "$f" | head -n1)
     [ -n "$uri" ] && { echo "${uri%/}"; return; }
   done
-  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+  for f in "$APT_ETC"/sources.list "$APT_ETC"/sources.list.d/*.list; do
     [ -r "$f" ] || continue
     uri=$(awk '$1=="deb" && $0 !~ /security/ {
              for (i=2;i<=NF;i++) if ($i !~ /^\[/ && $i ~ /:\/\//) { print $i; exit } }' "$f" | head -n1)
@@ -116,7 +118,7 @@ build() {
   [ "$(id -u)" = 0 ] || die "building the VM environment needs root (mmdebstrap --mode=root); run as root"
   ensure_mmdebstrap
   check_disk
-  mirror=$(host_mirror) || die "no Debian archive found in the host's apt configuration (/etc/apt/sources.list*)"
+  mirror=$(host_mirror) || die "no Debian archive found in the host's apt configuration ($APT_ETC/sources.list*)"
   say "building the trixie VM root in $dir (mirror from host apt config; about 250 MB download, 1 minute)"
   rm -rf "$dir.partial"
   mkdir -p "$dir.partial"
@@ -147,6 +149,12 @@ build() {
 
 main() {
   local s dir
+  case "${1:-}" in
+    --print-mirror) host_mirror || die "no Debian archive found in $APT_ETC"; return ;;
+    --print-stamp) stamp; return ;;
+    "") ;;
+    *) die "unknown option $1 (use --print-mirror or --print-stamp, or no option)" ;;
+  esac
   s=$(stamp)
   dir="$CACHE/vm-env-$s"
   if [ ! -f "$dir/stamp" ] || [ "$(cat "$dir/stamp")" != "$s" ] || [ ! -f "$dir/vmlinux" ]; then

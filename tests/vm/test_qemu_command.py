@@ -1,0 +1,37 @@
+"""The QEMU invocation and console parsing used by make run and the guest tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from vdev.vm.env import VmEnv
+from vdev.vm.qemu import VfioUserAttach, VmResult, VmSpec, qemu_command
+
+
+def test_device_behind_root_port_with_json_socket(tmp_path: Path) -> None:
+    env = VmEnv(tmp_path, qemu_override=Path("/usr/bin/qemu-x"))
+    spec = VmSpec(env=env, initrd=tmp_path / "i.gz",
+                  devices=[VfioUserAttach(Path("/tmp/a.sock")), VfioUserAttach(Path("/tmp/b.sock"),
+                                                                               id="vu1")])
+    argv = qemu_command(spec, "tcg")
+    assert argv[0] == "/usr/bin/qemu-x"
+    assert argv[argv.index("-accel") + 1] == "tcg"
+    assert argv[argv.index("-cpu") + 1] == "max"
+    assert "memory-backend-memfd,id=mem,size=512M,share=on" in argv
+    devs = [argv[i + 1] for i, a in enumerate(argv) if a == "-device"]
+    assert devs[0] == "pcie-root-port,id=rp1,bus=pcie.0,chassis=1,slot=1"
+    vu = json.loads(devs[1])
+    assert vu == {"driver": "vfio-user-pci", "id": "vu0", "bus": "rp1", "addr": "0x0",
+                  "socket": {"type": "unix", "path": "/tmp/a.sock"}, "rombar": 0}
+    assert json.loads(devs[3])["bus"] == "rp2"
+
+
+def test_console_records() -> None:
+    res = VmResult(accel="tcg", returncode=0, timed_out=False, seconds=1.0, argv=[],
+                   console=["noise\n", "@@VDEV boot 7.3.4\r\n", "x@@VDEV doe_features a b\n",
+                            "@@DMESG [ 1.0] hello\n", "@@VDEV done 0\n"])
+    assert res.records == [("boot", "7.3.4"), ("doe_features", "a b"), ("done", "0")]
+    assert res.value("doe_features") == "a b"
+    assert res.dmesg == ["[ 1.0] hello"]
+    assert res.completed
