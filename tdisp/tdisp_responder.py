@@ -182,6 +182,7 @@ class TdispResponder:
         self.vendor_handler = vendor_handler
         self.random_bytes = random_bytes
         self.tsm_caps: int | None = None
+        self.log: list[str] = []  # evidence: one line per request; never nonces or keys
         table = transition_table(self.policy.stop_states)
         self.tdis: dict[int, Tdi] = {}
         for desc in interfaces:
@@ -223,10 +224,16 @@ class TdispResponder:
         """TDISP message in, TDISP message out (no ProtocolID byte)."""
         header = decode_header(data.ljust(HEADER_SIZE, b"\x00"))
         try:
-            return self._dispatch(data, session_id).encode()
+            name = RequestCode(header.message_type).name
+        except ValueError:
+            name = f"0x{header.message_type:02x}"
+        try:
+            response = self._dispatch(data, session_id)
         except TdispRequestError as exc:
-            data_field = exc.data
-            return TdispError(header.interface_id, int(exc.code), data_field, exc.extended).encode()
+            self.log.append(f"{header.interface_id} {name} -> {exc}")
+            return TdispError(header.interface_id, int(exc.code), exc.data, exc.extended).encode()
+        self.log.append(f"{header.interface_id} {name} -> {type(response).__name__}")
+        return response.encode()
 
     def ide_stream_insecure(self, stream_id: int, reason: str) -> None:
         """The IDE stream a locked TDI uses lost its keys: LOCKED/RUN -> ERROR (§11.4.5)."""

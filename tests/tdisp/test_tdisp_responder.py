@@ -88,6 +88,8 @@ def test_happy_path(rig: Rig) -> None:
         (R, TdiEvent.STOP, U),
     ]
     assert tdi.lock is None
+    assert rig.tdisp.log[0] == "01:00.0 GET_TDISP_VERSION -> TdispVersion"
+    assert all(nonce.hex() not in line for line in rig.tdisp.log)
 
 
 def test_capabilities_match_tee_io_validator(rig: Rig) -> None:
@@ -129,6 +131,7 @@ def test_req_msgs_includes_optional_messages() -> None:
 def test_lock_without_keys_invalid_request(rig: Rig) -> None:
     err = error_of(rig, rig.req.lock(FLAGS, 0, MMIO_OFFSET))
     assert err.error_code == ErrorCode.INVALID_REQUEST
+    assert rig.tdisp.log[-1].startswith("01:00.0 LOCK_INTERFACE_REQUEST -> INVALID_REQUEST")
     assert len(err.encode()) == 24  # sizeof(TDISP_ERROR), no extended data
     assert rig.state() == U
 
