@@ -48,7 +48,7 @@ class KeySchedule:
     version: int
     base_hash: int
     aead: int
-    # PSK Salt_0 (DSP0274 uses 0^H; kept configurable because implementations differ).
+    # PSK Salt_0 override; default 0^H before 1.3 and 0xFF^H from 1.3 on.
     psk_salt: bytes | None = None
     handshake_secret: bytes = field(default=b"", repr=False)
     master_secret: bytes = field(default=b"", repr=False)
@@ -78,8 +78,13 @@ class KeySchedule:
 
     def set_handshake_secret(self, shared_secret: bytes, *, psk: bool = False) -> None:
         salt0 = bytes(self.hash_size)
-        if psk and self.psk_salt is not None:
-            salt0 = self.psk_salt
+        if psk:
+            # SPDM 1.3 uses Salt_0 = 0xFF^H for PSK sessions (libspdm
+            # libspdm_psk_handshake_secret_hkdf_expand: salt0 memset 0xff for >= 1.3).
+            if self.psk_salt is not None:
+                salt0 = self.psk_salt
+            elif self.version >= 0x13:
+                salt0 = b"\xff" * self.hash_size
         self.handshake_secret = self.extract(salt0, shared_secret)
 
     def handshake_keys(self, th1_hash: bytes) -> tuple[DirectionKeys, DirectionKeys]:

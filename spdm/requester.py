@@ -893,22 +893,44 @@ class Requester:
 
     def _key_update(self, session_id: int, op: int, verify: bool) -> Gen:
         sess = self._session(session_id)
-        assert sess is not None
+        assert sess is not None and sess.rsp_keys is not None and sess.rsp_prot is not None
+        if op not in (KEY_UPDATE_UPDATE_KEY, KEY_UPDATE_UPDATE_ALL_KEYS,
+                      KEY_UPDATE_VERIFY_NEW_KEY):
+            raise ValueError("bad KEY_UPDATE operation")
         tag = self.config.random(1)[0]
-        ack = yield from self._simple(session_id, KeyUpdate, KeyUpdateAck,
-                                      Rsp.KEY_UPDATE_ACK, op, tag)
-        if ack.param1 != op or ack.param2 != tag:
-            raise _fail("KEY_UPDATE_ACK does not echo operation/tag")
+        req = encode(KeyUpdate, {"version": self.conn.version, "param1": op, "param2": tag})
+        record = sess.seal(req, from_requester=True)
+        saved = (sess.rsp_keys, sess.rsp_prot.key, sess.rsp_prot.iv, sess.rsp_prot.seq)
+        if op == KEY_UPDATE_UPDATE_ALL_KEYS:
+            # The ACK to UpdateAllKeys arrives under the new response key (libspdm
+            # libspdm_try_key_update creates the responder key before sending).
+            sess.update_rsp_keys()
+        raw = yield Outgoing(record, True, session_id)
+        try:
+            resp = sess.open(raw, from_requester=False)
+            hdr = self._header(resp)
+            if hdr.code == Rsp.ERROR:
+                err = decode(Error, resp)
+                raise ErrorResponse(err.param1, err.param2, bytes(err.extended))
+            ack = self._decode(KeyUpdateAck, resp)
+            if ack.param1 != op or ack.param2 != tag or ack.version != self.conn.version:
+                raise _fail("KEY_UPDATE_ACK does not echo operation/tag")
+        except (RecordError, ProtocolError) as exc:
+            # Restore the old response key, as libspdm does when the ACK fails.
+            sess.rsp_keys = saved[0]
+            sess.rsp_prot.key, sess.rsp_prot.iv, sess.rsp_prot.seq = saved[1:]
+            if isinstance(exc, RecordError):
+                raise _fail(f"cannot authenticate KEY_UPDATE_ACK: {exc}") from exc
+            raise
         if op in (KEY_UPDATE_UPDATE_KEY, KEY_UPDATE_UPDATE_ALL_KEYS):
             sess.update_req_keys()
-        if op == KEY_UPDATE_UPDATE_ALL_KEYS:
-            sess.update_rsp_keys()
-        if verify and op != KEY_UPDATE_VERIFY_NEW_KEY:
-            tag = self.config.random(1)[0]
-            ack = yield from self._simple(session_id, KeyUpdate, KeyUpdateAck,
-                                          Rsp.KEY_UPDATE_ACK, KEY_UPDATE_VERIFY_NEW_KEY, tag)
-            if ack.param1 != KEY_UPDATE_VERIFY_NEW_KEY or ack.param2 != tag:
-                raise _fail("KEY_UPDATE_ACK does not echo operation/tag")
+            if verify:
+                tag = self.config.random(1)[0]
+                ack = yield from self._simple(session_id, KeyUpdate, KeyUpdateAck,
+                                              Rsp.KEY_UPDATE_ACK, KEY_UPDATE_VERIFY_NEW_KEY,
+                                              tag)
+                if ack.param1 != KEY_UPDATE_VERIFY_NEW_KEY or ack.param2 != tag:
+                    raise _fail("KEY_UPDATE_ACK does not echo operation/tag")
         return True
 
     def end_session(self, session_id: int, preserve_state: bool = False) -> Operation:

@@ -1001,20 +1001,35 @@ class Responder:
         return encode(HeartbeatAck, {"version": self.conn.version})
 
     def _key_update(self, request: bytes, hdr: Any, session: Session | None) -> bytes:
+        """DSP0274 1.2 §10.20. Key activation follows libspdm (libspdm_rsp_key_update.c /
+        libspdm_req_key_update.c): UpdateKey switches the request direction for the next
+        request; UpdateAllKeys also switches the response direction *before* the ACK, so the
+        ACK travels under the new response key; VerifyNewKey is only valid after an update,
+        and an update must be verified before the next one. A retransmission (same
+        operation and tag) is acknowledged without deriving again."""
         assert session is not None
         self._require_cap(Req.KEY_UPDATE, RspCap.KEY_UPD, ReqCap.KEY_UPD)
         msg = decode(KeyUpdate, request)
-        op = msg.param1
-        if op == KEY_UPDATE_UPDATE_KEY:
+        op, tag = msg.param1, msg.param2
+        last = session.last_key_update_tag
+        if last is not None and (op, tag) == last:
+            pass  # retransmission
+        elif op in (KEY_UPDATE_UPDATE_KEY, KEY_UPDATE_UPDATE_ALL_KEYS):
+            if last is not None and last[0] in (KEY_UPDATE_UPDATE_KEY,
+                                                KEY_UPDATE_UPDATE_ALL_KEYS):
+                raise InvalidRequest("previous key update not yet verified")
             session.update_req_keys()
-        elif op == KEY_UPDATE_UPDATE_ALL_KEYS:
-            session.update_req_keys()
-            # The ACK still travels under the old responder key (libspdm behaviour).
-            self._after_send.append(session.update_rsp_keys)
-        elif op != KEY_UPDATE_VERIFY_NEW_KEY:
+            if op == KEY_UPDATE_UPDATE_ALL_KEYS:
+                session.update_rsp_keys()
+        elif op == KEY_UPDATE_VERIFY_NEW_KEY:
+            if last is None or last[0] not in (KEY_UPDATE_UPDATE_KEY,
+                                               KEY_UPDATE_UPDATE_ALL_KEYS):
+                raise InvalidRequest("VerifyNewKey without a preceding update")
+        else:
             raise InvalidRequest("bad KEY_UPDATE operation")
+        session.last_key_update_tag = (op, tag)
         return encode(KeyUpdateAck, {"version": self.conn.version, "param1": op,
-                                     "param2": msg.param2})
+                                     "param2": tag})
 
     def _end_session(self, request: bytes, hdr: Any, session: Session | None) -> bytes:
         assert session is not None

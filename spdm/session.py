@@ -43,9 +43,7 @@ class Session:
     rsp_prot: RecordProtection | None = None  # responder -> requester direction
     req_finished_key: bytes = b""
     rsp_finished_key: bytes = b""
-    # KEY_UPDATE bookkeeping: the responder-direction key activates after the ACK is sent.
-    pending_rsp_keys: DirectionKeys | None = None
-    last_key_update_tag: int | None = None
+    last_key_update_tag: tuple[int, int] | None = None  # (operation, tag)
     # Mutual authentication: the requester's leaf key (responder side) and the state of
     # the encapsulated GET_DIGESTS/GET_CERTIFICATE flow (DSP0274 1.2 §10.15).
     req_public_key: Any = None

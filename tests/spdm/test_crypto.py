@@ -111,3 +111,15 @@ def test_key_schedule_consistency() -> None:
     ks13 = KeySchedule(0x13, BaseHash.SHA_384, Aead.AES_256_GCM)
     ks13.set_handshake_secret(b"s" * 48)
     assert ks13.handshake_keys(b"t" * 48)[0].key != req.key
+
+
+def test_psk_salt_by_version() -> None:
+    import hmac as _h
+
+    for version, salt in ((0x12, bytes(48)), (0x13, b"\xff" * 48)):
+        ks = KeySchedule(version, BaseHash.SHA_384, Aead.AES_256_GCM)
+        ks.set_handshake_secret(b"psk", psk=True)
+        assert ks.handshake_secret == _h.new(salt, b"psk", "sha384").digest()
+    ks = KeySchedule(0x13, BaseHash.SHA_384, Aead.AES_256_GCM)
+    ks.set_handshake_secret(b"dhe")
+    assert ks.handshake_secret == _h.new(bytes(48), b"dhe", "sha384").digest()

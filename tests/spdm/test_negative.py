@@ -362,3 +362,30 @@ def test_requester_surfaces_error_response(p384_identity: DeviceIdentity) -> Non
     with pytest.raises(ErrorResponse) as exc:
         link.run(link.requester.get_certificate(5))
     assert exc.value.code == ErrorCode.INVALID_REQUEST
+
+
+def test_key_update_rules(p384_identity: DeviceIdentity) -> None:
+    from spdm.codes import KEY_UPDATE_UPDATE_KEY, KEY_UPDATE_VERIFY_NEW_KEY
+
+    link, sid = _session_link(p384_identity)
+    # VerifyNewKey with no update before it.
+    assert _err(_send_secured(link, sid, bytes([V, Req.KEY_UPDATE, 3, 9]))) == \
+        ErrorCode.INVALID_REQUEST
+    link.run(link.requester.key_update(sid, KEY_UPDATE_UPDATE_KEY, verify=False))
+    # A second update before the first was verified.
+    assert _err(_send_secured(link, sid, bytes([V, Req.KEY_UPDATE, 1, 7]))) == \
+        ErrorCode.INVALID_REQUEST
+    link.run(link.requester.key_update(sid, KEY_UPDATE_VERIFY_NEW_KEY))
+    # Sequence numbers restart with the new keys.
+    assert link.responder.sessions[sid].req_prot.seq == 2  # type: ignore[union-attr]
+
+
+def test_old_key_rejected_after_update(p384_identity: DeviceIdentity) -> None:
+    import copy
+
+    link, sid = _session_link(p384_identity)
+    stale = copy.deepcopy(link.requester.sessions[sid])
+    link.run(link.requester.key_update(sid))
+    rec = stale.seal(bytes([V, Req.HEARTBEAT, 0, 0]), from_requester=True)
+    kind, reply = link.responder.handle_doe(2, rec)
+    assert kind == 1 and _err(reply) == ErrorCode.DECRYPT_ERROR
