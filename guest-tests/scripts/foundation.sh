@@ -23,6 +23,9 @@ mmio_rd() { echo $1 > $D/mmio_addr; cat $D/mmio_data; }
 mmio_wr() { echo $1 > $D/mmio_addr; echo $2 > $D/mmio_data; }
 
 r id_reg "$(mmio_rd $ID_OFF)"
+# SPDM GET_VERSION (DSP0274: version 1.0, code 0x84) as a CMA/SPDM DOE
+# object through the kernel's own DOE driver (pci_doe()).
+echo "1 10840000" > $D/doe && r doe_get_version "$(cat $D/doe)"
 r irq_before "$(cat $D/irq_count)"
 mmio_wr $DOORBELL_OFF 0
 sleep 0.2

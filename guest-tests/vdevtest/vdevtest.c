@@ -10,6 +10,9 @@
  *   irq_count  (ro)  interrupts received on MSI-X vector 0
  *   mmio_addr  (rw)  BAR0 offset used by mmio_data (dword aligned)
  *   mmio_data  (rw)  32-bit MMIO read / write at mmio_addr
+ *   doe        (rw)  write "TYPE HEX": one pci_doe() exchange of protocol
+ *                    0001:TYPE through the kernel's DOE driver; read back
+ *                    "RC HEX" (RC is pci_doe()'s return value)
  */
 #include <linux/atomic.h>
 #include <linux/interrupt.h>
@@ -17,6 +20,11 @@
 #include <linux/kernel.h>
 #include <linux/module.h>
 #include <linux/pci.h>
+#include <linux/pci-doe.h>
+#include <linux/hex.h>
+
+/* Bytes, so a response in hex still fits one sysfs page. */
+#define VDEVTEST_DOE_MAX 1536
 
 struct vdevtest {
 	struct pci_dev *pdev;
@@ -25,6 +33,11 @@ struct vdevtest {
 	atomic_t irq_count;
 	u32 mmio_addr;
 	int irq;
+	struct mutex doe_lock;	/* serialises doe_req/doe_rsp */
+	u8 doe_req[VDEVTEST_DOE_MAX];
+	u8 doe_rsp[VDEVTEST_DOE_MAX];
+	int doe_rc;
+	bool doe_done;
 };
 
 static irqreturn_t vdevtest_irq(int irq, void *data)
@@ -92,7 +105,64 @@ static ssize_t mmio_data_store(struct device *dev, struct device_attribute *attr
 }
 static DEVICE_ATTR_RW(mmio_data);
 
+static ssize_t doe_show(struct device *dev, struct device_attribute *attr, char *buf)
+{
+	struct vdevtest *vt = dev_get_drvdata(dev);
+	ssize_t len;
+	int n;
+
+	mutex_lock(&vt->doe_lock);
+	if (!vt->doe_done) {
+		mutex_unlock(&vt->doe_lock);
+		return sysfs_emit(buf, "none\n");
+	}
+	len = sysfs_emit(buf, "%d ", vt->doe_rc);
+	n = vt->doe_rc > 0 ? vt->doe_rc : 0;
+	bin2hex(buf + len, vt->doe_rsp, n);
+	len += 2 * n;
+	buf[len++] = '\n';
+	mutex_unlock(&vt->doe_lock);
+	return len;
+}
+
+static ssize_t doe_store(struct device *dev, struct device_attribute *attr,
+			 const char *buf, size_t count)
+{
+	struct vdevtest *vt = dev_get_drvdata(dev);
+	struct pci_doe_mb *mb;
+	const char *hex;
+	size_t hexlen;
+	unsigned int type;
+
+	if (sscanf(buf, "%u ", &type) != 1 || type > 255)
+		return -EINVAL;
+	hex = strchr(buf, ' ');
+	if (!hex)
+		return -EINVAL;
+	hex++;
+	hexlen = strcspn(hex, "\n");
+	if (!hexlen || hexlen % 2 || hexlen / 2 > VDEVTEST_DOE_MAX)
+		return -EINVAL;
+
+	mb = pci_find_doe_mailbox(vt->pdev, PCI_VENDOR_ID_PCI_SIG, type);
+	if (!mb)
+		return -ENODEV;
+
+	mutex_lock(&vt->doe_lock);
+	if (hex2bin(vt->doe_req, hex, hexlen / 2)) {
+		mutex_unlock(&vt->doe_lock);
+		return -EINVAL;
+	}
+	vt->doe_rc = pci_doe(mb, PCI_VENDOR_ID_PCI_SIG, type, vt->doe_req,
+			     hexlen / 2, vt->doe_rsp, sizeof(vt->doe_rsp));
+	vt->doe_done = true;
+	mutex_unlock(&vt->doe_lock);
+	return count;
+}
+static DEVICE_ATTR_RW(doe);
+
 static struct attribute *vdevtest_attrs[] = {
+	&dev_attr_doe.attr,
 	&dev_attr_irq_count.attr,
 	&dev_attr_mmio_addr.attr,
 	&dev_attr_mmio_data.attr,
@@ -113,6 +183,7 @@ static int vdevtest_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 		return -ENOMEM;
 	vt->pdev = pdev;
 	atomic_set(&vt->irq_count, 0);
+	mutex_init(&vt->doe_lock);
 
 	rc = pcim_enable_device(pdev);
 	if (rc)

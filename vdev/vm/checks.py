@@ -102,6 +102,12 @@ def foundation_checks(res: VmResult, exp: Expected) -> list[Check]:
         "doe_features: " + " ".join(sorted(feats)))
 
     add("guest driver bound", res.value("bound") == "vdevtest", f"bound={res.value('bound')}")
+    rc, _, rsp = (res.value("doe_get_version") or "").partition(" ")
+    spdm = bytes.fromhex(rsp) if rsp and len(rsp) % 2 == 0 else b""
+    add("SPDM over the kernel's DOE",
+        len(spdm) >= 4 and spdm[0] == 0x10 and spdm[1] in (0x04, 0x7F),
+        f"pci_doe(0001:01, GET_VERSION) -> rc {rc or '?'}, "
+        + (_spdm_summary(spdm) if spdm else "no response"))
     add("device ID register", _hex(res.value("id_reg")) == exp.id_value,
         f"BAR0+{exp.id_off:#x} = {res.value('id_reg')}")
     before, after = _int(res.value("irq_before")), _int(res.value("irq_after_doorbell"))
@@ -123,6 +129,17 @@ def foundation_checks(res: VmResult, exp: Expected) -> list[Check]:
     add("guest powered off", res.completed and not res.timed_out and res.returncode == 0,
         f"QEMU exit {res.returncode}" + (" (timeout)" if res.timed_out else ""))
     return out
+
+
+def _spdm_summary(msg: bytes) -> str:
+    """VERSION entries or the ERROR code of an SPDM response."""
+    if len(msg) >= 6 and msg[1] == 0x04:
+        count = msg[5]
+        entries = [int.from_bytes(msg[6 + 2 * i:8 + 2 * i], "little") for i in range(count)]
+        return "VERSION " + ", ".join(f"{e >> 12}.{(e >> 8) & 0xF}" for e in entries)
+    if len(msg) >= 4 and msg[1] == 0x7F:
+        return f"ERROR code {msg[2]:#04x}"
+    return msg.hex()
 
 
 def _int(v: str | None) -> int | None:
