@@ -13,6 +13,7 @@ to `decode` / `encode`:
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 from construct import (
@@ -29,7 +30,6 @@ from construct import (
     Int32ul,
     Rebuild,
     Struct,
-    Terminated,
     len_,
     this,
 )
@@ -68,14 +68,13 @@ Header = Struct("version" / Int8ul, "code" / Int8ul, "param1" / Int8ul, "param2"
 
 # --- VCA --------------------------------------------------------------------------------
 
-GetVersion = Struct(*_hdr(Req.GET_VERSION), Terminated)
+GetVersion = Struct(*_hdr(Req.GET_VERSION))
 
 Version = Struct(
     *_hdr(Rsp.VERSION),
     "reserved" / Default(Int8ul, 0),
     "count" / Rebuild(Int8ul, len_(this.entries)),
     "entries" / Array(this.count, Int16ul),
-    Terminated,
 )
 
 # DSP0274 1.2 Table 'GET_CAPABILITIES': 4 bytes (1.0), 12 (1.1), 20 (1.2+).
@@ -87,7 +86,6 @@ GetCapabilities = Struct(
     "flags" / Opt(_v(0x11), Default(Int32ul, 0)),
     "data_transfer_size" / Opt(_v(0x12), Int32ul),
     "max_spdm_msg_size" / Opt(_v(0x12), Int32ul),
-    Terminated,
 )
 
 Capabilities = Struct(
@@ -98,7 +96,6 @@ Capabilities = Struct(
     "flags" / Int32ul,
     "data_transfer_size" / Opt(_v(0x12), Int32ul),
     "max_spdm_msg_size" / Opt(_v(0x12), Int32ul),
-    Terminated,
 )
 
 # AlgStruct (DSP0274 Table 'Algorithm request structure'): AlgCount bits 7:4 = 2 (fixed
@@ -136,7 +133,6 @@ NegotiateAlgorithms = Struct(
     "ext_asym" / Default(Array(this.ext_asym_count, Int32ul), []),
     "ext_hash" / Default(Array(this.ext_hash_count, Int32ul), []),
     "alg_structs" / Array(this.param1, AlgStruct),
-    Terminated,
 )
 
 Algorithms = Struct(
@@ -161,25 +157,22 @@ Algorithms = Struct(
     "ext_asym_sel" / Default(Array(this.ext_asym_sel_count, Int32ul), []),
     "ext_hash_sel" / Default(Array(this.ext_hash_sel_count, Int32ul), []),
     "alg_structs" / Array(this.param1, AlgStruct),
-    Terminated,
 )
 
 # --- Identity -----------------------------------------------------------------------------
 
-GetDigests = Struct(*_hdr(Req.GET_DIGESTS), Terminated)
+GetDigests = Struct(*_hdr(Req.GET_DIGESTS))
 
 # param2 = ProvisionedSlotMask (1.3; SlotMask before); one digest per set bit.
 Digests = Struct(
     *_hdr(Rsp.DIGESTS),
     "digests" / Array(lambda c: bin(c.param2).count("1"), Bytes(this._params.hash_size)),
-    Terminated,
 )
 
 GetCertificate = Struct(
     *_hdr(Req.GET_CERTIFICATE),  # param1 bits 3:0 = SlotID
     "offset" / Int16ul,
     "length" / Int16ul,
-    Terminated,
 )
 
 Certificate = Struct(
@@ -187,14 +180,12 @@ Certificate = Struct(
     "portion_length" / Rebuild(Int16ul, len_(this.cert_chain)),
     "remainder_length" / Int16ul,
     "cert_chain" / Bytes(this.portion_length),
-    Terminated,
 )
 
 Challenge = Struct(
     *_hdr(Req.CHALLENGE),  # param1 = SlotID, param2 = MeasurementSummaryHashType
     "nonce" / Bytes(32),
     "requester_context" / Opt(_v(0x13), Bytes(8)),
-    Terminated,
 )
 
 ChallengeAuth = Struct(
@@ -206,7 +197,6 @@ ChallengeAuth = Struct(
     "opaque" / Bytes(this.opaque_length),
     "requester_context" / Opt(_v(0x13), Bytes(8)),
     "signature" / Bytes(this._params.sig_size),
-    Terminated,
 )
 
 # --- Measurements ---------------------------------------------------------------------------
@@ -219,7 +209,6 @@ GetMeasurements = Struct(
     "nonce" / Opt(lambda c: c.param1 & MEAS_ATTR_SIGNATURE, Bytes(32)),
     "slot_id" / Opt(lambda c: c.param1 & MEAS_ATTR_SIGNATURE and c.version >= 0x11, Int8ul),
     "requester_context" / Opt(_v(0x13), Bytes(8)),
-    Terminated,
 )
 
 Measurements = Struct(
@@ -233,7 +222,6 @@ Measurements = Struct(
     "opaque" / Bytes(this.opaque_length),
     "requester_context" / Opt(_v(0x13), Bytes(8)),
     "signature" / Bytes(this._params.sig_size),
-    Terminated,
 )
 
 MeasurementBlock = Struct(
@@ -248,7 +236,6 @@ DmtfMeasurement = Struct(
     "value_type" / Int8ul,
     "value_size" / Rebuild(Int16ul, len_(this.value)),
     "value" / Bytes(this.value_size),
-    Terminated,
 )
 
 # --- Sessions ---------------------------------------------------------------------------
@@ -262,7 +249,6 @@ KeyExchange = Struct(
     "exchange_data" / Bytes(this._params.dhe_size),
     "opaque_length" / Rebuild(Int16ul, len_(this.opaque)),
     "opaque" / Bytes(this.opaque_length),
-    Terminated,
 )
 
 KeyExchangeRsp = Struct(
@@ -277,7 +263,6 @@ KeyExchangeRsp = Struct(
     "opaque" / Bytes(this.opaque_length),
     "signature" / Bytes(this._params.sig_size),
     "verify_data" / Bytes(this._params.verify_size),
-    Terminated,
 )
 
 FINISH_ATTR_SIGNATURE = 0x01
@@ -286,13 +271,11 @@ Finish = Struct(
     *_hdr(Req.FINISH),  # param1 bit0 signature present, param2 ReqSlotID
     "signature" / Bytes(this._params.sig_size),
     "verify_data" / Bytes(this._params.hash_size),
-    Terminated,
 )
 
 FinishRsp = Struct(
     *_hdr(Rsp.FINISH_RSP),
     "verify_data" / Bytes(this._params.verify_size),
-    Terminated,
 )
 
 PskExchange = Struct(
@@ -304,7 +287,6 @@ PskExchange = Struct(
     "psk_hint" / Bytes(this.psk_hint_length),
     "context" / Bytes(this.context_length),
     "opaque" / Bytes(this.opaque_length),
-    Terminated,
 )
 
 PskExchangeRsp = Struct(
@@ -317,22 +299,20 @@ PskExchangeRsp = Struct(
     "context" / Bytes(this.context_length),
     "opaque" / Bytes(this.opaque_length),
     "verify_data" / Bytes(this._params.hash_size),
-    Terminated,
 )
 
 PskFinish = Struct(
     *_hdr(Req.PSK_FINISH),
     "verify_data" / Bytes(this._params.hash_size),
-    Terminated,
 )
-PskFinishRsp = Struct(*_hdr(Rsp.PSK_FINISH_RSP), Terminated)
+PskFinishRsp = Struct(*_hdr(Rsp.PSK_FINISH_RSP))
 
-Heartbeat = Struct(*_hdr(Req.HEARTBEAT), Terminated)
-HeartbeatAck = Struct(*_hdr(Rsp.HEARTBEAT_ACK), Terminated)
-KeyUpdate = Struct(*_hdr(Req.KEY_UPDATE), Terminated)  # param1 operation, param2 tag
-KeyUpdateAck = Struct(*_hdr(Rsp.KEY_UPDATE_ACK), Terminated)
-EndSession = Struct(*_hdr(Req.END_SESSION), Terminated)  # param1 bit0 preserve state
-EndSessionAck = Struct(*_hdr(Rsp.END_SESSION_ACK), Terminated)
+Heartbeat = Struct(*_hdr(Req.HEARTBEAT))
+HeartbeatAck = Struct(*_hdr(Rsp.HEARTBEAT_ACK))
+KeyUpdate = Struct(*_hdr(Req.KEY_UPDATE))  # param1 operation, param2 tag
+KeyUpdateAck = Struct(*_hdr(Rsp.KEY_UPDATE_ACK))
+EndSession = Struct(*_hdr(Req.END_SESSION))  # param1 bit0 preserve state
+EndSessionAck = Struct(*_hdr(Rsp.END_SESSION_ACK))
 
 # --- Vendor defined -------------------------------------------------------------------------
 
@@ -343,7 +323,6 @@ VendorDefinedRequest = Struct(
     "vendor_id" / Bytes(this.vendor_id_len),
     "payload_length" / Rebuild(Int16ul, len_(this.payload)),
     "payload" / Bytes(this.payload_length),
-    Terminated,
 )
 
 VendorDefinedResponse = Struct(
@@ -353,7 +332,6 @@ VendorDefinedResponse = Struct(
     "vendor_id" / Bytes(this.vendor_id_len),
     "payload_length" / Rebuild(Int16ul, len_(this.payload)),
     "payload" / Bytes(this.payload_length),
-    Terminated,
 )
 
 # --- Chunking (DSP0274 1.2 §10.23/10.24) ----------------------------------------------------
@@ -368,7 +346,6 @@ ChunkSend = Struct(
     "chunk_size" / Rebuild(Int32ul, len_(this.chunk)),
     "large_message_size" / Opt(this.chunk_seq_no == 0, Int32ul),
     "chunk" / Bytes(this.chunk_size),
-    Terminated,
 )
 
 ChunkSendAck = Struct(
@@ -377,7 +354,7 @@ ChunkSendAck = Struct(
     "response" / GreedyBytes,
 )
 
-ChunkGet = Struct(*_hdr(Req.CHUNK_GET), "chunk_seq_no" / Int16ul, Terminated)
+ChunkGet = Struct(*_hdr(Req.CHUNK_GET), "chunk_seq_no" / Int16ul)
 
 ChunkResponse = Struct(
     *_hdr(Rsp.CHUNK_RESPONSE),
@@ -386,7 +363,6 @@ ChunkResponse = Struct(
     "chunk_size" / Rebuild(Int32ul, len_(this.chunk)),
     "large_message_size" / Opt(this.chunk_seq_no == 0, Int32ul),
     "chunk" / Bytes(this.chunk_size),
-    Terminated,
 )
 
 # CHUNK_SEND fixed part and CHUNK_RESPONSE fixed part sizes (for DataTransferSize maths).
@@ -395,7 +371,7 @@ CHUNK_RESPONSE_HEADER_SIZE = 12
 
 # --- Encapsulated (mutual auth) -------------------------------------------------------------
 
-GetEncapsulatedRequest = Struct(*_hdr(Req.GET_ENCAPSULATED_REQUEST), Terminated)
+GetEncapsulatedRequest = Struct(*_hdr(Req.GET_ENCAPSULATED_REQUEST))
 EncapsulatedRequest = Struct(*_hdr(Rsp.ENCAPSULATED_REQUEST), "request" / GreedyBytes)
 DeliverEncapsulatedResponse = Struct(
     *_hdr(Req.DELIVER_ENCAPSULATED_RESPONSE), "response" / GreedyBytes
@@ -409,7 +385,7 @@ EncapsulatedResponseAck = Struct(
 
 # --- Misc ----------------------------------------------------------------------------------
 
-RespondIfReady = Struct(*_hdr(Req.RESPOND_IF_READY), Terminated)  # param1 code, param2 token
+RespondIfReady = Struct(*_hdr(Req.RESPOND_IF_READY))  # param1 code, param2 token
 
 Error = Struct(*_hdr(Rsp.ERROR), "extended" / Default(GreedyBytes, b""))
 
@@ -418,9 +394,8 @@ ResponseNotReadyData = Struct(
     "request_code" / Int8ul,
     "token" / Int8ul,
     "rdtm" / Int8ul,
-    Terminated,
 )
-LargeResponseData = Struct("handle" / Int8ul, Terminated)
+LargeResponseData = Struct("handle" / Int8ul)
 
 
 # --- Helpers ---------------------------------------------------------------------------------
@@ -434,15 +409,30 @@ _DEFAULT_PARAMS = {
 }
 
 
-def decode(fmt: Any, data: bytes, **params: int) -> Any:
-    """Parse *data* with *fmt*; raises MessageFormatError on any mismatch."""
+def decode(fmt: Any, data: bytes, *, dword_padding: bool = False, **params: int) -> Any:
+    """Parse *data* with *fmt*; raises MessageFormatError on any mismatch.
+
+    Trailing bytes are an error, except with `dword_padding`: a DOE data object carries the
+    SPDM message zero-padded to a DWORD multiple (PCIe 6.x §6.30.1), and SPDM messages are
+    self-delimiting, so up to three zero bytes that make the total a multiple of four are
+    accepted. The result's `raw` item holds the message without that padding, which is what
+    transcripts must hash.
+    """
     ctx = {**_DEFAULT_PARAMS, **params}
+    stream = io.BytesIO(data)
     try:
-        return fmt.parse(data, **ctx)
+        parsed = fmt.parse_stream(stream, **ctx)
     except ConstructError as exc:
         raise MessageFormatError(str(exc).splitlines()[0]) from exc
     except (TypeError, ValueError) as exc:  # e.g. negative computed sizes
         raise MessageFormatError(str(exc)) from exc
+    used = stream.tell()
+    rest = data[used:]
+    if rest and not (dword_padding and len(data) % 4 == 0 and len(rest) < 4 and not any(rest)):
+        raise MessageFormatError(f"{len(rest)} trailing bytes")
+    if hasattr(parsed, "__setitem__"):
+        parsed["raw"] = data[:used]
+    return parsed
 
 
 def encode(fmt: Any, fields: dict[str, Any], **params: int) -> bytes:

@@ -357,8 +357,10 @@ class Requester:
 
     @staticmethod
     def _decode(fmt: Any, data: bytes, **params: int) -> Any:
+        """Decode a response; DOE DWORD padding is tolerated and `raw` (used for
+        transcripts) excludes it."""
         try:
-            return decode(fmt, data, **params)
+            return decode(fmt, data, dword_padding=True, **params)
         except MessageFormatError as exc:
             raise _fail(f"malformed response: {exc}") from exc
 
@@ -374,6 +376,7 @@ class Requester:
         req = encode(GetVersion, {"version": V10})
         resp = yield from self._exchange(req, expect=Rsp.VERSION)
         msg = self._decode(Version, resp)
+        resp = msg.raw
         offered = {version_from_entry(e) for e in msg.entries}
         if not offered:
             raise _fail("VERSION without entries")
@@ -400,6 +403,7 @@ class Requester:
         req = encode(GetCapabilities, fields)
         resp = yield from self._exchange(req, expect=Rsp.CAPABILITIES)
         msg = self._decode(Capabilities, resp)
+        resp = msg.raw
         flags = msg.flags
         if flags & MEAS_CAP_MASK == MEAS_CAP_MASK:
             raise _fail("MEAS_CAP 11b is reserved")
@@ -444,6 +448,7 @@ class Requester:
         })
         resp = yield from self._exchange(req, expect=Rsp.ALGORITHMS)
         msg = self._decode(Algorithms, resp)
+        resp = msg.raw
         if msg.length != len(resp):
             raise _fail("ALGORITHMS Length mismatch")
         rsp_caps = self.conn.rsp_caps
@@ -513,6 +518,7 @@ class Requester:
         resp = yield from self._exchange(req, sess, expect=Rsp.DIGESTS)
         h = self.conn.algorithms.hash_size
         msg = self._decode(Digests, resp, hash_size=h)
+        resp = msg.raw
         slots = [s for s in range(8) if msg.param2 & (1 << s)]
         self.digests = {s: bytes(d) for s, d in zip(slots, msg.digests, strict=True)}
         if sess is None:
@@ -531,6 +537,7 @@ class Requester:
                                           "offset": len(chain), "length": portion})
             resp = yield from self._exchange(req, sess, expect=Rsp.CERTIFICATE)
             msg = self._decode(Certificate, resp)
+            resp = msg.raw
             if msg.param1 & 0x0F != slot:
                 raise _fail("CERTIFICATE for another slot")
             if msg.portion_length > portion or msg.portion_length == 0:
@@ -579,6 +586,7 @@ class Requester:
         ms = a.hash_size if meas_summary else 0
         msg = self._decode(ChallengeAuth, resp, hash_size=a.hash_size, meas_summary_size=ms,
                            sig_size=a.sig_size)
+        resp = msg.raw
         if msg.param1 & 0x0F != slot:
             raise _fail("CHALLENGE_AUTH for another slot")
         chain = self.cert_chains.get(slot)
@@ -615,6 +623,7 @@ class Requester:
         a = self.conn.algorithms
         sig_size = a.sig_size if signed else 0
         msg = self._decode(Measurements, resp, sig_size=sig_size)
+        resp = msg.raw
         if v >= V13 and msg.requester_context != ctx:
             raise _fail("RequesterContext not echoed")
         if signed and msg.param2 & 0x0F != slot:
@@ -694,6 +703,7 @@ class Requester:
         ms = a.hash_size if meas_summary else 0
         msg = self._decode(KeyExchangeRsp, resp, dhe_size=a.dhe_size, meas_summary_size=ms,
                            sig_size=a.sig_size, verify_size=verify_size)
+        resp = msg.raw
         secured_version = self._check_version_selection(bytes(msg.opaque))
         sid = (msg.rsp_session_id << 16) | req_sid
         if sid in self.sessions:
@@ -753,6 +763,7 @@ class Requester:
         resp = yield from self._exchange(encode(GetEncapsulatedRequest, {"version": v}), sess,
                                          expect=Rsp.ENCAPSULATED_REQUEST)
         er = self._decode(EncapsulatedRequest, resp)
+        resp = er.raw
         request_id, inner = er.param1, bytes(er.request)
         for _ in range(256):
             answer = self._answer_encapsulated(inner)
@@ -760,6 +771,7 @@ class Requester:
                                                            "response": answer})
             resp = yield from self._exchange(deliver, sess, expect=Rsp.ENCAPSULATED_RESPONSE_ACK)
             ack = self._decode(EncapsulatedResponseAck, resp)
+            resp = ack.raw
             if v >= V12 and ack.ack_request_id != request_id:
                 raise _fail("ENCAPSULATED_RESPONSE_ACK for another request")
             if ack.param2 == 0:
@@ -824,6 +836,7 @@ class Requester:
         sess.transcript.f += req
         vsize = a.hash_size if sess.handshake_in_clear else 0
         msg = self._decode(FinishRsp, resp, verify_size=vsize)
+        resp = msg.raw
         if sess.handshake_in_clear:
             expected = sess.hmac_th(sess.rsp_finished_key, sess.transcript.th() + resp[:4])
             if not crypto.hmac_compare(expected, msg.verify_data):
@@ -851,6 +864,7 @@ class Requester:
         resp = yield from self._exchange(req, expect=Rsp.PSK_EXCHANGE_RSP)
         ms = a.hash_size if meas_summary else 0
         msg = self._decode(PskExchangeRsp, resp, meas_summary_size=ms, hash_size=a.hash_size)
+        resp = msg.raw
         secured_version = self._check_version_selection(bytes(msg.opaque))
         sid = (msg.rsp_session_id << 16) | req_sid
         sess = self._make_session(sid, b"", True, secured_version)
@@ -870,7 +884,7 @@ class Requester:
         verify = sess.hmac_th(sess.req_finished_key, sess.transcript.th() + hdr)
         fin = encode(PskFinish, {"version": v, "verify_data": verify}, hash_size=a.hash_size)
         resp2 = yield from self._exchange(fin, sess, expect=Rsp.PSK_FINISH_RSP)
-        self._decode(PskFinishRsp, resp2)
+        resp2 = self._decode(PskFinishRsp, resp2).raw
         sess.transcript.f += fin + resp2
         sess.install_data_keys(crypto.digest(a.base_hash, sess.transcript.th()))
         return sid
@@ -913,6 +927,7 @@ class Requester:
                 err = decode(Error, resp)
                 raise ErrorResponse(err.param1, err.param2, bytes(err.extended))
             ack = self._decode(KeyUpdateAck, resp)
+            resp = ack.raw
             if ack.param1 != op or ack.param2 != tag or ack.version != self.conn.version:
                 raise _fail("KEY_UPDATE_ACK does not echo operation/tag")
         except (RecordError, ProtocolError) as exc:
@@ -955,6 +970,7 @@ class Requester:
                                             "vendor_id": vid, "payload": payload})
         resp = yield from self._exchange(req, sess, expect=Rsp.VENDOR_DEFINED_RESPONSE)
         msg = self._decode(VendorDefinedResponse, resp)
+        resp = msg.raw
         if msg.standard_id != std or bytes(msg.vendor_id) != vid:
             raise _fail("VENDOR_DEFINED_RESPONSE for another vendor")
         return bytes(msg.payload)

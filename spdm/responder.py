@@ -290,6 +290,7 @@ class Responder:
         self._pending: tuple[int, int, bytes] | None = None  # (code, token, response)
         self._token = 0
         self._after_send: list[Callable[[], None]] = []
+        self._dword_padding = False
 
     @property
     def algorithms(self) -> NegotiatedAlgorithms:
@@ -317,7 +318,11 @@ class Responder:
         session = None
         if self._handshake_clear_session is not None and request[1:2] == bytes([Req.FINISH]):
             session = self._handshake_clear_session
-        resp = self._process(request, session, secured=False)
+        self._dword_padding = True
+        try:
+            resp = self._process(request, session, secured=False)
+        finally:
+            self._dword_padding = False
         self._run_after_send()
         return resp
 
@@ -355,6 +360,11 @@ class Responder:
         return 2, out
 
     # ---- core --------------------------------------------------------------------------------
+
+    def _decode(self, fmt: Any, request: bytes, **params: int) -> Any:
+        """Decode a request; DOE type-1 requests may carry DWORD padding (see
+        messages.decode), which is stripped before the message enters any transcript."""
+        return decode(fmt, request, dword_padding=self._dword_padding, **params)
 
     def _run_after_send(self) -> None:
         actions, self._after_send = self._after_send, []
@@ -480,7 +490,7 @@ class Responder:
         return resp
 
     def _respond_if_ready(self, request: bytes, hdr: Any) -> bytes:
-        decode(RespondIfReady, request)
+        request = self._decode(RespondIfReady, request).raw
         if hdr.version != self.conn.version:
             raise SpdmError(ErrorCode.VERSION_MISMATCH)
         if self._pending is None or (hdr.param1, hdr.param2) != self._pending[:2]:
@@ -504,7 +514,7 @@ class Responder:
     # ---- VCA -------------------------------------------------------------------------------
 
     def _get_version(self, request: bytes, hdr: Any, session: Session | None) -> bytes:
-        decode(GetVersion, request)
+        request = self._decode(GetVersion, request).raw
         # DSP0274 §10.3: GET_VERSION resets the connection, all sessions included.
         self.conn = ConnectionInfo()
         self.transcript.reset()
@@ -521,7 +531,8 @@ class Responder:
 
     def _get_capabilities(self, request: bytes, hdr: Any, session: Session | None) -> bytes:
         version = hdr.version
-        msg = decode(GetCapabilities, request)
+        msg = self._decode(GetCapabilities, request)
+        request = msg.raw
         flags = msg.flags or 0
         if version >= V11:
             reason = check_requester_caps(
@@ -565,8 +576,9 @@ class Responder:
 
     def _negotiate_algorithms(self, request: bytes, hdr: Any, session: Session | None) -> bytes:
         version = self.conn.version
-        msg = decode(NegotiateAlgorithms, request)
-        if msg.length != len(request):
+        msg = self._decode(NegotiateAlgorithms, request)
+        request = msg.raw
+        if msg.length != len(request):  # request is the unpadded message here
             raise InvalidRequest("Length field does not match message size")
         if version >= V12 and msg.length > 128:
             raise InvalidRequest("NEGOTIATE_ALGORITHMS longer than 128 bytes")
@@ -654,7 +666,7 @@ class Responder:
 
     def _get_digests(self, request: bytes, hdr: Any, session: Session | None) -> bytes:
         self._require_cap(Req.GET_DIGESTS, RspCap.CERT)
-        decode(GetDigests, request)
+        request = self._decode(GetDigests, request).raw
         slots = sorted(self.config.slots.slots)
         digests = [crypto.digest(self.conn.algorithms.base_hash, self._chain(s)) for s in slots]
         mask = self.config.slots.mask
@@ -670,7 +682,8 @@ class Responder:
 
     def _get_certificate(self, request: bytes, hdr: Any, session: Session | None) -> bytes:
         self._require_cap(Req.GET_CERTIFICATE, RspCap.CERT)
-        msg = decode(GetCertificate, request)
+        msg = self._decode(GetCertificate, request)
+        request = msg.raw
         slot = msg.param1 & 0x0F
         if msg.param1 & 0xF0 or slot >= MAX_SLOTS:
             raise InvalidRequest("bad SlotID")
@@ -705,7 +718,8 @@ class Responder:
 
     def _challenge(self, request: bytes, hdr: Any, session: Session | None) -> bytes:
         self._require_cap(Req.CHALLENGE, RspCap.CHAL)
-        msg = decode(Challenge, request)
+        msg = self._decode(Challenge, request)
+        request = msg.raw
         slot = msg.param1
         if slot >= MAX_SLOTS:
             raise InvalidRequest("bad SlotID")
@@ -734,7 +748,8 @@ class Responder:
         caps = self.conn.rsp_caps
         if not caps & MEAS_CAP_MASK:
             raise UnsupportedRequest(Req.GET_MEASUREMENTS)
-        msg = decode(GetMeasurements, request)
+        msg = self._decode(GetMeasurements, request)
+        request = msg.raw
         signed = bool(msg.param1 & MEAS_ATTR_SIGNATURE)
         if signed and not caps & RspCap.MEAS_SIG:
             raise InvalidRequest("signature requested but MEAS_CAP is 01b")
@@ -832,7 +847,8 @@ class Responder:
         a = self.conn.algorithms
         if not a.dhe or not a.aead:
             raise UnexpectedRequest("no DHE/AEAD negotiated")
-        msg = decode(KeyExchange, request, dhe_size=a.dhe_size)
+        msg = self._decode(KeyExchange, request, dhe_size=a.dhe_size)
+        request = msg.raw
         slot = msg.param2
         if slot >= MAX_SLOTS or self.config.slots.get(slot) is None:
             raise InvalidRequest("bad SlotID")
@@ -903,8 +919,9 @@ class Responder:
         sig_present = bool(hdr.param1 & FINISH_ATTR_SIGNATURE)
         if sig_present != bool(session.mut_auth):
             raise InvalidRequest("FINISH signature presence disagrees with MutAuthRequested")
-        msg = decode(Finish, request, hash_size=a.hash_size,
+        msg = self._decode(Finish, request, hash_size=a.hash_size,
                      sig_size=a.req_sig_size if sig_present else 0)
+        request = msg.raw
         th = session.transcript.th()
         if session.encap is not None and not session.encap.done:
             raise UnexpectedRequest("FINISH before the encapsulated flow completed")
@@ -944,7 +961,8 @@ class Responder:
         a = self.conn.algorithms
         if not a.aead:
             raise UnexpectedRequest("no AEAD negotiated")
-        msg = decode(PskExchange, request)
+        msg = self._decode(PskExchange, request)
+        request = msg.raw
         summary = self._meas_summary(msg.param1)
         self._check_session_limit()
         psk = self.config.psk_lookup(msg.psk_hint) if self.config.psk_lookup else None
@@ -983,7 +1001,8 @@ class Responder:
         if not session.psk:
             raise UnexpectedRequest("PSK_FINISH on a KEY_EXCHANGE session")
         a = self.conn.algorithms
-        msg = decode(PskFinish, request, hash_size=a.hash_size)
+        msg = self._decode(PskFinish, request, hash_size=a.hash_size)
+        request = msg.raw
         expected = session.hmac_th(session.req_finished_key,
                                    session.transcript.th() + request[:4])
         if not crypto.hmac_compare(expected, msg.verify_data):
@@ -997,7 +1016,7 @@ class Responder:
 
     def _heartbeat(self, request: bytes, hdr: Any, session: Session | None) -> bytes:
         self._require_cap(Req.HEARTBEAT, RspCap.HBEAT, ReqCap.HBEAT)
-        decode(Heartbeat, request)
+        request = self._decode(Heartbeat, request).raw
         return encode(HeartbeatAck, {"version": self.conn.version})
 
     def _key_update(self, request: bytes, hdr: Any, session: Session | None) -> bytes:
@@ -1009,7 +1028,8 @@ class Responder:
         operation and tag) is acknowledged without deriving again."""
         assert session is not None
         self._require_cap(Req.KEY_UPDATE, RspCap.KEY_UPD, ReqCap.KEY_UPD)
-        msg = decode(KeyUpdate, request)
+        msg = self._decode(KeyUpdate, request)
+        request = msg.raw
         op, tag = msg.param1, msg.param2
         last = session.last_key_update_tag
         if last is not None and (op, tag) == last:
@@ -1033,7 +1053,7 @@ class Responder:
 
     def _end_session(self, request: bytes, hdr: Any, session: Session | None) -> bytes:
         assert session is not None
-        decode(EndSession, request)
+        request = self._decode(EndSession, request).raw
         resp = encode(EndSessionAck, {"version": self.conn.version})
 
         def end() -> None:
@@ -1046,7 +1066,8 @@ class Responder:
     # ---- vendor defined ------------------------------------------------------------------------
 
     def _vendor_defined(self, request: bytes, hdr: Any, session: Session | None) -> bytes:
-        msg = decode(VendorDefinedRequest, request)
+        msg = self._decode(VendorDefinedRequest, request)
+        request = msg.raw
         payload = bytes(msg.payload)
         vid = bytes(msg.vendor_id)
         handler = None
@@ -1092,7 +1113,7 @@ class Responder:
     def _get_encapsulated_request(self, request: bytes, hdr: Any,
                                   session: Session | None) -> bytes:
         self._require_cap(Req.GET_ENCAPSULATED_REQUEST, RspCap.ENCAP, ReqCap.ENCAP)
-        decode(GetEncapsulatedRequest, request)
+        request = self._decode(GetEncapsulatedRequest, request).raw
         st = self._encap_state(session)
         if st.expecting:
             raise UnexpectedRequest("encapsulated flow already started")
@@ -1107,7 +1128,8 @@ class Responder:
         self._require_cap(Req.DELIVER_ENCAPSULATED_RESPONSE, RspCap.ENCAP, ReqCap.ENCAP)
         assert session is not None
         st = self._encap_state(session)
-        msg = decode(DeliverEncapsulatedResponse, request)
+        msg = self._decode(DeliverEncapsulatedResponse, request)
+        request = msg.raw
         if not st.expecting or msg.param1 != st.request_id:
             raise InvalidRequest("RequestID does not match the outstanding request")
         inner = bytes(msg.response)
@@ -1167,7 +1189,8 @@ class Responder:
         if not self.conn.chunking:
             raise UnsupportedRequest(Req.CHUNK_SEND)
         try:
-            msg = decode(ChunkSend, request)
+            msg = self._decode(ChunkSend, request)
+            request = msg.raw
             st = self._send_chunks
             dts = self.config.data_transfer_size
             if msg.chunk_seq_no == 0:
@@ -1197,6 +1220,7 @@ class Responder:
         if last:
             self._send_chunks = None
             large = bytes(st.data)
+            self._dword_padding = False  # the reassembled message is exact
             try:
                 h = header(large)
                 embedded = self._dispatch_large(large, h, session)
@@ -1224,7 +1248,8 @@ class Responder:
     def _chunk_get(self, request: bytes, hdr: Any, session: Session | None) -> bytes:
         if not self.conn.chunking:
             raise UnsupportedRequest(Req.CHUNK_GET)
-        msg = decode(ChunkGet, request)
+        msg = self._decode(ChunkGet, request)
+        request = msg.raw
         st = self._get_chunks
         if st is None or msg.param2 != st.handle:
             raise InvalidRequest("no large response with this handle")

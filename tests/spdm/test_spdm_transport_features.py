@@ -138,3 +138,43 @@ def test_respond_if_ready_wrong_token(p384_identity: DeviceIdentity) -> None:
     assert bad[2] == ErrorCode.UNEXPECTED_REQUEST
     good = link.responder.handle(bytes([0x13, Req.RESPOND_IF_READY, Req.GET_DIGESTS, token]))
     assert good[1] == 0x01
+
+
+def _pad(data: bytes) -> bytes:
+    return data + bytes(-len(data) % 4)
+
+
+def test_doe_dword_padding_full_flow(p384_identity: DeviceIdentity) -> None:
+    """DOE objects are DWORD multiples: every message (both directions) arrives with up to
+    three zero bytes appended; transcripts must hash the unpadded messages."""
+    for version in (0x12, 0x13):
+        link = make_link(p384_identity, req={"versions": (version,)})
+
+        def transport(out, link=link):  # type: ignore[no-untyped-def]
+            kind, reply = link.responder.handle_doe(out.doe_type, _pad(out.data))
+            return _pad(reply)
+
+        r = link.requester
+        r.run(r.init_connection(), transport)
+        r.run(r.get_digests(), transport)
+        r.run(r.get_certificate(), transport)
+        r.run(r.challenge(), transport)
+        r.run(r.get_measurements(0xFF), transport)  # 37-byte request in 1.2
+        r.run(r.get_measurements(3), transport)
+        sid = r.run(r.key_exchange(), transport)
+        r.run(r.get_measurements(session_id=sid), transport)
+        r.run(r.key_update(sid), transport)
+        r.run(r.end_session(sid), transport)
+
+
+@pytest.mark.parametrize("extra", [b"\x00\x00\x00\x00", b"\x01\x00\x00", b"\x00"])
+def test_bad_padding_rejected(p384_identity: DeviceIdentity, extra: bytes) -> None:
+    link = make_link(p384_identity, req={"versions": (0x12,)})
+    link.connect()
+    req = m.encode(m.GetMeasurements, {"version": 0x12, "param1": 1, "param2": 0xFF,
+                                       "nonce": bytes(32), "slot_id": 0})
+    assert len(req) == 37
+    resp = link.responder.handle(req + extra)
+    assert resp[1] == 0x7F and resp[2] == ErrorCode.INVALID_REQUEST
+    ok = link.responder.handle(req + b"\x00\x00\x00")
+    assert ok[1] == 0x60
