@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from tdisp_rig import Rig, make_rig
+
+from .tdisp_rig import Rig, make_rig
 
 
 @pytest.fixture

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from tdisp_rig import MMIO_OFFSET, SESSION, STREAM, TDI_ID, make_rig
 
 from tdisp.errors import TdispErrorResponse
 from tdisp.flows import drive, ide_key_setup, tdisp_connect
 from tdisp.tdisp_codes import TdiState
+
+from .tdisp_rig import MMIO_OFFSET, SESSION, STREAM, TDI_ID, make_rig
 
 
 def test_ide_then_tdisp_connect() -> None:

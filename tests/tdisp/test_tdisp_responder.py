@@ -6,16 +6,6 @@ Negative cases follow intel/tee-io-validator doc/tdisp_test/TdispTestCase.
 from __future__ import annotations
 
 import pytest
-from tdisp_rig import (
-    FLAGS,
-    MMIO_OFFSET,
-    OTHER_SESSION,
-    SESSION,
-    STREAM,
-    TDI_ID,
-    Rig,
-    make_rig,
-)
 
 from tdisp.device_interface import InterfaceId
 from tdisp.errors import RefusalKind, TdispErrorResponse, VdmRefused
@@ -32,6 +22,17 @@ from tdisp.tdisp_messages import (
     VdmRequest,
     VdmResponse,
     decode_vdm,
+)
+
+from .tdisp_rig import (
+    FLAGS,
+    MMIO_OFFSET,
+    OTHER_SESSION,
+    SESSION,
+    STREAM,
+    TDI_ID,
+    Rig,
+    make_rig,
 )
 
 U, L, R, E = TdiState.CONFIG_UNLOCKED, TdiState.CONFIG_LOCKED, TdiState.RUN, TdiState.ERROR
