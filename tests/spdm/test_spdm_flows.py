@@ -168,3 +168,48 @@ def test_linux_cma_like_requester(p384_identity: DeviceIdentity) -> None:
     link.run(r.get_certificate(0, portion=0xFFFF))
     assert sum(1 for e in link.log if e[1][1] == 0x82) == 1
     link.run(r.challenge(0))
+
+
+def test_psk_without_responder_context(p384_identity: DeviceIdentity) -> None:
+    from spdm.codes import RspCap
+    from spdm.responder import DEFAULT_RSP_CAPS
+
+    caps = int((DEFAULT_RSP_CAPS & ~RspCap.PSK_WITH_CONTEXT) | RspCap.PSK)
+    link = make_link(p384_identity, rsp={"capabilities": caps})
+    link.run(link.requester.init_connection())
+    sid = link.run(link.requester.psk_exchange(b"hint"))
+    assert not any(e[1][1:2] == b"\xe7" for e in link.log if e[0] == 1)
+    link.run(link.requester.heartbeat(sid))
+
+
+@pytest.mark.parametrize("version", [0x12, 0x13])
+def test_psk_versions_and_summary(p384_identity: DeviceIdentity, version: int) -> None:
+    link = make_link(p384_identity, req={"versions": (version,)})
+    link.run(link.requester.init_connection())
+    sid = link.run(link.requester.psk_exchange(b"hint", MEAS_SUMMARY_ALL))
+    link.run(link.requester.heartbeat(sid))
+    link.run(link.requester.end_session(sid))
+
+
+def test_heartbeat_unsupported_without_cap(p384_identity: DeviceIdentity) -> None:
+    from spdm.codes import RspCap
+    from spdm.errors import ErrorResponse
+    from spdm.responder import DEFAULT_RSP_CAPS
+
+    link = make_link(p384_identity, rsp={"capabilities": int(DEFAULT_RSP_CAPS & ~RspCap.HBEAT)})
+    link.connect()
+    sid = link.session()
+    with pytest.raises(ErrorResponse) as exc:
+        link.run(link.requester.heartbeat(sid))
+    assert exc.value.code == 0x07
+
+
+def test_multiple_sessions(p384_identity: DeviceIdentity) -> None:
+    link = make_link(p384_identity)
+    link.connect()
+    a, b = link.session(), link.session()
+    assert a != b and {a, b} <= set(link.responder.sessions)
+    link.run(link.requester.heartbeat(b))
+    link.run(link.requester.heartbeat(a))
+    link.run(link.requester.end_session(a))
+    link.run(link.requester.heartbeat(b))
