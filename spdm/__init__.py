@@ -1,0 +1,39 @@
+"""Sans-IO SPDM 1.0–1.3 engines (DMTF DSP0274) with DSP0277 secured messages for PCI DOE.
+
+Modules, one concept each:
+
+    codes            request/response/error codes, capability flags, constants
+    messages         construct declarations for every message (parse and build)
+    algorithms       algorithm bit values, sizes, selection rules
+    crypto           signatures, DHE, AEAD, HKDF, the 1.2+ signing prefix
+    transcript       VCA, B/C (M1/M2), L1/L2, session TH bookkeeping
+    key_schedule     DSP0274 key schedule (extract / derive_secret steps)
+    secured_message  DSP0277 record protection (key, IV, sequence-number nonce rule)
+    session          one secure session (keys per direction, transcript, state)
+    state            connection and session state transition tables
+    negotiation      negotiated connection parameters and capability checks
+    opaque           secured-message version negotiation in opaque data
+    measurements     DMTF measurement blocks, summary hashes, provider type
+    identity         certificate chains and keys (generation, storage, import, slots)
+    cert_verify      requester-side chain validation
+    responder        Responder: handle(request) / handle_secured(record) / handle_doe()
+    requester        Requester: operations driven by Operation.feed()
+
+Quick start (in process):
+
+    from spdm.identity import CertSlots, load_or_create
+    from spdm.measurements import default_measurements
+    from spdm.responder import Responder, ResponderConfig
+    from spdm.requester import Requester, RequesterConfig
+
+    ident = load_or_create("state/identity")
+    rsp = Responder(ResponderConfig(slots=CertSlots({0: ident}),
+                                    measurements=default_measurements))
+    req = Requester(RequesterConfig(trust_anchors=[ident.root]))
+    transport = lambda out: rsp.handle_doe(out.doe_type, out.data)[1]
+    req.run(req.init_connection(), transport)
+    req.run(req.get_digests(), transport)
+    req.run(req.get_certificate(0), transport)
+    blocks = req.run(req.get_measurements(0xFF, signed=True), transport)
+    sid = req.run(req.key_exchange(0), transport)
+"""
