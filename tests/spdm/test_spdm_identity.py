@@ -181,3 +181,15 @@ def test_requester_rejects_untrusted_chain(p384_identity: DeviceIdentity) -> Non
     link.run(link.requester.init_connection())
     with pytest.raises(CertificateError):
         link.run(link.requester.get_certificate())
+
+
+def test_changed_params_reissue_leaf_only(tmp_path: Path) -> None:
+    a = load_or_create(tmp_path, IdentityParams(key_type="ecdsa-p256", device_id=0x1111))
+    b = load_or_create(tmp_path, IdentityParams(key_type="ecdsa-p256", device_id=0x2222))
+    assert a.root == b.root and a.certs[1] == b.certs[1] and a.leaf != b.leaf
+    san = b.leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert b"Device=2222" in san.get_values_for_type(x509.OtherName)[0].value
+    verify_chain(b.spdm_chain(BaseHash.SHA_256), [a.root], BaseHash.SHA_256,
+                 BaseAsym.ECDSA_P256)
+    c = load_or_create(tmp_path, IdentityParams(key_type="ecdsa-p384"))
+    assert c.root != a.root
