@@ -16,10 +16,12 @@ import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from construct import StreamError
+
 from . import wire
 from .errors import VfioUserError
 from .transport import Message, MessageReader, sendmsg_all
-from .wire import Command, HeaderFlags, MsgType
+from .wire import Command, MsgType
 
 DmaReadHandler = Callable[[int, int], bytes]
 DmaWriteHandler = Callable[[int, bytes], None]
@@ -78,13 +80,20 @@ class VfioUserClient:
 
     def send_raw(self, data: bytes, fds: Sequence[int] = ()) -> None:
         """Send bytes (and fds) as they are, in one sendmsg."""
-        sent = sendmsg_all(self.sock, data, tuple(fds))
+        sent = sendmsg_all(self.sock, data, tuple(fds)) if fds else self.sock.send(data)
         if sent < len(data):
             self.sock.sendall(data[sent:])
 
     def recv(self, timeout: float | None = None) -> Message:
         """Next message from the server, unprocessed (TimeoutError if none)."""
-        self.sock.settimeout(self.timeout if timeout is None else timeout)
+        if timeout is None or timeout == self.timeout:
+            # The socket already has the default timeout: no settimeout
+            # syscalls on the request/reply hot path.
+            while True:
+                msg = self._reader.poll()
+                if msg is not None:
+                    return msg
+        self.sock.settimeout(timeout)
         try:
             while True:
                 msg = self._reader.poll()
@@ -114,18 +123,18 @@ class VfioUserClient:
         raises VfioUserError with the server's errno.
         """
         msg_id = self.next_id()
-        flags = HeaderFlags.NO_REPLY if no_reply else 0
+        flags = wire.NO_REPLY if no_reply else 0
         self.send_raw(wire.build_message(msg_id, cmd, payload, flags=flags), fds)
         if no_reply:
             return None
         while True:
             msg = self.recv()
-            if wire.msg_type(msg.flags) == MsgType.REQUEST:
+            if msg.flags & wire.TYPE_MASK == wire.REQUEST:
                 self.handle_server_request(msg)
                 continue
             if msg.id != msg_id:
                 raise VfioUserError(errno.EPROTO, f"reply id {msg.id}, expected {msg_id}")
-            if msg.flags & HeaderFlags.ERROR:
+            if msg.flags & wire.ERROR:
                 raise VfioUserError(msg.error, f"{wire.command_name(cmd)}: "
                                     f"{os.strerror(msg.error)}")
             return msg
@@ -233,14 +242,19 @@ class VfioUserClient:
         self.set_irqs(index, wire.SetIrqsFlags.DATA_NONE | wire.SetIrqsFlags.TRIGGER, 0, 0)
 
     def region_read(self, index: int, offset: int, count: int) -> bytes:
-        payload = wire.build(wire.RegionAccess, offset=offset, region=index, count=count)
-        body = wire.parse(wire.RegionAccessData, self._req(Command.REGION_READ, payload).payload)
-        return bytes(body.data)
+        payload = wire.REGION_ACCESS.pack(offset, index, count)
+        reply = self._req(Command.REGION_READ, payload).payload
+        # RegionAccessData: the fixed part, then exactly `count` data bytes.
+        fixed = wire.REGION_ACCESS_DATA
+        n = fixed.unpack(reply)[2]
+        data = reply[fixed.size : fixed.size + n]
+        if len(data) != n:
+            raise StreamError(f"REGION_READ reply has {len(data)} of {n} data bytes")
+        return data
 
     def region_write(self, index: int, offset: int, data: bytes, *, posted: bool = False) -> None:
         """A write; `posted` sets NO_REPLY like QEMU's memory-BAR writes (reference §2.15)."""
-        payload = wire.build(wire.RegionAccessData, offset=offset, region=index,
-                             count=len(data), data=data)
+        payload = wire.REGION_ACCESS_DATA.pack(offset, index, len(data)) + bytes(data)
         self.request(Command.REGION_WRITE, payload, no_reply=posted)
 
     def device_reset(self) -> None:

@@ -61,7 +61,7 @@ from .dma import DmaTable, GuestMemory
 from .errors import DmaError, DropClient, ProtocolError
 from .irq import NUM_IRQ_INDICES, IrqTable
 from .transport import Message, MessageReader, PeerClosed, sendmsg_all
-from .wire import Command, HeaderFlags, MsgType
+from .wire import Command, HeaderFlags
 
 log = logging.getLogger("vdev.vfio_user")
 
@@ -86,6 +86,16 @@ _MAX_DMA_NESTING = 8
 _QEMU_MAX_XFER = 64 << 20  # reference §1: max_data_xfer_size <= 64 MiB
 
 _Handler = Callable[[Message], bytes]
+
+# Hot-path constants as plain ints (IntFlag/IntEnum operators are Python calls).
+_TYPE_MASK = wire.TYPE_MASK
+_NO_REPLY = wire.NO_REPLY
+_REQUEST = wire.REQUEST
+_REPLY = wire.REPLY
+#: Most fds each command may carry; others carry none.
+_MAX_FDS: dict[int, int] = {Command.DMA_MAP: 1, Command.DEVICE_SET_IRQS: wire.RECV_FDS}
+_REGION_ACCESS = wire.REGION_ACCESS
+_REGION_ACCESS_DATA = wire.REGION_ACCESS_DATA
 
 
 @dataclass
@@ -196,61 +206,62 @@ class Connection:
 
     def _dispatch(self, msg: Message) -> None:
         try:
-            if wire.msg_type(msg.flags) == MsgType.REPLY:
+            if msg.flags & _TYPE_MASK == _REPLY:
                 self._on_reply(msg)
             else:
                 self._on_request(msg)
         finally:
-            for fd in msg.fds:  # fds no handler took ownership of
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-            msg.fds.clear()
+            if msg.fds:
+                for fd in msg.fds:  # fds no handler took ownership of
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+                msg.fds.clear()
 
     def _on_request(self, msg: Message) -> None:
-        no_reply = bool(msg.flags & HeaderFlags.NO_REPLY)
-        name = wire.command_name(msg.cmd)
+        no_reply = msg.flags & _NO_REPLY
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("<- %s id %d flags %#x size %d fds %d %s", name, msg.id, msg.flags,
-                      msg.size, len(msg.fds), msg.payload[:32].hex())
+            log.debug("<- %s id %d flags %#x size %d fds %d %s", wire.command_name(msg.cmd),
+                      msg.id, msg.flags, msg.size, len(msg.fds), msg.payload[:32].hex())
         try:
-            if wire.msg_type(msg.flags) != MsgType.REQUEST:
+            if msg.flags & _TYPE_MASK != _REQUEST:
                 raise ProtocolError(errno.EINVAL, f"bad message type {msg.flags & 0xF}")
             handler = self._handlers.get(msg.cmd)
             if handler is None:
                 raise ProtocolError(errno.ENOTSUP, "command not supported")
             if not self._negotiated and msg.cmd != Command.VERSION:
                 raise ProtocolError(errno.EINVAL, "VERSION must be the first message")
-            max_fds = {Command.DMA_MAP: 1, Command.DEVICE_SET_IRQS: wire.RECV_FDS}.get(
-                Command(msg.cmd), 0
-            )
-            if len(msg.fds) > max_fds:
-                raise ProtocolError(errno.EINVAL, f"{len(msg.fds)} fds, at most {max_fds}")
+            if msg.fds:
+                max_fds = _MAX_FDS.get(msg.cmd, 0)
+                if len(msg.fds) > max_fds:
+                    raise ProtocolError(errno.EINVAL, f"{len(msg.fds)} fds, at most {max_fds}")
             payload = handler(msg)
         except ProtocolError as exc:
-            log.warning("%s id %d refused: %s (errno %d)", name, msg.id, exc, exc.errno)
+            log.warning("%s id %d refused: %s (errno %d)", wire.command_name(msg.cmd), msg.id,
+                        exc, exc.errno)
             if not no_reply:
                 self._send(wire.build_error_reply(msg.id, msg.cmd, exc.errno))
             return
         except (ConstructError, ValueError, UnicodeDecodeError) as exc:
-            log.warning("%s id %d malformed: %s", name, msg.id, exc)
+            log.warning("%s id %d malformed: %s", wire.command_name(msg.cmd), msg.id, exc)
             if not no_reply:
                 self._send(wire.build_error_reply(msg.id, msg.cmd, errno.EINVAL))
             return
         except DmaError as exc:
-            log.warning("%s id %d: device DMA failed: %s", name, msg.id, exc)
+            log.warning("%s id %d: device DMA failed: %s", wire.command_name(msg.cmd), msg.id,
+                        exc)
             if not no_reply:
                 self._send(wire.build_error_reply(msg.id, msg.cmd, exc.errno or errno.EIO))
             return
         except Exception as exc:
             # A device bug must not take the server down; the guest sees an error.
-            log.exception("%s id %d failed in the device", name, msg.id)
+            log.exception("%s id %d failed in the device", wire.command_name(msg.cmd), msg.id)
             code = exc.errno if isinstance(exc, OSError) and exc.errno else errno.EIO
             if not no_reply:
                 self._send(wire.build_error_reply(msg.id, msg.cmd, code))
             return
         # Posted writes and WRITE_MULTI never get a reply (reference §7.1).
         if not no_reply:
-            self._send(wire.build_message(msg.id, msg.cmd, payload, flags=MsgType.REPLY))
+            self._send(wire.build_message(msg.id, msg.cmd, payload, flags=_REPLY))
 
     def _on_reply(self, msg: Message) -> None:
         pending = self._pending.pop(msg.id, None)
@@ -287,6 +298,20 @@ class Connection:
 
     def _send(self, data: bytes, fds: Sequence[int] = ()) -> None:
         if self.closed:
+            return
+        if not self._txq and not fds:
+            # Fast path: nothing queued, so send right away (one syscall).
+            try:
+                n = self._sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError as exc:
+                self.close(f"send failed: {exc}")
+                return
+            if n == len(data):
+                return
+            self._txq.append((memoryview(data)[n:], []))
+            self._flush()
             return
         self._txq.append((memoryview(data), list(fds)))
         if len(self._txq) == 1:
@@ -552,28 +577,31 @@ class Connection:
             )
 
     def _region_read(self, msg: Message) -> bytes:
-        req = _fixed(wire.RegionAccess, msg.payload, wire.REGION_ACCESS_SIZE)
-        self._check_region(req.region, req.offset, req.count, write=False)
-        data = bytes(self.device.region_read(req.region, req.offset, req.count))
-        if len(data) != req.count:
+        payload = msg.payload
+        if len(payload) < wire.REGION_ACCESS_SIZE:
+            raise ProtocolError(errno.EINVAL, f"payload {len(payload)} bytes, "
+                                f"need {wire.REGION_ACCESS_SIZE}")
+        offset, region, count = _REGION_ACCESS.unpack(payload)
+        self._check_region(region, offset, count, write=False)
+        data = bytes(self.device.region_read(region, offset, count))
+        if len(data) != count:
             # QEMU requires the reply count to equal the request (reference §1).
-            raise ProtocolError(errno.EIO, f"device returned {len(data)} of {req.count} bytes")
-        return wire.build(wire.RegionAccessData, offset=req.offset, region=req.region,
-                          count=req.count, data=data)
+            raise ProtocolError(errno.EIO, f"device returned {len(data)} of {count} bytes")
+        return _REGION_ACCESS_DATA.pack(offset, region, count) + data
 
     def _region_write(self, msg: Message) -> bytes:
-        if len(msg.payload) < wire.REGION_ACCESS_SIZE:
+        payload = msg.payload
+        if len(payload) < wire.REGION_ACCESS_SIZE:
             raise ProtocolError(errno.EINVAL, "REGION_WRITE payload too short")
-        req = wire.parse(wire.RegionAccess, msg.payload[: wire.REGION_ACCESS_SIZE])
-        if len(msg.payload) - wire.REGION_ACCESS_SIZE != req.count:
+        offset, region, count = _REGION_ACCESS.unpack(payload)
+        if len(payload) - wire.REGION_ACCESS_SIZE != count:
             raise ProtocolError(
                 errno.EINVAL,
-                f"REGION_WRITE count {req.count} but {len(msg.payload) - 16} data bytes",
+                f"REGION_WRITE count {count} but {len(payload) - 16} data bytes",
             )
-        self._check_region(req.region, req.offset, req.count, write=True)
-        self.device.region_write(req.region, req.offset, msg.payload[wire.REGION_ACCESS_SIZE :])
-        return wire.build(wire.RegionAccess, offset=req.offset, region=req.region,
-                          count=req.count)
+        self._check_region(region, offset, count, write=True)
+        self.device.region_write(region, offset, payload[wire.REGION_ACCESS_SIZE :])
+        return _REGION_ACCESS.pack(offset, region, count)
 
     def _device_reset(self, msg: Message) -> bytes:
         # DMA maps and IRQ fds survive a device reset: QEMU does not re-send

@@ -18,13 +18,15 @@ import socket
 from dataclasses import dataclass, field
 
 from .errors import DropClient
-from .wire import HEADER_SIZE, MAX_MESSAGE_SIZE, RECV_FDS, parse_header
+from .wire import HEADER_SIZE, MAX_MESSAGE_SIZE, RECV_FDS, unpack_header
 
 _FD_SIZE = array.array("i").itemsize
 _CMSG_SPACE = socket.CMSG_SPACE(RECV_FDS * _FD_SIZE)
+_MSG_CTRUNC = int(socket.MSG_CTRUNC)  # plain ints: enum operators are slow
+_MSG_CMSG_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
 
 
-@dataclass
+@dataclass(slots=True)
 class Message:
     """One received message: decoded header fields, payload and fds."""
 
@@ -56,8 +58,8 @@ class MessageReader:
     def __init__(self, sock: socket.socket, max_size: int = MAX_MESSAGE_SIZE) -> None:
         self._sock = sock
         self._max_size = max_size
-        self._buf = bytearray()
-        self._size: int | None = None
+        self._buf = bytearray()  # a partially received header or body
+        self._hdr: tuple[int, int, int, int, int] | None = None  # header once complete
         self._fds: list[int] = []
 
     def close_fds(self) -> None:
@@ -69,56 +71,57 @@ class MessageReader:
 
     def poll(self) -> Message | None:
         while True:
-            target = HEADER_SIZE if self._size is None else self._size
-            want = target - len(self._buf)
-            if want > 0:
-                try:
-                    data, ancdata, msg_flags, _ = self._sock.recvmsg(
-                        want, _CMSG_SPACE, socket.MSG_CMSG_CLOEXEC
-                    )
-                except (BlockingIOError, InterruptedError):
+            hdr = self._hdr
+            # Bytes still missing from the header, or from the body once the
+            # header is known (never more: the next message's fds must not be
+            # received with this one's bytes).
+            target = HEADER_SIZE if hdr is None else hdr[2] - HEADER_SIZE
+            have = len(self._buf)
+            try:
+                data, ancdata, msg_flags, _ = self._sock.recvmsg(
+                    target - have, _CMSG_SPACE, _MSG_CMSG_CLOEXEC
+                )
+            except (BlockingIOError, InterruptedError):
+                return None
+            except TimeoutError:
+                raise
+            except ConnectionResetError as exc:
+                raise DropClient("connection reset by peer") from exc
+            except OSError as exc:
+                if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
                     return None
-                except TimeoutError:
-                    raise
-                except ConnectionResetError as exc:
-                    raise DropClient("connection reset by peer") from exc
-                except OSError as exc:
-                    if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
-                        return None
-                    raise DropClient(f"recvmsg failed: {exc}") from exc
+                raise DropClient(f"recvmsg failed: {exc}") from exc
+            if ancdata:
                 self._collect_fds(ancdata)
-                if msg_flags & socket.MSG_CTRUNC:
-                    raise DropClient(f"fds truncated (more than {RECV_FDS} in one message)")
-                if not data:
-                    if not self._buf and self._size is None and not self._fds:
-                        raise PeerClosed("client disconnected")
-                    where = "header" if self._size is None else "body"
-                    raise DropClient(
-                        f"EOF inside a message {where} after {len(self._buf)} of {target} bytes"
-                    )
+            if msg_flags & _MSG_CTRUNC:
+                raise DropClient(f"fds truncated (more than {RECV_FDS} in one message)")
+            if not data:
+                if not have and hdr is None and not self._fds:
+                    raise PeerClosed("client disconnected")
+                if hdr is None:
+                    where, got, total = "header", have, HEADER_SIZE
+                else:
+                    where, got, total = "body", HEADER_SIZE + have, hdr[2]
+                raise DropClient(f"EOF inside a message {where} after {got} of {total} bytes")
+            if have or len(data) < target:
                 self._buf += data
-                continue
-            if self._size is None:
-                hdr = parse_header(bytes(self._buf))
-                if hdr.size < HEADER_SIZE or hdr.size > self._max_size:
-                    raise DropClient(
-                        f"bad size field {hdr.size} in header (id {hdr.id}, cmd {hdr.cmd})"
-                    )
-                self._size = hdr.size
-                if hdr.size > HEADER_SIZE:
+                if len(self._buf) < target:
                     continue
-            hdr = parse_header(bytes(self._buf))
-            msg = Message(
-                id=hdr.id,
-                cmd=hdr.cmd,
-                size=hdr.size,
-                flags=hdr.flags,
-                error=hdr.error,
-                payload=bytes(self._buf[HEADER_SIZE:]),
-                fds=self._fds,
-            )
-            self._buf = bytearray()
-            self._size = None
+                data = bytes(self._buf)
+                self._buf = bytearray()
+            if hdr is None:
+                hdr = unpack_header(data)
+                size = hdr[2]
+                if size < HEADER_SIZE or size > self._max_size:
+                    raise DropClient(
+                        f"bad size field {size} in header (id {hdr[0]}, cmd {hdr[1]})"
+                    )
+                if size > HEADER_SIZE:
+                    self._hdr = hdr
+                    continue
+                data = b""
+            msg = Message(hdr[0], hdr[1], hdr[2], hdr[3], hdr[4], data, self._fds)
+            self._hdr = None
             self._fds = []
             return msg
 
