@@ -9,6 +9,7 @@ to `decode` / `encode`:
     dhe_size           D, ExchangeData size of the negotiated DHE group
     meas_summary_size  H, or 0 when MeasurementSummaryHashType was 0
     verify_size        H, or 0 when the message carries no VerifyData (handshake in the clear)
+    meas_signed        1 when a signed MEASUREMENTS was requested (layout differs in 1.0)
 """
 
 from __future__ import annotations
@@ -217,7 +218,7 @@ Measurements = Struct(
     "record_length" / Rebuild(Int24ul, len_(this.record)),
     "record" / Bytes(this.record_length),
     # Nonce is always present from 1.1 on; SPDM 1.0 carries it only in signed responses.
-    "nonce" / Opt(lambda c: c.version >= 0x11 or c._params.sig_size > 0, Bytes(32)),
+    "nonce" / Opt(lambda c: c.version >= 0x11 or c._params.meas_signed, Bytes(32)),
     "opaque_length" / Rebuild(Int16ul, len_(this.opaque)),
     "opaque" / Bytes(this.opaque_length),
     "requester_context" / Opt(_v(0x13), Bytes(8)),
@@ -406,6 +407,7 @@ _DEFAULT_PARAMS = {
     "dhe_size": 0,
     "meas_summary_size": 0,
     "verify_size": 0,
+    "meas_signed": 0,  # SPDM 1.0 MEASUREMENTS: Nonce only in signed responses
 }
 
 

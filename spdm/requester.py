@@ -622,7 +622,7 @@ class Requester:
         resp = yield from self._exchange(req, sess, expect=Rsp.MEASUREMENTS)
         a = self.conn.algorithms
         sig_size = a.sig_size if signed else 0
-        msg = self._decode(Measurements, resp, sig_size=sig_size)
+        msg = self._decode(Measurements, resp, sig_size=sig_size, meas_signed=int(signed))
         resp = msg.raw
         if v >= V13 and msg.requester_context != ctx:
             raise _fail("RequesterContext not echoed")

@@ -291,6 +291,7 @@ class Responder:
         self._token = 0
         self._after_send: list[Callable[[], None]] = []
         self._dword_padding = False
+        self._reassembled = False
 
     @property
     def algorithms(self) -> NegotiatedAlgorithms:
@@ -399,6 +400,10 @@ class Responder:
         except MessageFormatError:
             self._after_send.clear()
             return self._error_msg(ErrorCode.INVALID_REQUEST)
+        except crypto.CryptoError:
+            # Last resort: never let a crypto failure escape the engine.
+            self._after_send.clear()
+            return self._error_msg(ErrorCode.UNSPECIFIED)
         return self._maybe_large(resp, hdr.code)
 
     def _maybe_large(self, resp: bytes, code: int) -> bytes:
@@ -440,7 +445,11 @@ class Responder:
         elif hdr.version != self.conn.version:
             raise SpdmError(ErrorCode.VERSION_MISMATCH, reason="version differs from negotiated")
 
-        if len(request) > self.config.data_transfer_size and self.conn.version >= V12:
+        if (
+            len(request) > self.config.data_transfer_size
+            and self.conn.version >= V12
+            and not self._reassembled
+        ):
             raise SpdmError(ErrorCode.REQUEST_TOO_LARGE)
 
         next_conn: ConnState | None = self.state
@@ -661,6 +670,8 @@ class Responder:
         if ident is None:
             raise InvalidRequest(f"slot {slot} not provisioned")
         a = self.conn.algorithms
+        if not crypto.key_matches_asym(ident.key, a.base_asym):
+            raise UnexpectedRequest("no usable BaseAsymAlgo negotiated for this slot")
         msg = crypto.message_to_sign(self.conn.version, a.base_hash, context, transcript)
         return crypto.sign(a.base_asym, a.base_hash, ident.key, msg)
 
@@ -708,7 +719,7 @@ class Responder:
             return b""
         if kind not in (MEAS_SUMMARY_TCB, MEAS_SUMMARY_ALL):
             raise InvalidRequest("bad MeasurementSummaryHashType")
-        if not self.conn.rsp_caps & MEAS_CAP_MASK:
+        if not self.conn.rsp_caps & MEAS_CAP_MASK or not self.conn.algorithms.meas_hash:
             raise InvalidRequest("measurement summary requested without MEAS_CAP")
         a = self.conn.algorithms
         return summary_hash(self._measurements(), a.meas_hash, a.base_hash, kind)
@@ -748,6 +759,9 @@ class Responder:
         caps = self.conn.rsp_caps
         if not caps & MEAS_CAP_MASK:
             raise UnsupportedRequest(Req.GET_MEASUREMENTS)
+        if not self.conn.algorithms.meas_hash:
+            # The requester did not offer the DMTF measurement specification.
+            raise UnexpectedRequest("no measurement specification negotiated")
         msg = self._decode(GetMeasurements, request)
         request = msg.raw
         signed = bool(msg.param1 & MEAS_ATTR_SIGNATURE)
@@ -755,8 +769,9 @@ class Responder:
             raise InvalidRequest("signature requested but MEAS_CAP is 01b")
         if msg.param1 & ~(MEAS_ATTR_SIGNATURE | MEAS_ATTR_RAW_BIT_STREAM):
             pass  # reserved attribute bits are ignored (forward compatibility)
-        slot = (msg.slot_id or 0) & 0x0F
-        if signed and (msg.slot_id & 0xF0 or self.config.slots.get(slot) is None):
+        slot_param = msg.slot_id or 0  # absent in SPDM 1.0 (slot 0 implied)
+        slot = slot_param & 0x0F
+        if signed and (slot_param & 0xF0 or self.config.slots.get(slot) is None):
             raise InvalidRequest("bad SlotIDParam")
         a = self.conn.algorithms
         meas = sorted(self._measurements(), key=lambda m: m.index)
@@ -784,7 +799,7 @@ class Responder:
             "requester_context": msg.requester_context,
             "signature": b"",
         }
-        unsigned = encode(Measurements, fields, sig_size=0)
+        unsigned = encode(Measurements, fields, sig_size=0, meas_signed=int(signed))
         m = session.transcript.m if session is not None else self.transcript.m
         m += request + unsigned
         if not signed:
@@ -1238,12 +1253,11 @@ class Responder:
     def _dispatch_large(self, request: bytes, hdr: Any, session: Session | None) -> bytes:
         # The reassembled request is processed as if it arrived whole; the size limit that
         # forced chunking does not apply to it.
-        saved = self.config.data_transfer_size
+        self._reassembled = True
         try:
-            self.config.data_transfer_size = self.config.max_spdm_msg_size
             return self._dispatch(request, hdr, session)
         finally:
-            self.config.data_transfer_size = saved
+            self._reassembled = False
 
     def _chunk_get(self, request: bytes, hdr: Any, session: Session | None) -> bytes:
         if not self.conn.chunking:

@@ -213,3 +213,14 @@ def test_multiple_sessions(p384_identity: DeviceIdentity) -> None:
     link.run(link.requester.heartbeat(a))
     link.run(link.requester.end_session(a))
     link.run(link.requester.heartbeat(b))
+
+
+def test_version_10_authentication(p256_identity: DeviceIdentity) -> None:
+    link = make_link(p256_identity, req={"versions": (0x10,)})
+    r = link.requester
+    link.connect()
+    assert r.version == 0x10
+    link.run(r.challenge(0))
+    blocks = link.run(r.get_measurements(0xFF, signed=True))
+    assert len(blocks) == 7
+    link.run(r.get_measurements(1, signed=False))
