@@ -134,6 +134,9 @@ class Outgoing:
     data: bytes
     secured: bool = False
     session_id: int | None = None
+    # After ResponseNotReady: wait this long before sending (RDT = 2^RDTExponent us times
+    # RDTM, DSP0274 §10.10.1); the sans-IO engine never sleeps itself.
+    delay_us: int = 0
 
     @property
     def doe_type(self) -> int:
@@ -257,7 +260,8 @@ class Requester:
                 rif = encode(RespondIfReady, {"version": self.conn.version,
                                               "param1": ext.request_code,
                                               "param2": ext.token})
-                resp = yield from self._roundtrip(rif, session, clear)
+                delay = (1 << min(ext.rdt_exponent, 40)) * max(ext.rdtm, 1)
+                resp = yield from self._roundtrip(rif, session, clear, delay_us=delay)
                 continue
             if code == ErrorCode.BUSY and busy < self.config.busy_retries:
                 busy += 1
@@ -280,12 +284,14 @@ class Requester:
         except MessageFormatError as exc:
             raise _fail("response shorter than an SPDM header") from exc
 
-    def _roundtrip(self, msg: bytes, session: Session | None, clear: bool) -> Gen:
+    def _roundtrip(self, msg: bytes, session: Session | None, clear: bool,
+                   delay_us: int = 0) -> Gen:
         if session is None or clear:
-            raw = yield Outgoing(msg, False, session.session_id if session else None)
+            raw = yield Outgoing(msg, False, session.session_id if session else None,
+                                 delay_us)
             return raw
         record = session.seal(msg, from_requester=True)
-        raw = yield Outgoing(record, True, session.session_id)
+        raw = yield Outgoing(record, True, session.session_id, delay_us)
         if len(raw) >= 2 and raw[1] == Rsp.ERROR and len(raw) < 22:
             # The responder could not open our record and answered in the clear.
             return raw

@@ -150,3 +150,41 @@ def test_mutated_session_messages_never_crash(version: int, which: int, pos: int
             if inner[2] == 2:
                 sess.update_rsp_keys()
     link.connect()
+
+
+@settings(max_examples=MUTATIONS, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from([0x10, 0x11, 0x12, 0x13]), st.integers(0, 40), st.integers(0, 600),
+       st.integers(0, 255), st.booleans())
+def test_requester_rejects_mutated_responses_cleanly(version: int, which: int, pos: int,
+                                                     value: int, truncate: bool) -> None:
+    """A corrupted response makes the requester raise ProtocolError, nothing else."""
+    from spdm.errors import ProtocolError
+
+    link = make_link(identity_for("ecdsa-p256"), req={"versions": (version,)})
+    count = {"n": 0}
+    plain = link.responder.handle
+
+    def handle(req: bytes) -> bytes:
+        resp = plain(req)
+        count["n"] += 1
+        if count["n"] - 1 == which:
+            if truncate:
+                return resp[: pos % (len(resp) + 1)]
+            b = bytearray(resp)
+            b[pos % len(b)] = value
+            return bytes(b)
+        return resp
+
+    link.responder.handle = handle  # type: ignore[method-assign]
+    r = link.requester
+    try:
+        link.connect()
+        link.run(r.challenge(0, 0xFF))
+        link.run(r.get_measurements(0))
+        link.run(r.get_measurements(0xFF))
+        if version >= 0x11:
+            sid = link.session(meas_summary=1)
+            link.run(r.heartbeat(sid))
+            link.run(r.psk_exchange(b"hint"))
+    except ProtocolError:
+        pass

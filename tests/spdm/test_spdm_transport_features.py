@@ -123,6 +123,13 @@ def test_response_not_ready_then_respond_if_ready(p384_identity: DeviceIdentity)
     link.run(link.requester.get_measurements(session_id=sid))
     codes = [e[1][1] for e in link.log if e[0] == 1]
     assert codes.count(Req.RESPOND_IF_READY) == 3
+    delays: list[int] = []
+    op = link.requester.challenge()
+    while not op.done:
+        assert op.request is not None
+        delays.append(op.request.delay_us)
+        op.feed(link.transport(op.request))
+    assert delays == [0, 1 << 10]  # RDTExponent 10, RDTM 1
     # The ERROR carried the ResponseNotReady extended data.
     nr = next(e[2] for e in link.log if e[2][1:3] == b"\x7f\x42")
     ext = m.decode(m.ResponseNotReadyData, nr[4:])
