@@ -165,7 +165,7 @@ def mask_of(bits: Sequence[int]) -> int:
 def select(offered: int, priority: Sequence[int]) -> int:
     """Responder selection: first algorithm of *priority* that the requester offered.
 
-    DSP0274 §10.4: the responder selects one algorithm from the set the requester
+    DSP0274 NEGOTIATE_ALGORITHMS: the responder selects one algorithm from the set the requester
     supports; which one is the responder's policy. Returns 0 when the intersection is empty.
     """
     for bit in priority:
@@ -179,7 +179,8 @@ def is_single_bit(value: int) -> bool:
 
 
 def check_selected(selected: int, offered: int, *, allow_zero: bool = False) -> bool:
-    """Requester validation: at most one bit, within the offered set (DSP0274 §10.4)."""
+    """Requester validation: at most one bit, within the offered set (DSP0274 ALGORITHMS
+    response)."""
     if selected == 0:
         return allow_zero
     return is_single_bit(selected) and (selected & ~offered) == 0

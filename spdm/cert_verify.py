@@ -1,5 +1,5 @@
-"""Requester-side validation of an SPDM certificate chain (DSP0274 1.2 §10.7 and Annex
-'Leaf certificate requirements').
+"""Requester-side validation of an SPDM certificate chain (DSP0274 1.2 GET_CERTIFICATE and
+the 'Leaf certificate requirements').
 
 Done by hand rather than with cryptography.x509.verification because that verifier applies
 Web-PKI profile rules (SAN/EKU requirements) that SPDM device chains do not follow. Checks:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 
-# Version numbers as the u8 SPDMVersion header byte (major << 4 | minor), DSP0274 §9.
+# Version numbers as the u8 SPDMVersion header byte (major << 4 | minor), DSP0274 'SPDM version'.
 V10 = 0x10
 V11 = 0x11
 V12 = 0x12
@@ -165,7 +165,8 @@ PSK_CAP_MASK = 3 << 10
 # Measurement specification (DSP0274 Table 'MeasurementSpecification'): DMTF
 MEAS_SPEC_DMTF = 0x01
 
-# OtherParams (DSP0274 1.2 §10.4): opaque data format and (1.3) multi-key connection.
+# OtherParamsSupport/Selection (DSP0274 1.2 NEGOTIATE_ALGORITHMS): opaque data format and (1.3)
+# multi-key connection.
 OPAQUE_FMT_0 = 0x1
 OPAQUE_FMT_1 = 0x2
 OPAQUE_FMT_MASK = 0xF
@@ -176,7 +177,7 @@ MEAS_SUMMARY_NONE = 0x00
 MEAS_SUMMARY_TCB = 0x01
 MEAS_SUMMARY_ALL = 0xFF
 
-# KEY_UPDATE operations (DSP0274 §10.20)
+# KEY_UPDATE operations (DSP0274 KEY_UPDATE 'KeyOperation' table)
 KEY_UPDATE_UPDATE_KEY = 1
 KEY_UPDATE_UPDATE_ALL_KEYS = 2
 KEY_UPDATE_VERIFY_NEW_KEY = 3
@@ -190,9 +191,9 @@ NONCE_SIZE = 32
 RANDOM_SIZE = 32
 REQUESTER_CONTEXT_SIZE = 8  # 1.3 CHALLENGE / GET_MEASUREMENTS RequesterContext
 MAX_SLOTS = 8
-MIN_DATA_TRANSFER_SIZE_12 = 42  # DSP0274 1.2 §10.3 MinDataTransferSize
+MIN_DATA_TRANSFER_SIZE_12 = 42  # DSP0274 1.2 GET_CAPABILITIES MinDataTransferSize
 
-# PCI-SIG vendor-defined framing (PCIe 6.x §6.31.4; libspdm pcidoe.h)
+# PCI-SIG vendor-defined framing (PCIe 6.x CMA/SPDM clause; libspdm pcidoe.h)
 STANDARD_ID_PCISIG = 0x0003
 PCISIG_VENDOR_ID = 0x0001
 PCISIG_PROTOCOL_IDE_KM = 0x00

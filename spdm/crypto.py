@@ -255,7 +255,7 @@ _ECDHE: dict[int, tuple[type[ec.EllipticCurve], int]] = {
 
 
 class DheKey:
-    """An ephemeral DHE key pair for KEY_EXCHANGE (DSP0274 §10.16).
+    """An ephemeral DHE key pair for KEY_EXCHANGE (DSP0274 KEY_EXCHANGE clause).
 
     FFDHE is computed with Python integers over the RFC 7919 groups (generator 2):
     cryptography 50 deprecates its finite-field DH API. This is a reference emulator, not a

@@ -6,7 +6,7 @@ from spdm.codes import ErrorCode
 
 
 class SpdmError(Exception):
-    """A condition the responder reports as an SPDM ERROR message (DSP0274 §10.10)."""
+    """A condition the responder reports as an SPDM ERROR message (DSP0274 ERROR clause)."""
 
     def __init__(
         self, code: ErrorCode | int, data: int = 0, extended: bytes = b"", reason: str = ""

@@ -1,5 +1,5 @@
-"""Device identity: certificate chains and keys for SPDM slots (DSP0274 1.2 §10.6/10.7 and
-Annex 'Leaf certificate requirements').
+"""Device identity: certificate chains and keys for SPDM slots (DSP0274 1.2
+GET_DIGESTS/GET_CERTIFICATE and Annex 'Leaf certificate requirements').
 
 Generated chains are root CA -> intermediate CA -> device leaf. The leaf carries:
   * KeyUsage digitalSignature (critical), BasicConstraints CA:FALSE;
@@ -376,7 +376,7 @@ def load_or_create(
 
 @dataclass
 class CertSlots:
-    """Up to eight provisioned certificate slots (DSP0274 §10.6)."""
+    """Up to eight provisioned certificate slots (DSP0274 GET_DIGESTS / GET_CERTIFICATE)."""
 
     slots: dict[int, DeviceIdentity] = field(default_factory=dict)
 

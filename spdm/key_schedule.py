@@ -1,4 +1,4 @@
-"""SPDM key schedule (DSP0274 1.2 §12 'Key schedule'; libspdm_crypt_key_schedule / secmes).
+"""SPDM key schedule (DSP0274 1.2 'Key schedule' clause; libspdm_crypt_key_schedule / secmes).
 
 The class mirrors the spec's figure line by line:
 
@@ -13,7 +13,7 @@ The class mirrors the spec's figure line by line:
     updated secret   = HKDF-Expand(app secret, bin_concat(H, "traffic upd"))
 
 bin_concat(Length, Label, Context) = u16le(Length) || "spdm1.X " || Label || Context, where
-"spdm1.X " uses the negotiated SPDMVersion (DSP0274 1.2 §12.2).
+"spdm1.X " uses the negotiated SPDMVersion (DSP0274 1.2 'Key schedule', BinConcat).
 Secrets are never logged or included in reprs.
 """
 
@@ -112,5 +112,5 @@ class KeySchedule:
         return self.derive_secret(self.master_secret, b"exp master", th2_hash)
 
     def updated(self, keys: DirectionKeys) -> DirectionKeys:
-        """DSP0274 §12.4 'Major secrets update'."""
+        """DSP0274 'Major secrets update' (traffic upd)."""
         return self.traffic_keys(self.derive_secret(keys.secret, b"traffic upd"))

@@ -1,5 +1,5 @@
-"""DMTF measurement blocks (DSP0274 1.2 §10.11 'MEASUREMENTS'; Table 'DMTF measurement
-specification format').
+"""DMTF measurement blocks (DSP0274 1.2 GET_MEASUREMENTS / MEASUREMENTS; Table 'DMTF
+measurement specification format').
 
 Values come from a caller-supplied provider so a device can change e.g. its configuration
 digest at run time; the responder asks the provider on every GET_MEASUREMENTS.
@@ -106,8 +106,10 @@ def parse_record(record: bytes, count: int) -> list[ParsedBlock]:
 def summary_hash(
     measurements: Sequence[Measurement], meas_hash: int, base_hash: int, kind: int
 ) -> bytes:
-    """MeasurementSummaryHash (DSP0274 1.2 §10.8): Hash of the concatenated measurement
-    blocks — all of them for 0xFF, the TCB ones for 0x01; empty for type 0."""
+    """MeasurementSummaryHash (DSP0274 1.2 CHALLENGE_AUTH field description): Hash of the
+    concatenated measurement blocks — all of them for 0xFF, the TCB ones for 0x01; empty
+    for type 0. Which blocks are TCB is device policy (libspdm's sample uses only the
+    immutable ROM); here it is `Measurement.tcb`."""
     if kind not in (MEAS_SUMMARY_TCB, MEAS_SUMMARY_ALL):
         return b""
     blocks = b"".join(

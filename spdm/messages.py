@@ -1,4 +1,4 @@
-"""SPDM message wire formats as `construct` declarations (DSP0274 1.2/1.3 §10).
+"""SPDM message wire formats as `construct` declarations (DSP0274 1.2/1.3 'SPDM messages' clause).
 
 Each message is declared once and used for both parsing and building. Fields whose size
 depends on negotiated state read it from the construct context, passed as keyword arguments
@@ -335,7 +335,7 @@ VendorDefinedResponse = Struct(
     "payload" / Bytes(this.payload_length),
 )
 
-# --- Chunking (DSP0274 1.2 §10.23/10.24) ----------------------------------------------------
+# --- Chunking (DSP0274 1.2 CHUNK_SEND / CHUNK_GET) ------------------------------------------------
 
 CHUNK_ATTR_LAST = 0x01
 CHUNK_ACK_EARLY_ERROR = 0x01
@@ -415,10 +415,10 @@ def decode(fmt: Any, data: bytes, *, dword_padding: bool = False, **params: int)
     """Parse *data* with *fmt*; raises MessageFormatError on any mismatch.
 
     Trailing bytes are an error, except with `dword_padding`: a DOE data object carries the
-    SPDM message zero-padded to a DWORD multiple (PCIe 6.x §6.30.1), and SPDM messages are
-    self-delimiting, so up to three zero bytes that make the total a multiple of four are
-    accepted. The result's `raw` item holds the message without that padding, which is what
-    transcripts must hash.
+    SPDM message zero-padded to a DWORD multiple (PCIe 6.x DOE: Length counts DWORDs), and
+    SPDM messages are self-delimiting, so up to three zero bytes that make the total a
+    multiple of four are accepted. The result's `raw` item holds the message without that
+    padding, which is what transcripts must hash.
     """
     ctx = {**_DEFAULT_PARAMS, **params}
     stream = io.BytesIO(data)

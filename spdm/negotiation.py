@@ -1,5 +1,5 @@
-"""Negotiated connection parameters and the DSP0274 §10.3/10.4 validation rules shared by
-both roles."""
+"""Negotiated connection parameters and the DSP0274 GET_CAPABILITIES /
+NEGOTIATE_ALGORITHMS validation rules shared by both roles."""
 
 from __future__ import annotations
 

@@ -135,7 +135,7 @@ class Outgoing:
     secured: bool = False
     session_id: int | None = None
     # After ResponseNotReady: wait this long before sending (RDT = 2^RDTExponent us times
-    # RDTM, DSP0274 §10.10.1); the sans-IO engine never sleeps itself.
+    # RDTM, DSP0274 ERROR ResponseNotReady extended data); the sans-IO engine never sleeps itself.
     delay_us: int = 0
 
     @property
@@ -301,7 +301,7 @@ class Requester:
             raise _fail(f"cannot authenticate response record: {exc}") from exc
 
     def _chunk_send(self, msg: bytes, session: Session | None, clear: bool) -> Gen:
-        """DSP0274 1.2 §10.23: split a large request into CHUNK_SEND messages."""
+        """DSP0274 1.2 CHUNK_SEND: split a large request into CHUNK_SEND messages."""
         handle = self.config.random(1)[0]
         dts = self.conn.rsp_data_transfer_size
         pos, seq = 0, 0
@@ -764,7 +764,8 @@ class Requester:
 
     def _encap_flow(self, sess: Session) -> Gen:
         """Answer the responder's encapsulated GET_DIGESTS/GET_CERTIFICATE requests during
-        the handshake (DSP0274 1.2 §10.15); returns the slot to sign FINISH with."""
+        the handshake (DSP0274 1.2 GET_ENCAPSULATED_REQUEST clause); returns the slot to sign
+        FINISH with."""
         v = self.conn.version
         resp = yield from self._exchange(encode(GetEncapsulatedRequest, {"version": v}), sess,
                                          expect=Rsp.ENCAPSULATED_REQUEST)

@@ -200,7 +200,7 @@ class ResponderConfig:
     now: Callable[[], datetime.datetime] | None = None
 
 
-# Requests that may not be answered with ResponseNotReady (DSP0274 §10.10.1).
+# Requests that may not be answered with ResponseNotReady (DSP0274 ERROR clause, ResponseNotReady).
 _NO_DELAY = frozenset(
     {
         Req.GET_VERSION,
@@ -348,7 +348,7 @@ class Responder:
         try:
             plaintext = session.open(payload, from_requester=True)
         except RecordError:
-            # DSP0274 §10.10: DecryptError; the responder terminates the session.
+            # DSP0274 ERROR clause: DecryptError; the responder terminates the session.
             if self.config.terminate_session_on_decrypt_error:
                 self._drop_session(session)
             return 1, self._error_msg(ErrorCode.DECRYPT_ERROR)
@@ -356,7 +356,8 @@ class Responder:
         out = session.seal(resp, from_requester=False)
         self._run_after_send()
         if resp[1] == Rsp.ERROR and resp[2] == ErrorCode.DECRYPT_ERROR:
-            # A failed FINISH/PSK_FINISH verification ends the handshake (DSP0274 §10.10).
+            # A failed FINISH/PSK_FINISH verification ends the handshake (DSP0274 ERROR clause,
+            # DecryptError).
             self._drop_session(session)
         return 2, out
 
@@ -407,7 +408,7 @@ class Responder:
         return self._maybe_large(resp, hdr.code)
 
     def _maybe_large(self, resp: bytes, code: int) -> bytes:
-        """DSP0274 1.2 §10.24: a response above the requester's DataTransferSize is delivered
+        """DSP0274 1.2 CHUNK_GET: a response above the requester's DataTransferSize is delivered
         with CHUNK_GET (ERROR LargeResponse) or refused (ResponseTooLarge)."""
         limit = self.conn.req_data_transfer_size
         if self.conn.version < V12 or not limit or len(resp) <= limit or code == Req.CHUNK_GET:
@@ -430,8 +431,8 @@ class Responder:
         if req == Req.RESPOND_IF_READY:
             return self._respond_if_ready(request, hdr)
 
-        # Version checks (DSP0274 §10.3): GET_VERSION is always 1.0; GET_CAPABILITIES picks
-        # the version; everything after must carry the negotiated version.
+        # Version checks (DSP0274 GET_VERSION / GET_CAPABILITIES): GET_VERSION is always 1.0;
+        # GET_CAPABILITIES picks the version; everything after must carry that version.
         if req == Req.GET_VERSION:
             if hdr.version != V10:
                 raise SpdmError(ErrorCode.VERSION_MISMATCH, reason="GET_VERSION must be 1.0")
@@ -473,7 +474,8 @@ class Responder:
         if self.config.busy is not None and req not in _NO_DELAY and self.config.busy(req):
             raise SpdmError(ErrorCode.BUSY)
 
-        # Every request other than GET_MEASUREMENTS ends an L1/L2 run (DSP0274 1.2 §10.11).
+        # Every request other than GET_MEASUREMENTS ends an L1/L2 run (DSP0274 1.2 MEASUREMENTS
+        # signature transcript).
         if req not in (Req.GET_MEASUREMENTS, Req.CHUNK_SEND, Req.CHUNK_GET):
             if session is not None:
                 session.transcript.m.clear()
@@ -524,7 +526,7 @@ class Responder:
 
     def _get_version(self, request: bytes, hdr: Any, session: Session | None) -> bytes:
         request = self._decode(GetVersion, request).raw
-        # DSP0274 §10.3: GET_VERSION resets the connection, all sessions included.
+        # DSP0274 GET_VERSION: it resets the connection, all sessions included.
         self.conn = ConnectionInfo()
         self.transcript.reset()
         self.sessions.clear()
@@ -1005,7 +1007,7 @@ class Responder:
         sess.transcript.k += verify
         self.sessions[sess.session_id] = sess
         if not with_context:
-            # DSP0274 §10.18: without responder context there is no PSK_FINISH; the
+            # DSP0274 PSK_EXCHANGE: without responder context there is no PSK_FINISH; the
             # session enters the application phase with TH2 = TH over PSK_EXCHANGE_RSP.
             th2 = crypto.digest(a.base_hash, sess.transcript.th())
             self._after_send.append(lambda: sess.install_data_keys(th2))
@@ -1035,7 +1037,7 @@ class Responder:
         return encode(HeartbeatAck, {"version": self.conn.version})
 
     def _key_update(self, request: bytes, hdr: Any, session: Session | None) -> bytes:
-        """DSP0274 1.2 §10.20. Key activation follows libspdm (libspdm_rsp_key_update.c /
+        """DSP0274 1.2 KEY_UPDATE. Key activation follows libspdm (libspdm_rsp_key_update.c /
         libspdm_req_key_update.c): UpdateKey switches the request direction for the next
         request; UpdateAllKeys also switches the response direction *before* the ACK, so the
         ACK travels under the new response key; VerifyNewKey is only valid after an update,
@@ -1111,7 +1113,7 @@ class Responder:
              "payload": out},
         )
 
-    # ---- encapsulated requests for mutual authentication (DSP0274 1.2 §10.15) -----------
+    # ---- encapsulated requests for mutual authentication (DSP0274 GET_ENCAPSULATED_REQUEST)
 
     ENCAP_CERT_PORTION = 0x400
 
@@ -1198,7 +1200,7 @@ class Responder:
             "version": self.conn.version, "param1": 0, "param2": 2,
             "ack_request_id": ack_id, "request": bytes([st.slot])})
 
-    # ---- chunking (DSP0274 1.2 §10.23, §10.24) -------------------------------------------------
+    # ---- chunking (DSP0274 1.2 CHUNK_SEND / CHUNK_GET) -------------------------------------------
 
     def _chunk_send(self, request: bytes, hdr: Any, session: Session | None) -> bytes:
         if not self.conn.chunking:

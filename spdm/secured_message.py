@@ -1,6 +1,6 @@
 """DSP0277 secured-message records, as carried in DOE type-2 objects.
 
-Record layout (DSP0277 1.x §'Secured Message format'; libspdm spdm_secured_message.h and
+Record layout (DSP0277 1.x 'Secured Message format'; libspdm spdm_secured_message.h and
 libspdm_secmes_encode_decode.c):
 
     encrypt+authenticate:
@@ -12,12 +12,12 @@ libspdm_secmes_encode_decode.c):
 Length counts everything after it (cipher text or application data, plus the MAC). AAD is
 the record header from SessionID through Length (plus the clear application data for
 MAC-only sessions). For PCI DOE the SeqNum field and the random padding are both absent
-(PCIe 6.x §6.31.4 / libspdm_doe_common.c: sequence number size 0, max random count 0), and
-the application data is the SPDM message itself with no inner transport header (MCTP would
-carry a 0x05 message-type byte here).
+(PCIe 6.x CMA/SPDM secured messages / libspdm_doe_common.c: sequence number size 0, max
+random count 0), and the application data is the SPDM message itself with no inner
+transport header (MCTP would carry a 0x05 message-type byte here).
 
 Per-message nonce: IV XOR the 64-bit sequence number laid out little-endian over IV bytes
-0..7 (DSP0277 1.2 §'AEAD nonce'; libspdm generate_iv, LIBSPDM_DATA_SESSION_SEQ_NUM_ENC_LITTLE).
+0..7 (DSP0277 1.2 'AEAD' nonce rule; libspdm generate_iv, LIBSPDM_DATA_SESSION_SEQ_NUM_ENC_LITTLE).
 The optional big-endian layout (right-aligned, as in TLS 1.3) exists for DSP0277 1.0/1.1
 interop only.
 """
@@ -90,7 +90,7 @@ class RecordProtection:
         return seq
 
     def rekey(self, key: bytes, iv: bytes) -> None:
-        """New keys restart the sequence number at 0 (DSP0274 §10.20 KEY_UPDATE)."""
+        """New keys restart the sequence number at 0 (DSP0274 KEY_UPDATE)."""
         self.key = key
         self.iv = iv
         self.seq = 0

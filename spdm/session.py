@@ -1,5 +1,5 @@
-"""One SPDM secure session: keys per direction, sequence numbers, transcript (DSP0274 §10.16+,
-DSP0277)."""
+"""One SPDM secure session: keys per direction, sequence numbers, transcript (DSP0274
+KEY_EXCHANGE .. END_SESSION, DSP0277)."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ class Session:
     rsp_finished_key: bytes = b""
     last_key_update_tag: tuple[int, int] | None = None  # (operation, tag)
     # Mutual authentication: the requester's leaf key (responder side) and the state of
-    # the encapsulated GET_DIGESTS/GET_CERTIFICATE flow (DSP0274 1.2 §10.15).
+    # the encapsulated GET_DIGESTS/GET_CERTIFICATE flow (DSP0274 1.2 GET_ENCAPSULATED_REQUEST).
     req_public_key: Any = None
     encap: Any = None
 

@@ -1,7 +1,7 @@
 """SPDM connection and session state as explicit transition tables (h11 style).
 
 Each table maps (state, request code) to the next state. A request absent from the table in
-the current state is answered with UnexpectedRequest (DSP0274 §10.10 Table 'ERROR codes').
+the current state is answered with UnexpectedRequest (DSP0274 ERROR clause, Table 'ERROR codes').
 Tests enumerate these tables directly.
 """
 
@@ -25,7 +25,7 @@ class SessionState(enum.Enum):
     ENDED = "ended"
 
 
-# Requests that operate on an already negotiated connection (DSP0274 §9 'Connection').
+# Requests that operate on an already negotiated connection (DSP0274 'Connection' behaviour).
 _NEGOTIATED_REQUESTS = (
     Req.GET_DIGESTS,
     Req.GET_CERTIFICATE,
@@ -41,7 +41,7 @@ _NEGOTIATED_REQUESTS = (
 )
 
 CONNECTION_TRANSITIONS: dict[tuple[ConnState, Req], ConnState] = {
-    # GET_VERSION may be issued at any time and restarts the connection (DSP0274 §10.3).
+    # GET_VERSION may be issued at any time and restarts the connection (DSP0274 GET_VERSION).
     **{(s, Req.GET_VERSION): ConnState.AFTER_VERSION for s in ConnState},
     (ConnState.AFTER_VERSION, Req.GET_CAPABILITIES): ConnState.AFTER_CAPABILITIES,
     (ConnState.AFTER_CAPABILITIES, Req.NEGOTIATE_ALGORITHMS): ConnState.NEGOTIATED,
@@ -83,7 +83,7 @@ _ESTABLISHED_REQUESTS = (
 SESSION_TRANSITIONS: dict[tuple[SessionState, Req], SessionState] = {
     (SessionState.HANDSHAKING, Req.FINISH): SessionState.ESTABLISHED,
     (SessionState.HANDSHAKING, Req.PSK_FINISH): SessionState.ESTABLISHED,
-    # Encapsulated mutual-auth flow runs during the handshake (DSP0274 §10.15).
+    # Encapsulated mutual-auth flow runs during the handshake (DSP0274 GET_ENCAPSULATED_REQUEST).
     (SessionState.HANDSHAKING, Req.GET_ENCAPSULATED_REQUEST): SessionState.HANDSHAKING,
     (SessionState.HANDSHAKING, Req.DELIVER_ENCAPSULATED_RESPONSE): SessionState.HANDSHAKING,
     **{(SessionState.ESTABLISHED, r): SessionState.ESTABLISHED for r in _ESTABLISHED_REQUESTS},

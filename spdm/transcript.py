@@ -1,4 +1,4 @@
-"""Transcript bookkeeping (DSP0274 1.2 §10.x 'Transcript and transcript hash calculation').
+"""Transcript bookkeeping (DSP0274 1.2 'Transcript and transcript hash calculation').
 
 VCA   = GET_VERSION || VERSION || GET_CAPABILITIES || CAPABILITIES || NEGOTIATE_ALGORITHMS ||
         ALGORITHMS                                        (message A)
@@ -24,7 +24,7 @@ class ConnectionTranscript:
     m: bytearray = field(default_factory=bytearray)
 
     def reset(self) -> None:
-        """GET_VERSION restarts the connection (DSP0274 §10.3)."""
+        """GET_VERSION restarts the connection (DSP0274 GET_VERSION)."""
         self.vca.clear()
         self.reset_auth()
         self.m.clear()
