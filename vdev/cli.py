@@ -3,6 +3,7 @@
   vdev serve --socket PATH [--profile FILE]   serve the TEE-IO endpoint over vfio-user
   vdev run                                    device + real guest, readable summary
   vdev vm                                     device + guest, interactive shell
+  vdev tsm serve --socket PATH --trust-anchor FILE   the TSM mailbox device
 """
 
 from __future__ import annotations
@@ -103,6 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("vm", help="boot the guest with the device and give a shell")
     v.add_argument("--profile", help="device profile (TOML)")
     v.set_defaults(func=cmd_vm)
+
+    from vdev.tsm_mailbox.cli import add_serve_arguments
+    from vdev.tsm_mailbox.cli import cmd_serve as cmd_tsm_serve
+
+    t = sub.add_parser("tsm", help="the platform TSM side")
+    tsm_sub = t.add_subparsers(dest="tsm_command", required=True)
+    ts = tsm_sub.add_parser("serve", help="serve the TSM mailbox device to QEMU over vfio-user")
+    add_serve_arguments(ts)
+    ts.set_defaults(func=cmd_tsm_serve)
     return p
 
 

@@ -1,0 +1,117 @@
+"""`vdev tsm serve`: the TSM mailbox device over vfio-user.
+
+  vdev tsm serve --socket PATH --trust-anchor FILE [--policy FILE]
+
+serves the mailbox with the real TSM model from `tdisp.tsm` (imported only
+here, so the device and its tests do not depend on it).  The contract with
+that package is one factory:
+
+  tdisp.tsm.mailbox_backend(trust_anchor: Path, policy: Path | None)
+      -> a TsmBackend, or a callable (Op, TargetFunction) -> operation object
+         (tdisp.tsm.operations.TsmOperation), wrapped by model_adapter
+
+Test-only (hidden from --help): `--scripted FILE` replays a JSON script
+(`backend.load_scripts`) instead, and `--record FILE` appends every DOE
+exchange the scripted backend saw as one JSON line, so a guest test can
+assert on the bytes the real device answered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from vdev.tsm_mailbox.backend import Exchange, ScriptedBackend, TsmBackend, load_scripts
+
+log = logging.getLogger("vdev.tsm")
+
+
+def add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--socket", required=True, help="UNIX socket path QEMU connects to")
+    p.add_argument("--trust-anchor", help="root certificate(s) the TSM accepts (PEM)")
+    p.add_argument("--policy", help="TSM policy file")
+    p.add_argument("--scripted", help=argparse.SUPPRESS)
+    p.add_argument("--record", help=argparse.SUPPRESS)
+
+
+def _scripted_backend(script: str, record: str | None) -> ScriptedBackend:
+    try:
+        scripts = load_scripts(script)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SystemExit(f"vdev tsm serve: bad script {script}: {exc}") from None
+
+    def write(ex: Exchange) -> None:
+        log.info("scripted %s exchange %d: type %d, %d bytes out, rc %d, %d bytes back",
+                 ex.op.name, ex.index, ex.request.doe_type, len(ex.request.payload),
+                 ex.rc, len(ex.response))
+        if record:
+            with open(record, "a") as f:
+                f.write(json.dumps(ex.to_json()) + "\n")
+
+    return ScriptedBackend(scripts, on_exchange=write)
+
+
+def _model_backend(trust_anchor: str | None, policy: str | None) -> TsmBackend:
+    if not trust_anchor:
+        raise SystemExit("vdev tsm serve: --trust-anchor FILE is required")
+    if not Path(trust_anchor).is_file():
+        raise SystemExit(f"vdev tsm serve: trust anchor {trust_anchor} not found")
+    try:
+        import tdisp.tsm as model  # the TSM model is optional until it lands
+    except ImportError as exc:
+        raise SystemExit(
+            f"vdev tsm serve: the TSM model (tdisp.tsm) is not available ({exc}); "
+            "this tree can only serve a scripted backend"
+        ) from None
+    factory: Any = getattr(model, "mailbox_backend", None)
+    if factory is None:
+        raise SystemExit("vdev tsm serve: tdisp.tsm has no mailbox_backend(trust_anchor, "
+                         "policy) factory; cannot build the TSM backend")
+    made = factory(Path(trust_anchor), Path(policy) if policy else None)
+    if hasattr(made, "start") and hasattr(made, "doe_response"):
+        backend: TsmBackend = made
+        return backend
+    from vdev.tsm_mailbox.model_adapter import OperationBackend
+
+    return OperationBackend(made)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from vdev.tsm_mailbox.device import TsmMailboxDevice
+    from vdev.vfio_user.server import serve
+
+    if len(os.fsencode(args.socket)) > 107:
+        raise SystemExit(f"vdev: socket path too long for AF_UNIX (max 107 bytes): {args.socket}")
+    if args.scripted:
+        backend: TsmBackend = _scripted_backend(args.scripted, args.record)
+    else:
+        backend = _model_backend(args.trust_anchor, args.policy)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        # Deferred steps make BUSY observable and keep a slow TSM step off the
+        # vfio-user message that rang the doorbell.
+        def defer(step: Callable[[], None]) -> None:
+            loop.call_soon(step)
+
+        device = TsmMailboxDevice(backend, defer=defer)
+        log.info("TSM mailbox %s backend", "scripted" if args.scripted else "tdisp.tsm")
+        await serve(device, args.socket, stop=stop)
+
+    try:
+        asyncio.run(main())
+    except FileExistsError as exc:
+        log.error("%s", exc)
+        return 1
+    log.info("TSM mailbox server stopped")
+    return 0

@@ -1,0 +1,115 @@
+"""Adapt the TSM model's operation objects (tdisp.tsm.operations.TsmOperation) to
+`TsmBackend`.
+
+The model drives one operation as an object with `done`, `next_request`
+(a request with `doe_type` and `payload`), `feed(bytes)`, `fail(cause)` and
+`result` (status "ok"/"failed", reason, evidence, value).  It has no errno,
+so a failed result maps to -EIO unless the result carries an `errno`
+attribute; the reason text goes to the guest unchanged.  DONE data: bytes
+values as they are (e.g. a raw interface report), anything else as JSON of
+{"value": ..., "evidence": ...}.  Only structural typing is used, so this
+module does not import tdisp.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from vdev.tsm_mailbox.backend import Action, DoeRequest, Done, TargetFunction
+from vdev.tsm_mailbox.protocol import Op
+
+
+class ModelRequest(Protocol):
+    @property
+    def doe_type(self) -> int: ...
+
+    @property
+    def payload(self) -> bytes: ...
+
+
+class ModelDone(Protocol):
+    @property
+    def ok(self) -> bool: ...
+
+    @property
+    def reason(self) -> str: ...
+
+    @property
+    def evidence(self) -> dict[str, Any]: ...
+
+    @property
+    def value(self) -> Any: ...
+
+
+class ModelOperation(Protocol):
+    done: bool
+
+    @property
+    def next_request(self) -> ModelRequest | None: ...
+
+    @property
+    def result(self) -> ModelDone | None: ...
+
+    def feed(self, response: bytes) -> None: ...
+
+    def fail(self, cause: int | str) -> None: ...
+
+
+StartOperation = Callable[[Op, TargetFunction], ModelOperation]
+
+
+def _result_data(done: ModelDone) -> bytes:
+    if isinstance(done.value, bytes | bytearray):
+        return bytes(done.value)
+    return json.dumps({"value": done.value, "evidence": done.evidence},
+                      default=str, sort_keys=True).encode()
+
+
+class OperationBackend:
+    """A `TsmBackend` over a function that starts model operations."""
+
+    def __init__(self, start_operation: StartOperation) -> None:
+        self._start_operation = start_operation
+        self._op: ModelOperation | None = None
+
+    def start(self, op: Op, target: TargetFunction) -> Action:
+        self._op = self._start_operation(op, target)
+        return self._action()
+
+    def doe_response(self, payload: bytes) -> Action:
+        if self._op is None:
+            raise RuntimeError("DOE response with no operation in flight")
+        self._op.feed(payload)
+        return self._action()
+
+    def transport_error(self, error: int) -> Action:
+        if self._op is None:
+            raise RuntimeError("transport error with no operation in flight")
+        self._op.fail(error)
+        return self._action()
+
+    def abort(self) -> None:
+        op, self._op = self._op, None
+        if op is not None and not op.done:
+            op.fail("aborted by the mailbox (guest abort, reset or disconnect)")
+
+    def _action(self) -> Action:
+        op = self._op
+        assert op is not None
+        if not op.done:
+            req = op.next_request
+            if req is None:
+                raise RuntimeError("model operation neither done nor requesting")
+            return DoeRequest(req.doe_type, bytes(req.payload))
+        self._op = None
+        done = op.result
+        if done is None:
+            raise RuntimeError("model operation done without a result")
+        if done.ok:
+            return Done(0, done.reason, _result_data(done))
+        status = getattr(done, "errno", None)
+        return Done(-abs(status) if isinstance(status, int) and status else -errno.EIO,
+                    done.reason, _result_data(done))
