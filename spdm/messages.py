@@ -10,6 +10,7 @@ to `decode` / `encode`:
     meas_summary_size  H, or 0 when MeasurementSummaryHashType was 0
     verify_size        H, or 0 when the message carries no VerifyData (handshake in the clear)
     meas_signed        1 when a signed MEASUREMENTS was requested (layout differs in 1.0)
+    multi_key          1 on an SPDM 1.3 multi-key connection (DIGESTS carries key info)
 """
 
 from __future__ import annotations
@@ -165,9 +166,18 @@ Algorithms = Struct(
 GetDigests = Struct(*_hdr(Req.GET_DIGESTS))
 
 # param2 = ProvisionedSlotMask (1.3; SlotMask before); one digest per set bit.
+def _provisioned(c: Any) -> int:
+    return bin(c.param2).count("1")
+
+
+# With a 1.3 multi-key connection DIGESTS also carries KeyPairID, CertificateInfo and
+# KeyUsageMask per provisioned slot (DSP0274 1.3 DIGESTS).
 Digests = Struct(
     *_hdr(Rsp.DIGESTS),
-    "digests" / Array(lambda c: bin(c.param2).count("1"), Bytes(this._params.hash_size)),
+    "digests" / Array(_provisioned, Bytes(this._params.hash_size)),
+    "key_pair_ids" / Opt(lambda c: c._params.multi_key, Array(_provisioned, Int8ul)),
+    "cert_infos" / Opt(lambda c: c._params.multi_key, Array(_provisioned, Int8ul)),
+    "key_usage_masks" / Opt(lambda c: c._params.multi_key, Array(_provisioned, Int16ul)),
 )
 
 GetCertificate = Struct(
@@ -408,6 +418,7 @@ _DEFAULT_PARAMS = {
     "meas_summary_size": 0,
     "verify_size": 0,
     "meas_signed": 0,  # SPDM 1.0 MEASUREMENTS: Nonce only in signed responses
+    "multi_key": 0,  # SPDM 1.3 multi-key connection (extra DIGESTS fields)
 }
 
 

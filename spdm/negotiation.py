@@ -39,6 +39,17 @@ class ConnectionInfo:
         return not self.both(ReqCap.ENCRYPT, RspCap.ENCRYPT)
 
     @property
+    def multi_key(self) -> bool:
+        """DSP0274 1.3: the connection is multi-key when the responder is MULTI_KEY_CAP=01b
+        (only), or 10b (negotiated) and MultiKeyConn was selected in ALGORITHMS."""
+        if self.version < 0x13:
+            return False
+        mk = self.rsp_caps & (RspCap.MULTI_KEY_ONLY | RspCap.MULTI_KEY_NEG)
+        if mk == RspCap.MULTI_KEY_ONLY:
+            return True
+        return mk == RspCap.MULTI_KEY_NEG and bool(self.algorithms.other_params & 0x10)
+
+    @property
     def opaque_fmt1(self) -> bool:
         return self.version >= 0x12 and bool(self.algorithms.other_params & 0x2)
 

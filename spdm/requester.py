@@ -523,7 +523,7 @@ class Requester:
         req = encode(GetDigests, {"version": self.conn.version})
         resp = yield from self._exchange(req, sess, expect=Rsp.DIGESTS)
         h = self.conn.algorithms.hash_size
-        msg = self._decode(Digests, resp, hash_size=h)
+        msg = self._decode(Digests, resp, hash_size=h, multi_key=int(self.conn.multi_key))
         resp = msg.raw
         slots = [s for s in range(8) if msg.param2 & (1 << s)]
         self.digests = {s: bytes(d) for s, d in zip(slots, msg.digests, strict=True)}

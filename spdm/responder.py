@@ -198,6 +198,9 @@ class ResponderConfig:
     random: Callable[[int], bytes] = os.urandom
     # Clock for validating the requester's certificates (mutual authentication).
     now: Callable[[], datetime.datetime] | None = None
+    # Monotonic seconds, for HeartbeatPeriod enforcement: a session with no message for
+    # 2 x HeartbeatPeriod is terminated (DSP0274 HEARTBEAT). None disables the check.
+    monotonic: Callable[[], float] | None = None
 
 
 # Requests that may not be answered with ResponseNotReady (DSP0274 ERROR clause, ResponseNotReady).
@@ -342,6 +345,9 @@ class Responder:
         except RecordError:
             return 1, self._error_msg(ErrorCode.INVALID_REQUEST)
         session = self.sessions.get(sid)
+        if session is not None and self._heartbeat_expired(session):
+            self._drop_session(session)
+            session = None
         if session is None or session.req_prot is None:
             return 1, self._error_msg(ErrorCode.INVALID_SESSION if self.conn.version < V12
                                       else ErrorCode.SESSION_REQUIRED)
@@ -367,6 +373,15 @@ class Responder:
         """Decode a request; DOE type-1 requests may carry DWORD padding (see
         messages.decode), which is stripped before the message enters any transcript."""
         return decode(fmt, request, dword_padding=self._dword_padding, **params)
+
+    def _heartbeat_expired(self, session: Session) -> bool:
+        clock = self.config.monotonic
+        if clock is None or not session.heartbeat_period:
+            return False
+        now = clock()
+        last = session.last_activity if session.last_activity is not None else now
+        session.last_activity = now
+        return now - last > 2 * session.heartbeat_period
 
     def _run_after_send(self) -> None:
         actions, self._after_send = self._after_send, []
@@ -701,6 +716,13 @@ class Responder:
         if msg.param1 & 0xF0 or slot >= MAX_SLOTS:
             raise InvalidRequest("bad SlotID")
         chain = self._chain(slot)
+        if self.conn.version >= V13 and msg.param2 & 0x1:
+            # SlotSizeRequested (1.3): no data, RemainderLength = size of the chain.
+            resp = encode(Certificate, {"version": self.conn.version, "param1": slot,
+                                        "cert_chain": b"", "remainder_length": len(chain)})
+            if session is None:
+                self.transcript.b += request + resp
+            return resp
         if msg.offset >= len(chain):
             raise InvalidRequest("Offset beyond the certificate chain")
         portion = min(msg.length, len(chain) - msg.offset)
@@ -852,6 +874,7 @@ class Responder:
             handshake_in_clear=self.conn.handshake_in_clear and not psk,
             secured_version=secured_version,
             transport=self.config.transport,
+            last_activity=self.config.monotonic() if self.config.monotonic else None,
         )
 
     def _heartbeat_period(self) -> int:

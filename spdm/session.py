@@ -48,6 +48,8 @@ class Session:
     # the encapsulated GET_DIGESTS/GET_CERTIFICATE flow (DSP0274 1.2 GET_ENCAPSULATED_REQUEST).
     req_public_key: Any = None
     encap: Any = None
+    # Responder: monotonic time of the last message on this session (HeartbeatPeriod).
+    last_activity: float | None = None
 
     def __repr__(self) -> str:
         return f"Session(id=0x{self.session_id:08x}, state={self.state.value})"

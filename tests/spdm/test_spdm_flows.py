@@ -224,3 +224,30 @@ def test_version_10_authentication(p256_identity: DeviceIdentity) -> None:
     blocks = link.run(r.get_measurements(0xFF, signed=True))
     assert len(blocks) == 7
     link.run(r.get_measurements(1, signed=False))
+
+
+def test_heartbeat_period_enforced(p384_identity: DeviceIdentity) -> None:
+    from spdm.errors import ErrorResponse
+
+    clock = {"t": 0.0}
+    link = make_link(p384_identity, rsp={"heartbeat_period": 5,
+                                         "monotonic": lambda: clock["t"]})
+    link.connect()
+    sid = link.session()
+    assert link.requester.sessions[sid].heartbeat_period == 5
+    clock["t"] = 9.0
+    link.run(link.requester.heartbeat(sid))
+    clock["t"] = 18.5
+    link.run(link.requester.heartbeat(sid))
+    clock["t"] = 40.0  # more than 2 x HeartbeatPeriod of silence
+    with pytest.raises(ErrorResponse) as exc:
+        link.run(link.requester.heartbeat(sid))
+    assert exc.value.code == 0x0B and sid not in link.responder.sessions
+
+
+def test_slot_size_requested_13(p384_identity: DeviceIdentity) -> None:
+    link = make_link(p384_identity)
+    link.connect()
+    resp = link.responder.handle(bytes([0x13, 0x82, 0, 1, 0, 0, 0, 0]))
+    assert resp[1] == 0x02 and resp[4:6] == b"\x00\x00"
+    assert int.from_bytes(resp[6:8], "little") == len(p384_identity.spdm_chain(0x2))
