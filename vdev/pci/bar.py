@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vdev.pci.register import Register
+from vdev.pci.register import Register, WriteHook
 
 BAR_MEM_TYPE_64 = 0x4  # bits 2:1 = 10b: 64-bit decoder (§7.5.1.2.1)
 BAR_MEM_PREFETCH = 0x8
@@ -42,14 +42,28 @@ class MemoryBar:
             BAR_MEM_PREFETCH if self.prefetchable else 0
         )
 
-    def registers(self, header_base: int = 0x10) -> list[Register]:
-        """The BAR's dword(s); a 64-bit BAR also owns the next slot (upper address)."""
+    def registers(
+        self, header_base: int = 0x10, on_write: WriteHook | None = None
+    ) -> list[Register]:
+        """The BAR's dword(s); a 64-bit BAR also owns the next slot (upper address).
+
+        `on_write` is attached to every dword, so the owner sees each BAR write
+        (TDISP enforcement compares the BAR before and after)."""
         off = header_base + 4 * self.index
         full = (1 << 64) - 1 if self.is_64bit else 0xFFFF_FFFF
         addr_mask = full & ~(self.size - 1) & ~0xF
         regs = [
-            Register(f"BAR{self.index}", off, 4, reset=self.type_bits, rw=addr_mask & 0xFFFF_FFFF)
+            Register(
+                f"BAR{self.index}",
+                off,
+                4,
+                reset=self.type_bits,
+                rw=addr_mask & 0xFFFF_FFFF,
+                on_write=on_write,
+            )
         ]
         if self.is_64bit:
-            regs.append(Register(f"BAR{self.index + 1}", off + 4, 4, rw=addr_mask >> 32))
+            regs.append(
+                Register(f"BAR{self.index + 1}", off + 4, 4, rw=addr_mask >> 32, on_write=on_write)
+            )
         return regs

@@ -51,6 +51,11 @@ STATUS_W1C = (1 << 8) | (1 << 11) | (1 << 12) | (1 << 13) | (1 << 14) | (1 << 15
 CommandObserver = Callable[[int, int], None]
 """Called as ``observer(old_command, new_command)`` after every Command write."""
 
+BarObserver = Callable[[int, int, int], None]
+"""Called as ``observer(bar_index, old_value, new_value)`` after a write to a BAR's
+dword(s); values are the whole register (64 bits for a 64-bit BAR), type bits included,
+so sizing (all-ones) writes show up as changes too."""
+
 
 @dataclass(frozen=True)
 class HeaderIdentity:
@@ -70,7 +75,10 @@ class Type0Header:
         self.identity = identity
         self.bars = tuple(bars)
         self.command_observers: list[CommandObserver] = []
+        self.bar_observers: list[BarObserver] = []
         self._last_command = 0
+        self._bar_regs: dict[int, list[Register]] = {}
+        self._last_bar: dict[int, int] = {}
         used: set[int] = set()
         for bar in self.bars:
             slots = {bar.index, bar.index + 1} if bar.is_64bit else {bar.index}
@@ -89,10 +97,34 @@ class Type0Header:
         for observer in self.command_observers:
             observer(old, new)
 
+    def bar_value(self, index: int) -> int:
+        """The BAR as programmed (64-bit BARs combined), type bits included."""
+        value = 0
+        for i, reg in enumerate(self._bar_regs.get(index, [])):
+            value |= reg.value << (32 * i)
+        return value
+
+    def _bar_written(self, index: int) -> None:
+        old, new = self._last_bar.get(index, 0), self.bar_value(index)
+        self._last_bar[index] = new
+        for observer in self.bar_observers:
+            observer(index, old, new)
+
     def flr(self) -> None:
-        """After the registers were reset: tell observers if Command changed."""
+        """After the registers were reset: tell observers if Command changed.
+
+        BARs return to 0 silently: FLR is itself the event a BAR observer's owner
+        acts on (TDISP: CONFIG_UNLOCKED), not a BAR write."""
+        for index in self._bar_regs:
+            self._last_bar[index] = self.bar_value(index)
         if self.command.value != self._last_command:
             self._command_written(0, 0)
+
+    def _bar_hook(self, index: int) -> Callable[[int, int], None]:
+        def hook(_value: int, _be: int) -> None:
+            self._bar_written(index)
+
+        return hook
 
     def registers(self, cap_pointer: int) -> list[Register]:
         ident = self.identity
@@ -124,7 +156,10 @@ class Type0Header:
             Register("INTERRUPT_PIN", INTERRUPT_PIN, 1, reset=ident.interrupt_pin),
         ]
         for bar in self.bars:
-            regs.extend(bar.registers(BAR_BASE))
+            bar_regs = bar.registers(BAR_BASE, on_write=self._bar_hook(bar.index))
+            self._bar_regs[bar.index] = bar_regs
+            self._last_bar[bar.index] = bar.type_bits
+            regs.extend(bar_regs)
         # Unimplemented BAR slots read 0 and ignore writes (§7.5.1.2.1).
         for index in range(6):
             if index not in self._bar_slots:
