@@ -64,6 +64,9 @@ class TeeIoEndpoint:
         self._irq: IrqSink | None = None
         self._dma: DmaAccess | None = None
         self.reset_observers: list[ResetObserver] = []
+        # True while FLR resets registers: observers of individual register changes
+        # (TDISP enforcement) ignore what the reset itself changes.
+        self.resetting = False
 
         self.doe = DoeMailbox(
             max_object_dw=profile.doe_max_object_dw,
@@ -142,8 +145,12 @@ class TeeIoEndpoint:
         DOE (aborted), IDE streams (keys dropped, INSECURE), MSI-X pending bits.
         Completes immediately, then tells the reset observers."""
         log.info("function level reset")
-        self.config.reset()
-        self.regs.reset()
+        self.resetting = True
+        try:
+            self.config.reset()
+            self.regs.reset()
+        finally:
+            self.resetting = False
         for observer in list(self.reset_observers):
             observer()
 

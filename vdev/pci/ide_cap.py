@@ -122,14 +122,26 @@ class KeyMaterial:
 StateObserver = Callable[["SelectiveStream", IdeStreamState, IdeStreamState], None]
 """Called as ``observer(stream, old_state, new_state)`` whenever SEL_STS changes."""
 
+ControlObserver = Callable[["SelectiveStream", int, int], None]
+"""Called as ``observer(stream, old_sel_ctl, new_sel_ctl)`` after every SEL_CTL write
+(before the state observers hear about a resulting state change)."""
+
 
 class SelectiveStream:
     """One Selective IDE Stream register block and its key state."""
 
-    def __init__(self, index: int, nr_assoc: int, observers: list[StateObserver]) -> None:
+    def __init__(
+        self,
+        index: int,
+        nr_assoc: int,
+        observers: list[StateObserver],
+        control_observers: list[ControlObserver] | None = None,
+    ) -> None:
         self.index = index
         self.nr_assoc = nr_assoc
         self._observers = observers
+        self._control_observers = control_observers if control_observers is not None else []
+        self._last_control = 0
         self.offset = -1
         self.ctl: Register | None = None
         self._keys: dict[tuple[int, KeyDirection, SubStream], KeyMaterial] = {}
@@ -184,6 +196,9 @@ class SelectiveStream:
         return (self.control & CTL_ID) >> 24
 
     def _ctl_written(self, _value: int, _be: int) -> None:
+        old, self._last_control = self._last_control, self.control
+        for observer in self._control_observers:
+            observer(self, old, self._last_control)
         enabled = self.enabled
         if self._was_enabled and not enabled:
             self._drop_keys()  # disabling a stream invalidates its keys
@@ -261,6 +276,7 @@ class SelectiveStream:
         """After the registers were reset (FLR): keys gone, stream INSECURE."""
         self._drop_keys()
         self._was_enabled = self.enabled
+        self._last_control = self.control
         self._notify()
 
 
@@ -292,8 +308,9 @@ class IdeCap(ExtCapability):
         self.nr_assoc = address_associations
         self.tee_limited = tee_limited
         self.observers: list[StateObserver] = []
+        self.control_observers: list[ControlObserver] = []
         self.streams = tuple(
-            SelectiveStream(i, address_associations, self.observers)
+            SelectiveStream(i, address_associations, self.observers, self.control_observers)
             for i in range(selective_streams)
         )
 

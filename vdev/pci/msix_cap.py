@@ -8,6 +8,8 @@ are forwarded, so the Pending Bit Array is answered from `MsixState`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from vdev.pci.capability import Capability
 from vdev.pci.register import Register
 
@@ -17,6 +19,9 @@ MSIX_FLAGS_MASKALL = 1 << 14
 MSIX_FLAGS_ENABLE = 1 << 15
 MSIX_ENTRY_SIZE = 16
 MSIX_MAX_VECTORS = 2048
+
+ControlObserver = Callable[[int, int], None]
+"""Called as ``observer(old_message_control, new_message_control)`` after every write."""
 
 
 class MsixState:
@@ -61,6 +66,8 @@ class MsixCap(Capability):
         self.table_offset = table_offset
         self.pba_offset = pba_offset
         self.control: Register | None = None
+        self.control_observers: list[ControlObserver] = []
+        self._last_control = vectors - 1
 
     @property
     def size(self) -> int:
@@ -85,6 +92,7 @@ class MsixCap(Capability):
             2,
             reset=self.state.vectors - 1,
             rw=MSIX_FLAGS_MASKALL | MSIX_FLAGS_ENABLE,
+            on_write=self._control_written,
         )
         return [
             self.control,
@@ -92,5 +100,13 @@ class MsixCap(Capability):
             Register("MSIX_PBA", base + 8, 4, reset=self.pba_offset | self.bir),
         ]
 
+    def _control_written(self, _value: int, _be: int) -> None:
+        assert self.control is not None
+        old, self._last_control = self._last_control, self.control.value
+        for observer in self.control_observers:
+            observer(old, self._last_control)
+
     def flr(self) -> None:
         self.state.reset()
+        if self.control is not None:
+            self._last_control = self.control.value
