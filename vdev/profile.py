@@ -12,6 +12,32 @@ fields, e.g.::
 Unknown keys and bad values are rejected with `ProfileError`, whose message
 names the key and the reason.
 
+Security knobs (SPDM / TDISP, used by `vdev.tee_device`):
+
+  spdm_versions           "1.2,1.3"     SPDM versions offered in VERSION; TEE-IO needs
+                                        >= 1.2 (tee-io-validator spdm_test.md), allowed
+                                        1.0..1.3
+  identity_key_type       "ecdsa-p384"  key type of the generated identity chain
+                                        (spdm.identity.KEY_TYPES)
+  tdisp_policy            "default"     tdisp.policy.TdispPolicy.profile name: default,
+                                        tee-io-validator, spdm-emu, spdm-rs
+  firmware_version        "vdev 0.1.0"  measured as the VERSION block (raw string)
+  firmware_digest         ""            hex digest measured as the firmware block;
+                                        "" = SHA-384 of firmware_version
+  spdm_data_transfer_size 4096          responder DataTransferSize, 42..4096: a DOE
+                                        reply (8-byte header, 24-byte secured-record
+                                        overhead, DW padding) must fit QEMU's 0x1200-byte
+                                        spdm-socket buffer, and so must an MCTP one
+                                        (2-byte sequence number, up to 32 random bytes)
+  bus, devfn, segment     1, 0x00, 0    the function's Requester ID: TDISP INTERFACE_ID
+                                        and IDE_KM QUERY_RESP.  vfio-user never tells a
+                                        device its bus number (a real function learns it
+                                        from Type 0 config writes), so it is configured;
+                                        1/0 is where qemu-configs place the device
+  flr_ends_spdm_sessions  false         FLR of the function also ends SPDM sessions
+                                        (see vdev.tdi_enforcement for why the default
+                                        keeps them)
+
 IDs: 0x1DED / 0x7E10 are *emulator placeholders*.  PCI-SIG has no range
 reserved for experiments; these values were picked to be recognisably ours
 and were not checked against the PCI-SIG member list (no network here), so
@@ -23,6 +49,7 @@ absent, and not a well-known vendor such as Red Hat's 0x1B36 that QEMU uses.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,6 +60,13 @@ PLACEHOLDER_VENDOR_ID = 0x1DED
 PLACEHOLDER_DEVICE_ID = 0x7E10
 
 MIN_BAR0_SIZE = 0x4000
+SPDM_VERSION_NAMES = {"1.0": 0x10, "1.1": 0x11, "1.2": 0x12, "1.3": 0x13}
+TDISP_POLICY_NAMES = ("default", "tee-io-validator", "spdm-emu", "spdm-rs")
+# Same list as spdm.identity.KEY_TYPES; repeated so profiles load without the crypto stack.
+IDENTITY_KEY_TYPES = ("ecdsa-p384", "ecdsa-p256", "ecdsa-p521", "rsa-2048", "rsa-3072",
+                      "rsa-4096", "ed25519", "ed448")
+MIN_DATA_TRANSFER_SIZE = 42  # DSP0274 1.2 MinDataTransferSize
+MAX_DATA_TRANSFER_SIZE = 4096
 MSIX_TABLE_OFFSET = 0x1000  # BAR0 layout, see vdev.device_regs
 
 
@@ -77,11 +111,21 @@ class DeviceProfile:
     ide_link_streams: int = 0
     tee_io: bool = True
     """DEVCAP bit 30 TEE-IO Supported."""
+    spdm_versions: str = "1.2,1.3"
+    identity_key_type: str = "ecdsa-p384"
+    tdisp_policy: str = "default"
+    firmware_version: str = "vdev 0.1.0"
+    firmware_digest: str = ""
+    spdm_data_transfer_size: int = 4096
+    bus: int = 0x01
+    devfn: int = 0x00
+    segment: int = 0x00
+    flr_ends_spdm_sessions: bool = False
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            expected = bool if f.type in ("bool", bool) else int
+            expected: type = {"bool": bool, "str": str}.get(str(f.type), int)
             if type(value) is not expected:
                 raise ProfileError(f.name, f"expected {expected.__name__}, got {value!r}")
         self._check_range("vendor_id", 0x0001, 0xFFFE)
@@ -97,6 +141,12 @@ class DeviceProfile:
         self._check_range("ide_selective_streams", 1, 256)
         self._check_range("ide_address_associations", 0, 15)
         self._check_range("ide_link_streams", 0, 8)
+        self._check_range("spdm_data_transfer_size", MIN_DATA_TRANSFER_SIZE,
+                          MAX_DATA_TRANSFER_SIZE)
+        self._check_range("bus", 0, 0xFF)
+        self._check_range("devfn", 0, 0xFF)
+        self._check_range("segment", 0, 0xFF)
+        self._check_security_strings()
         size = self.bar0_size
         if size & (size - 1) or size < MIN_BAR0_SIZE:
             raise ProfileError(
@@ -108,6 +158,43 @@ class DeviceProfile:
             raise ProfileError(
                 "bar0_size", f"{size:#x} too small for {self.msix_vectors} MSI-X vectors"
             )
+
+    def _check_security_strings(self) -> None:
+        names = [v.strip() for v in self.spdm_versions.split(",")]
+        bad = [v for v in names if v not in SPDM_VERSION_NAMES]
+        if bad or not names:
+            raise ProfileError(
+                "spdm_versions", f"{self.spdm_versions!r}: expected a comma-separated subset "
+                f"of {', '.join(SPDM_VERSION_NAMES)}")
+        if self.identity_key_type not in IDENTITY_KEY_TYPES:
+            raise ProfileError(
+                "identity_key_type",
+                f"{self.identity_key_type!r} not one of {', '.join(IDENTITY_KEY_TYPES)}")
+        if self.tdisp_policy not in TDISP_POLICY_NAMES:
+            raise ProfileError(
+                "tdisp_policy",
+                f"{self.tdisp_policy!r} not one of {', '.join(TDISP_POLICY_NAMES)}")
+        if self.firmware_digest:
+            try:
+                digest = bytes.fromhex(self.firmware_digest)
+            except ValueError:
+                raise ProfileError("firmware_digest", "not a hex string") from None
+            if len(digest) not in (32, 48, 64):
+                raise ProfileError("firmware_digest",
+                                   f"{len(digest)} bytes; expected a SHA-256/384/512 digest")
+
+    @property
+    def spdm_version_list(self) -> tuple[int, ...]:
+        """`spdm_versions` as SPDMVersion bytes, ascending."""
+        return tuple(sorted({SPDM_VERSION_NAMES[v.strip()]
+                             for v in self.spdm_versions.split(",")}))
+
+    @property
+    def firmware_digest_bytes(self) -> bytes:
+        """The firmware digest to measure (SHA-384 of the version string by default)."""
+        if self.firmware_digest:
+            return bytes.fromhex(self.firmware_digest)
+        return hashlib.sha384(self.firmware_version.encode()).digest()
 
     def _check_range(self, key: str, low: int, high: int) -> None:
         value = getattr(self, key)
