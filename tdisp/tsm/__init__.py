@@ -11,11 +11,13 @@ Modules, one concept each:
     root_port     RootPortIde: the root port's end of the IDE stream
     report_check  interface report vs. the host's BARs
     evidence      evidence document schema and builders
+    mailbox       mailbox_backend(): the factory `vdev tsm serve` drives the model with
     bench         per-phase timings of connect-to-RUN, in process
     cli           `vdev tsm connect` over the spdm-emu socket (the only module doing I/O)
 """
 
 from tdisp.tsm.device_ref import DeviceRef, ExpectedBar
+from tdisp.tsm.mailbox import load_trust_anchors, mailbox_backend
 from tdisp.tsm.model import TsmConfig, TsmModel
 from tdisp.tsm.operations import DoeRequest, Done, TsmOperation
 from tdisp.tsm.policy import PolicyError, ReferenceValues
@@ -33,5 +35,7 @@ __all__ = [
     "TsmConfig",
     "TsmModel",
     "TsmOperation",
+    "load_trust_anchors",
+    "mailbox_backend",
     "mirror_of",
 ]

@@ -31,6 +31,7 @@ root-port teardown, END_SESSION); heartbeat, key_update (SPDM session keys); sta
 from __future__ import annotations
 
 import datetime
+import errno
 import os
 import time
 from collections.abc import Callable, Generator, Sequence
@@ -167,10 +168,13 @@ class TsmModel:
         return self._operation("lock", lambda p: self._lock(p, rec, flags, expected_mmio))
 
     def report(
-        self, tdi: InterfaceId | int = 0, expected_mmio: Sequence[ExpectedBar] | None = None
+        self, tdi: InterfaceId | int = 0, expected_mmio: Sequence[ExpectedBar] | None = None,
+        *, raw: bool = False,
     ) -> TsmOperation:
+        """Fetch and check the interface report; value: the decoded report (dict), or with
+        `raw` the DEVICE_INTERFACE_REPORT bytes (§11.3.11) as the device sent them."""
         rec = self._tdi(tdi)
-        return self._operation("report", lambda p: self._report(p, rec, expected_mmio))
+        return self._operation("report", lambda p: self._report(p, rec, expected_mmio, raw))
 
     def start(self, tdi: InterfaceId | int = 0) -> TsmOperation:
         rec = self._tdi(tdi)
@@ -279,7 +283,8 @@ class TsmModel:
 
             return TsmOperation(
                 name, refused(p), p,
-                lambda _e, _v: Done("failed", f"{name}: {busy}", self.evidence()),
+                lambda _e, _v: Done("failed", f"{name}: {busy}", self.evidence(),
+                                    errno=-errno.EBUSY),
             )
 
         def finish(error: BaseException | None, value: Any) -> Done:
@@ -294,7 +299,7 @@ class TsmModel:
             elif self._session_lost(error):
                 self._abandon(f"SPDM session lost ({describe(error)})")
             p.log(reason)
-            return Done("failed", reason, self.evidence())
+            return Done("failed", reason, self.evidence(), errno=errno_of(error))
 
         op = TsmOperation(name, body(p), p, finish)
         self._active = op
@@ -369,7 +374,8 @@ class TsmModel:
         while not op.done:
             assert op.request is not None
             out = op.request
-            op.feed((yield DoeRequest(out.doe_type, out.data)))
+            delay = int(getattr(out, "delay_us", 0))  # newer spdm.requester only
+            op.feed((yield DoeRequest(out.doe_type, out.data, delay)))
         return op.result
 
     def _vdm(self, p: Progress, step: str, payload: bytes) -> Gen:
@@ -527,7 +533,7 @@ class TsmModel:
         return rec.state.name if rec.state else None
 
     def _report(
-        self, p: Progress, rec: TdiRecord, expected: Sequence[ExpectedBar] | None
+        self, p: Progress, rec: TdiRecord, expected: Sequence[ExpectedBar] | None, raw: bool
     ) -> Gen:
         self._require_session()
         p.enter("tdisp", "GET_DEVICE_INTERFACE_REPORT")
@@ -553,7 +559,7 @@ class TsmModel:
             rec.report_check = f"matches {len(bars)} expected BAR(s)"
             rec.report_ok = True
         p.log(f"report check: {rec.report_check}")
-        return ev.report(report)
+        return bytes(reader.data) if raw else ev.report(report)
 
     def _start(self, p: Progress, rec: TdiRecord) -> Gen:
         self._require_session()
@@ -644,6 +650,19 @@ class TsmModel:
                 self._session_state = "abandoned"
             self.root_port.stop_all("disconnect")
         return True
+
+
+def errno_of(error: BaseException) -> int:
+    """The negative errno a relay reports for a failed operation (see `Done.errno`)."""
+    if isinstance(error, TransportFailure):
+        if isinstance(error.cause, int) and error.cause:
+            return -abs(error.cause)
+        return -errno.EIO
+    if isinstance(error, (CertificateError, PolicyViolation, ReportMismatch)):
+        return -errno.EACCES
+    if isinstance(error, TsmStateError):
+        return -errno.ENOTCONN if "not connected" in str(error) else -errno.EINVAL
+    return -errno.EIO
 
 
 def describe(error: BaseException) -> str:

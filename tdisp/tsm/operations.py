@@ -36,6 +36,9 @@ class DoeRequest:
 
     doe_type: int
     payload: bytes = field(repr=False)
+    # The responder asked us to come back later (SPDM ResponseNotReady, RDT): the relay
+    # should wait this long before sending.  The model keeps no time itself.
+    delay_us: int = 0
 
     def __repr__(self) -> str:  # payloads may be secured records: show sizes only
         return f"DoeRequest(doe_type={self.doe_type}, {len(self.payload)} bytes)"
@@ -54,6 +57,10 @@ class Done:
     reason: str
     evidence: dict[str, Any]
     value: Any = None
+    # Negative errno a kernel relay can hand to user space for a failure: the transport's
+    # own errno, -EACCES for trust/policy refusals, -ENOTCONN / -EBUSY for state, else
+    # -EIO.  0 when ok.
+    errno: int = 0
 
     @property
     def ok(self) -> bool:
