@@ -1,0 +1,51 @@
+"""SPDM + IDE_KM + TDISP through the device model's own DOE mailbox (Linux doe.c sequence)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from spdm.requester import Outgoing
+from tdisp.tdisp_codes import MmioAttr, TdiState
+from vdev.doe_requester import DoeRequester
+from vdev.pci.ide_cap import IdeStreamState
+from vdev.tee_device import TeeDevice
+
+from .secure_host import BAR0_ADDRESS, ConfigPort, SecureHost, tdi_state
+
+DOE_CAP = 0x100
+
+
+def mailbox_host(device: TeeDevice) -> SecureHost:
+    cfg = ConfigPort.of_device(device)
+    doe = DoeRequester(lambda off: cfg.read(off, 4), lambda off, v: cfg.write(off, 4, v), DOE_CAP)
+
+    def transport(out: Outgoing) -> bytes:
+        return doe.exchange_bytes(out.doe_type, out.data)
+
+    return SecureHost(device, cfg, transport, device.identity.root)
+
+
+def test_full_flow_over_the_mailbox(state_dir: Path) -> None:
+    device = TeeDevice(state_dir=state_dir)
+    host = mailbox_host(device)
+    host.authenticate()
+    sid = host.open_session()
+    host.run(host.requester.heartbeat(sid))
+    host.run(host.requester.key_update(sid))
+    host.program_bar0()
+    host.setup_stream()
+    keys = host.ide_keys()
+    assert keys.query.bus == 1 and keys.query.dev_func == 0
+    assert host.stream_status() == IdeStreamState.INSECURE  # keys active, stream not enabled
+    host.enable_stream()
+    assert host.stream_status() == IdeStreamState.SECURE
+    conn = host.tdisp_connect()
+    assert conn.state == TdiState.RUN
+    msix = MmioAttr.MSIX_TABLE | MmioAttr.MSIX_PBA
+    ranges = [r for r in conn.report.mmio_ranges if not r.range_attributes & msix]
+    assert ranges and ranges[0].first_page == BAR0_ADDRESS
+    assert tdi_state(device) == TdiState.RUN
+    host.end_session()
+    # §11.4.5: the session that locked the TDI ended -> ERROR, and its IDE keys are gone.
+    assert tdi_state(device) == TdiState.ERROR
+    assert host.stream_status() == IdeStreamState.INSECURE

@@ -1,0 +1,263 @@
+"""The TEE-IO endpoint with its security protocols: what `vdev serve` runs.
+
+`TeeDevice(profile, state_dir=...)` is a `TeeIoEndpoint` (config space, BAR0, DOE,
+IDE) composed with:
+
+  identity      spdm.identity chain root CA -> intermediate -> leaf, generated on first
+                use into the state directory (default
+                ``~/.local/state/vdev/identity/<vendor>-<device>``, e.g. ``1ded-7e10``;
+                keys 0600, directory 0700) and reused; the leaf's CMA SAN
+                (2.23.147, Linux drivers/pci/cma-x509.c) carries the profile's
+                vendor/device/class/revision.  Or pass `identity=` (vdev spdm-emu
+                --cert-chain/--key).
+  measurements  `vdev.device_measurements.DeviceMeasurements` (profile values plus a
+                digest of the live configuration)
+  responder     spdm.responder.Responder on DOE types 0001:01 and 0001:02 (replacing
+                the endpoint's placeholder), versions and DataTransferSize from the
+                profile
+  IDE_KM        tdisp IdeKmResponder over `EndpointIdeTarget` (the config-space IDE model)
+  TDISP         TdispResponder with one TDI whose INTERFACE_ID is the profile's
+                Requester ID (bus/devfn, default 01:00.0: vfio-user never tells a device
+                its address) and whose `DeviceInterface` is read from the *live*
+                config space at LOCK time: BAR0's programmed base, its size, the MSI-X
+                table/PBA location and Message Control
+  dispatcher    PciSigVdmDispatcher (PCI-SIG VENDOR_DEFINED, IDE_KM + TDISP) registered
+                with the responder; SPDM sessions that disappear from the responder
+                (END_SESSION, decrypt error, reset) are reported to it with
+                `session_ended`, which moves TDIs locked over them to ERROR and stops
+                their IDE keys (§11.4.5)
+  enforcement   `vdev.tdi_enforcement.TdiEnforcement`
+
+Transport-independent entry points, used by the DOE mailbox and by `vdev.spdm_emu`:
+
+  spdm_message(doe_type, payload) -> (doe_type, payload)   one SPDM / secured message
+  doe_object(obj) -> obj | None                            one whole DOE object,
+                                                           discovery included
+
+Known limitation: a DOE mailbox answers with the request's object type, so the rare
+plaintext ERROR the responder sends for an undecryptable type-2 request goes out
+in a type-2 object through the mailbox (`doe_object` and spdm-emu use type 1, as
+libspdm does).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from spdm.identity import CertSlots, DeviceIdentity, IdentityParams, load_or_create
+from spdm.responder import Responder, ResponderConfig
+from spdm.secured_message import DOE_TRANSPORT, TransportParams
+from tdisp.device_interface import DeviceInterface, InterfaceId, MmioBar
+from tdisp.dispatcher import PciSigVdmDispatcher
+from tdisp.idekm_responder import IdeKmResponder
+from tdisp.policy import TdispPolicy
+from tdisp.tdisp_responder import Tdi, TdispResponder
+from tdisp.vendor_defined import ProtocolId
+from vdev import doe_object
+from vdev.device_api import RegionIndex
+from vdev.device_measurements import DeviceMeasurements
+from vdev.doe_object import (
+    DISCOVERY,
+    DOE_TYPE_CMA_SPDM,
+    DOE_TYPE_SECURED_CMA_SPDM,
+    HEADER_DW,
+    PCI_SIG_VENDOR_ID,
+    DoeProtocolId,
+)
+from vdev.endpoint import TeeIoEndpoint
+from vdev.ide_target import EndpointIdeTarget
+from vdev.pci.msix_cap import MSIX_ENTRY_SIZE
+from vdev.profile import DeviceProfile
+from vdev.tdi_enforcement import TdiEnforcement
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STATE_ROOT = Path("~/.local/state/vdev/identity")
+BAR_TYPE_BITS = 0xF  # memory BAR bits 3:0 are type bits, not address (§7.5.1.2.1)
+STANDARD_ID_PCISIG = 0x0003
+PCISIG_VENDOR_ID_BYTES = PCI_SIG_VENDOR_ID.to_bytes(2, "little")
+
+
+def default_state_dir(profile: DeviceProfile) -> Path:
+    return DEFAULT_STATE_ROOT.expanduser() / f"{profile.vendor_id:04x}-{profile.device_id:04x}"
+
+
+def identity_params(profile: DeviceProfile) -> IdentityParams:
+    return IdentityParams(
+        key_type=profile.identity_key_type,
+        vendor_id=profile.vendor_id,
+        device_id=profile.device_id,
+        class_code=profile.class_code,
+        revision=profile.revision,
+        common_name=f"vdev {profile.vendor_id:04x}:{profile.device_id:04x}",
+    )
+
+
+def interface_id(profile: DeviceProfile) -> InterfaceId:
+    """The TDI's INTERFACE_ID: Requester ID from the profile; segment-valid only when the
+    segment is not 0 (a single-segment system leaves the bit clear, as spdm-emu does)."""
+    return InterfaceId.of(
+        bus=profile.bus,
+        device=profile.devfn >> 3,
+        function=profile.devfn & 7,
+        segment=profile.segment or None,
+    )
+
+
+class TeeDevice(TeeIoEndpoint):
+    """A TEE-IO endpoint that speaks SPDM, IDE_KM and TDISP over its DOE mailbox."""
+
+    def __init__(
+        self,
+        profile: DeviceProfile | None = None,
+        *,
+        state_dir: Path | str | None = None,
+        identity: DeviceIdentity | None = None,
+        spdm_transport: TransportParams = DOE_TRANSPORT,
+        random_bytes: Callable[[int], bytes] = secrets.token_bytes,
+    ) -> None:
+        super().__init__(profile)
+        p = self.profile
+        if identity is None:
+            directory = Path(state_dir) if state_dir is not None else default_state_dir(p)
+            identity = load_or_create(directory, identity_params(p))
+            log.info("device identity from %s", directory)
+        self.identity = identity
+        self.measurements = DeviceMeasurements(p, self.config)
+
+        self.ide_target = EndpointIdeTarget(
+            self.ide, self.config, bus=p.bus, dev_func=p.devfn, segment=p.segment
+        )
+        self.idekm = IdeKmResponder(self.ide_target)
+        self.interface = DeviceInterface(interface_id(p), bars=self.live_bars)
+        self.tdisp = TdispResponder(
+            [self.interface],
+            policy=TdispPolicy.profile(p.tdisp_policy),
+            ide=self.idekm,
+            random_bytes=random_bytes,
+        )
+        self.vdm = PciSigVdmDispatcher(self.idekm, self.tdisp)
+
+        self.responder = Responder(
+            ResponderConfig(
+                versions=p.spdm_version_list,
+                data_transfer_size=p.spdm_data_transfer_size,
+                slots=CertSlots({0: identity}),
+                measurements=self.measurements,
+                transport=spdm_transport,
+                random=random_bytes,
+            )
+        )
+        self.responder.register_vendor_handler(
+            STANDARD_ID_PCISIG, PCISIG_VENDOR_ID_BYTES, self._vendor_defined
+        )
+        self.register_doe_protocol(PCI_SIG_VENDOR_ID, DOE_TYPE_CMA_SPDM, self._doe_spdm)
+        self.register_doe_protocol(
+            PCI_SIG_VENDOR_ID, DOE_TYPE_SECURED_CMA_SPDM, self._doe_secured_spdm
+        )
+        self.enforcement = TdiEnforcement(self, self.tdi)
+        self.add_reset_observer(self._flr_sessions)
+
+    # ---- the TDI -----------------------------------------------------------------
+
+    @property
+    def tdi(self) -> Tdi:
+        return self.tdisp.tdi(self.interface.interface_id)
+
+    def live_bars(self) -> Sequence[MmioBar]:
+        """BAR0 as the host programmed it now, with the MSI-X table and PBA in it."""
+        base = self.header.bar_value(0) & ~BAR_TYPE_BITS
+        msix = self.msix
+        return [
+            MmioBar(
+                0,
+                base,
+                self.profile.bar0_size,
+                msix_table=(msix.table_offset, msix.state.vectors * MSIX_ENTRY_SIZE),
+                msix_pba=(msix.pba_offset, msix.state.pba_size),
+            )
+        ]
+
+    def _refresh_interface(self) -> None:
+        # Message Control is reported in the interface report (§11.3.11); read it live.
+        control = self.msix.control
+        self.interface.msix_message_control = 0 if control is None else control.value
+
+    def region_write(self, index: int, offset: int, data: bytes) -> None:
+        if index == RegionIndex.BAR0 and self.enforcement.msix_locked:
+            before = self.regs.read(offset, len(data))
+            super().region_write(index, offset, data)
+            self.enforcement.bar0_written(offset, data, before)
+            return
+        super().region_write(index, offset, data)
+
+    # ---- SPDM ------------------------------------------------------------------------
+
+    def _vendor_defined(self, payload: bytes, ctx: Any) -> bytes:
+        if payload[:1] == bytes([ProtocolId.TDISP]):
+            self._refresh_interface()
+        return self.vdm.handle(payload, getattr(ctx, "session_id", None))
+
+    def spdm_message(self, doe_type: int, payload: bytes) -> tuple[int, bytes]:
+        """One SPDM (type 1) or secured SPDM (type 2) message -> (reply type, reply)."""
+        before = set(self.responder.sessions)
+        try:
+            return self.responder.handle_doe(doe_type, payload)
+        finally:
+            self._sessions_gone(before)
+
+    def _sessions_gone(self, before: set[int]) -> None:
+        # spdm.Responder has no session-end callback; a session that vanished from its
+        # table during a request (END_SESSION, DecryptError, GET_VERSION reset) ended.
+        for session_id in sorted(before - set(self.responder.sessions)):
+            log.info("SPDM session %#010x ended", session_id)
+            self.vdm.session_ended(session_id)
+
+    def _doe_spdm(self, payload: bytes) -> bytes:
+        return self.spdm_message(DOE_TYPE_CMA_SPDM, payload)[1]
+
+    def _doe_secured_spdm(self, payload: bytes) -> bytes:
+        return self.spdm_message(DOE_TYPE_SECURED_CMA_SPDM, payload)[1]
+
+    def _flr_sessions(self) -> None:
+        if not self.profile.flr_ends_spdm_sessions:
+            return
+        before = set(self.responder.sessions)
+        self.responder.reset()
+        self._sessions_gone(before)
+
+    # ---- whole DOE objects (spdm-emu PCI_DOE transport) -----------------------------
+
+    def doe_object(self, obj: bytes) -> bytes | None:
+        """Answer one DOE object as the mailbox would; None when it must be discarded
+        (§6.30.1: length mismatch, unknown protocol).  Discovery lists the same
+        protocols in the same order as the mailbox (index 0 discovery, 1 SPDM, 2 secured
+        SPDM), ignoring the requested discovery version as pci_doe_dispatch.c does."""
+        if len(obj) < 4 * HEADER_DW or len(obj) % 4:
+            return None
+        header = doe_object.parse_header(obj[: 4 * HEADER_DW])
+        if header.length_dw * 4 != len(obj):
+            return None
+        payload = obj[4 * HEADER_DW :]
+        protocol = header.protocol
+        if protocol == DISCOVERY:
+            protocols = self.doe.protocols
+            if len(payload) < 4:
+                return None
+            index, _version = doe_object.parse_discovery_request(payload[:4])
+            if index >= len(protocols):
+                return None
+            next_index = index + 1 if index + 1 < len(protocols) else 0
+            reply = doe_object.build_discovery_response(protocols[index], next_index)
+            return doe_object.build_object(DISCOVERY, reply)
+        if protocol.vendor_id != PCI_SIG_VENDOR_ID or protocol.data_object_type not in (
+            DOE_TYPE_CMA_SPDM,
+            DOE_TYPE_SECURED_CMA_SPDM,
+        ):
+            return None
+        kind, reply = self.spdm_message(protocol.data_object_type, payload)
+        return doe_object.build_object(DoeProtocolId(PCI_SIG_VENDOR_ID, kind), reply)
