@@ -315,3 +315,12 @@ def test_reconnect_while_connected_replaces_the_session() -> None:
     assert tsm.session_id != first and set(dev.responder.sessions) == {tsm.session_id}
     assert tsm.evidence()["tdis"]["01:00.0"]["state"] == "ERROR"
     assert dev.tdi_state == TdiState.ERROR.name
+
+
+def test_bench_reports_per_phase_timings() -> None:
+    from tdisp.tsm.bench import PHASES, bench_connect_to_run
+
+    r = bench_connect_to_run(rounds=1)
+    assert all(r[p] > 0 for p in PHASES)
+    assert r["exchanges"] == {"authentication": 7, "session": 2, "ide_km": 13, "tdisp": 7}
+    assert abs(r["total"] - sum(r[p] for p in PHASES)) < 1e-9
