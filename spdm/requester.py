@@ -112,7 +112,7 @@ from spdm.negotiation import ConnectionInfo
 from spdm.secured_message import DOE_TRANSPORT, TransportParams
 from spdm.session import Session
 from spdm.state import SessionState
-from spdm.transcript import ConnectionTranscript, SessionTranscript
+from spdm.transcript import ConnectionTranscript, SessionTranscript, reset_for_request
 
 DEFAULT_REQ_CAPS = (
     ReqCap.CERT
@@ -203,6 +203,7 @@ class Requester:
         self.config = config or RequesterConfig()
         self.conn = ConnectionInfo()
         self.transcript = ConnectionTranscript()
+        self.authenticated = False  # a CHALLENGE completed on this connection
         self.sessions: dict[int, Session] = {}
         self.digests: dict[int, bytes] = {}
         self.cert_chains: dict[int, bytes] = {}
@@ -238,6 +239,8 @@ class Requester:
     ) -> Gen:
         """Send *msg* (sealed when a session is given and not `clear`); return the
         response message, resolving ResponseNotReady, Busy and LargeResponse."""
+        reset_for_request(self.transcript, session.transcript.m if session else None, msg[1],
+                          self.authenticated)
         if (
             self.conn.version >= V12
             and self.conn.rsp_data_transfer_size
@@ -378,6 +381,7 @@ class Requester:
     def _get_version(self) -> Gen:
         self.conn = ConnectionInfo()
         self.transcript.reset()
+        self.authenticated = False
         self.sessions.clear()
         req = encode(GetVersion, {"version": V10})
         resp = yield from self._exchange(req, expect=Rsp.VERSION)
@@ -605,6 +609,7 @@ class Requester:
         m1m2 = self.transcript.m1m2()
         self.transcript.reset_auth()
         self._verify_sig(slot, crypto.CTX_CHALLENGE_AUTH, m1m2, msg.signature)
+        self.authenticated = True
         return bytes(msg.meas_summary_hash)
 
     # ---- measurements ----------------------------------------------------------------------

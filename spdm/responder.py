@@ -128,7 +128,7 @@ from spdm.state import (
     connection_next,
     session_next,
 )
-from spdm.transcript import ConnectionTranscript, SessionTranscript
+from spdm.transcript import ConnectionTranscript, SessionTranscript, reset_for_request
 
 DEFAULT_RSP_CAPS = (
     RspCap.CERT
@@ -285,6 +285,7 @@ class Responder:
         self.state = ConnState.NOT_STARTED
         self.conn = ConnectionInfo()
         self.transcript = ConnectionTranscript()
+        self.authenticated = False  # a CHALLENGE completed on this connection
         self.sessions.clear()
         self._handshake_clear_session: Session | None = None
         self._send_chunks: _ChunkSendState | None = None
@@ -489,13 +490,9 @@ class Responder:
         if self.config.busy is not None and req not in _NO_DELAY and self.config.busy(req):
             raise SpdmError(ErrorCode.BUSY)
 
-        # Every request other than GET_MEASUREMENTS ends an L1/L2 run (DSP0274 1.2 MEASUREMENTS
-        # signature transcript).
-        if req not in (Req.GET_MEASUREMENTS, Req.CHUNK_SEND, Req.CHUNK_GET):
-            if session is not None:
-                session.transcript.m.clear()
-            else:
-                self.transcript.m.clear()
+        # L1/L2 and M1/M2 runs end on the same requests on both sides (transcript module).
+        reset_for_request(self.transcript, session.transcript.m if session else None, req,
+                          self.authenticated)
 
         resp = handler(request, hdr, session)
         if session is None and next_conn is not None:
@@ -544,6 +541,7 @@ class Responder:
         # DSP0274 GET_VERSION: it resets the connection, all sessions included.
         self.conn = ConnectionInfo()
         self.transcript.reset()
+        self.authenticated = False
         self.sessions.clear()
         self._handshake_clear_session = None
         self._get_chunks = self._send_chunks = None
@@ -777,6 +775,7 @@ class Responder:
         self.transcript.c = bytearray(request + unsigned)
         sig = self._sign(slot, crypto.CTX_CHALLENGE_AUTH, self.transcript.m1m2())
         self.transcript.reset_auth()
+        self.authenticated = True
         return unsigned + sig
 
     def _get_measurements(self, request: bytes, hdr: Any, session: Session | None) -> bytes:

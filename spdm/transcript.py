@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from spdm.codes import Req
+
 
 @dataclass
 class ConnectionTranscript:
@@ -59,3 +61,43 @@ class SessionTranscript:
 
     def th_k(self) -> bytes:
         return bytes(self.vca + self.cert_chain_hash + self.k)
+
+
+# Requests that, before a CHALLENGE has completed, discard a pending B/C (M1/M2) run, as
+# libspdm_reset_message_buffer_via_request_code does ("If the Requester issued ... and
+# skipped CHALLENGE completion, M1 and M2 are reset to null").
+_RESETS_M1M2 = frozenset(
+    {
+        Req.KEY_EXCHANGE,
+        Req.GET_MEASUREMENTS,
+        Req.FINISH,
+        Req.PSK_EXCHANGE,
+        Req.PSK_FINISH,
+        Req.KEY_UPDATE,
+        Req.HEARTBEAT,
+        Req.GET_ENCAPSULATED_REQUEST,
+        Req.DELIVER_ENCAPSULATED_RESPONSE,
+        Req.END_SESSION,
+    }
+)
+# Transport helpers that never end a run.
+_NEUTRAL = frozenset({Req.CHUNK_SEND, Req.CHUNK_GET, Req.RESPOND_IF_READY})
+
+
+def reset_for_request(
+    conn: ConnectionTranscript, session_m: bytearray | None, code: int, authenticated: bool
+) -> None:
+    """Apply the transcript resets a request implies, identically on both sides.
+
+    Any request other than GET_MEASUREMENTS ends an L1/L2 run (of its session, or of the
+    connection outside sessions); GET_DIGESTS starts a new B; the requests above drop B and
+    C unless a CHALLENGE already completed.
+    """
+    if code in _NEUTRAL:
+        return
+    if code != Req.GET_MEASUREMENTS:
+        (session_m if session_m is not None else conn.m).clear()
+    if code == Req.GET_DIGESTS:
+        conn.b.clear()
+    elif code in _RESETS_M1M2 and not authenticated:
+        conn.reset_auth()

@@ -251,3 +251,24 @@ def test_slot_size_requested_13(p384_identity: DeviceIdentity) -> None:
     resp = link.responder.handle(bytes([0x13, 0x82, 0, 1, 0, 0, 0, 0]))
     assert resp[1] == 0x02 and resp[4:6] == b"\x00\x00"
     assert int.from_bytes(resp[6:8], "little") == len(p384_identity.spdm_chain(0x2))
+
+
+def test_transcript_resets_follow_libspdm(p384_identity: DeviceIdentity) -> None:
+    """Interleavings where M1/M2 and L1/L2 must be reset identically on both sides."""
+    link = make_link(p384_identity)
+    r = link.requester
+    link.connect()
+    rsp = link.responder
+    assert rsp.transcript.b and r.transcript.b == rsp.transcript.b
+    link.run(r.get_measurements(1, signed=False))  # before CHALLENGE: drops B
+    assert not rsp.transcript.b and not r.transcript.b
+    assert r.transcript.m == rsp.transcript.m != b""
+    link.run(r.get_digests())  # ends the L1/L2 run, starts a new B
+    assert not rsp.transcript.m and not r.transcript.m
+    link.run(r.challenge())  # M1 = VCA + B(GET_DIGESTS/DIGESTS) + C
+    assert rsp.authenticated and r.authenticated
+    link.run(r.get_digests())
+    link.run(r.get_measurements(2, signed=False))  # after CHALLENGE: B survives
+    assert rsp.transcript.b == r.transcript.b != b""
+    link.run(r.challenge())
+    link.run(r.get_measurements())
