@@ -8,11 +8,16 @@ from spdm.requester import Outgoing
 from tdisp.tdisp_codes import MmioAttr, TdiState
 from vdev.doe_requester import DoeRequester
 from vdev.pci.ide_cap import IdeStreamState
+from vdev.profile import DeviceProfile
 from vdev.tee_device import TeeDevice
 
 from .secure_host import BAR0_ADDRESS, ConfigPort, SecureHost, tdi_state
 
 DOE_CAP = 0x100
+
+
+def make_host(state_dir: Path, **profile: object) -> SecureHost:
+    return mailbox_host(TeeDevice(DeviceProfile(**profile), state_dir=state_dir))  # type: ignore[arg-type]
 
 
 def mailbox_host(device: TeeDevice) -> SecureHost:
