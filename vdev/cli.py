@@ -1,9 +1,15 @@
 """The `vdev` command line.
 
-  vdev serve --socket PATH [--profile FILE]   serve the TEE-IO endpoint over vfio-user
+  vdev serve --socket PATH [--profile FILE] [--state-dir DIR]
+                                              serve the TEE-IO endpoint over vfio-user
+  vdev spdm-emu [--port 2323] [--transport pci_doe|mctp|none] [--profile FILE]
+                [--state-dir DIR | --cert-chain FILE --key FILE]
+                                              the same device protocols over the
+                                              spdm-emu socket protocol (TCP)
   vdev run                                    device + real guest, readable summary
   vdev vm                                     device + guest, interactive shell
   vdev tsm serve --socket PATH --trust-anchor FILE   the TSM mailbox device
+  vdev tsm connect --spdm-emu HOST:PORT --trust-anchor FILE   TSM model over spdm-emu
 """
 
 from __future__ import annotations
@@ -43,13 +49,13 @@ def _load_profile(path: str | None) -> DeviceProfile:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from vdev.endpoint import TeeIoEndpoint
+    from vdev.tee_device import TeeDevice
     from vdev.vfio_user.server import serve
 
     if len(os.fsencode(args.socket)) > 107:
         raise SystemExit(f"vdev: socket path too long for AF_UNIX (max 107 bytes): {args.socket}")
     profile = _load_profile(args.profile)
-    device = TeeIoEndpoint(profile)
+    device = TeeDevice(profile, state_dir=args.state_dir)
     log.info(
         "TEE-IO endpoint %04x:%04x class %06x, BAR0 %#x, %d MSI-X vectors",
         profile.vendor_id, profile.device_id, profile.class_code,
@@ -69,6 +75,48 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log.error("%s", exc)
         return 1
     log.info("server stopped")
+    return 0
+
+
+def cmd_spdm_emu(args: argparse.Namespace) -> int:
+    from spdm.identity import import_identity
+    from spdm.secured_message import DOE_TRANSPORT, MCTP_TRANSPORT
+    from vdev.spdm_emu.frame import TRANSPORT_NAMES, TransportType
+    from vdev.spdm_emu.server import SpdmEmuServer
+    from vdev.tee_device import TeeDevice
+
+    if bool(args.cert_chain) != bool(args.key):
+        raise SystemExit("vdev: --cert-chain and --key go together")
+    profile = _load_profile(args.profile)
+    identity = None
+    if args.cert_chain:
+        try:
+            identity = import_identity(Path(args.cert_chain), Path(args.key))
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"vdev: cannot load the identity: {exc}") from None
+    transport = TRANSPORT_NAMES[args.transport]
+    device = TeeDevice(
+        profile,
+        state_dir=args.state_dir,
+        identity=identity,
+        spdm_transport=MCTP_TRANSPORT if transport == TransportType.MCTP else DOE_TRANSPORT,
+    )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        server = SpdmEmuServer(device, transport, args.host, args.port)
+        await server.start()
+        await server.serve_forever(stop)
+
+    try:
+        asyncio.run(main())
+    except OSError as exc:
+        log.error("%s", exc)
+        return 1
+    log.info("spdm-emu server stopped")
     return 0
 
 
@@ -94,7 +142,19 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="serve the TEE-IO endpoint to QEMU over vfio-user")
     s.add_argument("--socket", required=True, help="UNIX socket path QEMU connects to")
     s.add_argument("--profile", help="device profile (TOML); default: the built-in endpoint")
+    s.add_argument("--state-dir", help="device identity directory (default "
+                   "~/.local/state/vdev/identity/<vendor>-<device>)")
     s.set_defaults(func=cmd_serve)
+
+    e = sub.add_parser("spdm-emu", help="serve SPDM/IDE_KM/TDISP over the spdm-emu socket protocol")
+    e.add_argument("--port", type=int, default=2323, help="TCP port (default 2323)")
+    e.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    e.add_argument("--transport", default="pci_doe", choices=["pci_doe", "mctp", "none"])
+    e.add_argument("--profile", help="device profile (TOML)")
+    e.add_argument("--state-dir", help="device identity directory (as for serve)")
+    e.add_argument("--cert-chain", help="certificate chain (PEM/DER) instead of the generated one")
+    e.add_argument("--key", help="private key of the chain's leaf (PEM/DER)")
+    e.set_defaults(func=cmd_spdm_emu)
 
     r = sub.add_parser("run", help="boot the guest against the device and summarise")
     r.add_argument("--profile", help="device profile (TOML)")
@@ -113,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     ts = tsm_sub.add_parser("serve", help="serve the TSM mailbox device to QEMU over vfio-user")
     add_serve_arguments(ts)
     ts.set_defaults(func=cmd_tsm_serve)
+
+    from tdisp.tsm.cli import add_connect_parser
+
+    add_connect_parser(tsm_sub)  # vdev tsm connect --spdm-emu HOST:PORT ...
     return p
 
 
