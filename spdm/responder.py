@@ -201,6 +201,11 @@ class ResponderConfig:
     # Monotonic seconds, for HeartbeatPeriod enforcement: a session with no message for
     # 2 x HeartbeatPeriod is terminated (DSP0274 HEARTBEAT). None disables the check.
     monotonic: Callable[[], float] | None = None
+    # Observers: called with the session id when a session reaches the application phase
+    # (after FINISH_RSP / PSK_FINISH_RSP is sent) and when it ends for any reason
+    # (END_SESSION, DecryptError, heartbeat expiry, GET_VERSION, reset()).
+    on_session_established: Callable[[int], None] | None = None
+    on_session_end: Callable[[int], None] | None = None
 
 
 # Requests that may not be answered with ResponseNotReady (DSP0274 ERROR clause, ResponseNotReady).
@@ -286,7 +291,7 @@ class Responder:
         self.conn = ConnectionInfo()
         self.transcript = ConnectionTranscript()
         self.authenticated = False  # a CHALLENGE completed on this connection
-        self.sessions.clear()
+        self._clear_sessions()
         self._handshake_clear_session: Session | None = None
         self._send_chunks: _ChunkSendState | None = None
         self._get_chunks: _ChunkGetState | None = None
@@ -389,8 +394,20 @@ class Responder:
         for action in actions:
             action()
 
+    def _establish(self, session: Session, th2: bytes) -> None:
+        session.install_data_keys(th2)
+        if self.config.on_session_established is not None:
+            self.config.on_session_established(session.session_id)
+
+    def _clear_sessions(self) -> None:
+        for session in list(self.sessions.values()):
+            self._drop_session(session)
+
     def _drop_session(self, session: Session) -> None:
-        self.sessions.pop(session.session_id, None)
+        if self.sessions.pop(session.session_id, None) is not None:
+            session.state = SessionState.ENDED
+            if self.config.on_session_end is not None:
+                self.config.on_session_end(session.session_id)
         if self._handshake_clear_session is session:
             self._handshake_clear_session = None
 
@@ -542,7 +559,7 @@ class Responder:
         self.conn = ConnectionInfo()
         self.transcript.reset()
         self.authenticated = False
-        self.sessions.clear()
+        self._clear_sessions()
         self._handshake_clear_session = None
         self._get_chunks = self._send_chunks = None
         self._pending = None
@@ -988,7 +1005,7 @@ class Responder:
         th2 = crypto.digest(a.base_hash, session.transcript.th())
 
         def activate() -> None:
-            session.install_data_keys(th2)
+            self._establish(session, th2)
             if self._handshake_clear_session is session:
                 self._handshake_clear_session = None
 
@@ -1032,7 +1049,7 @@ class Responder:
             # DSP0274 PSK_EXCHANGE: without responder context there is no PSK_FINISH; the
             # session enters the application phase with TH2 = TH over PSK_EXCHANGE_RSP.
             th2 = crypto.digest(a.base_hash, sess.transcript.th())
-            self._after_send.append(lambda: sess.install_data_keys(th2))
+            self._after_send.append(lambda: self._establish(sess, th2))
         return partial + verify
 
     def _psk_finish(self, request: bytes, hdr: Any, session: Session | None) -> bytes:
@@ -1050,7 +1067,7 @@ class Responder:
         resp = encode(PskFinishRsp, {"version": self.conn.version})
         session.transcript.f += resp
         th2 = crypto.digest(a.base_hash, session.transcript.th())
-        self._after_send.append(lambda: session.install_data_keys(th2))
+        self._after_send.append(lambda: self._establish(session, th2))
         return resp
 
     def _heartbeat(self, request: bytes, hdr: Any, session: Session | None) -> bytes:
@@ -1095,11 +1112,7 @@ class Responder:
         request = self._decode(EndSession, request).raw
         resp = encode(EndSessionAck, {"version": self.conn.version})
 
-        def end() -> None:
-            session.state = SessionState.ENDED
-            self._drop_session(session)
-
-        self._after_send.append(end)
+        self._after_send.append(lambda: self._drop_session(session))
         return resp
 
     # ---- vendor defined ------------------------------------------------------------------------

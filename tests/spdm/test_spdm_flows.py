@@ -272,3 +272,16 @@ def test_transcript_resets_follow_libspdm(p384_identity: DeviceIdentity) -> None
     assert rsp.transcript.b == r.transcript.b != b""
     link.run(r.challenge())
     link.run(r.get_measurements())
+
+
+def test_session_observers(p384_identity: DeviceIdentity) -> None:
+    events: list[tuple[str, int]] = []
+    link = make_link(p384_identity, rsp={
+        "on_session_established": lambda sid: events.append(("up", sid)),
+        "on_session_end": lambda sid: events.append(("down", sid))})
+    link.connect()
+    a = link.session()
+    b = link.run(link.requester.psk_exchange(b"hint"))
+    link.run(link.requester.end_session(a))
+    link.run(link.requester.get_version())  # drops b
+    assert events == [("up", a), ("up", b), ("down", a), ("down", b)]
