@@ -22,10 +22,10 @@ IDE) composed with:
                 config space at LOCK time: BAR0's programmed base, its size, the MSI-X
                 table/PBA location and Message Control
   dispatcher    PciSigVdmDispatcher (PCI-SIG VENDOR_DEFINED, IDE_KM + TDISP) registered
-                with the responder; SPDM sessions that disappear from the responder
-                (END_SESSION, decrypt error, reset) are reported to it with
-                `session_ended`, which moves TDIs locked over them to ERROR and stops
-                their IDE keys (§11.4.5)
+                with the responder; the responder's `on_session_end` observer
+                (END_SESSION, DecryptError, heartbeat expiry, GET_VERSION, reset)
+                reports ended sessions to it with `session_ended`, which moves
+                TDIs locked over them to ERROR and stops their IDE keys (§11.4.5)
   enforcement   `vdev.tdi_enforcement.TdiEnforcement`
 
 Transport-independent entry points, used by the DOE mailbox and by `vdev.spdm_emu`:
@@ -150,6 +150,7 @@ class TeeDevice(TeeIoEndpoint):
                 measurements=self.measurements,
                 transport=spdm_transport,
                 random=random_bytes,
+                on_session_end=self._session_ended,
             )
         )
         self.responder.register_vendor_handler(
@@ -204,18 +205,11 @@ class TeeDevice(TeeIoEndpoint):
 
     def spdm_message(self, doe_type: int, payload: bytes) -> tuple[int, bytes]:
         """One SPDM (type 1) or secured SPDM (type 2) message -> (reply type, reply)."""
-        before = set(self.responder.sessions)
-        try:
-            return self.responder.handle_doe(doe_type, payload)
-        finally:
-            self._sessions_gone(before)
+        return self.responder.handle_doe(doe_type, payload)
 
-    def _sessions_gone(self, before: set[int]) -> None:
-        # spdm.Responder has no session-end callback; a session that vanished from its
-        # table during a request (END_SESSION, DecryptError, GET_VERSION reset) ended.
-        for session_id in sorted(before - set(self.responder.sessions)):
-            log.info("SPDM session %#010x ended", session_id)
-            self.vdm.session_ended(session_id)
+    def _session_ended(self, session_id: int) -> None:
+        log.info("SPDM session %#010x ended", session_id)
+        self.vdm.session_ended(session_id)
 
     def _doe_spdm(self, payload: bytes) -> bytes:
         return self.spdm_message(DOE_TYPE_CMA_SPDM, payload)[1]
@@ -224,11 +218,8 @@ class TeeDevice(TeeIoEndpoint):
         return self.spdm_message(DOE_TYPE_SECURED_CMA_SPDM, payload)[1]
 
     def _flr_sessions(self) -> None:
-        if not self.profile.flr_ends_spdm_sessions:
-            return
-        before = set(self.responder.sessions)
-        self.responder.reset()
-        self._sessions_gone(before)
+        if self.profile.flr_ends_spdm_sessions:
+            self.responder.reset()  # ends every session through on_session_end
 
     # ---- whole DOE objects (spdm-emu PCI_DOE transport) -----------------------------
 
