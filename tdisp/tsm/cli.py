@@ -53,7 +53,9 @@ def add_connect_parser(tsm_subparsers: Any) -> argparse.ArgumentParser:
                    help="a BAR as the host assigned it; the interface report must match")
     c.add_argument("--mmio-offset", type=lambda s: int(s, 0), default=0,
                    help="MMIO_REPORTING_OFFSET for LOCK (default 0)")
-    c.add_argument("--stream-id", type=int, default=1, help="IDE stream ID (default 1)")
+    c.add_argument("--stream-id", default="auto", metavar="ID|auto",
+                   help="IDE Stream ID to key; auto (default): the ID the host configured in "
+                   "the device's first selective stream, as QUERY_RESP reports it")
     c.add_argument("--transport", default="pci_doe", choices=["pci_doe", "mctp"],
                    help="spdm-emu transport (default pci_doe)")
     c.add_argument("--lock", action="store_true", help="TDISP LOCK + interface report")
@@ -114,11 +116,12 @@ def cmd_connect(args: argparse.Namespace, client_factory: ClientFactory | None =
         bars = [ExpectedBar.parse(b) for b in args.expect_bar]
         anchors = load_trust_anchors(args.trust_anchor)
         refs = ReferenceValues.load(args.policy) if args.policy else None
+        stream_id = None if args.stream_id == "auto" else int(args.stream_id, 0)
     except (OSError, ValueError, PolicyError) as exc:
         raise SystemExit(f"vdev tsm connect: {exc}") from None
     config = TsmConfig(
         trust_anchors=anchors, reference_values=refs, policy_file=args.policy,
-        clock=time.time, stream_id=args.stream_id, mmio_reporting_offset=args.mmio_offset,
+        clock=time.time, stream_id=stream_id, mmio_reporting_offset=args.mmio_offset,
     )
     tsm = TsmModel(device, config)
     tsm.listeners.append(lambda phase, text: print(f"  [{phase}] {text}", file=log, flush=True))

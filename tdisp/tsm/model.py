@@ -53,6 +53,7 @@ from tdisp.tdisp_codes import LockFlags, TdiState
 from tdisp.tdisp_messages import TdispCapabilities
 from tdisp.tsm import evidence as ev
 from tdisp.tsm.device_ref import DeviceRef, ExpectedBar
+from tdisp.tsm.ide_query import selective_stream_ids
 from tdisp.tsm.operations import (
     DoeRequest,
     Done,
@@ -101,7 +102,9 @@ class TsmConfig:
     random: Callable[[int], bytes] = os.urandom  # keys, IFVs, SPDM nonces
     cert_slot: int = 0
     authentication: Authentication = "measurements"
-    stream_id: int = 1
+    # IDE Stream ID of the default stream; None: the one the host configured in the
+    # device's first selective stream (SEL_CTL, read from QUERY_RESP).
+    stream_id: int | None = 1
     key_set: int = 0
     port_index: int = 0
     # PCIe 6.2 §6.33.3 lets KEY_PROG carry any initial IFV; tee-io-validator (KeyProg 2.5)
@@ -234,7 +237,7 @@ class TsmModel:
             "measurements": ev.measurements(self._blocks),
             "policy": {"file": self.config.policy_file, "verdicts": self._verdicts},
             "ide": {
-                "stream_id": self.config.stream_id,
+                "stream_id": self._stream_id,
                 "key_set": self._key_set,
                 "port_index": self.config.port_index,
                 "query": None if query is None else {
@@ -326,6 +329,7 @@ class TsmModel:
         self._query: QueryResp | None = None
         self._device_slots: dict[KeySlot, str] = {}
         self._key_set = self.config.key_set
+        self._stream_id: int | None = self.config.stream_id
 
     def _requester_config(self) -> RequesterConfig:
         clock = self.config.clock
@@ -455,7 +459,7 @@ class TsmModel:
 
         p.enter("ide_km")
         yield from self._program_stream(p, c.key_set)
-        p.log(f"IDE stream {c.stream_id} key set {c.key_set}: both ends Secure"
+        p.log(f"IDE stream {self._stream_id} key set {c.key_set}: both ends Secure"
               if self.root_port.secure else "IDE stream not secure")
         return f"0x{self._session_id:08x}"
 
@@ -468,7 +472,15 @@ class TsmModel:
         q = self._query
         p.log(f"IDE_KM QUERY_RESP: port {q.port_index}/{q.max_port_index}, "
               f"{q.bus:02x}:{q.dev_func >> 3:02x}.{q.dev_func & 7} segment {q.segment}")
-        slots = stream_slots(c.stream_id, key_set, c.port_index)
+        if self._stream_id is None:
+            ids = selective_stream_ids(q.registers)
+            if not ids:
+                raise TsmStateError("no selective IDE stream in QUERY_RESP to take the "
+                                    "Stream ID from (configure stream_id)")
+            self._stream_id = ids[0]
+            p.log(f"using Stream ID {self._stream_id} configured in selective stream 0")
+        stream_id = self._stream_id
+        slots = stream_slots(stream_id, key_set, c.port_index)
         for slot in slots:
             # One fresh key per device slot; the root port gets it for the opposite
             # direction (device RX = root port TX), §6.33.3.
@@ -479,7 +491,7 @@ class TsmModel:
                                                   km.key_prog(slot, key, ifv))), slot)
             del key
             self._device_slots[slot] = "programmed"
-        p.log(f"KEY_PROG: 6 slots of stream {c.stream_id} key set {key_set} acknowledged")
+        p.log(f"KEY_PROG: 6 slots of stream {stream_id} key set {key_set} acknowledged")
         for slot in slots:
             km.parse_gostop_ack((yield from self._vdm(p, f"K_SET_GO {slot.describe()}",
                                                       km.k_set_go(slot))), slot)
@@ -499,6 +511,8 @@ class TsmModel:
         expected: Sequence[ExpectedBar] | None,
     ) -> Gen:
         self._require_session()
+        stream_id = self._stream_id
+        assert stream_id is not None  # set by connect
         p.enter("tdisp")
         t = TdispRequester(rec.interface_id)
         if rec.capabilities is None:
@@ -519,7 +533,7 @@ class TsmModel:
             flags = int(LockFlags.NO_FW_UPDATE | LockFlags.LOCK_MSIX) & supported
         offset = self.config.mmio_reporting_offset
         nonce = t.parse_lock((yield from self._vdm(
-            p, "LOCK_INTERFACE_REQUEST", t.lock(flags, self.config.stream_id, offset))))
+            p, "LOCK_INTERFACE_REQUEST", t.lock(flags, stream_id, offset))))
         rec.nonce = nonce
         rec.lock_flags = flags
         rec.mmio_reporting_offset = offset
@@ -529,7 +543,7 @@ class TsmModel:
         rec.expected = tuple(expected) if expected is not None else None
         rec.move(TdiState.CONFIG_LOCKED, self.config.clock(), "LOCK_INTERFACE_RESPONSE")
         p.log(f"TDI {rec.interface_id}: CONFIG_LOCKED (flags {ev.lock_flags(flags)}, "
-              f"default stream {self.config.stream_id})")
+              f"default stream {stream_id})")
         return rec.state.name if rec.state else None
 
     def _report(

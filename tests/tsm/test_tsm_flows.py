@@ -324,3 +324,15 @@ def test_bench_reports_per_phase_timings() -> None:
     assert all(r[p] > 0 for p in PHASES)
     assert r["exchanges"] == {"authentication": 7, "session": 2, "ide_km": 13, "tdisp": 7}
     assert abs(r["total"] - sum(r[p] for p in PHASES)) < 1e-9
+
+
+def test_stream_id_taken_from_the_host_configuration() -> None:
+    dev = make_device()
+    tsm = make_tsm(stream_id=None)
+    done = ok(tsm.connect(), dev)
+    assert done.evidence["ide"]["stream_id"] == 1
+    assert "using Stream ID 1 configured in selective stream 0" in [
+        x["event"] for x in done.evidence["log"]]
+    ok(tsm.lock(0), dev)
+    lock = dev.tdisp.tdi(0x100).lock
+    assert lock is not None and lock.params.default_stream_id == 1

@@ -97,3 +97,16 @@ def test_device_ref() -> None:
     with pytest.raises(ValueError):
         DeviceRef.parse("00:20.0")
     assert ExpectedBar.parse("2:0xfd000000:0x2000") == ExpectedBar(2, 0xFD00_0000, 0x2000)
+
+
+def test_selective_stream_ids_from_query_registers() -> None:
+    from tdisp.tsm.ide_query import selective_stream_ids
+
+    assert selective_stream_ids((0x42, 0)) == []  # no selective block present
+    assert selective_stream_ids((0x40, 0, 0, 7 << 24, 0, 0, 0)) == []  # no Selective IDE
+    # Link IDE with 2 TCs (2 link blocks), 2 selective streams, the first with one
+    # address association block.
+    regs = (0x0001_2003, 0, 0, 0, 0, 0,
+            1, 5 << 24, 0, 0, 0, 0, 0, 0,
+            0, 9 << 24, 0, 0, 0)
+    assert selective_stream_ids(regs) == [5, 9]

@@ -99,7 +99,11 @@ def make_device(
         slots=CertSlots({0: ident}),
         measurements=measurements or (lambda: default_measurements()),
     ))
-    target = InMemoryIdeTarget(streams={0: {0, STREAM}})
+    # IDE Capability (Selective IDE + IDE_KM, one selective stream), IDE Control, then the
+    # selective stream block: SEL_CAP (no address blocks), SEL_CTL with Stream ID 1 in
+    # bits 31:24, SEL_STS, RID association 1/2 — as QUERY_RESP reports them.
+    registers = (0x0000_0042, 0, 0, STREAM << 24, 0, 0, 0)
+    target = InMemoryIdeTarget(streams={0: {0, STREAM}}, registers=registers)
     idekm = IdeKmResponder(target, policy=idekm_policy or IdeKmPolicy())
     tdi = DeviceInterface(TDI_ID, bars=bars, interface_info=InterfaceInfo.DMA_WITHOUT_PASID,
                           msix_message_control=0x8003, device_specific_info=b"vdev-tdi-0")
