@@ -379,6 +379,7 @@ ChunkResponse = Struct(
 # CHUNK_SEND fixed part and CHUNK_RESPONSE fixed part sizes (for DataTransferSize maths).
 CHUNK_SEND_HEADER_SIZE = 12
 CHUNK_RESPONSE_HEADER_SIZE = 12
+CHUNK_SEND_ACK_HEADER_SIZE = 6
 
 # --- Encapsulated (mutual auth) -------------------------------------------------------------
 

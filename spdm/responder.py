@@ -67,6 +67,7 @@ from spdm.measurements import Measurement, MeasurementProvider, block_bytes, sum
 from spdm.messages import (
     CHUNK_ATTR_LAST,
     CHUNK_RESPONSE_HEADER_SIZE,
+    CHUNK_SEND_ACK_HEADER_SIZE,
     FINISH_ATTR_SIGNATURE,
     MEAS_ATTR_RAW_BIT_STREAM,
     MEAS_ATTR_SIGNATURE,
@@ -440,11 +441,17 @@ class Responder:
             return self._error_msg(ErrorCode.UNSPECIFIED)
         return self._maybe_large(resp, hdr.code)
 
-    def _maybe_large(self, resp: bytes, code: int) -> bytes:
+    def _maybe_large(self, resp: bytes, code: int, overhead: int = 0) -> bytes:
         """DSP0274 1.2 CHUNK_GET: a response above the requester's DataTransferSize is delivered
-        with CHUNK_GET (ERROR LargeResponse) or refused (ResponseTooLarge)."""
-        limit = self.conn.req_data_transfer_size
-        if self.conn.version < V12 or not limit or len(resp) <= limit or code == Req.CHUNK_GET:
+        with CHUNK_GET (ERROR LargeResponse) or refused (ResponseTooLarge). `overhead` is
+        the CHUNK_SEND_ACK header around an embedded response."""
+        limit = self.conn.req_data_transfer_size - overhead
+        if (
+            self.conn.version < V12
+            or not self.conn.req_data_transfer_size
+            or len(resp) <= limit
+            or code in (Req.CHUNK_GET, Req.CHUNK_SEND)
+        ):
             return resp
         if len(resp) > self.conn.req_max_msg_size or not self.conn.chunking:
             self._after_send.clear()
@@ -1280,7 +1287,7 @@ class Responder:
                 embedded = self._error_msg(exc.code, exc.data, exc.extended)
             except MessageFormatError:
                 embedded = self._error_msg(ErrorCode.INVALID_REQUEST)
-            embedded = self._maybe_large(embedded, 0)
+            embedded = self._maybe_large(embedded, 0, overhead=CHUNK_SEND_ACK_HEADER_SIZE)
         return encode(
             ChunkSendAck,
             {"version": self.conn.version, "param2": st.handle,

@@ -185,3 +185,16 @@ def test_bad_padding_rejected(p384_identity: DeviceIdentity, extra: bytes) -> No
     assert resp[1] == 0x7F and resp[2] == ErrorCode.INVALID_REQUEST
     ok = link.responder.handle(req + b"\x00\x00\x00")
     assert ok[1] == 0x60
+
+
+def test_chunk_send_and_chunk_get_together(p384_identity: DeviceIdentity) -> None:
+    """Both sides small: the large request goes out in CHUNK_SEND and its large response
+    comes back via ERROR(LargeResponse) inside CHUNK_SEND_ACK, then CHUNK_GET."""
+    link = make_link(p384_identity, rsp={"data_transfer_size": 64},
+                     req={"data_transfer_size": 64})
+    link.connect()
+    sid = link.session()
+    codes = [e[1][1] for e in link.log if e[0] == 1]
+    assert Req.CHUNK_SEND in codes and Req.CHUNK_GET in codes
+    assert all(len(e[2]) <= 64 for e in link.log if e[0] == 1)
+    link.run(link.requester.get_measurements(session_id=sid))
