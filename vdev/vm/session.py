@@ -89,6 +89,18 @@ def device_server(workdir: Path, name: str = "dev0", extra: Sequence[str] = ()) 
     )
 
 
+def tsm_mailbox_server(
+    workdir: Path, args: Sequence[str], name: str = "tsm0"
+) -> ServerProcess:
+    """`vdev tsm serve` for the TSM mailbox device; `args` chooses the backend
+    (`--trust-anchor FILE [--policy FILE]`, or the test-only `--scripted FILE`)."""
+    sock = socket_path(name)
+    return ServerProcess(
+        ["tsm", "serve", "--socket", str(sock), *args], socket=sock,
+        log=workdir / f"{name}-server.log",
+    )
+
+
 @dataclass
 class GuestRun:
     """Inputs of one boot: modules to build, scripts to run, devices to attach."""
