@@ -6,7 +6,8 @@ until the first sends CONTINUE or goes away.  SHUTDOWN ends `serve_forever`.
 Socket behaviour (reference §1.4): frames are assembled from partial reads (spdm-emu's
 C side writes the header words and the payload in separate send() calls), every reply
 frame goes out in a single write, and TCP_NODELAY is set on accepted sockets so no
-reply waits out Nagle plus the peer's delayed ACK.  A reply larger than QEMU's
+reply waits out Nagle plus the peer's delayed ACK; TCP_QUICKACK is re-armed after each
+read for peers that do not set TCP_NODELAY themselves.  A reply larger than QEMU's
 0x1200-byte spdm-socket buffer is logged as an error (QEMU would reject it); the
 device's DataTransferSize keeps the standard flow below it.
 """
@@ -24,6 +25,17 @@ from vdev.spdm_emu.responder import Action, SpdmDevice, SpdmEmuResponder
 log = logging.getLogger(__name__)
 
 READ_SIZE = 0x10000
+
+
+def _quickack(writer: asyncio.StreamWriter) -> None:
+    """Re-arm TCP_QUICKACK (Linux clears it again after a while): peers that write the
+    header words and payload in separate send() calls without TCP_NODELAY (spdm-emu,
+    QEMU's spdm-socket.c) otherwise wait for our delayed ACK before sending the rest."""
+    quickack = getattr(socket, "TCP_QUICKACK", None)
+    sock = writer.get_extra_info("socket")
+    if quickack is not None and sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, quickack, 1)
 
 
 class SpdmEmuServer:
@@ -100,6 +112,7 @@ class SpdmEmuServer:
             data = await reader.read(READ_SIZE)
             if not data:
                 return
+            _quickack(writer)
             try:
                 frames = decoder.feed(data)
             except FrameError as exc:
