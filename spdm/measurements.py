@@ -17,6 +17,8 @@ from spdm.codes import MEAS_SPEC_DMTF, MEAS_SUMMARY_ALL, MEAS_SUMMARY_TCB
 from spdm.messages import DmtfMeasurement, MeasurementBlock, decode, encode
 
 RAW_BIT_STREAM_FLAG = 0x80  # DMTFSpecMeasurementValueType bit 7
+INDEX_MANIFEST = 0xFD  # reserved measurement indices (DSP0274 1.2 GET_MEASUREMENTS)
+INDEX_DEVICE_MODE = 0xFE
 
 
 class MeasurementType(enum.IntEnum):
@@ -127,23 +129,25 @@ def default_measurements(
     version: str = "vdev 0.1.0",
     rom: bytes = b"vdev boot rom",
 ) -> list[Measurement]:
-    """A plausible default set: ROM, firmware, hardware config, firmware config, manifest,
-    device mode, version string."""
+    """A plausible default set: ROM, firmware, hardware config, firmware config and version
+    string at indices 1-5, the measurement manifest at 0xFD and the device mode at 0xFE
+    (the indices DSP0274 1.2 reserves for them; libspdm
+    SPDM_MEASUREMENT_BLOCK_MEASUREMENT_INDEX_MEASUREMENT_MANIFEST / _DEVICE_MODE)."""
     return [
         Measurement(1, MeasurementType.IMMUTABLE_ROM, rom),
         Measurement(2, MeasurementType.MUTABLE_FIRMWARE, firmware),
         Measurement(3, MeasurementType.HARDWARE_CONFIG, b"vdev hardware configuration"),
         Measurement(4, MeasurementType.FIRMWARE_CONFIG, config),
-        Measurement(5, MeasurementType.MANIFEST, b'{"device":"vdev"}', tcb=False),
+        Measurement(5, MeasurementType.VERSION, version.encode(), raw_only=True, tcb=False),
+        Measurement(INDEX_MANIFEST, MeasurementType.MANIFEST, b'{"device":"vdev"}', tcb=False),
         # Structured device mode: OperationalModeCapabilities/State, DeviceModeCapabilities/
         # State, each u32 (DSP0274 1.2 Table 'Device mode field').
         Measurement(
-            6,
+            INDEX_DEVICE_MODE,
             MeasurementType.DEVICE_MODE,
             (0x0000_0006).to_bytes(4, "little")
             + (0x0000_0002).to_bytes(4, "little")
             + bytes(8),
             raw_only=True,
         ),
-        Measurement(7, MeasurementType.VERSION, version.encode(), raw_only=True, tcb=False),
     ]

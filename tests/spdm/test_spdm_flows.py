@@ -38,8 +38,9 @@ def test_full_flow(version: int, key_type: str, asym: int, hsh: int, aead: int,
     assert len(summary) == a.hash_size
     assert link.run(r.get_measurements(0, signed=False)) == 7
     blocks = link.run(r.get_measurements(0xFF, signed=True))
-    assert [b.index for b in blocks] == [1, 2, 3, 4, 5, 6, 7]
-    assert blocks[6].is_raw and blocks[6].value == b"vdev 0.1.0"
+    assert [b.index for b in blocks] == [1, 2, 3, 4, 5, 0xFD, 0xFE]
+    assert blocks[4].is_raw and blocks[4].value == b"vdev 0.1.0"
+    assert blocks[6].is_raw and len(blocks[6].value) == 16  # device mode
     one = link.run(r.get_measurements(2, signed=True))
     assert one[0].value == blocks[1].value
 
