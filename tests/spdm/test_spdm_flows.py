@@ -286,3 +286,25 @@ def test_session_observers(p384_identity: DeviceIdentity) -> None:
     link.run(link.requester.end_session(a))
     link.run(link.requester.get_version())  # drops b
     assert events == [("up", a), ("up", b), ("down", a), ("down", b)]
+
+
+@pytest.mark.parametrize(
+    ("key_type", "asym", "hsh", "aead", "dhe"),
+    [
+        ("ecdsa-p521", BaseAsym.ECDSA_P521, BaseHash.SHA_512, Aead.CHACHA20_POLY1305,
+         Dhe.SECP521R1),
+        ("ed25519", BaseAsym.EDDSA_25519, BaseHash.SHA_256, Aead.AES_128_GCM, Dhe.FFDHE_2048),
+        ("ed448", BaseAsym.EDDSA_448, BaseHash.SHA_384, Aead.AES_256_GCM, Dhe.FFDHE_4096),
+    ],
+)
+def test_other_algorithms(key_type: str, asym: int, hsh: int, aead: int, dhe: int) -> None:
+    link = make_link(identity_for(key_type), req={"base_asym": asym, "base_hash": hsh,
+                                                  "aead": aead, "dhe": dhe})
+    link.connect()
+    a = link.requester.algorithms
+    assert (a.base_asym, a.base_hash, a.aead, a.dhe) == (asym, hsh, aead, dhe)
+    link.run(link.requester.challenge())
+    link.run(link.requester.get_measurements())
+    sid = link.session()
+    link.run(link.requester.key_update(sid))
+    link.run(link.requester.heartbeat(sid))
