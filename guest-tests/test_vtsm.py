@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -155,4 +156,52 @@ def test_vtsm_connect_lock_report_disconnect(
     assert all(bytes.fromhex(e["response"])[0] >> 4 == 1 for e in exchanges)
     log = mailbox.log_text()
     assert "Traceback" not in log and "mailbox error" not in log
+    assert endpoint.alive(), endpoint.log_tail()
+
+
+def test_vtsm_tsm_server_dies_mid_connect(
+    vm_env: VmEnv, workdir: Path, endpoint: ServerProcess
+) -> None:
+    """SIGKILL the mailbox server after the first relayed DOE exchange: the guest's
+    connect fails with -EIO/-ETIMEDOUT within the step timeout, and unloads cleanly."""
+    script_file = workdir / "tsm-script.json"
+    many = [(1, GET_VERSION)] * 200  # long enough that the kill lands mid-connect
+    script_file.write_text(json.dumps({"connect": [_run(many)]}))
+    record = workdir / "tsm-exchanges.jsonl"
+    mailbox = tsm_mailbox_server(
+        workdir, ["--scripted", str(script_file), "--record", str(record)]).start()
+    stop = threading.Event()
+
+    def kill_after_first_exchange() -> None:
+        while not stop.wait(0.005):
+            if record.exists() and record.stat().st_size > 0:
+                assert mailbox.proc is not None
+                mailbox.proc.kill()
+                return
+
+    killer = threading.Thread(target=kill_after_first_exchange, daemon=True)
+    killer.start()
+    try:
+        run = GuestRun(env=vm_env, workdir=workdir, modules=["vtsm"],
+                       devices=[endpoint.socket, mailbox.socket],
+                       scripts={"50-vtsm-death.sh": script("vtsm-death.sh", EP=EP, MB=MB)},
+                       timeout=180)
+        res = run.boot()
+    finally:
+        stop.set()
+        killer.join(5)
+        mailbox.stop()
+    v = res.value
+    assert res.completed, "guest hung; see console.log"
+    assert not mailbox.alive()
+    done = len(record.read_text().splitlines())
+    assert 1 <= done < 200, f"kill did not land mid-connect ({done} exchanges)"
+    rc, _, msg = (v("connect_dead") or "").partition(" ")
+    assert rc == "1" and ("Input/output error" in msg or "timed out" in msg), msg
+    assert float(v("connect_seconds") or "99") < 10
+    assert v("authenticated_dead") == ""
+    failed = [line for line in res.dmesg if "vtsm: connect via tsm0 failed" in line]
+    assert len(failed) == 1, res.dmesg[-20:]
+    assert v("rmmod") == "ok"
+    assert bad_kernel_lines(res) == [], "\n".join(bad_kernel_lines(res))
     assert endpoint.alive(), endpoint.log_tail()
