@@ -20,6 +20,7 @@ null/empty until the step that fills them ran):
     policy            {"file": path | null, "verdicts": [{"index", "verdict", ...}]}
     ide               {"stream_id", "key_set", "port_index", "query": {...},
                        "device": {"slots": [{"direction","sub_stream","key_set","state"}]},
+                       (slot state: "programmed" | "active" | "stopped" | "lost")
                        "root_port": {"stream_id","state","slots":[...],"history":[...]}}
     tdis              {"SSSS:BB:DD.F": {"interface_id": "0x...", "state": name,
                         "lock_flags": [names], "history": [{"t", "state", "reason"}],

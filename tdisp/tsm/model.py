@@ -25,7 +25,15 @@ connect (PCIe 6.2 §6.31 CMA/SPDM, §6.33 IDE_KM):
 TDISP (PCIe 6.2 §11.3), per TDI: lock (VERSION, CAPABILITIES once, LOCK), report
 (portions, checked against the host's BARs), start (nonce from LOCK; refused until an
 acceptable report was fetched), stop; disconnect (STOP of locked TDIs, K_SET_STOP,
-root-port teardown, END_SESSION); heartbeat, key_update (SPDM session keys); status.
+root-port teardown, END_SESSION); heartbeat, key_update (SPDM session keys);
+ide_key_refresh (IDE keys into the other key set, K_SET_GO, retire the old set); status.
+
+Failures: a device refusal after the session exists (KP_ACK status, TDISP_ERROR, ...)
+during connect is unwound (K_SET_STOP of what was programmed, END_SESSION); a lost
+session (transport failure, record that does not open, INVALID_SESSION/SESSION_REQUIRED/
+DECRYPT_ERROR) makes the model forget it, stop the root-port keys and record locked TDIs
+as ERROR, as the device does (§11.4.5).  The next connect starts from GET_VERSION, which
+resets the responder's connection (DSP0274 GET_VERSION).
 """
 
 from __future__ import annotations
@@ -199,6 +207,11 @@ class TsmModel:
         """SPDM KEY_UPDATE (UpdateAllKeys + VerifyNewKey) of the session."""
         return self._operation("key_update", self._key_update)
 
+    def ide_key_refresh(self) -> TsmOperation:
+        """Re-key the IDE stream: fresh keys into the other key set on both ends,
+        K_SET_GO, then K_SET_STOP of the old set.  Value: the new key set."""
+        return self._operation("ide_key_refresh", self._ide_key_refresh)
+
     def disconnect(self) -> TsmOperation:
         return self._operation("disconnect", self._disconnect)
 
@@ -348,8 +361,9 @@ class TsmModel:
             self._session_state = "lost"
         self._session_id = None
         self.root_port.stop_all(reason)
-        for slot in self._device_slots:
-            self._device_slots[slot] = "lost"
+        for slot, st in self._device_slots.items():
+            if st in ("programmed", "active"):
+                self._device_slots[slot] = "lost"  # the device drops them (§11.4.5)
         now = self.config.clock()
         for rec in self.tdis.values():
             rec.nonce = None
@@ -458,13 +472,23 @@ class TsmModel:
         p.log(f"secured session 0x{self._session_id:08x} established")
 
         p.enter("ide_km")
-        yield from self._program_stream(p, c.key_set)
+        try:
+            yield from self._query_port(p)
+            yield from self._program_stream(p, c.key_set)
+        except Exception as exc:
+            if not isinstance(exc, TransportFailure) and not self._session_lost(exc):
+                # Unwind what this connect set up on the device (keys, session) so a
+                # refused connect leaves nothing behind; the failure keeps its step.
+                step = p.step
+                yield from self._unwind(p)
+                p.step = step
+            raise
         p.log(f"IDE stream {self._stream_id} key set {c.key_set}: both ends Secure"
               if self.root_port.secure else "IDE stream not secure")
         return f"0x{self._session_id:08x}"
 
-    def _program_stream(self, p: Progress, key_set: int) -> Gen:
-        """QUERY, KEY_PROG x6, K_SET_GO x6 on the device, mirrored on the root port."""
+    def _query_port(self, p: Progress) -> Gen:
+        """IDE_KM QUERY (§6.33.3); settles the Stream ID when taken from the host."""
         c = self.config
         km = IdeKmRequester
         self._query = km.parse_query_resp((yield from self._vdm(p, "QUERY", km.query(
@@ -479,7 +503,13 @@ class TsmModel:
                                     "Stream ID from (configure stream_id)")
             self._stream_id = ids[0]
             p.log(f"using Stream ID {self._stream_id} configured in selective stream 0")
+
+    def _program_stream(self, p: Progress, key_set: int) -> Gen:
+        """KEY_PROG x6, K_SET_GO x6 on the device, mirrored on the root port."""
+        c = self.config
+        km = IdeKmRequester
         stream_id = self._stream_id
+        assert stream_id is not None
         slots = stream_slots(stream_id, key_set, c.port_index)
         for slot in slots:
             # One fresh key per device slot; the root port gets it for the opposite
@@ -503,6 +533,42 @@ class TsmModel:
             self.root_port.go(slot)
         self._key_set = key_set
         p.log(f"K_SET_GO: key set {key_set} active on device and root port")
+
+    def _stop_device_keys(self, p: Progress, key_set: int | None = None) -> Gen:
+        """K_SET_STOP for every slot (of one key set) the device holds a key in."""
+        km = IdeKmRequester
+        for slot, st in sorted(self._device_slots.items(),
+                               key=lambda i: (i[0].key_set, i[0].tx, i[0].sub_stream)):
+            if st in ("programmed", "active") and key_set in (None, slot.key_set):
+                km.parse_gostop_ack((yield from self._vdm(
+                    p, f"K_SET_STOP {slot.describe()}", km.k_set_stop(slot))), slot)
+                self._device_slots[slot] = "stopped"
+
+    def _unwind(self, p: Progress) -> Gen:
+        """Best effort: stop the device's keys and end the session of a failed connect."""
+        sid = self._session_id
+        try:
+            yield from self._stop_device_keys(p)
+            if sid is not None:
+                yield from self._spdm(p, "END_SESSION", lambda: self._req.end_session(sid))
+                self._session_id = None
+                self._session_state = "ended"
+                p.log(f"unwound: session 0x{sid:08x} ended")
+        except Exception as exc:  # the original failure is what gets reported
+            p.log(f"unwinding stopped: {describe(exc)}")
+
+    def _ide_key_refresh(self, p: Progress) -> Gen:
+        self._require_session()
+        p.enter("ide_km")
+        old = self._key_set
+        new = old ^ 1
+        # Program and activate the other key set, then retire the old one (§6.33.3
+        # K_SET_GO switches a slot between its two key sets without a gap).
+        yield from self._program_stream(p, new)
+        yield from self._stop_device_keys(p, old)
+        self.root_port.retire_key_set(old)
+        p.log(f"IDE stream {self._stream_id}: key set {old} -> {new}")
+        return new
 
     # ---- TDISP -------------------------------------------------------------------
 
@@ -644,12 +710,7 @@ class TsmModel:
                 if rec.state in (TdiState.CONFIG_LOCKED, TdiState.RUN, TdiState.ERROR):
                     yield from self._stop(p, rec)
             p.enter("ide_km")
-            km = IdeKmRequester
-            for slot, st in list(self._device_slots.items()):
-                if st in ("programmed", "active"):
-                    km.parse_gostop_ack((yield from self._vdm(
-                        p, f"K_SET_STOP {slot.describe()}", km.k_set_stop(slot))), slot)
-                    self._device_slots[slot] = "stopped"
+            yield from self._stop_device_keys(p)
             self.root_port.stop_all("disconnect")
             p.log("IDE keys stopped on device and root port")
             p.enter("session")

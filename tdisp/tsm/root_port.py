@@ -90,6 +90,15 @@ class RootPortIde:
         if was_secure:
             self.history.append((self.clock(), f"stream {self.stream_id} Insecure: {reason}"))
 
+    def retire_key_set(self, key_set: int) -> None:
+        """Invalidate one key set after the stream moved to the other (key refresh)."""
+        for slot in list(self.states):
+            if slot.key_set == key_set:
+                if self.states[slot] == SLOT_ACTIVE:
+                    raise ValueError(f"root port {slot.describe()} is still active")
+                self._keys.pop(slot, None)
+                self.states[slot] = SLOT_STOPPED
+
     def clear(self) -> None:
         self._keys.clear()
         self.states.clear()

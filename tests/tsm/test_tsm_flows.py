@@ -281,8 +281,9 @@ def test_kp_ack_status_is_named() -> None:
     done = drive(tsm.connect(), dev)
     assert "at KEY_PROG port 0 stream 1 K0 RX PR: device refused the key: KP_ACK status " \
         "UNSUPPORTED_VALUE (3)" in done.reason
-    assert dev.responder.sessions  # SPDM session alive on the device; the TSM dropped it
-    assert tsm.session_id is None
+    # The refused connect is unwound: the session it opened is ended.
+    assert dev.responder.sessions == {} and tsm.session_id is None
+    assert done.evidence["spdm"]["session_state"] == "ended"
     # A device that accepts random IFVs gets them.
     dev = make_device(idekm_policy=IdeKmPolicy(require_initial_ifv=False))
     ok(tsm.connect(), dev)
@@ -336,3 +337,50 @@ def test_stream_id_taken_from_the_host_configuration() -> None:
     ok(tsm.lock(0), dev)
     lock = dev.tdisp.tdi(0x100).lock
     assert lock is not None and lock.params.default_stream_id == 1
+
+
+def test_refused_key_mid_stream_unwinds_programmed_keys() -> None:
+    dev = make_device()
+    acked: list[int] = []
+
+    def refuse_fourth_key(device: Device, n: int) -> None:
+        # exchanges: 7 authentication, 2 session, QUERY, then KEY_PROGs from #11
+        if n == 14:
+            acked.append(len(device.target.keys))
+            device.target.fail_program = True
+
+    dev.before = refuse_fourth_key
+    tsm = make_tsm()
+    done = drive(tsm.connect(), dev)
+    assert acked == [3]
+    assert "device refused the key: KP_ACK status UNSPECIFIED_FAILURE (4)" in done.reason
+    assert "at KEY_PROG port 0 stream 1 K0 TX PR" in done.reason  # the step that failed
+    assert not dev.target.keys and dev.responder.sessions == {}
+    states = {s["state"] for s in done.evidence["ide"]["device"]["slots"]}
+    assert states == {"stopped"}
+    events = [x["event"] for x in done.evidence["log"]]
+    assert any(e.startswith("unwound: session") for e in events)
+    dev.target.fail_program = False
+    dev.before = None
+    ok(tsm.connect(), dev)
+
+
+def test_ide_key_refresh_switches_key_sets_on_both_ends() -> None:
+    dev = make_device()
+    tsm = connect_to_run(dev)
+    old_keys = {k for k, _ in dev.target.keys.values()}
+    done = ok(tsm.ide_key_refresh(), dev)
+    assert done.value == 1 and done.evidence["ide"]["key_set"] == 1
+    assert set(dev.target.active.values()) == {1} and len(dev.target.active) == 6
+    assert {ks for (_p, _s, ks, _tx, _sub) in dev.target.keys} == {1}
+    for (_p, _s, ks, tx, sub), (key, _ifv) in dev.target.keys.items():
+        assert key not in old_keys
+        assert tsm.root_port.holds_key(RpSlot(not tx, sub, ks), key)
+    assert tsm.root_port.secure
+    assert all(not tsm.root_port.holds_key(RpSlot(tx, sub, 0), k)
+               for k in old_keys for tx in (False, True) for sub in range(3))
+    assert dev.tdi_state == "RUN"  # the stream never went Insecure
+    ok(tsm.ide_key_refresh(), dev)
+    assert set(dev.target.active.values()) == {0}
+    ok(tsm.disconnect(), dev)
+    assert not dev.target.keys
