@@ -122,6 +122,7 @@ class TsmConfig:
     mmio_reporting_offset: int = 0
     lock_flags: int | None = None  # None: NO_FW_UPDATE|LOCK_MSIX as far as supported
     report_chunk: int = 0x400
+    max_log_events: int = 2000  # evidence step log keeps the most recent (long-lived TSMs)
     spdm: dict[str, Any] = field(default_factory=dict)  # extra RequesterConfig fields
 
 
@@ -304,6 +305,9 @@ class TsmModel:
             )
 
         def finish(error: BaseException | None, value: Any) -> Done:
+            excess = len(self._events) - self.config.max_log_events
+            if excess > 0:
+                del self._events[:excess]
             if error is None:
                 p.log(f"{name}: ok")
                 return Done("ok", "", self.evidence(), value)

@@ -384,3 +384,13 @@ def test_ide_key_refresh_switches_key_sets_on_both_ends() -> None:
     assert set(dev.target.active.values()) == {0}
     ok(tsm.disconnect(), dev)
     assert not dev.target.keys
+
+
+def test_step_log_is_bounded() -> None:
+    dev = make_device()
+    tsm = make_tsm(max_log_events=5)
+    ok(tsm.connect(), dev)
+    for _ in range(3):
+        ok(tsm.heartbeat(), dev)
+    log = tsm.evidence()["log"]
+    assert len(log) <= 6 and log[-1]["event"] == "heartbeat: ok"
