@@ -165,6 +165,10 @@ class RequesterConfig:
     transport: TransportParams = field(default_factory=lambda: DOE_TRANSPORT)
     busy_retries: int = 3
     random: Callable[[int], bytes] = os.urandom
+    # Opt-in debugging aid ONLY: receives ("DHE Secret" | "PSK", bytes) per session so that
+    # traces can be decrypted with spdm_dump (--dhe_secret / --psk). Never set by default;
+    # the engine itself never logs secrets.
+    secret_sink: Callable[[str, bytes], None] | None = None
 
 
 Gen = Generator[Outgoing, bytes, Any]
@@ -228,6 +232,10 @@ class Requester:
             assert op.request is not None
             op.feed(transport(op.request))
         return op.result
+
+    def _reveal(self, label: str, secret: bytes) -> None:
+        if self.config.secret_sink is not None:
+            self.config.secret_sink(label, secret)
 
     def _now(self) -> datetime.datetime:
         return self.config.now() if self.config.now else datetime.datetime.now(datetime.UTC)
@@ -751,6 +759,7 @@ class Requester:
         except crypto.CryptoError as exc:
             raise _fail(str(exc)) from exc
         th1 = crypto.digest(a.base_hash, sess.transcript.th_k())
+        self._reveal("DHE Secret", shared)
         sess.install_handshake_keys(shared, th1)
         if not hs_clear:
             expected = sess.hmac_th(sess.rsp_finished_key, sess.transcript.th_k())
@@ -883,6 +892,7 @@ class Requester:
         sess.heartbeat_period = msg.param1
         sess.transcript.k += req + resp[: len(resp) - a.hash_size]
         th1 = crypto.digest(a.base_hash, sess.transcript.th_k())
+        self._reveal("PSK", psk)
         sess.install_handshake_keys(psk, th1)
         expected = sess.hmac_th(sess.rsp_finished_key, sess.transcript.th_k())
         if not crypto.hmac_compare(expected, msg.verify_data):

@@ -197,6 +197,10 @@ class ResponderConfig:
     not_ready: Callable[[int], bool] | None = None
     rdt_exponent: int = 10
     random: Callable[[int], bytes] = os.urandom
+    # Opt-in debugging aid ONLY: receives ("DHE Secret" | "PSK", bytes) per session so that
+    # traces can be decrypted with spdm_dump (--dhe_secret / --psk). Never set by default;
+    # the engine itself never logs secrets.
+    secret_sink: Callable[[str, bytes], None] | None = None
     # Clock for validating the requester's certificates (mutual authentication).
     now: Callable[[], datetime.datetime] | None = None
     # Monotonic seconds, for HeartbeatPeriod enforcement: a session with no message for
@@ -389,6 +393,10 @@ class Responder:
         last = session.last_activity if session.last_activity is not None else now
         session.last_activity = now
         return now - last > 2 * session.heartbeat_period
+
+    def _reveal(self, label: str, secret: bytes) -> None:
+        if self.config.secret_sink is not None:
+            self.config.secret_sink(label, secret)
 
     def _run_after_send(self) -> None:
         actions, self._after_send = self._after_send, []
@@ -966,6 +974,7 @@ class Responder:
         sig = self._sign(slot, crypto.CTX_KEY_EXCHANGE_RSP, sess.transcript.th_k())
         sess.transcript.k += sig
         th1 = crypto.digest(a.base_hash, sess.transcript.th_k())
+        self._reveal("DHE Secret", shared)
         sess.install_handshake_keys(shared, th1)
         verify = b""
         if not sess.handshake_in_clear:
@@ -1048,6 +1057,7 @@ class Responder:
         partial = encode(PskExchangeRsp, fields, meas_summary_size=len(summary))
         sess.transcript.k += request + partial
         th1 = crypto.digest(a.base_hash, sess.transcript.th_k())
+        self._reveal("PSK", psk)
         sess.install_handshake_keys(psk, th1)
         verify = sess.hmac_th(sess.rsp_finished_key, sess.transcript.th_k())
         sess.transcript.k += verify

@@ -308,3 +308,15 @@ def test_other_algorithms(key_type: str, asym: int, hsh: int, aead: int, dhe: in
     sid = link.session()
     link.run(link.requester.key_update(sid))
     link.run(link.requester.heartbeat(sid))
+
+
+def test_secret_sink_is_opt_in(p384_identity: DeviceIdentity) -> None:
+    seen: dict[str, list[bytes]] = {"rsp": [], "req": []}
+    link = make_link(p384_identity,
+                     rsp={"secret_sink": lambda k, v: seen["rsp"].append(v)},
+                     req={"secret_sink": lambda k, v: seen["req"].append(v)})
+    link.connect()
+    link.session()
+    link.run(link.requester.psk_exchange(b"hint"))
+    assert seen["rsp"] == seen["req"] and len(seen["rsp"]) == 2
+    assert seen["rsp"][1] == b"p" * 32
