@@ -36,4 +36,21 @@ Quick start (in process):
     req.run(req.get_certificate(0), transport)
     blocks = req.run(req.get_measurements(0xFF, signed=True), transport)
     sid = req.run(req.key_exchange(0), transport)
+
+DOE transport adapter (PCIe DOE, vendor 0x0001):
+
+    type 1 (SPDM):          reply = responder.handle(payload)             -> type-1 object
+    type 2 (secured SPDM):  kind, reply = responder.handle_doe(2, payload)
+                            kind is 2 normally; 1 when the record could not be attributed
+                            to a session or authenticated (plaintext ERROR, as libspdm does).
+                            responder.handle_secured(payload) returns just the bytes.
+    Payloads may carry DOE DWORD padding; replies are unpadded (pad them to a DWORD).
+    Requester side: send op.request.data as a type-`op.request.doe_type` object after waiting
+    op.request.delay_us, then op.feed(reply payload).
+
+VENDOR_DEFINED (IDE_KM, TDISP):
+
+    responder.register_vendor_handler(0x0003, b"\x01\x00", handler, protocol_id=0)
+    handler(payload_starting_with_ProtocolID, VendorRequestContext) -> response payload;
+    raise SpdmError (or an exception with `spdm_error_code`) to answer with an SPDM ERROR.
 """
