@@ -50,7 +50,7 @@ DOE transport adapter (PCIe DOE, vendor 0x0001):
 
 VENDOR_DEFINED (IDE_KM, TDISP):
 
-    responder.register_vendor_handler(0x0003, b"\x01\x00", handler, protocol_id=0)
+    responder.register_vendor_handler(0x0003, b"\\x01\\x00", handler, protocol_id=0)
     handler(payload_starting_with_ProtocolID, VendorRequestContext) -> response payload;
     raise SpdmError (or an exception with `spdm_error_code`) to answer with an SPDM ERROR.
 """
