@@ -13,7 +13,7 @@ Composition (offsets for the default profile):
 The bare endpoint serves DOE types 0001:01 (CMA/SPDM) and 0001:02 (secured
 CMA/SPDM) with `spdm_unsupported_placeholder`; `vdev.tee_device.TeeDevice` (what
 `vdev serve` runs) replaces it with the SPDM responder.  The placeholder
-which answers every request with an SPDM ERROR(UnsupportedRequest)
+answers every request with an SPDM ERROR(UnsupportedRequest)
 (DSP0274 §10.12: SPDMVersion, 0x7F, Param1 = ErrorCode 0x07, Param2 =
 ErrorData = the request code).  `register_doe_protocol` replaces it.
 """
