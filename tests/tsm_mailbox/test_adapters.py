@@ -116,6 +116,34 @@ def test_model_operation_success_and_failure() -> None:
     assert isinstance(res, Done) and res.status == -errno.EIO
 
 
+def test_model_delay_and_errno_pass_through() -> None:
+    @dataclass(frozen=True)
+    class SlowRequest:
+        doe_type: int
+        payload: bytes
+        delay_us: int
+
+    @dataclass
+    class Op1:
+        done: bool = False
+        next_request: SlowRequest | None = SlowRequest(1, b"\x10\x84\0\0", 1000)
+        result: Any = None
+
+        def feed(self, response: bytes) -> None:
+            self.done, self.next_request = True, None
+            self.result = type("R", (), {"ok": False, "reason": "refused", "evidence": {},
+                                         "value": None, "errno": -errno.EACCES})()
+
+        def fail(self, cause: int | str) -> None:
+            raise AssertionError
+
+    be = OperationBackend(lambda op, t: Op1())
+    assert be.start(Op.CONNECT, TargetFunction(0, 1, 0)) == DoeRequest(
+        1, b"\x10\x84\0\0", 1000)
+    done = be.doe_response(b"")
+    assert isinstance(done, Done) and done.status == -errno.EACCES
+
+
 def test_model_json_result() -> None:
     def start(op: Op, target: TargetFunction) -> FakeOperation:
         def gen() -> Generator[DoeRequest, bytes, Any]:

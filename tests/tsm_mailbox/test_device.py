@@ -403,3 +403,22 @@ def test_load_scripts(tmp_path: Path) -> None:
 
 def test_doorbell_constant_is_one() -> None:
     assert DOORBELL_RING == 1
+
+
+def test_responder_delay_keeps_the_mailbox_busy_until_it_passes() -> None:
+    later: list[tuple[float, Callable[[], None]]] = []
+    backend = ScriptedBackend({Op.CONNECT: [Script(
+        (DoeRequest(1, GET_VERSION, delay_us=250_000),), Done(0, "ok"))]})
+    dev = TsmMailboxDevice(backend, defer_later=lambda s, f: later.append((s, f)))
+    drv = MailboxDriver(lambda o, n: dev.region_read(RegionIndex.BAR0, o, n),
+                        lambda o, d: dev.region_write(RegionIndex.BAR0, o, d))
+    assert drv.start(Op.CONNECT, wait=False) == Status.BUSY
+    assert [s for s, _ in later] == [0.25]
+    later.pop()[1]()
+    assert drv.rd32(REG_STATUS) == Status.DOE_REQUEST and drv.request() == (1, GET_VERSION)
+    # An abort during the delay drops the held request.
+    assert drv.respond(endpoint_doe(1, GET_VERSION)) == Status.DONE
+    assert drv.start(Op.CONNECT, wait=False) == Status.BUSY
+    assert drv.ring(Op.ABORT) == Status.IDLE
+    later.pop()[1]()
+    assert drv.rd32(REG_STATUS) == Status.IDLE

@@ -47,10 +47,15 @@ class TargetFunction:
 
 @dataclass(frozen=True)
 class DoeRequest:
-    """Action: carry `payload` to the device as a DOE object of `doe_type` (vendor 0001)."""
+    """Action: carry `payload` to the device as a DOE object of `doe_type` (vendor 0001).
+
+    `delay_us`: the responder asked to be left alone this long first (SPDM
+    ResponseNotReady, DSP0274 RDTExponent); the mailbox stays BUSY that long
+    before it offers the request to the guest."""
 
     doe_type: int
     payload: bytes
+    delay_us: int = 0
 
 
 @dataclass(frozen=True)
@@ -197,8 +202,9 @@ def _done_from_json(obj: Mapping[str, Any]) -> Done:
 
 def load_scripts(path: str | Path) -> dict[Op, list[Script]]:
     """A script file: JSON {op name: [run, ...]}, each run
-    {"requests": [{"type": 1, "hex": "1084..."}], "done": {"status": 0, "reason": "...",
-    "data_hex": "..", "data_text": ".."}}.  A single run may be given without the list."""
+    {"requests": [{"type": 1, "hex": "1084...", "delay_us": 0}],
+     "done": {"status": 0, "reason": "...", "data_hex": "..", "data_text": ".."}}.
+    A single run may be given without the list."""
     raw = json.loads(Path(path).read_text())
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a JSON object of op name -> runs")
@@ -212,7 +218,8 @@ def load_scripts(path: str | Path) -> dict[Op, list[Script]]:
             raise ValueError(f"{path}: {name!r} is not a TSM operation")
         out[op] = [
             Script(
-                tuple(DoeRequest(int(r["type"]), bytes.fromhex(r["hex"]))
+                tuple(DoeRequest(int(r["type"]), bytes.fromhex(r["hex"]),
+                                 int(r.get("delay_us", 0)))
                       for r in run.get("requests", ())),
                 _done_from_json(run.get("done", {})),
             )

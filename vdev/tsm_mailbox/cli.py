@@ -104,7 +104,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         def defer(step: Callable[[], None]) -> None:
             loop.call_soon(step)
 
-        device = TsmMailboxDevice(backend, defer=defer)
+        def defer_later(seconds: float, step: Callable[[], None]) -> None:
+            loop.call_later(seconds, step)
+
+        device = TsmMailboxDevice(backend, defer=defer, defer_later=defer_later)
         log.info("TSM mailbox %s backend", "scripted" if args.scripted else "tdisp.tsm")
         await serve(device, args.socket, stop=stop)
 

@@ -83,6 +83,11 @@ log = logging.getLogger(__name__)
 Defer = Callable[[Callable[[], None]], None]
 """Runs a backend step later (e.g. `loop.call_soon`); None runs it inline."""
 
+DeferLater = Callable[[float, Callable[[], None]], None]
+"""Runs a callable after some seconds (e.g. `loop.call_later`); None: no waiting."""
+
+MAX_DELAY_US = 5_000_000  # longer than any sane RDT; the guest's step timeout is 10 s
+
 EXT_CAP_ID_DSN = 0x0003
 REGISTERS_END = REASON_OFFSET  # RegisterFile covers 0x000..0x0FF
 DOE_MAX_PAYLOAD = WINDOW_SIZE - 8  # 2^18 DW object minus the 2-DW header (§6.30.1)
@@ -137,9 +142,11 @@ class TsmMailboxDevice:
     """The platform TSM's mailbox function; `backend` makes every TSM decision."""
 
     def __init__(self, backend: TsmBackend, defer: Defer | None = None,
-                 serial: int = 0x5654_534D_0000_0001) -> None:
+                 serial: int = 0x5654_534D_0000_0001,
+                 defer_later: DeferLater | None = None) -> None:
         self.backend = backend
         self.defer = defer
+        self.defer_later = defer_later
         self._irq: IrqSink | None = None
         self._dma: DmaAccess | None = None
         self._in = bytearray(WINDOW_SIZE)
@@ -260,12 +267,28 @@ class TsmMailboxDevice:
         def run() -> None:
             if generation != self._generation:
                 return  # dropped by an error, abort or reset meanwhile
-            self._publish(self._call_backend(call))
+            action = self._call_backend(call)
+            if isinstance(action, DoeRequest) and action.delay_us and self.defer_later:
+                self._publish_later(generation, action)
+            else:
+                self._publish(action)
 
         if self.defer is None:
             run()
         else:
             self.defer(run)
+
+    def _publish_later(self, generation: int, request: DoeRequest) -> None:
+        """Stay BUSY for the responder's requested delay, then offer the request."""
+        assert self.defer_later is not None
+        delay = min(request.delay_us, MAX_DELAY_US) / 1e6
+        log.debug("DOE request held back %.3f s (responder not ready)", delay)
+
+        def publish() -> None:
+            if generation == self._generation:
+                self._publish(request)
+
+        self.defer_later(delay, publish)
 
     def _call_backend(self, call: Callable[[], Action]) -> Action:
         try:

@@ -103,7 +103,8 @@ class OperationBackend:
             req = op.next_request
             if req is None:
                 raise RuntimeError("model operation neither done nor requesting")
-            return DoeRequest(req.doe_type, bytes(req.payload))
+            delay = int(getattr(req, "delay_us", 0) or 0)
+            return DoeRequest(req.doe_type, bytes(req.payload), max(delay, 0))
         self._op = None
         done = op.result
         if done is None:
