@@ -161,7 +161,7 @@ class TeeDevice(TeeIoEndpoint):
             PCI_SIG_VENDOR_ID, DOE_TYPE_SECURED_CMA_SPDM, self._doe_secured_spdm
         )
         self.enforcement = TdiEnforcement(self, self.tdi)
-        self.add_reset_observer(self._flr_sessions)
+        self.add_reset_observer(self._flr_security_state)
 
     # ---- the TDI -----------------------------------------------------------------
 
@@ -217,7 +217,12 @@ class TeeDevice(TeeIoEndpoint):
     def _doe_secured_spdm(self, payload: bytes) -> bytes:
         return self.spdm_message(DOE_TYPE_SECURED_CMA_SPDM, payload)[1]
 
-    def _flr_sessions(self) -> None:
+    def _flr_security_state(self) -> None:
+        # The IDE model resets its streams on FLR (vdev.pci.ide_cap: keys dropped,
+        # SEL_CTL back to 0).  IDE_KM's record of which session programmed which key must
+        # follow, or a LOCK after the reset would find "keys ready" that the hardware no
+        # longer holds (§11.3.8 requires them programmed) and lock a TDI without IDE.
+        self.idekm.records.clear()
         if self.profile.flr_ends_spdm_sessions:
             self.responder.reset()  # ends every session through on_session_end
 

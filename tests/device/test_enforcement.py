@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from spdm.errors import ProtocolError
+from tdisp.errors import TdispErrorResponse
 from tdisp.tdisp_codes import LockFlags, TdiState
 from vdev.pci.header import BAR_BASE, CMD_MASTER, CMD_MEMORY, COMMAND
 from vdev.pci.ide_cap import CTL_EN, SEL_CTL, IdeStreamState
@@ -156,3 +157,16 @@ def test_interface_report_tracks_the_programmed_bar(state_dir: Path) -> None:
     host.program_bar0(0xC000_0000)
     conn = host.tdisp_connect()
     assert min(r.first_page for r in conn.report.mmio_ranges) == 0xC000_0000
+
+
+def test_lock_after_flr_needs_the_ide_stream_again(running: SecureHost) -> None:
+    host = running
+    host.cfg.write(devctl_offset(host), 2, DEVCTL_BCR_FLR)
+    assert host.stream_status() == IdeStreamState.INSECURE  # FLR reset the stream
+    with pytest.raises(TdispErrorResponse, match="INVALID_REQUEST"):
+        host.tdisp_connect()
+    host.program_bar0()
+    host.setup_stream()
+    host.ide_keys()
+    host.enable_stream()
+    assert host.tdisp_connect().state == TdiState.RUN
