@@ -303,9 +303,12 @@ class Requester:
             return raw
         record = session.seal(msg, from_requester=True)
         raw = yield Outgoing(record, True, session.session_id, delay_us)
-        if len(raw) >= 2 and raw[1] == Rsp.ERROR and len(raw) < 22:
-            # The responder could not open our record and answered in the clear.
-            return raw
+        if len(raw) < 4 or int.from_bytes(raw[:4], "little") != session.session_id:
+            # Not a record of this session: the responder could not open ours and answered
+            # with a plaintext ERROR (a type-1 DOE object, as libspdm does).
+            if len(raw) >= 4 and raw[1] == Rsp.ERROR:
+                return raw
+            raise _fail("response is neither a record of this session nor an ERROR")
         try:
             return session.open(raw, from_requester=False)
         except RecordError as exc:

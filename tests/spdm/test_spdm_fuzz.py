@@ -188,3 +188,39 @@ def test_requester_rejects_mutated_responses_cleanly(version: int, which: int, p
             link.run(r.psk_exchange(b"hint"))
     except ProtocolError:
         pass
+
+
+@settings(max_examples=MUTATIONS // 3 or 1, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 12), st.integers(0, 300), st.integers(0, 255), st.booleans())
+def test_requester_rejects_mutated_records_cleanly(which: int, pos: int, value: int,
+                                                   truncate: bool) -> None:
+    from spdm.errors import ProtocolError
+
+    link = make_link(identity_for("ecdsa-p256"))
+    link.connect()
+    orig = link.responder.handle_doe
+    count = {"n": 0}
+
+    def handle_doe(kind: int, payload: bytes) -> tuple[int, bytes]:
+        rkind, reply = orig(kind, payload)
+        if kind == 2:
+            count["n"] += 1
+            if count["n"] - 1 == which:
+                if truncate:
+                    reply = reply[: pos % (len(reply) + 1)]
+                else:
+                    b = bytearray(reply)
+                    b[pos % len(b)] = value
+                    reply = bytes(b)
+        return rkind, reply
+
+    link.responder.handle_doe = handle_doe  # type: ignore[method-assign]
+    r = link.requester
+    try:
+        sid = link.session()
+        link.run(r.get_measurements(session_id=sid))
+        link.run(r.key_update(sid))
+        link.run(r.vendor_defined(3, b"\x01\x00", b"\x09", sid))
+    except ProtocolError:
+        pass
