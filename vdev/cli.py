@@ -55,7 +55,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if len(os.fsencode(args.socket)) > 107:
         raise SystemExit(f"vdev: socket path too long for AF_UNIX (max 107 bytes): {args.socket}")
     profile = _load_profile(args.profile)
-    device = TeeDevice(profile, state_dir=args.state_dir)
+    try:
+        device = TeeDevice(profile, state_dir=args.state_dir)
+    except OSError as exc:
+        raise SystemExit(f"vdev: cannot create or load the device identity: {exc}") from None
     log.info(
         "TEE-IO endpoint %04x:%04x class %06x, BAR0 %#x, %d MSI-X vectors",
         profile.vendor_id, profile.device_id, profile.class_code,
@@ -95,12 +98,15 @@ def cmd_spdm_emu(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             raise SystemExit(f"vdev: cannot load the identity: {exc}") from None
     transport = TRANSPORT_NAMES[args.transport]
-    device = TeeDevice(
-        profile,
-        state_dir=args.state_dir,
-        identity=identity,
-        spdm_transport=MCTP_TRANSPORT if transport == TransportType.MCTP else DOE_TRANSPORT,
-    )
+    try:
+        device = TeeDevice(
+            profile,
+            state_dir=args.state_dir,
+            identity=identity,
+            spdm_transport=MCTP_TRANSPORT if transport == TransportType.MCTP else DOE_TRANSPORT,
+        )
+    except OSError as exc:
+        raise SystemExit(f"vdev: cannot create or load the device identity: {exc}") from None
 
     async def main() -> None:
         stop = asyncio.Event()
