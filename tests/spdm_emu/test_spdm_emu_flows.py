@@ -43,6 +43,14 @@ def test_session_over_mctp(emu_mctp: EmuHandle) -> None:
     device = emu_mctp.device
     with emu_mctp.client() as client:
         client.hello()
+        sent: list[bytes] = []
+        message = client.message
+
+        def spy(payload: bytes) -> bytes:
+            sent.append(payload)
+            return message(payload)
+
+        client.message = spy  # type: ignore[method-assign]
         req = Requester(RequesterConfig(trust_anchors=[device.identity.root],
                                         transport=MCTP_TRANSPORT))
 
@@ -59,6 +67,13 @@ def test_session_over_mctp(emu_mctp: EmuHandle) -> None:
         run(req.key_update(sid))
         run(req.end_session(sid))
         assert not device.responder.sessions
+    # DSP0276 record header on MCTP: SessionID u32, SeqNum u16, Length u16 (LE).
+    records = [m for m in sent if m[0] == 0x06]
+    assert records
+    first = records[0][1:]
+    assert int.from_bytes(first[:4], "little") == sid
+    assert first[4:6] == b"\x00\x00"  # FINISH, first record under the handshake keys
+    assert all(int.from_bytes(r[7:9], "little") == len(r) - 9 for r in records)
     assert emu_mctp.server.largest_reply <= QEMU_MAX_PAYLOAD
 
 
