@@ -59,6 +59,16 @@ class Outcome:
     reply: Frame | None = None
 
 
+# Every command but NORMAL: (reply command, reply payload, what happens to the connection).
+# Anything not listed is answered with UNKNOWN and the connection stays open.
+CONTROL_COMMANDS: dict[int, tuple[Command, bytes, Action]] = {
+    Command.TEST: (Command.TEST, SERVER_HELLO, Action.KEEP),
+    Command.CONTINUE: (Command.CONTINUE, b"", Action.CONTINUE),
+    Command.SHUTDOWN: (Command.SHUTDOWN, b"", Action.SHUTDOWN),
+}
+UNKNOWN_COMMAND = (Command.UNKNOWN, b"", Action.KEEP)
+
+
 class SpdmEmuResponder:
     def __init__(self, device: SpdmDevice, transport: TransportType) -> None:
         self.device = device
@@ -72,17 +82,14 @@ class SpdmEmuResponder:
             log.warning("frame with transport type %d on a %s server: dropping the connection",
                         frame.transport_type, self.transport.name)
             return Outcome(Action.DROP)
-        command = frame.command
-        if command == Command.TEST:
-            return Outcome(Action.KEEP, self._reply(Command.TEST, SERVER_HELLO))
-        if command == Command.NORMAL:
+        if frame.command == Command.NORMAL:
             return Outcome(Action.KEEP, self._reply(Command.NORMAL, self.message(frame.payload)))
-        if command == Command.CONTINUE:
-            return Outcome(Action.CONTINUE, self._reply(Command.CONTINUE))
-        if command == Command.SHUTDOWN:
-            return Outcome(Action.SHUTDOWN, self._reply(Command.SHUTDOWN))
-        log.info("unsupported spdm-emu command %#x: answering UNKNOWN", command)
-        return Outcome(Action.KEEP, self._reply(Command.UNKNOWN))
+        entry = CONTROL_COMMANDS.get(frame.command)
+        if entry is None:
+            log.info("unsupported spdm-emu command %#x: answering UNKNOWN", frame.command)
+            entry = UNKNOWN_COMMAND
+        reply, payload, action = entry
+        return Outcome(action, self._reply(reply, payload))
 
     def message(self, payload: bytes) -> bytes:
         """One transport message in, the transport message to send back (b"" for none)."""
