@@ -98,6 +98,8 @@ class DeviceRegisters:
         self.irq_count = (self.irq_count + 1) & 0xFFFF_FFFF
 
     def read(self, offset: int, count: int) -> bytes:
+        if offset + count <= REGISTER_WINDOW:
+            return self.file.read(offset, count)  # the common case, no assembling
         out = bytearray()
         pos, end = offset, offset + count
         while pos < end:

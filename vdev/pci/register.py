@@ -36,6 +36,9 @@ def _width_mask(size: int) -> int:
     return (1 << (8 * size)) - 1
 
 
+_WIDTH_MASKS = {size: _width_mask(size) for size in (1, 2, 4, 8)}
+
+
 @dataclass(eq=False)
 class Register:
     """One register of 1, 2, 4 or 8 bytes at an absolute offset in its file."""
@@ -141,6 +144,14 @@ class RegisterFile:
 
     def read(self, offset: int, count: int) -> bytes:
         self._check(offset, count)
+        if not count:
+            return b""
+        reg = self._by_byte[offset]
+        if reg is not None and reg.offset == offset and reg.size == count:
+            # Fast path: exactly one whole register (most CPU accesses).
+            return reg.read().to_bytes(count, "little")
+        if count <= 8:
+            return self._read_small(offset, count)
         out = bytearray(count)
         end = offset + count
         pos = offset
@@ -155,8 +166,34 @@ class RegisterFile:
             pos = stop
         return bytes(out)
 
+    def _read_small(self, offset: int, count: int) -> bytes:
+        """An access of at most 8 bytes assembled as an integer (no bytearray slicing)."""
+        by_byte = self._by_byte
+        value = 0
+        end = offset + count
+        pos = offset
+        while pos < end:
+            reg = by_byte[pos]
+            if reg is None:
+                pos += 1
+                continue
+            stop = min(end, reg.offset + reg.size)
+            part = (reg.read() >> (8 * (pos - reg.offset))) & ((1 << (8 * (stop - pos))) - 1)
+            value |= part << (8 * (pos - offset))
+            pos = stop
+        return value.to_bytes(count, "little")
+
     def write(self, offset: int, data: bytes) -> None:
         self._check(offset, len(data))
+        reg = self._by_byte[offset] if data else None
+        if reg is not None and reg.offset == offset and reg.size == len(data):
+            # Fast path: exactly one whole register (same effect as the loop below).
+            value = int.from_bytes(data, "little")
+            be = _WIDTH_MASKS[reg.size]
+            reg.store(value, be)
+            if reg.on_write is not None:
+                reg.on_write(value, be)
+            return
         end = offset + len(data)
         pos = offset
         hooks: list[tuple[WriteHook, int, int]] = []

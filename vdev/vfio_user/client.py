@@ -13,6 +13,7 @@ import errno
 import json
 import os
 import socket
+import struct
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -45,6 +46,12 @@ def make_memfd(size: int, name: str = "vfio-user-guest") -> int:
     return fd
 
 
+def _timeval(seconds: float) -> bytes:
+    """struct timeval for SO_RCVTIMEO/SO_SNDTIMEO (0 would mean "never time out")."""
+    usec = max(1, round(seconds * 1_000_000))
+    return struct.pack("@ll", usec // 1_000_000, usec % 1_000_000)
+
+
 class VfioUserClient:
     def __init__(self, socket_path: str, *, timeout: float = 5.0) -> None:
         self.timeout = timeout
@@ -52,9 +59,18 @@ class VfioUserClient:
         self.sock.settimeout(timeout)
         try:
             self.sock.connect(socket_path)
+            # From here on the fd is blocking and the kernel enforces the
+            # timeouts (SO_RCVTIMEO/SO_SNDTIMEO): Python's timeout mode would
+            # poll() before every send and recvmsg, three extra syscalls on
+            # each request/reply round trip.  An expired wait surfaces as
+            # EAGAIN and is turned into TimeoutError below.
+            self.sock.settimeout(None)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(timeout))
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(timeout))
         except OSError:
             self.sock.close()
             raise
+        self._rcv_timeout = timeout
         self._reader = MessageReader(self.sock, max_size=wire.MAX_MESSAGE_SIZE + 64)
         self._next_id = 0
         self.server_caps: dict[str, Any] = {}
@@ -80,27 +96,23 @@ class VfioUserClient:
 
     def send_raw(self, data: bytes, fds: Sequence[int] = ()) -> None:
         """Send bytes (and fds) as they are, in one sendmsg."""
-        sent = sendmsg_all(self.sock, data, tuple(fds)) if fds else self.sock.send(data)
-        if sent < len(data):
-            self.sock.sendall(data[sent:])
+        try:
+            sent = sendmsg_all(self.sock, data, tuple(fds)) if fds else self.sock.send(data)
+            if sent < len(data):
+                self.sock.sendall(data[sent:])
+        except BlockingIOError:  # SO_SNDTIMEO expired
+            raise TimeoutError("timed out") from None
 
     def recv(self, timeout: float | None = None) -> Message:
         """Next message from the server, unprocessed (TimeoutError if none)."""
-        if timeout is None or timeout == self.timeout:
-            # The socket already has the default timeout: no settimeout
-            # syscalls on the request/reply hot path.
-            while True:
-                msg = self._reader.poll()
-                if msg is not None:
-                    return msg
-        self.sock.settimeout(timeout)
-        try:
-            while True:
-                msg = self._reader.poll()
-                if msg is not None:
-                    return msg
-        finally:
-            self.sock.settimeout(self.timeout)
+        wait = self.timeout if timeout is None else timeout
+        if wait != self._rcv_timeout:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(wait))
+            self._rcv_timeout = wait
+        msg = self._reader.poll()
+        if msg is None:  # SO_RCVTIMEO expired (partial state is kept)
+            raise TimeoutError("timed out")
+        return msg
 
     def poll_message(self, timeout: float = 0.2) -> Message | None:
         """A message if one arrives within `timeout`, else None."""

@@ -199,6 +199,14 @@ class Connection:
                 if msg is None:
                     return
                 self._dispatch(msg)
+                if msg.flags & (_TYPE_MASK | _NO_REPLY) == _REQUEST:
+                    # Answered a request: its sender is most likely waiting for
+                    # that reply, not sending more, so go back to the event loop
+                    # instead of paying for a recvmsg that would fail with
+                    # EAGAIN.  The reader is level-triggered: anything already
+                    # queued calls us again, still in order.  Bursts of posted
+                    # writes (NO_REPLY) and DMA replies are drained here.
+                    return
         except PeerClosed as exc:
             self.close(str(exc), logging.INFO)
         except DropClient as exc:
