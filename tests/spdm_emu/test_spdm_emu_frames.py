@@ -143,3 +143,19 @@ def test_second_client_waits_for_the_first(emu: EmuHandle) -> None:
     second.sock.settimeout(5)
     assert second.recv().payload == SERVER_HELLO
     second.close()
+
+
+def test_device_failure_drops_only_that_connection(
+    emu: EmuHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(obj: bytes) -> bytes | None:
+        raise RuntimeError("device bug")
+
+    with emu.client() as client:
+        monkeypatch.setattr(emu.device, "doe_object", broken)
+        client.send(Command.NORMAL, DISCOVERY_0)
+        with pytest.raises(ConnectionError):
+            client.recv()
+    monkeypatch.undo()
+    with emu.client() as client:
+        assert client.discover() == [(1, 0), (1, 1), (1, 2)]

@@ -101,6 +101,8 @@ class SpdmEmuServer:
                 await self._serve(reader, writer)
             except (ConnectionError, asyncio.IncompleteReadError) as exc:
                 log.info("spdm-emu connection from %s lost: %s", peer, exc)
+            except Exception:  # a device bug must not take the server down with it
+                log.exception("spdm-emu: error serving %s; dropping the connection", peer)
             finally:
                 writer.close()
                 with contextlib.suppress(ConnectionError):
