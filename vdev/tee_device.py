@@ -6,7 +6,9 @@ IDE) composed with:
   identity      spdm.identity chain root CA -> intermediate -> leaf, generated on first
                 use into the state directory (default
                 ``~/.local/state/vdev/identity/<vendor>-<device>``, e.g. ``1ded-7e10``;
-                keys 0600, directory 0700) and reused; the leaf's CMA SAN
+                spdm.identity.load_or_create keeps slot 0 in ``slot0/`` there, keys
+                0600, directory 0700; ``root.pem`` is the requester's trust anchor)
+                and reused; the leaf's CMA SAN
                 (2.23.147, Linux drivers/pci/cma-x509.c) carries the profile's
                 vendor/device/class/revision.  Or pass `identity=` (vdev spdm-emu
                 --cert-chain/--key).
@@ -27,6 +29,9 @@ IDE) composed with:
                 reports ended sessions to it with `session_ended`, which moves
                 TDIs locked over them to ERROR and stops their IDE keys (§11.4.5)
   enforcement   `vdev.tdi_enforcement.TdiEnforcement`
+  FLR           besides the TDI reset (enforcement): IDE_KM forgets its key records,
+                because the IDE model drops the keys; SPDM sessions end only with the
+                profile's `flr_ends_spdm_sessions`
 
 Transport-independent entry points, used by the DOE mailbox and by `vdev.spdm_emu`:
 
@@ -38,6 +43,11 @@ Known limitation: a DOE mailbox answers with the request's object type, so the r
 plaintext ERROR the responder sends for an undecryptable type-2 request goes out
 in a type-2 object through the mailbox (`doe_object` and spdm-emu use type 1, as
 libspdm does).
+
+Known interop gap (spdm/, not fixed here): libspdm's MCTP binding puts the MCTP
+message type (0x05) *inside* the encrypted application data of a secured record
+(libspdm_transport_mctp_encode_message); spdm.secured_message seals the bare SPDM
+message.  Our MCTP requester and responder agree with each other, not with libspdm's.
 """
 
 from __future__ import annotations
