@@ -1,6 +1,10 @@
 """DOE data object wire format (PCIe r6.0 §6.30.1) and the Discovery protocol (§6.30.1.1).
 
 Declared once with `construct`; the mailbox builds and parses through these.
+Parsed headers and discovery requests and built headers and discovery
+responses are memoised (they repeat for every exchange of a protocol, and a
+construct parse/build costs ~10 us; DOE traffic is on the config-access hot
+path).  Results are immutable, errors are never cached.
 
 Header (2 DW, little-endian as every config access):
   DW0: Vendor ID u16 | Data Object Type u8 | reserved u8
@@ -12,6 +16,7 @@ Discovery response payload (1 DW): Vendor ID u16 | Data Object Type u8 | Next In
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from construct import ExprAdapter, Int8ul, Int16ul, Int32ul, Padding, Struct
@@ -81,6 +86,11 @@ class DoeHeaderFields:
 
 def parse_header(raw: bytes) -> DoeHeaderFields:
     """Parse the 8-byte header; `length_dw` already maps 0 to 2^18."""
+    return _parse_header(bytes(raw[: 4 * HEADER_DW]))
+
+
+@lru_cache(maxsize=256)
+def _parse_header(raw: bytes) -> DoeHeaderFields:
     obj = DoeHeader.parse(raw)
     return DoeHeaderFields(DoeProtocolId(obj.vendor_id, obj.data_object_type), int(obj.length))
 
@@ -88,18 +98,26 @@ def parse_header(raw: bytes) -> DoeHeaderFields:
 def build_object(protocol: DoeProtocolId, payload: bytes) -> bytes:
     """Header + payload, zero-padded to a DW multiple (as Linux pads requests)."""
     padded = payload + bytes(-len(payload) % 4)
-    header = DoeHeader.build(
-        {
-            "vendor_id": protocol.vendor_id,
-            "data_object_type": protocol.data_object_type,
-            "length": HEADER_DW + len(padded) // 4,
-        }
+    return _build_header(protocol.vendor_id, protocol.data_object_type,
+                         HEADER_DW + len(padded) // 4) + padded
+
+
+@lru_cache(maxsize=256)
+def _build_header(vendor_id: int, data_object_type: int, length: int) -> bytes:
+    return bytes(
+        DoeHeader.build(
+            {"vendor_id": vendor_id, "data_object_type": data_object_type, "length": length}
+        )
     )
-    return bytes(header) + padded
 
 
 def parse_discovery_request(payload: bytes) -> tuple[int, int]:
     """Returns (index, version)."""
+    return _parse_discovery_request(bytes(payload[:4]))
+
+
+@lru_cache(maxsize=256)
+def _parse_discovery_request(payload: bytes) -> tuple[int, int]:
     obj = DiscoveryRequest.parse(payload)
     return int(obj.index), int(obj.version)
 
@@ -109,11 +127,16 @@ def build_discovery_request(index: int, version: int = 2) -> bytes:
 
 
 def build_discovery_response(protocol: DoeProtocolId, next_index: int) -> bytes:
+    return _build_discovery_response(protocol.vendor_id, protocol.data_object_type, next_index)
+
+
+@lru_cache(maxsize=256)
+def _build_discovery_response(vendor_id: int, data_object_type: int, next_index: int) -> bytes:
     return bytes(
         DiscoveryResponse.build(
             {
-                "vendor_id": protocol.vendor_id,
-                "data_object_type": protocol.data_object_type,
+                "vendor_id": vendor_id,
+                "data_object_type": data_object_type,
                 "next_index": next_index,
             }
         )
