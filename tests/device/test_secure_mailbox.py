@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from spdm.requester import Outgoing
+from spdm.codes import ReqCap
+from spdm.requester import Outgoing, Requester, RequesterConfig
 from tdisp.tdisp_codes import MmioAttr, TdiState
 from vdev.doe_requester import DoeRequester
 from vdev.pci.ide_cap import IdeStreamState
@@ -54,3 +55,19 @@ def test_full_flow_over_the_mailbox(state_dir: Path) -> None:
     # §11.4.5: the session that locked the TDI ended -> ERROR, and its IDE keys are gone.
     assert tdi_state(device) == TdiState.ERROR
     assert host.stream_status() == IdeStreamState.INSECURE
+
+
+def test_linux_cma_like_authentication(state_dir: Path) -> None:
+    """Linux lib/spdm: requester caps CERT|CHAL only, CTExponent 20, no session; without
+    CHUNK_CAP its DataTransferSize equals its MaxSPDMmsgSize (DSP0274 1.2)."""
+    device = TeeDevice(state_dir=state_dir)
+    host = mailbox_host(device)
+    host.requester = Requester(RequesterConfig(
+        capabilities=int(ReqCap.CERT | ReqCap.CHAL), ct_exponent=20,
+        data_transfer_size=0x1000, max_spdm_msg_size=0x1000, trust_anchors=[device.identity.root]))
+    r = host.requester
+    host.run(r.init_connection())
+    host.run(r.get_digests())
+    host.run(r.get_certificate(0))
+    host.run(r.challenge(0))
+    assert r.version == 0x13

@@ -159,3 +159,21 @@ def test_device_failure_drops_only_that_connection(
     monkeypatch.undo()
     with emu.client() as client:
         assert client.discover() == [(1, 0), (1, 1), (1, 2)]
+
+
+def test_qemu_like_client(emu: EmuHandle) -> None:
+    """QEMU's spdm-socket: no TEST, whole DOE objects in NORMAL frames, SHUTDOWN at the end."""
+    get_version = bytes.fromhex("01000100 03000000 10840000")  # reference §4.6 example
+    with raw_socket(emu) as sock:
+        sock.sendall(Frame(Command.NORMAL, TransportType.PCI_DOE, get_version).encode())
+        header = read_exactly(sock, 12)
+        size = int.from_bytes(header[8:], "big")
+        assert header[:8] == bytes.fromhex("00000001 00000002") and size <= 0x1200
+        obj = read_exactly(sock, size)
+        assert obj[:4] == bytes.fromhex("01000100")  # vendor 1, type 1
+        assert int.from_bytes(obj[4:8], "little") * 4 == size
+        assert obj[8:10] == b"\x10\x04"  # VERSION
+        sock.sendall(Frame(Command.SHUTDOWN, TransportType.PCI_DOE).encode())
+        assert read_exactly(sock, 12) == bytes.fromhex("0000fffe 00000002 00000000")
+    emu.thread.join(5)
+    assert emu.server.shut_down
