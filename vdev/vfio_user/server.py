@@ -94,8 +94,13 @@ _REQUEST = wire.REQUEST
 _REPLY = wire.REPLY
 #: Most fds each command may carry; others carry none.
 _MAX_FDS: dict[int, int] = {Command.DMA_MAP: 1, Command.DEVICE_SET_IRQS: wire.RECV_FDS}
-_REGION_ACCESS = wire.REGION_ACCESS
-_REGION_ACCESS_DATA = wire.REGION_ACCESS_DATA
+_MAX_XFER = wire.MAX_DATA_XFER_SIZE
+# RegionAccess (= the fixed part of RegionAccessData) as the derived struct's
+# own methods: lengths are checked and values come from a parsed request.
+_unpack_access = wire.REGION_ACCESS.struct.unpack_from
+_pack_access = wire.REGION_ACCESS.struct.pack
+_pack_header = wire.HEADER.struct.pack
+_HEADER_SIZE = wire.HEADER_SIZE
 
 
 @dataclass
@@ -148,6 +153,17 @@ class Connection:
         self._abandoned: set[int] = set()
         self._nesting = 0
         self._regions: dict[int, RegionInfo] = {r.index: r for r in device.regions()}
+        # Per region index, the size a read / write may reach (-1: no access at
+        # all), so the hot path can accept a valid access with one comparison;
+        # anything else goes through _check_region for the exact refusal.
+        self._read_limit = [-1] * NUM_REGIONS
+        self._write_limit = [-1] * NUM_REGIONS
+        for index, info in self._regions.items():
+            if 0 <= index < NUM_REGIONS and info.size:
+                if info.readable:
+                    self._read_limit[index] = info.size
+                if info.writable:
+                    self._write_limit[index] = info.size
         self._handlers: dict[int, _Handler] = {
             Command.VERSION: self._version,
             Command.DMA_MAP: self._dma_map,
@@ -269,7 +285,9 @@ class Connection:
             return
         # Posted writes and WRITE_MULTI never get a reply (reference §7.1).
         if not no_reply:
-            self._send(wire.build_message(msg.id, msg.cmd, payload, flags=_REPLY))
+            # wire.build_message, inlined (msg.id and msg.cmd are parsed u16s).
+            self._send(_pack_header(msg.id, msg.cmd, _HEADER_SIZE + len(payload), _REPLY, 0)
+                       + payload)
 
     def _on_reply(self, msg: Message) -> None:
         pending = self._pending.pop(msg.id, None)
@@ -589,27 +607,31 @@ class Connection:
         if len(payload) < wire.REGION_ACCESS_SIZE:
             raise ProtocolError(errno.EINVAL, f"payload {len(payload)} bytes, "
                                 f"need {wire.REGION_ACCESS_SIZE}")
-        offset, region, count = _REGION_ACCESS.unpack(payload)
-        self._check_region(region, offset, count, write=False)
+        offset, region, count = _unpack_access(payload)
+        if not (region < NUM_REGIONS and count <= _MAX_XFER
+                and offset + count <= self._read_limit[region]):
+            self._check_region(region, offset, count, write=False)
         data = bytes(self.device.region_read(region, offset, count))
         if len(data) != count:
             # QEMU requires the reply count to equal the request (reference §1).
             raise ProtocolError(errno.EIO, f"device returned {len(data)} of {count} bytes")
-        return _REGION_ACCESS_DATA.pack(offset, region, count) + data
+        return _pack_access(offset, region, count) + data
 
     def _region_write(self, msg: Message) -> bytes:
         payload = msg.payload
         if len(payload) < wire.REGION_ACCESS_SIZE:
             raise ProtocolError(errno.EINVAL, "REGION_WRITE payload too short")
-        offset, region, count = _REGION_ACCESS.unpack(payload)
+        offset, region, count = _unpack_access(payload)
         if len(payload) - wire.REGION_ACCESS_SIZE != count:
             raise ProtocolError(
                 errno.EINVAL,
                 f"REGION_WRITE count {count} but {len(payload) - 16} data bytes",
             )
-        self._check_region(region, offset, count, write=True)
+        if not (region < NUM_REGIONS and count <= _MAX_XFER
+                and offset + count <= self._write_limit[region]):
+            self._check_region(region, offset, count, write=True)
         self.device.region_write(region, offset, payload[wire.REGION_ACCESS_SIZE :])
-        return _REGION_ACCESS.pack(offset, region, count)
+        return _pack_access(offset, region, count)
 
     def _device_reset(self, msg: Message) -> bytes:
         # DMA maps and IRQ fds survive a device reset: QEMU does not re-send

@@ -18,12 +18,14 @@ import socket
 from dataclasses import dataclass, field
 
 from .errors import DropClient
-from .wire import HEADER_SIZE, MAX_MESSAGE_SIZE, RECV_FDS, unpack_header
+from .wire import HEADER, HEADER_SIZE, MAX_MESSAGE_SIZE, RECV_FDS
 
 _FD_SIZE = array.array("i").itemsize
 _CMSG_SPACE = socket.CMSG_SPACE(RECV_FDS * _FD_SIZE)
 _MSG_CTRUNC = int(socket.MSG_CTRUNC)  # plain ints: enum operators are slow
 _MSG_CMSG_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
+#: (id, cmd, size, flags, error) of exactly HEADER_SIZE bytes (wire.Header's layout).
+_unpack_header = HEADER.struct.unpack_from
 
 
 @dataclass(slots=True)
@@ -110,7 +112,7 @@ class MessageReader:
                 data = bytes(self._buf)
                 self._buf = bytearray()
             if hdr is None:
-                hdr = unpack_header(data)
+                hdr = _unpack_header(data)
                 size = hdr[2]
                 if size < HEADER_SIZE or size > self._max_size:
                     raise DropClient(

@@ -278,9 +278,11 @@ class FixedCodec:
 
     `unpack` returns the field values as a tuple in declaration order; errors
     are raised as construct exceptions so callers keep catching ConstructError.
+    `struct` is the derived `struct.Struct` itself, for callers that have
+    already checked the length and ranges (no Python-level frame per call).
     """
 
-    __slots__ = ("names", "size", "_struct")
+    __slots__ = ("names", "size", "struct")
 
     def __init__(self, decl: Any, *, prefix: bool = False) -> None:
         fmt = "<"
@@ -297,23 +299,23 @@ class FixedCodec:
                 break
             else:
                 raise TypeError(f"{sub!r} has no fixed little-endian struct layout")
-        self._struct = _struct.Struct(fmt)
+        self.struct = _struct.Struct(fmt)
         self.names = tuple(names)
-        self.size = self._struct.size
+        self.size = self.struct.size
         if not prefix and self.size != decl.sizeof():
             raise TypeError(f"derived layout {fmt} disagrees with the declaration")
 
     def unpack(self, data: bytes) -> tuple[int, ...]:
         """Fields from the first `size` bytes of `data` (more bytes are ignored)."""
         try:
-            return self._struct.unpack_from(data)
+            return self.struct.unpack_from(data)
         except _struct.error as exc:
             raise StreamError(f"need {self.size} bytes, have {len(data)}: {exc}") from None
 
     def pack(self, *values: int) -> bytes:
         """The fields' bytes, values in declaration order."""
         try:
-            return self._struct.pack(*values)
+            return self.struct.pack(*values)
         except _struct.error as exc:
             raise FormatFieldError(f"cannot build {self.names}={values}: {exc}") from None
 
