@@ -19,6 +19,10 @@ line names the change.  `TdiEnforcement` watches the endpoint through its hooks:
                                    writes reach us only from clients that do not
                                    emulate MSI-X (tests, other VMMs).  A guest
                                    reprogramming a vector under QEMU is invisible here.
+                                   vfio-user carries no TLP T bit either, so a write
+                                   cannot be told to come from the TVM (allowed on
+                                   TEE-owned ranges) or from the host: every change is
+                                   treated as the host's.
   IDE (ide.control_observers, ide.observers)
                                    a SEL_CTL write that changes the control register
                                    of the TDI's default stream (the stream whose

@@ -135,7 +135,8 @@ class TeeDevice(TeeIoEndpoint):
         if identity is None:
             directory = Path(state_dir) if state_dir is not None else default_state_dir(p)
             identity = load_or_create(directory, identity_params(p))
-            log.info("device identity from %s", directory)
+            log.info("device identity in %s (trust anchor %s)",
+                     directory, directory / "slot0" / "root.pem")
         self.identity = identity
         self.measurements = DeviceMeasurements(p, self.config)
 
@@ -171,6 +172,9 @@ class TeeDevice(TeeIoEndpoint):
             PCI_SIG_VENDOR_ID, DOE_TYPE_SECURED_CMA_SPDM, self._doe_secured_spdm
         )
         self.enforcement = TdiEnforcement(self, self.tdi)
+        log.info("TDI %s (INTERFACE_ID function id %#010x), TDISP policy %s",
+                 self.interface.interface_id, self.interface.interface_id.function_id,
+                 self.tdisp.policy.name)
         self.add_reset_observer(self._flr_security_state)
 
     # ---- the TDI -----------------------------------------------------------------
