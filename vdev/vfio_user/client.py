@@ -24,6 +24,16 @@ from .errors import VfioUserError
 from .transport import Message, MessageReader, sendmsg_all
 from .wire import Command, MsgType
 
+# Hot-path constants as plain ints (enum operators are Python-level calls).
+_NO_REPLY = wire.NO_REPLY
+_TYPE_MASK = wire.TYPE_MASK
+_REQUEST = wire.REQUEST
+_ERROR = wire.ERROR
+_REGION_READ = int(Command.REGION_READ)
+_REGION_WRITE = int(Command.REGION_WRITE)
+_ACCESS_DATA = wire.REGION_ACCESS_DATA
+_ACCESS_DATA_SIZE = wire.REGION_ACCESS_DATA.size
+
 DmaReadHandler = Callable[[int, int], bytes]
 DmaWriteHandler = Callable[[int, bytes], None]
 
@@ -134,19 +144,28 @@ class VfioUserClient:
         Server requests arriving meanwhile are answered.  An error reply
         raises VfioUserError with the server's errno.
         """
-        msg_id = self.next_id()
-        flags = wire.NO_REPLY if no_reply else 0
-        self.send_raw(wire.build_message(msg_id, cmd, payload, flags=flags), fds)
+        msg_id = self._next_id
+        self._next_id = (msg_id + 1) & 0xFFFF  # as next_id(), inlined
+        data = wire.build_message(msg_id, cmd, payload, flags=_NO_REPLY if no_reply else 0)
+        if fds:
+            self.send_raw(data, fds)
+        else:
+            try:
+                sent = self.sock.send(data)
+                if sent < len(data):
+                    self.sock.sendall(data[sent:])
+            except BlockingIOError:  # SO_SNDTIMEO expired
+                raise TimeoutError("timed out") from None
         if no_reply:
             return None
         while True:
             msg = self.recv()
-            if msg.flags & wire.TYPE_MASK == wire.REQUEST:
+            if msg.flags & _TYPE_MASK == _REQUEST:
                 self.handle_server_request(msg)
                 continue
             if msg.id != msg_id:
                 raise VfioUserError(errno.EPROTO, f"reply id {msg.id}, expected {msg_id}")
-            if msg.flags & wire.ERROR:
+            if msg.flags & _ERROR:
                 raise VfioUserError(msg.error, f"{wire.command_name(cmd)}: "
                                     f"{os.strerror(msg.error)}")
             return msg
@@ -255,11 +274,12 @@ class VfioUserClient:
 
     def region_read(self, index: int, offset: int, count: int) -> bytes:
         payload = wire.REGION_ACCESS.pack(offset, index, count)
-        reply = self._req(Command.REGION_READ, payload).payload
+        reply = self.request(_REGION_READ, payload)
+        assert reply is not None
         # RegionAccessData: the fixed part, then exactly `count` data bytes.
-        fixed = wire.REGION_ACCESS_DATA
-        n = fixed.unpack(reply)[2]
-        data = reply[fixed.size : fixed.size + n]
+        body = reply.payload
+        n = _ACCESS_DATA.unpack(body)[2]
+        data = body[_ACCESS_DATA_SIZE : _ACCESS_DATA_SIZE + n]
         if len(data) != n:
             raise StreamError(f"REGION_READ reply has {len(data)} of {n} data bytes")
         return data
@@ -267,7 +287,7 @@ class VfioUserClient:
     def region_write(self, index: int, offset: int, data: bytes, *, posted: bool = False) -> None:
         """A write; `posted` sets NO_REPLY like QEMU's memory-BAR writes (reference §2.15)."""
         payload = wire.REGION_ACCESS_DATA.pack(offset, index, len(data)) + bytes(data)
-        self.request(Command.REGION_WRITE, payload, no_reply=posted)
+        self.request(_REGION_WRITE, payload, no_reply=posted)
 
     def device_reset(self) -> None:
         self._req(Command.DEVICE_RESET)
