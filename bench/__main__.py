@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.socket_floor import run_socket_floor
 from bench.vfio_user_bench import run_vfio_user_benchmarks
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -42,6 +43,7 @@ def main() -> int:
     }
     with tempfile.TemporaryDirectory(prefix="vdev-bench-") as tmp:
         report["vfio_user"] = run_vfio_user_benchmarks(Path(tmp))
+    report["socket_floor"] = run_socket_floor()
     text = json.dumps(report, indent=2)
     print(text)
     RESULTS.mkdir(exist_ok=True)
