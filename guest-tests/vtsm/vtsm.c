@@ -30,6 +30,7 @@
  * polls STATUS as a fallback, so a TSM that dies mid-operation costs the
  * caller -ETIMEDOUT (or -EIO once the device reads all-ones), never a hang.
  */
+#include <linux/bitfield.h>
 #include <linux/completion.h>
 #include <linux/delay.h>
 #include <linux/interrupt.h>
@@ -89,6 +90,10 @@ enum vtsm_status {
 	VTSM_DONE = 3,
 	VTSM_ERROR = 4,
 };
+
+static unsigned int ide_stream_id = 1;
+module_param(ide_stream_id, uint, 0444);
+MODULE_PARM_DESC(ide_stream_id, "IDE Stream ID of the default selective stream (0-254)");
 
 static unsigned int step_timeout_ms = 10000;
 module_param(step_timeout_ms, uint, 0644);
@@ -315,10 +320,13 @@ static int vtsm_op(struct vtsm *vt, u32 op, struct pci_dev *target,
 	if (rc)
 		pci_err(target, "vtsm: %s via %s failed: %d (%s)\n",
 			vtsm_op_name(op), dev_name(&vt->tsm_dev->dev), rc,
-			res->reason);
-	else
+			res->reason[0] ? res->reason : "no reason given");
+	else if (res->reason[0])
 		pci_info(target, "vtsm: %s via %s ok (%s)\n", vtsm_op_name(op),
 			 dev_name(&vt->tsm_dev->dev), res->reason);
+	else
+		pci_info(target, "vtsm: %s via %s ok\n", vtsm_op_name(op),
+			 dev_name(&vt->tsm_dev->dev));
 	if (len)
 		*len = rc ? 0 : res->data_len;
 	return rc;
@@ -354,15 +362,87 @@ static void vtsm_link_remove(struct pci_tsm *tsm)
 	kfree(dsm);
 }
 
+/*
+ * The endpoint half of the default Selective IDE stream, written directly:
+ * pci_ide_stream_setup() needs a Root Port with IDE, which QEMU's root ports
+ * lack, so pdev->ide_cap stays 0 (Linux reference, section 2 IDE).  Like
+ * sev-dev-tsm.c's streams_setup(), the host programs the Stream ID before
+ * the TSM programs keys over IDE_KM, and enables the stream afterwards.
+ */
+static int vtsm_ide_sel_ctl(struct pci_dev *pdev)
+{
+	int cap = pci_find_ext_capability(pdev, PCI_EXT_CAP_ID_IDE);
+	u32 ide_cap, nr_link = 0;
+
+	if (!cap)
+		return 0;
+	pci_read_config_dword(pdev, cap + PCI_IDE_CAP, &ide_cap);
+	if (!(ide_cap & PCI_IDE_CAP_SELECTIVE))
+		return 0;
+	if (ide_cap & PCI_IDE_CAP_LINK)
+		nr_link = 1 + FIELD_GET(PCI_IDE_CAP_LINK_TC_NUM, ide_cap);
+	return cap + PCI_IDE_LINK_STREAM_0 + nr_link * PCI_IDE_LINK_BLOCK_SIZE +
+	       PCI_IDE_SEL_CTL;
+}
+
+static void vtsm_ide_setup(struct pci_dev *pdev)
+{
+	int ctl = vtsm_ide_sel_ctl(pdev);
+
+	if (ide_stream_id >= PCI_IDE_SEL_CTL_ID_MAX) {
+		pci_warn(pdev, "vtsm: ide_stream_id %u is reserved, IDE left alone\n",
+			 ide_stream_id);
+		return;
+	}
+	if (ctl)
+		pci_write_config_dword(pdev, ctl,
+				       FIELD_PREP(PCI_IDE_SEL_CTL_ID, ide_stream_id) |
+				       PCI_IDE_SEL_CTL_DEFAULT);
+}
+
+static void vtsm_ide_enable(struct pci_dev *pdev)
+{
+	int ctl = vtsm_ide_sel_ctl(pdev);
+	u32 val, sts;
+
+	if (!ctl)
+		return;
+	pci_read_config_dword(pdev, ctl, &val);
+	pci_write_config_dword(pdev, ctl, val | PCI_IDE_SEL_CTL_EN);
+	pci_read_config_dword(pdev, ctl - PCI_IDE_SEL_CTL + PCI_IDE_SEL_STS, &sts);
+	pci_info(pdev, "vtsm: IDE stream %u enabled, state %lu\n", ide_stream_id,
+		 FIELD_GET(PCI_IDE_SEL_STS_STATE, sts));
+}
+
+/* Back to what pci_ide_init() leaves in an unused stream: reserved ID 255. */
+static void vtsm_ide_teardown(struct pci_dev *pdev)
+{
+	int ctl = vtsm_ide_sel_ctl(pdev);
+
+	if (ctl)
+		pci_write_config_dword(pdev, ctl,
+				       FIELD_PREP(PCI_IDE_SEL_CTL_ID,
+						  PCI_IDE_SEL_CTL_ID_MAX));
+}
+
 static int vtsm_link_connect(struct pci_dev *pdev)
 {
-	return vtsm_op(vtsm_of(pdev), VTSM_OP_CONNECT, pdev, pdev, NULL, 0,
-		       NULL);
+	int rc;
+
+	vtsm_ide_setup(pdev);
+	rc = vtsm_op(vtsm_of(pdev), VTSM_OP_CONNECT, pdev, pdev, NULL, 0, NULL);
+	if (rc) {
+		vtsm_ide_teardown(pdev);
+		return rc;
+	}
+	vtsm_ide_enable(pdev);
+	return 0;
 }
 
 static void vtsm_link_disconnect(struct pci_dev *pdev)
 {
 	vtsm_op(vtsm_of(pdev), VTSM_OP_DISCONNECT, pdev, pdev, NULL, 0, NULL);
+	vtsm_ide_teardown(pdev);
 }
 
 static struct pci_tdi *vtsm_link_bind(struct pci_dev *pdev, struct kvm *kvm,
@@ -435,6 +515,8 @@ static ssize_t vtsm_link_guest_req(struct pci_tdi *tdi,
 	*tsm_code = rc;
 	if (rc)
 		return rc;
+	if (!out_len)
+		return 0;	/* the caller wants the step, not its data */
 	if (len > out_len)
 		return -EOVERFLOW;
 	if (copy_to_sockptr(req_out, buf, len))

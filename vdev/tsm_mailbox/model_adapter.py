@@ -5,10 +5,9 @@ The model drives one operation as an object with `done`, `next_request`
 (a request with `doe_type` and `payload`), `feed(bytes)`, `fail(cause)` and
 `result` (status "ok"/"failed", reason, evidence, value).  It has no errno,
 so a failed result maps to -EIO unless the result carries an `errno`
-attribute; the reason text goes to the guest unchanged.  DONE data: bytes
-values as they are (e.g. a raw interface report), anything else as JSON of
-{"value": ..., "evidence": ...}.  Only structural typing is used, so this
-module does not import tdisp.
+attribute; the reason text goes to the guest unchanged.  DONE data: see
+`_result_data`.  A request's `delay_us` (SPDM ResponseNotReady) is passed on.
+Only structural typing is used, so this module does not import tdisp.
 """
 
 from __future__ import annotations
@@ -62,10 +61,16 @@ StartOperation = Callable[[Op, TargetFunction], ModelOperation]
 
 
 def _result_data(done: ModelDone) -> bytes:
+    """Bytes values as they are (the raw interface report); other values as
+    compact JSON {"value": ...} (e.g. {"value": "RUN"} for STATUS).  The
+    evidence document stays with the model: it is large (certificates,
+    measurements) and a guest sysfs read is one page."""
     if isinstance(done.value, bytes | bytearray):
         return bytes(done.value)
-    return json.dumps({"value": done.value, "evidence": done.evidence},
-                      default=str, sort_keys=True).encode()
+    if done.value is None:
+        return b""
+    return json.dumps({"value": done.value}, default=str, sort_keys=True,
+                      separators=(",", ":")).encode()
 
 
 class OperationBackend:
