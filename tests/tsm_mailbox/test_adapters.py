@@ -102,6 +102,7 @@ def test_model_operation_success_and_failure() -> None:
     done = be.doe_response(spdm_unsupported_placeholder(b"\x10\x84\x00\x00"))
     assert isinstance(done, Done) and done.status == -errno.EIO
     assert done.reason == "device answered SPDM ERROR"
+    assert json.loads(done.data) == {"evidence": {}}  # what the model knew when it refused
 
     assert be.start(Op.REPORT, TargetFunction(0, 1, 0)).doe_type == 1  # type: ignore[union-attr]
     assert be.doe_response(b"\x12\x04\x00\x00") == DoeRequest(2, b"secured")

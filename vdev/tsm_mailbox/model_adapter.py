@@ -60,17 +60,23 @@ class ModelOperation(Protocol):
 StartOperation = Callable[[Op, TargetFunction], ModelOperation]
 
 
+def _json(obj: object) -> bytes:
+    return json.dumps(obj, default=str, sort_keys=True, separators=(",", ":")).encode()
+
+
 def _result_data(done: ModelDone) -> bytes:
-    """Bytes values as they are (the raw interface report); other values as
-    compact JSON {"value": ...} (e.g. {"value": "RUN"} for STATUS).  The
-    evidence document stays with the model: it is large (certificates,
-    measurements) and a guest sysfs read is one page."""
+    """Success: bytes values as they are (the raw interface report), other values
+    as compact JSON {"value": ...} (e.g. {"value": "RUN"} for STATUS), nothing
+    for None; the evidence document (certificates, measurements) is too large
+    for the one-page sysfs reads that consume results.  Failure: JSON
+    {"evidence": ...}, what the model knew when it refused."""
+    if not done.ok:
+        return _json({"evidence": done.evidence})
     if isinstance(done.value, bytes | bytearray):
         return bytes(done.value)
     if done.value is None:
         return b""
-    return json.dumps({"value": done.value}, default=str, sort_keys=True,
-                      separators=(",", ":")).encode()
+    return _json({"value": done.value})
 
 
 class OperationBackend:
