@@ -4,7 +4,14 @@ Design (reference: /work/shared/reference/vfio-user-qemu.md):
 
 * Non-blocking socket driven by `loop.add_reader`/`add_writer`; every message
   is read header-then-body with `recvmsg` and a 16-fd cmsg buffer, and sent
-  with its fds in one `sendmsg` (reference §1 "Socket I/O").
+  with its fds in one `sendmsg` (reference §1 "Socket I/O"); a reply without
+  fds goes out with one `send` straight from the handler when nothing is
+  queued.  After answering a request the reader callback returns to the loop
+  (the level-triggered reader brings it back for anything already queued);
+  NO_REPLY requests and DMA replies are drained in one callback.
+* Hot path (REGION_READ/WRITE): header and access structs are decoded with
+  `struct` codecs derived from the construct declarations in `wire` (see
+  `wire.FixedCodec`); everything else is parsed and built by construct.
 * Client requests are processed strictly in order, synchronously, on the
   event-loop thread; the device is only ever called from that thread (except
   that `IrqSink.trigger` and `DmaAccess` may also be used from other threads).
