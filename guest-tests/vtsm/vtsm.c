@@ -132,9 +132,8 @@ struct vtsm_tdi {
 	struct pci_tdi tdi;
 };
 
-/* The outcome of one operation. */
+/* The outcome of one operation, besides its status. */
 struct vtsm_result {
-	int status;
 	char reason[VTSM_REASON_MAX + 1];
 	size_t data_len;
 };
