@@ -29,6 +29,14 @@
  * Every mailbox step waits for the completion interrupt with a timeout and
  * polls STATUS as a fallback, so a TSM that dies mid-operation costs the
  * caller -ETIMEDOUT (or -EIO once the device reads all-ones), never a hang.
+ *
+ * IDE: around CONNECT the driver programs the endpoint's first Selective IDE
+ * stream directly (Stream ID before, enable after, reserved ID 255 again on
+ * disconnect), because the kernel's pci_ide helpers need an IDE-capable Root
+ * Port that QEMU does not model; keys travel over IDE_KM inside the relayed
+ * secured SPDM, like in sev-dev-tsm.c.
+ *
+ * Parameters: step_timeout_ms (default 10000), ide_stream_id (default 1).
  */
 #include <linux/bitfield.h>
 #include <linux/completion.h>
