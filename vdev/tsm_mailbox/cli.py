@@ -37,6 +37,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--socket", required=True, help="UNIX socket path QEMU connects to")
     p.add_argument("--trust-anchor", help="root certificate(s) the TSM accepts (PEM)")
     p.add_argument("--policy", help="TSM policy file")
+    p.add_argument("--evidence", help="write the TSM's evidence (JSON) here after every operation")
     p.add_argument("--scripted", help=argparse.SUPPRESS)
     p.add_argument("--record", help=argparse.SUPPRESS)
 
@@ -58,7 +59,63 @@ def _scripted_backend(script: str, record: str | None) -> ScriptedBackend:
     return ScriptedBackend(scripts, on_exchange=write)
 
 
-def _model_backend(trust_anchor: str | None, policy: str | None) -> TsmBackend:
+def _evidence_writer(path: str | None) -> Callable[[Any, Any, Any], None]:
+    """After each model operation: one readable log line, and the evidence file."""
+
+    def done(op: Any, target: Any, result: Any) -> None:
+        ev: dict[str, Any] = dict(getattr(result, "evidence", None) or {})
+        for line in evidence_summary(op, ev):
+            log.info("%s", line)
+        if path:
+            tmp = f"{path}.tmp"
+            with open(tmp, "w") as f:
+                json.dump(ev, f, indent=2, default=str)
+            os.replace(tmp, path)
+
+    return done
+
+
+def evidence_summary(op: Any, ev: dict[str, Any]) -> list[str]:
+    """What the TSM learnt in this step, in the words of a kernel engineer."""
+    name = getattr(op, "name", str(op))
+    spdm = ev.get("spdm") or {}
+    out: list[str] = []
+    if name == "CONNECT" and spdm.get("version"):
+        a = spdm.get("algorithms") or {}
+        out.append(f"SPDM {spdm['version']}: {a.get('base_asym')} / {a.get('base_hash')} / "
+                   f"{a.get('dhe')} / {a.get('aead')}, authenticated by "
+                   f"{spdm.get('authentication')}")
+        certs = ev.get("certificates") or []
+        if certs:
+            out.append(f"device certificate: {certs[-1].get('subject')} "
+                       f"(sha256 {str(certs[-1].get('sha256'))[:16]}...)")
+        verdicts = (ev.get("policy") or {}).get("verdicts") or []
+        if verdicts:
+            out.append("measurements: " + ", ".join(
+                f"{v.get('index')}={v.get('verdict')}" for v in verdicts))
+        else:
+            out.append(f"measurements: {len(ev.get('measurements') or [])} blocks, "
+                       "no reference values configured")
+        ide = ev.get("ide") or {}
+        rp = ide.get("root_port") or {}
+        out.append(f"SPDM session {spdm.get('session_id')} {spdm.get('session_state')}; "
+                   f"IDE stream {ide.get('stream_id')} key set {ide.get('key_set')}, "
+                   f"root port end {rp.get('state')}")
+    for dsm, tdi in (ev.get("tdis") or {}).items():
+        if name in ("LOCK", "START", "STOP", "REPORT"):
+            out.append(f"TDI {dsm}: {tdi.get('state')}")
+            report = tdi.get("report")
+            if name == "REPORT" and isinstance(report, dict):
+                for r in report.get("mmio_ranges") or []:
+                    addr = int(r.get("first_page", "0"), 16)  # byte address + offset
+                    out.append(f"  MMIO range {r.get('range_id')}: {addr:#x} "
+                               f"+{int(r.get('size', 0)):#x} {'/'.join(r.get('attributes') or [])}")
+    return out
+
+
+def _model_backend(
+    trust_anchor: str | None, policy: str | None, evidence: str | None = None
+) -> TsmBackend:
     if not trust_anchor:
         raise SystemExit("vdev tsm serve: --trust-anchor FILE is required")
     if not Path(trust_anchor).is_file():
@@ -80,7 +137,7 @@ def _model_backend(trust_anchor: str | None, policy: str | None) -> TsmBackend:
         return backend
     from vdev.tsm_mailbox.model_adapter import OperationBackend
 
-    return OperationBackend(made)
+    return OperationBackend(made, on_done=_evidence_writer(evidence))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -92,7 +149,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.scripted:
         backend: TsmBackend = _scripted_backend(args.scripted, args.record)
     else:
-        backend = _model_backend(args.trust_anchor, args.policy)
+        backend = _model_backend(args.trust_anchor, args.policy, args.evidence)
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -82,12 +82,19 @@ def _result_data(done: ModelDone) -> bytes:
 class OperationBackend:
     """A `TsmBackend` over a function that starts model operations."""
 
-    def __init__(self, start_operation: StartOperation) -> None:
+    def __init__(
+        self,
+        start_operation: StartOperation,
+        on_done: Callable[[Op, TargetFunction, ModelDone], None] | None = None,
+    ) -> None:
         self._start_operation = start_operation
+        self._on_done = on_done
         self._op: ModelOperation | None = None
+        self._current: tuple[Op, TargetFunction] | None = None
 
     def start(self, op: Op, target: TargetFunction) -> Action:
         self._op = self._start_operation(op, target)
+        self._current = (op, target)
         return self._action()
 
     def doe_response(self, payload: bytes) -> Action:
@@ -120,6 +127,8 @@ class OperationBackend:
         done = op.result
         if done is None:
             raise RuntimeError("model operation done without a result")
+        if self._on_done is not None and self._current is not None:
+            self._on_done(*self._current, done)
         if done.ok:
             return Done(0, done.reason, _result_data(done))
         status = getattr(done, "errno", None)
