@@ -58,6 +58,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from spdm.algorithms import Aead, BaseAsym, BaseHash, Dhe
 from spdm.identity import CertSlots, DeviceIdentity, IdentityParams, load_or_create
 from spdm.responder import Responder, ResponderConfig
 from spdm.secured_message import DOE_TRANSPORT, TransportParams
@@ -118,6 +119,13 @@ def interface_id(profile: DeviceProfile) -> InterfaceId:
     )
 
 
+def _alg_name(cls: Any, value: int) -> str:
+    try:
+        return str(cls(value).name)
+    except ValueError:
+        return f"{value:#x}"
+
+
 class TeeDevice(TeeIoEndpoint):
     """A TEE-IO endpoint that speaks SPDM, IDE_KM and TDISP over its DOE mailbox."""
 
@@ -162,6 +170,7 @@ class TeeDevice(TeeIoEndpoint):
                 transport=spdm_transport,
                 random=random_bytes,
                 on_session_end=self._session_ended,
+                on_session_established=self._session_established,
             )
         )
         self.responder.register_vendor_handler(
@@ -176,6 +185,9 @@ class TeeDevice(TeeIoEndpoint):
                  self.interface.interface_id, self.interface.interface_id.function_id,
                  self.tdisp.policy.name)
         self.add_reset_observer(self._flr_security_state)
+        # Device-side events at INFO, so `vdev serve`'s log narrates a connect.
+        self.ide.observers.append(self._log_ide_state)
+        self.tdi.machine.observers.append(self._log_tdi_state)
 
     # ---- the TDI -----------------------------------------------------------------
 
@@ -220,6 +232,22 @@ class TeeDevice(TeeIoEndpoint):
     def spdm_message(self, doe_type: int, payload: bytes) -> tuple[int, bytes]:
         """One SPDM (type 1) or secured SPDM (type 2) message -> (reply type, reply)."""
         return self.responder.handle_doe(doe_type, payload)
+
+    def _session_established(self, session_id: int) -> None:
+        a = self.responder.algorithms
+        names = [_alg_name(cls, v) for cls, v in ((BaseAsym, a.base_asym), (BaseHash, a.base_hash),
+                                                   (Dhe, a.dhe), (Aead, a.aead))]
+        log.info("SPDM session %#010x established (%s)", session_id, "/".join(names))
+
+    @staticmethod
+    def _log_ide_state(stream: Any, old: Any, new: Any) -> None:
+        log.info("IDE selective stream %d (id %d): %s -> %s", stream.index,
+                 stream.stream_id, getattr(old, "name", old), getattr(new, "name", new))
+
+    def _log_tdi_state(self, entry: Any) -> None:
+        log.info("TDI %s: %s --%s--> %s%s", self.interface.interface_id,
+                 entry.old.name, entry.event.name, entry.new.name,
+                 f" ({entry.reason})" if entry.reason else "")
 
     def _session_ended(self, session_id: int) -> None:
         log.info("SPDM session %#010x ended", session_id)

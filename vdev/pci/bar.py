@@ -6,6 +6,15 @@ reading back: the read returns the size mask with the type bits.  Modelled
 as RW masks that exclude the size bits, so sizing falls out of the register
 model.  QEMU emulates BAR addresses itself (vfio-user reference §3) but still
 forwards the writes, so the model must take them without complaint.
+
+The address bits are kept across FLR (sticky in this model), although a real
+function's FLR clears them.  The model's BAR is only a mirror of QEMU's
+emulated copy, which a forwarded DEVCTL Initiate-FLR does not reset; Linux's
+pci_restore_state() after the FLR reads the BAR from that copy, sees the old
+address and writes nothing back.  Clearing the mirror would leave the device
+believing BAR0 is at 0 while the guest uses it at its real address, and the
+TDISP interface report (built from the BAR) would be wrong.  QEMU's system
+reset writes 0 to every BAR after DEVICE_RESET, which keeps the mirror in step.
 """
 
 from __future__ import annotations
@@ -59,11 +68,13 @@ class MemoryBar:
                 4,
                 reset=self.type_bits,
                 rw=addr_mask & 0xFFFF_FFFF,
+                sticky=addr_mask & 0xFFFF_FFFF,
                 on_write=on_write,
             )
         ]
         if self.is_64bit:
             regs.append(
-                Register(f"BAR{self.index + 1}", off + 4, 4, rw=addr_mask >> 32, on_write=on_write)
+                Register(f"BAR{self.index + 1}", off + 4, 4, rw=addr_mask >> 32,
+                         sticky=addr_mask >> 32, on_write=on_write)
             )
         return regs

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from vdev.vm.config_dump import ConfigDump
 from vdev.vm.qemu import VmResult
@@ -147,3 +148,91 @@ def _int(v: str | None) -> int | None:
         return int(v) if v is not None else None
     except ValueError:
         return None
+
+
+@dataclass(frozen=True)
+class ConnectExpected:
+    """What the full connect flow must show (make run, guest tests)."""
+
+    ep: str
+    mb: str
+    id_value: int
+
+
+def _rc_ok(v: str | None) -> bool:
+    return (v or "").startswith("0 ")
+
+
+def connect_checks(
+    res: VmResult, exp: ConnectExpected, evidence: dict[str, Any] | None
+) -> list[Check]:
+    from tdisp.interface_report import InterfaceReport
+
+    out: list[Check] = []
+
+    def add(name: str, ok: bool, detail: str) -> None:
+        out.append(Check(name, bool(ok), detail))
+
+    v = res.value
+    ev: dict[str, Any] = evidence or {}
+    add("vtsm loaded, tsm0 registered",
+        v("vtsm_insmod") == "ok" and v("tsm_class") == "tsm0",
+        f"/sys/class/tsm: {v('tsm_class')!r}")
+    add("tsm0 parented to the mailbox", exp.mb in (v("tsm_parent") or ""),
+        v("tsm_parent") or "missing")
+    add("tsm/connect", _rc_ok(v("connect")) and v("tsm_connect") == "tsm0",
+        f"echo tsm0 > tsm/connect: {v('connect')}; reads {v('tsm_connect')!r}")
+    add("authenticated, tsm/dsm", v("authenticated") == "tsm0" and v("tsm_dsm") == exp.ep,
+        f"authenticated={v('authenticated')!r} dsm={v('tsm_dsm')!r}")
+    spdm = ev.get("spdm") or {}
+    algs = spdm.get("algorithms") or {}
+    add("SPDM negotiated", bool(spdm.get("version")) and bool(algs.get("base_asym")),
+        f"SPDM {spdm.get('version')} {algs.get('base_asym')}/{algs.get('base_hash')}/"
+        f"{algs.get('dhe')}/{algs.get('aead')}")
+    certs = ev.get("certificates") or []
+    add("device certificate verified", bool(certs),
+        f"leaf {certs[-1].get('subject')}" if certs else "no certificates in evidence")
+    verdicts = (ev.get("policy") or {}).get("verdicts")
+    meas = ev.get("measurements") or []
+    ok_meas = bool(meas) and all(x.get("verdict") in ("ok", "match", "pass")
+                                 for x in (verdicts or []))
+    add("measurements", ok_meas,
+        f"{len(meas)} signed blocks; verdicts "
+        + (", ".join(f"{x.get('index')}:{x.get('verdict')}" for x in verdicts)
+           if verdicts else "none (no policy)"))
+    add("SPDM session", spdm.get("session_id") is not None,
+        f"session {spdm.get('session_id')} ({spdm.get('session_state')} after disconnect)")
+    secure = [line for line in res.dmesg if "IDE stream" in line and "state 2" in line]
+    add("IDE stream SECURE", bool(secure), secure[0].split("] ", 1)[-1] if secure else
+        "no 'IDE stream ... state 2' in dmesg")
+    add("TDISP LOCK", _rc_ok(v("tdi_lock")) and v("tsm_bound") == "tsm0"
+        and (v("tdi_state_locked") or "").endswith("LOCKED"),
+        f"lock {v('tdi_lock')}; bound={v('tsm_bound')!r}; {v('tdi_state_locked')}")
+    report_ok, report_detail = False, "no report"
+    try:
+        rep = InterfaceReport.decode(bytes.fromhex(v("report_hex") or ""))
+        bar0 = int((v("ep_bar0") or "0 0").split()[0], 16)
+        ranges = [(r.first_page, r.number_of_pages) for r in rep.mmio_ranges]
+        report_ok = any(first == bar0 for first, _ in ranges)
+        report_detail = "; ".join(
+            line.strip() for line in rep.render().splitlines() if "id " in line
+        ) + f" (guest BAR0 {bar0:#x})"
+    except (ValueError, Exception) as exc:  # noqa: BLE001 - any decode failure is the finding
+        report_detail = f"undecodable: {exc}"
+    add("interface report matches BAR0", report_ok, report_detail)
+    add("START -> RUN", _rc_ok(v("tdi_start")) and (v("tdi_state_run") or "").endswith("RUN"),
+        f"start {v('tdi_start')}; {v('tdi_state_run')}")
+    irqs = (v("run_irqs") or "").split()
+    add("MMIO in RUN", _hex(v("run_id_reg")) == exp.id_value
+        and _hex(v("run_scratch")) == 0x600D600D
+        and len(irqs) == 2 and int(irqs[1]) == int(irqs[0]) + 1
+        and "RUN" in (v("tdi_status_run") or ""),
+        f"ID {v('run_id_reg')}, scratch {v('run_scratch')}, MSI-X {' -> '.join(irqs)}, "
+        f"status {v('tdi_status_run')}")
+    add("STOP", _rc_ok(v("tdi_stop")) and v("tsm_bound_after_stop") == ""
+        and "UNLOCKED" in (v("tdi_state_stopped") or ""),
+        f"stop {v('tdi_stop')}; {v('tdi_state_stopped')}")
+    add("disconnect", _rc_ok(v("disconnect")) and v("authenticated_after") == "",
+        f"disconnect {v('disconnect')}; authenticated={v('authenticated_after')!r}")
+    add("vtsm unloaded", v("vtsm_rmmod") == "ok", f"rmmod {v('vtsm_rmmod')}")
+    return out

@@ -7,20 +7,38 @@ one-screen summary.  Its exit status is 0 only if every check held.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 from vdev.device_regs import ID_MAGIC, REG_DOORBELL, REG_ID, REG_SCRATCH0
 from vdev.profile import DeviceProfile
-from vdev.vm.checks import Check, Expected, foundation_checks
-from vdev.vm.env import REPO, VmEnvError, find_env
-from vdev.vm.qemu import MARK, choose_accel, qemu_command
-from vdev.vm.session import GuestRun, ServerError, device_server, script
+from vdev.vm.checks import (
+    Check,
+    ConnectExpected,
+    Expected,
+    connect_checks,
+    foundation_checks,
+)
+from vdev.vm.env import REPO, VmEnv, VmEnvError, find_env
+from vdev.vm.qemu import MARK, VmResult, choose_accel, qemu_command
+from vdev.vm.session import (
+    GuestRun,
+    ServerError,
+    ServerProcess,
+    device_server,
+    script,
+    tsm_mailbox_server,
+)
 
-BDF = "0000:01:00.0"
+BDF = "0000:01:00.0"  # the endpoint, behind the first root port
+MAILBOX_BDF = "0000:02:00.0"  # the TSM mailbox, behind the second
 
 # What the narration prints for each guest record, as it arrives.
 _NARRATE = {
@@ -33,6 +51,21 @@ _NARRATE = {
     "flr": "function-level reset through sysfs: {v}",
     "scratch_after_flr": "scratch register after FLR: {v}",
     "rmmod": "vdevtest unloaded",
+    "doe_get_version": "pci_doe() GET_VERSION -> {v}",
+    "vtsm_insmod": "vtsm.ko loaded (link TSM over the mailbox)",
+    "tsm_class": "/sys/class/tsm: {v}",
+    "connect": "echo tsm0 > tsm/connect: {v}",
+    "authenticated": "authenticated: {v}",
+    "tsm_dsm": "tsm/dsm: {v}",
+    "tdi_lock": "TDISP LOCK (tdi_lock): {v}",
+    "tdi_state_locked": "TDI state: {v}",
+    "tdi_start": "TDISP START (tdi_start): {v}",
+    "tdi_state_run": "TDI state: {v}",
+    "run_id_reg": "MMIO in RUN: ID register {v}",
+    "run_irqs": "MMIO in RUN: doorbell, MSI-X count {v}",
+    "tdi_stop": "TDISP STOP (tdi_stop): {v}",
+    "disconnect": "echo tsm0 > tsm/disconnect: {v}",
+    "vtsm_rmmod": "vtsm.ko unloaded",
     "done": "guest powering off",
 }
 
@@ -84,10 +117,64 @@ def print_summary(checks: list[Check], accel: str, workdir: Path) -> bool:
     return ok
 
 
+class LogFollower(threading.Thread):
+    """Print a server's interesting log lines as they are written, with a tag."""
+
+    NOISE = ("client negotiated", "listening on", "vdev.vfio_user: client")
+
+    def __init__(self, path: Path, tag: str) -> None:
+        super().__init__(daemon=True)
+        self.path, self.tag = path, tag
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        pos = 0
+        while not self.stopping.is_set():
+            if self.path.exists():
+                with self.path.open(errors="replace") as f:
+                    f.seek(pos)
+                    for line in f:
+                        if not line.endswith("\n"):
+                            break
+                        pos += len(line.encode())
+                        self.show(line.rstrip())
+            self.stopping.wait(0.1)
+
+    def show(self, line: str) -> None:
+        if any(n in line for n in self.NOISE) or " DEBUG " in line:
+            return
+        # "HH:MM:SS.mmm LEVEL logger: message" -> "message"
+        msg = line.split(": ", 1)[1] if ": " in line else line
+        if " WARNING " in line or " ERROR " in line:
+            msg = "!! " + msg
+        _print(f"  [{self.tag}] {msg}")
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(timeout=2)
+
+
+def _root_anchor(identity_dir: Path, out: Path) -> Path:
+    """The device identity's root CA: the trust anchor the TSM is given."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    chain = x509.load_pem_x509_certificates((identity_dir / "slot0" / "chain.pem").read_bytes())
+    out.write_bytes(chain[0].public_bytes(serialization.Encoding.PEM))
+    return out
+
+
+def connect_script(exp: Expected) -> bytes:
+    return script(
+        "connect.sh", EP=exp.bdf, MB=MAILBOX_BDF, VID=f"{exp.vendor_id:04x}",
+        DID=f"{exp.device_id:04x}", ID_OFF=f"{exp.id_off:#x}",
+        SCRATCH_OFF=f"{exp.scratch_off:#x}", DOORBELL_OFF=f"{exp.doorbell_off:#x}",
+    )
+
+
 def run_demo(profile_path: str | None = None, workdir: Path | None = None) -> int:
-    profile = DeviceProfile.from_toml(profile_path) if profile_path else DeviceProfile()
+    """The main job: device + TSM + real guest, connect to RUN and back, summary."""
     workdir = workdir or REPO / "out" / "run"
-    workdir.mkdir(parents=True, exist_ok=True)
     try:
         env = find_env()
     except VmEnvError as exc:
@@ -95,30 +182,79 @@ def run_demo(profile_path: str | None = None, workdir: Path | None = None) -> in
         return 2
     accel = choose_accel(env)
     _print(f"vdev run: QEMU {env.qemu_version()}, guest kernel {env.kernel.name}, accel={accel}")
-    extra = ["--profile", profile_path] if profile_path else []
-    server = device_server(workdir, extra=extra)
-    try:
-        server.start()
-    except ServerError as exc:
-        _print(f"vdev run: {exc}")
+    _print(f"          logs and evidence in {workdir}")
+    checks, result = connect_session(env, workdir, profile_path, narrate=True)
+    if result is None:
+        for c in checks:
+            _print(f"vdev run: {c.name}: {c.detail}")
         return 1
-    _print(f"  [device] vdev serve listening on {server.socket} (log {server.log})")
-    exp = expected_from_profile(profile)
-    run = GuestRun(env=env, workdir=workdir, modules=["vdevtest"],
-                   devices=[server.socket], scripts={"50-foundation.sh": foundation_script(exp)})
-    try:
-        _print("  [guest]  building vdevtest.ko in the VM root, booting")
-        result = run.boot(on_line=_narrate)
-    except VmEnvError as exc:
-        server.stop()
-        _print(f"vdev run: {exc}")
-        return 1
-    server_alive = server.alive()
-    server.stop()
-    checks = foundation_checks(result, exp)
-    checks.append(Check("device server healthy", server_alive,
-                        "still serving after QEMU exited" if server_alive else server.log_tail(5)))
     return 0 if print_summary(checks, result.accel, workdir) else 1
+
+
+def connect_session(
+    env: VmEnv, workdir: Path, profile_path: str | None = None, *, narrate: bool = False
+) -> tuple[list[Check], VmResult | None]:
+    """Start `vdev serve` and `vdev tsm serve`, boot the guest through the
+    foundation and connect scripts; every check of the run (guest, TSM
+    evidence, server health).  Used by `make run` and the guest tests."""
+    profile = DeviceProfile.from_toml(profile_path) if profile_path else DeviceProfile()
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    identity = workdir / "identity"
+    extra = ["--state-dir", str(identity)] + (["--profile", profile_path] if profile_path else [])
+    device = device_server(workdir, "device", extra=extra)
+    evidence_file = workdir / "evidence.json"
+    followers: list[LogFollower] = []
+    servers: list[ServerProcess] = []
+
+    def follow(srv: ServerProcess, tag: str) -> None:
+        if narrate:
+            followers.append(LogFollower(srv.log, tag))
+            followers[-1].start()
+
+    try:
+        servers.append(device.start())
+        follow(device, "device")
+        anchor = _root_anchor(identity, workdir / "trust-anchor.pem")
+        tsm = tsm_mailbox_server(workdir, ["--trust-anchor", str(anchor),
+                                           "--evidence", str(evidence_file)])
+        servers.append(tsm.start())
+        follow(tsm, "tsm")
+    except ServerError as exc:
+        for srv in servers:
+            srv.stop()
+        return [Check("servers started", False, str(exc))], None
+    exp = expected_from_profile(profile)
+    run = GuestRun(
+        env=env, workdir=workdir, modules=["vdevtest", "vtsm"],
+        devices=[device.socket, tsm.socket],
+        scripts={"50-foundation.sh": foundation_script(exp), "60-connect.sh": connect_script(exp)},
+    )
+    result: VmResult | None = None
+    try:
+        if narrate:
+            _print("  [guest]  building vdevtest.ko and vtsm.ko in the VM root, booting")
+        result = run.boot(on_line=_narrate if narrate else None)
+    except VmEnvError as exc:
+        failure = Check("guest modules built", False, str(exc))
+    alive = {srv.log.name: srv.alive() for srv in servers}
+    time.sleep(0.3)  # let the followers print the servers' last lines
+    for follower in followers:
+        follower.stop()
+    for srv in servers:
+        srv.stop()
+    if result is None:
+        return [failure], None
+    evidence = json.loads(evidence_file.read_text()) if evidence_file.exists() else None
+    checks = foundation_checks(result, exp)
+    checks += connect_checks(result, ConnectExpected(ep=exp.bdf, mb=MAILBOX_BDF,
+                                                     id_value=exp.id_value), evidence)
+    for srv in servers:
+        text = srv.log_text()
+        ok = alive[srv.log.name] and "Traceback" not in text
+        checks.append(Check(f"{srv.log.stem} healthy", ok,
+                            "served to the end, no tracebacks" if ok else srv.log_tail(5)))
+    return checks, result
 
 
 def run_shell(profile_path: str | None = None) -> int:
