@@ -1,0 +1,166 @@
+"""SPDM full handshake: in-process and over the spdm-emu socket.
+
+One handshake = VCA, DIGESTS, CERTIFICATE (with chain validation), CHALLENGE,
+signed MEASUREMENTS, KEY_EXCHANGE + FINISH, HEARTBEAT, KEY_UPDATE and
+END_SESSION, requester and responder both ours.  The crypto share is the
+time spent inside the `cryptography` package (measured with cProfile on
+separate rounds, then applied to the unprofiled wall time), the rest is
+protocol overhead: parsing, building, transcripts, state.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import pstats
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+
+from spdm.algorithms import Aead, BaseAsym, BaseHash, Dhe
+from spdm.identity import CertSlots, DeviceIdentity, IdentityParams, generate_identity
+from spdm.measurements import default_measurements
+from spdm.requester import Outgoing, Requester, RequesterConfig
+from spdm.responder import Responder, ResponderConfig
+from vdev.vm.env import REPO
+
+SETS: dict[str, dict[str, Any]] = {
+    "P-384/SHA-384/AES-256-GCM": {
+        "key_type": "ecdsa-p384", "base_asym": BaseAsym.ECDSA_P384,
+        "base_hash": BaseHash.SHA_384, "dhe": Dhe.SECP384R1, "aead": Aead.AES_256_GCM,
+    },
+    "P-256/SHA-256/AES-128-GCM": {
+        "key_type": "ecdsa-p256", "base_asym": BaseAsym.ECDSA_P256,
+        "base_hash": BaseHash.SHA_256, "dhe": Dhe.SECP256R1, "aead": Aead.AES_128_GCM,
+    },
+}
+
+
+def _requester(alg: dict[str, Any], anchors: list[x509.Certificate]) -> Requester:
+    return Requester(RequesterConfig(
+        trust_anchors=anchors, base_asym=int(alg["base_asym"]), base_hash=int(alg["base_hash"]),
+        dhe=int(alg["dhe"]), aead=int(alg["aead"]),
+    ))
+
+
+def handshake(req: Requester, transport: Any) -> None:
+    req.run(req.init_connection(), transport)
+    req.run(req.get_digests(), transport)
+    req.run(req.get_certificate(0), transport)
+    req.run(req.challenge(0), transport)
+    req.run(req.get_measurements(0xFF, signed=True), transport)
+    sid = req.run(req.key_exchange(), transport)
+    req.run(req.heartbeat(sid), transport)
+    req.run(req.key_update(sid), transport)
+    req.run(req.end_session(sid), transport)
+
+
+def _in_process_round(alg: dict[str, Any], identity: DeviceIdentity) -> None:
+    rsp = Responder(ResponderConfig(slots=CertSlots({0: identity}),
+                                    measurements=default_measurements))
+    req = _requester(alg, [identity.root])
+
+    def transport(out: Outgoing) -> bytes:
+        return rsp.handle_doe(out.doe_type, out.data)[1]
+
+    handshake(req, transport)
+
+
+def _crypto_fraction(run: Any, rounds: int) -> float:
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(rounds):
+        run()
+    prof.disable()
+    stats = pstats.Stats(prof)
+    total = crypto = 0.0
+    for (filename, _line, _name), (_cc, _nc, tt, _ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
+        total += tt
+        if "cryptography" in filename or filename == "~":  # "~": C builtins (OpenSSL calls)
+            crypto += tt
+    return crypto / total if total else 0.0
+
+
+def _summary(samples: list[float], fraction: float) -> dict[str, Any]:
+    s = sorted(samples)
+    p50 = s[len(s) // 2] * 1000
+    return {
+        "rounds": len(s), "p50_ms": round(p50, 2), "min_ms": round(s[0] * 1000, 2),
+        "mean_ms": round(statistics.fmean(s) * 1000, 2),
+        "crypto_fraction": round(fraction, 3),
+        "crypto_ms": round(p50 * fraction, 2), "protocol_ms": round(p50 * (1 - fraction), 2),
+    }
+
+
+def bench_in_process(rounds: int = 30) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, alg in SETS.items():
+        identity = generate_identity(IdentityParams(key_type=alg["key_type"]))
+
+        def one(alg: dict[str, Any] = alg, identity: DeviceIdentity = identity) -> None:
+            _in_process_round(alg, identity)
+
+        one()  # warm-up: caches, first-use imports
+        samples = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            one()
+            samples.append(time.perf_counter() - t0)
+        out[name] = _summary(samples, _crypto_fraction(one, 5))
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def bench_socket(workdir: Path, rounds: int = 10) -> dict[str, Any]:
+    """The same handshake against `vdev spdm-emu` in its own process."""
+    from vdev.spdm_emu.client import SpdmEmuClient
+
+    out: dict[str, Any] = {}
+    for name, alg in SETS.items():
+        state = workdir / f"spdm-emu-{alg['key_type']}"
+        profile = workdir / f"{alg['key_type']}.toml"
+        profile.write_text(f'identity_key_type = "{alg["key_type"]}"\n')
+        port = _free_port()
+        log = (workdir / f"spdm-emu-{alg['key_type']}.log").open("wb")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vdev.cli", "spdm-emu", "--port", str(port),
+             "--state-dir", str(state), "--profile", str(profile)],
+            cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+        )
+        try:
+            chain = state / "slot0" / "chain.pem"
+            deadline = time.monotonic() + 30
+            client = None
+            while client is None and time.monotonic() < deadline:
+                try:
+                    client = SpdmEmuClient("127.0.0.1", port)
+                except OSError:
+                    time.sleep(0.1)
+            if client is None:
+                raise RuntimeError(f"vdev spdm-emu did not listen on {port}")
+            anchors = [x509.load_pem_x509_certificates(chain.read_bytes())[0]]
+            client.hello()
+            samples = []
+            for _ in range(rounds + 1):
+                req = _requester(alg, anchors)
+                t0 = time.perf_counter()
+                handshake(req, client.spdm_transport)
+                samples.append(time.perf_counter() - t0)
+            client.shutdown()
+            out[name] = _summary(samples[1:], 0.0)
+            del out[name]["crypto_fraction"], out[name]["crypto_ms"], out[name]["protocol_ms"]
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+            log.close()
+    return out
