@@ -48,10 +48,15 @@ class TransportParams:
     seq_num_size: int = 0
     max_random: int = 0
     seq_little_endian: bool = True
+    # Bytes that precede the SPDM message inside the protected application data.
+    # DSP0275 (SPDM over MCTP): the secured payload is itself an MCTP message, so it
+    # starts with the MCTP message type 0x05 (SPDM); libspdm's MCTP transport does the
+    # same.  DOE (DSP0277 PCI binding) carries the bare SPDM message.
+    inner_header: bytes = b""
 
 
 DOE_TRANSPORT = TransportParams()
-MCTP_TRANSPORT = TransportParams(seq_num_size=2, max_random=32)
+MCTP_TRANSPORT = TransportParams(seq_num_size=2, max_random=32, inner_header=b"\x05")
 
 MAX_SEQUENCE_NUMBER = 0xFFFF_FFFF_FFFF_FFFF
 
@@ -106,6 +111,7 @@ def encode_record(
 ) -> bytes:
     seq = prot.next_seq()
     seq_bytes = seq.to_bytes(8, "little")[: transport.seq_num_size]
+    message = transport.inner_header + message
     if encrypt:
         pad = os.urandom(transport.max_random and (1 + os.urandom(1)[0] % transport.max_random))
         plaintext = struct.pack("<H", len(message)) + message + pad
@@ -167,11 +173,16 @@ def decode_record(
         prot.failures += 1
         raise RecordError("record authentication failed") from exc
     prot.next_seq()
-    if not encrypt:
-        return plaintext
-    if len(plaintext) < 2:
-        raise RecordError("missing ApplicationDataLength")
-    (app_len,) = struct.unpack_from("<H", plaintext)
-    if app_len > len(plaintext) - 2:
-        raise RecordError("ApplicationDataLength exceeds record")
-    return plaintext[2 : 2 + app_len]
+    if encrypt:
+        if len(plaintext) < 2:
+            raise RecordError("missing ApplicationDataLength")
+        (app_len,) = struct.unpack_from("<H", plaintext)
+        if app_len > len(plaintext) - 2:
+            raise RecordError("ApplicationDataLength exceeds record")
+        plaintext = plaintext[2 : 2 + app_len]
+    inner = transport.inner_header
+    if inner:
+        if not plaintext.startswith(inner):
+            raise RecordError(f"application data does not start with {inner.hex()}")
+        plaintext = plaintext[len(inner) :]
+    return plaintext

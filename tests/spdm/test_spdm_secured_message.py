@@ -85,3 +85,24 @@ def test_mctp_binding_has_seq_and_padding() -> None:
     rec = encode_record(tx, 1, b"x", transport=MCTP_TRANSPORT)
     assert rec[4:6] == b"\x00\x00"
     assert decode_record(rx, 1, rec, transport=MCTP_TRANSPORT) == b"x"
+
+
+def test_mctp_binding_carries_the_mctp_type_inside_the_protected_data() -> None:
+    """DSP0275 / libspdm: the decrypted application data is MCTP type 0x05 + SPDM."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    tx, rx = _pair()
+    rec = encode_record(tx, 1, b"\x13\xe8\x00\x00", transport=MCTP_TRANSPORT)
+    hsize = 4 + 2 + 2
+    nonce = tx.iv  # sequence number 0: IV XOR 0
+    plain = AESGCM(tx.key).decrypt(nonce, rec[hsize:], rec[:hsize])
+    (app_len,) = struct.unpack_from("<H", plain)
+    assert plain[2 : 2 + app_len] == b"\x05\x13\xe8\x00\x00"
+    assert decode_record(rx, 1, rec, transport=MCTP_TRANSPORT) == b"\x13\xe8\x00\x00"
+
+
+def test_mctp_record_without_the_inner_type_is_rejected() -> None:
+    tx, rx = _pair()
+    rec = encode_record(tx, 1, b"\x13\xe8\x00\x00")  # DOE binding: no 0x05, no seq field
+    with pytest.raises(RecordError):
+        decode_record(rx, 1, rec, transport=MCTP_TRANSPORT)
