@@ -1,6 +1,7 @@
 """The `vdev` command line.
 
   vdev serve --socket PATH [--profile FILE] [--state-dir DIR]
+             [--doe-delay-ms MS --doe-delay-count N]
                                               serve the TEE-IO endpoint over vfio-user
   vdev spdm-emu [--port 2323] [--transport pci_doe|mctp|none] [--profile FILE]
                 [--state-dir DIR | --cert-chain FILE --key FILE]
@@ -55,6 +56,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if len(os.fsencode(args.socket)) > 107:
         raise SystemExit(f"vdev: socket path too long for AF_UNIX (max 107 bytes): {args.socket}")
     profile = _load_profile(args.profile)
+    if args.doe_delay_ms < 0 or args.doe_delay_count < 0:
+        raise SystemExit("vdev: --doe-delay-ms and --doe-delay-count must not be negative")
     try:
         device = TeeDevice(profile, state_dir=args.state_dir)
     except OSError as exc:
@@ -70,6 +73,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        # A held-back DOE response is released by the event loop, never by
+        # sleeping in the vfio-user message that wrote GO.
+        device.defer_later = loop.call_later
+        if args.doe_delay_count:
+            device.delay_doe_responses(args.doe_delay_ms / 1000, args.doe_delay_count)
+            log.info("fault injection: the next %d SPDM DOE responses become ready "
+                     "%d ms after GO", args.doe_delay_count, args.doe_delay_ms)
         await serve(device, args.socket, stop=stop)
 
     try:
@@ -150,6 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--profile", help="device profile (TOML); default: the built-in endpoint")
     s.add_argument("--state-dir", help="device identity directory (default "
                    "~/.local/state/vdev/identity/<vendor>-<device>)")
+    s.add_argument("--doe-delay-ms", type=int, default=0, metavar="MS",
+                   help="fault injection: hold DOE responses back MS ms after GO (BUSY "
+                   "until then; Linux gives up after 1000 ms); discovery is never delayed")
+    s.add_argument("--doe-delay-count", type=int, default=0, metavar="N",
+                   help="how many SPDM / secured-SPDM DOE responses --doe-delay-ms "
+                   "applies to, counted from the first (default 0: none)")
     s.set_defaults(func=cmd_serve)
 
     e = sub.add_parser("spdm-emu", help="serve SPDM/IDE_KM/TDISP over the spdm-emu socket protocol")

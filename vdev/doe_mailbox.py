@@ -14,9 +14,18 @@ All protocol state is one `MailboxState`; every change goes through the
 state (DOR <=> READY, ERROR <=> ERROR), so they cannot disagree with it.
 
 Behaviour choices and where they come from:
-- GO computes the response synchronously, so the first status poll after GO
-  already sees DATA_OBJECT_READY; BUSY therefore always reads 0.  (A protocol
-  handler that needs time would need a BUSY state; none does today.)
+- GO computes the response synchronously.  By default it is offered at once,
+  so the first status poll after GO already sees DATA_OBJECT_READY and BUSY
+  reads 0.  A `response_gate` (set by the endpoint for fault injection, see
+  `TeeIoEndpoint.delay_doe_responses`) may hold a response back instead: the
+  mailbox is then BUSY (§7.9.24.5 DOE Busy: "temporarily unable to receive a
+  new data object") with DATA_OBJECT_READY clear until someone calls
+  `complete(ticket)`.  The mailbox stays sans-IO: it never waits, it is told
+  that the response is ready.  ABORT while BUSY drops the held response and
+  makes its ticket stale, so a late `complete` is ignored (§7.9.24.3: abort
+  "terminates ... the processing of the current data object").  Writes or GO
+  while BUSY break the §6.30.2 sequence (software waits for BUSY=0 first,
+  as Linux does) and set ERROR.
 - DOR stays 1 until software advances past the last response DW; Linux
   checks DOR before acking the final DW (Linux reference §2, doe.c).
 - ABORT from any state discards both buffers and clears DOR and ERROR
@@ -81,6 +90,10 @@ _DW = 0xFFFF_FFFF
 Handler = Callable[[bytes], bytes]
 """A protocol handler: request payload (header stripped) -> response payload."""
 
+ResponseGate = Callable[[DoeProtocolId, int], bool]
+"""Asked at GO with (protocol, ticket) once the response is computed: True holds it
+back (BUSY) until the gate's owner calls `DoeMailbox.complete(ticket)`."""
+
 ExchangeObserver = Callable[[DoeProtocolId, bytes, bytes], None]
 """Told (protocol, request payload, response payload) after each successful exchange."""
 
@@ -88,6 +101,7 @@ ExchangeObserver = Callable[[DoeProtocolId, bytes, bytes], None]
 class MailboxState(enum.Enum):
     IDLE = "idle"  # nothing buffered, DOR=0, ERROR=0
     RECEIVING = "receiving"  # request DWs buffered, waiting for GO
+    BUSY = "busy"  # response held back by the response gate: BUSY=1, DOR=0
     READY = "ready"  # response available: DATA_OBJECT_READY=1
     ERROR = "error"  # DOE Error=1 until ABORT
 
@@ -97,6 +111,8 @@ class MailboxEvent(enum.Enum):
     WRITE_OVERFLOW = "write_overflow"  # ... that does not fit in the mailbox
     GO_ACCEPTED = "go_accepted"  # GO, and a response was produced
     GO_REJECTED = "go_rejected"  # GO, and no response can be produced
+    GO_DEFERRED = "go_deferred"  # GO, and the response is held back (BUSY)
+    RESPONSE_READY = "response_ready"  # the held response is offered now
     READ_ADVANCE = "read_advance"  # write to the read mailbox, not past the last DW
     READ_LAST = "read_last"  # write to the read mailbox that consumes the last DW
     ABORT = "abort"
@@ -117,6 +133,12 @@ TRANSITIONS: dict[tuple[MailboxState, MailboxEvent], MailboxState] = {
     (S.RECEIVING, E.GO_REJECTED): S.ERROR,
     (S.RECEIVING, E.READ_ADVANCE): S.RECEIVING,  # nothing to advance: ignored
     (S.RECEIVING, E.ABORT): S.IDLE,
+    (S.RECEIVING, E.GO_DEFERRED): S.BUSY,
+    (S.BUSY, E.RESPONSE_READY): S.READY,
+    (S.BUSY, E.WRITE_DW): S.ERROR,  # new request while BUSY (§6.30.2 sequence)
+    (S.BUSY, E.GO_REJECTED): S.ERROR,  # GO while BUSY
+    (S.BUSY, E.READ_ADVANCE): S.BUSY,  # nothing to read yet: ignored
+    (S.BUSY, E.ABORT): S.IDLE,  # the held response is discarded
     (S.READY, E.WRITE_DW): S.ERROR,  # new request while a response is pending
     (S.READY, E.GO_REJECTED): S.ERROR,  # GO while a response is pending
     (S.READY, E.READ_ADVANCE): S.READY,
@@ -160,6 +182,8 @@ class DoeMailbox:
         self.interrupt_supported = interrupt_supported
         self.interrupt = interrupt
         self.observers: list[ExchangeObserver] = []
+        self.response_gate: ResponseGate | None = None
+        self._ticket = 0  # identifies the response currently held back (BUSY)
         self._protocols: dict[DoeProtocolId, _Registered] = {}
         self.state = MailboxState.IDLE
         self.int_en = False
@@ -212,6 +236,8 @@ class DoeMailbox:
             value |= STATUS_ERROR
         if self.state is MailboxState.READY:
             value |= STATUS_DATA_OBJECT_READY
+        if self.state is MailboxState.BUSY:
+            value |= STATUS_BUSY
         return value
 
     def read_register(self, offset: int) -> int:
@@ -259,8 +285,9 @@ class DoeMailbox:
     # ---- software actions -------------------------------------------------
 
     def write_mailbox(self, dw: int) -> None:
-        if self.state in (MailboxState.READY, MailboxState.ERROR):
-            self._fire(MailboxEvent.WRITE_DW, "write to the write mailbox while DOR is set")
+        if self.state in (MailboxState.READY, MailboxState.ERROR, MailboxState.BUSY):
+            self._fire(MailboxEvent.WRITE_DW, "write to the write mailbox while "
+                       + ("BUSY" if self.state is MailboxState.BUSY else "DOR is set"))
             return
         if len(self._write_buf) >= self.max_object_dw:
             self._fire(MailboxEvent.WRITE_OVERFLOW, "request larger than the mailbox")
@@ -273,6 +300,7 @@ class DoeMailbox:
             reason = {
                 MailboxState.IDLE: "GO with nothing written",
                 MailboxState.READY: "GO while a response is pending",
+                MailboxState.BUSY: "GO while BUSY",
                 MailboxState.ERROR: "GO while in error",
             }[self.state]
             self._fire(MailboxEvent.GO_REJECTED, reason)
@@ -285,7 +313,22 @@ class DoeMailbox:
         self._write_buf = []
         self._read_buf = response
         self._read_pos = 0
+        self._ticket += 1
+        protocol = DoeProtocolId(response[0] & 0xFFFF, (response[0] >> 16) & 0xFF)
+        if self.response_gate is not None and self.response_gate(protocol, self._ticket):
+            self._fire(MailboxEvent.GO_DEFERRED)
+            return
         self._fire(MailboxEvent.GO_ACCEPTED)
+
+    def complete(self, ticket: int) -> bool:
+        """The response held back under `ticket` is ready now: BUSY -> READY.
+        False (and no change) when that response was dropped meanwhile (ABORT, FLR,
+        a protocol violation), so a late completion cannot surface a stale object."""
+        if self.state is not MailboxState.BUSY or ticket != self._ticket:
+            log.info("DOE: held response %d no longer pending (aborted), dropped", ticket)
+            return False
+        self._fire(MailboxEvent.RESPONSE_READY)
+        return True
 
     def advance(self) -> None:
         if self.state is MailboxState.READY and self._read_pos + 1 >= len(self._read_buf):
@@ -297,6 +340,8 @@ class DoeMailbox:
             self._fire(MailboxEvent.READ_ADVANCE)
 
     def abort(self) -> None:
+        if self.state is MailboxState.BUSY:
+            log.info("DOE: abort while BUSY, held response %d discarded", self._ticket)
         self._fire(MailboxEvent.ABORT)
 
     def reset(self) -> None:

@@ -16,6 +16,16 @@ CMA/SPDM) with `spdm_unsupported_placeholder`; `vdev.tee_device.TeeDevice` (what
 answers every request with an SPDM ERROR(UnsupportedRequest)
 (DSP0274 §10.12: SPDMVersion, 0x7F, Param1 = ErrorCode 0x07, Param2 =
 ErrorData = the request code).  `register_doe_protocol` replaces it.
+
+Fault injection (DOE timing): `delay_doe_responses(seconds, count)` holds the next
+`count` SPDM / secured-SPDM responses back for `seconds` after GO: the mailbox reads
+BUSY, DATA_OBJECT_READY=0, until the delay has passed (PCIe r6.0 §6.30.2 allows a DOE
+instance up to 1 s; Linux's pci_doe aborts after PCI_DOE_TIMEOUT = 1 s).  Discovery
+is never delayed: Linux discovers at enumeration and drops a mailbox whose discovery
+fails, which would hide the mailbox for the whole boot instead of failing one
+exchange.  The waiting is done by `defer_later(seconds, callback)`, which the server
+provides (`vdev serve`: the event loop's call_later); the mailbox itself stays
+sans-IO and is told by `DoeMailbox.complete` that the response is ready.
 """
 
 from __future__ import annotations
@@ -26,7 +36,13 @@ from collections.abc import Callable, Sequence
 from vdev.device_api import DmaAccess, IrqIndex, IrqSink, RegionIndex, RegionInfo
 from vdev.device_regs import DeviceRegisters, msix_pba_offset
 from vdev.doe_mailbox import DoeMailbox, Handler
-from vdev.doe_object import DOE_TYPE_CMA_SPDM, DOE_TYPE_SECURED_CMA_SPDM, PCI_SIG_VENDOR_ID
+from vdev.doe_object import (
+    DISCOVERY,
+    DOE_TYPE_CMA_SPDM,
+    DOE_TYPE_SECURED_CMA_SPDM,
+    PCI_SIG_VENDOR_ID,
+    DoeProtocolId,
+)
 from vdev.pci.bar import MemoryBar
 from vdev.pci.config_space import CONFIG_SPACE_SIZE, ConfigSpace
 from vdev.pci.doe_cap import DoeCap
@@ -44,6 +60,8 @@ SPDM_ERROR = 0x7F
 SPDM_ERROR_UNSUPPORTED_REQUEST = 0x07
 
 ResetObserver = Callable[[], None]
+DeferLater = Callable[[float, Callable[[], None]], object]
+"""Runs a callable after some seconds (e.g. `loop.call_later`)."""
 
 
 def spdm_unsupported_placeholder(request: bytes) -> bytes:
@@ -60,8 +78,13 @@ def spdm_unsupported_placeholder(request: bytes) -> bytes:
 class TeeIoEndpoint:
     """A PCIe endpoint advertising TEE-IO, with DOE and Selective IDE."""
 
-    def __init__(self, profile: DeviceProfile | None = None) -> None:
+    def __init__(
+        self, profile: DeviceProfile | None = None, *, defer_later: DeferLater | None = None
+    ) -> None:
         self.profile = profile = profile if profile is not None else DeviceProfile()
+        self.defer_later = defer_later
+        self._doe_delay = 0.0
+        self._doe_delays_left = 0
         self._irq: IrqSink | None = None
         self._dma: DmaAccess | None = None
         self.reset_observers: list[ResetObserver] = []
@@ -118,6 +141,32 @@ class TeeIoEndpoint:
     ) -> None:
         """Serve a DOE protocol; replacing an existing one keeps its discovery index."""
         self.doe.register(vendor_id, data_object_type, handler)
+
+    def delay_doe_responses(self, seconds: float, count: int) -> None:
+        """Hold the next `count` non-discovery DOE responses back `seconds` after GO."""
+        if seconds < 0 or count < 0:
+            raise ValueError("DOE delay and count must not be negative")
+        if count and self.defer_later is None:
+            raise ValueError("delayed DOE responses need a defer_later from the server")
+        self._doe_delay, self._doe_delays_left = seconds, count
+        self.doe.response_gate = self._doe_response_gate if count else None
+
+    def _doe_response_gate(self, protocol: DoeProtocolId, ticket: int) -> bool:
+        if protocol == DISCOVERY or self._doe_delays_left <= 0 or self.defer_later is None:
+            return False
+        self._doe_delays_left -= 1
+        log.info("DOE response %d (%s) held back %d ms: BUSY until then "
+                 "(fault injection, %d more to delay)", ticket, protocol,
+                 round(self._doe_delay * 1000), self._doe_delays_left)
+        doe = self.doe
+
+        def ready() -> None:
+            if doe.complete(ticket):
+                log.info("DOE response %d ready after %d ms", ticket,
+                         round(self._doe_delay * 1000))
+
+        self.defer_later(self._doe_delay, ready)
+        return True
 
     def add_reset_observer(self, observer: ResetObserver) -> None:
         """Called after every FLR / device reset, once all device state is reset."""

@@ -79,7 +79,7 @@ from vdev.doe_object import (
     PCI_SIG_VENDOR_ID,
     DoeProtocolId,
 )
-from vdev.endpoint import TeeIoEndpoint
+from vdev.endpoint import DeferLater, TeeIoEndpoint
 from vdev.ide_target import EndpointIdeTarget
 from vdev.pci.msix_cap import MSIX_ENTRY_SIZE
 from vdev.profile import DeviceProfile
@@ -137,8 +137,9 @@ class TeeDevice(TeeIoEndpoint):
         identity: DeviceIdentity | None = None,
         spdm_transport: TransportParams = DOE_TRANSPORT,
         random_bytes: Callable[[int], bytes] = secrets.token_bytes,
+        defer_later: DeferLater | None = None,
     ) -> None:
-        super().__init__(profile)
+        super().__init__(profile, defer_later=defer_later)
         p = self.profile
         if identity is None:
             directory = Path(state_dir) if state_dir is not None else default_state_dir(p)

@@ -318,10 +318,17 @@ def test_transition_table_is_explicit_and_abort_always_idles() -> None:
         e for (s, e), t in TRANSITIONS.items() if s is MailboxState.ERROR and t is not s
     }
     assert leaving_error == {MailboxEvent.ABORT}
-    # only a successful GO reaches READY, only the last read ack leaves it normally
+    # only a successful GO (at once, or once a held response is completed) reaches
+    # READY, only the last read ack leaves it normally
     assert {k for k, t in TRANSITIONS.items() if t is MailboxState.READY} == {
         (MailboxState.RECEIVING, MailboxEvent.GO_ACCEPTED),
+        (MailboxState.BUSY, MailboxEvent.RESPONSE_READY),
         (MailboxState.READY, MailboxEvent.READ_ADVANCE),
+    }
+    # BUSY is entered only by a held-back GO
+    assert {k for k, t in TRANSITIONS.items() if t is MailboxState.BUSY} == {
+        (MailboxState.RECEIVING, MailboxEvent.GO_DEFERRED),
+        (MailboxState.BUSY, MailboxEvent.READ_ADVANCE),
     }
 
 
