@@ -17,7 +17,8 @@ r cmdline "$(cat /proc/cmdline)"
 for t in /tests/*; do
 	[ -x "$t" ] || continue
 	r script "$(basename "$t")"
-	. "$t"
+	# A subshell: a broken script must not kill init (and panic the guest).
+	( . "$t" ) || r script_failed "$(basename "$t") $?"
 done
 
 if [ -n "$(grep -o 'vdev.shell=1' /proc/cmdline)" ]; then

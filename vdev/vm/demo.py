@@ -258,24 +258,36 @@ def connect_session(
 
 
 def run_shell(profile_path: str | None = None) -> int:
-    """Boot with the device attached and vdevtest loaded, console on this terminal."""
-    profile = DeviceProfile.from_toml(profile_path) if profile_path else DeviceProfile()
+    """`make vm`: the device and the TSM mailbox attached, vdevtest and vtsm
+    loaded, the guest console on this terminal."""
     env = find_env()
     with tempfile.TemporaryDirectory(prefix="vdev-vm-") as tmp:
         work = Path(tmp)
-        extra = ["--profile", profile_path] if profile_path else []
-        server = device_server(work, extra=extra).start()
-        hello = (f"insmod /modules/vdevtest.ko\n"
-                 f"echo '{profile.vendor_id:04x} {profile.device_id:04x}' "
-                 f"> /sys/bus/pci/drivers/vdevtest/new_id\n"
-                 f"r device {BDF}: see /sys/bus/pci/devices/{BDF}\n").encode()
-        spec = GuestRun(env=env, workdir=work, modules=["vdevtest"], devices=[server.socket],
+        identity = work / "identity"
+        extra = ["--state-dir", str(identity)] + (["--profile", profile_path] if profile_path
+                                                  else [])
+        device = device_server(work, "device", extra=extra).start()
+        anchor = _root_anchor(identity, work / "trust-anchor.pem")
+        tsm = tsm_mailbox_server(work, ["--trust-anchor", str(anchor),
+                                        "--evidence", str(work / "evidence.json")]).start()
+        hello = (
+            "insmod /modules/vdevtest.ko\n"
+            "insmod /modules/vtsm.ko\n"
+            f"r device \"{BDF} is the TEE-IO endpoint, {MAILBOX_BDF} the TSM mailbox\"\n"
+            f"r try \"echo tsm0 > /sys/bus/pci/devices/{BDF}/tsm/connect, then "
+            f"echo {BDF} > /sys/bus/pci/devices/{MAILBOX_BDF}/tdi_lock "
+            "(also tdi_start, tdi_stop, tdi_state, tdi_report)\"\n"
+        ).encode()
+        spec = GuestRun(env=env, workdir=work, modules=["vdevtest", "vtsm"],
+                        devices=[device.socket, tsm.socket],
                         scripts={"50-shell.sh": hello}, append="vdev.shell=1").prepare()
         argv = qemu_command(spec, choose_accel(env))
         # mon:stdio keeps Ctrl-A X available to quit QEMU.
         argv[argv.index("-serial") + 1] = "mon:stdio"
-        print(f"vdev vm: device log {server.log}; Ctrl-A X quits QEMU", file=sys.stderr)
+        print(f"vdev vm: device log {device.log}, TSM log {tsm.log}; Ctrl-A X quits QEMU",
+              file=sys.stderr)
         try:
             return subprocess.call(argv, env=os.environ)
         finally:
-            server.stop()
+            tsm.stop()
+            device.stop()
