@@ -42,6 +42,7 @@ TARGETS = [
     ("P-384 full handshake in-process",
      ("spdm_handshake", "in_process", "P-384/SHA-384/AES-256-GCM", "p50_ms"), 15.0, "ms"),
     ("TSM connect-to-RUN in-process", ("tsm", "connect_to_run", "total_ms"), None, "ms"),
+    ("guest connect-to-RUN", ("guest", "connect_to_run_s"), 3.0, "s"),
 ]
 
 
@@ -53,6 +54,7 @@ def _dig(report: dict[str, Any], path: tuple[str, ...]) -> Any:
 
 
 def main() -> int:
+    from bench.guest_bench import bench_guest_connect
     from bench.spdm_bench import bench_in_process, bench_socket
     from tdisp.tsm.bench import bench_connect_to_run
 
@@ -72,6 +74,7 @@ def main() -> int:
         k: (round(v * 1000, 2) if isinstance(v, float) else v) for k, v in tsm.items()
     }}
     report["tsm"]["connect_to_run"]["total_ms"] = report["tsm"]["connect_to_run"].pop("total")
+    report["guest"] = bench_guest_connect()
     verdicts: list[dict[str, Any]] = []
     for name, path, limit, unit in TARGETS:
         value = _dig(report, path)

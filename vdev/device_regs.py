@@ -18,6 +18,10 @@ unmapped offsets read 0 and ignore writes.
   0x028   RESET_COUNT  RO      resets (FLR or device reset) since the process
                                started; not cleared by reset, so a guest can
                                see that its FLR happened
+  0x02C   MARKER       WO      write N: the device logs "guest marker N" with its
+                               activity counters (config and BAR accesses, DOE
+                               exchanges), so a guest can bracket a step and
+                               the host can see what the step cost
   0x1000  MSI-X table  --      16 bytes per vector; emulated by QEMU, which never
                                forwards it: here it reads 0 and ignores writes
   PBA     MSI-X PBA    RO      at the next 4 KiB boundary after the table;
@@ -47,6 +51,7 @@ SCRATCH_COUNT = 4
 REG_DOORBELL = 0x020
 REG_IRQ_COUNT = 0x024
 REG_RESET_COUNT = 0x028
+REG_MARKER = 0x02C
 
 ID_MAGIC = int.from_bytes(b"VDEV", "little")
 REGISTER_MAP_VERSION = 0x0001_0000
@@ -61,8 +66,15 @@ def msix_pba_offset(vectors: int) -> int:
 class DeviceRegisters:
     """The BAR0 register block."""
 
-    def __init__(self, size: int, msix: MsixState, raise_vector: Callable[[int], None]) -> None:
+    def __init__(
+        self,
+        size: int,
+        msix: MsixState,
+        raise_vector: Callable[[int], None],
+        on_marker: Callable[[int], None] | None = None,
+    ) -> None:
         self.size = size
+        self.on_marker = on_marker
         self.msix = msix
         self.raise_vector = raise_vector
         self.table_offset = MSIX_TABLE_OFFSET
@@ -83,6 +95,7 @@ class DeviceRegisters:
                 Register("DOORBELL", REG_DOORBELL, 4, on_write=self._doorbell),
                 Register("IRQ_COUNT", REG_IRQ_COUNT, 4, on_read=lambda: self.irq_count),
                 Register("RESET_COUNT", REG_RESET_COUNT, 4, on_read=lambda: self.reset_count),
+                Register("MARKER", REG_MARKER, 4, on_write=self._marker),
             ]
         )
 
@@ -93,6 +106,10 @@ class DeviceRegisters:
             log.warning("doorbell for MSI-X vector %d, device has %d", value, self.msix.vectors)
             return
         self.raise_vector(value)
+
+    def _marker(self, value: int, byte_enable: int) -> None:
+        if self.on_marker is not None:
+            self.on_marker(value & byte_enable)
 
     def note_interrupt(self) -> None:
         self.irq_count = (self.irq_count + 1) & 0xFFFF_FFFF

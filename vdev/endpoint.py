@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
+from vdev.activity import ActivityCounters
 from vdev.device_api import DmaAccess, IrqIndex, IrqSink, RegionIndex, RegionInfo
 from vdev.device_regs import DeviceRegisters, msix_pba_offset
 from vdev.doe_mailbox import DoeMailbox, Handler
@@ -103,7 +104,10 @@ class TeeIoEndpoint:
             table_offset=MSIX_TABLE_OFFSET,
             pba_offset=msix_pba_offset(profile.msix_vectors),
         )
-        self.regs = DeviceRegisters(profile.bar0_size, self.msix.state, self.raise_msix)
+        self.activity = ActivityCounters()
+        self.doe.observers.append(self.activity.doe_exchange)
+        self.regs = DeviceRegisters(profile.bar0_size, self.msix.state, self.raise_msix,
+                                    on_marker=self.activity.log_marker)
         self.pcie = PcieCap(tee_io=profile.tee_io, on_flr=self.function_level_reset)
         self.pm = PowerManagementCap()
         self.ide = IdeCap(
@@ -218,6 +222,7 @@ class TeeIoEndpoint:
         return 0  # no MSI capability; ERR/REQ not supported (ERR would stop the VM)
 
     def region_read(self, index: int, offset: int, count: int) -> bytes:
+        self.activity.accesses[(index, False)] += 1
         if index == RegionIndex.CONFIG:
             return self.config.read(offset, count)
         if index == RegionIndex.BAR0:
@@ -225,6 +230,7 @@ class TeeIoEndpoint:
         raise ValueError(f"region {index} is not implemented")
 
     def region_write(self, index: int, offset: int, data: bytes) -> None:
+        self.activity.accesses[(index, True)] += 1
         if index == RegionIndex.CONFIG:
             self.config.write(offset, data)
         elif index == RegionIndex.BAR0:
