@@ -3,10 +3,6 @@ socket: DOE and every config access are REGION_READ / REGION_WRITE messages."""
 
 from __future__ import annotations
 
-import asyncio
-import shutil
-import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +16,7 @@ from vdev.pci.header import CMD_MEMORY, COMMAND
 from vdev.pci.ide_cap import IdeStreamState
 from vdev.tee_device import TeeDevice
 from vdev.vfio_user.client import VfioUserClient
-from vdev.vfio_user.server import VfioUserServer
+from vdev.vfio_user.threaded import serve_in_thread
 
 from .secure_host import BAR0_ADDRESS, ConfigPort, SecureHost, tdi_state
 
@@ -29,33 +25,10 @@ DOE_CAP = 0x100
 
 @pytest.fixture
 def served(state_dir: Path) -> Iterator[tuple[TeeDevice, VfioUserClient]]:
-    tmpdir = tempfile.mkdtemp(prefix="vs-", dir="/tmp")
-    path = f"{tmpdir}/dev.sock"
-    device = TeeDevice(state_dir=state_dir)
-    loop = asyncio.new_event_loop()
-    srv = VfioUserServer(device, path)
-    started = threading.Event()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(srv.start())
-        started.set()
-        loop.run_forever()
-        loop.run_until_complete(srv.close())
-        loop.close()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    assert started.wait(5)
-    client = VfioUserClient(path, timeout=5.0)
-    try:
+    with serve_in_thread(lambda loop: TeeDevice(state_dir=state_dir)) as served, \
+            VfioUserClient(served.path, timeout=5.0) as client:
         client.negotiate()
-        yield device, client
-    finally:
-        client.close()
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)
-        shutil.rmtree(tmpdir, ignore_errors=True)
+        yield served.device, client
 
 
 def socket_host(device: TeeDevice, client: VfioUserClient) -> SecureHost:

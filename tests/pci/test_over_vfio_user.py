@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import shutil
-import tempfile
-import threading
 from collections.abc import Iterator
 
 import pytest
@@ -13,7 +9,7 @@ import pytest
 from vdev.device_api import RegionIndex
 from vdev.endpoint import TeeIoEndpoint
 from vdev.vfio_user.client import VfioUserClient
-from vdev.vfio_user.server import VfioUserServer
+from vdev.vfio_user.threaded import serve_in_thread
 
 from .fakes import Cfg
 from .linux_doe import LinuxDoe
@@ -35,33 +31,10 @@ class SocketCfg(Cfg):
 
 @pytest.fixture
 def client() -> Iterator[tuple[TeeIoEndpoint, VfioUserClient]]:
-    tmpdir = tempfile.mkdtemp(prefix="vp-", dir="/tmp")
-    path = f"{tmpdir}/dev.sock"
-    endpoint = TeeIoEndpoint()
-    loop = asyncio.new_event_loop()
-    srv = VfioUserServer(endpoint, path)
-    started = threading.Event()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(srv.start())
-        started.set()
-        loop.run_forever()
-        loop.run_until_complete(srv.close())
-        loop.close()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    assert started.wait(5)
-    c = VfioUserClient(path, timeout=2.0)
-    try:
+    with serve_in_thread(lambda loop: TeeIoEndpoint()) as served, \
+            VfioUserClient(served.path, timeout=2.0) as c:
         c.negotiate()
-        yield endpoint, c
-    finally:
-        c.close()
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)
-        shutil.rmtree(tmpdir, ignore_errors=True)
+        yield served.device, c
 
 
 def test_discovery_and_flr_over_the_socket(client: tuple[TeeIoEndpoint, VfioUserClient]) -> None:

@@ -10,9 +10,6 @@ import errno
 import json
 import os
 import select
-import shutil
-import tempfile
-import threading
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +26,7 @@ from vdev.tsm_mailbox.device import TsmMailboxDevice
 from vdev.tsm_mailbox.model_adapter import OperationBackend
 from vdev.tsm_mailbox.protocol import IRQ_CTRL_COMPLETION, REG_IRQ_CTRL, Op, Status
 from vdev.vfio_user.client import VfioUserClient
-from vdev.vfio_user.server import VfioUserServer
+from vdev.vfio_user.threaded import serve_in_thread
 
 from .rig import MailboxDriver
 
@@ -196,36 +193,15 @@ class Served:
 
 @pytest.fixture
 def served() -> Iterator[Served]:
-    tmpdir = tempfile.mkdtemp(prefix="vtsm-", dir="/tmp")
-    path = f"{tmpdir}/mbox.sock"
     backend = ScriptedBackend({Op.CONNECT: [Script(
         (DoeRequest(1, bytes.fromhex("10840000")),), Done(0, "ok"))]})
-    loop = asyncio.new_event_loop()
 
-    def defer(step: Any) -> None:
-        loop.call_soon(step)
+    def make(loop: asyncio.AbstractEventLoop) -> TsmMailboxDevice:
+        # Deferred steps run on the server's loop, as `vdev tsm serve` does.
+        return TsmMailboxDevice(backend, defer=loop.call_soon)
 
-    device = TsmMailboxDevice(backend, defer=defer)
-    srv = VfioUserServer(device, path)
-    started = threading.Event()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(srv.start())
-        started.set()
-        loop.run_forever()
-        loop.run_until_complete(srv.close())
-        loop.close()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    assert started.wait(5)
-    try:
-        yield Served(device, backend, path)
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)
-        shutil.rmtree(tmpdir, ignore_errors=True)
+    with serve_in_thread(make, name="mbox") as s:
+        yield Served(s.device, backend, s.path)
 
 
 def test_over_vfio_user_with_interrupts(served: Served) -> None:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import struct
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -16,6 +14,7 @@ import pytest
 from vdev.device_api import DmaAccess, IrqIndex, IrqSink, RegionIndex, RegionInfo
 from vdev.vfio_user.client import VfioUserClient
 from vdev.vfio_user.server import VfioUserServer
+from vdev.vfio_user.threaded import serve_in_thread
 
 # BAR0 register map of the fake device.
 DOORBELL = 0x00  # write v: trigger MSI-X vector v; 0x100: assert INTx
@@ -137,28 +136,5 @@ def wait_for(cond: Callable[[], bool], timeout: float = 2.0) -> None:
 
 @pytest.fixture
 def server() -> Iterator[ServerHandle]:
-    # Short directory: AF_UNIX paths are limited to 108 bytes.
-    tmpdir = tempfile.mkdtemp(prefix="vu-", dir="/tmp")
-    path = f"{tmpdir}/dev.sock"
-    device = FakeDevice()
-    loop = asyncio.new_event_loop()
-    srv = VfioUserServer(device, path, dma_timeout=0.5)
-    started = threading.Event()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(srv.start())
-        started.set()
-        loop.run_forever()
-        loop.run_until_complete(srv.close())
-        loop.close()
-
-    thread = threading.Thread(target=run, name="vfio-user-server", daemon=True)
-    thread.start()
-    assert started.wait(5)
-    try:
-        yield ServerHandle(device, path, srv, loop)
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)
-        shutil.rmtree(tmpdir, ignore_errors=True)
+    with serve_in_thread(lambda loop: FakeDevice(), dma_timeout=0.5) as s:
+        yield ServerHandle(s.device, s.path, s.server, s.loop)

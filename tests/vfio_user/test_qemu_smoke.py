@@ -9,19 +9,16 @@ IRQ info, the config read, DEVICE_RESET and the post-reset BAR writes
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import struct
 import subprocess
-import tempfile
-import threading
 from collections.abc import Sequence
 
 import pytest
 
 from vdev.device_api import RegionIndex, RegionInfo
-from vdev.vfio_user.server import VfioUserServer
+from vdev.vfio_user.threaded import serve_in_thread
 
 from .conftest import FakeDevice, wait_for
 
@@ -59,52 +56,9 @@ def qemu_argv() -> list[str]:
 
 def test_qemu_realizes_device(caplog: pytest.LogCaptureFixture) -> None:
     argv = qemu_argv()
-    tmpdir = tempfile.mkdtemp(prefix="vuq-", dir="/tmp")
-    path = f"{tmpdir}/dev.sock"
-    device = PciFake()
-    loop = asyncio.new_event_loop()
-    srv = VfioUserServer(device, path)
-    started = threading.Event()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(srv.start())
-        started.set()
-        loop.run_forever()
-        loop.run_until_complete(srv.close())
-        loop.close()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    assert started.wait(5)
-    dev = {"driver": "vfio-user-pci", "id": "vu0", "bus": "rp0", "addr": "0x0",
-           "socket": {"type": "unix", "path": path}, "rombar": 0}
-    cmd = [
-        *argv, "-machine", "q35,memory-backend=mem", "-accel", "tcg", "-m", "128M",
-        "-object", "memory-backend-memfd,id=mem,size=128M,share=on",
-        "-S", "-nodefaults", "-display", "none", "-qmp", "stdio",
-        "-device", "pcie-root-port,id=rp0,bus=pcie.0,chassis=1,slot=1",
-        "-device", json.dumps(dev),
-    ]
-    try:
-        with caplog.at_level(logging.DEBUG, logger="vdev.vfio_user"):
-            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True)
-            try:
-                assert proc.stdout is not None and proc.stdin is not None
-                greeting = proc.stdout.readline()  # QMP is up once realize is done
-                assert "QMP" in greeting, greeting
-                proc.stdin.write('{"execute":"qmp_capabilities"}\n{"execute":"quit"}\n')
-                proc.stdin.flush()
-                _, err = proc.communicate(timeout=15)
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
-            wait_for(lambda: srv.connection is None, 5)
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)
+    with serve_in_thread(lambda loop: PciFake()) as served:
+        proc, err = _run_qemu(argv, served.path, caplog)
+        wait_for(lambda: served.server.connection is None, 5)
     assert proc.returncode == 0, err
     # The only complaint allowed: no ERR irq offered (vm-environment.md).
     problems = [ln for ln in err.splitlines() if ln and "error recovery" not in ln]
@@ -114,4 +68,35 @@ def test_qemu_realizes_device(caplog: pytest.LogCaptureFixture) -> None:
                  "REGION_READ", "DEVICE_RESET"):
         assert f"<- {name} " in seen, name
     assert "refused" not in seen and "malformed" not in seen
+    device = served.device
     assert device.resets >= 1 and device.attaches == 1 and device.detaches == 1
+
+
+def _run_qemu(
+    argv: list[str], path: str, caplog: pytest.LogCaptureFixture
+) -> tuple[subprocess.Popen[str], str]:
+    """Realize the device in QEMU (-S: no guest runs), then quit over QMP."""
+    dev = {"driver": "vfio-user-pci", "id": "vu0", "bus": "rp0", "addr": "0x0",
+           "socket": {"type": "unix", "path": path}, "rombar": 0}
+    cmd = [
+        *argv, "-machine", "q35,memory-backend=mem", "-accel", "tcg", "-m", "128M",
+        "-object", "memory-backend-memfd,id=mem,size=128M,share=on",
+        "-S", "-nodefaults", "-display", "none", "-qmp", "stdio",
+        "-device", "pcie-root-port,id=rp0,bus=pcie.0,chassis=1,slot=1",
+        "-device", json.dumps(dev),
+    ]
+    with caplog.at_level(logging.DEBUG, logger="vdev.vfio_user"):
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout is not None and proc.stdin is not None
+            greeting = proc.stdout.readline()  # QMP is up once realize is done
+            assert "QMP" in greeting, greeting
+            proc.stdin.write('{"execute":"qmp_capabilities"}\n{"execute":"quit"}\n')
+            proc.stdin.flush()
+            _, err = proc.communicate(timeout=15)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return proc, err
