@@ -136,3 +136,14 @@ def script(body_file: str, **variables: object) -> bytes:
     """A guest test script from guest-tests/scripts with variables prepended."""
     head = "".join(f"{k}={v}\n" for k, v in variables.items())
     return (head + (GUEST_TESTS / "scripts" / body_file).read_text()).encode()
+
+
+def root_anchor(identity_dir: Path, out: Path) -> Path:
+    """The device identity's root CA (first certificate of slot 0's chain), written
+    to `out`: the trust anchor a TSM is given.  Same as demo.py's `_root_anchor`."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    chain = x509.load_pem_x509_certificates((identity_dir / "slot0" / "chain.pem").read_bytes())
+    out.write_bytes(chain[0].public_bytes(serialization.Encoding.PEM))
+    return out
