@@ -120,6 +120,8 @@ def _lines(log: str, pattern: str) -> list[re.Match[str]]:
 def test_reconnect_three_times_gets_a_fresh_session_each_time(
     vm_env: VmEnv, workdir: Path
 ) -> None:
+    """connect, LOCK, REPORT, START, STOP, disconnect, three times in one boot: each
+    connect sets up a new SPDM session and new IDE keys; each disconnect ends them."""
     s = run_session(vm_env, workdir, "vtsm-reconnect.sh")
     v = s.res.value
     assert kernel_problems(s.res) == [], "\n".join(kernel_problems(s.res))
@@ -256,8 +258,9 @@ def test_doe_response_after_the_kernel_timeout_fails_one_connect_only(
 
     slow = v("connect_slow") or ""
     assert slow.startswith("1 ") and "Input/output error" in slow, slow
-    # Bounded by the kernel's 1 s DOE timeout, not by the 1.5 s delay or vtsm's 10 s.
-    assert 0.9 < float(v("connect_slow_seconds") or "99") < 1.5, v("connect_slow_seconds")
+    # Bounded by the kernel's 1 s DOE timeout, not by vtsm's 10 s step timeout (the
+    # device-side timing below shows the abort came before the 1.5 s were up).
+    assert 0.9 < float(v("connect_slow_seconds") or "99") < 3, v("connect_slow_seconds")
     assert v("connect_slow_authenticated") == ""
     failed = [line for line in s.res.dmesg if "vtsm: connect via" in line and "failed" in line]
     assert len(failed) == 1 and expected_failure in failed[0], failed
@@ -283,7 +286,7 @@ def test_doe_response_after_the_kernel_timeout_fails_one_connect_only(
     stamps = {m[2]: m[1] for m in _lines(
         dev, r"^(\d\d:\d\d:\d\d\.\d+) .*(held back|abort while BUSY)")}
     waited = _seconds(stamps["abort while BUSY"]) - _seconds(stamps["held back"])
-    assert 0.95 < waited < 1.3, waited
+    assert 0.9 < waited < 1.45, waited  # PCI_DOE_TIMEOUT = HZ after GO
     assert len(_lines(dev, r"SPDM session 0x[0-9a-f]{8} established")) == 1
     tsm = s.tsm_log()
     assert "DOE transfer failed in the guest: -5" in tsm
@@ -297,6 +300,9 @@ def test_doe_response_after_the_kernel_timeout_fails_one_connect_only(
 
 
 def test_flr_in_run_unlocks_the_tdi_and_the_tsm_sees_it(vm_env: VmEnv, workdir: Path) -> None:
+    """`echo 1 > reset` (reset_method flr) while the TDI is in RUN: the device drops it
+    to CONFIG_UNLOCKED, the TSM's GET_DEVICE_INTERFACE_STATE over the surviving SPDM
+    session says so, STOP works, the guest's disconnect and rmmod are clean."""
     s = run_session(vm_env, workdir, "vtsm-flr.sh")
     v = s.res.value
     problems = kernel_problems(s.res)

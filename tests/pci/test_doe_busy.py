@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import pytest
@@ -14,6 +15,7 @@ from vdev.doe_mailbox import (
     STATUS_DATA_OBJECT_READY,
     STATUS_ERROR,
     STATUS_INT_STATUS,
+    TRANSITIONS,
     DoeMailbox,
     MailboxState,
 )
@@ -189,3 +191,35 @@ def test_endpoint_delay_needs_a_scheduler() -> None:
         ep.delay_doe_responses(1.5, 1)
     ep.delay_doe_responses(1.5, 0)  # no delays: fine without one
     assert ep.doe.response_gate is None
+
+
+GATED_ACTIONS: dict[str, Callable[[DoeMailbox], object]] = {
+    "request": lambda mb: request(mb),
+    "write": lambda mb: mb.write_mailbox(0x0001_0001),
+    "go": lambda mb: mb.go(),
+    "ack": lambda mb: mb.advance(),
+    "abort": lambda mb: mb.abort(),
+    "complete": lambda mb: mb.complete(mb._ticket),
+    "complete_stale": lambda mb: mb.complete(mb._ticket - 1),
+}
+
+
+@pytest.mark.parametrize("sequence", list(itertools.product(GATED_ACTIONS, repeat=4)))
+def test_gated_action_sequences_stay_in_the_table(sequence: tuple[str, ...]) -> None:
+    """With every response held back, any sequence keeps to the table and the status
+    bits derived from the state: BUSY <=> BUSY state, DOR <=> READY, never both."""
+    mb, _, _ = gated_mailbox()
+    for name in sequence:
+        before = mb.state
+        GATED_ACTIONS[name](mb)
+        # "request" is several register writes plus GO; the others are one event each
+        # (a complete() that finds nothing pending is ignored without an event).
+        if name != "request":
+            assert any(k[0] is before and t is mb.state for k, t in TRANSITIONS.items()) \
+                or (before is mb.state and name.startswith("complete")), (sequence, name)
+        status = mb.status
+        assert bool(status & STATUS_BUSY) == (mb.state is MailboxState.BUSY)
+        assert bool(status & STATUS_DATA_OBJECT_READY) == (mb.state is MailboxState.READY)
+        assert bool(status & STATUS_ERROR) == (mb.state is MailboxState.ERROR)
+        if name == "complete_stale":
+            assert before is mb.state  # a stale ticket never changes anything
