@@ -25,7 +25,10 @@ Behaviour choices and where they come from:
   makes its ticket stale, so a late `complete` is ignored (§7.9.24.3: abort
   "terminates ... the processing of the current data object").  Writes or GO
   while BUSY break the §6.30.2 sequence (software waits for BUSY=0 first,
-  as Linux does) and set ERROR.
+  as Linux does) and set ERROR.  The handler runs at GO either way, so an
+  exchange aborted while BUSY has had its protocol effects (a device that did
+  the work but was late to publish it); SPDM requesters recover by starting
+  over with GET_VERSION, which resets the responder's connection state.
 - DOR stays 1 until software advances past the last response DW; Linux
   checks DOR before acking the final DW (Linux reference §2, doe.c).
 - ABORT from any state discards both buffers and clears DOR and ERROR
