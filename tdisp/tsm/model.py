@@ -709,14 +709,27 @@ class TsmModel:
     def _disconnect(self, p: Progress) -> Gen:
         sid = self._require_session()
         try:
+            # Best effort up to END_SESSION: a device that refuses a STOP or a
+            # K_SET_STOP (e.g. its IDE keys went with an FLR) must still get its
+            # session ended, or the session would be left open on the device.
             p.enter("tdisp")
             for rec in self.tdis.values():
                 if rec.state in (TdiState.CONFIG_LOCKED, TdiState.RUN, TdiState.ERROR):
-                    yield from self._stop(p, rec)
+                    try:
+                        yield from self._stop(p, rec)
+                    except _DEVICE_REFUSALS as exc:
+                        p.log(f"device refused STOP, ending the session anyway: {describe(exc)}")
             p.enter("ide_km")
-            yield from self._stop_device_keys(p)
+            try:
+                yield from self._stop_device_keys(p)
+                p.log("IDE keys stopped on device and root port")
+            except _DEVICE_REFUSALS as exc:
+                for slot, st in self._device_slots.items():
+                    if st in ("programmed", "active"):
+                        self._device_slots[slot] = "lost"
+                p.log(f"device refused K_SET_STOP (keys lost?), ending the session anyway: "
+                      f"{describe(exc)}")
             self.root_port.stop_all("disconnect")
-            p.log("IDE keys stopped on device and root port")
             p.enter("session")
             yield from self._spdm(p, "END_SESSION", lambda: self._req.end_session(sid))
             p.log(f"session 0x{sid:08x} ended")
@@ -729,6 +742,10 @@ class TsmModel:
                 self._session_state = "abandoned"
             self.root_port.stop_all("disconnect")
         return True
+
+
+# Errors the device answered with (as opposed to a dead transport).
+_DEVICE_REFUSALS = (ErrorResponse, TdispProtocolError)
 
 
 def errno_of(error: BaseException) -> int:

@@ -394,3 +394,29 @@ def test_step_log_is_bounded() -> None:
         ok(tsm.heartbeat(), dev)
     log = tsm.evidence()["log"]
     assert len(log) <= 6 and log[-1]["event"] == "heartbeat: ok"
+
+
+def test_disconnect_after_the_device_lost_its_keys_still_ends_the_session() -> None:
+    """An FLR drops the device's IDE keys and unlocks its TDI: the TSM's K_SET_STOP
+    is refused, and disconnect must still send END_SESSION rather than leave the
+    session open on the device."""
+    from .tsm_rig import STREAM, TDI_ID
+
+    dev = make_device()
+    tsm = connect_to_run(dev)
+    sid = tsm.session_id
+    # What the device does on FLR: the IDE model clears SEL_CTL (stream no longer
+    # configured) and its keys, IDE_KM forgets them, the TDI goes CONFIG_UNLOCKED.
+    dev.target.streams[0].discard(STREAM)
+    dev.target.keys.clear()
+    dev.target.active.clear()
+    dev.idekm.records.clear()
+    dev.tdisp.tdi(TDI_ID).function_reset()
+    done = ok(tsm.disconnect(), dev)
+    events = [x["event"] for x in done.evidence["log"]]
+    assert any("refused K_SET_STOP" in e for e in events), events
+    assert dev.responder.sessions == {} and tsm.state == "idle"
+    assert done.evidence["spdm"]["session_state"] == "ended"
+    assert done.evidence["spdm"]["session_id"] == f"0x{sid:08x}"
+    slots = done.evidence["ide"]["device"]["slots"]
+    assert slots and all(s["state"] == "lost" for s in slots)
