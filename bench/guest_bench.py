@@ -14,10 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from vdev.device_regs import REG_MARKER
-from vdev.vm.demo import BDF, MAILBOX_BDF, _root_anchor
+from vdev.vm.demo import BDF, MAILBOX_BDF
 from vdev.vm.env import VmEnvError, find_env
 from vdev.vm.qemu import choose_accel
-from vdev.vm.session import GuestRun, device_server, script, tsm_mailbox_server
+from vdev.vm.session import (
+    GuestRun,
+    device_server,
+    root_anchor,
+    script,
+    tsm_mailbox_server,
+)
 
 _MARKER = re.compile(r"guest marker (\d+): (.*)")
 
@@ -46,7 +52,7 @@ def bench_guest_connect() -> dict[str, Any]:
         identity = work / "identity"
         dev = device_server(work, "device", extra=["--state-dir", str(identity)]).start()
         try:
-            anchor = _root_anchor(identity, work / "root.pem")
+            anchor = root_anchor(identity, work / "root.pem")
             tsm = tsm_mailbox_server(work, ["--trust-anchor", str(anchor)]).start()
             try:
                 res = GuestRun(

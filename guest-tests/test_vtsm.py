@@ -15,7 +15,14 @@ import pytest
 
 from vdev.vm.env import VmEnv
 from vdev.vm.qemu import VmResult
-from vdev.vm.session import GuestRun, ServerProcess, device_server, script, tsm_mailbox_server
+from vdev.vm.session import (
+    GuestRun,
+    ServerProcess,
+    device_server,
+    root_anchor,
+    script,
+    tsm_mailbox_server,
+)
 
 EP = "0000:01:00.0"  # first vfio-user device: behind root port 1
 MB = "0000:02:00.0"  # second: the mailbox, behind root port 2
@@ -219,16 +226,6 @@ def test_vtsm_tsm_stalls_then_dies_mid_connect(
     assert endpoint.alive(), endpoint.log_tail()
 
 
-def _root_anchor(identity_dir: Path, out: Path) -> Path:
-    """The endpoint identity's root CA (first certificate of slot 0's chain)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-
-    chain = x509.load_pem_x509_certificates((identity_dir / "slot0" / "chain.pem").read_bytes())
-    out.write_bytes(chain[0].public_bytes(serialization.Encoding.PEM))
-    return out
-
-
 def _stranger_anchor(out: Path) -> Path:
     """A self-signed CA the device's chain does not lead to."""
     import datetime
@@ -256,7 +253,7 @@ def _boot_with_model(env: VmEnv, workdir: Path, anchor_for: str) -> tuple[VmResu
     identity = workdir / "identity"
     ep = device_server(workdir, "ep", extra=["--state-dir", str(identity)]).start()
     try:
-        anchor = (_root_anchor(identity, workdir / "root.pem") if anchor_for == "device"
+        anchor = (root_anchor(identity, workdir / "root.pem") if anchor_for == "device"
                   else _stranger_anchor(workdir / "stranger.pem"))
         mailbox = tsm_mailbox_server(workdir, ["--trust-anchor", str(anchor)]).start()
         try:

@@ -33,6 +33,7 @@ from vdev.vm.session import (
     ServerError,
     ServerProcess,
     device_server,
+    root_anchor,
     script,
     tsm_mailbox_server,
 )
@@ -154,16 +155,6 @@ class LogFollower(threading.Thread):
         self.join(timeout=2)
 
 
-def _root_anchor(identity_dir: Path, out: Path) -> Path:
-    """The device identity's root CA: the trust anchor the TSM is given."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-
-    chain = x509.load_pem_x509_certificates((identity_dir / "slot0" / "chain.pem").read_bytes())
-    out.write_bytes(chain[0].public_bytes(serialization.Encoding.PEM))
-    return out
-
-
 def connect_script(exp: Expected) -> bytes:
     return script(
         "connect.sh", EP=exp.bdf, MB=MAILBOX_BDF, VID=f"{exp.vendor_id:04x}",
@@ -215,7 +206,7 @@ def connect_session(
     try:
         servers.append(device.start())
         follow(device, "device")
-        anchor = _root_anchor(identity, workdir / "trust-anchor.pem")
+        anchor = root_anchor(identity, workdir / "trust-anchor.pem")
         tsm = tsm_mailbox_server(workdir, ["--trust-anchor", str(anchor),
                                            "--evidence", str(evidence_file)])
         servers.append(tsm.start())
@@ -267,7 +258,7 @@ def run_shell(profile_path: str | None = None) -> int:
         extra = ["--state-dir", str(identity)] + (["--profile", profile_path] if profile_path
                                                   else [])
         device = device_server(work, "device", extra=extra).start()
-        anchor = _root_anchor(identity, work / "trust-anchor.pem")
+        anchor = root_anchor(identity, work / "trust-anchor.pem")
         tsm = tsm_mailbox_server(work, ["--trust-anchor", str(anchor),
                                         "--evidence", str(work / "evidence.json")]).start()
         hello = (

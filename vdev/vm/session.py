@@ -140,7 +140,7 @@ def script(body_file: str, **variables: object) -> bytes:
 
 def root_anchor(identity_dir: Path, out: Path) -> Path:
     """The device identity's root CA (first certificate of slot 0's chain), written
-    to `out`: the trust anchor a TSM is given.  Same as demo.py's `_root_anchor`."""
+    to `out`: the trust anchor a TSM is given."""
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
