@@ -16,10 +16,22 @@ name=$(basename "$src")
 rm -rf "$out"; mkdir -p "$out"
 cp -a "$src"/. "$out"/
 mnt=/mnt/vdev-src
-kmnt=/mnt/vdev-kdir
+kmnt=
 if [ -n "$kdir" ]; then
   kdir=$(realpath "$kdir")
-  kpath=$kmnt
+  case "$kdir/" in
+    "$env_dir"/*|"$(realpath "$root")"/*)
+      # The cached headers are the default already; reached through another
+      # path, kbuild takes them for an external-module output directory and
+      # writes build files (and a new Makefile) into them, breaking the cache.
+      echo "build-module: KDIR $kdir is inside the VM environment; leave KDIR unset for the default headers" >&2
+      exit 2 ;;
+  esac
+  [ -f "$kdir/Makefile" ] || { echo "build-module: KDIR $kdir has no Makefile (not a kernel build tree)" >&2; exit 2; }
+  # Mounted at the same absolute path inside the root: kernel build trees
+  # refer to themselves by absolute path (O=, KBUILD_OUTPUT).
+  kmnt=$kdir
+  kpath=$kdir
 else
   kpath=/usr/lib/modules/7.3.4+deb13-amd64/build
 fi
@@ -27,11 +39,11 @@ fi
 # must be mounted or objtool fails (read_stack_limit).
 unshare --mount --propagation private bash -euc '
   root=$1; out=$2; mnt=$3; kdir=$4; kmnt=$5; kpath=$6
-  mkdir -p "$root$mnt" "$root$kmnt"
+  mkdir -p "$root$mnt"
   mount -t proc proc "$root/proc"
   mount --bind /dev "$root/dev"
   mount --bind "$out" "$root$mnt"
-  if [ -n "$kdir" ]; then mount --bind "$kdir" "$root$kmnt"; fi
+  if [ -n "$kdir" ]; then mkdir -p "$root$kmnt"; mount --bind "$kdir" "$root$kmnt"; fi
   chroot "$root" make -s -C "$kpath" M="$mnt" CC=gcc-14 modules
 ' _ "$root" "$out" "$mnt" "$kdir" "$kmnt" "$kpath"
 ls "$out"/*.ko >/dev/null

@@ -147,6 +147,14 @@ build() {
   say "done: $dir"
 }
 
+# The module build headers are the part of the root a mistaken build can
+# damage (kbuild writes into a tree it takes for an output directory): check
+# them before trusting a cached environment.
+headers_intact() {
+  local h="$1/root/usr/src/linux-headers-$KVER"
+  [ -s "$h/Module.symvers" ] && [ -f "$h/Makefile" ] && ! grep -q KBUILD_EXTMOD "$h/Makefile"
+}
+
 main() {
   local s dir
   case "${1:-}" in
@@ -157,6 +165,10 @@ main() {
   esac
   s=$(stamp)
   dir="$CACHE/vm-env-$s"
+  if [ -f "$dir/stamp" ] && ! headers_intact "$dir"; then
+    say "the cached kernel headers in $dir were modified; rebuilding the environment"
+    rm -f "$dir/stamp"
+  fi
   if [ ! -f "$dir/stamp" ] || [ "$(cat "$dir/stamp")" != "$s" ] || [ ! -f "$dir/vmlinux" ]; then
     build "$dir"
     # Older environments (other stamps) are stale; remove them to save disk.
