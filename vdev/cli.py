@@ -24,7 +24,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from vdev.profile import DeviceProfile, ProfileError
+from vdev.profile import DeviceProfile, ProfileError, load_profile
 
 log = logging.getLogger("vdev")
 
@@ -39,12 +39,11 @@ def _setup_logging(level: str) -> None:
 
 
 def _load_profile(path: str | None) -> DeviceProfile:
-    if path is None:
-        return DeviceProfile()
+    """`--profile`: a TOML file or the name of a shipped profile (vdev/profiles/)."""
     try:
-        return DeviceProfile.from_toml(path)
-    except FileNotFoundError:
-        raise SystemExit(f"vdev: profile {path} not found") from None
+        return load_profile(path)
+    except FileNotFoundError as exc:
+        raise SystemExit(f"vdev: {exc}") from None
     except ProfileError as exc:
         raise SystemExit(f"vdev: bad profile {path}: {exc}") from None
 

@@ -37,6 +37,25 @@ Security knobs (SPDM / TDISP, used by `vdev.tee_device`):
   flr_ends_spdm_sessions  false         FLR of the function also ends SPDM sessions
                                         (see vdev.tdi_enforcement for why the default
                                         keeps them)
+  spdm_capabilities       "default"     responder CAPABILITIES flags: "default" (the
+                                        TEE-IO set, spdm.responder.DEFAULT_RSP_CAPS) or a
+                                        comma-separated list of spdm.codes.RspCap names
+                                        (CERT,CHAL,MEAS_SIG,...); checked against DSP0274's
+                                        responder flag rules
+  spdm_asym, spdm_hash,   ""            algorithm priority lists, strongest first, as
+  spdm_meas_hash,                       comma-separated spdm.algorithms names (BaseAsym,
+  spdm_dhe, spdm_aead                   BaseHash, MeasHash, Dhe, Aead); "" = everything
+                                        we implement in our default order.  spdm_asym
+                                        must include the identity key's algorithm
+  description             ""            free text; shown by `vdev ctl status`
+
+Sections: a file may group keys under ``[pci]``, ``[doe]``, ``[ide]``, ``[spdm]``,
+``[identity]``, ``[tdisp]``, ``[measurements]`` or ``[reset]`` (see `SECTIONS`);
+a key inside a section keeps its flat name, so ``[spdm] spdm_versions = "1.2"``
+equals the top-level ``spdm_versions = "1.2"``.  Sections only group: a key in
+the wrong section, an unknown section or a key given twice is an error.  The
+full schema with every key is in ``vdev/profiles/README.md``; shipped profiles
+are ``vdev/profiles/*.toml``, loadable by name (`resolve_profile`).
 
 IDs: 0x1DED / 0x7E10 are *emulator placeholders*.  PCI-SIG has no range
 reserved for experiments; these values were picked to be recognisably ours
@@ -56,6 +75,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# Pure enum modules: no crypto stack is imported by loading a profile.
+from spdm.algorithms import Aead, BaseAsym, BaseHash, Dhe, MeasHash
+from spdm.codes import RspCap
+
 PLACEHOLDER_VENDOR_ID = 0x1DED
 PLACEHOLDER_DEVICE_ID = 0x7E10
 
@@ -68,6 +91,45 @@ IDENTITY_KEY_TYPES = ("ecdsa-p384", "ecdsa-p256", "ecdsa-p521", "rsa-2048", "rsa
 MIN_DATA_TRANSFER_SIZE = 42  # DSP0274 1.2 MinDataTransferSize
 MAX_DATA_TRANSFER_SIZE = 4096
 MSIX_TABLE_OFFSET = 0x1000  # BAR0 layout, see vdev.device_regs
+PROFILES_DIR = Path(__file__).parent / "profiles"
+
+# Which keys a section may hold (sections only group; key names stay flat).
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "pci": ("vendor_id", "device_id", "subsystem_vendor_id", "subsystem_id", "class_code",
+            "revision", "interrupt_pin", "bar0_size", "msix_vectors", "tee_io", "bus",
+            "devfn", "segment"),
+    "doe": ("doe_max_object_dw", "doe_interrupt_vector"),
+    "ide": ("ide_selective_streams", "ide_address_associations", "ide_link_streams"),
+    "spdm": ("spdm_versions", "spdm_data_transfer_size", "spdm_capabilities", "spdm_asym",
+             "spdm_hash", "spdm_meas_hash", "spdm_dhe", "spdm_aead"),
+    "identity": ("identity_key_type",),
+    "tdisp": ("tdisp_policy",),
+    "measurements": ("firmware_version", "firmware_digest"),
+    "reset": ("flr_ends_spdm_sessions",),
+}
+
+# The responder's CAPABILITIES when the profile says "default"; the same value as
+# spdm.responder.DEFAULT_RSP_CAPS (repeated: importing the responder pulls in crypto).
+DEFAULT_SPDM_CAPABILITIES = (
+    RspCap.CERT | RspCap.CHAL | RspCap.MEAS_SIG | RspCap.MEAS_FRESH | RspCap.ENCRYPT
+    | RspCap.MAC | RspCap.KEY_EX | RspCap.PSK_WITH_CONTEXT | RspCap.HBEAT | RspCap.KEY_UPD
+    | RspCap.CHUNK
+)
+# Flags that only make sense with a session (DSP0274 1.2 'Responder flag fields').
+_SESSION_CAPS = (RspCap.ENCRYPT | RspCap.MAC | RspCap.HBEAT | RspCap.KEY_UPD
+                 | RspCap.HANDSHAKE_IN_THE_CLEAR)
+_ALG_KEYS: dict[str, type[Any]] = {
+    "spdm_asym": BaseAsym, "spdm_hash": BaseHash, "spdm_meas_hash": MeasHash,
+    "spdm_dhe": Dhe, "spdm_aead": Aead,
+}
+# The BaseAsym values a key of each identity_key_type can sign with.
+_KEY_TYPE_ASYM: dict[str, tuple[str, ...]] = {
+    "ecdsa-p384": ("ECDSA_P384",), "ecdsa-p256": ("ECDSA_P256",),
+    "ecdsa-p521": ("ECDSA_P521",),
+    "rsa-2048": ("RSASSA_2048", "RSAPSS_2048"), "rsa-3072": ("RSASSA_3072", "RSAPSS_3072"),
+    "rsa-4096": ("RSASSA_4096", "RSAPSS_4096"),
+    "ed25519": ("EDDSA_25519",), "ed448": ("EDDSA_448",),
+}
 
 
 class ProfileError(ValueError):
@@ -121,6 +183,13 @@ class DeviceProfile:
     devfn: int = 0x00
     segment: int = 0x00
     flr_ends_spdm_sessions: bool = False
+    spdm_capabilities: str = "default"
+    spdm_asym: str = ""
+    spdm_hash: str = ""
+    spdm_meas_hash: str = ""
+    spdm_dhe: str = ""
+    spdm_aead: str = ""
+    description: str = ""
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -182,6 +251,73 @@ class DeviceProfile:
             if len(digest) not in (32, 48, 64):
                 raise ProfileError("firmware_digest",
                                    f"{len(digest)} bytes; expected a SHA-256/384/512 digest")
+        caps = self.spdm_capability_flags  # raises on unknown names
+        self._check_capabilities(caps)
+        for key in _ALG_KEYS:
+            self.algorithm_priority(key)  # raises on unknown names
+        asym = self.spdm_asym and [n.strip() for n in self.spdm_asym.split(",")]
+        if asym and not set(asym) & set(_KEY_TYPE_ASYM[self.identity_key_type]):
+            raise ProfileError(
+                "spdm_asym", f"{self.spdm_asym!r} does not include the identity key's "
+                f"algorithm ({' or '.join(_KEY_TYPE_ASYM[self.identity_key_type])} for "
+                f"identity_key_type {self.identity_key_type!r})")
+
+    @staticmethod
+    def _check_capabilities(caps: int) -> None:
+        def need(cond: bool, reason: str) -> None:
+            if not cond:
+                raise ProfileError("spdm_capabilities", reason)
+
+        session = bool(caps & (RspCap.KEY_EX | RspCap.PSK | RspCap.PSK_WITH_CONTEXT))
+        need(not caps & RspCap.PSK or not caps & RspCap.PSK_WITH_CONTEXT,
+             "PSK and PSK_WITH_CONTEXT are exclusive (PSK_CAP is one 2-bit field)")
+        need(not session or bool(caps & (RspCap.ENCRYPT | RspCap.MAC)),
+             "KEY_EX/PSK need ENCRYPT or MAC")
+        need(session or not caps & _SESSION_CAPS,
+             "ENCRYPT, MAC, HBEAT, KEY_UPD and HANDSHAKE_IN_THE_CLEAR need KEY_EX or PSK")
+        need(not caps & RspCap.HANDSHAKE_IN_THE_CLEAR or bool(caps & RspCap.KEY_EX),
+             "HANDSHAKE_IN_THE_CLEAR needs KEY_EX")
+        need(not caps & (RspCap.CHAL | RspCap.KEY_EX) or bool(caps & RspCap.CERT),
+             "CHAL and KEY_EX need CERT (this responder has no PUB_KEY_ID mode)")
+        need((caps & (RspCap.MEAS_NO_SIG | RspCap.MEAS_SIG)) != (RspCap.MEAS_NO_SIG
+                                                                  | RspCap.MEAS_SIG),
+             "MEAS_NO_SIG and MEAS_SIG are exclusive (MEAS_CAP is one 2-bit field)")
+        need(not caps & RspCap.MEAS_FRESH or bool(caps & (RspCap.MEAS_NO_SIG | RspCap.MEAS_SIG)),
+             "MEAS_FRESH needs MEAS_NO_SIG or MEAS_SIG")
+        need(bool(caps & RspCap.CERT), "CERT is required: the device always has a "
+             "certificate chain (TEE-IO, Linux CMA)")
+
+    @property
+    def spdm_capability_flags(self) -> int:
+        """`spdm_capabilities` as the CAPABILITIES Flags value."""
+        if self.spdm_capabilities.strip() == "default":
+            return int(DEFAULT_SPDM_CAPABILITIES)
+        value = 0
+        for name in (n.strip() for n in self.spdm_capabilities.split(",")):
+            flag = RspCap.__members__.get(name.upper().removesuffix("_CAP"))
+            if flag is None:
+                raise ProfileError("spdm_capabilities",
+                                   f"{name!r} is not a responder capability flag (one of "
+                                   f"{', '.join(RspCap.__members__)}, or \"default\")")
+            value |= flag
+        return value
+
+    def algorithm_priority(self, key: str) -> tuple[int, ...] | None:
+        """The priority list for one of spdm_asym/hash/meas_hash/dhe/aead; None = default."""
+        text = getattr(self, key).strip()
+        if not text:
+            return None
+        cls = _ALG_KEYS[key]
+        out: list[int] = []
+        for name in (n.strip() for n in text.split(",")):
+            member = cls.__members__.get(name.upper())
+            if member is None:
+                raise ProfileError(key, f"{name!r} is not one of "
+                                   f"{', '.join(cls.__members__)}")
+            if int(member) in out:
+                raise ProfileError(key, f"{name!r} listed twice")
+            out.append(int(member))
+        return tuple(out)
 
     @property
     def spdm_version_list(self) -> tuple[int, ...]:
@@ -203,11 +339,29 @@ class DeviceProfile:
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> DeviceProfile:
+        """Flat keys, optionally grouped in sections (`SECTIONS`); see the module doc."""
         known = {f.name for f in dataclasses.fields(cls)}
-        for key in data:
-            if key not in known:
+        flat: dict[str, Any] = {}
+        for key, value in data.items():
+            if key in SECTIONS and isinstance(value, Mapping):
+                for inner, inner_value in value.items():
+                    name = f"{key}.{inner}"
+                    if inner not in SECTIONS[key]:
+                        where = next((s for s, keys in SECTIONS.items() if inner in keys), None)
+                        raise ProfileError(name, f"belongs in [{where}]" if where
+                                           else "unknown key")
+                    if inner in flat:
+                        raise ProfileError(name, "given twice")
+                    flat[inner] = inner_value
+            elif isinstance(value, Mapping):
+                raise ProfileError(key, f"unknown section (sections: {', '.join(SECTIONS)})")
+            elif key not in known:
                 raise ProfileError(key, "unknown key")
-        return cls(**dict(data))
+            elif key in flat:
+                raise ProfileError(key, "given twice")
+            else:
+                flat[key] = value
+        return cls(**flat)
 
     @classmethod
     def from_toml(cls, path: str | Path) -> DeviceProfile:
@@ -221,3 +375,29 @@ class DeviceProfile:
     @classmethod
     def from_toml_string(cls, text: str) -> DeviceProfile:
         return cls.from_mapping(tomllib.loads(text))
+
+
+def shipped_profiles() -> list[str]:
+    """Names of the profiles in vdev/profiles/ (what `--profile NAME` accepts)."""
+    return sorted(p.stem for p in PROFILES_DIR.glob("*.toml"))
+
+
+def resolve_profile(name_or_path: str) -> Path:
+    """`--profile` argument -> file: an existing path wins, else a shipped profile name
+    (``auth-only-spdm12`` or ``auth-only-spdm12.toml``).  FileNotFoundError names both."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    stem = name_or_path.removesuffix(".toml")
+    if "/" not in stem and (PROFILES_DIR / f"{stem}.toml").is_file():
+        return PROFILES_DIR / f"{stem}.toml"
+    raise FileNotFoundError(
+        f"profile {name_or_path!r} is neither a file nor a shipped profile "
+        f"({', '.join(shipped_profiles())})")
+
+
+def load_profile(name_or_path: str | None) -> DeviceProfile:
+    """The profile for a `--profile` argument; None = the built-in default."""
+    if name_or_path is None:
+        return DeviceProfile()
+    return DeviceProfile.from_toml(resolve_profile(name_or_path))

@@ -58,6 +58,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from spdm import algorithms as alg
 from spdm.algorithms import Aead, BaseAsym, BaseHash, Dhe
 from spdm.identity import CertSlots, DeviceIdentity, IdentityParams, load_or_create
 from spdm.responder import Responder, ResponderConfig
@@ -162,9 +163,18 @@ class TeeDevice(TeeIoEndpoint):
         )
         self.vdm = PciSigVdmDispatcher(self.idekm, self.tdisp)
 
+        # Capabilities and algorithm priorities from the profile; an algorithm list the
+        # profile leaves empty keeps the responder's default (everything we implement).
         self.responder = Responder(
             ResponderConfig(
                 versions=p.spdm_version_list,
+                capabilities=p.spdm_capability_flags,
+                asym_priority=p.algorithm_priority("spdm_asym") or alg.SUPPORTED_ASYM,
+                hash_priority=p.algorithm_priority("spdm_hash") or alg.SUPPORTED_HASH,
+                meas_hash_priority=(p.algorithm_priority("spdm_meas_hash")
+                                    or alg.SUPPORTED_MEAS_HASH),
+                dhe_priority=p.algorithm_priority("spdm_dhe") or alg.SUPPORTED_DHE,
+                aead_priority=p.algorithm_priority("spdm_aead") or alg.SUPPORTED_AEAD,
                 data_transfer_size=p.spdm_data_transfer_size,
                 slots=CertSlots({0: identity}),
                 measurements=self.measurements,
