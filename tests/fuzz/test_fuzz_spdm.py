@@ -122,7 +122,14 @@ def test_mutated_request_in_a_session(version: int, data: st.DataObject) -> None
     if kind == 1:
         assert reply[1] == Rsp.ERROR
     else:
-        _check_response(mutated, sess.open(reply, from_requester=False))
+        try:
+            inner = sess.open(reply, from_requester=False)
+        except RecordError:
+            # An accepted UpdateAllKeys is answered under the new response key.
+            assert mutated[1:3] == bytes([Req.KEY_UPDATE, 2]), mutated.hex()
+            sess.update_rsp_keys()
+            inner = sess.open(reply, from_requester=False)
+        _check_response(mutated, inner)
     # Whatever the mutated request did (KEY_UPDATE, END_SESSION, GET_VERSION in a
     # session), a fresh connection and session still work.
     link.requester = _link(version).requester
