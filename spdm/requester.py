@@ -169,6 +169,11 @@ class RequesterConfig:
     # traces can be decrypted with spdm_dump (--dhe_secret / --psk). Never set by default;
     # the engine itself never logs secrets.
     secret_sink: Callable[[str, bytes], None] | None = None
+    # Observer for adapter-level tracing (vdev.trace): called with ("request" | "response",
+    # session id, plaintext SPDM message) for every secured message, right before the
+    # request is sealed and right after the response record is opened.  A pure callback:
+    # the engine does no I/O; it must not raise.
+    message_observer: Callable[[str, int, bytes], None] | None = None
 
 
 Gen = Generator[Outgoing, bytes, Any]
@@ -237,6 +242,10 @@ class Requester:
         if self.config.secret_sink is not None:
             self.config.secret_sink(label, secret)
 
+    def _observe(self, direction: str, session: Session, plaintext: bytes) -> None:
+        if self.config.message_observer is not None:
+            self.config.message_observer(direction, session.session_id, plaintext)
+
     def _now(self) -> datetime.datetime:
         return self.config.now() if self.config.now else datetime.datetime.now(datetime.UTC)
 
@@ -301,6 +310,7 @@ class Requester:
             raw = yield Outgoing(msg, False, session.session_id if session else None,
                                  delay_us)
             return raw
+        self._observe("request", session, msg)
         record = session.seal(msg, from_requester=True)
         raw = yield Outgoing(record, True, session.session_id, delay_us)
         if len(raw) < 4 or int.from_bytes(raw[:4], "little") != session.session_id:
@@ -310,9 +320,11 @@ class Requester:
                 return raw
             raise _fail("response is neither a record of this session nor an ERROR")
         try:
-            return session.open(raw, from_requester=False)
+            plaintext = session.open(raw, from_requester=False)
         except RecordError as exc:
             raise _fail(f"cannot authenticate response record: {exc}") from exc
+        self._observe("response", session, plaintext)
+        return plaintext
 
     def _chunk_send(self, msg: bytes, session: Session | None, clear: bool) -> Gen:
         """DSP0274 1.2 CHUNK_SEND: split a large request into CHUNK_SEND messages."""
@@ -938,6 +950,7 @@ class Requester:
             raise ValueError("bad KEY_UPDATE operation")
         tag = self.config.random(1)[0]
         req = encode(KeyUpdate, {"version": self.conn.version, "param1": op, "param2": tag})
+        self._observe("request", sess, req)
         record = sess.seal(req, from_requester=True)
         saved = (sess.rsp_keys, sess.rsp_prot.key, sess.rsp_prot.iv, sess.rsp_prot.seq)
         if op == KEY_UPDATE_UPDATE_ALL_KEYS:
@@ -947,6 +960,7 @@ class Requester:
         raw = yield Outgoing(record, True, session_id)
         try:
             resp = sess.open(raw, from_requester=False)
+            self._observe("response", sess, resp)
             hdr = self._header(resp)
             if hdr.code == Rsp.ERROR:
                 err = decode(Error, resp)

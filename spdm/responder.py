@@ -211,6 +211,11 @@ class ResponderConfig:
     # (END_SESSION, DecryptError, heartbeat expiry, GET_VERSION, reset()).
     on_session_established: Callable[[int], None] | None = None
     on_session_end: Callable[[int], None] | None = None
+    # Observer for adapter-level tracing (vdev.trace): called with ("request" | "response",
+    # session id, plaintext SPDM message) for every secured message, right after the
+    # request record is opened and right before the response is sealed.  A pure callback:
+    # the engine does no I/O; it must not raise.
+    message_observer: Callable[[str, int, bytes], None] | None = None
 
 
 # Requests that may not be answered with ResponseNotReady (DSP0274 ERROR clause, ResponseNotReady).
@@ -369,7 +374,12 @@ class Responder:
             if self.config.terminate_session_on_decrypt_error:
                 self._drop_session(session)
             return 1, self._error_msg(ErrorCode.DECRYPT_ERROR)
+        observe = self.config.message_observer
+        if observe is not None:
+            observe("request", session.session_id, plaintext)
         resp = self._process(plaintext, session, secured=True)
+        if observe is not None:
+            observe("response", session.session_id, resp)
         out = session.seal(resp, from_requester=False)
         self._run_after_send()
         if resp[1] == Rsp.ERROR and resp[2] == ErrorCode.DECRYPT_ERROR:

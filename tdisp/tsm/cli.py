@@ -66,6 +66,9 @@ def add_connect_parser(tsm_subparsers: Any) -> argparse.ArgumentParser:
     c.add_argument("--shutdown", action="store_true",
                    help="send SHUTDOWN to the spdm-emu server at the end (default CONTINUE)")
     c.add_argument("--json", action="store_true", help="print the evidence as JSON")
+    from vdev.trace.cli import add_trace_arguments  # the adapter layer, as the client is
+
+    add_trace_arguments(c)  # --trace FILE, --trace-format, --pcap FILE, --log-secrets
     c.set_defaults(func=cmd_connect)
     return c
 
@@ -119,12 +122,17 @@ def cmd_connect(args: argparse.Namespace, client_factory: ClientFactory | None =
         stream_id = None if args.stream_id == "auto" else int(args.stream_id, 0)
     except (OSError, ValueError, PolicyError) as exc:
         raise SystemExit(f"vdev tsm connect: {exc}") from None
+    tracer = _tracer(args)
     config = TsmConfig(
         trust_anchors=anchors, reference_values=refs, policy_file=args.policy,
         clock=time.time, stream_id=stream_id, mmio_reporting_offset=args.mmio_offset,
+        spdm=tracer.spdm_hooks() if tracer is not None else {},
     )
     tsm = TsmModel(device, config)
     tsm.listeners.append(lambda phase, text: print(f"  [{phase}] {text}", file=log, flush=True))
+    if tracer is not None:
+        tsm.listeners.append(lambda phase, text: tracer.state(f"[{phase}] {text}",
+                                                              msg="TSM_STEP", proto="tsm"))
 
     factory = client_factory or _default_factory(args.transport)
     print(f"vdev tsm: connecting to spdm-emu {host}:{port}, device {device}", file=log)
@@ -133,6 +141,11 @@ def cmd_connect(args: argparse.Namespace, client_factory: ClientFactory | None =
     except Exception as exc:
         print(f"vdev tsm: cannot reach {host}:{port}: {exc}", file=log)
         return 1
+    if tracer is not None:
+        from vdev.trace.attach import TracedClient
+
+        client = TracedClient(client, tracer,
+                              doe=getattr(args, "transport", "pci_doe") == "pci_doe")
 
     plan: list[tuple[str, Callable[[], TsmOperation]]] = [("connect", tsm.connect)]
     tdi = device.function
@@ -168,6 +181,17 @@ def cmd_connect(args: argparse.Namespace, client_factory: ClientFactory | None =
         out.write(render(evidence, tsm))
     print("vdev tsm: " + ("FAILED" if failed else "ok"), file=log)
     return 1 if failed else 0
+
+
+def _tracer(args: argparse.Namespace) -> Any:
+    """A vdev.trace Tracer for --trace / --pcap / --log-secrets, or None."""
+    if not (getattr(args, "trace", None) or getattr(args, "pcap", None)
+            or getattr(args, "log_secrets", False)):
+        return None
+    from vdev.trace.cli import tracer_from_args
+
+    return tracer_from_args(args, "tsm",
+                            doe_wire=getattr(args, "transport", "pci_doe") == "pci_doe")
 
 
 def _close(client: DoeClient, shutdown: bool) -> None:

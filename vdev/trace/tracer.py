@@ -1,0 +1,192 @@
+"""The trace: an observer outside the protocol engines.
+
+A `Tracer` receives what the adapters see: whole DOE objects in both directions (and
+writes them to the pcap as they went over the wire, secured ones encrypted), secured
+SPDM messages in plaintext from the engines' `message_observer` hooks (DSP0277 records
+opened by the responder / requester, marked ``secured``), and state transitions from
+the device's observers (TDI state machine, IDE streams, SPDM sessions).  Each becomes
+one `Event`: text (one line) or JSON lines.
+
+Directions are named from the protocol, not from the process writing the trace:
+``->`` / "req" is requester to responder, ``<-`` / "rsp" the reverse, ``==`` a state
+transition.  Time is wall-clock seconds (UTC in the text format).
+
+Secrets never go into the trace.  With `log_secrets` the engines' opt-in `secret_sink`
+prints ``[DHE Secret]: <hex>`` / ``[PSK]: <hex>`` lines, the form DMTF's emulators print
+for spdm_dump (reference §1.3), to a separate stream (stderr).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, TextIO
+
+from vdev.doe_object import (
+    DOE_TYPE_CMA_SPDM,
+    DOE_TYPE_SECURED_CMA_SPDM,
+    HEADER_DW,
+    PCI_SIG_VENDOR_ID,
+    DoeProtocolId,
+    build_object,
+    parse_header,
+)
+from vdev.trace.decode import Decoder, Summary
+from vdev.trace.pcap import PcapWriter
+
+REQ, RSP, STATE = "req", "rsp", "state"
+ARROWS = {REQ: "->", RSP: "<-", STATE: "=="}
+
+
+@dataclass(frozen=True)
+class Event:
+    t: float
+    side: str  # "device" | "tsm": which process wrote the trace
+    dir: str  # "req" | "rsp" | "state"
+    proto: str  # "doe" | "spdm" | "idekm" | "tdisp" | "state"
+    msg: str
+    summary: str
+    session: str | None = None  # "0xff000001"
+    secured: bool = False
+    error: bool = False
+    state: str | None = None  # the transition this message caused, where known
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    def to_text(self) -> str:
+        stamp = datetime.datetime.fromtimestamp(self.t, datetime.UTC).strftime("%H:%M:%S.%f")
+        sess = f"sess={self.session}" if self.session else "-"
+        mark = "[secured] " if self.secured else ""
+        tail = f" => {self.state}" if self.state and self.dir != STATE else ""
+        return (f"{stamp} {self.side} {ARROWS[self.dir]} {self.proto:<5} {sess} "
+                f"{mark}{self.summary}{tail}")
+
+
+def _sid(session: int | None) -> str | None:
+    return None if session is None else f"{session:#010x}"
+
+
+class Tracer:
+    def __init__(
+        self,
+        side: str,
+        *,
+        out: TextIO | None = None,
+        fmt: str = "text",
+        pcap: PcapWriter | None = None,
+        log_secrets: bool = False,
+        secrets_out: TextIO | None = None,
+        infer_state: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if fmt not in ("text", "json"):
+            raise ValueError(f"trace format {fmt!r}: text or json")
+        self.side = side
+        self.out = out
+        self.fmt = fmt
+        self.pcap = pcap
+        self.log_secrets = log_secrets
+        self.secrets_out = secrets_out
+        # The TSM side has no state observers of the device: it shows the transitions a
+        # response implies (FINISH_RSP: session established, LOCK_INTERFACE_RESPONSE: TDI
+        # CONFIG_LOCKED, ...).  The device side reports the real ones from its observers.
+        self.infer_state = infer_state
+        self.clock = clock
+        self.decoder = Decoder()
+        self.events = 0
+
+    # ---- inputs -------------------------------------------------------------------------
+
+    def doe(self, direction: str, obj: bytes) -> None:
+        """One whole DOE object as it went over the wire."""
+        t = self.clock()
+        if self.pcap is not None:
+            self.pcap.write(obj, t)
+        if self.out is None:
+            return
+        s = self.decoder.doe(obj, request=direction == REQ)
+        self._emit(t, direction, s, secured=False)
+        if len(obj) >= 4 * HEADER_DW:
+            h = parse_header(obj)
+            if h.protocol == DoeProtocolId(PCI_SIG_VENDOR_ID, DOE_TYPE_CMA_SPDM):
+                self._emit(t, direction, self.decoder.spdm(obj[4 * HEADER_DW :]), secured=False)
+
+    def message(self, direction: str, doe_type: int, payload: bytes) -> None:
+        """A message on a transport without DOE objects (spdm-emu MCTP / NONE)."""
+        if self.out is None:
+            return
+        t = self.clock()
+        if doe_type == DOE_TYPE_SECURED_CMA_SPDM:
+            sid = int.from_bytes(payload[:4], "little") if len(payload) >= 4 else None
+            text = f"SECURED_SPDM {len(payload)} bytes (encrypted record)"
+            self._emit(t, direction, Summary("spdm", "SECURED_SPDM", text, session=sid),
+                       secured=False)
+        else:
+            self._emit(t, direction, self.decoder.spdm(payload), secured=False)
+
+    def secured(self, direction: str, session_id: int, plaintext: bytes) -> None:
+        """The engines' `message_observer`: ("request" | "response", session, plaintext)."""
+        if self.out is None:
+            return
+        d = REQ if direction == "request" else RSP
+        self._emit(self.clock(), d, self.decoder.spdm(plaintext, session=session_id),
+                   secured=True, session=session_id)
+
+    def state(self, text: str, *, msg: str = "STATE", session: int | None = None,
+              error: bool = False, proto: str = "state") -> None:
+        if self.out is None:
+            return
+        self._write(Event(self.clock(), self.side, STATE, proto, msg, text, _sid(session),
+                          error=error, state=text))
+
+    def secret_sink(self, label: str, secret: bytes) -> None:
+        """The engines' opt-in `secret_sink`; prints only with `log_secrets`."""
+        if not self.log_secrets:
+            return
+        out = self.secrets_out or sys.stderr
+        print(f"[{label}]: {secret.hex()}", file=out, flush=True)
+
+    def spdm_hooks(self) -> dict[str, Any]:
+        """ResponderConfig / RequesterConfig fields for this tracer."""
+        hooks: dict[str, Any] = {"message_observer": self.secured}
+        if self.log_secrets:
+            hooks["secret_sink"] = self.secret_sink
+        return hooks
+
+    # ---- output -------------------------------------------------------------------------
+
+    def _emit(self, t: float, direction: str, s: Summary, *, secured: bool,
+              session: int | None = None) -> None:
+        sid = s.session if s.session is not None else session
+        state = s.state if self.infer_state else None
+        self._write(Event(t, self.side, direction, s.protocol, s.message, s.text, _sid(sid),
+                          secured, s.error, state))
+
+    def _write(self, ev: Event) -> None:
+        assert self.out is not None
+        self.out.write((ev.to_json() if self.fmt == "json" else ev.to_text()) + "\n")
+        self.out.flush()
+        self.events += 1
+
+    def close(self) -> None:
+        for f in (self.out, self.pcap):
+            if f is not None:
+                f.close()
+
+
+def secured_reply_type(request_type: int, request: bytes, reply: bytes) -> int:
+    """The DOE type a reply travelled in when the transport does not say: a record of the
+    request's session (its first 4 bytes, DSP0277 SessionID) is type 2; anything else,
+    e.g. the plaintext ERROR a responder sends when it cannot open a record, type 1."""
+    if request_type == DOE_TYPE_SECURED_CMA_SPDM and len(reply) >= 4 and reply[:4] == request[:4]:
+        return DOE_TYPE_SECURED_CMA_SPDM
+    return DOE_TYPE_CMA_SPDM
+
+
+def doe_object_of(doe_type: int, payload: bytes) -> bytes:
+    return build_object(DoeProtocolId(PCI_SIG_VENDOR_ID, doe_type), payload)
