@@ -1,6 +1,6 @@
 """The `vdev` command line.
 
-  vdev serve --socket PATH [--profile FILE] [--state-dir DIR]
+  vdev serve --socket PATH [--profile NAME|FILE] [--state-dir DIR] [--control PATH]
              [--doe-delay-ms MS --doe-delay-count N]
                                               serve the TEE-IO endpoint over vfio-user
   vdev spdm-emu [--port 2323] [--transport pci_doe|mctp|none] [--profile FILE]
@@ -11,6 +11,12 @@
   vdev vm                                     device + guest, interactive shell
   vdev tsm serve --socket PATH --trust-anchor FILE   the TSM mailbox device
   vdev tsm connect --spdm-emu HOST:PORT --trust-anchor FILE   TSM model over spdm-emu
+  vdev trace show FILE [--protocol P] [--message NAME] [--session ID] [--errors]
+                                              read a --trace file
+
+serve, spdm-emu, tsm serve and tsm connect take --trace FILE [--trace-format text|json],
+--pcap FILE (link type 292, for spdm_dump) and --log-secrets (vdev.trace).
+  vdev ctl --socket PATH COMMAND              query a server started with --control PATH
 """
 
 from __future__ import annotations
@@ -49,6 +55,8 @@ def _load_profile(path: str | None) -> DeviceProfile:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from vdev.control.device import device_control, trust_anchor_path
+    from vdev.control.server import start_control
     from vdev.tee_device import TeeDevice
     from vdev.vfio_user.server import serve
 
@@ -61,6 +69,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         device = TeeDevice(profile, state_dir=args.state_dir)
     except OSError as exc:
         raise SystemExit(f"vdev: cannot create or load the device identity: {exc}") from None
+    from vdev.trace.cli import trace_device
+
+    trace_device(args, device)
     log.info(
         "TEE-IO endpoint %04x:%04x class %06x, BAR0 %#x, %d MSI-X vectors",
         profile.vendor_id, profile.device_id, profile.class_code,
@@ -79,7 +90,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
             device.delay_doe_responses(args.doe_delay_ms / 1000, args.doe_delay_count)
             log.info("fault injection: the next %d SPDM DOE responses become ready "
                      "%d ms after GO", args.doe_delay_count, args.doe_delay_ms)
-        await serve(device, args.socket, stop=stop)
+        # The control socket shares this loop: its commands run between device messages.
+        control = await start_control(args.control, device_control(
+            device, trust_anchor=trust_anchor_path(device, args.state_dir)))
+        try:
+            await serve(device, args.socket, stop=stop)
+        finally:
+            if control is not None:
+                await control.close()
 
     try:
         asyncio.run(main())
@@ -93,6 +111,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_spdm_emu(args: argparse.Namespace) -> int:
     from spdm.identity import import_identity
     from spdm.secured_message import DOE_TRANSPORT, MCTP_TRANSPORT
+    from vdev.control.device import device_control, spdm_emu_transport, trust_anchor_path
+    from vdev.control.server import start_control
     from vdev.spdm_emu.frame import TRANSPORT_NAMES, TransportType
     from vdev.spdm_emu.server import SpdmEmuServer
     from vdev.tee_device import TeeDevice
@@ -116,15 +136,25 @@ def cmd_spdm_emu(args: argparse.Namespace) -> int:
         )
     except OSError as exc:
         raise SystemExit(f"vdev: cannot create or load the device identity: {exc}") from None
+    from vdev.trace.cli import trace_device
+
+    served = trace_device(args, device, doe_wire=transport == TransportType.PCI_DOE)
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        server = SpdmEmuServer(device, transport, args.host, args.port)
+        server = SpdmEmuServer(served, transport, args.host, args.port)
         await server.start()
-        await server.serve_forever(stop)
+        control = await start_control(args.control, device_control(
+            device, transport=spdm_emu_transport(server),
+            trust_anchor=None if identity else trust_anchor_path(device, args.state_dir)))
+        try:
+            await server.serve_forever(stop)
+        finally:
+            if control is not None:
+                await control.close()
 
     try:
         asyncio.run(main())
@@ -156,7 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="serve the TEE-IO endpoint to QEMU over vfio-user")
     s.add_argument("--socket", required=True, help="UNIX socket path QEMU connects to")
-    s.add_argument("--profile", help="device profile (TOML); default: the built-in endpoint")
+    s.add_argument("--profile", help="device profile: a TOML file or a shipped profile name "
+                   "(vdev/profiles/); default: the built-in endpoint")
+    s.add_argument("--control", metavar="PATH", help="serve the JSON control socket here "
+                   "(vdev ctl --socket PATH ...)")
     s.add_argument("--state-dir", help="device identity directory (default "
                    "~/.local/state/vdev/identity/<vendor>-<device>)")
     s.add_argument("--doe-delay-ms", type=int, default=0, metavar="MS",
@@ -165,16 +198,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--doe-delay-count", type=int, default=0, metavar="N",
                    help="how many SPDM / secured-SPDM DOE responses --doe-delay-ms "
                    "applies to, counted from the first (default 0: none)")
+    from vdev.trace.cli import add_trace_arguments, add_trace_parser
+
+    add_trace_arguments(s)
     s.set_defaults(func=cmd_serve)
 
     e = sub.add_parser("spdm-emu", help="serve SPDM/IDE_KM/TDISP over the spdm-emu socket protocol")
     e.add_argument("--port", type=int, default=2323, help="TCP port (default 2323)")
     e.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     e.add_argument("--transport", default="pci_doe", choices=["pci_doe", "mctp", "none"])
-    e.add_argument("--profile", help="device profile (TOML)")
+    e.add_argument("--profile", help="device profile: a TOML file or a shipped profile name")
+    e.add_argument("--control", metavar="PATH", help="serve the JSON control socket here")
     e.add_argument("--state-dir", help="device identity directory (as for serve)")
     e.add_argument("--cert-chain", help="certificate chain (PEM/DER) instead of the generated one")
     e.add_argument("--key", help="private key of the chain's leaf (PEM/DER)")
+    add_trace_arguments(e)
     e.set_defaults(func=cmd_spdm_emu)
 
     r = sub.add_parser("run", help="boot the guest against the device and summarise")
@@ -198,6 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
     from tdisp.tsm.cli import add_connect_parser
 
     add_connect_parser(tsm_sub)  # vdev tsm connect --spdm-emu HOST:PORT ...
+    add_trace_parser(sub)  # vdev trace show FILE ...
+
+    from vdev.control.cli import add_ctl_parser
+
+    add_ctl_parser(sub)  # vdev ctl --socket PATH COMMAND
     return p
 
 

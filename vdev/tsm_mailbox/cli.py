@@ -38,8 +38,13 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-anchor", help="root certificate(s) the TSM accepts (PEM)")
     p.add_argument("--policy", help="TSM policy file")
     p.add_argument("--evidence", help="write the TSM's evidence (JSON) here after every operation")
+    p.add_argument("--control", metavar="PATH", help="serve the JSON control socket here "
+                   "(vdev ctl --socket PATH status|evidence|mailbox)")
     p.add_argument("--scripted", help=argparse.SUPPRESS)
     p.add_argument("--record", help=argparse.SUPPRESS)
+    from vdev.trace.cli import add_trace_arguments
+
+    add_trace_arguments(p)  # --trace FILE, --trace-format, --pcap FILE, --log-secrets
 
 
 def _scripted_backend(script: str, record: str | None) -> ScriptedBackend:
@@ -59,11 +64,16 @@ def _scripted_backend(script: str, record: str | None) -> ScriptedBackend:
     return ScriptedBackend(scripts, on_exchange=write)
 
 
-def _evidence_writer(path: str | None) -> Callable[[Any, Any, Any], None]:
-    """After each model operation: one readable log line, and the evidence file."""
+def _evidence_writer(
+    path: str | None, keep: Callable[[Any, Any, dict[str, Any]], None] | None = None
+) -> Callable[[Any, Any, Any], None]:
+    """After each model operation: one readable log line, the evidence file, and `keep`
+    (the control socket's copy)."""
 
     def done(op: Any, target: Any, result: Any) -> None:
         ev: dict[str, Any] = dict(getattr(result, "evidence", None) or {})
+        if keep is not None:
+            keep(op, target, ev)
         for line in evidence_summary(op, ev):
             log.info("%s", line)
         if path:
@@ -114,7 +124,9 @@ def evidence_summary(op: Any, ev: dict[str, Any]) -> list[str]:
 
 
 def _model_backend(
-    trust_anchor: str | None, policy: str | None, evidence: str | None = None
+    trust_anchor: str | None, policy: str | None, evidence: str | None = None,
+    keep: Callable[[Any, Any, dict[str, Any]], None] | None = None,
+    spdm: dict[str, Any] | None = None,
 ) -> TsmBackend:
     if not trust_anchor:
         raise SystemExit("vdev tsm serve: --trust-anchor FILE is required")
@@ -131,13 +143,15 @@ def _model_backend(
     if factory is None:
         raise SystemExit("vdev tsm serve: tdisp.tsm has no mailbox_backend(trust_anchor, "
                          "policy) factory; cannot build the TSM backend")
-    made = factory(Path(trust_anchor), Path(policy) if policy else None)
+    # `spdm`: extra RequesterConfig fields (vdev.trace's message_observer / secret_sink).
+    made = factory(Path(trust_anchor), Path(policy) if policy else None,
+                   **({"spdm": spdm} if spdm else {}))
     if hasattr(made, "start") and hasattr(made, "doe_response"):
         backend: TsmBackend = made
         return backend
     from vdev.tsm_mailbox.model_adapter import OperationBackend
 
-    return OperationBackend(made, on_done=_evidence_writer(evidence))
+    return OperationBackend(made, on_done=_evidence_writer(evidence, keep))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -146,10 +160,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if len(os.fsencode(args.socket)) > 107:
         raise SystemExit(f"vdev: socket path too long for AF_UNIX (max 107 bytes): {args.socket}")
+    from vdev.control.server import start_control
+    from vdev.control.tsm import EvidenceKeeper, tsm_control
+    from vdev.trace.cli import tracer_from_args
+
+    tracer = tracer_from_args(args, "tsm")
+    keeper = None if args.scripted else EvidenceKeeper()
     if args.scripted:
         backend: TsmBackend = _scripted_backend(args.scripted, args.record)
     else:
-        backend = _model_backend(args.trust_anchor, args.policy, args.evidence)
+        backend = _model_backend(args.trust_anchor, args.policy, args.evidence,
+                                 keeper.note if keeper else None,
+                                 tracer.spdm_hooks() if tracer is not None else None)
+    if tracer is not None:
+        from vdev.trace.attach import TracedBackend
+
+        backend = TracedBackend(backend, tracer)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -165,8 +191,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
             loop.call_later(seconds, step)
 
         device = TsmMailboxDevice(backend, defer=defer, defer_later=defer_later)
-        log.info("TSM mailbox %s backend", "scripted" if args.scripted else "tdisp.tsm")
-        await serve(device, args.socket, stop=stop)
+        kind = "scripted" if args.scripted else "tdisp.tsm"
+        log.info("TSM mailbox %s backend", kind)
+        control = await start_control(args.control, tsm_control(device, keeper, kind))
+        try:
+            await serve(device, args.socket, stop=stop)
+        finally:
+            if control is not None:
+                await control.close()
 
     try:
         asyncio.run(main())

@@ -1,0 +1,72 @@
+"""`vdev ctl --socket PATH COMMAND`: the control socket from the command line.
+
+  vdev ctl --socket PATH status | identity | reset | doe | sessions | tdi | ide | help
+  vdev ctl --socket PATH faults list
+  vdev ctl --socket PATH faults arm --fault '{"kind": "doe_delay", "delay_ms": 1500}'
+  vdev ctl --socket PATH faults clear --fault '{"kind": "doe_delay"}'
+  vdev ctl --socket PATH evidence | mailbox              (vdev tsm serve)
+  vdev ctl --socket PATH raw '{"cmd": "status"}'          any request, as sent
+
+Prints the result as JSON on stdout (exit 0), or the error on stderr (exit 1; 2 when
+the socket cannot be reached).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from vdev.control.client import ControlClient
+
+SIMPLE = ("status", "identity", "reset", "doe", "sessions", "tdi", "ide", "help",
+          "evidence", "mailbox")
+
+
+def add_ctl_parser(sub: Any) -> None:
+    c = sub.add_parser("ctl", help="query or poke a running server over its control socket",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("--socket", required=True, help="the server's --control PATH")
+    c.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
+    c.add_argument("--compact", action="store_true", help="one-line JSON")
+    csub = c.add_subparsers(dest="ctl_command", required=True)
+    for name in SIMPLE:
+        csub.add_parser(name)
+    f = csub.add_parser("faults", help="list, arm or clear injected faults")
+    f.add_argument("action", choices=["list", "arm", "clear"])
+    f.add_argument("--fault", help="fault spec, a JSON object with a \"kind\"")
+    r = csub.add_parser("raw", help="send one request object as given")
+    r.add_argument("request", help="JSON request object")
+    c.set_defaults(func=cmd_ctl)
+
+
+def build_request(args: argparse.Namespace) -> bytes:
+    if args.ctl_command == "raw":
+        return str(args.request).encode() + b"\n"
+    request: dict[str, Any] = {"cmd": args.ctl_command}
+    if args.ctl_command == "faults":
+        fargs: dict[str, Any] = {"action": args.action}
+        if args.fault:
+            try:
+                fargs["fault"] = json.loads(args.fault)
+            except ValueError as exc:
+                raise SystemExit(f"vdev ctl: --fault is not JSON: {exc}") from None
+        request["args"] = fargs
+    return json.dumps(request).encode() + b"\n"
+
+
+def cmd_ctl(args: argparse.Namespace) -> int:
+    line = build_request(args)
+    try:
+        with ControlClient(args.socket, args.timeout) as client:
+            response = client.raw(line)
+    except (OSError, ValueError) as exc:
+        print(f"vdev ctl: {args.socket}: {exc}", file=sys.stderr)
+        return 2
+    if not response.get("ok"):
+        print(f"vdev ctl: {response.get('error', response)}", file=sys.stderr)
+        return 1
+    result = response.get("result")
+    print(json.dumps(result, indent=None if args.compact else 2))
+    return 0
