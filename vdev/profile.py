@@ -353,7 +353,7 @@ class DeviceProfile:
                     if inner in flat:
                         raise ProfileError(name, "given twice")
                     flat[inner] = inner_value
-            elif isinstance(value, Mapping):
+            elif isinstance(value, Mapping) and key not in known:
                 raise ProfileError(key, f"unknown section (sections: {', '.join(SECTIONS)})")
             elif key not in known:
                 raise ProfileError(key, "unknown key")
@@ -374,7 +374,11 @@ class DeviceProfile:
 
     @classmethod
     def from_toml_string(cls, text: str) -> DeviceProfile:
-        return cls.from_mapping(tomllib.loads(text))
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ProfileError("<string>", str(exc)) from exc
+        return cls.from_mapping(data)
 
 
 def shipped_profiles() -> list[str]:

@@ -86,6 +86,8 @@ def test_sections_equal_flat_keys() -> None:
     ('spdm_asym = "ECDSA_P256"\n', "spdm_asym", "identity key's algorithm"),
     ("spdm_capabilities = 3\n", "spdm_capabilities", "expected str"),
     ("msix_vectors = 0\n", "msix_vectors", "not in"),
+    ("vendor_id = {a = 1}\n", "vendor_id", "expected int"),
+    ("vendor_id = \n", "<string>", "Invalid value"),
 ])
 def test_bad_profile_names_key_and_reason(text: str, key: str, reason: str) -> None:
     with pytest.raises(ProfileError) as info:
