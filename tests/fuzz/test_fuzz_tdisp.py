@@ -1,0 +1,115 @@
+"""IDE_KM and TDISP: every request of a real flow to RUN, mutated, at its place in the flow.
+
+tests/tdisp/test_tdisp_fuzz.py already sends random bytes with random codes; here the
+requests come from a recorded flow (QUERY, KEY_PROG, K_SET_GO, GET_VERSION,
+GET_CAPABILITIES, LOCK, GET_DEVICE_INTERFACE_REPORT, GET_STATE, START, STOP), so the
+mutations reach the state machine.  Invariants: a TDISP request gets a TDISP_ERROR or
+its own response; an IDE_KM object gets its ACK or is refused (VdmRefused); afterwards
+STOP_INTERFACE brings the TDI back and a correct flow reaches RUN again.
+"""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tdisp.errors import VdmRefused
+from tdisp.idekm_messages import parse_idekm
+from tdisp.tdisp_codes import TdiState
+from tdisp.tdisp_messages import decode_vdm
+from tests.tdisp.tdisp_rig import Rig, make_rig
+
+from .budget import examples
+
+TDISP_ERROR = 0x7F
+
+
+def _recorded() -> list[bytes]:
+    rig = make_rig()
+    sent: list[bytes] = []
+    send = rig.send
+
+    def record(payload: bytes, session: int | None = None) -> bytes:
+        sent.append(payload)
+        return send(payload) if session is None else send(payload, session)
+
+    rig.send = record  # type: ignore[method-assign]
+    from tdisp.requesters import IdeKmRequester
+
+    rig.send(IdeKmRequester.query())
+    rig.send(rig.req.get_version())
+    rig.send(rig.req.get_capabilities())
+    rig.program_keys()
+    nonce = rig.lock()
+    reader = rig.req.report_reader(0x40)
+    while (req := reader.next_request()) is not None:
+        reader.feed(rig.send(req))
+    rig.state()
+    rig.start(nonce)
+    rig.state()
+    rig.send(rig.req.stop())
+    return sent
+
+
+FLOW = _recorded()
+
+
+@st.composite
+def _mutate(draw: st.DrawFn, msg: bytes) -> bytes:
+    b = bytearray(msg)
+    how = draw(st.sampled_from(["byte", "byte", "header", "truncate", "extend"]))
+    if how == "byte":
+        b[draw(st.integers(0, len(b) - 1))] = draw(st.integers(0, 255))
+    elif how == "header":
+        b[draw(st.integers(0, min(15, len(b) - 1)))] = draw(st.integers(0, 255))
+    elif how == "truncate":
+        b = b[: draw(st.integers(0, len(b) - 1))]
+    else:
+        b += draw(st.binary(min_size=1, max_size=24))
+    return bytes(b)
+
+
+def _check(req: bytes, rig: Rig) -> None:
+    try:
+        resp = rig.send(req)
+    except VdmRefused:
+        assert req[:1] != b"\x01", "TDISP requests are always answered"
+        return
+    if req[:1] == b"\x01":
+        decode_vdm(resp)
+        assert resp[0] == 0x01
+        if len(req) >= 3 and req[2] >= 0x80:
+            assert resp[2] in (TDISP_ERROR, req[2] - 0x80), (req.hex(), resp.hex())
+        else:
+            assert resp[2] == TDISP_ERROR
+    else:
+        parse_idekm(resp)
+
+
+def _recovers(rig: Rig) -> None:
+    rig.send(rig.req.stop())
+    assert rig.state() == TdiState.CONFIG_UNLOCKED
+    rig.to_run()
+    assert rig.state() == TdiState.RUN
+
+
+@examples(200)
+@given(st.data())
+def test_mutated_flow_request(data: st.DataObject) -> None:
+    which = data.draw(st.integers(0, len(FLOW) - 1), label="which")
+    mutated = data.draw(_mutate(FLOW[which]), label="mutated")
+    rig = make_rig()
+    for req in FLOW[:which]:
+        rig.send(req)
+    _check(mutated, rig)
+    _recovers(rig)
+
+
+@examples(100)
+@given(st.lists(st.tuples(st.integers(0, len(FLOW) - 1), st.data()), min_size=1, max_size=6))
+def test_mutated_request_sequences(steps: list[tuple[int, st.DataObject]]) -> None:
+    rig = make_rig()
+    for which, data in steps:
+        req = FLOW[which] if data.draw(st.booleans()) else data.draw(_mutate(FLOW[which]))
+        _check(req, rig)
+    _recovers(rig)
