@@ -37,7 +37,7 @@ vm-env:
 	@bash guest-tests/vm-env.sh >/dev/null
 
 run: venv vm-env
-	$(PY) -m vdev.cli run
+	$(PY) -m vdev.cli run $(if $(TRACE),--trace)
 
 vm: venv vm-env
 	$(PY) -m vdev.cli vm

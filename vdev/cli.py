@@ -168,7 +168,8 @@ def cmd_spdm_emu(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from vdev.vm.demo import run_demo
 
-    return run_demo(profile_path=args.profile, workdir=Path(args.workdir) if args.workdir else None)
+    return run_demo(profile_path=args.profile, workdir=Path(args.workdir) if args.workdir else None,
+                    trace=args.trace)
 
 
 def cmd_vm(args: argparse.Namespace) -> int:
@@ -218,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="boot the guest against the device and summarise")
     r.add_argument("--profile", help="device profile (TOML)")
     r.add_argument("--workdir", help="where logs go (default out/run)")
+    r.add_argument("--trace", action="store_true", help="both servers write a decoded trace "
+                   "and a pcap (device.trace/.pcap, tsm.trace/.pcap) into the workdir")
     r.set_defaults(func=cmd_run)
 
     v = sub.add_parser("vm", help="boot the guest with the device and give a shell")

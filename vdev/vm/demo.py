@@ -163,8 +163,10 @@ def connect_script(exp: Expected) -> bytes:
     )
 
 
-def run_demo(profile_path: str | None = None, workdir: Path | None = None) -> int:
-    """The main job: device + TSM + real guest, connect to RUN and back, summary."""
+def run_demo(profile_path: str | None = None, workdir: Path | None = None,
+             trace: bool = False) -> int:
+    """The main job: device + TSM + real guest, connect to RUN and back, summary.
+    `trace`: both servers write a decoded trace and a pcap into the workdir (vdev.trace)."""
     workdir = workdir or REPO / "out" / "run"
     try:
         env = find_env()
@@ -174,7 +176,7 @@ def run_demo(profile_path: str | None = None, workdir: Path | None = None) -> in
     accel = choose_accel(env)
     _print(f"vdev run: QEMU {env.qemu_version()}, guest kernel {env.kernel.name}, accel={accel}")
     _print(f"          logs and evidence in {workdir}")
-    checks, result = connect_session(env, workdir, profile_path, narrate=True)
+    checks, result = connect_session(env, workdir, profile_path, narrate=True, trace=trace)
     if result is None:
         for c in checks:
             _print(f"vdev run: {c.name}: {c.detail}")
@@ -183,7 +185,8 @@ def run_demo(profile_path: str | None = None, workdir: Path | None = None) -> in
 
 
 def connect_session(
-    env: VmEnv, workdir: Path, profile_path: str | None = None, *, narrate: bool = False
+    env: VmEnv, workdir: Path, profile_path: str | None = None, *, narrate: bool = False,
+    trace: bool = False,
 ) -> tuple[list[Check], VmResult | None]:
     """Start `vdev serve` and `vdev tsm serve`, boot the guest through the
     foundation and connect scripts; every check of the run (guest, TSM
@@ -193,6 +196,12 @@ def connect_session(
     workdir.mkdir(parents=True)
     identity = workdir / "identity"
     extra = ["--state-dir", str(identity)] + (["--profile", profile_path] if profile_path else [])
+
+    def traced(side: str) -> list[str]:
+        return ["--trace", str(workdir / f"{side}.trace"),
+                "--pcap", str(workdir / f"{side}.pcap")] if trace else []
+
+    extra += traced("device")
     device = device_server(workdir, "device", extra=extra)
     evidence_file = workdir / "evidence.json"
     followers: list[LogFollower] = []
@@ -208,7 +217,7 @@ def connect_session(
         follow(device, "device")
         anchor = root_anchor(identity, workdir / "trust-anchor.pem")
         tsm = tsm_mailbox_server(workdir, ["--trust-anchor", str(anchor),
-                                           "--evidence", str(evidence_file)])
+                                           "--evidence", str(evidence_file), *traced("tsm")])
         servers.append(tsm.start())
         follow(tsm, "tsm")
     except ServerError as exc:
