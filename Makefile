@@ -16,7 +16,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export KERNEL KDIR QEMU
 
-.PHONY: all run vm test lint unit guest bench vm-env venv clean
+.PHONY: all run vm test lint unit guest bench vm-env venv clean fuzz fuzz-atheris
 
 all: test
 
@@ -55,6 +55,17 @@ guest: venv vm-env
 # pytest exits 5 when it collected no tests; make treats that as the failure it is.
 test: venv vm-env lint
 	VDEV_REQUIRE_GUEST=1 $(VENV)/bin/pytest -q --timeout=600 tests guest-tests
+
+# Hypothesis fuzz tests with the long budget (make test runs them with the short "ci" one).
+fuzz: venv
+	HYPOTHESIS_PROFILE=long $(VENV)/bin/pytest -q tests/fuzz
+
+# Coverage-guided fuzzing; needs `$(VENV)/bin/pip install atheris` (fuzz/README.md).
+FUZZ_SECONDS ?= 60
+fuzz-atheris: venv
+	@$(PY) -c 'import atheris' 2>/dev/null || { echo "[make] $(VENV)/bin/pip install atheris first"; exit 1; }
+	@mkdir -p out/atheris
+	for t in fuzz/atheris_*.py; do cd out/atheris && ../../$(PY) ../../$$t -max_total_time=$(FUZZ_SECONDS) || exit 1; cd ../..; done
 
 bench: venv
 	$(PY) -m bench
