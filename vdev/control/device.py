@@ -171,7 +171,8 @@ class DeviceControl:
         r = self.device.responder
         return {
             "version": SPDM_VERSION_NAMES.get(r.conn.version) if r.conn.version else None,
-            "authenticated": bool(getattr(r, "authenticated", False)),
+            # True only once CHALLENGE completed; signed MEASUREMENTS alone leave it False.
+            "challenge_completed": bool(getattr(r, "authenticated", False)),
             "algorithms": algorithms_json(r.algorithms),
             "sessions": [
                 {
