@@ -19,7 +19,9 @@ for spdm_dump (reference §1.3), to a separate stream (stderr).
 from __future__ import annotations
 
 import datetime
+import functools
 import json
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -37,6 +39,8 @@ from vdev.doe_object import (
 )
 from vdev.trace.decode import Decoder, Summary
 from vdev.trace.pcap import PcapWriter
+
+log = logging.getLogger(__name__)
 
 REQ, RSP, STATE = "req", "rsp", "state"
 ARROWS = {REQ: "->", RSP: "<-", STATE: "=="}
@@ -65,6 +69,28 @@ class Event:
         tail = f" => {self.state}" if self.state and self.dir != STATE else ""
         return (f"{stamp} {self.side} {ARROWS[self.dir]} {self.proto:<5} {sess} "
                 f"{mark}{self.summary}{tail}")
+
+
+def _never_raises(method: Callable[..., None]) -> Callable[..., None]:
+    """Tracing is an observer: whatever a peer sends (or a decoder bug) must not reach
+    the engine that called it or the device serving the guest.  A failure costs one
+    event, shown as TRACE_ERROR."""
+
+    @functools.wraps(method)
+    def wrapper(self: Tracer, *args: object, **kwargs: object) -> None:
+        try:
+            method(self, *args, **kwargs)
+        except Exception as exc:  # the observed exchange goes on either way
+            log.debug("trace: %s failed", method.__name__, exc_info=True)
+            try:
+                if self.out is not None:
+                    self._write(Event(self.clock(), self.side, STATE, "state", "TRACE_ERROR",
+                                      f"TRACE_ERROR {method.__name__}: {type(exc).__name__}",
+                                      error=True))
+            except Exception:  # a broken output file: nothing more to say
+                pass
+
+    return wrapper
 
 
 def _sid(session: int | None) -> str | None:
@@ -102,6 +128,7 @@ class Tracer:
 
     # ---- inputs -------------------------------------------------------------------------
 
+    @_never_raises
     def doe(self, direction: str, obj: bytes) -> None:
         """One whole DOE object as it went over the wire."""
         t = self.clock()
@@ -116,6 +143,7 @@ class Tracer:
             if h.protocol == DoeProtocolId(PCI_SIG_VENDOR_ID, DOE_TYPE_CMA_SPDM):
                 self._emit(t, direction, self.decoder.spdm(obj[4 * HEADER_DW :]), secured=False)
 
+    @_never_raises
     def message(self, direction: str, doe_type: int, payload: bytes) -> None:
         """A message on a transport without DOE objects (spdm-emu MCTP / NONE)."""
         if self.out is None:
@@ -129,6 +157,7 @@ class Tracer:
         else:
             self._emit(t, direction, self.decoder.spdm(payload), secured=False)
 
+    @_never_raises
     def secured(self, direction: str, session_id: int, plaintext: bytes) -> None:
         """The engines' `message_observer`: ("request" | "response", session, plaintext)."""
         if self.out is None:
@@ -137,6 +166,7 @@ class Tracer:
         self._emit(self.clock(), d, self.decoder.spdm(plaintext, session=session_id),
                    secured=True, session=session_id)
 
+    @_never_raises
     def state(self, text: str, *, msg: str = "STATE", session: int | None = None,
               error: bool = False, proto: str = "state") -> None:
         if self.out is None:
