@@ -76,7 +76,7 @@ def tdi_state(host: SecureHost) -> TdiState:
     return req.parse_state(host.vdm(req.get_state()))
 
 
-def full_flow(host: SecureHost, doe: DoeRequester) -> None:
+def full_flow(host: SecureHost, doe: DoeRequester, start: bool = True) -> None:
     """What a TSM does on a fresh connect: abort the mailbox (pci_doe_create_mb),
     authenticate, open a session, recover a TDI a previous session left behind
     (STOP_INTERFACE from ERROR or CONFIG_LOCKED), IDE keys, LOCK, report, START."""
@@ -90,8 +90,8 @@ def full_flow(host: SecureHost, doe: DoeRequester) -> None:
     host.setup_stream()
     host.ide_keys()
     host.enable_stream()
-    conn = host.tdisp_connect()
-    assert conn.state == TdiState.RUN
+    conn = host.tdisp_connect(start=start)
+    assert conn.state == (TdiState.RUN if start else TdiState.CONFIG_LOCKED)
 
 
 @dataclass
