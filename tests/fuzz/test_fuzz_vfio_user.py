@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 import struct
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -28,7 +30,7 @@ from vdev.device_api import RegionIndex
 from vdev.doe_requester import DoeRequester
 from vdev.endpoint import TeeIoEndpoint
 from vdev.vfio_user import wire
-from vdev.vfio_user.client import VfioUserClient
+from vdev.vfio_user.client import VfioUserClient, make_memfd
 from vdev.vfio_user.threaded import ThreadedServer, serve_in_thread
 from vdev.vfio_user.transport import DropClient
 from vdev.vfio_user.wire import Command
@@ -226,4 +228,74 @@ def test_random_bytes_never_break_the_server(
     finally:
         c.close()
     _next_client_works(server.path)
+    assert not errors.records, [r.getMessage() for r in errors.records]
+
+
+def _wait_gone(server: ThreadedServer[TeeIoEndpoint]) -> None:
+    deadline = time.monotonic() + 2
+    while server.server.connection is not None:
+        assert time.monotonic() < deadline, "the server kept a closed client"
+        time.sleep(0.002)
+
+
+@st.composite
+def _fd_message(draw: st.DrawFn) -> tuple[bytes, int, str]:
+    """DMA_MAP or SET_IRQS (sometimes another command) with fields drawn, plus how many
+    fds of which kind to attach."""
+    cmd = draw(st.sampled_from([Command.DMA_MAP] * 3 + [Command.DEVICE_SET_IRQS] * 3
+                               + [Command.REGION_READ, Command.DMA_UNMAP, Command.VERSION]))
+    if cmd == Command.DMA_MAP:
+        size = draw(st.sampled_from([0, 4096, 1 << 16, 1 << 20, (1 << 20) + 4096, 1 << 40]))
+        payload = struct.pack("<IIQQQ", 32, draw(st.integers(0, 7)),
+                              draw(st.sampled_from([0, 4096, 1 << 20, (1 << 64) - 4096])),
+                              draw(st.sampled_from([0, 1 << 20, 1 << 32, (1 << 64) - 4096])),
+                              size)
+    elif cmd == Command.DEVICE_SET_IRQS:
+        count = draw(st.integers(0, 6))
+        payload = struct.pack("<IIIII", 20, draw(st.sampled_from([0x24, 0x21, 0x22, 0x28, 0x14,
+                                                                   0x04, 0xFF])),
+                              draw(st.integers(0, 5)), draw(st.integers(0, 10)), count)
+    else:
+        payload = draw(_payload(cmd))
+    nfds = draw(st.integers(0, 3))
+    kind = draw(st.sampled_from(["eventfd", "memfd"]))
+    return wire.build_message(draw(st.integers(0, 0xFFFF)), cmd, payload), nfds, kind
+
+
+@examples(60)
+@given(st.lists(_fd_message(), min_size=1, max_size=6))
+def test_fds_sent_with_any_message_are_never_leaked(
+    served: tuple[ThreadedServer[TeeIoEndpoint], ErrorLog],
+    msgs: list[tuple[bytes, int, str]],
+) -> None:
+    """The server runs in this process, so /proc/self/fd counts its fds too: after the
+    client is gone, every fd it was sent (mapped memfd, IRQ eventfd, refused extra)
+    is closed again, and the memfds are unmapped."""
+    server, errors = served
+    errors.records.clear()
+    _next_client_works(server.path)  # settles anything a previous example left
+    _wait_gone(server)
+    before = len(os.listdir("/proc/self/fd"))
+    mine: list[int] = []
+    c = VfioUserClient(server.path, timeout=2.0)
+    try:
+        c.negotiate()
+        for raw, nfds, kind in msgs:
+            fds = [os.eventfd(0) if kind == "eventfd" else make_memfd(1 << 20)
+                   for _ in range(nfds)]
+            mine += fds
+            try:
+                c.send_raw(raw, fds)
+                _reply(c, 2.0)
+            except (OSError, DropClient):
+                break
+    finally:
+        c.close()
+        for fd in mine:
+            os.close(fd)
+    _next_client_works(server.path)  # the previous client is gone once this one is served
+    _wait_gone(server)
+    assert len(os.listdir("/proc/self/fd")) <= before
+    with open("/proc/self/maps") as maps:
+        assert "/memfd:vfio-user-guest" not in maps.read()
     assert not errors.records, [r.getMessage() for r in errors.records]
