@@ -9,6 +9,7 @@ spdm-emu PCI_DOE path, `TeeDevice.doe_object`) come back as bytes or None.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,38 @@ def test_whole_doe_objects(device: TeeDevice, obj: bytes) -> None:
     assert reply is None or (isinstance(reply, bytes) and len(reply) >= 8)
     ok = device.doe_object(build_object(DoeProtocolId(1, 1), GET_VERSION))
     assert ok is not None and ok[8:10] == bytes([0x10, 0x04])
+
+
+@examples(120)
+@given(st.lists(st.one_of(_access(), st.tuples(st.just("fire"), st.integers(0, 7),
+                                                st.just(0), st.just(0))), max_size=40),
+       st.lists(_object(), max_size=3), st.integers(1, 6))
+def test_doe_traffic_with_delayed_responses(ops: list[tuple[str, int, int, int]],
+                                            objects: list[list[int]], delays: int) -> None:
+    """The BUSY path: responses held back (fault injection) and released at random
+    moments, including after an ABORT made them stale.  BUSY and DOR are never set
+    together, ABORT still recovers, and discovery then works (it is never delayed)."""
+    pending: list[Callable[[], None]] = []
+    ep = TeeIoEndpoint(defer_later=lambda _delay, fn: pending.append(fn))
+    ep.attach(FakeIrqSink(), FakeDma())
+    ep.delay_doe_responses(0.5, delays)
+    cfg = ep.config
+    for i, (kind, off, size, value) in enumerate(ops):
+        if kind == "fire":
+            if pending:
+                pending.pop(off % len(pending))()
+        elif kind == "r":
+            assert len(cfg.read(off, size)) == size
+        elif kind == "w":
+            cfg.write(off, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
+        elif objects:
+            for dw in objects[i % len(objects)]:
+                cfg.write_int(DOE_CAP + DOE_WRITE, 4, dw)
+            cfg.write_int(DOE_CAP + DOE_CTRL, 4, CTRL_GO)
+        status = cfg.read_int(DOE_CAP + DOE_STATUS, 4)
+        assert not (status & STATUS_BUSY and status & STATUS_DATA_OBJECT_READY)
+        assert not (status & STATUS_ERROR and status & STATUS_DATA_OBJECT_READY)
+    _recovers(ep)
+    for fn in pending:  # late completions of aborted exchanges are ignored
+        fn()
+    _recovers(ep)
