@@ -12,19 +12,31 @@ from, or raises ProfileError, nothing else.
 from __future__ import annotations
 
 import contextlib
+import logging
+import socket
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from tests.spdm_emu.conftest import EmuHandle, start_server
 from vdev.doe_object import DoeProtocolId, build_object
 from vdev.endpoint import TeeIoEndpoint
 from vdev.profile import SECTIONS, DeviceProfile, ProfileError
 from vdev.spdm_emu import mctp
-from vdev.spdm_emu.frame import HEADER_SIZE, Command, Frame, FrameDecoder, FrameError, TransportType
+from vdev.spdm_emu.frame import (
+    HEADER_SIZE,
+    SERVER_HELLO,
+    Command,
+    Frame,
+    FrameDecoder,
+    FrameError,
+    TransportType,
+)
 from vdev.spdm_emu.responder import Action, SpdmEmuResponder
 from vdev.tee_device import TeeDevice
 
@@ -173,3 +185,60 @@ def test_toml_syntax_error_is_a_profile_error() -> None:
     with pytest.raises(ProfileError):
         DeviceProfile.from_toml_string("vendor_id = ")
     assert not issubclass(ProfileError, tomllib.TOMLDecodeError)
+
+
+# ---- a live spdm-emu server ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def emu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EmuHandle, list[str]]]:
+    errors: list[str] = []
+
+    class Errors(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.levelno >= logging.ERROR and "exceeds QEMU" not in record.getMessage():
+                errors.append(record.getMessage())
+
+    handler = Errors()
+    logging.getLogger("vdev").addHandler(handler)
+    handle, shutdown = start_server(tmp_path_factory.mktemp("emu-fuzz"), TransportType.PCI_DOE)
+    try:
+        yield handle, errors
+    finally:
+        shutdown()
+        logging.getLogger("vdev").removeHandler(handler)
+
+
+def _stops_the_server(stream: bytes) -> bool:
+    try:
+        frames = FrameDecoder().feed(stream)
+    except FrameError:
+        return False
+    return any(f.command == Command.SHUTDOWN and f.transport_type == TransportType.PCI_DOE
+               for f in frames)
+
+
+@examples(60)
+@given(st.one_of(
+    st.binary(max_size=200),
+    st.lists(st.builds(Frame, st.sampled_from([int(c) for c in Command if c != Command.SHUTDOWN]
+                                               + [0, 2]),
+                       st.sampled_from([int(TransportType.PCI_DOE)] * 4 + [0, 1, 3]),
+                       _payload), max_size=4).map(lambda fs: b"".join(f.encode() for f in fs)),
+))
+def test_live_server_survives_any_stream(emu: tuple[EmuHandle, list[str]], stream: bytes) -> None:
+    handle, errors = emu
+    assume(not _stops_the_server(stream))
+    errors.clear()
+    with socket.create_connection(("127.0.0.1", handle.port), timeout=2) as s:
+        s.sendall(stream)
+        s.shutdown(socket.SHUT_WR)
+        s.settimeout(2)
+        with contextlib.suppress(OSError):
+            while s.recv(65536):
+                pass
+    assert handle.thread.is_alive()
+    with handle.client() as c:
+        assert c.hello() == SERVER_HELLO
+        assert c.doe_exchange(1, GET_VERSION)[:2] == bytes([0x10, 0x04])
+    assert not errors, errors
