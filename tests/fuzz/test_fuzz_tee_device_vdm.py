@@ -20,7 +20,7 @@ from spdm.errors import ErrorResponse
 from tdisp.idekm_messages import parse_idekm
 from tdisp.tdisp_messages import decode_vdm
 from tests.device.secure_host import ConfigPort, SecureHost
-from tests.survival.conftest import full_flow
+from tests.survival.rig import full_flow
 from vdev.doe_requester import DoeRequester
 from vdev.tee_device import TeeDevice
 

@@ -22,7 +22,8 @@ import pytest
 
 from vdev.vfio_user.client import make_memfd
 
-from .conftest import Served, host_over, report
+from .conftest import Served
+from .rig import host_over, report
 
 CYCLES = 100
 WARMUP = 10

@@ -16,7 +16,8 @@ from vdev.doe_mailbox import DOE_WRITE
 from vdev.vfio_user.client import VfioUserClient
 from vdev.vfio_user.wire import Command
 
-from .conftest import Served, full_flow, host_over
+from .conftest import Served
+from .rig import full_flow, host_over
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -26,7 +26,8 @@ from vdev.vfio_user.client import VfioUserClient
 from vdev.vfio_user.server import VfioUserServer
 from vdev.vfio_user.threaded import ThreadedServer, serve_in_thread
 
-from .conftest import Proc, Served, full_flow, host_over, report
+from .conftest import Served
+from .rig import Proc, full_flow, host_over, report
 
 DEVICES = 4
 ROUNDS = 3
