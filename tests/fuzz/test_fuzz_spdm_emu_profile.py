@@ -218,7 +218,7 @@ def _stops_the_server(stream: bytes) -> bool:
                for f in frames)
 
 
-@examples(60)
+@examples(100)
 @given(st.one_of(
     st.binary(max_size=200),
     st.lists(st.builds(Frame, st.sampled_from([int(c) for c in Command if c != Command.SHUTDOWN]

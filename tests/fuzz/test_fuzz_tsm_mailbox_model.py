@@ -80,7 +80,7 @@ def _drive(drv: MailboxDriver, dev: Device, steps: list[tuple[str, int, bytes]])
             pass  # config writes are applied by the caller (they may FLR the device)
 
 
-@examples(15)
+@examples(30)
 @given(st.sampled_from([Op.CONNECT, Op.STATUS, Op.CONNECT]), st.lists(_step, max_size=15))
 def test_misbehaving_guest_mid_operation(anchor: Path, first: Op,
                                          steps: list[tuple[str, int, bytes]]) -> None:

@@ -196,7 +196,7 @@ def _drive(path: str, msgs: list[tuple[bytes, bool]], negotiate: bool) -> None:
         c.close()
 
 
-@examples(60)
+@examples(150)
 @given(st.lists(_message(), min_size=1, max_size=6), st.booleans())
 def test_random_messages_never_break_the_server(
     served: tuple[ThreadedServer[TeeIoEndpoint], ErrorLog],
@@ -209,7 +209,7 @@ def test_random_messages_never_break_the_server(
     assert not errors.records, [r.getMessage() for r in errors.records]
 
 
-@examples(60)
+@examples(150)
 @given(st.lists(st.binary(min_size=1, max_size=64), min_size=1, max_size=4))
 def test_random_bytes_never_break_the_server(
     served: tuple[ThreadedServer[TeeIoEndpoint], ErrorLog], chunks: list[bytes],
@@ -262,7 +262,7 @@ def _fd_message(draw: st.DrawFn) -> tuple[bytes, int, str]:
     return wire.build_message(draw(st.integers(0, 0xFFFF)), cmd, payload), nfds, kind
 
 
-@examples(60)
+@examples(150)
 @given(st.lists(_fd_message(), min_size=1, max_size=6))
 def test_fds_sent_with_any_message_are_never_leaked(
     served: tuple[ThreadedServer[TeeIoEndpoint], ErrorLog],
