@@ -5,18 +5,22 @@ requests come from a recorded flow (QUERY, KEY_PROG, K_SET_GO, GET_VERSION,
 GET_CAPABILITIES, LOCK, GET_DEVICE_INTERFACE_REPORT, GET_STATE, START, STOP), so the
 mutations reach the state machine.  Invariants: a TDISP request gets a TDISP_ERROR or
 its own response; an IDE_KM object gets its ACK or is refused (VdmRefused); afterwards
-STOP_INTERFACE brings the TDI back and a correct flow reaches RUN again.
+STOP_INTERFACE brings the TDI back and a correct flow reaches RUN again.  The
+requester-side decoders (what a TSM parses) raise only TdispProtocolError.
 """
 
 from __future__ import annotations
 
+import contextlib
+
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tdisp.errors import VdmRefused
+from tdisp.errors import TdispProtocolError, VdmRefused
 from tdisp.idekm_messages import parse_idekm
+from tdisp.interface_report import InterfaceReport
 from tdisp.tdisp_codes import TdiState
-from tdisp.tdisp_messages import decode_vdm
+from tdisp.tdisp_messages import TdispVersion, decode_vdm, expect
 from tests.tdisp.tdisp_rig import Rig, make_rig
 
 from .budget import examples
@@ -113,3 +117,21 @@ def test_mutated_request_sequences(steps: list[tuple[int, st.DataObject]]) -> No
         req = FLOW[which] if data.draw(st.booleans()) else data.draw(_mutate(FLOW[which]))
         _check(req, rig)
     _recovers(rig)
+
+
+# ---- requester-side decoders (what the TSM parses from a device) -------------------------
+
+RESPONSES = [make_rig().send(req) for req in FLOW[:3]]  # QUERY_RESP, VERSION, CAPABILITIES
+
+
+@examples(300)
+@given(st.one_of(st.binary(max_size=80),
+                 st.sampled_from(RESPONSES).flatmap(_mutate)))
+def test_requester_decoders_raise_only_protocol_errors(raw: bytes) -> None:
+    """decode_vdm / parse_idekm / InterfaceReport.decode / expect: a well-defined result
+    or TdispProtocolError (MalformedMessage, UnexpectedResponse, ...), nothing else."""
+    for fn in (lambda: decode_vdm(raw), lambda: parse_idekm(raw),
+               lambda: InterfaceReport.decode(raw), lambda: InterfaceReport.decode(raw[16:]),
+               lambda: expect(raw, TdispVersion), lambda: decode_vdm(b"\x01" + raw)):
+        with contextlib.suppress(TdispProtocolError):
+            fn()
