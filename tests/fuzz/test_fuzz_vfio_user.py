@@ -163,7 +163,7 @@ def _next_client_works(path: str) -> None:
 
 
 def _drive(path: str, msgs: list[tuple[bytes, bool]], negotiate: bool) -> None:
-    c = VfioUserClient(path, timeout=2.0)
+    c = VfioUserClient(path, timeout=5.0)
     try:
         if negotiate:
             c.negotiate()
@@ -181,7 +181,7 @@ def _drive(path: str, msgs: list[tuple[bytes, bool]], negotiate: bool) -> None:
             if flags & wire.HeaderFlags.NO_REPLY:
                 continue
             try:
-                reply = _reply(c, 2.0)
+                reply = _reply(c, 5.0)
             except TimeoutError:
                 pytest.fail(f"no reply to {raw[:32].hex()}")
             if reply is None:
