@@ -186,6 +186,16 @@ def check_selected(selected: int, offered: int, *, allow_zero: bool = False) -> 
     return is_single_bit(selected) and (selected & ~offered) == 0
 
 
+def algorithm_name(cls: type[enum.IntFlag], value: int) -> str | None:
+    """Name of one selected algorithm bit; None for 0, hex for an unknown value."""
+    if not value:
+        return None
+    try:
+        return str(cls(value).name)
+    except ValueError:
+        return f"0x{value:x}"
+
+
 @dataclass(frozen=True)
 class NegotiatedAlgorithms:
     """Result of NEGOTIATE_ALGORITHMS/ALGORITHMS."""
@@ -199,6 +209,19 @@ class NegotiatedAlgorithms:
     aead: int = 0
     req_base_asym: int = 0
     key_schedule: int = 0
+
+    def names(self) -> dict[str, str | None]:
+        """The selected algorithms by name (None where nothing was selected), for
+        logs, evidence and status reports."""
+        return {
+            "base_asym": algorithm_name(BaseAsym, self.base_asym),
+            "base_hash": algorithm_name(BaseHash, self.base_hash),
+            "meas_hash": algorithm_name(MeasHash, self.meas_hash),
+            "dhe": algorithm_name(Dhe, self.dhe),
+            "aead": algorithm_name(Aead, self.aead),
+            "req_base_asym": algorithm_name(BaseAsym, self.req_base_asym),
+            "key_schedule": algorithm_name(KeySchedule, self.key_schedule),
+        }
 
     @property
     def hash_size(self) -> int:

@@ -59,7 +59,6 @@ from pathlib import Path
 from typing import Any
 
 from spdm import algorithms as alg
-from spdm.algorithms import Aead, BaseAsym, BaseHash, Dhe
 from spdm.identity import CertSlots, DeviceIdentity, IdentityParams, load_or_create
 from spdm.responder import Responder, ResponderConfig
 from spdm.secured_message import DOE_TRANSPORT, TransportParams
@@ -118,13 +117,6 @@ def interface_id(profile: DeviceProfile) -> InterfaceId:
         function=profile.devfn & 7,
         segment=profile.segment or None,
     )
-
-
-def _alg_name(cls: Any, value: int) -> str:
-    try:
-        return str(cls(value).name)
-    except ValueError:
-        return f"{value:#x}"
 
 
 class TeeDevice(TeeIoEndpoint):
@@ -245,10 +237,9 @@ class TeeDevice(TeeIoEndpoint):
         return self.responder.handle_doe(doe_type, payload)
 
     def _session_established(self, session_id: int) -> None:
-        a = self.responder.algorithms
-        names = [_alg_name(cls, v) for cls, v in ((BaseAsym, a.base_asym), (BaseHash, a.base_hash),
-                                                   (Dhe, a.dhe), (Aead, a.aead))]
-        log.info("SPDM session %#010x established (%s)", session_id, "/".join(names))
+        names = self.responder.algorithms.names()
+        log.info("SPDM session %#010x established (%s)", session_id,
+                 "/".join(str(names[k]) for k in ("base_asym", "base_hash", "dhe", "aead")))
 
     @staticmethod
     def _log_ide_state(stream: Any, old: Any, new: Any) -> None:

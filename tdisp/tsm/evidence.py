@@ -40,7 +40,6 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from spdm.algorithms import Aead, BaseAsym, BaseHash, Dhe, KeySchedule, MeasHash
 from spdm.codes import RspCap
 from spdm.identity import split_spdm_cert_chain
 from spdm.measurements import RAW_BIT_STREAM_FLAG, MeasurementType, ParsedBlock
@@ -54,15 +53,6 @@ def spdm_version(v: int) -> str | None:
     return f"{v >> 4}.{v & 0xF}" if v else None
 
 
-def _name(cls: type[enum.IntFlag], value: int) -> str | None:
-    if not value:
-        return None
-    try:
-        return str(cls(value).name)
-    except ValueError:
-        return f"0x{value:x}"
-
-
 def flag_names(cls: type[enum.IntFlag], value: int) -> list[str]:
     names = [str(f.name) for f in cls if f.value and value & f.value == f.value]
     rest = value & ~sum(int(f.value) for f in cls)
@@ -72,13 +62,10 @@ def flag_names(cls: type[enum.IntFlag], value: int) -> list[str]:
 
 
 def algorithms(a: Any) -> dict[str, Any]:
+    names = a.names()
     return {
-        "base_asym": _name(BaseAsym, a.base_asym),
-        "base_hash": _name(BaseHash, a.base_hash),
-        "meas_hash": _name(MeasHash, a.meas_hash),
-        "dhe": _name(Dhe, a.dhe),
-        "aead": _name(Aead, a.aead),
-        "key_schedule": _name(KeySchedule, a.key_schedule),
+        **{k: names[k] for k in ("base_asym", "base_hash", "meas_hash", "dhe", "aead",
+                                 "key_schedule")},
         "meas_spec": a.meas_spec,
         "other_params": a.other_params,
     }

@@ -8,7 +8,6 @@ their lock parameters (no START nonce), identity shows certificates (public).
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from spdm.algorithms import Aead, BaseAsym, BaseHash, Dhe, MeasHash, NegotiatedAlgorithms
+from spdm.algorithms import NegotiatedAlgorithms
 from vdev.control.core import Command, CommandError, ControlCore, expect_args
 from vdev.pci.ide_cap import KEY_SETS, SLOTS
 from vdev.tee_device import TeeDevice
@@ -27,24 +26,10 @@ SPDM_VERSION_NAMES = {0x10: "1.0", 0x11: "1.1", 0x12: "1.2", 0x13: "1.3"}
 FAULT_KINDS = ("doe_delay",)
 
 
-def _name(cls: type[enum.Enum], value: int) -> str | None:
-    if not value:
-        return None
-    try:
-        return str(cls(value).name)
-    except ValueError:
-        return f"{value:#x}"
-
-
 def algorithms_json(a: NegotiatedAlgorithms) -> dict[str, Any]:
-    return {
-        "base_asym": _name(BaseAsym, a.base_asym),
-        "base_hash": _name(BaseHash, a.base_hash),
-        "meas_hash": _name(MeasHash, a.meas_hash),
-        "dhe": _name(Dhe, a.dhe),
-        "aead": _name(Aead, a.aead),
-        "req_base_asym": _name(BaseAsym, a.req_base_asym),
-    }
+    names = a.names()
+    return {k: names[k] for k in ("base_asym", "base_hash", "meas_hash", "dhe", "aead",
+                                  "req_base_asym")}
 
 
 def certificate_json(cert: x509.Certificate) -> dict[str, Any]:
