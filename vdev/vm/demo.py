@@ -148,7 +148,7 @@ class LogFollower(threading.Thread):
         msg = line.split(": ", 1)[1] if ": " in line else line
         if " WARNING " in line or " ERROR " in line:
             msg = "!! " + msg
-        _print(f"  [{self.tag}] {msg}")
+        _print(f"  {'[' + self.tag + ']':<8} {msg}")
 
     def stop(self) -> None:
         self.stopping.set()
