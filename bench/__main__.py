@@ -43,6 +43,7 @@ TARGETS = [
      ("spdm_handshake", "in_process", "P-384/SHA-384/AES-256-GCM", "p50_ms"), 15.0, "ms"),
     ("TSM connect-to-RUN in-process", ("tsm", "connect_to_run", "total_ms"), None, "ms"),
     ("guest connect-to-RUN", ("guest", "connect_to_run_s"), 3.0, "s"),
+    ("vdev serve RSS", ("vfio_user", "server_rss_mb"), 60.0, "MB"),
 ]
 
 

@@ -69,6 +69,19 @@ def run_vfio_user_benchmarks(workdir: Path, n: int = 5000) -> dict[str, Any]:
             out["doe_discovery_walk"]["protocols"] = [
                 f"{v:04x}:{t:02x}" for v, t in doe.discover()
             ]
+        out["server_rss_mb"] = _rss_mb(server.proc.pid if server.proc else 0)
         return out
     finally:
         server.stop()
+
+
+def _rss_mb(pid: int) -> float | None:
+    """Resident set of the `vdev serve` process after the benchmarks (VmRSS)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return None
