@@ -112,7 +112,8 @@ def test_reset_is_an_flr(state_dir: Path) -> None:
 def test_faults(state_dir: Path) -> None:
     device = TeeDevice(state_dir=state_dir)
     core = device_control(device)
-    assert _call(core, "faults") == {"armed": [], "kinds": ["doe_delay"]}
+    assert _call(core, "faults") == {"armed": [], "kinds": [
+        "doe_delay", "drop", "delay", "corrupt", "truncate", "error", "doe_error"]}
 
     def bad(**args: Any) -> str:
         r = core.handle({"cmd": "faults", "args": args})

@@ -17,13 +17,16 @@ from cryptography.hazmat.primitives import hashes
 
 from spdm.algorithms import NegotiatedAlgorithms
 from vdev.control.core import Command, CommandError, ControlCore, expect_args
+from vdev.faults import KINDS as RULE_KINDS
+from vdev.faults import FaultPlanError, install
+from vdev.faults.plan import rule_from_dict
 from vdev.pci.ide_cap import KEY_SETS, SLOTS
 from vdev.tee_device import TeeDevice
 
 StatusExtra = Callable[[], dict[str, Any]]
 
 SPDM_VERSION_NAMES = {0x10: "1.0", 0x11: "1.1", 0x12: "1.2", 0x13: "1.3"}
-FAULT_KINDS = ("doe_delay",)
+FAULT_KINDS = ("doe_delay", *RULE_KINDS)  # the rest: vdev.faults rules
 
 
 def algorithms_json(a: NegotiatedAlgorithms) -> dict[str, Any]:
@@ -115,6 +118,8 @@ class DeviceControl:
                                f"e.g. {{\"kind\": \"doe_delay\", \"delay_ms\": 1500, "
                                f"\"count\": 1}}")
         kind = fault["kind"]
+        if kind in RULE_KINDS:
+            return self._rule_fault(action, fault)
         if kind != "doe_delay":
             raise CommandError(f"fault kind {kind!r}: not implemented yet (fault injection "
                                f"is being extended; implemented: {', '.join(FAULT_KINDS)})")
@@ -132,13 +137,32 @@ class DeviceControl:
             raise CommandError(str(exc)) from None
         return {"armed": self._armed_faults()}
 
+    def _rule_fault(self, action: str, fault: dict[str, Any]) -> dict[str, Any]:
+        # The same rule JSON as a --fault-plan [[fault]] table.  The injector is
+        # installed on first arm only, so a device never armed keeps its own handlers.
+        if action == "arm":
+            try:
+                rule = rule_from_dict(fault, "fault")
+            except FaultPlanError as exc:
+                raise CommandError(str(exc)) from None
+            install(self.device).plan.rules.append(rule)
+        else:  # clear: every rule of that kind (and that match, when given)
+            injector = getattr(self.device, "fault_injector", None)
+            if injector is not None:
+                injector.plan.rules[:] = [
+                    r for r in injector.plan.rules
+                    if r.kind != fault["kind"] or fault.get("match", r.match) != r.match]
+        return {"armed": self._armed_faults()}
+
     def _armed_faults(self) -> list[dict[str, Any]]:
         d = self.device
+        injector = getattr(d, "fault_injector", None)
+        rules = [r.to_json() for r in injector.plan.rules] if injector is not None else []
         left = getattr(d, "_doe_delays_left", 0)
         if not left or d.doe.response_gate is None:
-            return []
+            return rules
         return [{"kind": "doe_delay", "delay_ms": round(getattr(d, "_doe_delay", 0) * 1000),
-                 "count": left}]
+                 "count": left}, *rules]
 
     def doe(self, args: dict[str, Any]) -> dict[str, Any]:
         expect_args(args, set())

@@ -1,7 +1,9 @@
 """Apply a FaultPlan to a TeeDevice at its DOE transport, outside the SPDM engines.
 
-`install(device, plan)` re-registers the SPDM and secured-SPDM DOE handlers with
-wrappers: the protocol engines never see a fault.  Type-1 requests are matched by
+`install(device, plan)` wraps the device's `spdm_message(doe_type, payload)` (an
+instance attribute shadowing the method), which the mailbox's SPDM handlers and the
+trace layer's handlers both call: the protocol engines never see a fault, and a trace
+shows the response as it went over the wire.  Type-1 requests are matched by
 their SPDM request code; type-2 records only as "secured" (matching after decryption
 would need the responder's message_observer and breaking the record after sealing
 would need the session keys here: not done in this first cut).  Only the DOE mailbox
@@ -18,7 +20,6 @@ from vdev.doe_mailbox import DoeRejected, ResponseGate
 from vdev.doe_object import (
     DOE_TYPE_CMA_SPDM,
     DOE_TYPE_SECURED_CMA_SPDM,
-    PCI_SIG_VENDOR_ID,
     DoeProtocolId,
 )
 from vdev.faults.plan import MATCH_SECURED, FaultPlan, FaultRule
@@ -53,49 +54,46 @@ class FaultInjector:
         self.observers: list[FaultObserver] = []
         self._held_gate: ResponseGate | None = None
         self._held_rule: FaultRule | None = None
-        for doe_type in (DOE_TYPE_CMA_SPDM, DOE_TYPE_SECURED_CMA_SPDM):
-            device.register_doe_protocol(PCI_SIG_VENDOR_ID, doe_type, self._handler(doe_type))
-
-    def _handler(self, doe_type: int) -> Callable[[bytes], bytes]:
-        def handle(payload: bytes) -> bytes:
-            return self.handle(doe_type, payload)
-        return handle
+        self._inner = device.spdm_message
+        device.spdm_message = self.handle  # type: ignore[method-assign]
 
     def _report(self, text: str) -> None:
         log.warning("fault injected: %s", text)
         for observer in self.observers:
             observer(text)
 
-    def handle(self, doe_type: int, payload: bytes) -> bytes:
+    def handle(self, doe_type: int, payload: bytes) -> tuple[int, bytes]:
         name = request_name(doe_type, payload)
         rule = self.plan.select(name)
         if rule is None:
-            return self.device.spdm_message(doe_type, payload)[1]
+            return self._inner(doe_type, payload)
         tag = f"{name} #{rule.seen}"
         # error / doe_error answer instead of the engine: a busy or broken device has
         # not processed the request, so a retry meets consistent transcripts.
         if rule.kind == "error":
-            version = payload[0] if payload else 0x10
+            # A plaintext ERROR even for a secured request, as for a record the
+            # responder cannot open (spdm.requester accepts that form).
+            version = self.device.responder.conn.version or 0x10
             code = ErrorCode(rule.code).name if rule.code in ErrorCode._value2member_map_ \
                 else f"{rule.code:#04x}"
             self._report(f"error {tag} (ERROR {code})")
-            return bytes([version, Rsp.ERROR, rule.code, 0])
+            return DOE_TYPE_CMA_SPDM, bytes([version, Rsp.ERROR, rule.code, 0])
         if rule.kind == "doe_error":
             self._report(f"doe_error {tag} (DOE ERROR bit)")
             raise DoeRejected(f"fault injection: doe_error on {name}")
-        reply = self.device.spdm_message(doe_type, payload)[1]
+        kind, reply = self._inner(doe_type, payload)
         rsp = f"{response_name(doe_type, reply, name)} #{rule.seen}"
         if rule.kind == "corrupt":
             if not reply:
-                return reply
+                return kind, reply
             at = rule.offset if rule.offset >= 0 else len(reply) + rule.offset
             at = min(max(at, 0), len(reply) - 1)
             where = "last byte" if at == len(reply) - 1 else f"byte {at}"
             self._report(f"corrupt {rsp} ({where})")
-            return reply[:at] + bytes([reply[at] ^ 0xFF]) + reply[at + 1 :]
+            return kind, reply[:at] + bytes([reply[at] ^ 0xFF]) + reply[at + 1 :]
         if rule.kind == "truncate":
             self._report(f"truncate {rsp} ({len(reply)} -> {min(rule.length, len(reply))} bytes)")
-            return reply[: rule.length]
+            return kind, reply[: rule.length]
         # drop / delay: the mailbox calls its response_gate right after this handler
         # returns (DoeMailbox.go); hold this one response there, then restore the gate.
         doe = self.device.doe
@@ -103,7 +101,7 @@ class FaultInjector:
         doe.response_gate = self._gate
         self._report(f"drop {rsp} (BUSY until ABORT)" if rule.kind == "drop"
                      else f"delay {rsp} ({rule.delay_ms} ms)")
-        return reply
+        return kind, reply
 
     def _gate(self, protocol: DoeProtocolId, ticket: int) -> bool:
         doe, rule = self.device.doe, self._held_rule
