@@ -1,7 +1,7 @@
 """The `vdev` command line.
 
   vdev serve --socket PATH [--profile NAME|FILE] [--state-dir DIR] [--control PATH]
-             [--doe-delay-ms MS --doe-delay-count N]
+             [--doe-delay-ms MS --doe-delay-count N] [--fault-plan FILE] [--fault SPEC]
                                               serve the TEE-IO endpoint over vfio-user
   vdev spdm-emu [--port 2323] [--transport pci_doe|mctp|none] [--profile FILE]
                 [--state-dir DIR | --cert-chain FILE --key FILE]
@@ -71,7 +71,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise SystemExit(f"vdev: cannot create or load the device identity: {exc}") from None
     from vdev.trace.cli import trace_device
 
-    trace_device(args, device)
+    traced = trace_device(args, device)
+    if args.fault_plan or args.fault:
+        # After tracing: the injector wraps spdm_message, so the trace shows the wire.
+        from vdev.faults import FaultPlan, FaultPlanError, install
+
+        try:
+            plan = FaultPlan.load(args.fault_plan) if args.fault_plan else FaultPlan()
+            plan.rules.extend(FaultPlan.from_specs(args.fault or []).rules)
+        except (OSError, FaultPlanError) as exc:
+            raise SystemExit(f"vdev: {exc}") from None
+        injector = install(device, plan)
+        tracer = getattr(traced, "tracer", None)
+        if tracer is not None:
+            injector.observers.append(tracer.fault)
+        log.info("fault injection: %d rule(s) armed", len(plan.rules))
     log.info(
         "TEE-IO endpoint %04x:%04x class %06x, BAR0 %#x, %d MSI-X vectors",
         profile.vendor_id, profile.device_id, profile.class_code,
@@ -199,6 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--doe-delay-count", type=int, default=0, metavar="N",
                    help="how many SPDM / secured-SPDM DOE responses --doe-delay-ms "
                    "applies to, counted from the first (default 0: none)")
+    s.add_argument("--fault-plan", metavar="FILE", help="fault injection: a TOML plan of "
+                   "[[fault]] rules (kind, match, nth|every|probability+seed, ...)")
+    s.add_argument("--fault", action="append", metavar="SPEC", help="fault injection rule "
+                   "KIND:MATCH[:nth=N|every|p=0.5,seed=1][,delay_ms=,offset=,length=,code=] "
+                   "(repeatable; kinds drop, delay, corrupt, truncate, error, doe_error)")
     from vdev.trace.cli import add_trace_arguments, add_trace_parser
 
     add_trace_arguments(s)

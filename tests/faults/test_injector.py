@@ -152,3 +152,67 @@ def test_install_twice_extends_plan(state_dir: Path) -> None:
     rig = Rig(state_dir, "drop:FINISH")
     again = install(rig.device, FaultPlan([parse_spec("drop:END_SESSION")]))
     assert again is rig.injector and len(again.plan.rules) == 2
+
+
+def test_control_arm_list_clear(state_dir: Path) -> None:
+    from vdev.control.device import device_control
+
+    device = TeeDevice(state_dir=state_dir)
+    core = device_control(device)
+
+    def call(**args: object) -> dict[str, object]:
+        r = core.handle({"cmd": "faults", "args": args})
+        assert r["ok"] is True, r
+        return r["result"]  # type: ignore[no-any-return]
+
+    assert call()["armed"] == []
+    assert getattr(device, "fault_injector", None) is None  # nothing installed by listing
+    rule = {"kind": "error", "match": "GET_MEASUREMENTS", "nth": 1, "code": "Busy"}
+    armed = call(action="arm", fault=rule)["armed"]
+    assert armed == [{"kind": "error", "match": "GET_MEASUREMENTS", "nth": 1, "code": "BUSY",
+                      "seen": 0, "fired": 0}]
+    call(action="arm", fault={"kind": "drop", "match": "FINISH", "every": True})
+    assert [r["kind"] for r in call(action="list")["armed"]] == ["error", "drop"]
+    bad = core.handle({"cmd": "faults", "args": {"action": "arm",
+                                                  "fault": {"kind": "drop", "match": "X"}}})
+    assert bad["ok"] is False and "'match'" in str(bad["error"])
+    assert [r["kind"] for r in call(action="clear", fault={"kind": "error"})["armed"]] == ["drop"]
+    assert call(action="clear", fault={"kind": "drop", "match": "FINISH"})["armed"] == []
+
+
+def test_fault_is_traced_with_the_corrupted_wire(state_dir: Path) -> None:
+    import io
+
+    from vdev.trace.attach import attach_device
+    from vdev.trace.tracer import Tracer
+
+    out = io.StringIO()
+    tracer = Tracer("device", out=out)
+    device = TeeDevice(state_dir=state_dir)
+    attach_device(tracer, device)
+    injector = install(device, FaultPlan.from_specs(["truncate:GET_VERSION:length=2"]))
+    injector.observers.append(tracer.fault)
+    cfg = ConfigPort.of_device(device)
+    doe = DoeRequester(lambda off: cfg.read(off, 4), lambda off, v: cfg.write(off, 4, v),
+                       DOE_CAP)
+    reply = doe.exchange_bytes(1, bytes([0x10, 0x84, 0, 0]))
+    assert reply[:2] == bytes([0x10, 0x04]) and not any(reply[2:])  # 2 bytes, padded
+    lines = out.getvalue().splitlines()
+    fault = [ln for ln in lines if "FAULT" in ln]
+    assert len(fault) == 1 and "truncate VERSION #1 (" in fault[0]
+
+
+def test_serve_options(state_dir: Path, tmp_path: Path) -> None:
+    from vdev.cli import build_parser, main
+
+    args = build_parser().parse_args(["serve", "--socket", "s", "--fault", "drop:FINISH",
+                                      "--fault", "error:doe:every", "--fault-plan", "p.toml"])
+    assert args.fault == ["drop:FINISH", "error:doe:every"] and args.fault_plan == "p.toml"
+    sock = str(tmp_path / "v.sock")
+    with pytest.raises(SystemExit, match="'match'"):
+        main(["serve", "--socket", sock, "--state-dir", str(state_dir), "--fault", "drop:NOPE"])
+    plan = tmp_path / "plan.toml"
+    plan.write_text('[[fault]]\nkind = "delay"\nmatch = "doe"\n')
+    with pytest.raises(SystemExit, match="fault #1 .*'delay_ms'"):
+        main(["serve", "--socket", sock, "--state-dir", str(state_dir),
+              "--fault-plan", str(plan)])

@@ -174,6 +174,10 @@ class Tracer:
         self._write(Event(self.clock(), self.side, STATE, proto, msg, text, _sid(session),
                           error=error, state=text))
 
+    def fault(self, text: str) -> None:
+        """A fault vdev.faults injected (observer of FaultInjector): one event."""
+        self.state(f"FAULT {text}", msg="FAULT", error=True)
+
     def secret_sink(self, label: str, secret: bytes) -> None:
         """The engines' opt-in `secret_sink`; prints only with `log_secrets`."""
         if not self.log_secrets:
