@@ -216,3 +216,15 @@ def test_serve_options(state_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="fault #1 .*'delay_ms'"):
         main(["serve", "--socket", sock, "--state-dir", str(state_dir),
               "--fault-plan", str(plan)])
+
+
+def test_delay_without_event_loop_is_not_reported(state_dir: Path) -> None:
+    device = TeeDevice(state_dir=state_dir)
+    injector = install(device, FaultPlan.from_specs(["delay:GET_VERSION:delay_ms=5"]))
+    events: list[str] = []
+    injector.observers.append(events.append)
+    cfg = ConfigPort.of_device(device)
+    doe = DoeRequester(lambda off: cfg.read(off, 4), lambda off, v: cfg.write(off, 4, v),
+                       DOE_CAP)
+    assert doe.exchange_bytes(1, bytes([0x10, 0x84, 0, 0]))[1] == 0x04
+    assert events == [] and device.doe.response_gate is None
