@@ -3,15 +3,15 @@
 One handshake = VCA, DIGESTS, CERTIFICATE (with chain validation), CHALLENGE,
 signed MEASUREMENTS, KEY_EXCHANGE + FINISH, HEARTBEAT, KEY_UPDATE and
 END_SESSION, requester and responder both ours.  The crypto share is the
-time spent inside the `cryptography` package (measured with cProfile on
-separate rounds, then applied to the unprofiled wall time), the rest is
-protocol overhead: parsing, building, transcripts, state.
+time spent inside spdm.crypto's primitives, timed around each outermost
+call on separate rounds; certificate-chain path validation (mostly
+signature checks, partly X.509 parsing) counts as protocol, so the
+protocol share is an upper bound.  The rest is protocol overhead: parsing,
+building, transcripts, state.
 """
 
 from __future__ import annotations
 
-import cProfile
-import pstats
 import socket
 import statistics
 import subprocess
@@ -71,19 +71,49 @@ def _in_process_round(alg: dict[str, Any], identity: DeviceIdentity) -> None:
     handshake(req, transport)
 
 
+_PRIMITIVES = ("digest", "meas_digest", "hmac", "hkdf_extract", "hkdf_expand", "sign",
+               "verify", "aead_encrypt", "aead_decrypt", "hmac_compare")
+_DHE_METHODS = ("__init__", "exchange_data", "shared_secret")
+
+
 def _crypto_fraction(run: Any, rounds: int) -> float:
-    prof = cProfile.Profile()
-    prof.enable()
-    for _ in range(rounds):
-        run()
-    prof.disable()
-    stats = pstats.Stats(prof)
-    total = crypto = 0.0
-    for (filename, _line, _name), (_cc, _nc, tt, _ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
-        total += tt
-        if "cryptography" in filename or filename == "~":  # "~": C builtins (OpenSSL calls)
-            crypto += tt
-    return crypto / total if total else 0.0
+    """Share of wall time spent inside spdm.crypto's primitives (hashes, HMAC,
+    HKDF, signatures, AEAD, DHE), timed directly around each outermost call."""
+    from spdm import crypto
+
+    spent = [0.0]
+    depth = [0]
+
+    def timed(fn: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if depth[0]:
+                return fn(*args, **kwargs)
+            depth[0] += 1
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[0] += time.perf_counter() - t0
+                depth[0] -= 1
+        return wrapper
+
+    saved = {name: getattr(crypto, name) for name in _PRIMITIVES}
+    saved_dhe = {name: getattr(crypto.DheKey, name) for name in _DHE_METHODS}
+    try:
+        for name, fn in saved.items():
+            setattr(crypto, name, timed(fn))
+        for name, fn in saved_dhe.items():
+            setattr(crypto.DheKey, name, timed(fn))
+        t0 = time.perf_counter()
+        for _ in range(rounds):
+            run()
+        total = time.perf_counter() - t0
+    finally:
+        for name, fn in saved.items():
+            setattr(crypto, name, fn)
+        for name, fn in saved_dhe.items():
+            setattr(crypto.DheKey, name, fn)
+    return spent[0] / total if total else 0.0
 
 
 def _summary(samples: list[float], fraction: float) -> dict[str, Any]:
