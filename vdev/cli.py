@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -56,12 +55,10 @@ def _load_profile(path: str | None) -> DeviceProfile:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from vdev.control.device import device_control, trust_anchor_path
-    from vdev.control.server import start_control
+    from vdev.server_process import check_socket_path, serve_until_signalled
     from vdev.tee_device import TeeDevice
-    from vdev.vfio_user.server import serve
 
-    if len(os.fsencode(args.socket)) > 107:
-        raise SystemExit(f"vdev: socket path too long for AF_UNIX (max 107 bytes): {args.socket}")
+    check_socket_path(args.socket)
     profile = _load_profile(args.profile)
     if args.doe_delay_ms < 0 or args.doe_delay_count < 0:
         raise SystemExit("vdev: --doe-delay-ms and --doe-delay-count must not be negative")
@@ -92,11 +89,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         profile.bar0_size, profile.msix_vectors,
     )
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+    def on_loop(loop: asyncio.AbstractEventLoop) -> TeeDevice:
         # A held-back DOE response is released by the event loop, never by
         # sleeping in the vfio-user message that wrote GO.
         device.defer_later = loop.call_later
@@ -104,22 +97,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             device.delay_doe_responses(args.doe_delay_ms / 1000, args.doe_delay_count)
             log.info("fault injection: the next %d SPDM DOE responses become ready "
                      "%d ms after GO", args.doe_delay_count, args.doe_delay_ms)
-        # The control socket shares this loop: its commands run between device messages.
-        control = await start_control(args.control, device_control(
-            device, trust_anchor=trust_anchor_path(device, args.state_dir)))
-        try:
-            await serve(device, args.socket, stop=stop)
-        finally:
-            if control is not None:
-                await control.close()
+        return device
 
-    try:
-        asyncio.run(main())
-    except FileExistsError as exc:
-        log.error("%s", exc)
-        return 1
-    log.info("server stopped")
-    return 0
+    return serve_until_signalled(
+        args.socket, on_loop, control_path=args.control, name="server",
+        make_control=lambda dev: device_control(
+            dev, trust_anchor=trust_anchor_path(dev, args.state_dir)),
+    )
 
 
 def cmd_spdm_emu(args: argparse.Namespace) -> int:

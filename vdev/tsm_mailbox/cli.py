@@ -23,7 +23,6 @@ import asyncio
 import json
 import logging
 import os
-import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -155,13 +154,11 @@ def _model_backend(
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from vdev.tsm_mailbox.device import TsmMailboxDevice
-    from vdev.vfio_user.server import serve
-
-    if len(os.fsencode(args.socket)) > 107:
-        raise SystemExit(f"vdev: socket path too long for AF_UNIX (max 107 bytes): {args.socket}")
-    from vdev.control.server import start_control
     from vdev.control.tsm import EvidenceKeeper, tsm_control
+    from vdev.server_process import check_socket_path, serve_until_signalled
+    from vdev.tsm_mailbox.device import TsmMailboxDevice
+
+    check_socket_path(args.socket)
     from vdev.trace.cli import tracer_from_args
 
     tracer = tracer_from_args(args, "tsm")
@@ -177,11 +174,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         backend = TracedBackend(backend, tracer)
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+    def on_loop(loop: asyncio.AbstractEventLoop) -> TsmMailboxDevice:
         # Deferred steps make BUSY observable and keep a slow TSM step off the
         # vfio-user message that rang the doorbell.
         def defer(step: Callable[[], None]) -> None:
@@ -191,19 +184,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             loop.call_later(seconds, step)
 
         device = TsmMailboxDevice(backend, defer=defer, defer_later=defer_later)
-        kind = "scripted" if args.scripted else "tdisp.tsm"
         log.info("TSM mailbox %s backend", kind)
-        control = await start_control(args.control, tsm_control(device, keeper, kind))
-        try:
-            await serve(device, args.socket, stop=stop)
-        finally:
-            if control is not None:
-                await control.close()
+        return device
 
-    try:
-        asyncio.run(main())
-    except FileExistsError as exc:
-        log.error("%s", exc)
-        return 1
-    log.info("TSM mailbox server stopped")
-    return 0
+    kind = "scripted" if args.scripted else "tdisp.tsm"
+    return serve_until_signalled(
+        args.socket, on_loop, control_path=args.control, name="TSM mailbox server",
+        make_control=lambda dev: tsm_control(dev, keeper, kind),
+    )
