@@ -160,6 +160,7 @@ class VendorRequestContext:
         return self.session_id is not None
 
 
+MessageInterceptor = Callable[[int | None, bytes, Callable[[bytes], bytes]], bytes]
 VendorHandler = Callable[[bytes, VendorRequestContext], bytes]
 
 
@@ -216,6 +217,11 @@ class ResponderConfig:
     # request record is opened and right before the response is sealed.  A pure callback:
     # the engine does no I/O; it must not raise.
     message_observer: Callable[[str, int, bytes], None] | None = None
+    # Fault-injection seam (vdev.faults), outside the engine: called for every plaintext
+    # request -- DOE type 1, or a secured record after it was opened -- with (session id
+    # or None, request, process), where process(request) runs the engine and returns its
+    # response; whatever the interceptor returns is what goes out (sealed when secured).
+    message_interceptor: MessageInterceptor | None = None
 
 
 # Requests that may not be answered with ResponseNotReady (DSP0274 ERROR clause, ResponseNotReady).
@@ -340,7 +346,7 @@ class Responder:
             session = self._handshake_clear_session
         self._dword_padding = True
         try:
-            resp = self._process(request, session, secured=False)
+            resp = self._intercepted(request, session, secured=False)
         finally:
             self._dword_padding = False
         self._run_after_send()
@@ -377,7 +383,7 @@ class Responder:
         observe = self.config.message_observer
         if observe is not None:
             observe("request", session.session_id, plaintext)
-        resp = self._process(plaintext, session, secured=True)
+        resp = self._intercepted(plaintext, session, secured=True)
         if observe is not None:
             observe("response", session.session_id, resp)
         out = session.seal(resp, from_requester=False)
@@ -439,6 +445,13 @@ class Responder:
             {"version": self._error_version(), "param1": code, "param2": data,
              "extended": extended},
         )
+
+    def _intercepted(self, request: bytes, session: Session | None, *, secured: bool) -> bytes:
+        intercept = self.config.message_interceptor
+        if intercept is None:
+            return self._process(request, session, secured=secured)
+        return intercept(session.session_id if session is not None else None, request,
+                         lambda r: self._process(r, session, secured=secured))
 
     def _process(self, request: bytes, session: Session | None, *, secured: bool) -> bytes:
         try:
