@@ -748,8 +748,28 @@ class TsmModel:
 _DEVICE_REFUSALS = (ErrorResponse, TdispProtocolError)
 
 
+# spdm.requester's verification failures (plain ProtocolErrors, told apart by text):
+# the device did not prove its identity (a signature, ResponderVerifyData, the hash of
+# the chain it claims) -- an authentication failure, not a malformed message.
+_AUTHENTICATION_FAILURES = ("signature verification failed", "VerifyData mismatch",
+                            "CertChainHash does not match")
+# A secured record whose AEAD tag does not verify ("cannot authenticate response
+# record"): -EBADMSG, as the kernel's AEAD decryption reports a bad tag.
+_RECORD_FAILURES = ("cannot authenticate",)
+
+
 def errno_of(error: BaseException) -> int:
-    """The negative errno a relay reports for a failed operation (see `Done.errno`)."""
+    """The negative errno a relay reports for a failed operation (see `Done.errno`):
+
+    transport (the relay's own errno, e.g. pci_doe's -EIO / -ETIMEDOUT)  that errno
+    untrusted chain, bad signature or verify data, policy, report   -EACCES
+    a secured response record that does not authenticate             -EBADMSG
+    malformed / unexpected / wrong-version SPDM, IDE_KM, TDISP reply  -EPROTO
+    the device answered SPDM ERROR Busy (after the retries)           -EBUSY
+    other SPDM ERROR, TDISP_ERROR, KP_ACK status (a device refusal)   -EIO
+    TSM state (not connected / bad request)                  -ENOTCONN / -EINVAL
+    anything else                                                     -EIO
+    """
     if isinstance(error, TransportFailure):
         if isinstance(error.cause, int) and error.cause:
             return -abs(error.cause)
@@ -758,6 +778,19 @@ def errno_of(error: BaseException) -> int:
         return -errno.EACCES
     if isinstance(error, TsmStateError):
         return -errno.ENOTCONN if "not connected" in str(error) else -errno.EINVAL
+    if isinstance(error, ErrorResponse):
+        return -errno.EBUSY if error.code == SpdmErrorCode.BUSY else -errno.EIO
+    if isinstance(error, (TdispErrorResponse, IdeKmStatusError)):
+        return -errno.EIO
+    if isinstance(error, ProtocolError):
+        text = str(error)
+        if any(m in text for m in _AUTHENTICATION_FAILURES):
+            return -errno.EACCES
+        if any(m in text for m in _RECORD_FAILURES):
+            return -errno.EBADMSG
+        return -errno.EPROTO
+    if isinstance(error, TdispProtocolError):
+        return -errno.EPROTO
     return -errno.EIO
 
 

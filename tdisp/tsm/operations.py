@@ -58,8 +58,9 @@ class Done:
     evidence: dict[str, Any]
     value: Any = None
     # Negative errno a kernel relay can hand to user space for a failure: the transport's
-    # own errno, -EACCES for trust/policy refusals, -ENOTCONN / -EBUSY for state, else
-    # -EIO.  0 when ok.
+    # own errno, -EACCES for authentication/trust/policy refusals, -EPROTO for a
+    # malformed or unexpected response, -EBADMSG for a record that does not
+    # authenticate, -ENOTCONN / -EBUSY for state, else -EIO (model.errno_of).  0 when ok.
     errno: int = 0
 
     @property
