@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -27,7 +28,7 @@ def flip(at: int) -> Callable[[bytes], bytes]:
 
 def on(code: Req, change: Callable[[bytes], bytes]) -> Mutate:
     """Break the (first) response to the plaintext request `code`."""
-    done = []
+    done: list[int] = []
 
     def mutate(doe_type: int, request: bytes, reply: bytes) -> bytes:
         if doe_type == 1 and request[1] == code and not done:
@@ -38,7 +39,7 @@ def on(code: Req, change: Callable[[bytes], bytes]) -> Mutate:
 
 
 def on_secured(nth: int, change: Callable[[bytes], bytes]) -> Mutate:
-    seen = []
+    seen: list[int] = []
 
     def mutate(doe_type: int, request: bytes, reply: bytes) -> bytes:
         if doe_type == 2:
@@ -53,7 +54,7 @@ def error(code: ErrorCode) -> Callable[[bytes], bytes]:
     return lambda reply: bytes([reply[0], 0x7F, code, 0])
 
 
-def connect(dev: Device, mutate: Mutate, **kw: object) -> Done:
+def connect(dev: Device, mutate: Mutate, **kw: Any) -> Done:
     tsm = make_tsm(**kw)
     op = tsm.connect()
     while not op.done:
@@ -97,7 +98,7 @@ CASES = [
 
 @pytest.mark.parametrize("kw, mutate, expected, reason",
                          [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_connect_failure_errno(kw: dict[str, object], mutate: Mutate, expected: int,
+def test_connect_failure_errno(kw: dict[str, Any], mutate: Mutate, expected: int,
                                reason: str) -> None:
     done = connect(make_device(), mutate, **kw)
     assert reason in done.reason, done.reason

@@ -1,0 +1,24 @@
+# One boot, several connects that each fail in a chosen way (test_guest_faults.py).
+# For every step in $STEPS the guest prints "@@VDEV arm <step>"; the host arms that
+# step's fault on the device's control socket (vdev ctl faults arm) while the guest
+# waits $ARM_WAIT s.  Then a connect must fail with the step's errno, a second
+# connect must work (the fault is spent; device and TSM still usable) and is
+# disconnected.  The host prepends EP, STEPS and ARM_WAIT.
+E=/sys/bus/pci/devices/$EP
+rd() { cat "$1" 2>/dev/null | tr '\n' ' ' | sed 's/ *$//'; }
+w() {
+	msg=$( { echo tsm0 > "$2"; } 2>&1 )
+	r "$1" "$? ${msg:-ok}"
+}
+
+insmod /modules/vtsm.ko && r insmod ok
+for s in $STEPS; do
+	r arm "$s"
+	sleep "$ARM_WAIT"
+	w "fail_$s" $E/tsm/connect
+	r "fail_${s}_authenticated" "$(rd $E/authenticated)"
+	w "clean_$s" $E/tsm/connect
+	r "clean_${s}_authenticated" "$(rd $E/authenticated)"
+	w "disconnect_$s" $E/tsm/disconnect
+done
+rmmod vtsm && r rmmod ok
