@@ -1,8 +1,9 @@
 """The `vdev` command line.
 
-  vdev serve --socket PATH [--profile NAME|FILE] [--state-dir DIR] [--control PATH]
-             [--doe-delay-ms MS --doe-delay-count N] [--fault-plan FILE] [--fault SPEC]
-                                              serve the TEE-IO endpoint over vfio-user
+  vdev serve --socket PATH [--socket PATH ...] [--profile NAME|FILE] [--state-dir DIR ...]
+             [--control PATH] [--doe-delay-ms MS --doe-delay-count N] [--fault-plan FILE]
+             [--fault SPEC]               serve the TEE-IO endpoint over vfio-user
+                                              (one independent device per --socket)
   vdev spdm-emu [--port 2323] [--transport pci_doe|mctp|none] [--profile FILE]
                 [--state-dir DIR | --cert-chain FILE --key FILE]
                                               the same device protocols over the
@@ -16,7 +17,7 @@
 
 serve, spdm-emu, tsm serve and tsm connect take --trace FILE [--trace-format text|json],
 --pcap FILE (link type 292, for spdm_dump) and --log-secrets (vdev.trace).
-  vdev ctl --socket PATH COMMAND              query a server started with --control PATH
+  vdev ctl --socket PATH [--device N] COMMAND query a server started with --control PATH
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from vdev.profile import DeviceProfile, ProfileError, load_profile
 
@@ -54,56 +56,129 @@ def _load_profile(path: str | None) -> DeviceProfile:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from vdev.control.device import device_control, trust_anchor_path
-    from vdev.server_process import check_socket_path, serve_until_signalled
+    """`vdev serve`: one TeeDevice per --socket, all in this process on one event loop.
+
+    Each device is independent (config space, DOE mailbox, SPDM sessions, IDE streams,
+    TDI state, fault injector); all use the same profile.  Identity: one --state-dir
+    (or none) is shared by every device, as same-model devices share their CA chain;
+    one --state-dir per --socket gives each device its own.  With several devices, log
+    and trace lines carry the device's label (device0, device1, ... in --socket order)
+    and the control socket routes requests by "device" (vdev.control.devices)."""
+    from vdev.control.device import DeviceControl, trust_anchor_path
+    from vdev.control.devices import DeviceSet, ServedDevice
+    from vdev.server_process import (
+        check_socket_paths,
+        device_label,
+        device_label_of,
+        install_label_filter,
+        serve_devices_until_signalled,
+    )
     from vdev.tee_device import TeeDevice
 
-    check_socket_path(args.socket)
+    sockets: list[str] = args.socket
+    multi = len(sockets) > 1
+    check_socket_paths(sockets, args.control)
+    state_dirs: list[str | None] = list(args.state_dir or [None])
+    if len(state_dirs) == 1:
+        state_dirs *= len(sockets)
+    elif len(state_dirs) != len(sockets):
+        raise SystemExit(f"vdev: --state-dir given {len(state_dirs)} times for "
+                         f"{len(sockets)} sockets: give it once (a shared identity) or "
+                         "once per --socket")
+    if multi and (args.pcap or args.log_secrets):
+        raise SystemExit("vdev: --pcap and --log-secrets take one device: a pcap record "
+                         "does not say which device it belongs to (serve one --socket per "
+                         "process to capture one; --trace labels every line)")
     profile = _load_profile(args.profile)
     if args.doe_delay_ms < 0 or args.doe_delay_count < 0:
         raise SystemExit("vdev: --doe-delay-ms and --doe-delay-count must not be negative")
+    labels = [device_label_of(i) for i in range(len(sockets))] if multi else None
+    if multi:
+        install_label_filter()
+    label_of: list[str | None] = list(labels) if labels else [None]
+    devices: list[TeeDevice] = []
     try:
-        device = TeeDevice(profile, state_dir=args.state_dir)
+        for i, state_dir in enumerate(state_dirs):
+            with device_label(label_of[i] if multi else None):
+                devices.append(TeeDevice(profile, state_dir=state_dir))
     except OSError as exc:
         raise SystemExit(f"vdev: cannot create or load the device identity: {exc}") from None
-    from vdev.trace.cli import trace_device
-
-    traced = trace_device(args, device)
+    tracers = _trace_devices(args, devices, labels)
     if args.fault_plan or args.fault:
         # After tracing: the injector wraps spdm_message, so the trace shows the wire.
+        # Every device gets its own copy of the plan (rules count per device).
         from vdev.faults import FaultPlan, FaultPlanError, install
 
-        try:
-            plan = FaultPlan.load(args.fault_plan) if args.fault_plan else FaultPlan()
-            plan.rules.extend(FaultPlan.from_specs(args.fault or []).rules)
-        except (OSError, FaultPlanError) as exc:
-            raise SystemExit(f"vdev: {exc}") from None
-        injector = install(device, plan)
-        tracer = getattr(traced, "tracer", None)
-        if tracer is not None:
-            injector.observers.append(tracer.fault)
-        log.info("fault injection: %d rule(s) armed", len(plan.rules))
+        for device, tracer in zip(devices, tracers, strict=True):
+            try:
+                plan = FaultPlan.load(args.fault_plan) if args.fault_plan else FaultPlan()
+                plan.rules.extend(FaultPlan.from_specs(args.fault or []).rules)
+            except (OSError, FaultPlanError) as exc:
+                raise SystemExit(f"vdev: {exc}") from None
+            injector = install(device, plan)
+            if tracer is not None:
+                injector.observers.append(tracer.fault)
+        log.info("fault injection: %d rule(s) armed%s", len(plan.rules),
+                 f" on each of the {len(devices)} devices" if multi else "")
     log.info(
-        "TEE-IO endpoint %04x:%04x class %06x, BAR0 %#x, %d MSI-X vectors",
+        "TEE-IO endpoint %04x:%04x class %06x, BAR0 %#x, %d MSI-X vectors%s",
         profile.vendor_id, profile.device_id, profile.class_code,
         profile.bar0_size, profile.msix_vectors,
+        f"; {len(devices)} devices: " + ", ".join(
+            f"{label} on {sock}" for label, sock in zip(label_of, sockets, strict=True))
+        if multi else "",
     )
 
-    def on_loop(loop: asyncio.AbstractEventLoop) -> TeeDevice:
+    def on_loop(loop: asyncio.AbstractEventLoop) -> list[TeeDevice]:
         # A held-back DOE response is released by the event loop, never by
         # sleeping in the vfio-user message that wrote GO.
-        device.defer_later = loop.call_later
-        if args.doe_delay_count:
-            device.delay_doe_responses(args.doe_delay_ms / 1000, args.doe_delay_count)
-            log.info("fault injection: the next %d SPDM DOE responses become ready "
-                     "%d ms after GO", args.doe_delay_count, args.doe_delay_ms)
-        return device
+        for i, device in enumerate(devices):
+            device.defer_later = loop.call_later
+            if args.doe_delay_count:
+                with device_label(label_of[i] if multi else None):
+                    device.delay_doe_responses(args.doe_delay_ms / 1000, args.doe_delay_count)
+                    log.info("fault injection: the next %d SPDM DOE responses become ready "
+                             "%d ms after GO", args.doe_delay_count, args.doe_delay_ms)
+        return devices
 
-    return serve_until_signalled(
-        args.socket, on_loop, control_path=args.control, name="server",
-        make_control=lambda dev: device_control(
-            dev, trust_anchor=trust_anchor_path(dev, args.state_dir)),
+    def make_control(served: Sequence[TeeDevice]) -> DeviceSet:
+        def transport(dev: TeeDevice, sock: str) -> Callable[[], dict[str, Any]]:
+            return lambda: {"kind": "vfio-user", "socket": sock,
+                            "client_connected": dev.irq_sink is not None}
+
+        return DeviceSet([
+            ServedDevice(DeviceControl(dev, trust_anchor=trust_anchor_path(dev, sdir),
+                                       transport=transport(dev, sock)),
+                         socket=sock, label=label or device_label_of(0))
+            for dev, sock, sdir, label in zip(served, sockets, state_dirs, label_of,
+                                              strict=True)
+        ], enter=(lambda d: device_label(d.label)) if multi else None)
+
+    return serve_devices_until_signalled(
+        sockets, on_loop, control_path=args.control, name="server",
+        make_control=make_control if args.control else None, labels=labels,
     )
+
+
+def _trace_devices(args: argparse.Namespace, devices: Sequence[Any],
+                   labels: Sequence[str] | None) -> list[Any]:
+    """--trace / --pcap / --log-secrets for `vdev serve`: one Tracer per device (each
+    decodes its own connection), all writing the one --trace file; with several
+    devices each line's side is the device's label instead of "device"."""
+    from vdev.trace.attach import attach_device
+    from vdev.trace.cli import tracer_from_args
+    from vdev.trace.tracer import Tracer
+
+    first = tracer_from_args(args, "device")
+    if first is None:
+        return [None] * len(devices)
+    tracers = [first]
+    if labels is not None:
+        first.side = labels[0]
+        tracers += [Tracer(label, out=first.out, fmt=first.fmt) for label in labels[1:]]
+    for tracer, device in zip(tracers, devices, strict=True):
+        attach_device(tracer, device)
+    return tracers
 
 
 def cmd_spdm_emu(args: argparse.Namespace) -> int:
@@ -184,13 +259,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("serve", help="serve the TEE-IO endpoint to QEMU over vfio-user")
-    s.add_argument("--socket", required=True, help="UNIX socket path QEMU connects to")
+    s.add_argument("--socket", required=True, action="append", metavar="PATH",
+                   help="UNIX socket path QEMU connects to; repeat it to serve several "
+                   "independent devices (device0, device1, ... in this order) from one process")
     s.add_argument("--profile", help="device profile: a TOML file or a shipped profile name "
-                   "(vdev/profiles/); default: the built-in endpoint")
-    s.add_argument("--control", metavar="PATH", help="serve the JSON control socket here "
-                   "(vdev ctl --socket PATH ...)")
-    s.add_argument("--state-dir", help="device identity directory (default "
-                   "~/.local/state/vdev/identity/<vendor>-<device>)")
+                   "(vdev/profiles/); default: the built-in endpoint; the same for every device")
+    s.add_argument("--control", metavar="PATH", help="serve the JSON control socket here, one "
+                   "for all devices (vdev ctl --socket PATH [--device N] ...)")
+    s.add_argument("--state-dir", action="append", metavar="DIR",
+                   help="device identity directory (default "
+                   "~/.local/state/vdev/identity/<vendor>-<device>); once: shared by every "
+                   "device; once per --socket: each device its own")
     s.add_argument("--doe-delay-ms", type=int, default=0, metavar="MS",
                    help="fault injection: hold DOE responses back MS ms after GO (BUSY "
                    "until then; Linux gives up after 1000 ms); discovery is never delayed")

@@ -23,7 +23,11 @@ TDISP nonces, private keys).
 
 Commands of the device (`vdev serve`, `vdev spdm-emu`; see `vdev.control.device`):
 ``help``, ``status``, ``identity``, ``reset``, ``faults``, ``doe``, ``sessions``,
-``tdi``, ``ide``.  Of the TSM mailbox (`vdev tsm serve`, `vdev.control.tsm`):
+``tdi``, ``ide``.  `vdev serve` serves one device per ``--socket`` and one control
+socket for all of them (`vdev.control.devices`): a request names its device with a
+top-level ``"device"`` field (index or socket path; required when there are several),
+the response carries ``"device"`` too, and ``devices`` lists them all.
+Of the TSM mailbox (`vdev tsm serve`, `vdev.control.tsm`):
 ``help``, ``status``, ``evidence``, ``mailbox``, ``reset``.
 
 Layers: `core.ControlCore` is sans-IO (``handle(request dict) -> response dict``,

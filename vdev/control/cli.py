@@ -1,6 +1,9 @@
 """`vdev ctl --socket PATH COMMAND`: the control socket from the command line.
 
   vdev ctl --socket PATH status | identity | reset | doe | sessions | tdi | ide | help
+  vdev ctl --socket PATH devices                         every device of a `vdev serve`
+  vdev ctl --socket PATH --device N status ...           device N (index or socket path) of
+                                                         a `vdev serve` with several --socket
   vdev ctl --socket PATH faults list
   vdev ctl --socket PATH faults arm --fault '{"kind": "doe_delay", "delay_ms": 1500}'
   vdev ctl --socket PATH faults clear --fault '{"kind": "doe_delay"}'
@@ -21,7 +24,7 @@ from typing import Any
 from vdev.control.client import ControlClient
 
 SIMPLE = ("status", "identity", "reset", "doe", "sessions", "tdi", "ide", "help",
-          "evidence", "mailbox")
+          "evidence", "mailbox", "devices")
 
 
 def add_ctl_parser(sub: Any) -> None:
@@ -30,6 +33,9 @@ def add_ctl_parser(sub: Any) -> None:
     c.add_argument("--socket", required=True, help="the server's --control PATH")
     c.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
     c.add_argument("--compact", action="store_true", help="one-line JSON")
+    c.add_argument("--device", metavar="N|SOCKET",
+                   help="which device of a `vdev serve` with several --socket: its index "
+                   "(0, 1, ... in --socket order) or its socket path")
     csub = c.add_subparsers(dest="ctl_command", required=True)
     for name in SIMPLE:
         csub.add_parser(name)
@@ -42,9 +48,15 @@ def add_ctl_parser(sub: Any) -> None:
 
 
 def build_request(args: argparse.Namespace) -> bytes:
+    device = getattr(args, "device", None)
     if args.ctl_command == "raw":
+        if device is not None:
+            raise SystemExit("vdev ctl: --device does not apply to raw: put \"device\" "
+                             "into the request")
         return str(args.request).encode() + b"\n"
     request: dict[str, Any] = {"cmd": args.ctl_command}
+    if device is not None:
+        request["device"] = int(device) if device.isdigit() else device
     if args.ctl_command == "faults":
         fargs: dict[str, Any] = {"action": args.action}
         if args.fault:
