@@ -225,7 +225,7 @@ class ResponderConfig:
 
 
 # Requests that may not be answered with ResponseNotReady (DSP0274 ERROR clause, ResponseNotReady).
-_NO_DELAY = frozenset(
+NO_DELAY_REQUESTS = frozenset(
     {
         Req.GET_VERSION,
         Req.GET_CAPABILITIES,
@@ -542,7 +542,7 @@ class Responder:
         handler = self._handlers.get(req)
         if handler is None:
             raise UnsupportedRequest(req)
-        if self.config.busy is not None and req not in _NO_DELAY and self.config.busy(req):
+        if self.config.busy is not None and req not in NO_DELAY_REQUESTS and self.config.busy(req):
             raise SpdmError(ErrorCode.BUSY)
 
         # L1/L2 and M1/M2 runs end on the same requests on both sides (transcript module).
@@ -554,7 +554,7 @@ class Responder:
             self.state = next_conn
         if (
             self.config.not_ready is not None
-            and req not in _NO_DELAY
+            and req not in NO_DELAY_REQUESTS
             and self.config.not_ready(req)
         ):
             self._token = (self._token + 1) & 0xFF

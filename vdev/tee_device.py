@@ -140,6 +140,9 @@ class TeeDevice(TeeIoEndpoint):
             log.info("device identity in %s (trust anchor %s)",
                      directory, directory / "slot0" / "root.pem")
         self.identity = identity
+        # Seconds the spdm-emu server waits before its next reply (a delay fault on the
+        # socket path, which has no DOE mailbox to hold a response in).
+        self.socket_reply_delay = 0.0
         self.measurements = DeviceMeasurements(p, self.config)
 
         self.ide_target = EndpointIdeTarget(

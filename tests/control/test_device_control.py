@@ -113,7 +113,9 @@ def test_faults(state_dir: Path) -> None:
     device = TeeDevice(state_dir=state_dir)
     core = device_control(device)
     assert _call(core, "faults") == {"armed": [], "kinds": [
-        "doe_delay", "drop", "delay", "corrupt", "truncate", "error", "doe_error"]}
+        "doe_delay", "drop", "delay", "doe_error", "corrupt", "truncate", "error", "not_ready",
+        "duplicate", "replay", "wrong_version", "wrong_slot", "wrong_chain",
+        "changed_measurement", "tdi_error", "wrong_nonce", "report_mismatch"]}
 
     def bad(**args: Any) -> str:
         r = core.handle({"cmd": "faults", "args": args})

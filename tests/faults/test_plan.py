@@ -70,7 +70,7 @@ def test_toml_errors_name_rule_and_field(text: str, words: list[str]) -> None:
 
 
 @pytest.mark.parametrize("spec, word", [
-    ("corrupt", "KIND:MATCH"), ("corrupt:KEY_EXCHANGE:nth=x", "'nth'"),
+    ("corrupt", "'match'"), ("a:b:c:d", "expected KIND"), ("corrupt:KEY_EXCHANGE:nth=x", "'nth'"),
     ("corrupt:KEY_EXCHANGE:bogus", "'bogus'"), ("delay:doe:delay_ms=-1", "'delay_ms'"),
 ])
 def test_spec_errors(spec: str, word: str) -> None:

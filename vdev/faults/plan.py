@@ -1,10 +1,18 @@
-"""Fault plans: which response to break, and how (sans-IO, no device here).
+"""Fault plans: which message to break, and how (sans-IO, no device here).
 
-A rule is {kind, match, selector, kind parameters}.  `match` is an SPDM request code
-name (plaintext type-1 objects), "secured" (any type-2 secured object: the device sees
-only ciphertext there) or "doe" (any SPDM / secured-SPDM DOE object).  The selector is
-one of nth (1-based occurrence among matching requests; the default is nth=1), every,
-or probability with a seed (a private RNG, so a run is reproducible).
+A rule is {kind, match, selector, kind parameters}.  `match` picks the layer:
+
+  transport  "doe" (any SPDM / secured-SPDM DOE object) or "secured" (a type-2 record
+             as a whole: ciphertext, sequence number and MAC)
+  message    a request name (vdev.faults.names): an SPDM request code (KEY_EXCHANGE), an
+             IDE_KM object (KEY_PROG) or a TDISP request (LOCK_INTERFACE_REQUEST), matched
+             on the plaintext in or out of a session; what the rule does to the
+             response happens before the responder seals it, so the requester sees a
+             well-formed record carrying a wrong message
+
+Some kinds only make sense for one message; they default `match` to it (KINDS_FOR).
+The selector is one of nth (1-based occurrence among matching requests; default
+nth=1), every, or probability with a seed (a private RNG, so a run is reproducible).
 """
 
 from __future__ import annotations
@@ -16,14 +24,41 @@ from pathlib import Path
 from typing import Any
 
 from spdm.codes import ErrorCode, Req
+from spdm.responder import NO_DELAY_REQUESTS
+from tdisp.idekm_messages import KpAckStatus
+from tdisp.tdisp_codes import ErrorCode as TdispErrorCode
+from vdev.faults.names import IDEKM_NAMES, SPDM_NAMES, TDISP_NAMES, protocol_of
 
-KINDS = ("drop", "delay", "corrupt", "truncate", "error", "doe_error")
+KINDS = (
+    "drop", "delay", "doe_error", "corrupt", "truncate", "error", "not_ready", "duplicate",
+    "replay", "wrong_version", "wrong_slot", "wrong_chain", "changed_measurement",
+    "tdi_error", "wrong_nonce", "report_mismatch",
+)
 MATCH_ANY, MATCH_SECURED = "doe", "secured"
+TRANSPORT_MATCHES = frozenset({MATCH_ANY, MATCH_SECURED})
+# Kinds that act on whole DOE objects / records, so they also take a transport match.
+TRANSPORT_KINDS = frozenset(
+    {"drop", "delay", "doe_error", "corrupt", "truncate", "error", "duplicate", "replay"})
 # Which parameters each kind takes (beyond kind, match and the selector).
 PARAMS: dict[str, frozenset[str]] = {
-    "drop": frozenset(), "doe_error": frozenset(),
-    "delay": frozenset({"delay_ms"}), "corrupt": frozenset({"offset"}),
+    "drop": frozenset(), "doe_error": frozenset(), "not_ready": frozenset(),
+    "duplicate": frozenset(), "replay": frozenset(), "wrong_chain": frozenset(),
+    "tdi_error": frozenset(), "wrong_nonce": frozenset(), "report_mismatch": frozenset(),
+    "delay": frozenset({"delay_ms"}), "corrupt": frozenset({"offset", "field"}),
     "truncate": frozenset({"length"}), "error": frozenset({"code"}),
+    "wrong_version": frozenset({"version"}), "wrong_slot": frozenset({"slot"}),
+    "changed_measurement": frozenset({"index"}),
+}
+# Kinds tied to particular requests: the allowed names, the first being the default.
+KINDS_FOR: dict[str, tuple[str, ...]] = {
+    "wrong_chain": ("GET_CERTIFICATE",),
+    "wrong_slot": ("GET_CERTIFICATE", "CHALLENGE"),
+    "changed_measurement": ("GET_MEASUREMENTS", "CHALLENGE", "KEY_EXCHANGE"),
+    "wrong_nonce": ("LOCK_INTERFACE_REQUEST",),
+    "report_mismatch": ("GET_DEVICE_INTERFACE_REPORT",),
+    "tdi_error": tuple(sorted(TDISP_NAMES)),
+    "not_ready": tuple(sorted(n for n in SPDM_NAMES if Req[n] not in NO_DELAY_REQUESTS)),
+    "wrong_version": tuple(sorted(SPDM_NAMES | TDISP_NAMES)),
 }
 SELECTORS = frozenset({"nth", "every", "probability", "seed"})
 
@@ -43,13 +78,21 @@ class FaultRule:
     delay_ms: int = 0
     offset: int = -1  # corrupt: byte to flip; negative counts from the end (last byte)
     length: int = 0  # truncate: bytes kept
-    code: int = ErrorCode.UNSPECIFIED  # error: SPDM ErrorCode
+    code: int = ErrorCode.UNSPECIFIED  # error: SPDM, TDISP or KP_ACK status code
+    field_name: str = ""  # corrupt: a message field, "signature" or "mac" (else offset)
+    version: int | None = None  # wrong_version: the version to claim (None: another one)
+    slot: int | None = None  # wrong_slot: the SlotID to claim (None: the next one)
+    index: int | None = None  # changed_measurement: the block (None: every block)
     seen: int = field(default=0, compare=False)  # matching requests so far
     fired: int = field(default=0, compare=False)
     _rng: random.Random = field(default_factory=random.Random, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
+
+    @property
+    def layer(self) -> str:
+        return "transport" if self.match in TRANSPORT_MATCHES else "message"
 
     def matches(self, name: str) -> bool:
         return self.match == MATCH_ANY or self.match == name
@@ -83,9 +126,8 @@ class FaultRule:
         else:
             out["nth"] = self.nth
         for name in sorted(PARAMS[self.kind]):
-            value = getattr(self, name)
-            known = name == "code" and value in ErrorCode._value2member_map_
-            out[name] = ErrorCode(value).name if known else value
+            value = getattr(self, "field_name" if name == "field" else name)
+            out[name] = code_name(self.match, value) if name == "code" else value
         out.update(seen=self.seen, fired=self.fired)
         return out
 
@@ -98,6 +140,61 @@ def _int(where: str, name: str, value: Any, minimum: int | None = None) -> int:
     return value
 
 
+def _code_enum(match: str) -> type[ErrorCode] | type[TdispErrorCode] | type[KpAckStatus]:
+    """What `error` answers with: TDISP_ERROR for a TDISP request (§11.3.17), a KP_ACK
+    status for KEY_PROG (§6.33.3), an SPDM ERROR otherwise."""
+    if protocol_of(match) == "tdisp":
+        return TdispErrorCode
+    if match == "KEY_PROG":
+        return KpAckStatus
+    return ErrorCode
+
+
+def code_name(match: str, code: int) -> str | int:
+    enum_cls = _code_enum(match)
+    return enum_cls(code).name if code in enum_cls._value2member_map_ else code
+
+
+def _code(where: str, match: str, code: Any) -> int:
+    enum_cls = _code_enum(match)
+    limit = 0xFFFFFFFF if enum_cls is TdispErrorCode else 0xFF
+    if isinstance(code, str):
+        name = code.upper().replace("-", "_")
+        # Accept the spec's CamelCase spelling too ("Busy", "ResponseNotReady").
+        by_camel = {n.replace("_", ""): n for n in enum_cls.__members__}
+        name = name if name in enum_cls.__members__ else by_camel.get(name, "")
+        if not name:
+            raise FaultPlanError(f"{where}: field 'code': {code!r} is not one of "
+                                 f"{', '.join(enum_cls.__members__)}")
+        value = int(enum_cls[name])
+    else:
+        value = _int(where, "code", code, 0)
+        if value > limit:
+            raise FaultPlanError(f"{where}: field 'code': {code} is too large")
+    if enum_cls is KpAckStatus and value == KpAckStatus.SUCCESS:
+        raise FaultPlanError(f"{where}: field 'code': KP_ACK status SUCCESS is no error")
+    return value
+
+
+def _match(where: str, kind: str, data: dict[str, Any]) -> str:
+    allowed = KINDS_FOR.get(kind)
+    match = data.get("match", allowed[0] if allowed and len(allowed) == 1 else None)
+    names = SPDM_NAMES | IDEKM_NAMES | TDISP_NAMES
+    if not isinstance(match, str) or match not in names | TRANSPORT_MATCHES:
+        raise FaultPlanError(f"{where}: field 'match': {match!r} is not a request name (an "
+                             f"SPDM request code such as KEY_EXCHANGE, an IDE_KM object such "
+                             f"as KEY_PROG, a TDISP request such as LOCK_INTERFACE_REQUEST), "
+                             f"'secured' or 'doe'")
+    if match in TRANSPORT_MATCHES and kind not in TRANSPORT_KINDS:
+        raise FaultPlanError(f"{where}: field 'match': {kind!r} acts on one message; "
+                             f"name the request instead of {match!r}")
+    if allowed is not None and match not in allowed:
+        shown = ", ".join(allowed) if len(allowed) <= 4 else f"{allowed[0]}, ..."
+        raise FaultPlanError(f"{where}: field 'match': {kind!r} applies to {shown}, "
+                             f"not {match}")
+    return match
+
+
 def rule_from_dict(data: dict[str, Any], where: str = "fault") -> FaultRule:
     """Validate one rule (TOML table, control-socket JSON, parsed --fault spec)."""
     if not isinstance(data, dict):
@@ -107,18 +204,55 @@ def rule_from_dict(data: dict[str, Any], where: str = "fault") -> FaultRule:
         raise FaultPlanError(f"{where}: field 'kind': {kind!r} is not one of "
                              f"{', '.join(KINDS)}")
     where = f"{where} ({kind})"
-    match = data.get("match")
-    if not isinstance(match, str) or not (
-        match in (MATCH_ANY, MATCH_SECURED) or match in Req.__members__
-    ):
-        raise FaultPlanError(f"{where}: field 'match': {match!r} is not an SPDM request code "
-                             f"name (e.g. KEY_EXCHANGE), 'secured' or 'doe'")
+    match = _match(where, kind, data)
     allowed = {"kind", "match"} | SELECTORS | PARAMS[kind]
     unknown = sorted(set(data) - allowed)
     if unknown:
         raise FaultPlanError(f"{where}: field {unknown[0]!r}: unknown for kind {kind!r} "
                              f"(allowed: {', '.join(sorted(allowed))})")
     rule = FaultRule(kind=kind, match=match)
+    _selector(where, data, rule)
+    if "delay_ms" in data:
+        rule.delay_ms = _int(where, "delay_ms", data["delay_ms"], 0)
+    elif kind == "delay":
+        raise FaultPlanError(f"{where}: field 'delay_ms': required for kind 'delay'")
+    if "offset" in data:
+        rule.offset = _int(where, "offset", data["offset"])
+    if "field" in data:
+        if "offset" in data:
+            raise FaultPlanError(f"{where}: field 'field': give either offset or field")
+        if not isinstance(data["field"], str) or not data["field"]:
+            raise FaultPlanError(f"{where}: field 'field': expected a field name, "
+                                 f"'signature' or 'mac', got {data['field']!r}")
+        rule.field_name = data["field"]
+        if rule.field_name == "mac" and match not in (MATCH_SECURED,) \
+                and match in TRANSPORT_MATCHES:
+            raise FaultPlanError(f"{where}: field 'field': only secured records carry a MAC")
+    if "length" in data:
+        rule.length = _int(where, "length", data["length"], 0)
+    elif kind == "truncate":
+        raise FaultPlanError(f"{where}: field 'length': required for kind 'truncate'")
+    if "code" in data:
+        rule.code = _code(where, match, data["code"])
+    elif kind == "error":
+        rule.code = {ErrorCode: ErrorCode.UNSPECIFIED, TdispErrorCode: TdispErrorCode.UNSPECIFIED,
+                     KpAckStatus: KpAckStatus.UNSPECIFIED_FAILURE}[_code_enum(match)]
+    if "version" in data:
+        rule.version = _int(where, "version", data["version"], 0)
+        if rule.version > 0xFF:
+            raise FaultPlanError(f"{where}: field 'version': {rule.version} does not fit a byte")
+    if "slot" in data:
+        rule.slot = _int(where, "slot", data["slot"], 0)
+        if rule.slot > 0x0F:
+            raise FaultPlanError(f"{where}: field 'slot': SlotID is 4 bits, got {rule.slot}")
+    if "index" in data:
+        rule.index = _int(where, "index", data["index"], 1)
+        if rule.index > 0xFE:
+            raise FaultPlanError(f"{where}: field 'index': measurement index is 1..254")
+    return rule
+
+
+def _selector(where: str, data: dict[str, Any], rule: FaultRule) -> None:
     chosen = [k for k in ("nth", "every", "probability") if k in data]
     if len(chosen) > 1:
         raise FaultPlanError(f"{where}: field {chosen[1]!r}: give one selector of nth, "
@@ -139,32 +273,6 @@ def rule_from_dict(data: dict[str, Any], where: str = "fault") -> FaultRule:
         rule.probability, rule.nth = float(p), None
         rule.seed = _int(where, "seed", data.get("seed", 0))
         rule._rng = random.Random(rule.seed)
-    if "delay_ms" in data:
-        rule.delay_ms = _int(where, "delay_ms", data["delay_ms"], 0)
-    elif kind == "delay":
-        raise FaultPlanError(f"{where}: field 'delay_ms': required for kind 'delay'")
-    if "offset" in data:
-        rule.offset = _int(where, "offset", data["offset"])
-    if "length" in data:
-        rule.length = _int(where, "length", data["length"], 0)
-    elif kind == "truncate":
-        raise FaultPlanError(f"{where}: field 'length': required for kind 'truncate'")
-    if "code" in data:
-        code = data["code"]
-        if isinstance(code, str):
-            name = code.upper().replace("-", "_")
-            # Accept the DSP0274 spelling too ("Busy", "ResponseNotReady").
-            by_camel = {n.replace("_", ""): n for n in ErrorCode.__members__}
-            name = name if name in ErrorCode.__members__ else by_camel.get(name, "")
-            if not name:
-                raise FaultPlanError(f"{where}: field 'code': {code!r} is not an SPDM "
-                                     f"error code name (e.g. Busy, Unspecified)")
-            rule.code = ErrorCode[name]
-        else:
-            rule.code = _int(where, "code", code, 0)
-            if rule.code > 0xFF:
-                raise FaultPlanError(f"{where}: field 'code': {code} does not fit a byte")
-    return rule
 
 
 def _scalar(text: str) -> Any:
@@ -177,12 +285,15 @@ def _scalar(text: str) -> Any:
 
 
 def parse_spec(spec: str) -> FaultRule:
-    """`KIND:MATCH[:nth=N|every|p=0.5,seed=1][,delay_ms=..,offset=..,length=..,code=..]`."""
+    """`KIND[:MATCH[:nth=N|every|p=0.5,seed=1][,PARAM=VALUE...]]`; MATCH may be left out
+    (or empty) for the kinds tied to one request (wrong_nonce, report_mismatch, ...)."""
     where = f"--fault {spec!r}"
     parts = spec.split(":")
-    if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
-        raise FaultPlanError(f"{where}: expected KIND:MATCH[:OPTIONS]")
-    data: dict[str, Any] = {"kind": parts[0], "match": parts[1]}
+    if len(parts) > 3 or not parts[0]:
+        raise FaultPlanError(f"{where}: expected KIND[:MATCH[:OPTIONS]]")
+    data: dict[str, Any] = {"kind": parts[0]}
+    if len(parts) > 1 and parts[1]:
+        data["match"] = parts[1]
     if len(parts) == 3:
         for item in filter(None, parts[2].split(",")):
             key, eq, value = item.partition("=")
@@ -225,10 +336,11 @@ class FaultPlan:
     def from_specs(cls, specs: list[str]) -> FaultPlan:
         return cls([parse_spec(s) for s in specs])
 
-    def select(self, name: str) -> FaultRule | None:
-        """Every matching rule counts this request; the first one that fires wins."""
+    def select(self, name: str, layer: str = "message") -> FaultRule | None:
+        """Every matching rule of `layer` counts this request; the first that fires wins."""
         chosen = None
         for rule in self.rules:
-            if rule.matches(name) and rule.select() and chosen is None:
+            if rule.layer == layer and rule.matches(name) and rule.select() \
+                    and chosen is None:
                 chosen = rule
         return chosen

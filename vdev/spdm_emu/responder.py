@@ -33,6 +33,7 @@ import logging
 from dataclasses import dataclass
 from typing import Protocol
 
+from vdev.doe_mailbox import DoeRejected
 from vdev.spdm_emu import mctp
 from vdev.spdm_emu.frame import SERVER_HELLO, Command, Frame, TransportType
 from vdev.spdm_emu.mctp import MctpMessageType
@@ -91,8 +92,25 @@ class SpdmEmuResponder:
         reply, payload, action = entry
         return Outcome(action, self._reply(reply, payload))
 
+    def take_reply_delay(self) -> float:
+        """Seconds to wait before sending the reply just built: a delay fault armed on
+        the device (vdev.faults) for this socket path, which has no DOE mailbox."""
+        delay = float(getattr(self.device, "socket_reply_delay", 0.0) or 0.0)
+        if delay:
+            self.device.socket_reply_delay = 0.0  # type: ignore[attr-defined]
+        return delay
+
     def message(self, payload: bytes) -> bytes:
         """One transport message in, the transport message to send back (b"" for none)."""
+        try:
+            return self._message(payload)
+        except DoeRejected as exc:
+            # The device refused to answer (drop / doe_error fault): the socket has no
+            # DOE ERROR bit, so the requester gets an empty message.
+            log.warning("no response: %s", exc)
+            return b""
+
+    def _message(self, payload: bytes) -> bytes:
         if self.transport == TransportType.PCI_DOE:
             reply = self.device.doe_object(payload)
             if reply is None:

@@ -123,6 +123,9 @@ class SpdmEmuServer:
             for frame in frames:
                 log.debug("spdm-emu <- %s", frame)
                 outcome = self.responder.handle(frame)
+                delay = self.responder.take_reply_delay()
+                if delay:
+                    await asyncio.sleep(delay)
                 if outcome.reply is not None:
                     size = len(outcome.reply.payload)
                     self.largest_reply = max(self.largest_reply, size)
