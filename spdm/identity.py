@@ -189,6 +189,11 @@ class DeviceIdentity:
     certs: list[x509.Certificate]
     key: PrivateKey
     ca_keys: list[PrivateKey] = field(default_factory=list, repr=False)
+    # spdm_chain() is asked for on every DIGESTS, CERTIFICATE, CHALLENGE and KEY_EXCHANGE;
+    # DER-encoding and hashing the chain each time was a measurable share of a handshake.
+    # Keyed by the certificates themselves, so replacing `certs` is still seen.
+    _chains: dict[tuple[int, tuple[x509.Certificate, ...]], bytes] = field(
+        default_factory=dict, repr=False, compare=False)
 
     @property
     def root(self) -> x509.Certificate:
@@ -202,8 +207,14 @@ class DeviceIdentity:
         return b"".join(c.public_bytes(serialization.Encoding.DER) for c in self.certs)
 
     def spdm_chain(self, base_hash: int) -> bytes:
-        return spdm_cert_chain([c.public_bytes(serialization.Encoding.DER) for c in self.certs],
-                               base_hash)
+        key = (base_hash, tuple(self.certs))
+        chain = self._chains.get(key)
+        if chain is None:
+            chain = spdm_cert_chain(
+                [c.public_bytes(serialization.Encoding.DER) for c in self.certs], base_hash)
+            self._chains.clear()  # one entry is all a device uses; don't grow
+            self._chains[key] = chain
+        return chain
 
     def asym_mask(self) -> int:
         return crypto.asym_capabilities_of_key(self.key)

@@ -19,17 +19,10 @@ import io
 from typing import Any
 
 from construct import (
-    Array,
-    Bytes,
-    Const,
     ConstructError,
     Default,
-    GreedyBytes,
+    ExprMixin,
     If,
-    Int8ul,
-    Int16ul,
-    Int24ul,
-    Int32ul,
     Rebuild,
     Struct,
     len_,
@@ -37,6 +30,21 @@ from construct import (
 )
 
 from spdm.codes import Req, Rsp
+
+# The field classes come from spdm.compiled: construct's own, plus generated code that
+# keeps the interpreter's checks, so decode()/encode() can run compiled declarations.
+from spdm.compiled import (
+    Array,
+    Bytes,
+    Const,
+    GreedyBytes,
+    Int8ul,
+    Int16ul,
+    Int24ul,
+    Int32ul,
+    Interpreted,
+    compiled,
+)
 
 MEASUREMENT_BLOCK_HEADER_SIZE = 4
 HEADER_SIZE = 4
@@ -56,14 +64,15 @@ def _hdr(code: int) -> list[Any]:
 
 
 def _v(minimum: int) -> Any:
-    return lambda ctx: ctx.version >= minimum
+    # A `this` expression rather than a lambda: compile() can inline it.
+    return this.version >= minimum
 
 
 def Opt(cond: Any, subcon: Any) -> Any:  # noqa: N802 - reads like a construct class
     """`If` whose field may be omitted when building (the condition decides presence)."""
     field = If(cond, subcon)
     field.flagbuildnone = True
-    return field
+    return field if isinstance(cond, ExprMixin) else Interpreted(field)
 
 
 Header = Struct("version" / Int8ul, "code" / Int8ul, "param1" / Int8ul, "param2" / Int8ul)
@@ -117,19 +126,19 @@ def _alg_structs_len(structs: list[Any]) -> int:
 NegotiateAlgorithms = Struct(
     *_hdr(Req.NEGOTIATE_ALGORITHMS),  # param1 = number of AlgStructs
     "length"
-    / Rebuild(
+    / Interpreted(Rebuild(
         Int16ul,
         lambda c: 32
         + 4 * (len(c.get("ext_asym") or []) + len(c.get("ext_hash") or []))
         + _alg_structs_len(c.alg_structs),
-    ),
+    )),
     "meas_spec" / Int8ul,
     "other_params" / Default(Int8ul, 0),
     "base_asym" / Int32ul,
     "base_hash" / Int32ul,
     "reserved1" / Default(Bytes(12), bytes(12)),
-    "ext_asym_count" / Rebuild(Int8ul, lambda c: len(c.get("ext_asym") or [])),
-    "ext_hash_count" / Rebuild(Int8ul, lambda c: len(c.get("ext_hash") or [])),
+    "ext_asym_count" / Interpreted(Rebuild(Int8ul, lambda c: len(c.get("ext_asym") or []))),
+    "ext_hash_count" / Interpreted(Rebuild(Int8ul, lambda c: len(c.get("ext_hash") or []))),
     "reserved2" / Default(Int8ul, 0),
     "mel_spec" / Default(Int8ul, 0),
     "ext_asym" / Default(Array(this.ext_asym_count, Int32ul), []),
@@ -140,12 +149,12 @@ NegotiateAlgorithms = Struct(
 Algorithms = Struct(
     *_hdr(Rsp.ALGORITHMS),
     "length"
-    / Rebuild(
+    / Interpreted(Rebuild(
         Int16ul,
         lambda c: 36
         + 4 * (len(c.get("ext_asym_sel") or []) + len(c.get("ext_hash_sel") or []))
         + _alg_structs_len(c.alg_structs),
-    ),
+    )),
     "meas_spec_sel" / Int8ul,
     "other_params_sel" / Default(Int8ul, 0),
     "meas_hash_algo" / Int32ul,
@@ -153,8 +162,10 @@ Algorithms = Struct(
     "base_hash_sel" / Int32ul,
     "reserved1" / Default(Bytes(11), bytes(11)),
     "mel_spec_sel" / Default(Int8ul, 0),
-    "ext_asym_sel_count" / Rebuild(Int8ul, lambda c: len(c.get("ext_asym_sel") or [])),
-    "ext_hash_sel_count" / Rebuild(Int8ul, lambda c: len(c.get("ext_hash_sel") or [])),
+    "ext_asym_sel_count"
+    / Interpreted(Rebuild(Int8ul, lambda c: len(c.get("ext_asym_sel") or []))),
+    "ext_hash_sel_count"
+    / Interpreted(Rebuild(Int8ul, lambda c: len(c.get("ext_hash_sel") or []))),
     "reserved2" / Default(Int16ul, 0),
     "ext_asym_sel" / Default(Array(this.ext_asym_sel_count, Int32ul), []),
     "ext_hash_sel" / Default(Array(this.ext_hash_sel_count, Int32ul), []),
@@ -174,10 +185,11 @@ def _provisioned(c: Any) -> int:
 # KeyUsageMask per provisioned slot (DSP0274 1.3 DIGESTS).
 Digests = Struct(
     *_hdr(Rsp.DIGESTS),
-    "digests" / Array(_provisioned, Bytes(this._params.hash_size)),
-    "key_pair_ids" / Opt(lambda c: c._params.multi_key, Array(_provisioned, Int8ul)),
-    "cert_infos" / Opt(lambda c: c._params.multi_key, Array(_provisioned, Int8ul)),
-    "key_usage_masks" / Opt(lambda c: c._params.multi_key, Array(_provisioned, Int16ul)),
+    "digests" / Interpreted(Array(_provisioned, Bytes(this._params.hash_size))),
+    "key_pair_ids" / Opt(this._params.multi_key, Interpreted(Array(_provisioned, Int8ul))),
+    "cert_infos" / Opt(this._params.multi_key, Interpreted(Array(_provisioned, Int8ul))),
+    "key_usage_masks"
+    / Opt(this._params.multi_key, Interpreted(Array(_provisioned, Int16ul))),
 )
 
 GetCertificate = Struct(
@@ -217,8 +229,8 @@ MEAS_ATTR_RAW_BIT_STREAM = 0x02  # 1.3
 
 GetMeasurements = Struct(
     *_hdr(Req.GET_MEASUREMENTS),  # param1 attributes, param2 operation (index)
-    "nonce" / Opt(lambda c: c.param1 & MEAS_ATTR_SIGNATURE, Bytes(32)),
-    "slot_id" / Opt(lambda c: c.param1 & MEAS_ATTR_SIGNATURE and c.version >= 0x11, Int8ul),
+    "nonce" / Opt((this.param1 & MEAS_ATTR_SIGNATURE) != 0, Bytes(32)),
+    "slot_id" / Opt(((this.param1 & MEAS_ATTR_SIGNATURE) != 0) & (this.version >= 0x11), Int8ul),
     "requester_context" / Opt(_v(0x13), Bytes(8)),
 )
 
@@ -228,7 +240,7 @@ Measurements = Struct(
     "record_length" / Rebuild(Int24ul, len_(this.record)),
     "record" / Bytes(this.record_length),
     # Nonce is always present from 1.1 on; SPDM 1.0 carries it only in signed responses.
-    "nonce" / Opt(lambda c: c.version >= 0x11 or c._params.meas_signed, Bytes(32)),
+    "nonce" / Opt((this.version >= 0x11) | (this._params.meas_signed != 0), Bytes(32)),
     "opaque_length" / Rebuild(Int16ul, len_(this.opaque)),
     "opaque" / Bytes(this.opaque_length),
     "requester_context" / Opt(_v(0x13), Bytes(8)),
@@ -435,7 +447,7 @@ def decode(fmt: Any, data: bytes, *, dword_padding: bool = False, **params: int)
     ctx = {**_DEFAULT_PARAMS, **params}
     stream = io.BytesIO(data)
     try:
-        parsed = fmt.parse_stream(stream, **ctx)
+        parsed = compiled(fmt).parse_stream(stream, **ctx)
     except ConstructError as exc:
         raise MessageFormatError(str(exc).splitlines()[0]) from exc
     except (TypeError, ValueError) as exc:  # e.g. negative computed sizes
@@ -452,7 +464,7 @@ def decode(fmt: Any, data: bytes, *, dword_padding: bool = False, **params: int)
 def encode(fmt: Any, fields: dict[str, Any], **params: int) -> bytes:
     ctx = {**_DEFAULT_PARAMS, **params}
     try:
-        out: bytes = fmt.build(fields, **ctx)
+        out: bytes = compiled(fmt).build(fields, **ctx)
     except ConstructError as exc:
         raise MessageFormatError(str(exc).splitlines()[0]) from exc
     return out
@@ -461,4 +473,4 @@ def encode(fmt: Any, fields: dict[str, Any], **params: int) -> bytes:
 def header(data: bytes) -> Any:
     if len(data) < HEADER_SIZE:
         raise MessageFormatError("message shorter than the SPDM header")
-    return Header.parse(data[:HEADER_SIZE])
+    return compiled(Header).parse(data[:HEADER_SIZE])

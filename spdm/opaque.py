@@ -18,6 +18,7 @@ Formats (DSP0274 1.2 §'General opaque data format'; DSP0277 §'Secured Message 
 from __future__ import annotations
 
 import struct
+from functools import lru_cache
 
 from construct import (
     Array,
@@ -94,12 +95,17 @@ def _wrap(data: bytes, fmt1: bool) -> bytes:
     return out
 
 
+# Every KEY_EXCHANGE / PSK_EXCHANGE builds and parses the same few opaque blobs, and
+# construct's interpreter (Element's Padding is a Python function, so it cannot be
+# compiled) made that a visible share of a handshake: the results are cached by value.
+@lru_cache(maxsize=64)
 def build_supported_versions(versions: tuple[int, ...], *, fmt1: bool = True) -> bytes:
     data = struct.pack("<BBB", SM_DATA_VERSION, SM_SUPPORTED_VERSION, len(versions))
     data += b"".join(struct.pack("<H", v) for v in versions)
     return _wrap(data, fmt1)
 
 
+@lru_cache(maxsize=64)
 def build_version_selection(version: int, *, fmt1: bool = True) -> bytes:
     data = struct.pack("<BBH", SM_DATA_VERSION, SM_VERSION_SELECTION, version)
     return _wrap(data, fmt1)
@@ -124,13 +130,23 @@ def _sm_elements(opaque: bytes, fmt1: bool) -> list[object]:
 
 
 def parse_supported_versions(opaque: bytes, *, fmt1: bool = True) -> list[int]:
+    return list(_supported_versions(bytes(opaque), fmt1))
+
+
+@lru_cache(maxsize=64)
+def _supported_versions(opaque: bytes, fmt1: bool) -> tuple[int, ...]:
     for sm in _sm_elements(opaque, fmt1):
         if sm.sm_id == SM_SUPPORTED_VERSION:  # type: ignore[attr-defined]
-            return list(sm.versions)  # type: ignore[attr-defined]
+            return tuple(sm.versions)  # type: ignore[attr-defined]
     raise OpaqueError("no SUPPORTED_VERSION element")
 
 
 def parse_version_selection(opaque: bytes, *, fmt1: bool = True) -> int:
+    return _version_selection(bytes(opaque), fmt1)
+
+
+@lru_cache(maxsize=64)
+def _version_selection(opaque: bytes, fmt1: bool) -> int:
     for sm in _sm_elements(opaque, fmt1):
         if sm.sm_id == SM_VERSION_SELECTION:  # type: ignore[attr-defined]
             return int(sm.selected)  # type: ignore[attr-defined]

@@ -28,10 +28,11 @@ import os
 import struct
 from dataclasses import dataclass, field
 
-from construct import Bytes, Int16ul, Int32ul, Struct, this
+from construct import Struct, this
 
 from spdm import crypto
 from spdm.algorithms import AEAD_TAG_SIZE
+from spdm.compiled import Bytes, Int16ul, Int32ul, compiled
 from spdm.errors import RecordError
 
 RecordHeader = Struct(
@@ -147,7 +148,7 @@ def decode_record(
     hsize = 4 + transport.seq_num_size + 2
     if len(record) < hsize + AEAD_TAG_SIZE:
         raise RecordError("record too short")
-    hdr = RecordHeader.parse(record[:hsize], seq_num_size=transport.seq_num_size)
+    hdr = compiled(RecordHeader).parse(record[:hsize], seq_num_size=transport.seq_num_size)
     if hdr.session_id != session_id:
         raise RecordError("wrong session id")
     body = record[hsize:]
