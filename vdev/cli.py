@@ -103,21 +103,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 devices.append(TeeDevice(profile, state_dir=state_dir))
     except OSError as exc:
         raise SystemExit(f"vdev: cannot create or load the device identity: {exc}") from None
-    tracers = _trace_devices(args, devices, labels)
+    _trace_devices(args, devices, labels)
     if args.fault_plan or args.fault:
         # After tracing: the injector wraps spdm_message, so the trace shows the wire.
         # Every device gets its own copy of the plan (rules count per device).
         from vdev.faults import FaultPlan, FaultPlanError, install
 
-        for device, tracer in zip(devices, tracers, strict=True):
+        for device in devices:
             try:
                 plan = FaultPlan.load(args.fault_plan) if args.fault_plan else FaultPlan()
                 plan.rules.extend(FaultPlan.from_specs(args.fault or []).rules)
             except (OSError, FaultPlanError) as exc:
                 raise SystemExit(f"vdev: {exc}") from None
-            injector = install(device, plan)
-            if tracer is not None:
-                injector.observers.append(tracer.fault)
+            install(device, plan)  # reports to device.fault_observers (the tracer)
         log.info("fault injection: %d rule(s) armed%s", len(plan.rules),
                  f" on each of the {len(devices)} devices" if multi else "")
     log.info(

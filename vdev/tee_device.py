@@ -143,6 +143,10 @@ class TeeDevice(TeeIoEndpoint):
         # Seconds the spdm-emu server waits before its next reply (a delay fault on the
         # socket path, which has no DOE mailbox to hold a response in).
         self.socket_reply_delay = 0.0
+        # Told about every injected fault (vdev.faults): the tracer, tests.  Kept on the
+        # device so an injector installed later (vdev ctl faults arm) reaches a tracer
+        # attached at start.
+        self.fault_observers: list[Callable[[str], None]] = []
         self.measurements = DeviceMeasurements(p, self.config)
 
         self.ide_target = EndpointIdeTarget(

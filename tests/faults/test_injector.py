@@ -190,8 +190,7 @@ def test_fault_is_traced_with_the_corrupted_wire(state_dir: Path) -> None:
     tracer = Tracer("device", out=out)
     device = TeeDevice(state_dir=state_dir)
     attach_device(tracer, device)
-    injector = install(device, FaultPlan.from_specs(["truncate:GET_VERSION:length=2"]))
-    injector.observers.append(tracer.fault)
+    install(device, FaultPlan.from_specs(["truncate:GET_VERSION:length=2"]))
     cfg = ConfigPort.of_device(device)
     doe = DoeRequester(lambda off: cfg.read(off, 4), lambda off, v: cfg.write(off, 4, v),
                        DOE_CAP)

@@ -82,8 +82,8 @@ class FaultInjector:
     def __init__(self, device: TeeDevice, plan: FaultPlan | None = None) -> None:
         self.device = device
         self.plan = plan or FaultPlan()
-        # Told about every injected fault (the tracer's `fault` event, tests).
-        self.observers: list[FaultObserver] = []
+        # Told about every injected fault: the device's list, shared with the tracer.
+        self.observers: list[FaultObserver] = device.fault_observers
         self._held_gate: ResponseGate | None = None
         self._held_rule: FaultRule | None = None
         # Set by the message layer, carried out by the transport layer: (rule, text).

@@ -55,6 +55,8 @@ def attach_device(tracer: Tracer, device: Any) -> None:
             tracer.doe(RSP, build_object(protocol, reply))
 
     device.doe.observers.append(discovery)
+    # Injected faults (vdev.faults), whenever an injector is installed.
+    device.fault_observers.append(tracer.fault)
 
     cfg = device.responder.config
     for name, value in tracer.spdm_hooks().items():
