@@ -276,9 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "applies to, counted from the first (default 0: none)")
     s.add_argument("--fault-plan", metavar="FILE", help="fault injection: a TOML plan of "
                    "[[fault]] rules (kind, match, nth|every|probability+seed, ...)")
+    from vdev.faults.plan import KINDS
+
     s.add_argument("--fault", action="append", metavar="SPEC", help="fault injection rule "
-                   "KIND:MATCH[:nth=N|every|p=0.5,seed=1][,delay_ms=,offset=,length=,code=] "
-                   "(repeatable; kinds drop, delay, corrupt, truncate, error, doe_error)")
+                   "KIND[:MATCH[:nth=N|every|p=0.5,seed=1][,PARAM=VALUE...]] where MATCH is "
+                   "a request name (SPDM, IDE_KM or TDISP), 'secured' or 'doe' (repeatable; "
+                   f"kinds {', '.join(KINDS)}; see README 'Making the device fail')")
     from vdev.trace.cli import add_trace_arguments, add_trace_parser
 
     add_trace_arguments(s)
