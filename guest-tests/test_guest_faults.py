@@ -195,7 +195,7 @@ def test_connect_fails_with_the_errno_of_each_fault(vm_env: VmEnv, workdir: Path
     assert [r["kind"] for r in rules] == [f["kind"] for f in RULES], rules
     for rule, armed in zip(RULES, rules, strict=True):
         # (code and field come back normalised: "BUSY", the field's name)
-        same = {k: v for k, v in rule.items() if k not in ("code", "field")}
+        same = {k: x for k, x in rule.items() if k not in ("code", "field")}
         assert {k: armed.get(k) for k in same} == same, armed
         assert armed["fired"] == 1, armed
 
