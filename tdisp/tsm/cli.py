@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol, TextIO
 
+from spdm.secured_message import MCTP_TRANSPORT
 from tdisp.tsm.device_ref import DeviceRef, ExpectedBar
 from tdisp.tsm.mailbox import load_trust_anchors
 from tdisp.tsm.model import TsmConfig, TsmModel
@@ -123,10 +124,14 @@ def cmd_connect(args: argparse.Namespace, client_factory: ClientFactory | None =
     except (OSError, ValueError, PolicyError) as exc:
         raise SystemExit(f"vdev tsm connect: {exc}") from None
     tracer = _tracer(args)
+    spdm: dict[str, Any] = tracer.spdm_hooks() if tracer is not None else {}
+    if args.transport == "mctp":
+        # DSP0275: over MCTP the secured payload carries the MCTP message type too.
+        spdm["transport"] = MCTP_TRANSPORT
     config = TsmConfig(
         trust_anchors=anchors, reference_values=refs, policy_file=args.policy,
         clock=time.time, stream_id=stream_id, mmio_reporting_offset=args.mmio_offset,
-        spdm=tracer.spdm_hooks() if tracer is not None else {},
+        spdm=spdm,
     )
     tsm = TsmModel(device, config)
     tsm.listeners.append(lambda phase, text: print(f"  [{phase}] {text}", file=log, flush=True))
