@@ -122,7 +122,13 @@ def test_faults(state_dir: Path) -> None:
         assert r["ok"] is False
         return str(r["error"])
 
-    assert "not implemented yet" in bad(action="arm", fault={"kind": "drop_response"})
+    assert "unknown (kinds: doe_delay, drop," in bad(action="arm",
+                                                     fault={"kind": "drop_response"})
+    assert "'match'" in bad(action="arm", fault={"kind": "tdi_error"})
+    nonce = _call(core, "faults", action="arm", fault={"kind": "wrong_nonce"})
+    assert nonce["armed"] == [{"kind": "wrong_nonce", "match": "LOCK_INTERFACE_REQUEST",
+                               "nth": 1, "seen": 0, "fired": 0}]
+    _call(core, "faults", action="clear", fault={"kind": "wrong_nonce"})
     assert "needs a fault spec" in bad(action="arm")
     assert "expected list, arm or clear" in bad(action="explode")
     assert "integer delay_ms" in bad(action="arm", fault={"kind": "doe_delay"})

@@ -121,8 +121,7 @@ class DeviceControl:
         if kind in RULE_KINDS:
             return self._rule_fault(action, fault)
         if kind != "doe_delay":
-            raise CommandError(f"fault kind {kind!r}: not implemented yet (fault injection "
-                               f"is being extended; implemented: {', '.join(FAULT_KINDS)})")
+            raise CommandError(f"fault kind {kind!r}: unknown (kinds: {', '.join(FAULT_KINDS)})")
         if action == "clear":
             self.device.delay_doe_responses(0, 0)
             return {"armed": self._armed_faults()}
