@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.doe_throughput import run_doe_throughput
 from bench.socket_floor import run_socket_floor
 from bench.vfio_user_bench import run_vfio_user_benchmarks
 
@@ -39,6 +40,9 @@ def machine() -> dict[str, Any]:
 TARGETS = [
     # (name, where in the report, limit, unit)
     ("config access p50", ("vfio_user", "config_read", "p50_us"), 20.0, "us"),
+    ("config access p50, C client", ("vfio_user", "config_read_c_client", "p50_us"), 20.0, "us"),
+    ("DOE 64 B objects", ("doe_throughput", "64B", "objects_per_s"), None, "objects/s"),
+    ("DOE 4 KiB objects", ("doe_throughput", "4KiB", "objects_per_s"), None, "objects/s"),
     ("P-384 full handshake in-process",
      ("spdm_handshake", "in_process", "P-384/SHA-384/AES-256-GCM", "p50_ms"), 15.0, "ms"),
     ("TSM connect-to-RUN in-process", ("tsm", "connect_to_run", "total_ms"), None, "ms"),
@@ -65,7 +69,8 @@ def main() -> int:
     }
     with tempfile.TemporaryDirectory(prefix="vdev-bench-") as tmp:
         report["vfio_user"] = run_vfio_user_benchmarks(Path(tmp))
-        report["socket_floor"] = run_socket_floor()
+        report["socket_floor"] = run_socket_floor(workdir=Path(tmp))
+        report["doe_throughput"] = run_doe_throughput(Path(tmp))
         report["spdm_handshake"] = {
             "in_process": bench_in_process(),
             "spdm_emu_socket": bench_socket(Path(tmp)),

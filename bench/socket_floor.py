@@ -8,6 +8,8 @@ so `make bench` can show how much of the config-access latency is ours:
   client sends 32 bytes and reads the 36-byte reply as header then body with
   `recvmsg`; the server waits in an asyncio loop (`add_reader`), reads header
   then body with `recvmsg` and replies with one `send`.
+* `c_client_asyncio_vfio_user_shape`: the same asyncio server, with the C client
+  of bench/vfio_user_rtt.c (QEMU's side is C too) instead of Python.
 """
 
 from __future__ import annotations
@@ -15,10 +17,13 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 from bench.vfio_user_bench import _percentiles
+from bench.vfio_user_c import build_c_client
 
 _CMSG = socket.CMSG_SPACE(16 * 4)
 _FLAGS = socket.MSG_CMSG_CLOEXEC
@@ -82,8 +87,35 @@ def _ping_pong(shaped: bool, n: int) -> list[int]:
     return samples
 
 
-def run_socket_floor(n: int = 20000, warmup: int = 2000) -> dict[str, Any]:
-    return {
+def _c_ping_pong(exe: Path, n: int) -> list[int]:
+    """The C client (bench/vfio_user_rtt.c) against the asyncio server above."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        a.close()
+        try:
+            _asyncio_server(b)
+        finally:
+            os._exit(0)
+    b.close()
+    try:
+        proc = subprocess.run([str(exe), str(a.fileno()), str(n), _REQ.hex(), _REP.hex()],
+                              pass_fds=(a.fileno(),), capture_output=True, text=True,
+                              check=True)
+    finally:
+        a.close()
+        os.waitpid(pid, 0)
+    return [int(line) for line in proc.stdout.split()]
+
+
+def run_socket_floor(n: int = 20000, warmup: int = 2000,
+                     workdir: Path | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {
         "blocking_1x1": _percentiles(_ping_pong(False, n + warmup)[warmup:]),
         "asyncio_vfio_user_shape": _percentiles(_ping_pong(True, n + warmup)[warmup:]),
     }
+    exe = build_c_client(workdir) if workdir is not None else "skipped: no work directory"
+    out["c_client_asyncio_vfio_user_shape"] = (
+        _percentiles(_c_ping_pong(exe, n + warmup)[warmup:]) if isinstance(exe, Path)
+        else {"skipped": exe})
+    return out

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.vfio_user_c import build_c_client, c_config_read
 from vdev.device_api import RegionIndex
 from vdev.device_regs import REG_SCRATCH0
 from vdev.doe_requester import DoeRequester
@@ -69,6 +70,14 @@ def run_vfio_user_benchmarks(workdir: Path, n: int = 5000) -> dict[str, Any]:
             out["doe_discovery_walk"]["protocols"] = [
                 f"{v:04x}:{t:02x}" for v, t in doe.discover()
             ]
+        # The same REGION_READ from a C client, as QEMU sends it (the server takes one
+        # client at a time, so this runs after the Python client has left).
+        exe = build_c_client(workdir)
+        if isinstance(exe, Path):
+            out["config_read_c_client"] = _percentiles(
+                c_config_read(exe, str(server.socket), n * 4, 2000))
+        else:
+            out["config_read_c_client"] = {"skipped": exe}
         out["server_rss_mb"] = _rss_mb(server.proc.pid if server.proc else 0)
         return out
     finally:

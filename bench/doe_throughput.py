@@ -1,0 +1,114 @@
+"""DOE object throughput through the vfio-user socket, against `vdev serve`.
+
+The DOE mailbox is driven with config-space REGION_READ/REGION_WRITE the way
+Linux drivers/pci/doe.c does it (vdev.doe_requester: header and payload DWs to
+the write mailbox, GO, poll STATUS, read and acknowledge every response DW),
+by the in-repo Python vfio-user client.
+
+Which objects: SPDM GET_CERTIFICATE exchanges after VCA, sized so the response
+object (8-byte DOE header + CERTIFICATE, DW padded) is exactly 64 B or 4 KiB:
+
+    CERTIFICATE = 8-byte SPDM header + portion, so portion = size - 16 bytes
+    64 B  : portion   48 bytes,  16 response DWs
+    4 KiB : portion 4080 bytes, 1024 response DWs
+
+Every exchange also moves one 16-byte GET_CERTIFICATE request object; the
+figure is exchanges (= response objects of that size) per second.  A 4080-byte
+portion needs a certificate chain longer than that, so the device runs a
+profile with an RSA-4096 identity (about 4.6 KB of chain); the chain's content
+does not matter to the mailbox.  At the end GET_VERSION resets the responder's
+transcript, which grows with every GET_CERTIFICATE.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from spdm.algorithms import BaseAsym, BaseHash
+from spdm.messages import GetCertificate, encode
+from spdm.requester import Outgoing, Requester, RequesterConfig
+from vdev.device_api import RegionIndex
+from vdev.doe_requester import DoeRequester
+from vdev.vfio_user.client import VfioUserClient
+from vdev.vm.session import device_server
+
+DOE_CAP = 0x100  # default profile layout
+DOE_TYPE_SPDM = 0x01
+DOE_HEADER_SIZE = 8
+CERTIFICATE_HEADER_SIZE = 8
+SIZES = {"64B": 64, "4KiB": 4096}
+PROFILE = 'identity_key_type = "rsa-4096"\n'
+
+
+def _get_certificate(version: int, offset: int, length: int) -> bytes:
+    return encode(GetCertificate, {"version": version, "param1": 0, "offset": offset,
+                                   "length": length})
+
+
+def _rate(doe: DoeRequester, request: bytes, want: int, seconds: float,
+          min_n: int) -> dict[str, Any]:
+    """Exchanges per second, running for about `seconds` (at least `min_n` exchanges)."""
+    n, t0 = 0, time.perf_counter()
+    while True:
+        reply = doe.exchange_bytes(DOE_TYPE_SPDM, request)
+        if DOE_HEADER_SIZE + len(reply) != want:
+            raise RuntimeError(f"response object of {DOE_HEADER_SIZE + len(reply)} bytes, "
+                               f"wanted {want}")
+        n += 1
+        elapsed = time.perf_counter() - t0
+        if n >= min_n and elapsed >= seconds:
+            break
+    return {"objects": n, "objects_per_s": round(n / elapsed, 1),
+            "ms_per_exchange": round(elapsed / n * 1000, 3),
+            "response_bytes_per_s": round(n * want / elapsed)}
+
+
+def run_doe_throughput(workdir: Path, seconds: float = 2.0) -> dict[str, Any]:
+    profile = workdir / "doe-bench.toml"
+    profile.write_text(PROFILE)
+    server = device_server(workdir, "doe-bench",
+                           ["--profile", str(profile), "--state-dir",
+                            str(workdir / "doe-bench-state")]).start(timeout=120)
+    try:
+        with VfioUserClient(str(server.socket)) as c:
+            c.negotiate()
+            cfg = RegionIndex.CONFIG
+            accesses = [0]
+
+            def rd(off: int) -> int:
+                accesses[0] += 1
+                return int.from_bytes(c.region_read(cfg, off, 4), "little")
+
+            def wr(off: int, value: int) -> None:
+                accesses[0] += 1
+                c.region_write(cfg, off, value.to_bytes(4, "little"))
+
+            doe = DoeRequester(rd, wr, DOE_CAP)
+            doe.abort()
+            req = Requester(RequesterConfig(trust_anchors=[], base_asym=int(BaseAsym.RSASSA_4096),
+                                            base_hash=int(BaseHash.SHA_384)))
+
+            def transport(out: Outgoing) -> bytes:
+                return doe.exchange_bytes(out.doe_type, out.data)
+
+            req.run(req.init_connection(), transport)
+            version = req.conn.version
+            out: dict[str, Any] = {
+                "target": None,  # issue #7 sets none for DOE throughput
+                "method": "SPDM GET_CERTIFICATE after VCA; response object of the given size "
+                          "(DOE header + CERTIFICATE), 16-byte request object; Python client",
+            }
+            for name, size in SIZES.items():
+                portion = size - DOE_HEADER_SIZE - CERTIFICATE_HEADER_SIZE
+                request = _get_certificate(version, 0, portion)
+                doe.exchange_bytes(DOE_TYPE_SPDM, request)  # warm-up
+                accesses[0] = 0
+                result = _rate(doe, request, size, seconds, min_n=5)
+                result["config_accesses_per_exchange"] = round(accesses[0] / result["objects"])
+                out[name] = result
+            req.run(req.init_connection(), transport)  # GET_VERSION: drop the transcript
+        return out
+    finally:
+        server.stop()

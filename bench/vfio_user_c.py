@@ -1,0 +1,55 @@
+"""Config-space REGION_READ round trips from a C client (bench/vfio_user_rtt.c).
+
+QEMU, a C program, is the real client.  This measures the server and the kernel
+without the in-repo Python client's own cost: the C program is compiled at bench
+time into a temporary directory (skipped, with the reason in the JSON, when there
+is no C compiler) and given a connected socket on which Python has already
+negotiated VERSION, the request bytes (built from the declarations in
+vdev/vfio_user/wire.py) and the reply it must get back.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+from vdev.device_api import RegionIndex
+from vdev.vfio_user import wire
+from vdev.vfio_user.client import VfioUserClient
+
+SOURCE = Path(__file__).resolve().parent / "vfio_user_rtt.c"
+_MSG_ID = 0x4242
+
+
+def build_c_client(workdir: Path) -> Path | str:
+    """The compiled client, or why there is none."""
+    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if cc is None:
+        return "skipped: no C compiler (cc, gcc or clang) on PATH"
+    exe = workdir / "vfio_user_rtt"
+    proc = subprocess.run([cc, "-O2", "-o", str(exe), str(SOURCE)], capture_output=True,
+                          text=True, check=False)
+    if proc.returncode != 0:
+        return f"skipped: {Path(cc).name} failed: {proc.stderr.strip()[:200]}"
+    return exe
+
+
+def c_config_read(exe: Path, socket_path: str, n: int, warmup: int,
+                  offset: int = 0, count: int = 4) -> list[int]:
+    """Round-trip times (ns) of `n` REGION_READs of config space from the C client."""
+    cfg = int(RegionIndex.CONFIG)
+    with VfioUserClient(socket_path) as client:
+        client.negotiate()
+        data = client.region_read(cfg, offset, count)
+        request = wire.build_message(_MSG_ID, wire.Command.REGION_READ,
+                                     wire.REGION_ACCESS.pack(offset, cfg, count))
+        reply = wire.build_message(_MSG_ID, wire.Command.REGION_READ,
+                                   wire.REGION_ACCESS_DATA.pack(offset, cfg, count) + data,
+                                   flags=wire.REPLY)
+        fd = client.sock.fileno()
+        proc = subprocess.run([str(exe), str(fd), str(n + warmup), request.hex(), reply.hex()],
+                              pass_fds=(fd,), capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"C client failed ({proc.returncode}): {proc.stderr.strip()}")
+    return [int(line) for line in proc.stdout.split()][warmup:]

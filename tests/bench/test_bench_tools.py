@@ -1,0 +1,54 @@
+"""The benchmark helpers added for issue #7 run and report what they claim (short runs)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bench.doe_throughput import SIZES, run_doe_throughput
+from bench.socket_floor import run_socket_floor
+from bench.vfio_user_c import build_c_client, c_config_read
+from vdev.vm.session import device_server
+
+needs_cc = pytest.mark.skipif(
+    not (shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")),
+    reason="no C compiler")
+
+
+@needs_cc
+def test_c_client_reads_config_space_over_the_socket(tmp_path: Path) -> None:
+    exe = build_c_client(tmp_path)
+    assert isinstance(exe, Path), exe
+    server = device_server(tmp_path).start()
+    try:
+        # c_config_read checks every reply against the one Python got for the same read.
+        samples = c_config_read(exe, str(server.socket), 200, 10)
+        assert len(samples) == 200 and all(s > 0 for s in samples)
+        samples = c_config_read(exe, str(server.socket), 20, 0, offset=0x100, count=4)
+        assert len(samples) == 20
+    finally:
+        server.stop()
+
+
+def test_build_c_client_without_a_compiler_says_why(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    reason = build_c_client(tmp_path)
+    assert isinstance(reason, str) and reason.startswith("skipped: no C compiler")
+
+
+@needs_cc
+def test_socket_floor_includes_the_c_client(tmp_path: Path) -> None:
+    floor = run_socket_floor(n=100, warmup=10, workdir=tmp_path)
+    assert floor["c_client_asyncio_vfio_user_shape"]["n"] == 100
+
+
+def test_doe_throughput_moves_objects_of_the_stated_sizes(tmp_path: Path) -> None:
+    out = run_doe_throughput(tmp_path, seconds=0.0)
+    for name in SIZES:
+        assert out[name]["objects"] >= 5 and out[name]["objects_per_s"] > 0
+    # 4 KiB response = 1024 DWs, each read and acknowledged: > 2048 config accesses.
+    assert out["4KiB"]["config_accesses_per_exchange"] > 2048
+    assert out["64B"]["config_accesses_per_exchange"] < 64
