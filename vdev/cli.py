@@ -60,10 +60,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     Each device is independent (config space, DOE mailbox, SPDM sessions, IDE streams,
     TDI state, fault injector); all use the same profile.  Identity: one --state-dir
-    (or none) is shared by every device, as same-model devices share their CA chain;
-    one --state-dir per --socket gives each device its own.  With several devices, log
-    and trace lines carry the device's label (device0, device1, ... in --socket order)
-    and the control socket routes requests by "device" (vdev.control.devices)."""
+    (or none) gives every device the same chain and key, like cloned devices of one
+    model (one trust anchor for all); one --state-dir per --socket gives each its own.
+    With several devices, log and trace lines carry the device's label (device0,
+    device1, ... in --socket order) and the control socket routes requests by
+    "device" (vdev.control.devices)."""
     from vdev.control.device import DeviceControl, trust_anchor_path
     from vdev.control.devices import DeviceSet, ServedDevice
     from vdev.server_process import (
