@@ -4,7 +4,6 @@ requester (the Linux doe.c register sequence)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,29 +13,21 @@ from spdm.requester import Outgoing
 from tests.device.secure_host import ConfigPort, SecureHost
 from vdev.doe_mailbox import MailboxState
 from vdev.doe_requester import DoeIoError, DoeRequester
-from vdev.faults import FaultInjector, FaultPlan, install
+from vdev.faults import FaultPlan, install
 from vdev.faults.plan import parse_spec
 from vdev.tee_device import TeeDevice
 
-DOE_CAP = 0x100
+from .rig import DOE_CAP, FaultRig
 
 
-class Rig:
+class Rig(FaultRig):
     def __init__(self, state_dir: Path, *specs: str) -> None:
-        self.deferred: list[tuple[float, Callable[[], None]]] = []
-        self.device = TeeDevice(state_dir=state_dir,
-                                defer_later=lambda s, f: self.deferred.append((s, f)))
-        self.injector: FaultInjector = install(self.device, FaultPlan.from_specs(list(specs)))
-        self.events: list[str] = []
-        self.injector.observers.append(self.events.append)
-        cfg = ConfigPort.of_device(self.device)
-        self.doe = DoeRequester(lambda off: cfg.read(off, 4),
-                                lambda off, v: cfg.write(off, 4, v), DOE_CAP, max_polls=20)
+        super().__init__(state_dir, *specs)
 
         def transport(out: Outgoing) -> bytes:
             return self.doe.exchange_bytes(out.doe_type, out.data)
 
-        self.host = SecureHost(self.device, cfg, transport, self.device.identity.root)
+        self.host = SecureHost(self.device, self.cfg, transport, self.device.identity.root)
 
 
 def test_no_plan_is_a_transparent_wrapper(state_dir: Path) -> None:

@@ -18,27 +18,19 @@ from tdisp.tdisp_codes import TdiState
 from tdisp.tsm import DeviceRef, TsmConfig, TsmModel
 from tdisp.tsm.operations import Done
 from tdisp.tsm.policy import ReferenceValues
-from vdev.doe_requester import DoeIoError, DoeRequester
-from vdev.faults import FaultInjector, FaultPlan, install
+from vdev.doe_requester import DoeIoError
+from vdev.faults import FaultPlan, install
 from vdev.faults.names import message_name
 from vdev.faults.plan import FaultPlanError, parse_spec
 from vdev.tee_device import TeeDevice
 
-DOE_CAP = 0x100
+from .rig import FaultRig
 
 
-class Rig:
+class Rig(FaultRig):
     def __init__(self, state_dir: Path, *specs: str) -> None:
-        self.deferred: list[tuple[float, Callable[[], None]]] = []
-        self.device = TeeDevice(state_dir=state_dir,
-                                defer_later=lambda s, f: self.deferred.append((s, f)))
-        self.injector: FaultInjector = install(self.device, FaultPlan.from_specs(list(specs)))
-        self.events: list[str] = []
-        self.injector.observers.append(self.events.append)
-        cfg = self.device.config
-        self.doe = DoeRequester(lambda off: cfg.read_int(off, 4),
-                                lambda off, v: cfg.write_int(off, 4, v), DOE_CAP, max_polls=20)
-        self.doe.discover()
+        super().__init__(state_dir, *specs)
+        self.doe.discover()  # as the kernel does before any SPDM (pci_doe_cache_features)
 
     def tsm(self, **kw: Any) -> TsmModel:
         kw.setdefault("stream_id", None)

@@ -41,7 +41,7 @@ from vdev.doe_mailbox import DoeRejected, MailboxState, ResponseGate
 from vdev.doe_object import DOE_TYPE_CMA_SPDM, DOE_TYPE_SECURED_CMA_SPDM, DoeProtocolId
 from vdev.faults import mutate
 from vdev.faults.mutate import NotApplicable
-from vdev.faults.names import message_name, protocol_of
+from vdev.faults.names import message_name, protocol_of, vdm_payload
 from vdev.faults.plan import MATCH_SECURED, FaultPlan, FaultRule, code_name
 from vdev.tee_device import TeeDevice
 
@@ -358,7 +358,7 @@ class FaultInjector:
             lock = self.device.tdi.lock
             if lock is None:
                 raise NotApplicable("the TDI holds no locked report")
-            req = decode_vdm(mutate.vdm_payload(request) or b"")
+            req = decode_vdm(vdm_payload(request) or b"")
             offset = req.offset if isinstance(req, GetDeviceInterfaceReport) else 0
             return mutate.report_mismatch(genuine, offset, lock.report)
         raise NotApplicable(f"kind {kind} has no message form")  # pragma: no cover

@@ -16,13 +16,14 @@ from typing import Any
 
 from spdm import messages as m
 from spdm.algorithms import NegotiatedAlgorithms
-from spdm.codes import Req, Rsp
+from spdm.codes import Rsp
 from tdisp import idekm_messages as ik
 from tdisp import tdisp_messages as tm
 from tdisp.errors import MalformedMessage
 from tdisp.interface_report import InterfaceReport
 from tdisp.tdisp_codes import PAGE_SIZE, ResponseCode
 from tdisp.vendor_defined import ProtocolId, SpdmVendorDefined
+from vdev.faults.names import vdm_payload, with_vdm_payload
 
 
 class NotApplicable(Exception):
@@ -56,31 +57,11 @@ def response_name(message: bytes) -> str:
     return Rsp(code).name if code in Rsp._value2member_map_ else f"0x{code:02x}"
 
 
-def vdm_payload(message: bytes) -> bytes | None:
-    """The PCI-SIG payload (from ProtocolID on) of an SPDM vendor-defined message."""
-    if len(message) < 2 or message[1] not in (Req.VENDOR_DEFINED_REQUEST,
-                                              Rsp.VENDOR_DEFINED_RESPONSE):
-        return None
-    try:
-        return bytes(SpdmVendorDefined.parse(message).body.payload)
-    except Exception:  # noqa: BLE001 - construct raises several types; not PCI-SIG then
-        return None
-
-
 def vdm_response(request: bytes, payload: bytes) -> bytes:
     """A VENDOR_DEFINED_RESPONSE answering `request` with a PCI-SIG `payload`."""
     out: bytes = SpdmVendorDefined.build({
         "version": request[0], "code": Rsp.VENDOR_DEFINED_RESPONSE, "param1": 0,
         "param2": 0, "body": {"payload": payload},
-    })
-    return out
-
-
-def _with_payload(message: bytes, payload: bytes) -> bytes:
-    vdm = SpdmVendorDefined.parse(message)
-    out: bytes = SpdmVendorDefined.build({
-        "version": vdm.version, "code": vdm.code, "param1": vdm.param1,
-        "param2": vdm.param2, "body": {"payload": payload},
     })
     return out
 
@@ -167,14 +148,14 @@ def _corrupt_tdisp(response: bytes, payload: bytes, name: str) -> tuple[bytes, s
         raise NotApplicable(str(exc)) from None
     if name in ("version", "message_type"):
         i = 1 if name == "version" else 2
-        return _with_payload(response, payload[:i] + bytes([payload[i] ^ 0x01])
+        return with_vdm_payload(response, payload[:i] + bytes([payload[i] ^ 0x01])
                              + payload[i + 1 :]), name
     names = [f.name for f in dataclasses.fields(msg) if f.name != "interface_id"]
     if name not in names:
         raise NotApplicable(f"TDISP {response_name(response)} has no field {name!r} "
                             f"(fields: {', '.join(names) or 'none'})")
     changed = dataclasses.replace(msg, **{name: _flip(getattr(msg, name))})
-    return _with_payload(response, changed.encode_vdm()), name
+    return with_vdm_payload(response, changed.encode_vdm()), name
 
 
 def _corrupt_idekm(response: bytes, payload: bytes, name: str) -> tuple[bytes, str]:
@@ -191,7 +172,7 @@ def _corrupt_idekm(response: bytes, payload: bytes, name: str) -> tuple[bytes, s
             msg, slot=dataclasses.replace(slot, **{name: _flip(getattr(slot, name))}))
     else:
         raise NotApplicable(f"IDE_KM {response_name(response)} has no field {name!r}")
-    return _with_payload(response, changed.build()), name
+    return with_vdm_payload(response, changed.build()), name
 
 
 # ---- version, slot --------------------------------------------------------------------
@@ -202,7 +183,7 @@ def wrong_version(response: bytes, version: int | None) -> tuple[bytes, str]:
     if payload is not None and payload[:1] == bytes([ProtocolId.TDISP]) and len(payload) > 1:
         new = 0x20 if version is None else version
         text = f"TDISPVersion 0x{payload[1]:02x} -> 0x{new:02x}"
-        return _with_payload(response, payload[:1] + bytes([new]) + payload[2:]), text
+        return with_vdm_payload(response, payload[:1] + bytes([new]) + payload[2:]), text
     if not response:
         raise NotApplicable("the response is empty")
     new = _NEXT_VERSION.get(response[0], 0x12) if version is None else version
@@ -235,7 +216,7 @@ def wrong_nonce(response: bytes) -> tuple[bytes, str]:
     """LOCK_INTERFACE_RESPONSE with a START_INTERFACE_NONCE the device never issued."""
     msg = _tdisp_response(response, tm.LockInterfaceResponse)
     changed = dataclasses.replace(msg, nonce=bytes(b ^ 0xFF for b in msg.nonce))
-    return _with_payload(response, changed.encode_vdm()), "START_INTERFACE_NONCE inverted"
+    return with_vdm_payload(response, changed.encode_vdm()), "START_INTERFACE_NONCE inverted"
 
 
 def report_mismatch(response: bytes, offset: int, report: bytes) -> tuple[bytes, str]:
@@ -258,7 +239,7 @@ def report_mismatch(response: bytes, offset: int, report: bytes) -> tuple[bytes,
     if portion == msg.portion:
         raise NotApplicable(f"the changed field is outside this portion (offset {offset})")
     changed = dataclasses.replace(msg, portion=portion)
-    return _with_payload(response, changed.encode_vdm()), text
+    return with_vdm_payload(response, changed.encode_vdm()), text
 
 
 # ---- answers instead of the engine -------------------------------------------------------

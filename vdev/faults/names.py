@@ -9,11 +9,11 @@ three name sets are disjoint, so a bare name says which protocol it belongs to.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from construct import ConstructError
 
-from spdm.codes import Req
+from spdm.codes import Req, Rsp
 from tdisp.idekm_messages import ObjectId
 from tdisp.tdisp_codes import RequestCode
 from tdisp.vendor_defined import ProtocolId, SpdmVendorDefined
@@ -36,10 +36,13 @@ def protocol_of(name: str) -> Protocol | None:
     return None
 
 
-def pci_sig_vdm(message: bytes) -> Any | None:
-    """The parsed SPDM VENDOR_DEFINED message when it carries a PCI-SIG protocol."""
+def vdm_payload(message: bytes) -> bytes | None:
+    """The PCI-SIG payload (from ProtocolID on) of an SPDM vendor-defined message."""
+    if len(message) < 2 or message[1] not in (Req.VENDOR_DEFINED_REQUEST,
+                                              Rsp.VENDOR_DEFINED_RESPONSE):
+        return None
     try:
-        return SpdmVendorDefined.parse(message)
+        return bytes(SpdmVendorDefined.parse(message).body.payload)
     except (ConstructError, ValueError):
         return None
 
@@ -51,8 +54,7 @@ def message_name(message: bytes) -> str:
         return "short"
     code = message[1]
     if code == Req.VENDOR_DEFINED_REQUEST:
-        vdm = pci_sig_vdm(message)
-        payload = bytes(vdm.body.payload) if vdm is not None else b""
+        payload = vdm_payload(message) or b""
         if payload[:1] == bytes([ProtocolId.IDE_KM]) and len(payload) >= 2 \
                 and payload[1] in ObjectId._value2member_map_:
             return ObjectId(payload[1]).name
