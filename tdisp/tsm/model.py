@@ -57,6 +57,7 @@ from tdisp.errors import IdeKmStatusError, TdispErrorResponse, TdispProtocolErro
 from tdisp.idekm_messages import IFV_SIZE, INITIAL_IFV, KEY_SIZE, KeySlot, QueryResp, SubStream
 from tdisp.interface_report import InterfaceReport
 from tdisp.requesters import IdeKmRequester, TdispRequester, stream_slots
+from tdisp.tdisp_codes import ErrorCode as TdispErrorCode
 from tdisp.tdisp_codes import LockFlags, TdiState
 from tdisp.tdisp_messages import TdispCapabilities
 from tdisp.tsm import evidence as ev
@@ -756,6 +757,13 @@ _AUTHENTICATION_FAILURES = ("signature verification failed", "VerifyData mismatc
 # A secured record whose AEAD tag does not verify ("cannot authenticate response
 # record"): -EBADMSG, as the kernel's AEAD decryption reports a bad tag.
 _RECORD_FAILURES = ("cannot authenticate",)
+# TDISP_ERROR codes (§11.3.17) that say more than "the device refused": a Busy TDI is
+# worth retrying (as SPDM Busy), and a START_INTERFACE_NONCE the device does not accept
+# is a refused credential -- START was not authorised -- not a device failure.
+_TDISP_ERRNOS: dict[int, int] = {
+    TdispErrorCode.BUSY: -errno.EBUSY,
+    TdispErrorCode.INVALID_NONCE: -errno.EACCES,
+}
 
 
 def errno_of(error: BaseException) -> int:
@@ -766,6 +774,8 @@ def errno_of(error: BaseException) -> int:
     a secured response record that does not authenticate             -EBADMSG
     malformed / unexpected / wrong-version SPDM, IDE_KM, TDISP reply  -EPROTO
     the device answered SPDM ERROR Busy (after the retries)           -EBUSY
+    TDISP_ERROR BUSY (the TDI is busy: try again, like SPDM Busy)     -EBUSY
+    TDISP_ERROR INVALID_NONCE (START's nonce refused by the device)   -EACCES
     other SPDM ERROR, TDISP_ERROR, KP_ACK status (a device refusal)   -EIO
     TSM state (not connected / bad request)                  -ENOTCONN / -EINVAL
     anything else                                                     -EIO
@@ -780,7 +790,9 @@ def errno_of(error: BaseException) -> int:
         return -errno.ENOTCONN if "not connected" in str(error) else -errno.EINVAL
     if isinstance(error, ErrorResponse):
         return -errno.EBUSY if error.code == SpdmErrorCode.BUSY else -errno.EIO
-    if isinstance(error, (TdispErrorResponse, IdeKmStatusError)):
+    if isinstance(error, TdispErrorResponse):
+        return _TDISP_ERRNOS.get(error.code, -errno.EIO)
+    if isinstance(error, IdeKmStatusError):
         return -errno.EIO
     if isinstance(error, ProtocolError):
         text = str(error)
