@@ -46,10 +46,12 @@ class CryptoError(Exception):
 
 
 def hash_name(base_hash: int) -> str:
-    try:
-        return _HASHLIB[BaseHash(base_hash)]
-    except (KeyError, ValueError) as exc:
-        raise CryptoError(f"unsupported hash 0x{base_hash:x}") from exc
+    # IntEnum keys hash and compare as their int values: no BaseHash(...) conversion,
+    # which cost more than the hash itself on this hot path (every HMAC and digest).
+    name = _HASHLIB.get(base_hash)
+    if name is None:
+        raise CryptoError(f"unsupported hash 0x{base_hash:x}")
+    return name
 
 
 def digest(base_hash: int, data: bytes) -> bytes:
@@ -64,7 +66,7 @@ def meas_digest(meas_hash: int, data: bytes) -> bytes:
 
 
 def hmac(base_hash: int, key: bytes, data: bytes) -> bytes:
-    return _hmac.new(key, data, hash_name(base_hash)).digest()
+    return _hmac.digest(key, data, hash_name(base_hash))  # OpenSSL one-shot, no HMAC object
 
 
 def hkdf_extract(base_hash: int, salt: bytes, ikm: bytes) -> bytes:
