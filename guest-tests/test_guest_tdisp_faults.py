@@ -1,0 +1,274 @@
+"""The guest's IDE_KM and TDISP steps failing at a chosen point, as the guest sees it.
+
+One boot of the real Linux 7.3 guest (vtsm + the TSM model behind its mailbox), one
+`vdev serve --control`.  Like test_guest_faults.py (which breaks the SPDM steps of
+`tsm/connect`), the guest script (scripts/guest-tdisp-faults.sh) prints `@@VDEV arm
+<step>` and the host arms that step's message-layer fault on the device's control
+socket; `@@VDEV tdi <label>` makes the host record the device's TDI (`vdev ctl tdi`).
+Steps, each followed by a clean LOCK -> REPORT -> START to RUN and STOP:
+
+  tdisp_version    TDISP VERSION response with another TDISPVersion: bind fails EPROTO
+  key_prog         KP_ACK status UNSUPPORTED_PORT_INDEX: connect fails EIO, the TSM
+                   unwinds (K_SET_STOP, END_SESSION), the next connect works
+  lock_busy        TDISP_ERROR BUSY to LOCK: bind fails EBUSY, device TDI CONFIG_UNLOCKED
+  report_mismatch  the report's first MMIO range one page above BAR0: the guest reads
+                   it and sees the mismatch; nothing in the mailbox flow checks it (the
+                   mailbox carries no BARs to the TSM, tdisp/tsm/mailbox.py), so REPORT
+                   itself succeeds -- the guest unbinds instead of starting
+  wrong_nonce      LOCK_INTERFACE_RESPONSE nonce inverted: START fails EACCES (device
+                   TDISP_ERROR INVALID_NONCE), the device's TDI stays CONFIG_LOCKED
+  tdi_error        device TDI forced to ERROR before START: START fails EIO (TDISP_ERROR
+                   INVALID_INTERFACE_STATE), device TDI ERROR; unbind (STOP from ERROR:
+                   CONFIG_UNLOCKED), disconnect, reconnect, RUN again
+
+Afterwards every rule fired exactly once, there is one vtsm failure line per failed
+step with the errno and the TSM's reason, and the guest's dmesg has no WARN/BUG/oops.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vdev.control.client import call
+from vdev.vm.checks import BAD_DMESG
+from vdev.vm.env import VmEnv
+from vdev.vm.session import (
+    GuestRun,
+    ServerProcess,
+    device_server,
+    root_anchor,
+    script,
+    socket_path,
+    tsm_mailbox_server,
+)
+
+EP = "0000:01:00.0"  # the endpoint, behind root port 1
+MB = "0000:02:00.0"  # the TSM mailbox, behind root port 2
+# The guest waits this long after "@@VDEV arm|tdi ..." for the host (which needs
+# milliseconds: one console line, one control-socket request).
+ARM_WAIT = 1
+PAGE = 0x1000
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    fault: dict[str, Any]  # a `vdev ctl faults arm --fault` JSON rule
+    key: str | None  # the guest's result key of the failing write (None: nothing fails)
+    op: str | None  # the vtsm operation that fails ("connect", "lock", "start")
+    errno: int | None
+    reason: str | None  # in vtsm's dmesg line (the TSM model's reason)
+
+
+STEPS = [
+    Step("tdisp_version", {"kind": "wrong_version", "match": "GET_TDISP_VERSION"},
+         "fail_tdisp_version", "lock", errno.EPROTO,
+         "lock failed at GET_TDISP_VERSION: bad IDE_KM/TDISP response: TDISP version 0x20"),
+    Step("key_prog", {"kind": "error", "match": "KEY_PROG", "code": "UNSUPPORTED_PORT_INDEX"},
+         "fail_key_prog", "connect", errno.EIO,
+         "device refused the key: KP_ACK status UNSUPPORTED_PORT_INDEX (2)"),
+    Step("lock_busy", {"kind": "error", "match": "LOCK_INTERFACE_REQUEST", "code": "Busy"},
+         "fail_lock_busy", "lock", errno.EBUSY,
+         "lock failed at LOCK_INTERFACE_REQUEST: device answered TDISP_ERROR BUSY (0x3)"),
+    Step("report_mismatch", {"kind": "report_mismatch"}, None, None, None, None),
+    Step("wrong_nonce", {"kind": "wrong_nonce"}, "fail_wrong_nonce", "start", errno.EACCES,
+         "start failed at START_INTERFACE_REQUEST: device answered TDISP_ERROR "
+         "INVALID_NONCE (0x102)"),
+    Step("tdi_error", {"kind": "tdi_error", "match": "START_INTERFACE_REQUEST"},
+         "fail_tdi_error", "start", errno.EIO,
+         "start failed at START_INTERFACE_REQUEST: device answered TDISP_ERROR "
+         "INVALID_INTERFACE_STATE (0x4)"),
+]
+FAILING = [s for s in STEPS if s.key is not None]
+
+_MARKERS = ("WARNING:", "BUG:", "Oops", "Call Trace", "general protection", "KASAN",
+            "lockdep", "possible circular locking", "INFO: task")
+_FAILED = re.compile(r"vtsm: (\w+) via tsm0 failed: (-\d+) \((.*)\)")
+
+
+class Host:
+    """The console callback: arms a step's fault, or records the device's TDI."""
+
+    def __init__(self, control: Path) -> None:
+        self.control = str(control)
+        self.armed: list[str] = []
+        self.tdi: dict[str, dict[str, Any]] = {}
+        self.errors: list[str] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, line: str) -> None:
+        for marker, act in (("@@VDEV arm ", self._arm), ("@@VDEV tdi ", self._tdi)):
+            i = line.find(marker)
+            if i < 0:
+                continue
+            name = line[i + len(marker):].strip()
+            try:  # runs on the console reader thread: never raise there
+                act(name)
+            except Exception as exc:  # noqa: BLE001 - reported by the test
+                with self.lock:
+                    self.errors.append(f"{name}: {exc!r}")
+
+    def _arm(self, name: str) -> None:
+        step = next(s for s in STEPS if s.name == name)
+        reply = call(self.control, "faults", {"action": "arm", "fault": step.fault})
+        if not reply.get("ok"):
+            raise RuntimeError(reply.get("error"))
+        with self.lock:
+            self.armed.append(name)
+
+    def _tdi(self, label: str) -> None:
+        reply = call(self.control, "tdi")
+        if not reply.get("ok"):
+            raise RuntimeError(reply.get("error"))
+        with self.lock:
+            self.tdi[label] = reply["result"][0]
+
+
+def first_mmio_page(report_hex: str) -> int:
+    """FIRST_PAGE of the first MMIO range of a DEVICE_INTERFACE_REPORT body (§11.3.11:
+    16 bytes of controls and MMIO_RANGE_COUNT, then 16-byte ranges; u64 first)."""
+    raw = bytes.fromhex(report_hex)
+    assert len(raw) >= 32 and int.from_bytes(raw[12:16], "little") >= 1, report_hex
+    return int.from_bytes(raw[16:24], "little")
+
+
+def test_tdisp_steps_fail_with_the_errno_of_each_fault(vm_env: VmEnv, workdir: Path) -> None:
+    pytest.importorskip("tdisp.tsm.mailbox")
+    identity = workdir / "identity"
+    control = socket_path("device-ctl")
+    device = device_server(workdir, "device", extra=[
+        "--state-dir", str(identity), "--control", str(control)]).start()
+    tsm: ServerProcess | None = None
+    try:
+        anchor = root_anchor(identity, workdir / "root.pem")
+        tsm = tsm_mailbox_server(workdir, ["--trust-anchor", str(anchor)]).start()
+        host = Host(control)
+        run = GuestRun(env=vm_env, workdir=workdir, modules=["vtsm"],
+                       devices=[device.socket, tsm.socket],
+                       scripts={"50-guest-tdisp-faults.sh": script(
+                           "guest-tdisp-faults.sh", EP=EP, MB=MB, ARM_WAIT=ARM_WAIT)},
+                       timeout=240)
+        res = run.boot(on_line=host)
+        listed = call(str(control), "faults", {"action": "list"})["result"]["armed"] \
+            if device.alive() else None
+        history = call(str(control), "tdi")["result"][0]["history"] if device.alive() else []
+        alive = {"device": device.alive(), "tsm": tsm.alive()}
+    finally:
+        if tsm is not None:
+            tsm.stop()
+        device.stop()
+        for p in (control, device.socket):
+            if p.exists():
+                os.unlink(p)
+    assert res.completed, "guest did not finish; see console.log"
+    for name, srv in (("device", device), ("tsm", tsm)):
+        assert srv is not None and alive[name], f"{name} died:\n{srv and srv.log_tail()}"
+        assert "Traceback" not in srv.log_text(), srv.log_tail()
+    assert host.errors == [], host.errors
+    assert host.armed == [s.name for s in STEPS]
+    v = res.value
+    assert v("insmod") == "ok" and v("rmmod") == "ok"
+    bar0 = int((v("bar0") or "0").split()[0], 16)
+    assert bar0, v("bar0")
+
+    def to_run(label: str) -> None:
+        """The clean path after a failure: bound, report matching BAR0, RUN, unbound."""
+        assert v(f"{label}_lock") == "0 ok", (label, v(f"{label}_lock"))
+        assert first_mmio_page(v(f"{label}_report") or "") == bar0, label
+        assert v(f"{label}_start") == "0 ok", (label, v(f"{label}_start"))
+        assert v(f"{label}_state") == f"{EP} RUN", label
+        assert v(f"{label}_status") == '{"value":"RUN"}', (label, v(f"{label}_status"))
+        assert v(f"{label}_stop") == "0 ok" and v(f"{label}_bound_after") == "", label
+
+    def failed(key: str, e: int) -> None:
+        seen = v(key) or ""
+        assert seen.startswith("1 ") and os.strerror(e) in seen, (key, seen)
+
+    # tdisp_version: the boot's first bind fails on the TDISP VERSION response.
+    assert v("connect") == "0 ok"
+    failed("fail_tdisp_version", errno.EPROTO)
+    assert v("fail_tdisp_version_bound") == ""
+    to_run("clean_tdisp_version")
+    assert v("disconnect_tdisp_version") == "0 ok"
+
+    # key_prog: connect refused with the KP_ACK status; reconnect works.
+    failed("fail_key_prog", errno.EIO)
+    assert v("fail_key_prog_authenticated") == ""
+    assert v("reconnect_key_prog") == "0 ok"
+    assert v("reconnect_key_prog_authenticated") == "tsm0"
+    to_run("clean_key_prog")
+
+    # lock_busy: bind refused, not bound, the device never locked the TDI.
+    failed("fail_lock_busy", errno.EBUSY)
+    assert v("fail_lock_busy_bound") == ""
+    assert v("fail_lock_busy_state") == f"{EP} ERROR"  # vtsm's note of a failed step
+    assert host.tdi["lock_busy"]["state"] == "CONFIG_UNLOCKED", host.tdi["lock_busy"]
+    to_run("clean_lock_busy")
+
+    # report_mismatch: what the guest reads is one page above its BAR0.  The mailbox
+    # TSM has no BARs to compare with, so REPORT is not refused (no EACCES here).
+    assert v("mismatch_lock") == "0 ok"
+    assert first_mmio_page(v("mismatch_report") or "") == bar0 + PAGE, v("mismatch_report")
+    assert v("mismatch_stop") == "0 ok"
+    to_run("clean_report_mismatch")
+
+    # wrong_nonce: START refused; the TDI stays bound and CONFIG_LOCKED on the device.
+    assert v("wrong_nonce_lock") == "0 ok"
+    assert first_mmio_page(v("wrong_nonce_report") or "") == bar0
+    failed("fail_wrong_nonce", errno.EACCES)
+    assert v("fail_wrong_nonce_bound") == "tsm0"
+    assert v("fail_wrong_nonce_status") == '{"value":"CONFIG_LOCKED"}'
+    nonce = host.tdi["wrong_nonce"]
+    assert nonce["state"] == "CONFIG_LOCKED", nonce
+    assert nonce["lock"]["start_nonce_pending"] is True, nonce  # the device kept its own
+    assert v("wrong_nonce_stop") == "0 ok"
+    to_run("clean_wrong_nonce")
+
+    # tdi_error: START refused, the device's TDI is ERROR; STOP, reconnect, RUN.
+    assert v("tdi_error_lock") == "0 ok"
+    failed("fail_tdi_error", errno.EIO)
+    assert v("fail_tdi_error_status") == '{"value":"ERROR"}'
+    assert host.tdi["tdi_error"]["state"] == "ERROR", host.tdi["tdi_error"]
+    assert v("tdi_error_stop") == "0 ok"
+    assert host.tdi["tdi_error_stopped"]["state"] == "CONFIG_UNLOCKED"
+    assert v("tdi_error_disconnect") == "0 ok" and v("tdi_error_reconnect") == "0 ok"
+    to_run("clean_tdi_error")
+    assert v("disconnect") == "0 ok" and v("authenticated_after") == ""
+
+    # The device's TDI history: RUN after every failure (six clean paths).
+    assert sum(1 for e in history if e["new"] == "RUN") == len(STEPS), history
+    assert any(e["new"] == "ERROR" for e in history), history
+
+    # One vtsm failure line per failing step, in order: the op, the errno, the reason.
+    lines = [m for line in res.dmesg if (m := _FAILED.search(line))]
+    assert len(lines) == len(FAILING), [m[0] for m in lines]
+    for step, m in zip(FAILING, lines, strict=True):
+        assert step.errno is not None and step.reason is not None
+        assert (m[1], int(m[2])) == (step.op, -step.errno), (step.name, m[0])
+        assert step.reason in m[3], (step.name, m[0])
+
+    # No WARN/BUG/oops or DOE errors in the guest beyond those failure lines.
+    problems = [line for line in res.dmesg
+                if (any(x in line for x in _MARKERS) or BAD_DMESG.search(line))
+                and not _FAILED.search(line)]
+    assert problems == [], "\n".join(problems)
+
+    # Every rule fired exactly once.
+    assert listed is not None
+    rules = [r for r in listed if r["kind"] != "doe_delay"]
+    assert [r["kind"] for r in rules] == [s.fault["kind"] for s in STEPS], rules
+    for step, armed in zip(STEPS, rules, strict=True):
+        same = {k: x for k, x in step.fault.items() if k != "code"}  # code comes back normalised
+        assert {k: armed.get(k) for k in same} == same, armed
+        assert armed["fired"] == 1, armed
+    dev = device.log_text()
+    for step in STEPS:
+        assert f"fault injected: {step.fault['kind']}" in dev, step.name
