@@ -34,7 +34,9 @@ PublicKey = (
     ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey | ed448.Ed448PublicKey
 )
 
-_HASHLIB = {BaseHash.SHA_256: "sha256", BaseHash.SHA_384: "sha384", BaseHash.SHA_512: "sha512"}
+_HASHLIB: dict[int, str] = {
+    BaseHash.SHA_256: "sha256", BaseHash.SHA_384: "sha384", BaseHash.SHA_512: "sha512",
+}
 _MEAS_HASHLIB = {MeasHash.SHA_256: "sha256", MeasHash.SHA_384: "sha384", MeasHash.SHA_512: "sha512"}
 
 
