@@ -41,6 +41,10 @@ TARGETS = [
     # (name, where in the report, limit, unit)
     ("config access p50", ("vfio_user", "config_read", "p50_us"), 20.0, "us"),
     ("config access p50, C client", ("vfio_user", "config_read_c_client", "p50_us"), 20.0, "us"),
+    ("config access p50, C client, same CPU",
+     ("vfio_user", "config_read_c_client_pinned", "same_cpu", "p50_us"), 20.0, "us"),
+    ("config access p50, C client, other CPU",
+     ("vfio_user", "config_read_c_client_pinned", "cross_cpu", "p50_us"), 20.0, "us"),
     ("DOE 64 B objects", ("doe_throughput", "64B", "objects_per_s"), None, "objects/s"),
     ("DOE 4 KiB objects", ("doe_throughput", "4KiB", "objects_per_s"), None, "objects/s"),
     ("P-384 full handshake in-process",

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.vfio_user_c import build_c_client, c_config_read
+from bench.vfio_user_c import build_c_client, c_config_read, pinned_c_config_reads
 from vdev.device_api import RegionIndex
 from vdev.device_regs import REG_SCRATCH0
 from vdev.doe_requester import DoeRequester
@@ -76,6 +76,9 @@ def run_vfio_user_benchmarks(workdir: Path, n: int = 5000) -> dict[str, Any]:
         if isinstance(exe, Path):
             out["config_read_c_client"] = _percentiles(
                 c_config_read(exe, str(server.socket), n * 4, 2000))
+            if server.proc is not None:
+                out["config_read_c_client_pinned"] = pinned_c_config_reads(
+                    exe, str(server.socket), server.proc.pid, n * 2)
         else:
             out["config_read_c_client"] = {"skipped": exe}
         out["server_rss_mb"] = _rss_mb(server.proc.pid if server.proc else 0)

@@ -10,9 +10,11 @@ vdev/vfio_user/wire.py) and the reply it must get back.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from vdev.device_api import RegionIndex
 from vdev.vfio_user import wire
@@ -36,8 +38,9 @@ def build_c_client(workdir: Path) -> Path | str:
 
 
 def c_config_read(exe: Path, socket_path: str, n: int, warmup: int,
-                  offset: int = 0, count: int = 4) -> list[int]:
-    """Round-trip times (ns) of `n` REGION_READs of config space from the C client."""
+                  offset: int = 0, count: int = 4, cpus: set[int] | None = None) -> list[int]:
+    """Round-trip times (ns) of `n` REGION_READs of config space from the C client,
+    pinned to `cpus` when given."""
     cfg = int(RegionIndex.CONFIG)
     with VfioUserClient(socket_path) as client:
         client.negotiate()
@@ -48,8 +51,38 @@ def c_config_read(exe: Path, socket_path: str, n: int, warmup: int,
                                    wire.REGION_ACCESS_DATA.pack(offset, cfg, count) + data,
                                    flags=wire.REPLY)
         fd = client.sock.fileno()
+        pin = None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
         proc = subprocess.run([str(exe), str(fd), str(n + warmup), request.hex(), reply.hex()],
-                              pass_fds=(fd,), capture_output=True, text=True, check=False)
+                              pass_fds=(fd,), capture_output=True, text=True, check=False,
+                              preexec_fn=pin)
     if proc.returncode != 0:
         raise RuntimeError(f"C client failed ({proc.returncode}): {proc.stderr.strip()}")
     return [int(line) for line in proc.stdout.split()][warmup:]
+
+
+def pinned_c_config_reads(exe: Path, socket_path: str, server_pid: int,
+                          n: int) -> dict[str, Any]:
+    """The C client's round trip with client and server pinned to the same CPU and to
+    two different CPUs.  In a VM the two differ by a factor of two or more (waking a
+    process on another, halted vCPU costs an IPI each way), and the unpinned figure is
+    whichever of the two the scheduler happens to choose."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return {"skipped": "fewer than two CPUs"}
+    saved = os.sched_getaffinity(server_pid)
+    out: dict[str, Any] = {}
+    try:
+        for name, server_cpu, client_cpu in (("same_cpu", cpus[0], cpus[0]),
+                                             ("cross_cpu", cpus[0], cpus[1])):
+            os.sched_setaffinity(server_pid, {server_cpu})
+            out[name] = _percentiles(c_config_read(exe, socket_path, n, 1000,
+                                                   cpus={client_cpu}))
+    finally:
+        os.sched_setaffinity(server_pid, saved)
+    return out
+
+
+def _percentiles(samples_ns: list[int]) -> dict[str, float]:
+    from bench.vfio_user_bench import _percentiles as percentiles  # import cycle
+
+    return percentiles(samples_ns)
