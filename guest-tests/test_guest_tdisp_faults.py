@@ -17,6 +17,9 @@ Steps, each followed by a clean LOCK -> REPORT -> START to RUN and STOP:
                    itself succeeds -- the guest unbinds instead of starting
   wrong_nonce      LOCK_INTERFACE_RESPONSE nonce inverted: START fails EACCES (device
                    TDISP_ERROR INVALID_NONCE), the device's TDI stays CONFIG_LOCKED
+  state_replay     the GET_DEVICE_INTERFACE_STATE after START answered with the stale
+                   CONFIG_UNLOCKED from before LOCK: START fails EPROTO while the
+                   device's TDI is RUN; unbind (STOP) brings it to CONFIG_UNLOCKED
   tdi_error        device TDI forced to ERROR before START: START fails EIO (TDISP_ERROR
                    INVALID_INTERFACE_STATE), device TDI ERROR; unbind (STOP from ERROR:
                    CONFIG_UNLOCKED), disconnect, reconnect, RUN again
@@ -82,6 +85,10 @@ STEPS = [
     Step("wrong_nonce", {"kind": "wrong_nonce"}, "fail_wrong_nonce", "start", errno.EACCES,
          "start failed at START_INTERFACE_REQUEST: device answered TDISP_ERROR "
          "INVALID_NONCE (0x102)"),
+    Step("state_replay", {"kind": "replay", "match": "GET_DEVICE_INTERFACE_STATE", "nth": 2},
+         "fail_state_replay", "start", errno.EPROTO,
+         "start failed at GET_DEVICE_INTERFACE_STATE: TDI 01:00.0 in CONFIG_UNLOCKED after "
+         "START"),
     Step("tdi_error", {"kind": "tdi_error", "match": "START_INTERFACE_REQUEST"},
          "fail_tdi_error", "start", errno.EIO,
          "start failed at START_INTERFACE_REQUEST: device answered TDISP_ERROR "
@@ -232,6 +239,15 @@ def test_tdisp_steps_fail_with_the_errno_of_each_fault(vm_env: VmEnv, workdir: P
     assert v("wrong_nonce_stop") == "0 ok"
     to_run("clean_wrong_nonce")
 
+    # state_replay: the TSM refuses START's outcome, the device did start.
+    assert v("state_replay_lock") == "0 ok"
+    failed("fail_state_replay", errno.EPROTO)
+    assert v("fail_state_replay_bound") == "tsm0"
+    assert host.tdi["state_replay"]["state"] == "RUN", host.tdi["state_replay"]
+    assert v("state_replay_stop") == "0 ok"
+    assert host.tdi["state_replay_stopped"]["state"] == "CONFIG_UNLOCKED"
+    to_run("clean_state_replay")
+
     # tdi_error: START refused, the device's TDI is ERROR; STOP, reconnect, RUN.
     assert v("tdi_error_lock") == "0 ok"
     failed("fail_tdi_error", errno.EIO)
@@ -243,8 +259,9 @@ def test_tdisp_steps_fail_with_the_errno_of_each_fault(vm_env: VmEnv, workdir: P
     to_run("clean_tdi_error")
     assert v("disconnect") == "0 ok" and v("authenticated_after") == ""
 
-    # The device's TDI history: RUN after every failure (six clean paths).
-    assert sum(1 for e in history if e["new"] == "RUN") == len(STEPS), history
+    # The device's TDI history: RUN after every failure (one clean path per step),
+    # plus the START state_replay made the TSM refuse.
+    assert sum(1 for e in history if e["new"] == "RUN") == len(STEPS) + 1, history
     assert any(e["new"] == "ERROR" for e in history), history
 
     # One vtsm failure line per failing step, in order: the op, the errno, the reason.

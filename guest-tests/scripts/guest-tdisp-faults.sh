@@ -32,6 +32,11 @@ to_run() {
 	r "${1}_bound_after" "$(rd $E/tsm/bound)"
 }
 
+# vtsm's failure lines are pci_err(): keep them off the console, where the kernel may
+# print them into the middle of a result line (init dumps dmesg at the end anyway).
+loglevel=$(cut -f1 /proc/sys/kernel/printk)
+echo 1 > /proc/sys/kernel/printk
+
 insmod /modules/vtsm.ko && r insmod ok
 r bar0 "$(head -n 1 $E/resource)"
 
@@ -78,6 +83,18 @@ snap wrong_nonce
 w wrong_nonce_stop $EP $M/tdi_stop
 to_run clean_wrong_nonce
 
+# GET_DEVICE_INTERFACE_STATE after START answered with the one from before LOCK
+# (replayed, re-sealed): START fails though the device's TDI is RUN; unbind (STOP).
+arm state_replay
+w state_replay_lock $EP $M/tdi_lock
+report state_replay_report
+w fail_state_replay $EP $M/tdi_start
+r fail_state_replay_bound "$(rd $E/tsm/bound)"
+snap state_replay
+w state_replay_stop $EP $M/tdi_stop
+snap state_replay_stopped
+to_run clean_state_replay
+
 # The device's TDI goes to ERROR before START_INTERFACE_REQUEST.  Recovery: unbind
 # (STOP from ERROR), disconnect, reconnect, then to RUN.
 arm tdi_error
@@ -95,3 +112,4 @@ to_run clean_tdi_error
 w disconnect tsm0 $E/tsm/disconnect
 r authenticated_after "$(rd $E/authenticated)"
 rmmod vtsm && r rmmod ok
+echo "$loglevel" > /proc/sys/kernel/printk

@@ -663,7 +663,7 @@ class TsmModel:
                                                     t.get_state())))
         rec.move(state, self.config.clock(), "START_INTERFACE_RESPONSE")
         if state != TdiState.RUN:
-            raise TsmStateError(f"TDI {rec.interface_id} in {state.name} after START")
+            raise TsmStateError(f"TDI {rec.interface_id} in {state.name}{_AFTER_START}")
         p.log(f"TDI {rec.interface_id}: RUN")
         return state.name
 
@@ -757,6 +757,8 @@ _AUTHENTICATION_FAILURES = ("signature verification failed", "VerifyData mismatc
 # A secured record whose AEAD tag does not verify ("cannot authenticate response
 # record"): -EBADMSG, as the kernel's AEAD decryption reports a bad tag.
 _RECORD_FAILURES = ("cannot authenticate",)
+# The end of the TsmStateError `_start` raises when the TDI is not in RUN after START.
+_AFTER_START = " after START"
 # TDISP_ERROR codes (§11.3.17) that say more than "the device refused": a Busy TDI is
 # worth retrying (as SPDM Busy), and a START_INTERFACE_NONCE the device does not accept
 # is a refused credential -- START was not authorised -- not a device failure.
@@ -777,6 +779,7 @@ def errno_of(error: BaseException) -> int:
     TDISP_ERROR BUSY (the TDI is busy: try again, like SPDM Busy)     -EBUSY
     TDISP_ERROR INVALID_NONCE (START's nonce refused by the device)   -EACCES
     other SPDM ERROR, TDISP_ERROR, KP_ACK status (a device refusal)   -EIO
+    after START the device reports a state other than RUN    -EPROTO (ERROR: -EIO)
     TSM state (not connected / bad request)                  -ENOTCONN / -EINVAL
     anything else                                                     -EIO
     """
@@ -787,7 +790,12 @@ def errno_of(error: BaseException) -> int:
     if isinstance(error, (CertificateError, PolicyViolation, ReportMismatch)):
         return -errno.EACCES
     if isinstance(error, TsmStateError):
-        return -errno.ENOTCONN if "not connected" in str(error) else -errno.EINVAL
+        text = str(error)
+        if text.endswith(_AFTER_START):
+            # START was acknowledged, yet the device reports another state: a device
+            # gone to ERROR failed (-EIO); any other state contradicts its own answer.
+            return -errno.EIO if text.endswith(f" ERROR{_AFTER_START}") else -errno.EPROTO
+        return -errno.ENOTCONN if "not connected" in text else -errno.EINVAL
     if isinstance(error, ErrorResponse):
         return -errno.EBUSY if error.code == SpdmErrorCode.BUSY else -errno.EIO
     if isinstance(error, TdispErrorResponse):

@@ -12,7 +12,7 @@ import pytest
 
 from tdisp.errors import IdeKmStatusError, TdispErrorResponse
 from tdisp.tdisp_codes import ErrorCode, TdiState
-from tdisp.tsm.model import errno_of
+from tdisp.tsm.model import TsmStateError, errno_of
 
 from .test_message_faults import Rig
 
@@ -66,3 +66,32 @@ def test_kp_ack_failure_status_stays_eio(state_dir: Path) -> None:
 def test_tdisp_error_codes(code: ErrorCode, expected: int) -> None:
     assert errno_of(TdispErrorResponse(code, code.name, 0, b"")) == expected
     assert errno_of(IdeKmStatusError(2, "UNSUPPORTED_PORT_INDEX")) == -errno.EIO
+
+
+def test_stale_state_after_start_is_eproto(state_dir: Path) -> None:
+    # The second GET_DEVICE_INTERFACE_STATE (after START) answered with the first one
+    # (before LOCK): START was acknowledged, the device says CONFIG_UNLOCKED.
+    rig = Rig(state_dir, "replay:GET_DEVICE_INTERFACE_STATE:nth=2")
+    tsm = rig.tsm()
+    results = rig.to_run(tsm)
+    assert [r.ok for r in results] == [True, True, True, False]
+    assert "CONFIG_UNLOCKED after START" in results[3].reason
+    assert results[3].errno == -errno.EPROTO
+    assert rig.device.tdi.state == TdiState.RUN  # the device did start
+    # The TSM now believes CONFIG_UNLOCKED, so only an explicit STOP (vtsm's unbind)
+    # brings the device's TDI back before the session ends.
+    assert rig.run(tsm.stop(0)).ok
+    assert rig.device.tdi.state == TdiState.CONFIG_UNLOCKED
+    rig.run(tsm.disconnect())
+    rig.clean_run()
+
+
+@pytest.mark.parametrize("state, expected", [
+    ("CONFIG_UNLOCKED", -errno.EPROTO), ("CONFIG_LOCKED", -errno.EPROTO),
+    ("ERROR", -errno.EIO),
+])
+def test_state_after_start(state: str, expected: int) -> None:
+    assert errno_of(TsmStateError(f"TDI 01:00.0 in {state} after START")) == expected
+    assert errno_of(TsmStateError("not connected (run connect first)")) == -errno.ENOTCONN
+    assert errno_of(TsmStateError("TDI 01:00.0: no accepted interface report "
+                                  "(run report first)")) == -errno.EINVAL
