@@ -52,3 +52,4 @@ def test_doe_throughput_moves_objects_of_the_stated_sizes(tmp_path: Path) -> Non
     # 4 KiB response = 1024 DWs, each read and acknowledged: > 2048 config accesses.
     assert out["4KiB"]["config_accesses_per_exchange"] > 2048
     assert out["64B"]["config_accesses_per_exchange"] < 64
+    assert out["same_cpu"]["4KiB"]["objects"] >= 5
