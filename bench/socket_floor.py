@@ -8,8 +8,9 @@ so `make bench` can show how much of the config-access latency is ours:
   client sends 32 bytes and reads the 36-byte reply as header then body with
   `recvmsg`; the server waits in an asyncio loop (`add_reader`), reads header
   then body with `recvmsg` and replies with one `send`.
-* `c_client_asyncio_vfio_user_shape`: the same asyncio server, with the C client
-  of bench/vfio_user_rtt.c (QEMU's side is C too) instead of Python.
+* `c_client_asyncio_vfio_user_shape` / `c_client_blocking`: the asyncio and the
+  blocking server, with the C client of bench/vfio_user_rtt.c (QEMU's side is C
+  too) instead of Python; their difference is what asyncio's wake-up costs.
 """
 
 from __future__ import annotations
@@ -87,14 +88,14 @@ def _ping_pong(shaped: bool, n: int) -> list[int]:
     return samples
 
 
-def _c_ping_pong(exe: Path, n: int) -> list[int]:
-    """The C client (bench/vfio_user_rtt.c) against the asyncio server above."""
+def _c_ping_pong(exe: Path, n: int, shaped: bool = True) -> list[int]:
+    """The C client (bench/vfio_user_rtt.c) against one of the servers above."""
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - child
         a.close()
         try:
-            _asyncio_server(b)
+            (_asyncio_server if shaped else _blocking_server)(b)
         finally:
             os._exit(0)
     b.close()
@@ -115,7 +116,8 @@ def run_socket_floor(n: int = 20000, warmup: int = 2000,
         "asyncio_vfio_user_shape": _percentiles(_ping_pong(True, n + warmup)[warmup:]),
     }
     exe = build_c_client(workdir) if workdir is not None else "skipped: no work directory"
-    out["c_client_asyncio_vfio_user_shape"] = (
-        _percentiles(_c_ping_pong(exe, n + warmup)[warmup:]) if isinstance(exe, Path)
-        else {"skipped": exe})
+    for name, shaped in (("c_client_asyncio_vfio_user_shape", True),
+                         ("c_client_blocking", False)):
+        out[name] = (_percentiles(_c_ping_pong(exe, n + warmup, shaped)[warmup:])
+                     if isinstance(exe, Path) else {"skipped": exe})
     return out
