@@ -142,6 +142,10 @@ class TdiRecord:
     report: InterfaceReport | None = None
     report_check: str | None = None
     report_ok: bool = False
+    # The session in which this TSM locked the TDI, until a STOP: disconnect stops such a
+    # TDI whatever its last state read said (a stale or forged DEVICE_INTERFACE_STATE
+    # must not leave it locked or running on the device).
+    locked_by: int | None = None
     nonce: bytes | None = field(default=None, repr=False)
 
     def move(self, state: TdiState, t: float, reason: str) -> None:
@@ -613,6 +617,7 @@ class TsmModel:
         rec.report_check = None
         rec.expected = tuple(expected) if expected is not None else None
         rec.move(TdiState.CONFIG_LOCKED, self.config.clock(), "LOCK_INTERFACE_RESPONSE")
+        rec.locked_by = self._session_id
         p.log(f"TDI {rec.interface_id}: CONFIG_LOCKED (flags {ev.lock_flags(flags)}, "
               f"default stream {stream_id})")
         return rec.state.name if rec.state else None
@@ -672,6 +677,7 @@ class TsmModel:
         p.enter("tdisp", "STOP_INTERFACE_REQUEST")
         t = TdispRequester(rec.interface_id)
         t.parse_stop((yield from self._vdm(p, "STOP_INTERFACE_REQUEST", t.stop())))
+        rec.locked_by = None
         rec.nonce = None
         rec.report_ok = False
         state = t.parse_state((yield from self._vdm(p, "GET_DEVICE_INTERFACE_STATE",
@@ -715,7 +721,8 @@ class TsmModel:
             # session ended, or the session would be left open on the device.
             p.enter("tdisp")
             for rec in self.tdis.values():
-                if rec.state in (TdiState.CONFIG_LOCKED, TdiState.RUN, TdiState.ERROR):
+                if rec.state in (TdiState.CONFIG_LOCKED, TdiState.RUN, TdiState.ERROR) \
+                        or rec.locked_by == sid:
                     try:
                         yield from self._stop(p, rec)
                     except _DEVICE_REFUSALS as exc:
