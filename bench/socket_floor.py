@@ -10,7 +10,8 @@ so `make bench` can show how much of the config-access latency is ours:
   then body with `recvmsg` and replies with one `send`.
 * `c_client_asyncio_vfio_user_shape` / `c_client_blocking`: the asyncio and the
   blocking server, with the C client of bench/vfio_user_rtt.c (QEMU's side is C
-  too) instead of Python; their difference is what asyncio's wake-up costs.
+  too) instead of Python, both on one CPU; their difference is what asyncio's
+  wake-up costs.
 """
 
 from __future__ import annotations
@@ -88,13 +89,15 @@ def _ping_pong(shaped: bool, n: int) -> list[int]:
     return samples
 
 
-def _c_ping_pong(exe: Path, n: int, shaped: bool = True) -> list[int]:
-    """The C client (bench/vfio_user_rtt.c) against one of the servers above."""
+def _c_ping_pong(exe: Path, n: int, shaped: bool, cpu: int) -> list[int]:
+    """The C client (bench/vfio_user_rtt.c) against one of the servers above, both
+    pinned to `cpu` (what vfio_user_c's `same_cpu` figure is compared with)."""
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - child
         a.close()
         try:
+            os.sched_setaffinity(0, {cpu})
             (_asyncio_server if shaped else _blocking_server)(b)
         finally:
             os._exit(0)
@@ -102,7 +105,7 @@ def _c_ping_pong(exe: Path, n: int, shaped: bool = True) -> list[int]:
     try:
         proc = subprocess.run([str(exe), str(a.fileno()), str(n), _REQ.hex(), _REP.hex()],
                               pass_fds=(a.fileno(),), capture_output=True, text=True,
-                              check=True)
+                              check=True, preexec_fn=lambda: os.sched_setaffinity(0, {cpu}))
     finally:
         a.close()
         os.waitpid(pid, 0)
@@ -116,8 +119,14 @@ def run_socket_floor(n: int = 20000, warmup: int = 2000,
         "asyncio_vfio_user_shape": _percentiles(_ping_pong(True, n + warmup)[warmup:]),
     }
     exe = build_c_client(workdir) if workdir is not None else "skipped: no work directory"
+    cpus = sorted(os.sched_getaffinity(0))[:2]
     for name, shaped in (("c_client_asyncio_vfio_user_shape", True),
                          ("c_client_blocking", False)):
-        out[name] = (_percentiles(_c_ping_pong(exe, n + warmup, shaped)[warmup:])
-                     if isinstance(exe, Path) else {"skipped": exe})
+        if not isinstance(exe, Path):
+            out[name] = {"skipped": exe}
+            continue
+        # Best of the CPUs, as for the pinned config reads: others' work may hold one.
+        tried = [dict(_percentiles(_c_ping_pong(exe, n + warmup, shaped, c)[warmup:]), cpu=c)
+                 for c in cpus]
+        out[name] = min(tried, key=lambda r: r["p50_us"])
     return out
