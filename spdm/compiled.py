@@ -19,6 +19,7 @@ what a message means.
 from __future__ import annotations
 
 import struct
+from io import BytesIO
 from typing import Any
 
 import construct
@@ -46,6 +47,15 @@ def read_exact(io: Any, length: int) -> bytes:
             f"stream read less than specified amount, expected {length}, found {len(data)}"
         )
     return data
+
+
+def unpack_exact(packer: struct.Struct, io: Any) -> Any:
+    """FormatField: read_exact and unpack in one call (one per field on the hot path)."""
+    data = io.read(packer.size)
+    if len(data) != packer.size:
+        raise StreamError(f"stream read less than specified amount, expected {packer.size}, "
+                          f"found {len(data)}")
+    return packer.unpack(data)[0]
 
 
 def write_exact(io: Any, data: Any, length: int) -> Any:
@@ -126,8 +136,8 @@ def parse_const(obj: Any, value: Any) -> Any:
     return obj
 
 
-_IMPORT = "from spdm.compiled import (read_exact, write_exact, write_greedy, pack_field, " \
-    "parse_int, build_int, array_count, array_items, const_value, parse_const)"
+_IMPORT = "from spdm.compiled import (read_exact, unpack_exact, write_exact, write_greedy, " \
+    "pack_field, parse_int, build_int, array_count, array_items, const_value, parse_const)"
 
 
 # --- the fields -------------------------------------------------------------------------------
@@ -138,7 +148,7 @@ class FormatField(construct.FormatField):  # type: ignore[misc]
         code.append(_IMPORT)
         name = f"formatfield_{code.allocateId()}"
         code.append(f"{name} = struct.Struct({self.fmtstr!r})")
-        return f"{name}.unpack(read_exact(io, {self.length}))[0]"
+        return f"unpack_exact({name}, io)"
 
     def _emitbuild(self, code: Any) -> str:
         code.append(_IMPORT)
@@ -254,6 +264,35 @@ def checked(fmt: Any) -> bool:
     return checked(fmt.subcon)
 
 
+def parse_stream(fmt: Any, stream: Any, params: dict[str, Any]) -> Any:
+    """`compiled(fmt).parse_stream(stream, **params)` without construct's entry layers
+    (a Container built attribute by attribute, then two calls), which cost as much as
+    parsing a small message."""
+    fast = compiled(fmt)
+    if type(fast) is not construct.Compiled:
+        return fast.parse_stream(stream, **params)
+    return fast.parsefunc(stream, _context(params, parsing=True))
+
+
+def build(fmt: Any, obj: Any, params: dict[str, Any]) -> bytes:
+    """`compiled(fmt).build(obj, **params)`, likewise."""
+    fast = compiled(fmt)
+    if type(fast) is not construct.Compiled:
+        out: bytes = fast.build(obj, **params)
+        return out
+    stream = BytesIO()
+    fast.buildfunc(obj, stream, _context(params, parsing=False))
+    return stream.getvalue()
+
+
+def _context(params: dict[str, Any], *, parsing: bool) -> Any:
+    # What Construct.parse_stream / build_stream set up for the top level.
+    ctx = Container(params)
+    ctx["_parsing"], ctx["_building"], ctx["_sizing"] = parsing, not parsing, False
+    ctx["_params"] = ctx
+    return ctx
+
+
 def compiled(fmt: Any) -> Any:
     """The compiled twin of a declaration, or the declaration itself when it has a field
     whose generated code would skip a check (see `checked`).  Cached per declaration."""
@@ -267,5 +306,6 @@ def compiled(fmt: Any) -> Any:
 
 __all__ = [
     "Array", "Bytes", "BytesInteger", "Const", "Container", "FormatField", "GreedyBytes",
-    "Int8ul", "Int16ul", "Int24ul", "Int32ul", "Interpreted", "checked", "compiled",
+    "Int8ul", "Int16ul", "Int24ul", "Int32ul", "Interpreted", "build", "checked", "compiled",
+    "parse_stream",
 ]

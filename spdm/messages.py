@@ -45,6 +45,8 @@ from spdm.compiled import (
     Interpreted,
     compiled,
 )
+from spdm.compiled import build as compiled_build
+from spdm.compiled import parse_stream as compiled_parse
 
 MEASUREMENT_BLOCK_HEADER_SIZE = 4
 HEADER_SIZE = 4
@@ -447,7 +449,7 @@ def decode(fmt: Any, data: bytes, *, dword_padding: bool = False, **params: int)
     ctx = {**_DEFAULT_PARAMS, **params}
     stream = io.BytesIO(data)
     try:
-        parsed = compiled(fmt).parse_stream(stream, **ctx)
+        parsed = compiled_parse(fmt, stream, ctx)
     except ConstructError as exc:
         raise MessageFormatError(str(exc).splitlines()[0]) from exc
     except (TypeError, ValueError) as exc:  # e.g. negative computed sizes
@@ -464,7 +466,7 @@ def decode(fmt: Any, data: bytes, *, dword_padding: bool = False, **params: int)
 def encode(fmt: Any, fields: dict[str, Any], **params: int) -> bytes:
     ctx = {**_DEFAULT_PARAMS, **params}
     try:
-        out: bytes = compiled(fmt).build(fields, **ctx)
+        out = compiled_build(fmt, fields, ctx)
     except ConstructError as exc:
         raise MessageFormatError(str(exc).splitlines()[0]) from exc
     return out

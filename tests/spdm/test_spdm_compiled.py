@@ -9,6 +9,7 @@ wrong length, Array counts and Const values.
 
 from __future__ import annotations
 
+from io import BytesIO
 from typing import Any
 
 import construct
@@ -17,7 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spdm import messages
+from spdm.compiled import build as compiled_build
 from spdm.compiled import compiled
+from spdm.compiled import parse_stream as compiled_parse
 from spdm.secured_message import RecordHeader
 
 FORMATS = {name: obj for name, obj in vars(messages).items() if isinstance(obj, construct.Struct)}
@@ -58,12 +61,14 @@ def test_parse_and_rebuild_agree(name: str, data: bytes, ctx: dict[str, int]) ->
         if code is not None:
             data = data[:1] + bytes([int(code)]) + data[2:]
     slow = _outcome(lambda: fmt.parse(data, **ctx))
-    fast = _outcome(lambda: compiled(fmt).parse(data, **ctx))
-    assert slow == fast
+    assert slow == _outcome(lambda: compiled(fmt).parse(data, **ctx))
+    # decode()'s entry point, which skips construct's own parse_stream.
+    assert slow == _outcome(lambda: compiled_parse(fmt, BytesIO(data), ctx))
     if slow[0] == "ok":
         fields = dict(slow[1])
-        assert _outcome(lambda: fmt.build(fields, **ctx)) == \
-            _outcome(lambda: compiled(fmt).build(fields, **ctx))
+        built = _outcome(lambda: fmt.build(fields, **ctx))
+        assert built == _outcome(lambda: compiled(fmt).build(fields, **ctx))
+        assert built == _outcome(lambda: compiled_build(fmt, fields, ctx))
 
 
 @pytest.mark.parametrize("fields", [
