@@ -68,8 +68,12 @@ class MailboxDriver:
         return status
 
     def start(self, op: Op, segment: int = 0, bus: int = 1, devfn: int = 0,
-              wait: bool = True) -> Status:
+              wait: bool = True, data: bytes = b"") -> Status:
+        """`data`: IN bytes for the operation (LOCK's BAR records, version 1.1)."""
         self.wr32(REG_TARGET, pack_target(segment, bus, devfn))
+        if data:
+            self.write(IN_WINDOW, data)
+            self.wr32(REG_IN_LEN, len(data))
         return self.ring(op, wait)
 
     def request(self) -> tuple[int, bytes]:
@@ -89,9 +93,9 @@ class MailboxDriver:
         data = self.read(OUT_WINDOW, self.rd32(REG_OUT_LEN)) if status == Status.DONE else b""
         return Outcome(status, to_s32(self.rd32(REG_RESULT)), reason, data, self.rd32(REG_ERROR))
 
-    def run(self, op: Op, doe: Callable[[int, bytes], bytes]) -> Outcome:
+    def run(self, op: Op, doe: Callable[[int, bytes], bytes], data: bytes = b"") -> Outcome:
         """One whole operation on 0000:01:00.0, answering DOE requests with `doe(type, payload)`."""
-        status = self.start(op)
+        status = self.start(op, data=data)
         while status == Status.DOE_REQUEST:
             status = self.respond(doe(*self.request()))
         return self.outcome()

@@ -155,10 +155,11 @@ class TracedBackend:
         self._op = ""
         self._request: tuple[int, bytes] | None = None
 
-    def start(self, op: Any, target: Any) -> Any:
+    def start(self, op: Any, target: Any, **kwargs: Any) -> Any:
+        # kwargs: e.g. LOCK's mmio=BAR records (mailbox 1.1), passed on unchanged.
         self._op = getattr(op, "name", str(op))
         self.tracer.state(f"TSM {self._op} {target}", msg="TSM_OP", proto="tsm")
-        return self._after(self.backend.start(op, target))
+        return self._after(self.backend.start(op, target, **kwargs))
 
     def doe_response(self, payload: bytes) -> Any:
         if self._request is not None:

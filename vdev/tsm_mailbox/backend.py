@@ -5,7 +5,7 @@ behind `TsmBackend`.  A backend never does I/O: the device starts an
 operation, the backend answers with an action, the device relays DOE
 requests to the guest and feeds back what came of them:
 
-    action = backend.start(Op.CONNECT, target)
+    action = backend.start(Op.CONNECT, target)         # LOCK: also mmio=(LockBar, ...)
     while isinstance(action, DoeRequest):
         ... the guest runs the DOE exchange ...
         action = backend.doe_response(payload)        # or transport_error(-errno)
@@ -15,6 +15,11 @@ requests to the guest and feeds back what came of them:
 guest driver returns from the PCI/TSM op (e.g. -EACCES for a rejected
 certificate chain, -EIO for a broken exchange).  `reason` is one human line
 that ends up in the guest's dmesg; it must never carry key material.
+
+`mmio` (version 1.1, LOCK only, never empty when given): the TDI's memory
+BARs as the guest sees them, already validated by the device; the TSM checks
+the interface report against them.  A backend started without `mmio` (a 1.0
+guest, or IN_LEN=0) does not check the report.
 
 `ScriptedBackend` replays fixed request lists (tests, `vdev tsm serve
 --scripted`); `EchoBackend` and `FailingBackend` are small fault helpers.
@@ -30,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from vdev.tsm_mailbox.protocol import TSM_OPS, Op
+from vdev.tsm_mailbox.protocol import TSM_OPS, LockBar, Op
 
 
 @dataclass(frozen=True)
@@ -77,8 +82,9 @@ Action = DoeRequest | Done
 class TsmBackend(Protocol):
     """A platform TSM, driven one step at a time by the mailbox device."""
 
-    def start(self, op: Op, target: TargetFunction) -> Action:
-        """Begin `op` on `target`; any operation still in flight is abandoned."""
+    def start(self, op: Op, target: TargetFunction, *, mmio: Sequence[LockBar] = ()) -> Action:
+        """Begin `op` on `target`; any operation still in flight is abandoned.  `mmio`:
+        LOCK's BAR records (see the module docstring)."""
 
     def doe_response(self, payload: bytes) -> Action:
         """The response to the last DoeRequest."""
@@ -141,13 +147,18 @@ class ScriptedBackend:
     on_exchange: Callable[[Exchange], None] | None = None
     exchanges: list[Exchange] = field(default_factory=list)
     results: list[tuple[Op, TargetFunction, Done]] = field(default_factory=list)
+    #: every start that carried BAR records: (op, target, records)
+    mmio_seen: list[tuple[Op, TargetFunction, tuple[LockBar, ...]]] = field(
+        default_factory=list)
     aborted: int = 0
     _starts: dict[Op, int] = field(default_factory=dict)
     _run: _Run | None = None
 
-    def start(self, op: Op, target: TargetFunction) -> Action:
+    def start(self, op: Op, target: TargetFunction, *, mmio: Sequence[LockBar] = ()) -> Action:
         if self._run is not None:
             self.abort()
+        if mmio:
+            self.mmio_seen.append((op, target, tuple(mmio)))
         scripts = self.scripts.get(op, ())
         if not scripts:
             return self._finish(op, target, Done(-errno.EOPNOTSUPP, f"no script for {op.name}"))
@@ -238,7 +249,7 @@ class EchoBackend:
     request: DoeRequest
     aborted: int = 0
 
-    def start(self, op: Op, target: TargetFunction) -> Action:
+    def start(self, op: Op, target: TargetFunction, *, mmio: Sequence[LockBar] = ()) -> Action:
         return self.request
 
     def doe_response(self, payload: bytes) -> Action:
@@ -254,7 +265,7 @@ class EchoBackend:
 class FailingBackend:
     """A backend with a bug: raises from every call (the device must survive it)."""
 
-    def start(self, op: Op, target: TargetFunction) -> Action:
+    def start(self, op: Op, target: TargetFunction, *, mmio: Sequence[LockBar] = ()) -> Action:
         raise RuntimeError("backend bug on start")
 
     def doe_response(self, payload: bytes) -> Action:

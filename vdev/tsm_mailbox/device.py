@@ -72,8 +72,11 @@ from vdev.tsm_mailbox.protocol import (
     TSM_OPS,
     WINDOW_SIZE,
     ErrorCode,
+    LockBar,
+    LockDataError,
     Op,
     Status,
+    parse_lock_bars,
     to_s32,
     unpack_target,
 )
@@ -213,6 +216,9 @@ class TsmMailboxDevice:
     # ---- doorbell --------------------------------------------------------------
 
     def _doorbell(self, value: int, byte_enable: int) -> None:
+        # Every doorbell consumes IN_LEN (protocol.py): a 1.0 driver never leaves
+        # the length of its last DOE response behind for a LOCK.
+        length, self._in_len.value = self._in_len.value, 0
         if byte_enable != 0xFFFF_FFFF or value != DOORBELL_RING:
             self._fail(ErrorCode.BAD_DOORBELL, f"doorbell written with {value:#x}/{byte_enable:#x}")
             return
@@ -231,19 +237,45 @@ class TsmMailboxDevice:
             self._fail(code, f"{op.name} while {self.status.name}")
             return
         if event is Event.START:
-            self._start(op)
+            self._start(op, length)
         else:
-            self._respond()
+            self._respond(length)
 
-    def _start(self, op: Op) -> None:
+    def _start(self, op: Op, length: int) -> None:
+        bars = self._lock_data(op, length)
+        if bars is None:
+            return
         seg, bus, devfn = unpack_target(self._target_reg.value)
         target = TargetFunction(seg, bus, devfn)
         self._op, self._target = op, target
-        log.info("TSM %s %s", op.name, target)
-        self._step(lambda: self.backend.start(op, target))
+        if bars:
+            log.info("TSM %s %s, guest BARs %s", op.name, target,
+                     ", ".join(f"{b.index}:{b.base:#x}+{b.size:#x}" for b in bars))
+            self._step(lambda: self.backend.start(op, target, mmio=bars))
+        else:
+            log.info("TSM %s %s", op.name, target)
+            self._step(lambda: self.backend.start(op, target))
 
-    def _respond(self) -> None:
-        length, rc = self._in_len.value, to_s32(self._in_rc.value)
+    def _lock_data(self, op: Op, length: int) -> tuple[LockBar, ...] | None:
+        """The BAR records a LOCK carries in IN (none with IN_LEN=0), or None after
+        failing the doorbell for malformed data or data given to another operation."""
+        if not length:
+            return ()
+        if op is not Op.LOCK:
+            self._fail(ErrorCode.BAD_LENGTH, f"{op.name} takes no IN data (IN_LEN {length})")
+            return None
+        if length > WINDOW_SIZE:
+            self._fail(ErrorCode.BAD_LENGTH,
+                       f"IN_LEN {length} exceeds the {WINDOW_SIZE}-byte window")
+            return None
+        try:
+            return parse_lock_bars(bytes(self._in[:length]))
+        except LockDataError as exc:
+            self._fail(exc.code, str(exc))
+            return None
+
+    def _respond(self, length: int) -> None:
+        rc = to_s32(self._in_rc.value)
         if length > WINDOW_SIZE:
             self._fail(ErrorCode.BAD_LENGTH,
                        f"IN_LEN {length} exceeds the {WINDOW_SIZE}-byte window")

@@ -7,6 +7,9 @@ The model drives one operation as an object with `done`, `next_request`
 so a failed result maps to -EIO unless the result carries an `errno`
 attribute; the reason text goes to the guest unchanged.  DONE data: see
 `_result_data`.  A request's `delay_us` (SPDM ResponseNotReady) is passed on.
+LOCK's BAR records (mailbox 1.1) reach the model's start function as
+`start(op, target, mmio=records)`; without records it is called as
+`start(op, target)`, so a two-argument start function serves 1.0 guests.
 Only structural typing is used, so this module does not import tdisp.
 """
 
@@ -14,11 +17,11 @@ from __future__ import annotations
 
 import errno
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from vdev.tsm_mailbox.backend import Action, DoeRequest, Done, TargetFunction
-from vdev.tsm_mailbox.protocol import Op
+from vdev.tsm_mailbox.protocol import LockBar, Op
 
 
 class ModelRequest(Protocol):
@@ -57,7 +60,8 @@ class ModelOperation(Protocol):
     def fail(self, cause: int | str) -> None: ...
 
 
-StartOperation = Callable[[Op, TargetFunction], ModelOperation]
+StartOperation = Callable[..., ModelOperation]
+"""`start(op, target)`, or `start(op, target, mmio=records)` for a LOCK with BARs."""
 
 
 def _json(obj: object) -> bytes:
@@ -92,8 +96,11 @@ class OperationBackend:
         self._op: ModelOperation | None = None
         self._current: tuple[Op, TargetFunction] | None = None
 
-    def start(self, op: Op, target: TargetFunction) -> Action:
-        self._op = self._start_operation(op, target)
+    def start(self, op: Op, target: TargetFunction, *, mmio: Sequence[LockBar] = ()) -> Action:
+        if mmio:
+            self._op = self._start_operation(op, target, mmio=tuple(mmio))
+        else:
+            self._op = self._start_operation(op, target)
         self._current = (op, target)
         return self._action()
 

@@ -11,12 +11,13 @@ any access size works (bytes are assembled from the registers they cover).
 
   Offset    Name         Access  Meaning
   0x0000    ID           RO      0x4D535456, the bytes "VTSM" in memory order
-  0x0004    VERSION      RO      protocol version, major << 16 | minor (1.0)
+  0x0004    VERSION      RO      protocol version, major << 16 | minor (1.1)
   0x0008    WINDOW_SIZE  RO      bytes in each data window (0x100000)
   0x000C    REASON_MAX   RO      bytes in the REASON area (256)
   0x0010    OP           RW      operation the next doorbell runs (Op)
   0x0014    TARGET       RW      segment[31:16] | bus[15:8] | devfn[7:0]
-  0x0018    IN_LEN       RW      DOE_RESPONSE: bytes the guest placed in IN
+  0x0018    IN_LEN       RW      DOE_RESPONSE, LOCK (1.1): bytes the guest placed in IN;
+                                 every doorbell consumes it (reads 0 afterwards)
   0x001C    IN_RC        RW      DOE_RESPONSE: s32, 0 or the -errno of the transfer
   0x0020    DOORBELL     WO      write DOORBELL_RING (1) to run OP; reads 0
   0x0024    STATUS       RO      Status
@@ -54,7 +55,31 @@ Operation flow (one TSM operation):
   guest: IN=response, IN_LEN, IN_RC=0, OP=DOE_RESPONSE, ring
                                           -> STATUS=DOE_REQUEST ... or DONE(RESULT, REASON, OUT)
 
-Misbehaviour (unknown OP, IN_LEN > window, DOE_RESPONSE when none was
+LOCK data (version 1.1).  With OP=LOCK the guest may describe the TDI's
+memory BARs as it sees them, so the TSM can check the interface report
+against them (PCIe 6.2 §11.3.11: each MMIO range's Range ID names a BAR,
+its FIRST_PAGE is the BAR's address plus the lock's reporting offset).  IN
+holds IN_LEN / 24 `LockBarRecord`s:
+
+  Offset  Size  Field
+  0       1     index     BAR number, 0..5 (a 64-bit BAR: its lower number)
+  1       7     reserved  must be 0
+  8       8     base      the BAR's address (little-endian u64)
+  16      8     size      the BAR's length in bytes, non-zero
+
+at most one record per BAR, at most 6 records, base + size within 2^64.
+The TSM then refuses (REPORT: RESULT -EACCES, REASON naming the range) a
+report whose MMIO ranges do not tile exactly those BARs, and START without
+an accepted report.  IN_LEN=0 is version 1.0's LOCK: no expectations, the
+report is not checked.  A malformed list is a guest mistake (ERROR
+BAD_LENGTH or BAD_DATA, no LOCK is sent).  Other TSM operations take no
+data (IN_LEN must be 0).  Because every doorbell clears IN_LEN, a 1.0
+driver, which writes IN_LEN only for DOE_RESPONSE, never leaves a stale
+length behind for its next LOCK; a driver reads VERSION and sends LOCK data
+only to a mailbox of version 1.1 or later.
+
+Misbehaviour (unknown OP, IN_LEN > window, malformed LOCK data, data for
+another operation, DOE_RESPONSE when none was
 requested, a new operation while one waits for a DOE response, a doorbell
 while BUSY, a partial doorbell write) ends any operation in flight and
 sets STATUS=ERROR with ERROR and REASON saying why.  ABORT always returns
@@ -64,8 +89,9 @@ to IDLE.  The device then accepts a new operation.
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 
-from construct import Int8ul, Int16ul, Struct
+from construct import Bytes, GreedyRange, Int8ul, Int16ul, Int64ul, Struct
 
 # ---- identity --------------------------------------------------------------
 
@@ -79,7 +105,9 @@ MAILBOX_CLASS_CODE = 0x088000
 MAILBOX_REVISION = 0x01
 
 ID_MAGIC = int.from_bytes(b"VTSM", "little")
-PROTOCOL_VERSION = 0x0001_0000
+PROTOCOL_VERSION = 0x0001_0001
+#: The first version whose LOCK takes BAR records in IN.
+VERSION_LOCK_BARS = 0x0001_0001
 
 # ---- BAR0 layout -----------------------------------------------------------
 
@@ -156,6 +184,7 @@ class ErrorCode(enum.IntEnum):
     OUT_OF_ORDER = 3  # DOE_RESPONSE with none requested, or a new op mid-operation
     BUSY = 4  # doorbell while STATUS was BUSY
     BAD_DOORBELL = 5  # doorbell written with another value or a partial write
+    BAD_DATA = 6  # LOCK's BAR records malformed (1.1)
 
 
 # ---- structured fields ---------------------------------------------------
@@ -183,3 +212,77 @@ def to_s32(value: int) -> int:
     """A 32-bit register value read as a signed int (IN_RC, RESULT)."""
     value &= 0xFFFF_FFFF
     return value - (1 << 32) if value & 0x8000_0000 else value
+
+
+# ---- LOCK data (1.1) ------------------------------------------------------
+
+#: Number of standard BARs of a Type 0 function (PCI_STD_NUM_BARS).
+LOCK_BARS_MAX = 6
+
+#: One memory BAR of the TDI as the guest sees it (LOCK data, version 1.1).
+LockBarRecord = Struct(
+    "index" / Int8ul,
+    "reserved" / Bytes(7),
+    "base" / Int64ul,
+    "size" / Int64ul,
+)
+LOCK_BAR_RECORD_SIZE = LockBarRecord.sizeof()  # 24
+
+
+#: The LOCK data: IN_LEN / LOCK_BAR_RECORD_SIZE records, nothing else.
+LockBars = GreedyRange(LockBarRecord)
+
+
+@dataclass(frozen=True)
+class LockBar:
+    """A memory BAR of the TDI: BAR number (= MMIO Range ID), address, length."""
+
+    index: int
+    base: int
+    size: int
+
+
+class LockDataError(ValueError):
+    """Malformed LOCK data; `code` is the ERROR value the mailbox reports."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def build_lock_bars(bars: list[LockBar] | tuple[LockBar, ...]) -> bytes:
+    """IN window bytes for LOCK (no validation: tests build bad lists too)."""
+    data: bytes = LockBars.build(
+        [{"index": b.index, "reserved": bytes(7), "base": b.base, "size": b.size}
+         for b in bars])
+    return data
+
+
+def parse_lock_bars(data: bytes) -> tuple[LockBar, ...]:
+    """The BAR records of a LOCK, validated; raises LockDataError."""
+    if len(data) % LOCK_BAR_RECORD_SIZE:
+        raise LockDataError(ErrorCode.BAD_LENGTH,
+                            f"LOCK data of {len(data)} bytes is not a whole number of "
+                            f"{LOCK_BAR_RECORD_SIZE}-byte BAR records")
+    count = len(data) // LOCK_BAR_RECORD_SIZE
+    if count > LOCK_BARS_MAX:
+        raise LockDataError(ErrorCode.BAD_LENGTH,
+                            f"LOCK data holds {count} BAR records, at most {LOCK_BARS_MAX}")
+    bars: list[LockBar] = []
+    for n, rec in enumerate(LockBars.parse(data)):
+        index, base, size = int(rec.index), int(rec.base), int(rec.size)
+        where = f"LOCK BAR record {n} (BAR{index})"
+        if index >= LOCK_BARS_MAX:
+            raise LockDataError(ErrorCode.BAD_DATA,
+                                f"LOCK BAR record {n}: BAR index {index} is not 0..5")
+        if any(rec.reserved):
+            raise LockDataError(ErrorCode.BAD_DATA, f"{where}: reserved bytes not zero")
+        if size == 0:
+            raise LockDataError(ErrorCode.BAD_DATA, f"{where}: size 0")
+        if base + size > 1 << 64:
+            raise LockDataError(ErrorCode.BAD_DATA,
+                                f"{where}: {base:#x} + {size:#x} wraps past 2^64")
+        if any(b.index == index for b in bars):
+            raise LockDataError(ErrorCode.BAD_DATA, f"{where}: BAR{index} given twice")
+        bars.append(LockBar(index, base, size))
+    return tuple(bars)
