@@ -16,6 +16,11 @@
  * DISCONNECT; bind runs TDISP LOCK, unbind runs STOP; guest_req carries
  * START (state change scope) and REPORT/STATUS (info scope).
  *
+ * LOCK (mailbox 1.1 and later) carries the TDI's memory BARs, so the TSM
+ * checks the interface report against the addresses this kernel assigned:
+ * a report that disagrees fails REPORT with -EACCES and START stays
+ * refused.  A 1.0 mailbox gets LOCK without data (report unchecked).
+ *
  * sysfs on the mailbox device (each drives one operation, serialised):
  *   tdi_lock   (wo)  BDF: pci_tsm_bind() with a host cookie -> LOCK
  *   tdi_start  (wo)  BDF: pci_tsm_guest_req(STATE_CHANGE) -> START
@@ -56,6 +61,7 @@
 
 /* BAR0 register map (vdev/tsm_mailbox/protocol.py) */
 #define VTSM_REG_ID		0x000
+#define VTSM_REG_VERSION	0x004
 #define VTSM_REG_WINDOW_SIZE	0x008
 #define VTSM_REG_OP		0x010
 #define VTSM_REG_TARGET		0x014
@@ -74,6 +80,8 @@
 #define VTSM_OUT_WINDOW		0x200000
 
 #define VTSM_ID_MAGIC		0x4d535456	/* "VTSM" */
+#define VTSM_VERSION(maj, min)	((maj) << 16 | (min))
+#define VTSM_VERSION_LOCK_BARS	VTSM_VERSION(1, 1)	/* LOCK takes BAR records */
 #define VTSM_DOORBELL_RING	1
 #define VTSM_IRQ_COMPLETION	BIT(0)
 #define VTSM_REASON_MAX		256
@@ -90,6 +98,15 @@ enum vtsm_op {
 	VTSM_OP_DOE_RESPONSE = 0x10,
 	VTSM_OP_ABORT = 0x1f,
 };
+
+/* LOCK data (1.1): one record per memory BAR of the TDI, IN_LEN = n * 24. */
+struct vtsm_lock_bar {
+	u8 index;		/* BAR number = TDISP MMIO Range ID */
+	u8 reserved[7];
+	__le64 base;		/* bus address, what the BAR register holds */
+	__le64 size;
+} __packed;
+static_assert(sizeof(struct vtsm_lock_bar) == 24);
 
 enum vtsm_status {
 	VTSM_IDLE = 0,
@@ -117,6 +134,7 @@ static struct { int unused; } vtsm_host_cookie;
 struct vtsm {
 	struct pci_dev *pdev;		/* the mailbox function */
 	void __iomem *bar;
+	u32 version;			/* mailbox protocol, major << 16 | minor */
 	size_t window;
 	int irq;
 	struct tsm_dev *tsm_dev;
@@ -275,6 +293,35 @@ static int vtsm_collect_done(struct vtsm *vt, struct vtsm_result *res,
 }
 
 /*
+ * LOCK data: the memory BARs of @pdev that have an address and a length, as
+ * the device's BAR registers hold them.  The TSM expects the report's MMIO
+ * ranges to tile exactly these (PCIe r6.2 11.3.11).  Caller holds mbox_lock.
+ */
+static void vtsm_post_lock_bars(struct vtsm *vt, struct pci_dev *pdev)
+{
+	struct vtsm_lock_bar rec = {};
+	unsigned long flags;
+	u32 len = 0;
+	int bar;
+
+	if (vt->version < VTSM_VERSION_LOCK_BARS)
+		return;		/* 1.0: LOCK takes no data */
+	for (bar = 0; bar < PCI_STD_NUM_BARS; bar++) {
+		flags = pci_resource_flags(pdev, bar);
+		if (!(flags & IORESOURCE_MEM) || (flags & IORESOURCE_UNSET) ||
+		    !pci_resource_len(pdev, bar))
+			continue;
+		rec.index = bar;
+		rec.base = cpu_to_le64(pci_bus_address(pdev, bar));
+		rec.size = cpu_to_le64(pci_resource_len(pdev, bar));
+		memcpy_toio(vt->bar + VTSM_IN_WINDOW + len, &rec, sizeof(rec));
+		len += sizeof(rec);
+	}
+	pci_dbg(pdev, "vtsm: LOCK with %zu memory BAR(s)\n", len / sizeof(rec));
+	writel(len, vt->bar + VTSM_REG_IN_LEN);
+}
+
+/*
  * One TSM operation: post @op for @target, relay DOE requests to @dsm until
  * DONE.  DONE data (if any) lands in @data.  Returns the TSM's status or the
  * relay's own -errno; res->reason says why.
@@ -288,6 +335,8 @@ static int vtsm_run(struct vtsm *vt, u32 op, struct pci_dev *target,
 	res->reason[0] = '\0';
 	guard(mutex)(&vt->mbox_lock);
 	writel(vtsm_target(target), vt->bar + VTSM_REG_TARGET);
+	if (op == VTSM_OP_LOCK)
+		vtsm_post_lock_bars(vt, target);
 	status = vtsm_ring(vt, op);
 	while (status == VTSM_DOE_REQUEST)
 		status = vtsm_carry_doe(vt, dsm);
@@ -719,6 +768,11 @@ static int vtsm_map_mailbox(struct pci_dev *pdev, struct vtsm *vt)
 		return dev_err_probe(&pdev->dev, -ENODEV,
 				     "not a vtsm mailbox (ID %#x)\n",
 				     readl(vt->bar + VTSM_REG_ID));
+	vt->version = readl(vt->bar + VTSM_REG_VERSION);
+	if (vt->version >> 16 != 1)
+		return dev_err_probe(&pdev->dev, -ENODEV,
+				     "unsupported mailbox version %#x\n",
+				     vt->version);
 	vt->window = readl(vt->bar + VTSM_REG_WINDOW_SIZE);
 	if (!vt->window || vt->window > VTSM_WINDOW_MAX)
 		return dev_err_probe(&pdev->dev, -ENODEV,
@@ -804,8 +858,9 @@ static int vtsm_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	if (rc)
 		goto err_tsm;
 
-	pci_info(pdev, "vtsm: %s registered, mailbox window %zu bytes, irq %d\n",
-		 dev_name(&vt->tsm_dev->dev), vt->window, vt->irq);
+	pci_info(pdev, "vtsm: %s registered, mailbox v%u.%u, window %zu bytes, irq %d\n",
+		 dev_name(&vt->tsm_dev->dev), vt->version >> 16,
+		 vt->version & 0xffff, vt->window, vt->irq);
 	return 0;
 
 err_tsm:
