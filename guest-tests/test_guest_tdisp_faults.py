@@ -11,10 +11,10 @@ Steps, each followed by a clean LOCK -> REPORT -> START to RUN and STOP:
   key_prog         KP_ACK status UNSUPPORTED_PORT_INDEX: connect fails EIO, the TSM
                    unwinds (K_SET_STOP, END_SESSION), the next connect works
   lock_busy        TDISP_ERROR BUSY to LOCK: bind fails EBUSY, device TDI CONFIG_UNLOCKED
-  report_mismatch  the report's first MMIO range one page above BAR0: the guest reads
-                   it and sees the mismatch; nothing in the mailbox flow checks it (the
-                   mailbox carries no BARs to the TSM, tdisp/tsm/mailbox.py), so REPORT
-                   itself succeeds -- the guest unbinds instead of starting
+  report_mismatch  the report's first MMIO range one page above BAR0: vtsm's LOCK gave
+                   the TSM the guest's BARs (mailbox protocol 1.1), so REPORT fails
+                   EACCES naming the misplaced range, START after it fails EINVAL (no
+                   accepted report), the device's TDI stays CONFIG_LOCKED; unbind
   wrong_nonce      LOCK_INTERFACE_RESPONSE nonce inverted: START fails EACCES (device
                    TDISP_ERROR INVALID_NONCE), the device's TDI stays CONFIG_LOCKED
   state_replay     the GET_DEVICE_INTERFACE_STATE after START answered with the stale
@@ -24,8 +24,9 @@ Steps, each followed by a clean LOCK -> REPORT -> START to RUN and STOP:
                    INVALID_INTERFACE_STATE), device TDI ERROR; unbind (STOP from ERROR:
                    CONFIG_UNLOCKED), disconnect, reconnect, RUN again
 
+Every LOCK carries the guest's BARs, so every clean path's REPORT is checked too.
 Afterwards every rule fired exactly once, there is one vtsm failure line per failed
-step with the errno and the TSM's reason, and the guest's dmesg has no WARN/BUG/oops.
+operation with the errno and the TSM's reason, and the guest's dmesg has no WARN/BUG/oops.
 """
 
 from __future__ import annotations
@@ -62,39 +63,45 @@ PAGE = 0x1000
 
 
 @dataclass(frozen=True)
+class Failure:
+    op: str  # the vtsm operation that fails ("connect", "lock", "report", "start")
+    errno: int
+    reason: str  # in vtsm's dmesg line (the TSM model's reason); {bar0}, {moved}: hex
+
+
+@dataclass(frozen=True)
 class Step:
     name: str
     fault: dict[str, Any]  # a `vdev ctl faults arm --fault` JSON rule
-    key: str | None  # the guest's result key of the failing write (None: nothing fails)
-    op: str | None  # the vtsm operation that fails ("connect", "lock", "start")
-    errno: int | None
-    reason: str | None  # in vtsm's dmesg line (the TSM model's reason)
+    failures: tuple[Failure, ...]  # vtsm's failure lines for this step, in order
 
 
 STEPS = [
-    Step("tdisp_version", {"kind": "wrong_version", "match": "GET_TDISP_VERSION"},
-         "fail_tdisp_version", "lock", errno.EPROTO,
-         "lock failed at GET_TDISP_VERSION: bad IDE_KM/TDISP response: TDISP version 0x20"),
+    Step("tdisp_version", {"kind": "wrong_version", "match": "GET_TDISP_VERSION"}, (
+        Failure("lock", errno.EPROTO, "lock failed at GET_TDISP_VERSION: bad IDE_KM/TDISP "
+                "response: TDISP version 0x20"),)),
     Step("key_prog", {"kind": "error", "match": "KEY_PROG", "code": "UNSUPPORTED_PORT_INDEX"},
-         "fail_key_prog", "connect", errno.EIO,
-         "device refused the key: KP_ACK status UNSUPPORTED_PORT_INDEX (2)"),
-    Step("lock_busy", {"kind": "error", "match": "LOCK_INTERFACE_REQUEST", "code": "Busy"},
-         "fail_lock_busy", "lock", errno.EBUSY,
-         "lock failed at LOCK_INTERFACE_REQUEST: device answered TDISP_ERROR BUSY (0x3)"),
-    Step("report_mismatch", {"kind": "report_mismatch"}, None, None, None, None),
-    Step("wrong_nonce", {"kind": "wrong_nonce"}, "fail_wrong_nonce", "start", errno.EACCES,
-         "start failed at START_INTERFACE_REQUEST: device answered TDISP_ERROR "
-         "INVALID_NONCE (0x102)"),
+         (Failure("connect", errno.EIO,
+                  "device refused the key: KP_ACK status UNSUPPORTED_PORT_INDEX (2)"),)),
+    Step("lock_busy", {"kind": "error", "match": "LOCK_INTERFACE_REQUEST", "code": "Busy"}, (
+        Failure("lock", errno.EBUSY, "lock failed at LOCK_INTERFACE_REQUEST: device "
+                "answered TDISP_ERROR BUSY (0x3)"),)),
+    Step("report_mismatch", {"kind": "report_mismatch"}, (
+        Failure("report", errno.EACCES, "report failed at report check: interface report "
+                "does not match the host's BARs: BAR0: range at {moved} where {bar0} was "
+                "expected"),
+        Failure("start", errno.EINVAL, "start failed at START_INTERFACE_REQUEST: TDI "
+                "01:00.0: no accepted interface report"))),
+    Step("wrong_nonce", {"kind": "wrong_nonce"}, (
+        Failure("start", errno.EACCES, "start failed at START_INTERFACE_REQUEST: device "
+                "answered TDISP_ERROR INVALID_NONCE (0x102)"),)),
     Step("state_replay", {"kind": "replay", "match": "GET_DEVICE_INTERFACE_STATE", "nth": 2},
-         "fail_state_replay", "start", errno.EPROTO,
-         "start failed at GET_DEVICE_INTERFACE_STATE: TDI 01:00.0 in CONFIG_UNLOCKED after "
-         "START"),
-    Step("tdi_error", {"kind": "tdi_error", "match": "START_INTERFACE_REQUEST"},
-         "fail_tdi_error", "start", errno.EIO,
-         "start failed at START_INTERFACE_REQUEST: device answered TDISP_ERROR "
-         "INVALID_INTERFACE_STATE (0x4)"),
+         (Failure("start", errno.EPROTO, "start failed at GET_DEVICE_INTERFACE_STATE: TDI "
+                  "01:00.0 in CONFIG_UNLOCKED after START"),)),
+    Step("tdi_error", {"kind": "tdi_error", "match": "START_INTERFACE_REQUEST"}, (
+        Failure("start", errno.EIO, "start failed at START_INTERFACE_REQUEST: device "
+                "answered TDISP_ERROR INVALID_INTERFACE_STATE (0x4)"),)),
 ]
-FAILING = [s for s in STEPS if s.key is not None]
 
 _MARKERS = ("WARNING:", "BUG:", "Oops", "Call Trace", "general protection", "KASAN",
             "lockdep", "possible circular locking", "INFO: task")
@@ -220,10 +227,15 @@ def test_tdisp_steps_fail_with_the_errno_of_each_fault(vm_env: VmEnv, workdir: P
     assert host.tdi["lock_busy"]["state"] == "CONFIG_UNLOCKED", host.tdi["lock_busy"]
     to_run("clean_lock_busy")
 
-    # report_mismatch: what the guest reads is one page above its BAR0.  The mailbox
-    # TSM has no BARs to compare with, so REPORT is not refused (no EACCES here).
+    # report_mismatch: LOCK told the TSM where the guest's BAR0 is, so the report with
+    # BAR0 one page higher is refused (reading tdi_report fails EACCES), START
+    # without an accepted report too; the TDI stays bound and CONFIG_LOCKED.
     assert v("mismatch_lock") == "0 ok"
-    assert first_mmio_page(v("mismatch_report") or "") == bar0 + PAGE, v("mismatch_report")
+    failed("fail_report_mismatch", errno.EACCES)
+    failed("fail_mismatch_start", errno.EINVAL)
+    assert v("fail_mismatch_bound") == "tsm0"
+    assert v("fail_mismatch_status") == '{"value":"CONFIG_LOCKED"}'
+    assert host.tdi["report_mismatch"]["state"] == "CONFIG_LOCKED", host.tdi["report_mismatch"]
     assert v("mismatch_stop") == "0 ok"
     to_run("clean_report_mismatch")
 
@@ -264,13 +276,14 @@ def test_tdisp_steps_fail_with_the_errno_of_each_fault(vm_env: VmEnv, workdir: P
     assert sum(1 for e in history if e["new"] == "RUN") == len(STEPS) + 1, history
     assert any(e["new"] == "ERROR" for e in history), history
 
-    # One vtsm failure line per failing step, in order: the op, the errno, the reason.
+    # One vtsm failure line per failed operation, in order: the op, the errno, the reason.
     lines = [m for line in res.dmesg if (m := _FAILED.search(line))]
-    assert len(lines) == len(FAILING), [m[0] for m in lines]
-    for step, m in zip(FAILING, lines, strict=True):
-        assert step.errno is not None and step.reason is not None
-        assert (m[1], int(m[2])) == (step.op, -step.errno), (step.name, m[0])
-        assert step.reason in m[3], (step.name, m[0])
+    want = [(s.name, f) for s in STEPS for f in s.failures]
+    assert len(lines) == len(want), [m[0] for m in lines]
+    for (name, f), m in zip(want, lines, strict=True):
+        assert (m[1], int(m[2])) == (f.op, -f.errno), (name, m[0])
+        reason = f.reason.format(bar0=f"{bar0:#x}", moved=f"{bar0 + PAGE:#x}")
+        assert reason in m[3], (name, reason, m[0])
 
     # No WARN/BUG/oops or DOE errors in the guest beyond those failure lines.
     problems = [line for line in res.dmesg
