@@ -337,6 +337,10 @@ def test_default_matches_and_json() -> None:
     assert parse_spec("wrong_nonce").match == "LOCK_INTERFACE_REQUEST"
     assert parse_spec("report_mismatch").match == "GET_DEVICE_INTERFACE_REPORT"
     assert parse_spec("wrong_chain::every").every
+    assert parse_spec("changed_measurement").match == "GET_MEASUREMENTS"
+    assert parse_spec("wrong_slot:CHALLENGE").match == "CHALLENGE"
+    with pytest.raises(FaultPlanError, match="'match': required for 'tdi_error'"):
+        parse_spec("tdi_error")
     rule = parse_spec("error:START_INTERFACE_REQUEST:code=InvalidNonce")
     assert rule.to_json()["code"] == "INVALID_NONCE"
     assert parse_spec("error:KEY_PROG").to_json()["code"] == "UNSPECIFIED_FAILURE"

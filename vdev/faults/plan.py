@@ -60,6 +60,10 @@ KINDS_FOR: dict[str, tuple[str, ...]] = {
     "not_ready": tuple(sorted(n for n in SPDM_NAMES if Req[n] not in NO_DELAY_REQUESTS)),
     "wrong_version": tuple(sorted(SPDM_NAMES | TDISP_NAMES)),
 }
+# What MATCH means when a rule leaves it out (the request such a fault is usually about).
+DEFAULT_MATCH = {kind: names[0] for kind, names in KINDS_FOR.items()
+                 if kind in ("wrong_chain", "wrong_slot", "changed_measurement", "wrong_nonce",
+                             "report_mismatch")}
 SELECTORS = frozenset({"nth", "every", "probability", "seed"})
 
 
@@ -127,6 +131,9 @@ class FaultRule:
             out["nth"] = self.nth
         for name in sorted(PARAMS[self.kind]):
             value = getattr(self, "field_name" if name == "field" else name)
+            if value is None or (name == "field" and not value) \
+                    or (name == "offset" and self.field_name):
+                continue  # not given: the kind's default applies (shown by omission)
             out[name] = code_name(self.match, value) if name == "code" else value
         out.update(seen=self.seen, fired=self.fired)
         return out
@@ -178,8 +185,12 @@ def _code(where: str, match: str, code: Any) -> int:
 
 def _match(where: str, kind: str, data: dict[str, Any]) -> str:
     allowed = KINDS_FOR.get(kind)
-    match = data.get("match", allowed[0] if allowed and len(allowed) == 1 else None)
+    match = data.get("match", DEFAULT_MATCH.get(kind))
     names = SPDM_NAMES | IDEKM_NAMES | TDISP_NAMES
+    if match is None:
+        raise FaultPlanError(f"{where}: field 'match': required for {kind!r} (a request "
+                             f"name such as KEY_EXCHANGE, KEY_PROG or "
+                             f"START_INTERFACE_REQUEST, 'secured' or 'doe')")
     if not isinstance(match, str) or match not in names | TRANSPORT_MATCHES:
         raise FaultPlanError(f"{where}: field 'match': {match!r} is not a request name (an "
                              f"SPDM request code such as KEY_EXCHANGE, an IDE_KM object such "
