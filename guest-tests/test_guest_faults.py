@@ -29,15 +29,8 @@ import pytest
 from vdev.control.client import call
 from vdev.vm.checks import BAD_DMESG
 from vdev.vm.env import REPO, VmEnv
-from vdev.vm.session import (
-    GuestRun,
-    ServerProcess,
-    device_server,
-    root_anchor,
-    script,
-    socket_path,
-    tsm_mailbox_server,
-)
+from vdev.vm.fault_boot import boot_with_fault_control
+from vdev.vm.session import script, socket_path
 
 EP = "0000:01:00.0"  # the endpoint, behind root port 1 (the TSM mailbox is 02:00.0)
 # The guest waits this long after "@@VDEV arm <step>" for the host to arm the fault
@@ -135,35 +128,15 @@ class Arming:
 
 def test_connect_fails_with_the_errno_of_each_fault(vm_env: VmEnv, workdir: Path) -> None:
     pytest.importorskip("tdisp.tsm.mailbox")
-    identity = workdir / "identity"
     control = socket_path("device-ctl")
-    device = device_server(workdir, "device", extra=[
-        "--state-dir", str(identity), "--control", str(control)]).start()
-    tsm: ServerProcess | None = None
-    try:
-        anchor = root_anchor(identity, workdir / "root.pem")
-        tsm = tsm_mailbox_server(workdir, ["--trust-anchor", str(anchor)]).start()
-        arming = Arming(control)
-        run = GuestRun(env=vm_env, workdir=workdir, modules=["vtsm"],
-                       devices=[device.socket, tsm.socket],
-                       scripts={"50-guest-faults.sh": script(
-                           "guest-faults.sh", EP=EP, ARM_WAIT=ARM_WAIT,
-                           STEPS=f'"{" ".join(s.name for s in STEPS)}"')},
-                       timeout=300)
-        res = run.boot(on_line=arming)
-        listed = ctl(control, "faults", "list")["armed"] if device.alive() else None
-        alive = {"device": device.alive(), "tsm": tsm.alive()}
-    finally:
-        if tsm is not None:
-            tsm.stop()
-        device.stop()
-        for p in (control, device.socket):
-            if p.exists():
-                os.unlink(p)
+    arming = Arming(control)
+    boot = boot_with_fault_control(vm_env, workdir, {"50-guest-faults.sh": script(
+            "guest-faults.sh", EP=EP, ARM_WAIT=ARM_WAIT,
+            STEPS=f'"{" ".join(s.name for s in STEPS)}"')}, control, arming, timeout=300)
+    res, listed = boot.result, boot.rules
+    device, tsm = boot.servers["device"], boot.servers["tsm"]
     assert res.completed, "guest did not finish; see console.log"
-    for name, srv in (("device", device), ("tsm", tsm)):
-        assert srv is not None and alive[name], f"{name} died:\n{srv and srv.log_tail()}"
-        assert "Traceback" not in srv.log_text(), srv.log_tail()
+    boot.assert_servers_healthy()
     assert arming.errors == [], arming.errors
     assert arming.armed == [s.name for s in STEPS]
     v = res.value
@@ -200,7 +173,7 @@ def test_connect_fails_with_the_errno_of_each_fault(vm_env: VmEnv, workdir: Path
         assert armed["fired"] == 1, armed
 
     # The TSM logged each failure with the same errno, and each clean connect.
-    log = tsm.log_text() if tsm is not None else ""
+    log = tsm.log_text()
     statuses = [m[1] for m in re.finditer(rf"TSM CONNECT {EP} done: status (-?\d+)", log)]
     assert statuses == [x for s in STEPS for x in (f"-{s.errno}", "0")], statuses
     dev = device.log_text()

@@ -44,15 +44,8 @@ import pytest
 from vdev.control.client import call
 from vdev.vm.checks import BAD_DMESG
 from vdev.vm.env import VmEnv
-from vdev.vm.session import (
-    GuestRun,
-    ServerProcess,
-    device_server,
-    root_anchor,
-    script,
-    socket_path,
-    tsm_mailbox_server,
-)
+from vdev.vm.fault_boot import boot_with_fault_control
+from vdev.vm.session import script, socket_path
 
 EP = "0000:01:00.0"  # the endpoint, behind root port 1
 MB = "0000:02:00.0"  # the TSM mailbox, behind root port 2
@@ -156,36 +149,15 @@ def first_mmio_page(report_hex: str) -> int:
 
 def test_tdisp_steps_fail_with_the_errno_of_each_fault(vm_env: VmEnv, workdir: Path) -> None:
     pytest.importorskip("tdisp.tsm.mailbox")
-    identity = workdir / "identity"
     control = socket_path("device-ctl")
-    device = device_server(workdir, "device", extra=[
-        "--state-dir", str(identity), "--control", str(control)]).start()
-    tsm: ServerProcess | None = None
-    try:
-        anchor = root_anchor(identity, workdir / "root.pem")
-        tsm = tsm_mailbox_server(workdir, ["--trust-anchor", str(anchor)]).start()
-        host = Host(control)
-        run = GuestRun(env=vm_env, workdir=workdir, modules=["vtsm"],
-                       devices=[device.socket, tsm.socket],
-                       scripts={"50-guest-tdisp-faults.sh": script(
-                           "guest-tdisp-faults.sh", EP=EP, MB=MB, ARM_WAIT=ARM_WAIT)},
-                       timeout=240)
-        res = run.boot(on_line=host)
-        listed = call(str(control), "faults", {"action": "list"})["result"]["armed"] \
-            if device.alive() else None
-        history = call(str(control), "tdi")["result"][0]["history"] if device.alive() else []
-        alive = {"device": device.alive(), "tsm": tsm.alive()}
-    finally:
-        if tsm is not None:
-            tsm.stop()
-        device.stop()
-        for p in (control, device.socket):
-            if p.exists():
-                os.unlink(p)
+    host = Host(control)
+    boot = boot_with_fault_control(vm_env, workdir, {"50-guest-tdisp-faults.sh": script(
+            "guest-tdisp-faults.sh", EP=EP, MB=MB, ARM_WAIT=ARM_WAIT)}, control, host, timeout=240)
+    res, listed = boot.result, boot.rules
+    history = boot.tdi_history
+    device = boot.servers["device"]
     assert res.completed, "guest did not finish; see console.log"
-    for name, srv in (("device", device), ("tsm", tsm)):
-        assert srv is not None and alive[name], f"{name} died:\n{srv and srv.log_tail()}"
-        assert "Traceback" not in srv.log_text(), srv.log_tail()
+    boot.assert_servers_healthy()
     assert host.errors == [], host.errors
     assert host.armed == [s.name for s in STEPS]
     v = res.value
