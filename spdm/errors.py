@@ -47,6 +47,16 @@ class ProtocolError(Exception):
     """Requester side: the peer's response is malformed, unexpected or fails verification."""
 
 
+class VerificationError(ProtocolError):
+    """Requester side: a signature, VerifyData or CertChainHash of the peer does not
+    verify -- the peer failed to prove who it is (a relay reports -EACCES)."""
+
+
+class RecordAuthenticationError(ProtocolError):
+    """Requester side: a secured response record does not authenticate (AEAD tag,
+    DSP0277) -- as the kernel's AEAD reports a bad tag (-EBADMSG)."""
+
+
 class ErrorResponse(ProtocolError):
     """Requester side: the responder answered with an SPDM ERROR."""
 

@@ -53,7 +53,14 @@ from spdm.codes import (
     RspCap,
     version_from_entry,
 )
-from spdm.errors import CertificateError, ErrorResponse, ProtocolError, RecordError
+from spdm.errors import (
+    CertificateError,
+    ErrorResponse,
+    ProtocolError,
+    RecordAuthenticationError,
+    RecordError,
+    VerificationError,
+)
 from spdm.identity import DeviceIdentity
 from spdm.key_schedule import KeySchedule
 from spdm.measurements import ParsedBlock, parse_record
@@ -322,7 +329,7 @@ class Requester:
         try:
             plaintext = session.open(raw, from_requester=False)
         except RecordError as exc:
-            raise _fail(f"cannot authenticate response record: {exc}") from exc
+            raise RecordAuthenticationError(f"cannot authenticate response record: {exc}") from exc
         self._observe("response", session, plaintext)
         return plaintext
 
@@ -603,7 +610,7 @@ class Requester:
         a = self.conn.algorithms
         m = crypto.message_to_sign(self.conn.version, a.base_hash, context, transcript)
         if not crypto.verify(a.base_asym, a.base_hash, self._leaf(slot), m, sig):
-            raise _fail("signature verification failed")
+            raise VerificationError("signature verification failed")
 
     def challenge(self, slot: int = 0, meas_summary: int = MEAS_SUMMARY_NONE) -> Operation:
         return Operation(self._challenge(slot, meas_summary))
@@ -624,7 +631,7 @@ class Requester:
             raise _fail("CHALLENGE_AUTH for another slot")
         chain = self.cert_chains.get(slot)
         if chain is None or crypto.digest(a.base_hash, chain) != msg.cert_chain_hash:
-            raise _fail("CertChainHash does not match the retrieved chain")
+            raise VerificationError("CertChainHash does not match the retrieved chain")
         if v >= V13 and msg.requester_context != ctx:
             raise _fail("RequesterContext not echoed")
         unsigned = resp[: len(resp) - a.sig_size]
@@ -779,7 +786,7 @@ class Requester:
         if not hs_clear:
             expected = sess.hmac_th(sess.rsp_finished_key, sess.transcript.th_k())
             if not crypto.hmac_compare(expected, msg.verify_data):
-                raise _fail("ResponderVerifyData mismatch")
+                raise VerificationError("ResponderVerifyData mismatch")
             sess.transcript.k += msg.verify_data
         self.sessions[sid] = sess
         try:
@@ -876,7 +883,7 @@ class Requester:
         if sess.handshake_in_clear:
             expected = sess.hmac_th(sess.rsp_finished_key, sess.transcript.th() + resp[:4])
             if not crypto.hmac_compare(expected, msg.verify_data):
-                raise _fail("FINISH_RSP ResponderVerifyData mismatch")
+                raise VerificationError("FINISH_RSP ResponderVerifyData mismatch")
         sess.transcript.f += resp
         sess.install_data_keys(crypto.digest(a.base_hash, sess.transcript.th()))
 
@@ -911,7 +918,7 @@ class Requester:
         sess.install_handshake_keys(psk, th1)
         expected = sess.hmac_th(sess.rsp_finished_key, sess.transcript.th_k())
         if not crypto.hmac_compare(expected, msg.verify_data):
-            raise _fail("PSK_EXCHANGE_RSP ResponderVerifyData mismatch")
+            raise VerificationError("PSK_EXCHANGE_RSP ResponderVerifyData mismatch")
         sess.transcript.k += msg.verify_data
         self.sessions[sid] = sess
         if not self.conn.rsp_caps & RspCap.PSK_WITH_CONTEXT:
@@ -974,7 +981,8 @@ class Requester:
             sess.rsp_keys = saved[0]
             sess.rsp_prot.key, sess.rsp_prot.iv, sess.rsp_prot.seq = saved[1:]
             if isinstance(exc, RecordError):
-                raise _fail(f"cannot authenticate KEY_UPDATE_ACK: {exc}") from exc
+                raise RecordAuthenticationError(
+                    f"cannot authenticate KEY_UPDATE_ACK: {exc}") from exc
             raise
         if op in (KEY_UPDATE_UPDATE_KEY, KEY_UPDATE_UPDATE_ALL_KEYS):
             sess.update_req_keys()

@@ -50,7 +50,13 @@ from cryptography import x509
 
 from spdm.codes import ErrorCode as SpdmErrorCode
 from spdm.codes import RspCap
-from spdm.errors import CertificateError, ErrorResponse, ProtocolError
+from spdm.errors import (
+    CertificateError,
+    ErrorResponse,
+    ProtocolError,
+    RecordAuthenticationError,
+    VerificationError,
+)
 from spdm.requester import Operation, Requester, RequesterConfig
 from tdisp.device_interface import InterfaceId
 from tdisp.errors import IdeKmStatusError, TdispErrorResponse, TdispProtocolError
@@ -94,6 +100,18 @@ Authentication = Literal["measurements", "challenge", "both"]
 
 class TsmStateError(Exception):
     """The operation is not possible in the model's current state."""
+
+
+class NotConnected(TsmStateError):
+    """An operation that needs the SPDM session, without one (-ENOTCONN)."""
+
+
+class TdiNotRunning(TsmStateError):
+    """START was acknowledged, yet the device reports the TDI in another state."""
+
+    def __init__(self, message: str, state: TdiState) -> None:
+        super().__init__(message)
+        self.state = state
 
 
 class ReportMismatch(Exception):
@@ -389,7 +407,7 @@ class TsmModel:
 
     def _require_session(self) -> int:
         if self.state != "connected" or self._session_id is None:
-            raise TsmStateError("not connected (run connect first)")
+            raise NotConnected("not connected (run connect first)")
         return self._session_id
 
     # ---- exchange helpers --------------------------------------------------------
@@ -668,7 +686,7 @@ class TsmModel:
                                                     t.get_state())))
         rec.move(state, self.config.clock(), "START_INTERFACE_RESPONSE")
         if state != TdiState.RUN:
-            raise TsmStateError(f"TDI {rec.interface_id} in {state.name}{_AFTER_START}")
+            raise TdiNotRunning(f"TDI {rec.interface_id} in {state.name} after START", state)
         p.log(f"TDI {rec.interface_id}: RUN")
         return state.name
 
@@ -756,16 +774,6 @@ class TsmModel:
 _DEVICE_REFUSALS = (ErrorResponse, TdispProtocolError)
 
 
-# spdm.requester's verification failures (plain ProtocolErrors, told apart by text):
-# the device did not prove its identity (a signature, ResponderVerifyData, the hash of
-# the chain it claims) -- an authentication failure, not a malformed message.
-_AUTHENTICATION_FAILURES = ("signature verification failed", "VerifyData mismatch",
-                            "CertChainHash does not match")
-# A secured record whose AEAD tag does not verify ("cannot authenticate response
-# record"): -EBADMSG, as the kernel's AEAD decryption reports a bad tag.
-_RECORD_FAILURES = ("cannot authenticate",)
-# The end of the TsmStateError `_start` raises when the TDI is not in RUN after START.
-_AFTER_START = " after START"
 # TDISP_ERROR codes (§11.3.17) that say more than "the device refused": a Busy TDI is
 # worth retrying (as SPDM Busy), and a START_INTERFACE_NONCE the device does not accept
 # is a refused credential -- START was not authorised -- not a device failure.
@@ -796,25 +804,25 @@ def errno_of(error: BaseException) -> int:
         return -errno.EIO
     if isinstance(error, (CertificateError, PolicyViolation, ReportMismatch)):
         return -errno.EACCES
+    if isinstance(error, TdiNotRunning):
+        # START was acknowledged, yet the device reports another state: a device gone
+        # to ERROR failed (-EIO); any other state contradicts its own answer.
+        return -errno.EIO if error.state == TdiState.ERROR else -errno.EPROTO
+    if isinstance(error, NotConnected):
+        return -errno.ENOTCONN
     if isinstance(error, TsmStateError):
-        text = str(error)
-        if text.endswith(_AFTER_START):
-            # START was acknowledged, yet the device reports another state: a device
-            # gone to ERROR failed (-EIO); any other state contradicts its own answer.
-            return -errno.EIO if text.endswith(f" ERROR{_AFTER_START}") else -errno.EPROTO
-        return -errno.ENOTCONN if "not connected" in text else -errno.EINVAL
+        return -errno.EINVAL
     if isinstance(error, ErrorResponse):
         return -errno.EBUSY if error.code == SpdmErrorCode.BUSY else -errno.EIO
     if isinstance(error, TdispErrorResponse):
         return _TDISP_ERRNOS.get(error.code, -errno.EIO)
     if isinstance(error, IdeKmStatusError):
         return -errno.EIO
+    if isinstance(error, VerificationError):
+        return -errno.EACCES
+    if isinstance(error, RecordAuthenticationError):
+        return -errno.EBADMSG
     if isinstance(error, ProtocolError):
-        text = str(error)
-        if any(m in text for m in _AUTHENTICATION_FAILURES):
-            return -errno.EACCES
-        if any(m in text for m in _RECORD_FAILURES):
-            return -errno.EBADMSG
         return -errno.EPROTO
     if isinstance(error, TdispProtocolError):
         return -errno.EPROTO

@@ -12,7 +12,7 @@ import pytest
 
 from tdisp.errors import IdeKmStatusError, TdispErrorResponse
 from tdisp.tdisp_codes import ErrorCode, TdiState
-from tdisp.tsm.model import TsmStateError, errno_of
+from tdisp.tsm.model import NotConnected, TdiNotRunning, TsmStateError, errno_of
 
 from .test_message_faults import Rig
 
@@ -91,7 +91,8 @@ def test_stale_state_after_start_is_eproto(state_dir: Path) -> None:
     ("ERROR", -errno.EIO),
 ])
 def test_state_after_start(state: str, expected: int) -> None:
-    assert errno_of(TsmStateError(f"TDI 01:00.0 in {state} after START")) == expected
-    assert errno_of(TsmStateError("not connected (run connect first)")) == -errno.ENOTCONN
+    after = TdiNotRunning(f"TDI 01:00.0 in {state} after START", TdiState[state])
+    assert errno_of(after) == expected
+    assert errno_of(NotConnected("not connected (run connect first)")) == -errno.ENOTCONN
     assert errno_of(TsmStateError("TDI 01:00.0: no accepted interface report "
                                   "(run report first)")) == -errno.EINVAL
