@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
@@ -94,7 +95,6 @@ class FaultInjector:
         # replay: the last genuine answer per name.
         self._last_record: dict[str, Reply] = {}
         self._last_message: dict[str, bytes] = {}
-        self._previous_message: dict[str, bytes | None] = {}
         self._force_not_ready = False
         self._measurement_rule: FaultRule | None = None
         self._chain_swapped = False
@@ -156,14 +156,17 @@ class FaultInjector:
         # A busy or broken device has not processed the request, so a retry meets
         # consistent transcripts.
         if rule.kind == "doe_error":
-            self._report(f"doe_error {tag} (DOE ERROR bit)" if self._on_mailbox
-                         else f"doe_error {tag} (no response on the socket)")
-            raise DoeRejected(f"fault injection: doe_error on {tag}")
+            self._doe_error(tag)
         # A plaintext ERROR even for a secured request, as for a record the responder
         # cannot open (spdm.requester accepts that form).
         version = self.device.responder.conn.version or 0x10
         self._report(f"error {tag} (ERROR {code_name(rule.match, rule.code)})")
         return DOE_TYPE_CMA_SPDM, mutate.spdm_error(version, rule.code)
+
+    def _doe_error(self, tag: str) -> NoReturn:
+        self._report(f"doe_error {tag} (DOE ERROR bit)" if self._on_mailbox
+                     else f"doe_error {tag} (no response on the socket)")
+        raise DoeRejected(f"fault injection: doe_error on {tag}")
 
     def _transport_fault(self, rule: FaultRule, rsp: str, name: str, kind: int,
                          reply: bytes) -> Reply:
@@ -192,9 +195,7 @@ class FaultInjector:
             self._report(f"replay {rsp} (the previous {name} response instead)")
             return old
         if rule.kind == "doe_error":  # selected by name: the engine has answered already
-            self._report(f"doe_error {rsp} (DOE ERROR bit)" if self._on_mailbox
-                         else f"doe_error {rsp} (no response on the socket)")
-            raise DoeRejected(f"fault injection: doe_error on {rsp}")
+            self._doe_error(rsp)
         return self._hold(rule, rsp, kind, reply)
 
     def _hold(self, rule: FaultRule, rsp: str, kind: int, reply: bytes) -> Reply:
@@ -268,7 +269,6 @@ class FaultInjector:
                 config.slots = self._slots
         else:
             reply = process(request)
-        self._previous_message[name] = self._last_message.get(name)
         self._last_message[name] = reply
         return reply
 
@@ -315,6 +315,7 @@ class FaultInjector:
             self._report(f"wrong_chain {tag} (another device's certificate chain until the "
                          f"next GET_VERSION)")
             return self._run(name, request, process)
+        earlier = self._last_message.get(name)  # what replay sends instead
         genuine = self._run(name, request, process)
         if kind == "duplicate":
             self._dup_message = genuine
@@ -322,13 +323,12 @@ class FaultInjector:
                          f"for the next request)")
             return genuine
         if kind == "replay":
-            old = self._previous_message.get(name)
-            if old is None:
+            if earlier is None:
                 self._skip(rule, f"no earlier response to {name} to replay")
                 return genuine
-            self._report(f"replay {mutate.response_name(old)}{suffix} (the previous "
+            self._report(f"replay {mutate.response_name(earlier)}{suffix} (the previous "
                          f"{name} response)")
-            return old
+            return earlier
         try:
             reply, what = self._mutate(rule, name, request, genuine)
         except NotApplicable as exc:

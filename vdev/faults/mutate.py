@@ -22,8 +22,8 @@ from tdisp import tdisp_messages as tm
 from tdisp.errors import MalformedMessage
 from tdisp.interface_report import InterfaceReport
 from tdisp.tdisp_codes import PAGE_SIZE, ResponseCode
-from tdisp.vendor_defined import ProtocolId, SpdmVendorDefined
-from vdev.faults.names import vdm_payload, with_vdm_payload
+from tdisp.vendor_defined import ProtocolId
+from vdev.faults.names import build_vdm, vdm_payload, with_vdm_payload
 
 
 class NotApplicable(Exception):
@@ -59,11 +59,7 @@ def response_name(message: bytes) -> str:
 
 def vdm_response(request: bytes, payload: bytes) -> bytes:
     """A VENDOR_DEFINED_RESPONSE answering `request` with a PCI-SIG `payload`."""
-    out: bytes = SpdmVendorDefined.build({
-        "version": request[0], "code": Rsp.VENDOR_DEFINED_RESPONSE, "param1": 0,
-        "param2": 0, "body": {"payload": payload},
-    })
-    return out
+    return build_vdm(request[0], Rsp.VENDOR_DEFINED_RESPONSE, payload)
 
 
 def _require(response: bytes, *codes: int) -> None:

@@ -67,11 +67,17 @@ def message_name(message: bytes) -> str:
     return f"0x{code:02x}"
 
 
+def build_vdm(version: int, code: int, payload: bytes, param1: int = 0,
+              param2: int = 0) -> bytes:
+    """An SPDM VENDOR_DEFINED_REQUEST/RESPONSE carrying a PCI-SIG `payload`."""
+    out: bytes = SpdmVendorDefined.build({
+        "version": version, "code": code, "param1": param1, "param2": param2,
+        "body": {"payload": payload},
+    })
+    return out
+
+
 def with_vdm_payload(message: bytes, payload: bytes) -> bytes:
     """`message` (an SPDM VENDOR_DEFINED message) with its PCI-SIG payload replaced."""
     vdm = SpdmVendorDefined.parse(message)
-    out: bytes = SpdmVendorDefined.build({
-        "version": vdm.version, "code": vdm.code, "param1": vdm.param1,
-        "param2": vdm.param2, "body": {"payload": payload},
-    })
-    return out
+    return build_vdm(vdm.version, vdm.code, payload, vdm.param1, vdm.param2)
