@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -66,12 +68,20 @@ def test_not_root_is_a_clear_error(tmp_path: Path) -> None:
     cache.mkdir()
     os.chmod(tmp_path, 0o755)
     os.chmod(cache, 0o777)
-    res = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-         "bash", str(SCRIPT)],
-        capture_output=True, text=True, timeout=30,
-        env={**os.environ, "VDEV_CACHE": str(cache), "HOME": str(tmp_path)},
-    )
+    # The checkout (and pytest's tmp_path) may sit below a directory only root can
+    # enter (a clone in a `mktemp -d` directory is mode 0700): run a copy the other
+    # user can reach.
+    with tempfile.TemporaryDirectory() as shared:
+        os.chmod(shared, 0o755)
+        script = Path(shared) / SCRIPT.name
+        shutil.copy(SCRIPT, script)
+        os.chmod(script, 0o755)
+        res = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+             "bash", str(script)],
+            capture_output=True, text=True, timeout=30,
+            env={**os.environ, "VDEV_CACHE": str(cache), "HOME": str(tmp_path)},
+        )
     assert res.returncode != 0
     assert "needs root" in res.stderr
 
