@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 vm-env:
-	@bash guest-tests/vm-env.sh >/dev/null
+	@bash guest/vm-env.sh >/dev/null
 
 run: venv vm-env
 	$(PY) -m vdev.cli run $(if $(TRACE),--trace)
@@ -43,7 +43,7 @@ vm: venv vm-env
 	$(PY) -m vdev.cli vm
 
 lint: venv
-	$(VENV)/bin/ruff check vdev spdm tdisp tests guest-tests bench
+	$(VENV)/bin/ruff check vdev spdm tdisp tsm tests guest-tests bench fuzz
 	$(VENV)/bin/mypy
 
 unit: venv

@@ -69,7 +69,7 @@ def _dig(report: dict[str, Any], path: tuple[str, ...]) -> Any:
 def main() -> int:
     from bench.guest_bench import bench_guest_connect
     from bench.spdm_bench import bench_in_process, bench_socket
-    from tdisp.tsm.bench import bench_connect_to_run
+    from bench.tsm_connect import bench_connect_to_run
 
     report: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

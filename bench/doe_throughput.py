@@ -1,7 +1,7 @@
 """DOE object throughput through the vfio-user socket, against `vdev serve`.
 
 The DOE mailbox is driven with config-space REGION_READ/REGION_WRITE the way
-Linux drivers/pci/doe.c does it (vdev.doe_requester: header and payload DWs to
+Linux drivers/pci/doe.c does it (vdev.doe.requester: header and payload DWs to
 the write mailbox, GO, poll STATUS, read and acknowledge every response DW),
 by the in-repo Python vfio-user client.
 
@@ -31,8 +31,8 @@ from typing import Any
 from spdm.algorithms import BaseAsym, BaseHash
 from spdm.messages import GetCertificate, encode
 from spdm.requester import Outgoing, Requester, RequesterConfig
-from vdev.device_api import RegionIndex
-from vdev.doe_requester import DoeRequester
+from vdev.doe.requester import DoeRequester
+from vdev.pci.device_api import RegionIndex
 from vdev.vfio_user.client import VfioUserClient
 from vdev.vm.session import device_server
 

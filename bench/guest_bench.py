@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from vdev.device_regs import REG_MARKER
+from vdev.endpoint.registers import REG_MARKER
 from vdev.vm.demo import BDF, MAILBOX_BDF
 from vdev.vm.env import VmEnvError, find_env
 from vdev.vm.qemu import choose_accel

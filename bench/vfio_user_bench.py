@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.vfio_user_c import build_c_client, c_config_read, pinned_c_config_reads
-from vdev.device_api import RegionIndex
-from vdev.device_regs import REG_SCRATCH0
-from vdev.doe_requester import DoeRequester
+from vdev.doe.requester import DoeRequester
+from vdev.endpoint.registers import REG_SCRATCH0
+from vdev.pci.device_api import RegionIndex
 from vdev.vfio_user.client import VfioUserClient
 from vdev.vm.session import device_server
 

@@ -16,7 +16,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from vdev.device_api import RegionIndex
+from vdev.pci.device_api import RegionIndex
 from vdev.vfio_user import wire
 from vdev.vfio_user.client import VfioUserClient
 

@@ -20,7 +20,7 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
-    from vdev.endpoint import TeeIoEndpoint
+    from vdev.endpoint.function import TeeIoEndpoint
     from vdev.vfio_user import wire
     from vdev.vfio_user.server import Connection
     from vdev.vfio_user.wire import Command

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from vdev.profile import DeviceProfile
+from vdev.profiles import DeviceProfile
 from vdev.vm.checks import foundation_checks
 from vdev.vm.demo import expected_from_profile, foundation_script
 from vdev.vm.env import VmEnv

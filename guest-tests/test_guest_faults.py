@@ -6,7 +6,7 @@ one `vdev serve --control`.  For each step the guest script
 host arms the step's fault on the device's control socket, exactly as a user
 would with `vdev ctl --socket S faults arm --fault '{...}'`.  The guest then
 writes `tsm0` to `tsm/connect`, which must fail with the errno the TSM model
-maps that failure to (tdisp.tsm.model.errno_of), relayed by vtsm to user space;
+maps that failure to (tsm.model.errno_of), relayed by vtsm to user space;
 a second connect must work and is disconnected (the fault was consumed, device
 and TSM are still usable).  Afterwards `vdev ctl faults list` must show every
 rule fired exactly once, and the guest's dmesg has no WARN/BUG/oops.
@@ -127,7 +127,7 @@ class Arming:
 
 
 def test_connect_fails_with_the_errno_of_each_fault(vm_env: VmEnv, workdir: Path) -> None:
-    pytest.importorskip("tdisp.tsm.mailbox")
+    pytest.importorskip("tsm.mailbox")
     control = socket_path("device-ctl")
     arming = Arming(control)
     boot = boot_with_fault_control(vm_env, workdir, {"50-guest-faults.sh": script(

@@ -148,7 +148,7 @@ def first_mmio_page(report_hex: str) -> int:
 
 
 def test_tdisp_steps_fail_with_the_errno_of_each_fault(vm_env: VmEnv, workdir: Path) -> None:
-    pytest.importorskip("tdisp.tsm.mailbox")
+    pytest.importorskip("tsm.mailbox")
     control = socket_path("device-ctl")
     host = Host(control)
     boot = boot_with_fault_control(vm_env, workdir, {"50-guest-tdisp-faults.sh": script(

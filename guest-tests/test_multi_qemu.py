@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 
 from vdev.control.client import ControlClient
-from vdev.device_regs import ID_MAGIC, REG_DOORBELL, REG_ID, REG_SCRATCH0
-from vdev.profile import DeviceProfile
+from vdev.endpoint.registers import ID_MAGIC, REG_DOORBELL, REG_ID, REG_SCRATCH0
+from vdev.profiles import DeviceProfile
 from vdev.vfio_user.client import VfioUserClient
 from vdev.vm.checks import BAD_DMESG
 from vdev.vm.env import VmEnv
@@ -189,7 +189,7 @@ def _own_state(st: dict[str, Any], evidence_file: Path, socket: Path) -> None:
 
 @pytest.mark.parametrize("kill_b", ["after-run", "mid-connect"])
 def test_two_qemus_one_device_process(vm_env: VmEnv, workdir: Path, kill_b: str) -> None:
-    pytest.importorskip("tdisp.tsm.mailbox")
+    pytest.importorskip("tsm.mailbox")
     t0 = time.monotonic()
     timings: dict[str, float] = {}
     identity = workdir / "identity"

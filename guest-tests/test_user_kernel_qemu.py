@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from vdev.profile import DeviceProfile
+from vdev.profiles import DeviceProfile
 from vdev.vm.checks import foundation_checks
 from vdev.vm.demo import expected_from_profile, foundation_script
-from vdev.vm.env import GUEST_TESTS, KVER, VmEnv, VmEnvError, build_module, find_env
+from vdev.vm.env import GUEST, KVER, VmEnv, VmEnvError, build_module, find_env
 from vdev.vm.session import GuestRun, device_server
 
 
@@ -59,9 +59,9 @@ def test_own_kernel_kdir_and_qemu(
 def test_bad_kdir_is_refused(vm_env: VmEnv, workdir: Path) -> None:
     headers = vm_env.root / "usr" / "src" / f"linux-headers-{KVER}"
     with pytest.raises(VmEnvError, match="inside the VM environment"):
-        build_module(GUEST_TESTS / "vdevtest", workdir / "m1", kdir=str(headers))
+        build_module(GUEST / "vdevtest", workdir / "m1", kdir=str(headers))
     with pytest.raises(VmEnvError, match="not a kernel build tree"):
-        build_module(GUEST_TESTS / "vdevtest", workdir / "m2", kdir=str(workdir))
+        build_module(GUEST / "vdevtest", workdir / "m2", kdir=str(workdir))
     # The default build still works: nothing was written into the cached headers.
-    assert build_module(GUEST_TESTS / "vdevtest", workdir / "m3").name == "vdevtest.ko"
+    assert build_module(GUEST / "vdevtest", workdir / "m3").name == "vdevtest.ko"
     assert "KBUILD_EXTMOD" not in (headers / "Makefile").read_text()

@@ -249,7 +249,7 @@ def _stranger_anchor(out: Path) -> Path:
 
 
 def _boot_with_model(env: VmEnv, workdir: Path, anchor_for: str) -> tuple[VmResult, str]:
-    pytest.importorskip("tdisp.tsm.mailbox")
+    pytest.importorskip("tsm.mailbox")
     identity = workdir / "identity"
     ep = device_server(workdir, "ep", extra=["--state-dir", str(identity)]).start()
     try:
@@ -274,7 +274,7 @@ def _boot_with_model(env: VmEnv, workdir: Path, anchor_for: str) -> tuple[VmResu
 
 
 def test_vtsm_with_the_tsm_model_reaches_run(vm_env: VmEnv, workdir: Path) -> None:
-    """The real TSM model (tdisp.tsm) behind the mailbox: SPDM session, IDE keys,
+    """The real TSM model (tsm) behind the mailbox: SPDM session, IDE keys,
     TDISP LOCK, interface report, START (RUN), STOP, disconnect, all relayed by the
     guest kernel's PCI/TSM core and DOE driver."""
     res, log = _boot_with_model(vm_env, workdir, "device")

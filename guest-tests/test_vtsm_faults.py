@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from vdev.device_measurements import profile_image
-from vdev.profile import DeviceProfile
+from vdev.endpoint.measurements import profile_image
+from vdev.profiles import DeviceProfile
 from vdev.vm.checks import BAD_DMESG
 from vdev.vm.env import VmEnv
 from vdev.vm.qemu import VmResult
@@ -74,7 +74,7 @@ def run_session(
     """`vdev serve` (+ `device_args`), one `vdev tsm serve` with the device's root CA
     as trust anchor and an evidence file per entry of `tsm_args`, and one boot
     running guest-tests/scripts/`script_name` with EP, MB (first mailbox), MB0..."""
-    pytest.importorskip("tdisp.tsm.mailbox")
+    pytest.importorskip("tsm.mailbox")
     identity = workdir / "identity"
     device = device_server(workdir, "device",
                            extra=["--state-dir", str(identity), *device_args]).start()
@@ -167,7 +167,7 @@ def test_reconnect_three_times_gets_a_fresh_session_each_time(
 
 def _matching_policy(path: Path) -> Path:
     """Reference values of the default profile's static measurements (DSP0274 §10.11;
-    vdev.device_measurements): index 1 the firmware digest (raw), index 3 SHA-384
+    vdev.endpoint.measurements): index 1 the firmware digest (raw), index 3 SHA-384
     of the profile image (the TSM negotiates SHA-384 MeasurementHashAlgo), and the
     VERSION string.  Index 2 is the live configuration: left unlisted (allowed)."""
     p = DeviceProfile()

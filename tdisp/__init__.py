@@ -18,6 +18,7 @@ Modules, one concept each:
     flows              sans-IO generator flows: ide_key_setup, tdisp_connect, drive
 """
 
+from tdisp.codes import ErrorCode, LockFlags, TdiState
 from tdisp.device_interface import DeviceInterface, InterfaceId, MmioBar
 from tdisp.dispatcher import PciSigVdmDispatcher
 from tdisp.errors import (
@@ -35,9 +36,8 @@ from tdisp.idekm_responder import IdeKmPolicy, IdeKmResponder
 from tdisp.interface_report import InterfaceReport
 from tdisp.policy import ReqMsgsConvention, TdispPolicy
 from tdisp.requesters import IdeKmRequester, ReportReader, TdispRequester, stream_slots
+from tdisp.responder import Tdi, TdispResponder
 from tdisp.tdi_state import DEFAULT_TABLE, TdiEvent, TdiStateMachine, transition_table
-from tdisp.tdisp_codes import ErrorCode, LockFlags, TdiState
-from tdisp.tdisp_responder import Tdi, TdispResponder
 
 __all__ = [
     "DEFAULT_TABLE",

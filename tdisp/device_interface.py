@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from tdisp.tdisp_codes import InterfaceInfo
+from tdisp.codes import InterfaceInfo
 
 FUNCTION_ID_RID_MASK = 0x0000_FFFF
 FUNCTION_ID_SEGMENT_SHIFT = 16

@@ -27,7 +27,7 @@ from typing import Any
 
 from tdisp.errors import RefusalKind, VdmRefused
 from tdisp.idekm_responder import IdeKmResponder
-from tdisp.tdisp_responder import TdispResponder
+from tdisp.responder import TdispResponder
 from tdisp.vendor_defined import PCISIG_VENDOR_ID, STANDARD_ID_PCISIG, ProtocolId
 
 

@@ -23,13 +23,13 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from tdisp.codes import TdiState
 from tdisp.device_interface import InterfaceId
 from tdisp.errors import UnexpectedResponse
 from tdisp.idekm_messages import KeySlot, QueryResp
 from tdisp.interface_report import InterfaceReport
+from tdisp.messages import TdispCapabilities
 from tdisp.requesters import IdeKmRequester, TdispRequester, stream_slots
-from tdisp.tdisp_codes import TdiState
-from tdisp.tdisp_messages import TdispCapabilities
 
 T = TypeVar("T")
 

@@ -29,10 +29,10 @@ from construct import (
     Terminated,
 )
 
+from tdisp.codes import PAGE_SIZE, InterfaceInfo, LockFlags, MmioAttr
 from tdisp.device_interface import DeviceInterface, MmioBar
 from tdisp.errors import MalformedMessage
-from tdisp.tdisp_codes import PAGE_SIZE, InterfaceInfo, LockFlags, MmioAttr
-from tdisp.tdisp_messages import MmioRange, MmioRangeStruct
+from tdisp.messages import MmioRange, MmioRangeStruct
 
 ReportStruct = Struct(
     "interface_info" / Int16ul,

@@ -26,7 +26,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, replace
 
-from tdisp.tdisp_codes import LockFlags, RequestCode, TdiState
+from tdisp.codes import LockFlags, RequestCode, TdiState
 
 U, L, R, E = TdiState.CONFIG_UNLOCKED, TdiState.CONFIG_LOCKED, TdiState.RUN, TdiState.ERROR
 

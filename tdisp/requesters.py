@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tdisp.codes import NONCE_SIZE, TDISP_VERSION_10, TdiState
 from tdisp.device_interface import InterfaceId
 from tdisp.errors import IdeKmStatusError, MalformedMessage, UnexpectedResponse
 from tdisp.idekm_messages import (
@@ -32,8 +33,7 @@ from tdisp.idekm_messages import (
     parse_idekm,
 )
 from tdisp.interface_report import InterfaceReport
-from tdisp.tdisp_codes import NONCE_SIZE, TDISP_VERSION_10, TdiState
-from tdisp.tdisp_messages import (
+from tdisp.messages import (
     BindP2pStreamRequest,
     BindP2pStreamResponse,
     DeviceInterfaceReport,

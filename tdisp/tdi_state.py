@@ -22,7 +22,7 @@ import enum
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from tdisp.tdisp_codes import ErrorCode, TdiState
+from tdisp.codes import ErrorCode, TdiState
 
 U, L, R, E = TdiState.CONFIG_UNLOCKED, TdiState.CONFIG_LOCKED, TdiState.RUN, TdiState.ERROR
 

@@ -1,4 +1,4 @@
-# vtsm with the real TSM model (tdisp.tsm) behind the mailbox: connect, TDISP
+# vtsm with the real TSM model (tsm) behind the mailbox: connect, TDISP
 # LOCK / REPORT / START / STOP, disconnect.  The host prepends EP and MB.
 E=/sys/bus/pci/devices/$EP
 M=/sys/bus/pci/devices/$MB

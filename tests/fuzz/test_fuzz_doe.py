@@ -16,7 +16,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vdev.doe_mailbox import (
+from vdev.doe.data_object import DoeProtocolId, build_object
+from vdev.doe.mailbox import (
     CTRL_ABORT,
     CTRL_GO,
     CTRL_INT_EN,
@@ -28,10 +29,9 @@ from vdev.doe_mailbox import (
     STATUS_DATA_OBJECT_READY,
     STATUS_ERROR,
 )
-from vdev.doe_object import DoeProtocolId, build_object
-from vdev.doe_requester import DoeRequester
-from vdev.endpoint import TeeIoEndpoint
-from vdev.tee_device import TeeDevice
+from vdev.doe.requester import DoeRequester
+from vdev.endpoint.function import TeeIoEndpoint
+from vdev.endpoint.tee_device import TeeDevice
 
 from ..pci.fakes import FakeDma, FakeIrqSink
 from .budget import examples

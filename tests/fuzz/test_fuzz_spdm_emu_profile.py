@@ -24,10 +24,12 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from tests.spdm_emu.conftest import EmuHandle, start_server
-from vdev.doe_object import DoeProtocolId, build_object
-from vdev.endpoint import TeeIoEndpoint
-from vdev.profile import SECTIONS, DeviceProfile, ProfileError
+from vdev.doe.data_object import DoeProtocolId, build_object
+from vdev.endpoint.function import TeeIoEndpoint
+from vdev.endpoint.tee_device import TeeDevice
+from vdev.profiles import SECTIONS, DeviceProfile, ProfileError
 from vdev.spdm_emu import mctp
+from vdev.spdm_emu.connection import Action, SpdmEmuResponder
 from vdev.spdm_emu.frame import (
     HEADER_SIZE,
     SERVER_HELLO,
@@ -37,8 +39,6 @@ from vdev.spdm_emu.frame import (
     FrameError,
     TransportType,
 )
-from vdev.spdm_emu.responder import Action, SpdmEmuResponder
-from vdev.tee_device import TeeDevice
 
 from .budget import examples
 

@@ -16,11 +16,11 @@ import contextlib
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tdisp.codes import TdiState
 from tdisp.errors import TdispProtocolError, VdmRefused
 from tdisp.idekm_messages import parse_idekm
 from tdisp.interface_report import InterfaceReport
-from tdisp.tdisp_codes import TdiState
-from tdisp.tdisp_messages import TdispVersion, decode_vdm, expect
+from tdisp.messages import TdispVersion, decode_vdm, expect
 from tests.tdisp.tdisp_rig import Rig, make_rig
 
 from .budget import examples

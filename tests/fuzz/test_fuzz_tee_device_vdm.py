@@ -18,11 +18,11 @@ from hypothesis import strategies as st
 
 from spdm.errors import ErrorResponse
 from tdisp.idekm_messages import parse_idekm
-from tdisp.tdisp_messages import decode_vdm
+from tdisp.messages import decode_vdm
 from tests.device.secure_host import ConfigPort, SecureHost
 from tests.survival.rig import full_flow
-from vdev.doe_requester import DoeRequester
-from vdev.tee_device import TeeDevice
+from vdev.doe.requester import DoeRequester
+from vdev.endpoint.tee_device import TeeDevice
 
 from .budget import examples
 

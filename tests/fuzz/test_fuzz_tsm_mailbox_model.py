@@ -1,7 +1,7 @@
 """The TSM mailbox register protocol with the real TSM model behind it.
 
 tests/tsm_mailbox/test_fuzz.py drives random register traffic against a scripted
-backend; here the backend is `tdisp.tsm.mailbox_backend` (what `vdev tsm serve`
+backend; here the backend is `tsm.mailbox_backend` (what `vdev tsm serve`
 runs) and the guest misbehaves in the middle of real operations: random register
 writes, garbage or truncated DOE responses, transport error codes, a corrupted
 response, operations started while another is in flight.  Invariants: no access
@@ -18,10 +18,10 @@ from cryptography.hazmat.primitives import serialization
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tdisp.tsm import mailbox_backend
 from tests.tsm.tsm_rig import Device, identity, make_device
 from tests.tsm_mailbox.rig import MailboxDriver
-from vdev.device_api import RegionIndex
+from tsm import mailbox_backend
+from vdev.pci.device_api import RegionIndex
 from vdev.tsm_mailbox.device import TsmMailboxDevice
 from vdev.tsm_mailbox.model_adapter import OperationBackend
 from vdev.tsm_mailbox.protocol import (

@@ -26,9 +26,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vdev.device_api import RegionIndex
-from vdev.doe_requester import DoeRequester
-from vdev.endpoint import TeeIoEndpoint
+from vdev.doe.requester import DoeRequester
+from vdev.endpoint.function import TeeIoEndpoint
+from vdev.pci.device_api import RegionIndex
 from vdev.vfio_user import wire
 from vdev.vfio_user.client import VfioUserClient, make_memfd
 from vdev.vfio_user.threaded import ThreadedServer, serve_in_thread

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from vdev.tee_device import TeeDevice
+from vdev.endpoint.tee_device import TeeDevice
 from vdev.vfio_user.client import VfioUserClient
 from vdev.vm.session import ServerProcess
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import pytest
 
 from spdm.codes import Rsp
-from vdev.doe_mailbox import DOE_WRITE
+from vdev.doe.mailbox import DOE_WRITE
 from vdev.vfio_user.client import VfioUserClient
 from vdev.vfio_user.wire import Command
 

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from tdisp.tdisp_codes import TdiState
+from tdisp.codes import TdiState
+from vdev.endpoint.tee_device import TeeDevice
 from vdev.pci.ide_cap import IdeStreamState
-from vdev.tee_device import TeeDevice
 from vdev.vfio_user.client import VfioUserClient
 from vdev.vfio_user.server import VfioUserServer
 from vdev.vfio_user.threaded import ThreadedServer, serve_in_thread

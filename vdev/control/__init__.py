@@ -21,10 +21,10 @@ A malformed line, an unknown command, bad arguments or a failing command all get
 control request.  No command ever returns key material (SPDM secrets, IDE keys,
 TDISP nonces, private keys).
 
-Commands of the device (`vdev serve`, `vdev spdm-emu`; see `vdev.control.device`):
+Commands of the device (`vdev serve`, `vdev spdm-emu`; see `vdev.control.endpoint`):
 ``help``, ``status``, ``identity``, ``reset``, ``faults``, ``doe``, ``sessions``,
 ``tdi``, ``ide``.  `vdev serve` serves one device per ``--socket`` and one control
-socket for all of them (`vdev.control.devices`): a request names its device with a
+socket for all of them (`vdev.control.device_set`): a request names its device with a
 top-level ``"device"`` field (index or socket path; required when there are several),
 the response carries ``"device"`` too, and ``devices`` lists them all.
 Of the TSM mailbox (`vdev tsm serve`, `vdev.control.tsm`):

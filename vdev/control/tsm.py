@@ -3,7 +3,7 @@
 `status` = the mailbox device's state (STATUS register, operation in flight, counters,
 vfio-user client) plus the TSM model's latest evidence, which `EvidenceKeeper` keeps
 from the model adapter's after-operation callback.  Evidence is what the model
-already publishes (`tdisp.tsm`); as a second line of defence, fields named like
+already publishes (`tsm`); as a second line of defence, fields named like
 secrets are dropped before anything leaves.
 """
 

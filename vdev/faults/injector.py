@@ -37,14 +37,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from spdm.codes import Req, Rsp
 from spdm.identity import CertSlots, DeviceIdentity, IdentityParams, generate_identity
 from spdm.measurements import Measurement
-from tdisp.tdisp_messages import GetDeviceInterfaceReport, decode_vdm
-from vdev.doe_mailbox import DoeRejected, MailboxState, ResponseGate
-from vdev.doe_object import DOE_TYPE_CMA_SPDM, DOE_TYPE_SECURED_CMA_SPDM, DoeProtocolId
+from tdisp.messages import GetDeviceInterfaceReport, decode_vdm
+from vdev.doe.data_object import DOE_TYPE_CMA_SPDM, DOE_TYPE_SECURED_CMA_SPDM, DoeProtocolId
+from vdev.doe.mailbox import DoeRejected, MailboxState, ResponseGate
+from vdev.endpoint.tee_device import TeeDevice
 from vdev.faults import mutate
 from vdev.faults.mutate import NotApplicable
 from vdev.faults.names import message_name, protocol_of, vdm_payload
 from vdev.faults.plan import MATCH_SECURED, FaultPlan, FaultRule, code_name
-from vdev.tee_device import TeeDevice
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Each function takes the request and the response the engine produced and returns the
 response to send instead, plus a few words saying what changed (for the log and the
 trace).  Fields are found through the same construct declarations the engines use
-(spdm.messages, tdisp.tdisp_messages, tdisp.idekm_messages), never through offsets
+(spdm.messages, tdisp.messages, tdisp.idekm_messages), never through offsets
 written down here.  `NotApplicable` means the rule cannot act on this response (no such
 field, an ERROR instead of the expected response, ...): the injector then sends the
 response unchanged and says so.
@@ -18,10 +18,10 @@ from spdm import messages as m
 from spdm.algorithms import NegotiatedAlgorithms
 from spdm.codes import Rsp
 from tdisp import idekm_messages as ik
-from tdisp import tdisp_messages as tm
+from tdisp import messages as tm
+from tdisp.codes import PAGE_SIZE, ResponseCode
 from tdisp.errors import MalformedMessage
 from tdisp.interface_report import InterfaceReport
-from tdisp.tdisp_codes import PAGE_SIZE, ResponseCode
 from tdisp.vendor_defined import ProtocolId
 from vdev.faults.names import build_vdm, vdm_payload, with_vdm_payload
 

@@ -14,8 +14,8 @@ from typing import Literal
 from construct import ConstructError
 
 from spdm.codes import Req, Rsp
+from tdisp.codes import RequestCode
 from tdisp.idekm_messages import ObjectId
-from tdisp.tdisp_codes import RequestCode
 from tdisp.vendor_defined import ProtocolId, SpdmVendorDefined
 
 Protocol = Literal["spdm", "idekm", "tdisp"]

@@ -25,8 +25,8 @@ from typing import Any
 
 from spdm.codes import ErrorCode, Req
 from spdm.responder import NO_DELAY_REQUESTS
+from tdisp.codes import ErrorCode as TdispErrorCode
 from tdisp.idekm_messages import KpAckStatus
-from tdisp.tdisp_codes import ErrorCode as TdispErrorCode
 from vdev.faults.names import IDEKM_NAMES, SPDM_NAMES, TDISP_NAMES, protocol_of
 
 KINDS = (

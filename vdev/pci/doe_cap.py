@@ -7,7 +7,7 @@ send Discovery requests with version 2 in bits 15:8 (Linux reference §2).
 
 from __future__ import annotations
 
-from vdev.doe_mailbox import (
+from vdev.doe.mailbox import (
     DOE_CAP,
     DOE_CAP_SIZEOF,
     DOE_CTRL,

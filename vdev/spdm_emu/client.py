@@ -17,8 +17,8 @@ import socket
 from types import TracebackType
 
 from spdm.requester import Outgoing
-from vdev import doe_object
-from vdev.doe_object import (
+from vdev.doe import data_object as doe_object
+from vdev.doe.data_object import (
     DISCOVERY,
     HEADER_DW,
     PCI_SIG_VENDOR_ID,

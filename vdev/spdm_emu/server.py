@@ -19,8 +19,8 @@ import contextlib
 import logging
 import socket
 
+from vdev.spdm_emu.connection import Action, SpdmDevice, SpdmEmuResponder
 from vdev.spdm_emu.frame import QEMU_MAX_PAYLOAD, FrameDecoder, FrameError, TransportType
-from vdev.spdm_emu.responder import Action, SpdmDevice, SpdmEmuResponder
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ Device side (`vdev serve`, `vdev spdm-emu`), `attach_device(tracer, device)`:
     that trace the request object before the device handles it and the response object
     after (so decrypted messages and state changes land between them); discovery is
     traced from the mailbox's exchange observers.  The mailbox answers with the request's
-    object type (see vdev.tee_device), so the response object is built with it.
+    object type (see vdev.endpoint.tee_device), so the response object is built with it.
   - `TracedDevice` for the spdm-emu server: the same around `doe_object` (PCI_DOE) and
     `spdm_message` (MCTP / NONE, no DOE objects).
   - the responder's `message_observer` (and `secret_sink` with --log-secrets), the
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vdev.doe_object import (
+from vdev.doe.data_object import (
     DISCOVERY,
     DOE_TYPE_CMA_SPDM,
     DOE_TYPE_SECURED_CMA_SPDM,
@@ -32,7 +32,7 @@ from vdev.trace.tracer import REQ, RSP, Tracer, doe_object_of, secured_reply_typ
 
 
 def attach_device(tracer: Tracer, device: Any) -> None:
-    """Trace a `vdev.tee_device.TeeDevice` (duck-typed: the trace layer does not need
+    """Trace a `vdev.endpoint.tee_device.TeeDevice` (duck-typed: the trace layer does not need
     the device's imports)."""
 
     def mailbox_handler(doe_type: int) -> Any:

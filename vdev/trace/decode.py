@@ -1,7 +1,7 @@
 """One-line summaries of DOE objects and SPDM / IDE_KM / TDISP messages for the trace.
 
 Every message is parsed with the declarations the engines use (spdm.messages,
-tdisp.idekm_messages, tdisp.tdisp_messages, tdisp.vendor_defined); where a format needs
+tdisp.idekm_messages, tdisp.messages, tdisp.vendor_defined); where a format needs
 negotiated sizes, only its fixed leading fields are parsed (`_prefix` builds a Struct
 from the declaration's own leading subcons).  Nothing here prints key material: KEY_PROG
 shows its slot, never its key or IFV; nonces, signatures and DHE values are not shown.
@@ -23,12 +23,12 @@ from spdm import messages as m
 from spdm.algorithms import Aead, AlgType, BaseAsym, BaseHash, Dhe, MeasHash
 from spdm.codes import ErrorCode, Req, ReqCap, Rsp, RspCap
 from tdisp import idekm_messages as ik
-from tdisp import tdisp_messages as tm
+from tdisp import messages as tm
+from tdisp.codes import LockFlags, RequestCode, ResponseCode, TdiState, error_name
 from tdisp.errors import MalformedMessage
-from tdisp.tdisp_codes import LockFlags, RequestCode, ResponseCode, TdiState, error_name
 from tdisp.vendor_defined import ProtocolId, SpdmVendorDefined
-from vdev import doe_object
-from vdev.doe_object import (
+from vdev.doe import data_object as doe_object
+from vdev.doe.data_object import (
     DOE_TYPE_CMA_SPDM,
     DOE_TYPE_DISCOVERY,
     DOE_TYPE_SECURED_CMA_SPDM,

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
-from vdev.doe_object import (
+from vdev.doe.data_object import (
     DOE_TYPE_CMA_SPDM,
     DOE_TYPE_SECURED_CMA_SPDM,
     HEADER_DW,

@@ -23,7 +23,7 @@ guest, or IN_LEN=0) does not check the report.
 
 `ScriptedBackend` replays fixed request lists (tests, `vdev tsm serve
 --scripted`); `EchoBackend` and `FailingBackend` are small fault helpers.
-The real TSM model (tdisp.tsm) plugs in through the same Protocol.
+The real TSM model (tsm) plugs in through the same Protocol.
 """
 
 from __future__ import annotations

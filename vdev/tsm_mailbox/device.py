@@ -24,10 +24,10 @@ import errno
 import logging
 from collections.abc import Callable, Sequence
 
-from vdev.device_api import DmaAccess, IrqIndex, IrqSink, RegionIndex, RegionInfo
 from vdev.pci.bar import MemoryBar
 from vdev.pci.capability import ExtCapability
 from vdev.pci.config_space import CONFIG_SPACE_SIZE, ConfigSpace
+from vdev.pci.device_api import DmaAccess, IrqIndex, IrqSink, RegionIndex, RegionInfo
 from vdev.pci.header import HeaderIdentity, Type0Header
 from vdev.pci.msix_cap import MsixCap
 from vdev.pci.pcie_cap import PcieCap

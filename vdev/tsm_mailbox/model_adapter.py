@@ -1,4 +1,4 @@
-"""Adapt the TSM model's operation objects (tdisp.tsm.operations.TsmOperation) to
+"""Adapt the TSM model's operation objects (tsm.operations.TsmOperation) to
 `TsmBackend`.
 
 The model drives one operation as an object with `done`, `next_request`

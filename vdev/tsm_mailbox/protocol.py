@@ -1,6 +1,6 @@
 """The TSM mailbox protocol: BAR0 register map, operations, statuses.
 
-The mailbox device is how the guest's `vtsm` driver (guest-tests/vtsm/)
+The mailbox device is how the guest's `vtsm` driver (guest/vtsm/)
 reaches the platform TSM model, the way AMD's sev-dev-tsm.c reaches the PSP
 (Linux reference §3, §6): the driver posts an operation, the TSM answers
 "please carry this DOE object to the device" or "done", the driver performs
@@ -95,7 +95,7 @@ from construct import Bytes, GreedyRange, Int8ul, Int16ul, Int64ul, Struct
 
 # ---- identity --------------------------------------------------------------
 
-# Emulator placeholders, like the endpoint's 0x1DED:0x7E10 (see vdev.profile):
+# Emulator placeholders, like the endpoint's 0x1DED:0x7E10 (see vdev.profiles):
 # not registered with PCI-SIG, picked to be recognisably ours.
 MAILBOX_VENDOR_ID = 0x1DED
 MAILBOX_DEVICE_ID = 0x7E20

@@ -28,7 +28,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from vdev.device_api import IrqIndex
+from vdev.pci.device_api import IrqIndex
 
 from .errors import ProtocolError
 from .wire import SET_IRQS_ACTION_BITS, SET_IRQS_DATA_BITS, SetIrqsFlags

@@ -61,7 +61,7 @@ from dataclasses import dataclass
 
 from construct import ConstructError
 
-from vdev.device_api import RegionIndex, RegionInfo, VfioUserDevice
+from vdev.pci.device_api import RegionIndex, RegionInfo, VfioUserDevice
 
 from . import wire
 from .dma import DmaTable, GuestMemory

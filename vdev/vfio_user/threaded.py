@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from vdev.device_api import VfioUserDevice
+from vdev.pci.device_api import VfioUserDevice
 from vdev.vfio_user.server import VfioUserServer
 
 D = TypeVar("D", bound=VfioUserDevice)

@@ -17,8 +17,8 @@ import threading
 import time
 from pathlib import Path
 
-from vdev.device_regs import ID_MAGIC, REG_DOORBELL, REG_ID, REG_SCRATCH0
-from vdev.profile import DeviceProfile
+from vdev.endpoint.registers import ID_MAGIC, REG_DOORBELL, REG_ID, REG_SCRATCH0
+from vdev.profiles import DeviceProfile
 from vdev.vm.checks import (
     Check,
     ConnectExpected,

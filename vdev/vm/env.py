@@ -1,6 +1,6 @@
 """Locate (and if needed build) the cached VM environment.
 
-The environment is a Debian trixie root built by `guest-tests/vm-env.sh`
+The environment is a Debian trixie root built by `guest/vm-env.sh`
 (QEMU 11, the 7.3.4 kernel and headers, gcc-14, busybox).  Its binaries run
 through the root's own dynamic loader, so no chroot is needed for QEMU.
 """
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+GUEST = REPO / "guest"  # the guest modules, /init and the VM environment script
 GUEST_TESTS = REPO / "guest-tests"
 KVER = "7.3.4+deb13-amd64"
 
@@ -69,7 +70,7 @@ def find_env(*, build: bool = False) -> VmEnv:
     """The cached environment; with `build`, run vm-env.sh first (idempotent)."""
     if build:
         proc = subprocess.run(
-            ["bash", str(GUEST_TESTS / "vm-env.sh")], stdout=subprocess.PIPE, text=True
+            ["bash", str(GUEST / "vm-env.sh")], stdout=subprocess.PIPE, text=True
         )
         if proc.returncode != 0:
             raise VmEnvError("building the VM environment failed (messages above)")
@@ -88,7 +89,7 @@ def find_env(*, build: bool = False) -> VmEnv:
 def build_module(src: Path, out: Path, kdir: str | None = None) -> Path:
     """Build an out-of-tree guest module in the root; returns the .ko path."""
     kdir = kdir if kdir is not None else os.environ.get("KDIR") or None
-    argv = ["bash", str(GUEST_TESTS / "build-module.sh"), str(src), str(out)]
+    argv = ["bash", str(GUEST / "build-module.sh"), str(src), str(out)]
     if kdir:
         argv.append(kdir)
     proc = subprocess.run(argv, capture_output=True, text=True)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vdev.vm.env import GUEST_TESTS, VmEnv, cache_dir
+from vdev.vm.env import GUEST, VmEnv, cache_dir
 from vdev.vm.initramfs import guest_initramfs
 
 MARK = "@@VDEV "
@@ -197,7 +197,7 @@ def choose_accel(env: VmEnv) -> str:
 def _kvm_boots(env: VmEnv) -> bool:
     with tempfile.TemporaryDirectory(prefix="vdev-kvm-probe-") as tmp:
         initrd = Path(tmp) / "initrd.gz"
-        guest_initramfs(env.busybox, GUEST_TESTS / "init.sh").write(initrd)
+        guest_initramfs(env.busybox, GUEST / "init.sh").write(initrd)
         spec = VmSpec(env=env, initrd=initrd, accel="kvm", timeout=15.0, memory_mb=256)
         result = run_vm(spec, Path(tmp) / "console.log")
         return result.completed and not result.timed_out

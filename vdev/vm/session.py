@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vdev.vm.env import GUEST_TESTS, REPO, VmEnv, build_module
+from vdev.vm.env import GUEST, GUEST_TESTS, REPO, VmEnv, build_module
 from vdev.vm.initramfs import guest_initramfs
 from vdev.vm.qemu import VfioUserAttach, VmResult, VmSpec, run_vm
 
@@ -117,11 +117,11 @@ class GuestRun:
         """Build the modules and the initramfs; the VmSpec that boots them."""
         mods = {}
         for name in self.modules:
-            ko = build_module(GUEST_TESTS / name, self.workdir / "modules" / name)
+            ko = build_module(GUEST / name, self.workdir / "modules" / name)
             mods[ko.name] = ko
         initrd = self.workdir / "initrd.cpio.gz"
         guest_initramfs(
-            self.env.busybox, GUEST_TESTS / "init.sh", modules=mods, scripts=self.scripts
+            self.env.busybox, GUEST / "init.sh", modules=mods, scripts=self.scripts
         ).write(initrd)
         return VmSpec(
             env=self.env, initrd=initrd, append=self.append, timeout=self.timeout,

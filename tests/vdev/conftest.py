@@ -1,0 +1,26 @@
+"""Fixtures for the device-model tests."""
+
+from __future__ import annotations
+
+import pytest
+
+from vdev.endpoint.function import TeeIoEndpoint
+
+from .fakes import Cfg, FakeDma, FakeIrqSink
+
+
+@pytest.fixture
+def endpoint() -> TeeIoEndpoint:
+    return TeeIoEndpoint()
+
+
+@pytest.fixture
+def cfg(endpoint: TeeIoEndpoint) -> Cfg:
+    return Cfg(endpoint)
+
+
+@pytest.fixture
+def irq(endpoint: TeeIoEndpoint) -> FakeIrqSink:
+    sink = FakeIrqSink()
+    endpoint.attach(sink, FakeDma())
+    return sink

@@ -1,0 +1,169 @@
+"""The real `vdev serve --control` process: a vfio-user client does DOE discovery and
+an SPDM session, then `vdev ctl` shows the session and the DOE counters (instead of
+grepping the server's log)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from spdm.requester import Outgoing
+from tests.device.secure_host import ConfigPort, SecureHost
+from vdev.control.client import ControlClient
+from vdev.doe.requester import DoeRequester
+from vdev.endpoint.tee_device import TeeDevice
+from vdev.pci.device_api import RegionIndex
+from vdev.vfio_user.client import VfioUserClient
+
+DOE_CAP = 0x100
+
+
+def _wait_for(path: str, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while not os.path.exists(path):
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def ctl(control: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "vdev.cli", "ctl", "--socket", control, *argv],
+                          capture_output=True, text=True, timeout=60)
+
+
+def ctl_json(control: str, *argv: str) -> Any:
+    out = ctl(control, *argv)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[str, str, Path]]:
+    sockdir = tempfile.mkdtemp(prefix="vc-", dir="/tmp")
+    sock, control = f"{sockdir}/dev.sock", f"{sockdir}/ctl.sock"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vdev.cli", "--log-level", "warning", "serve",
+         "--socket", sock, "--control", control, "--state-dir", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        _wait_for(sock, proc)
+        _wait_for(control, proc)
+        yield sock, control, tmp_path
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        assert not os.path.exists(control)  # removed on shutdown
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(sockdir, ignore_errors=True)
+
+
+def test_ctl_status_shows_session_and_doe_counters(server: tuple[str, str, Path]) -> None:
+    sock, control, state_dir = server
+    before = ctl_json(control, "status")
+    assert before["transport"]["client_connected"] is False
+    assert before["spdm"]["sessions"] == []
+    assert before["doe"]["counters"]["doe_exchanges"] == 0
+
+    # Same identity directory: offsets and the trust anchor, not the served device.
+    local = TeeDevice(state_dir=state_dir)
+    with VfioUserClient(sock, timeout=5.0) as client:
+        client.negotiate()
+
+        def read(offset: int, size: int) -> int:
+            return int.from_bytes(client.region_read(RegionIndex.CONFIG, offset, size),
+                                  "little")
+
+        def write(offset: int, size: int, value: int) -> None:
+            client.region_write(RegionIndex.CONFIG, offset, value.to_bytes(size, "little"))
+
+        doe = DoeRequester(lambda off: read(off, 4), lambda off, v: write(off, 4, v), DOE_CAP)
+        assert doe.discover() == [(1, 0), (1, 1), (1, 2)]
+
+        def transport(out: Outgoing) -> bytes:
+            return doe.exchange_bytes(out.doe_type, out.data)
+
+        host = SecureHost(local, ConfigPort(read, write), transport, local.identity.root)
+        host.authenticate()
+        sid = host.open_session()
+
+        status = ctl_json(control, "status")
+        assert status["transport"]["client_connected"] is True
+        [session] = status["spdm"]["sessions"]
+        assert session["session_id"] == f"{sid:#010x}"
+        assert session["state"] == "established"
+        assert session["algorithms"]["base_asym"] == "ECDSA_P384"
+        counters = status["doe"]["counters"]
+        assert counters["doe_0001:00"] == 3  # discovery: one exchange per protocol
+        assert counters["doe_0001:01"] >= 8  # VCA, digests, certificate, challenge, ...
+        assert counters["doe_0001:02"] >= 1  # FINISH travels secured
+        assert counters["config_reads"] > 0 and counters["config_writes"] > 0
+        assert status["tdi"][0]["state"] == "CONFIG_UNLOCKED"
+
+        # Identity: the served chain is the one in the state directory.
+        ident = ctl_json(control, "identity")
+        assert ident["trust_anchor"] == str(state_dir / "slot0" / "root.pem")
+        root_subject = local.identity.root.subject.rfc4514_string()
+        assert ident["certificates"][0]["subject"] == root_subject
+
+        # A bad request is answered, and the device keeps serving.
+        bad = ctl(control, "raw", "{not json")
+        assert bad.returncode == 1 and "not JSON" in bad.stderr
+        assert "unknown (kinds:" in ctl(
+            control, "faults", "arm", "--fault", '{"kind": "corrupt_signature"}').stderr
+        with ControlClient(control) as c:
+            assert c.raw(b"[]\n")["ok"] is False
+            assert c.request("sessions")["ok"] is True  # same connection, next request
+
+        reset = ctl_json(control, "reset")["tdi"][0]
+        assert reset["state"] == "CONFIG_UNLOCKED"
+        assert reset["history"][-1]["event"] == "FUNCTION_RESET"
+        host.run(host.requester.heartbeat(sid))  # sessions survive an FLR by default
+        host.end_session()
+        assert ctl_json(control, "sessions")["sessions"] == []
+    deadline = time.monotonic() + 5
+    while ctl_json(control, "status")["transport"]["client_connected"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_ctl_unreachable_socket(tmp_path: Path) -> None:
+    out = ctl(str(tmp_path / "nothing.sock"), "status")
+    assert out.returncode == 2 and "nothing.sock" in out.stderr
+
+
+def test_spdm_emu_control(tmp_path: Path) -> None:
+    sockdir = tempfile.mkdtemp(prefix="ve-", dir="/tmp")
+    control = f"{sockdir}/ctl.sock"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vdev.cli", "--log-level", "warning", "spdm-emu", "--port", "0",
+         "--profile", "auth-only-spdm12", "--control", control, "--state-dir", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        _wait_for(control, proc)
+        status = ctl_json(control, "status")
+        assert status["transport"]["kind"] == "spdm-emu"
+        assert status["transport"]["port"] > 0 and status["transport"]["connections"] == 0
+        assert status["device"]["tee_io"] is False
+        assert "authentication-only" in status["device"]["description"]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(sockdir, ignore_errors=True)

@@ -1,0 +1,80 @@
+"""TSM mailbox control: mailbox state, evidence without secrets, and the real
+`vdev tsm serve --control` process answering `vdev ctl`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from spdm.identity import load_or_create
+from vdev.control.tsm import EvidenceKeeper, scrub, tsm_control
+from vdev.endpoint.tee_device import identity_params
+from vdev.profiles import DeviceProfile
+from vdev.tsm_mailbox.backend import ScriptedBackend
+from vdev.tsm_mailbox.device import TsmMailboxDevice
+from vdev.tsm_mailbox.protocol import Op
+
+
+def test_scrub_drops_secret_fields() -> None:
+    ev = {"spdm": {"session_id": "0xff000001", "key": "aa" * 32},
+          "tdis": {"01:00.0": {"state": "RUN", "nonce": b"\x01" * 32}},
+          "ide": [{"key_set": 0, "ifv": "00"}], "blob": b"\x02"}
+    assert scrub(ev) == {"spdm": {"session_id": "0xff000001"},
+                         "tdis": {"01:00.0": {"state": "RUN"}},
+                         "ide": [{"key_set": 0}], "blob": "02"}
+
+
+def test_status_mailbox_and_evidence() -> None:
+    device = TsmMailboxDevice(ScriptedBackend({}))
+    keeper = EvidenceKeeper()
+    core = tsm_control(device, keeper, "tsm")
+    status = core.handle({"cmd": "status"})["result"]
+    assert status["mailbox"]["status"] == "IDLE"
+    assert status["mailbox"]["transport"]["client_connected"] is False
+    assert status["evidence"] == {"operations": 0, "last": None}
+    keeper.note(Op.CONNECT, "0000:01:00.0", {"spdm": {"version": "1.3", "psk": "x"}})
+    last = core.handle({"cmd": "evidence"})["result"]["last"]
+    assert last["operation"] == "CONNECT"
+    assert last["evidence"] == {"spdm": {"version": "1.3"}}
+    assert core.handle({"cmd": "reset"})["ok"]
+    assert core.handle({"cmd": "ide"})["ok"] is False  # device-only command
+    assert tsm_control(device, None, "scripted").handle({"cmd": "evidence"})["result"] is None
+
+
+def test_tsm_serve_control_process(tmp_path: Path) -> None:
+    ident = load_or_create(tmp_path / "id", identity_params(DeviceProfile()))
+    del ident
+    anchor = tmp_path / "id" / "slot0" / "root.pem"
+    sockdir = tempfile.mkdtemp(prefix="vt-", dir="/tmp")
+    sock, control = f"{sockdir}/tsm.sock", f"{sockdir}/ctl.sock"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vdev.cli", "--log-level", "warning", "tsm", "serve",
+         "--socket", sock, "--trust-anchor", str(anchor), "--control", control],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while not (os.path.exists(sock) and os.path.exists(control)):
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        out = subprocess.run([sys.executable, "-m", "vdev.cli", "ctl", "--socket", control,
+                              "status"], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        status = json.loads(out.stdout)
+        assert status["backend"] == "tsm"
+        assert status["mailbox"]["status"] == "IDLE"
+        assert status["evidence"] == {"operations": 0, "last": None}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(sockdir, ignore_errors=True)

@@ -1,0 +1,97 @@
+"""The profile's SPDM / TDISP knobs reach the composed device."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from spdm.codes import V12, V13
+from spdm.errors import ProtocolError
+from spdm.requester import Requester, RequesterConfig
+from tdisp.codes import TdiState
+from tdisp.device_interface import InterfaceId
+from tdisp.errors import TdispErrorResponse
+from tdisp.requesters import IdeKmRequester, TdispRequester
+from vdev.endpoint.tee_device import TeeDevice
+from vdev.profiles import DeviceProfile, ProfileError
+
+from .secure_host import tdi_state
+from .test_enforcement import locked
+from .test_secure_mailbox import make_host
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("spdm_versions", "1.2,1.4"),
+        ("spdm_versions", ""),
+        ("identity_key_type", "dsa-1024"),
+        ("tdisp_policy", "lenient"),
+        ("firmware_digest", "abc"),
+        ("firmware_digest", "00" * 20),
+        ("spdm_data_transfer_size", 41),
+        ("spdm_data_transfer_size", 8192),
+        ("bus", 256),
+        ("devfn", -1),
+        ("flr_ends_spdm_sessions", 1),
+        ("firmware_version", 3),
+    ],
+)
+def test_bad_security_knobs_are_rejected(key: str, value: object) -> None:
+    with pytest.raises(ProfileError) as err:
+        DeviceProfile.from_mapping({key: value})
+    assert err.value.key == key
+
+
+def test_security_knobs_from_toml(state_dir: Path) -> None:
+    profile = DeviceProfile.from_toml_string(
+        'spdm_versions = "1.3"\ntdisp_policy = "spdm-emu"\nbus = 0x3a\ndevfn = 0x10\n'
+        'spdm_data_transfer_size = 1024\nfirmware_version = "fw 2.0"\n'
+    )
+    device = TeeDevice(profile, state_dir=state_dir)
+    assert tuple(device.responder.config.versions) == (V13,)
+    assert device.responder.config.data_transfer_size == 1024
+    assert device.tdisp.policy.name == "spdm-emu"
+    assert device.interface.interface_id == InterfaceId.of(0x3A, 2, 0)
+
+
+def test_versions_offered_are_the_profile_ones(state_dir: Path) -> None:
+    host = make_host(state_dir, spdm_versions="1.2")
+    host.run(host.requester.init_connection())
+    assert host.requester.version == V12
+    old = make_host(state_dir)
+    old.requester = Requester(RequesterConfig(versions=(0x10, 0x11),
+                                              trust_anchors=[old.trust_anchor]))
+    with pytest.raises(ProtocolError):
+        old.run(old.requester.init_connection())
+
+
+def test_requester_id_reaches_idekm_and_tdisp(state_dir: Path) -> None:
+    host = make_host(state_dir, bus=0x3A, devfn=0x10)
+    host.authenticate()
+    host.open_session()
+    query = IdeKmRequester.parse_query_resp(host.vdm(IdeKmRequester.query(0)))
+    assert (query.bus, query.dev_func) == (0x3A, 0x10)
+    ours = TdispRequester(InterfaceId.of(0x3A, 2, 0))
+    assert ours.parse_version(host.vdm(ours.get_version()))
+    other = TdispRequester(InterfaceId.of(1, 0, 0))
+    with pytest.raises(TdispErrorResponse, match="INVALID_INTERFACE"):
+        other.parse_version(host.vdm(other.get_version()))
+
+
+def test_spdm_emu_policy_uses_its_req_msgs_convention(state_dir: Path) -> None:
+    host = make_host(state_dir, tdisp_policy="spdm-emu")
+    host.authenticate()
+    host.open_session()
+    req = TdispRequester(host.interface_id())
+    caps = req.parse_capabilities(host.vdm(req.get_capabilities()))
+    assert caps.req_msgs_supported[0] == 0xFE
+
+
+def test_get_version_ending_the_lock_session_is_an_error(state_dir: Path) -> None:
+    host = locked(state_dir)
+    host.tdisp_connect()
+    assert tdi_state(host.device) == TdiState.RUN
+    host.run(host.requester.get_version())  # resets the connection: all sessions end
+    assert tdi_state(host.device) == TdiState.ERROR

@@ -1,0 +1,265 @@
+"""`vdev tsm connect`: drive the TSM model against an spdm-emu compatible responder.
+
+  vdev tsm connect --spdm-emu HOST:PORT --trust-anchor FILE [--policy FILE]
+                   [--device SSSS:BB:DD.F] [--expect-bar INDEX:BASE:SIZE ...]
+                   [--lock] [--start] [--stop] [--no-disconnect] [--json]
+
+Connects (SPDM authentication, policy, session, IDE keys), then optionally locks the TDI
+(function of --device), fetches and checks its interface report, starts it, stops it,
+and finally disconnects (K_SET_STOP, END_SESSION).  The step log goes to stdout (stderr
+with --json); the evidence is printed at the end, as JSON with --json.  Exit status 0
+when every requested step succeeded, 1 otherwise.
+
+This is the only module of tsm doing I/O: it owns the socket client (imported
+lazily from vdev.spdm_emu.client) and the sleeps a ResponseNotReady asks for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, Protocol, TextIO
+
+from spdm.secured_message import MCTP_TRANSPORT
+from tsm.device_ref import DeviceRef, ExpectedBar
+from tsm.mailbox import load_trust_anchors
+from tsm.model import TsmConfig, TsmModel
+from tsm.operations import Done, TsmOperation
+from tsm.policy import PolicyError, ReferenceValues
+
+
+class DoeClient(Protocol):
+    def doe_exchange(self, data_object_type: int, payload: bytes) -> bytes: ...
+
+
+ClientFactory = Callable[[str, int], DoeClient]
+
+
+def add_connect_parser(tsm_subparsers: Any) -> argparse.ArgumentParser:
+    """Add `connect` to the `vdev tsm` sub-command group."""
+    c: argparse.ArgumentParser = tsm_subparsers.add_parser(
+        "connect", help="authenticate and connect a device over the spdm-emu socket",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("--spdm-emu", required=True, metavar="HOST:PORT",
+                   help="spdm-emu responder (e.g. vdev spdm-emu, libspdm's spdm_responder_emu)")
+    c.add_argument("--trust-anchor", required=True, metavar="FILE",
+                   help="root certificate(s) to accept, PEM or DER")
+    c.add_argument("--policy", metavar="FILE", help="measurement reference values (TOML/JSON)")
+    c.add_argument("--device", default="0000:01:00.0", metavar="SSSS:BB:DD.F",
+                   help="the DSM / TDI routing ID used in INTERFACE_ID (default %(default)s)")
+    c.add_argument("--expect-bar", action="append", default=[], metavar="INDEX:BASE:SIZE",
+                   help="a BAR as the host assigned it; the interface report must match")
+    c.add_argument("--mmio-offset", type=lambda s: int(s, 0), default=0,
+                   help="MMIO_REPORTING_OFFSET for LOCK (default 0)")
+    c.add_argument("--stream-id", default="auto", metavar="ID|auto",
+                   help="IDE Stream ID to key; auto (default): the ID the host configured in "
+                   "the device's first selective stream, as QUERY_RESP reports it")
+    c.add_argument("--transport", default="pci_doe", choices=["pci_doe", "mctp"],
+                   help="spdm-emu transport (default pci_doe)")
+    c.add_argument("--lock", action="store_true", help="TDISP LOCK + interface report")
+    c.add_argument("--start", action="store_true", help="START after LOCK (implies --lock)")
+    c.add_argument("--stop", action="store_true", help="STOP the TDI at the end")
+    c.add_argument("--no-disconnect", action="store_true",
+                   help="leave the session and keys in place at the end")
+    c.add_argument("--shutdown", action="store_true",
+                   help="send SHUTDOWN to the spdm-emu server at the end (default CONTINUE)")
+    c.add_argument("--json", action="store_true", help="print the evidence as JSON")
+    from vdev.cli.trace import add_trace_arguments  # the adapter layer, as the client is
+
+    add_trace_arguments(c)  # --trace FILE, --trace-format, --pcap FILE, --log-secrets
+    c.set_defaults(func=cmd_connect)
+    return c
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise SystemExit(f"vdev tsm connect: --spdm-emu wants HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def _default_factory(transport: str) -> ClientFactory:
+    def make(host: str, port: int) -> DoeClient:
+        from vdev.spdm_emu.client import SpdmEmuClient  # the adapter layer, loaded lazily
+
+        client = SpdmEmuClient(host, port, transport=transport)
+        client.hello()
+        return client
+
+    return make
+
+
+def run(op: TsmOperation, client: DoeClient) -> Done:
+    """Carry one operation's DOE exchanges over the client."""
+    while not op.done:
+        req = op.next_request
+        assert req is not None
+        if req.delay_us:
+            time.sleep(req.delay_us / 1e6)
+        try:
+            reply = client.doe_exchange(req.doe_type, req.payload)
+        except OSError as exc:
+            op.fail(-exc.errno if exc.errno else f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # a protocol error of the socket layer (SpdmEmuError)
+            op.fail(f"{type(exc).__name__}: {exc}")
+        else:
+            op.feed(reply)
+    assert op.result is not None
+    return op.result
+
+
+def cmd_connect(args: argparse.Namespace, client_factory: ClientFactory | None = None) -> int:
+    out: TextIO = sys.stdout
+    log: TextIO = sys.stderr if args.json else sys.stdout
+    host, port = _host_port(args.spdm_emu)
+    try:
+        device = DeviceRef.parse(args.device)
+        bars = [ExpectedBar.parse(b) for b in args.expect_bar]
+        anchors = load_trust_anchors(args.trust_anchor)
+        refs = ReferenceValues.load(args.policy) if args.policy else None
+        stream_id = None if args.stream_id == "auto" else int(args.stream_id, 0)
+    except (OSError, ValueError, PolicyError) as exc:
+        raise SystemExit(f"vdev tsm connect: {exc}") from None
+    tracer = _tracer(args)
+    spdm: dict[str, Any] = tracer.spdm_hooks() if tracer is not None else {}
+    if args.transport == "mctp":
+        # DSP0275: over MCTP the secured payload carries the MCTP message type too.
+        spdm["transport"] = MCTP_TRANSPORT
+    config = TsmConfig(
+        trust_anchors=anchors, reference_values=refs, policy_file=args.policy,
+        clock=time.time, stream_id=stream_id, mmio_reporting_offset=args.mmio_offset,
+        spdm=spdm,
+    )
+    tsm = TsmModel(device, config)
+    tsm.listeners.append(lambda phase, text: print(f"  [{phase}] {text}", file=log, flush=True))
+    if tracer is not None:
+        tsm.listeners.append(lambda phase, text: tracer.state(f"[{phase}] {text}",
+                                                              msg="TSM_STEP", proto="tsm"))
+
+    factory = client_factory or _default_factory(args.transport)
+    print(f"vdev tsm: connecting to spdm-emu {host}:{port}, device {device}", file=log)
+    try:
+        client = factory(host, port)
+    except Exception as exc:
+        print(f"vdev tsm: cannot reach {host}:{port}: {exc}", file=log)
+        return 1
+    if tracer is not None:
+        from vdev.trace.attach import TracedClient
+
+        client = TracedClient(client, tracer,
+                              doe=getattr(args, "transport", "pci_doe") == "pci_doe")
+
+    plan: list[tuple[str, Callable[[], TsmOperation]]] = [("connect", tsm.connect)]
+    tdi = device.function
+    if args.lock or args.start:
+        plan.append(("lock", lambda: tsm.lock(tdi, expected_mmio=bars or None)))
+        plan.append(("report", lambda: tsm.report(tdi)))
+    if args.start:
+        plan.append(("start", lambda: tsm.start(tdi)))
+    if args.stop:
+        plan.append(("stop", lambda: tsm.stop(tdi)))
+
+    failed = False
+    for name, make in plan:
+        print(f"- {name}", file=log, flush=True)
+        done = run(make(), client)
+        if not done.ok:
+            print(f"FAILED: {done.reason}", file=log, flush=True)
+            failed = True
+            break
+    if tsm.state == "connected" and not args.no_disconnect:
+        print("- disconnect", file=log, flush=True)
+        done = run(tsm.disconnect(), client)
+        if not done.ok:
+            print(f"FAILED: {done.reason}", file=log, flush=True)
+            failed = True
+    _close(client, args.shutdown)
+
+    evidence = tsm.evidence()
+    if args.json:
+        json.dump(evidence, out, indent=2)
+        out.write("\n")
+    else:
+        out.write(render(evidence, tsm))
+    print("vdev tsm: " + ("FAILED" if failed else "ok"), file=log)
+    return 1 if failed else 0
+
+
+def _tracer(args: argparse.Namespace) -> Any:
+    """A vdev.trace Tracer for --trace / --pcap / --log-secrets, or None."""
+    if not (getattr(args, "trace", None) or getattr(args, "pcap", None)
+            or getattr(args, "log_secrets", False)):
+        return None
+    from vdev.cli.trace import tracer_from_args
+
+    return tracer_from_args(args, "tsm",
+                            doe_wire=getattr(args, "transport", "pci_doe") == "pci_doe")
+
+
+def _close(client: DoeClient, shutdown: bool) -> None:
+    finish = getattr(client, "shutdown" if shutdown else "continue_", None)
+    try:
+        if finish is not None:
+            finish()
+        elif hasattr(client, "close"):
+            client.close()
+    except Exception:  # the session is over either way; closing is best effort
+        pass
+
+
+def render(e: dict[str, Any], tsm: TsmModel | None = None) -> str:
+    """The evidence as a readable summary."""
+    lines = ["", "Evidence"]
+    s = e["spdm"]
+    if s["version"]:
+        a = s["algorithms"] or {}
+        lines.append(f"  SPDM {s['version']}: {a.get('base_asym')}, {a.get('base_hash')}, "
+                     f"{a.get('dhe')}, {a.get('aead')}; authenticated by "
+                     f"{s['authentication'] or '-'}")
+        lines.append(f"  session {s['session_id'] or '-'} ({s['session_state'] or 'none'})")
+    for c in e["certificates"]:
+        lines.append(f"  cert {c['subject']}")
+        lines.append(f"       sha256 {c['sha256']}")
+    verdicts = {v["index"]: v for v in e["policy"]["verdicts"] if v.get("index") is not None}
+    for m in e["measurements"]:
+        v = verdicts.get(m["index"], {}).get("verdict", "not checked")
+        value = m["value"] if len(m["value"]) <= 32 else m["value"][:32] + "…"
+        lines.append(f"  measurement {m['index']:3d} {m['type']:17s} {value}  [{v}]")
+    for v in e["policy"]["verdicts"]:
+        if v.get("check") == "version":
+            lines.append(f"  version {v['got']!r}: {v['verdict']}")
+    ide = e["ide"]
+    if ide["device"]["slots"]:
+        dev = ", ".join(f"{x['direction']} {x['sub_stream']} K{x['key_set']} {x['state']}"
+                        for x in ide["device"]["slots"])
+        lines.append(f"  IDE stream {ide['stream_id']} device:    {dev}")
+        rp = ide["root_port"]
+        rps = ", ".join(f"{x['direction']} {x['sub_stream']} K{x['key_set']} {x['state']}"
+                        for x in rp["slots"])
+        lines.append(f"  IDE stream {ide['stream_id']} root port: {rps} ({rp['state']})")
+    for name, t in e["tdis"].items():
+        hist = " -> ".join(h["state"] for h in t["history"])
+        lines.append(f"  TDI {name} ({t['interface_id']}): {t['state']}  [{hist}]")
+        if t["report_check"]:
+            lines.append(f"    report check: {t['report_check']}")
+        rec = tsm.tdis.get(int(t["interface_id"], 16)) if tsm is not None else None
+        if rec is not None and rec.report is not None:
+            lines += ["    " + x for x in rec.report.render().splitlines()]
+    if e["last_error"]:
+        lines.append(f"  last error: {e['last_error']}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:  # `python -m vdev.cli.tsm_connect connect ...`
+    p = argparse.ArgumentParser(prog="tsm")
+    add_connect_parser(p.add_subparsers(dest="cmd", required=True))
+    args = p.parse_args(argv)
+    rc: int = args.func(args)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

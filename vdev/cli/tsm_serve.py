@@ -1,0 +1,194 @@
+"""`vdev tsm serve`: the TSM mailbox device over vfio-user.
+
+  vdev tsm serve --socket PATH --trust-anchor FILE [--policy FILE]
+
+serves the mailbox with the real TSM model from `tsm` (imported only
+here, so the device and its tests do not depend on it).  The contract with
+that package is one factory:
+
+  tsm.mailbox_backend(trust_anchor: Path, policy: Path | None)
+      -> a TsmBackend, or a callable (Op, TargetFunction) -> operation object
+         (tsm.operations.TsmOperation), wrapped by model_adapter
+
+Test-only (hidden from --help): `--scripted FILE` replays a JSON script
+(`backend.load_scripts`) instead, and `--record FILE` appends every DOE
+exchange the scripted backend saw as one JSON line, so a guest test can
+assert on the bytes the real device answered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from vdev.tsm_mailbox.backend import Exchange, ScriptedBackend, TsmBackend, load_scripts
+
+log = logging.getLogger("vdev.tsm")
+
+
+def add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--socket", required=True, help="UNIX socket path QEMU connects to")
+    p.add_argument("--trust-anchor", help="root certificate(s) the TSM accepts (PEM)")
+    p.add_argument("--policy", help="TSM policy file")
+    p.add_argument("--evidence", help="write the TSM's evidence (JSON) here after every operation")
+    p.add_argument("--control", metavar="PATH", help="serve the JSON control socket here "
+                   "(vdev ctl --socket PATH status|evidence|mailbox)")
+    p.add_argument("--scripted", help=argparse.SUPPRESS)
+    p.add_argument("--record", help=argparse.SUPPRESS)
+    from vdev.cli.trace import add_trace_arguments
+
+    add_trace_arguments(p)  # --trace FILE, --trace-format, --pcap FILE, --log-secrets
+
+
+def _scripted_backend(script: str, record: str | None) -> ScriptedBackend:
+    try:
+        scripts = load_scripts(script)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SystemExit(f"vdev tsm serve: bad script {script}: {exc}") from None
+
+    def write(ex: Exchange) -> None:
+        log.info("scripted %s exchange %d: type %d, %d bytes out, rc %d, %d bytes back",
+                 ex.op.name, ex.index, ex.request.doe_type, len(ex.request.payload),
+                 ex.rc, len(ex.response))
+        if record:
+            with open(record, "a") as f:
+                f.write(json.dumps(ex.to_json()) + "\n")
+
+    return ScriptedBackend(scripts, on_exchange=write)
+
+
+def _evidence_writer(
+    path: str | None, keep: Callable[[Any, Any, dict[str, Any]], None] | None = None
+) -> Callable[[Any, Any, Any], None]:
+    """After each model operation: one readable log line, the evidence file, and `keep`
+    (the control socket's copy)."""
+
+    def done(op: Any, target: Any, result: Any) -> None:
+        ev: dict[str, Any] = dict(getattr(result, "evidence", None) or {})
+        if keep is not None:
+            keep(op, target, ev)
+        for line in evidence_summary(op, ev):
+            log.info("%s", line)
+        if path:
+            tmp = f"{path}.tmp"
+            with open(tmp, "w") as f:
+                json.dump(ev, f, indent=2, default=str)
+            os.replace(tmp, path)
+
+    return done
+
+
+def evidence_summary(op: Any, ev: dict[str, Any]) -> list[str]:
+    """What the TSM learnt in this step, in the words of a kernel engineer."""
+    name = getattr(op, "name", str(op))
+    spdm = ev.get("spdm") or {}
+    out: list[str] = []
+    if name == "CONNECT" and spdm.get("version"):
+        a = spdm.get("algorithms") or {}
+        out.append(f"SPDM {spdm['version']}: {a.get('base_asym')} / {a.get('base_hash')} / "
+                   f"{a.get('dhe')} / {a.get('aead')}, authenticated by "
+                   f"{spdm.get('authentication')}")
+        certs = ev.get("certificates") or []
+        if certs:
+            out.append(f"device certificate: {certs[-1].get('subject')} "
+                       f"(sha256 {str(certs[-1].get('sha256'))[:16]}...)")
+        verdicts = (ev.get("policy") or {}).get("verdicts") or []
+        if verdicts:
+            out.append("measurements: " + ", ".join(
+                f"{v.get('index')}={v.get('verdict')}" for v in verdicts))
+        else:
+            out.append(f"measurements: {len(ev.get('measurements') or [])} blocks, "
+                       "no reference values configured")
+        ide = ev.get("ide") or {}
+        rp = ide.get("root_port") or {}
+        out.append(f"SPDM session {spdm.get('session_id')} {spdm.get('session_state')}; "
+                   f"IDE stream {ide.get('stream_id')} key set {ide.get('key_set')}, "
+                   f"root port end {rp.get('state')}")
+    for dsm, tdi in (ev.get("tdis") or {}).items():
+        if name in ("LOCK", "START", "STOP", "REPORT"):
+            out.append(f"TDI {dsm}: {tdi.get('state')}")
+            report = tdi.get("report")
+            if name == "REPORT" and isinstance(report, dict):
+                for r in report.get("mmio_ranges") or []:
+                    addr = int(r.get("first_page", "0"), 16)  # byte address + offset
+                    out.append(f"  MMIO range {r.get('range_id')}: {addr:#x} "
+                               f"+{int(r.get('size', 0)):#x} {'/'.join(r.get('attributes') or [])}")
+    return out
+
+
+def _model_backend(
+    trust_anchor: str | None, policy: str | None, evidence: str | None = None,
+    keep: Callable[[Any, Any, dict[str, Any]], None] | None = None,
+    spdm: dict[str, Any] | None = None,
+) -> TsmBackend:
+    if not trust_anchor:
+        raise SystemExit("vdev tsm serve: --trust-anchor FILE is required")
+    if not Path(trust_anchor).is_file():
+        raise SystemExit(f"vdev tsm serve: trust anchor {trust_anchor} not found")
+    try:
+        import tsm as model  # the TSM model is optional until it lands
+    except ImportError as exc:
+        raise SystemExit(
+            f"vdev tsm serve: the TSM model (tsm) is not available ({exc}); "
+            "this tree can only serve a scripted backend"
+        ) from None
+    factory: Any = getattr(model, "mailbox_backend", None)
+    if factory is None:
+        raise SystemExit("vdev tsm serve: tsm has no mailbox_backend(trust_anchor, "
+                         "policy) factory; cannot build the TSM backend")
+    # `spdm`: extra RequesterConfig fields (vdev.trace's message_observer / secret_sink).
+    made = factory(Path(trust_anchor), Path(policy) if policy else None,
+                   **({"spdm": spdm} if spdm else {}))
+    if hasattr(made, "start") and hasattr(made, "doe_response"):
+        backend: TsmBackend = made
+        return backend
+    from vdev.tsm_mailbox.model_adapter import OperationBackend
+
+    return OperationBackend(made, on_done=_evidence_writer(evidence, keep))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from vdev.cli.server_process import check_socket_path, serve_until_signalled
+    from vdev.control.tsm import EvidenceKeeper, tsm_control
+    from vdev.tsm_mailbox.device import TsmMailboxDevice
+
+    check_socket_path(args.socket)
+    from vdev.cli.trace import tracer_from_args
+
+    tracer = tracer_from_args(args, "tsm")
+    keeper = None if args.scripted else EvidenceKeeper()
+    if args.scripted:
+        backend: TsmBackend = _scripted_backend(args.scripted, args.record)
+    else:
+        backend = _model_backend(args.trust_anchor, args.policy, args.evidence,
+                                 keeper.note if keeper else None,
+                                 tracer.spdm_hooks() if tracer is not None else None)
+    if tracer is not None:
+        from vdev.trace.attach import TracedBackend
+
+        backend = TracedBackend(backend, tracer)
+
+    def on_loop(loop: asyncio.AbstractEventLoop) -> TsmMailboxDevice:
+        # Deferred steps make BUSY observable and keep a slow TSM step off the
+        # vfio-user message that rang the doorbell.
+        def defer(step: Callable[[], None]) -> None:
+            loop.call_soon(step)
+
+        def defer_later(seconds: float, step: Callable[[], None]) -> None:
+            loop.call_later(seconds, step)
+
+        device = TsmMailboxDevice(backend, defer=defer, defer_later=defer_later)
+        log.info("TSM mailbox %s backend", kind)
+        return device
+
+    kind = "scripted" if args.scripted else "tsm"
+    return serve_until_signalled(
+        args.socket, on_loop, control_path=args.control, name="TSM mailbox server",
+        make_control=lambda dev: tsm_control(dev, keeper, kind),
+    )

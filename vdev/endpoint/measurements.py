@@ -1,0 +1,79 @@
+"""The endpoint's SPDM measurements (DSP0274 1.2 §10.11, DMTF measurement blocks).
+
+`DeviceMeasurements(profile, config)` is a `spdm.measurements.MeasurementProvider`: the
+responder calls it on every GET_MEASUREMENTS / CHALLENGE / KEY_EXCHANGE summary, so the
+values are always those of the device *now*.
+
+  index 1  MUTABLE_FIRMWARE  the profile's firmware digest (`firmware_digest`, default
+                             SHA-384 of `firmware_version`), sent as a raw bit stream:
+                             it already is a digest, re-hashing it would hide the value a
+                             verifier compares against its reference manifest
+  index 2  HARDWARE_CONFIG   the live configuration image (below); sent as its digest
+                             under MeasurementHashAlgo, or raw when the requester asks
+  index 3  FIRMWARE_CONFIG   the profile (every knob, canonical JSON): what the
+                             "firmware" was built/configured with
+  index 4  VERSION           `firmware_version`, raw (DSP0274: version strings are raw)
+
+Configuration image: for every config-space register software can write (RW mask not
+zero) and whose value is plain storage (no model read hook: DOE mailbox data and IDE
+stream status are live state, not configuration), the record
+``offset u16 | size u8 | value & RW mask`` (little-endian), in offset order.  It
+covers Command (Memory Space / Bus Master Enable), the BARs as programmed, Device
+Control, MSI-X Message Control and the IDE stream control and association registers,
+so a BAR or Command change, or an IDE stream being set up, changes measurement 2
+(design.md: "measurements change when the device's mutable state changes").  RW1C
+status bits are events, not configuration, and are left out; so is anything the host
+cannot change (identity registers are covered by the certificate's CMA SAN).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import struct
+
+from spdm.measurements import Measurement, MeasurementType
+from vdev.pci.config_space import ConfigSpace
+from vdev.profiles import DeviceProfile
+
+INDEX_FIRMWARE = 1
+INDEX_HARDWARE_CONFIG = 2
+INDEX_FIRMWARE_CONFIG = 3
+INDEX_VERSION = 4
+
+_RECORD = struct.Struct("<HBQ")
+
+
+def configuration_image(config: ConfigSpace) -> bytes:
+    """Canonical bytes of the software-programmed configuration (see module docstring)."""
+    out = bytearray()
+    for reg in sorted(config.file.registers, key=lambda r: r.offset):
+        if not reg.rw or reg.on_read is not None:
+            continue
+        out += _RECORD.pack(reg.offset, reg.size, reg.value & reg.rw)
+    return bytes(out)
+
+
+def profile_image(profile: DeviceProfile) -> bytes:
+    return json.dumps(dataclasses.asdict(profile), sort_keys=True).encode()
+
+
+class DeviceMeasurements:
+    """MeasurementProvider over a profile and a live config space."""
+
+    def __init__(self, profile: DeviceProfile, config: ConfigSpace) -> None:
+        self.profile = profile
+        self.config = config
+
+    def __call__(self) -> list[Measurement]:
+        p = self.profile
+        return [
+            Measurement(INDEX_FIRMWARE, MeasurementType.MUTABLE_FIRMWARE,
+                        p.firmware_digest_bytes, raw_only=True),
+            Measurement(INDEX_HARDWARE_CONFIG, MeasurementType.HARDWARE_CONFIG,
+                        configuration_image(self.config)),
+            Measurement(INDEX_FIRMWARE_CONFIG, MeasurementType.FIRMWARE_CONFIG,
+                        profile_image(p)),
+            Measurement(INDEX_VERSION, MeasurementType.VERSION,
+                        p.firmware_version.encode(), raw_only=True, tcb=False),
+        ]
