@@ -6,13 +6,13 @@ Modules, one concept each:
     idekm_messages     IDE_KM objects (PCIe 6.2 §6.33.3), key/IFV byte order
     ide_target         IdeRegisterTarget Protocol + InMemoryIdeTarget
     idekm_responder    IdeKmResponder (KP_ACK statuses, session ownership, key bookkeeping)
-    tdisp_codes        TDISP codes, states, flags
-    tdisp_messages     TDISP header and every request/response (§11.3)
+    codes              TDISP codes, states, flags
+    messages           TDISP header and every request/response (§11.3)
     device_interface   InterfaceId, MmioBar, DeviceInterface (what the device model supplies)
     interface_report   DEVICE_INTERFACE_REPORT build/decode/render
     tdi_state          the TDI transition table and TdiStateMachine
     policy             TdispPolicy: profile-configurable divergences
-    tdisp_responder    TdispResponder, Tdi (enforcement hooks)
+    responder          TdispResponder, Tdi (enforcement hooks)
     dispatcher         PciSigVdmDispatcher: the SPDM layer's entry point
     requesters         IdeKmRequester, TdispRequester, ReportReader (TSM side)
     flows              sans-IO generator flows: ide_key_setup, tdisp_connect, drive

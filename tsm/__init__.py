@@ -12,8 +12,6 @@ Modules, one concept each:
     report_check  interface report vs. the host's BARs
     evidence      evidence document schema and builders
     mailbox       mailbox_backend(): the factory `vdev tsm serve` drives the model with
-    bench         per-phase timings of connect-to-RUN, in process
-    cli           `vdev tsm connect` over the spdm-emu socket (the only module doing I/O)
 """
 
 from tsm.device_ref import DeviceRef, ExpectedBar

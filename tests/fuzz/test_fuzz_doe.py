@@ -16,6 +16,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.fuzz.budget import examples
+from tests.helpers.fakes import FakeDma, FakeIrqSink
 from vdev.doe.data_object import DoeProtocolId, build_object
 from vdev.doe.mailbox import (
     CTRL_ABORT,
@@ -32,9 +34,6 @@ from vdev.doe.mailbox import (
 from vdev.doe.requester import DoeRequester
 from vdev.endpoint.function import TeeIoEndpoint
 from vdev.endpoint.tee_device import TeeDevice
-
-from ..pci.fakes import FakeDma, FakeIrqSink
-from .budget import examples
 
 DOE_CAP = 0x100
 DISCOVERED = [(1, 0), (1, 1), (1, 2)]

@@ -12,12 +12,11 @@ from hypothesis import strategies as st
 
 from spdm.algorithms import BaseAsym, BaseHash, Dhe, NegotiatedAlgorithms
 from spdm.codes import Req, Rsp
+from tests.fuzz.budget import examples
 from vdev.faults import mutate
 from vdev.faults.mutate import NotApplicable
 from vdev.faults.names import message_name
 from vdev.faults.plan import KINDS, FaultPlan, FaultPlanError, parse_spec, rule_from_dict
-
-from .budget import examples
 
 NAMES = st.sampled_from([*Req.__members__, "secured", "doe", "KEY_PROG", "QUERY",
                          "LOCK_INTERFACE_REQUEST", "GET_DEVICE_INTERFACE_REPORT", "bogus"])

@@ -18,9 +18,8 @@ from hypothesis import strategies as st
 from spdm.codes import Req, Rsp
 from spdm.errors import RecordError
 from spdm.secured_message import decode_record, peek_session_id
-from tests.spdm.spdm_harness import Link, identity_for, make_link
-
-from .budget import examples
+from tests.fuzz.budget import examples
+from tests.helpers.spdm_harness import Link, identity_for, make_link
 
 VERSIONS = (0x11, 0x12, 0x13)
 

@@ -6,9 +6,9 @@ import os
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from spdm_harness import identity_for, make_link
 
 from spdm.codes import Req
+from tests.helpers.spdm_harness import identity_for, make_link
 
 CODES = [int(c) for c in Req] + [0x00, 0x04, 0x7F, 0xF5]
 MUTATIONS = int(os.environ.get("SPDM_FUZZ_MUTATIONS", "300"))

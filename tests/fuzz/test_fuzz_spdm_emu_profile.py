@@ -23,7 +23,8 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from tests.spdm_emu.conftest import EmuHandle, start_server
+from tests.fuzz.budget import examples
+from tests.helpers.spdm_emu_server import EmuHandle, start_server
 from vdev.doe.data_object import DoeProtocolId, build_object
 from vdev.endpoint.function import TeeIoEndpoint
 from vdev.endpoint.tee_device import TeeDevice
@@ -39,8 +40,6 @@ from vdev.spdm_emu.frame import (
     FrameError,
     TransportType,
 )
-
-from .budget import examples
 
 GET_VERSION = bytes([0x10, 0x84, 0, 0])
 

@@ -21,9 +21,8 @@ from tdisp.errors import TdispProtocolError, VdmRefused
 from tdisp.idekm_messages import parse_idekm
 from tdisp.interface_report import InterfaceReport
 from tdisp.messages import TdispVersion, decode_vdm, expect
-from tests.tdisp.tdisp_rig import Rig, make_rig
-
-from .budget import examples
+from tests.fuzz.budget import examples
+from tests.helpers.tdisp_rig import Rig, make_rig
 
 TDISP_ERROR = 0x7F
 

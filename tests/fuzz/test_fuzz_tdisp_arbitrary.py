@@ -12,8 +12,7 @@ from hypothesis import strategies as st
 from tdisp.errors import VdmRefused
 from tdisp.idekm_messages import parse_idekm
 from tdisp.messages import HEADER_SIZE, TdispError, decode_vdm
-
-from .tdisp_rig import SESSION, TDI_ID, make_rig
+from tests.helpers.tdisp_rig import SESSION, TDI_ID, make_rig
 
 _fid = TDI_ID.function_id.to_bytes(4, "little")
 

@@ -19,12 +19,11 @@ from hypothesis import strategies as st
 from spdm.errors import ErrorResponse
 from tdisp.idekm_messages import parse_idekm
 from tdisp.messages import decode_vdm
-from tests.device.secure_host import ConfigPort, SecureHost
-from tests.survival.rig import full_flow
+from tests.fuzz.budget import examples
+from tests.helpers.secure_host import ConfigPort, SecureHost
+from tests.helpers.vfio_host import full_flow
 from vdev.doe.requester import DoeRequester
 from vdev.endpoint.tee_device import TeeDevice
-
-from .budget import examples
 
 DOE_CAP = 0x100
 

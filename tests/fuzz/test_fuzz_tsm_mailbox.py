@@ -6,6 +6,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.helpers.mailbox_driver import MailboxDriver
 from vdev.pci.device_api import RegionIndex
 from vdev.tsm_mailbox.backend import DoeRequest, Done, Script, ScriptedBackend
 from vdev.tsm_mailbox.device import TsmMailboxDevice
@@ -21,8 +22,6 @@ from vdev.tsm_mailbox.protocol import (
     Op,
     Status,
 )
-
-from .rig import MailboxDriver
 
 HOT = [REG_OP, REG_TARGET, REG_IN_LEN, REG_IN_RC, REG_DOORBELL, IN_WINDOW, OUT_WINDOW,
        0x100, 0x2000, BAR0_SIZE - 8]

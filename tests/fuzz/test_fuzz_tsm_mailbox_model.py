@@ -18,8 +18,9 @@ from cryptography.hazmat.primitives import serialization
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.tsm.tsm_rig import Device, identity, make_device
-from tests.tsm_mailbox.rig import MailboxDriver
+from tests.fuzz.budget import examples
+from tests.helpers.mailbox_driver import MailboxDriver
+from tests.helpers.tsm_rig import Device, identity, make_device
 from tsm import mailbox_backend
 from vdev.pci.device_api import RegionIndex
 from vdev.tsm_mailbox.device import TsmMailboxDevice
@@ -35,8 +36,6 @@ from vdev.tsm_mailbox.protocol import (
     Op,
     Status,
 )
-
-from .budget import examples
 
 
 @pytest.fixture(scope="module")

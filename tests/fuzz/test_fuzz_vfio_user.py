@@ -26,6 +26,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.fuzz.budget import examples
 from vdev.doe.requester import DoeRequester
 from vdev.endpoint.function import TeeIoEndpoint
 from vdev.pci.device_api import RegionIndex
@@ -34,8 +35,6 @@ from vdev.vfio_user.client import VfioUserClient, make_memfd
 from vdev.vfio_user.threaded import ThreadedServer, serve_in_thread
 from vdev.vfio_user.transport import DropClient
 from vdev.vfio_user.wire import Command
-
-from .budget import examples
 
 pytestmark = pytest.mark.timeout(120)
 

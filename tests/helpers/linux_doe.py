@@ -3,10 +3,9 @@ with the extra strictness the device promises: DOR on the very first poll."""
 
 from __future__ import annotations
 
+from tests.helpers.fakes import Cfg
 from vdev.doe.requester import DoeIoError, DoeRequester
 from vdev.doe.requester import DoeResponse as Response
-
-from .fakes import Cfg
 
 EXT_CAP_ID_DOE = 0x2E
 

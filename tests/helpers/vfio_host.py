@@ -16,12 +16,11 @@ from pathlib import Path
 from spdm.requester import Outgoing
 from tdisp.codes import TdiState
 from tdisp.requesters import TdispRequester
+from tests.helpers.secure_host import ConfigPort, SecureHost
 from vdev.doe.requester import DoeRequester
 from vdev.endpoint.tee_device import TeeDevice
 from vdev.pci.device_api import RegionIndex
 from vdev.vfio_user.client import VfioUserClient
-
-from ..device.secure_host import ConfigPort, SecureHost
 
 DOE_CAP = 0x100
 REPORT = Path(__file__).resolve().parents[2] / "out" / "survival" / "report.json"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
-from spdm_harness import identity_for
 
 from spdm.identity import DeviceIdentity
+from tests.helpers.spdm_harness import identity_for
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from spdm_harness import identity_for, make_link
 
 from spdm.algorithms import Aead, BaseAsym, BaseHash, Dhe, MeasHash
 from spdm.codes import (
@@ -13,6 +12,7 @@ from spdm.codes import (
     MEAS_SUMMARY_TCB,
 )
 from spdm.identity import DeviceIdentity
+from tests.helpers.spdm_harness import identity_for, make_link
 
 MATRIX = [
     # (key type, asym, hash, aead, dhe)

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from spdm_harness import identity_for, make_link
 
 from spdm.algorithms import BaseAsym, BaseHash
 from spdm.cert_verify import CertPolicy, verify_chain
@@ -26,6 +25,7 @@ from spdm.identity import (
     spdm_cert_chain,
     split_spdm_cert_chain,
 )
+from tests.helpers.spdm_harness import identity_for, make_link
 
 
 def test_chain_shape_and_extensions(p384_identity: DeviceIdentity) -> None:

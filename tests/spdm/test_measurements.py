@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 
-from spdm_harness import make_link
-
 from spdm.algorithms import BaseHash, MeasHash
 from spdm.codes import MEAS_SUMMARY_ALL, MEAS_SUMMARY_TCB
 from spdm.identity import DeviceIdentity
@@ -17,6 +15,7 @@ from spdm.measurements import (
     parse_record,
     summary_hash,
 )
+from tests.helpers.spdm_harness import make_link
 
 
 def test_block_layout_digest() -> None:

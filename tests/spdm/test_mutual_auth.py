@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from spdm_harness import identity_for, make_link
 
 from spdm.codes import ReqCap, RspCap
 from spdm.errors import ErrorResponse
 from spdm.identity import DeviceIdentity
 from spdm.requester import DEFAULT_REQ_CAPS
 from spdm.responder import DEFAULT_RSP_CAPS
+from tests.helpers.spdm_harness import identity_for, make_link
 
 
 def _ders(ident: DeviceIdentity) -> list[bytes]:

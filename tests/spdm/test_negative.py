@@ -7,7 +7,6 @@ import struct
 from collections.abc import Callable
 
 import pytest
-from spdm_harness import Link, make_link
 
 from spdm import messages as m
 from spdm.codes import ErrorCode, Req
@@ -15,6 +14,7 @@ from spdm.errors import ErrorResponse, ProtocolError
 from spdm.identity import DeviceIdentity
 from spdm.requester import Outgoing
 from spdm.responder import Responder
+from tests.helpers.spdm_harness import Link, make_link
 
 V = 0x13
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from spdm_harness import make_link
 
 from spdm import messages as m
 from spdm.codes import ErrorCode, Req, ReqCap
 from spdm.errors import ErrorResponse
 from spdm.identity import DeviceIdentity
 from spdm.requester import DEFAULT_REQ_CAPS
+from tests.helpers.spdm_harness import make_link
 
 
 def test_large_response_via_chunk_get(p384_identity: DeviceIdentity) -> None:

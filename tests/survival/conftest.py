@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.vfio_host import Proc
 from vdev.endpoint.tee_device import TeeDevice
 from vdev.vfio_user.client import VfioUserClient
 from vdev.vm.session import ServerProcess
-
-from .rig import Proc
 
 
 @dataclass

@@ -20,10 +20,9 @@ import time
 
 import pytest
 
+from tests.helpers.vfio_host import host_over, report
+from tests.survival.conftest import Served
 from vdev.vfio_user.client import make_memfd
-
-from .conftest import Served
-from .rig import host_over, report
 
 CYCLES = 100
 WARMUP = 10

@@ -12,12 +12,11 @@ from collections.abc import Callable
 import pytest
 
 from spdm.codes import Rsp
+from tests.helpers.vfio_host import full_flow, host_over
+from tests.survival.conftest import Served
 from vdev.doe.mailbox import DOE_WRITE
 from vdev.vfio_user.client import VfioUserClient
 from vdev.vfio_user.wire import Command
-
-from .conftest import Served
-from .rig import full_flow, host_over
 
 pytestmark = pytest.mark.timeout(120)
 

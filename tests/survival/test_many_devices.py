@@ -20,14 +20,13 @@ from pathlib import Path
 import pytest
 
 from tdisp.codes import TdiState
+from tests.helpers.vfio_host import Proc, full_flow, host_over, report
+from tests.survival.conftest import Served
 from vdev.endpoint.tee_device import TeeDevice
 from vdev.pci.ide_cap import IdeStreamState
 from vdev.vfio_user.client import VfioUserClient
 from vdev.vfio_user.server import VfioUserServer
 from vdev.vfio_user.threaded import ThreadedServer, serve_in_thread
-
-from .conftest import Served
-from .rig import Proc, full_flow, host_over, report
 
 DEVICES = 4
 ROUNDS = 3

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .tdisp_rig import Rig, make_rig
+from tests.helpers.tdisp_rig import Rig, make_rig
 
 
 @pytest.fixture

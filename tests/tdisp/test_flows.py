@@ -7,8 +7,7 @@ import pytest
 from tdisp.codes import TdiState
 from tdisp.errors import TdispErrorResponse
 from tdisp.flows import drive, ide_key_setup, tdisp_connect
-
-from .tdisp_rig import MMIO_OFFSET, SESSION, STREAM, TDI_ID, make_rig
+from tests.helpers.tdisp_rig import MMIO_OFFSET, SESSION, STREAM, TDI_ID, make_rig
 
 
 def test_ide_then_tdisp_connect() -> None:

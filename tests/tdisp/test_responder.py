@@ -23,8 +23,7 @@ from tdisp.messages import (
 from tdisp.policy import ReqMsgsConvention, TdispPolicy
 from tdisp.requesters import IdeKmRequester, TdispRequester, stream_slots
 from tdisp.tdi_state import TdiEvent
-
-from .tdisp_rig import (
+from tests.helpers.tdisp_rig import (
     FLAGS,
     MMIO_OFFSET,
     OTHER_SESSION,

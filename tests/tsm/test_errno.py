@@ -12,9 +12,8 @@ from typing import Any
 import pytest
 
 from spdm.codes import ErrorCode, Req
+from tests.helpers.tsm_rig import Device, make_device, make_tsm, ok
 from tsm.operations import Done
-
-from .tsm_rig import Device, make_device, make_tsm, ok
 
 Mutate = Callable[[int, bytes, bytes], bytes]  # (doe_type, request, reply) -> reply
 

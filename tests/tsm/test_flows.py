@@ -12,10 +12,7 @@ from spdm.crypto import meas_digest
 from spdm.measurements import default_measurements
 from tdisp.codes import TdiState
 from tdisp.idekm_responder import IdeKmPolicy
-from tsm import ExpectedBar, ReferenceValues, RpSlot
-from tsm.root_port import SLOT_ACTIVE
-
-from .tsm_rig import (
+from tests.helpers.tsm_rig import (
     EXPECTED,
     Device,
     drive,
@@ -24,6 +21,8 @@ from .tsm_rig import (
     make_tsm,
     ok,
 )
+from tsm import ExpectedBar, ReferenceValues, RpSlot
+from tsm.root_port import SLOT_ACTIVE
 
 
 def reference_values(**override: bytes) -> ReferenceValues:
@@ -400,7 +399,7 @@ def test_disconnect_after_the_device_lost_its_keys_still_ends_the_session() -> N
     """An FLR drops the device's IDE keys and unlocks its TDI: the TSM's K_SET_STOP
     is refused, and disconnect must still send END_SESSION rather than leave the
     session open on the device."""
-    from .tsm_rig import STREAM, TDI_ID
+    from tests.helpers.tsm_rig import STREAM, TDI_ID
 
     dev = make_device()
     tsm = connect_to_run(dev)

@@ -9,9 +9,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 
 from tdisp.interface_report import InterfaceReport
+from tests.helpers.tsm_rig import EXPECTED, drive, identity, make_device
 from tsm import mailbox_backend
-
-from .tsm_rig import EXPECTED, drive, identity, make_device
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.helpers.fakes import Cfg, FakeDma, FakeIrqSink
 from vdev.endpoint.function import TeeIoEndpoint
-
-from .fakes import Cfg, FakeDma, FakeIrqSink
 
 
 @pytest.fixture

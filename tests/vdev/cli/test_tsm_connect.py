@@ -11,10 +11,9 @@ from cryptography.hazmat.primitives import serialization
 
 from spdm.crypto import meas_digest
 from spdm.measurements import default_measurements
+from tests.helpers.tsm_rig import Device, identity, make_device
 from vdev.cli import build_parser
 from vdev.cli.tsm_connect import cmd_connect
-
-from .tsm_rig import Device, identity, make_device
 
 
 class StandInClient:

@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from tests.helpers.spdm_emu_server import EmuHandle, start_server
 from vdev.cli import build_parser
 from vdev.cli.tsm_connect import cmd_connect
-
-from ..spdm_emu.conftest import EmuHandle, start_server
 
 
 @pytest.fixture

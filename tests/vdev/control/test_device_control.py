@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from tdisp.codes import TdiState
-from tests.device.secure_host import SecureHost
-from tests.device.test_secure_mailbox import mailbox_host
+from tests.helpers.secure_host import SecureHost
+from tests.vdev.endpoint.test_secure_mailbox import mailbox_host
 from vdev.control.core import ControlCore
 from vdev.control.endpoint import device_control
 from vdev.endpoint.tee_device import TeeDevice

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from spdm.requester import Outgoing
-from tests.device.secure_host import ConfigPort, SecureHost
+from tests.helpers.secure_host import ConfigPort, SecureHost
 from vdev.control.client import ControlClient
 from vdev.doe.requester import DoeRequester
 from vdev.endpoint.tee_device import TeeDevice

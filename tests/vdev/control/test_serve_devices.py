@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 
 from spdm.requester import Outgoing
-from tests.device.secure_host import ConfigPort, SecureHost
+from tests.helpers.secure_host import ConfigPort, SecureHost
+from tests.vdev.control.test_serve_control import ctl, ctl_json
 from vdev.cli import build_parser, main
 from vdev.cli.ctl import build_request
 from vdev.control.client import ControlClient
@@ -29,8 +30,6 @@ from vdev.doe.requester import DoeRequester
 from vdev.endpoint.tee_device import TeeDevice
 from vdev.pci.device_api import RegionIndex
 from vdev.vfio_user.client import VfioUserClient
-
-from .test_serve_control import ctl, ctl_json
 
 DOE_CAP = 0x100
 GET_VERSION = bytes.fromhex("10840000")

@@ -8,6 +8,8 @@ from collections.abc import Callable
 
 import pytest
 
+from tests.helpers.fakes import Cfg
+from tests.helpers.linux_doe import LinuxDoe
 from vdev.doe.data_object import DoeProtocolId
 from vdev.doe.mailbox import (
     CTRL_INT_EN,
@@ -21,9 +23,6 @@ from vdev.doe.mailbox import (
     MailboxState,
 )
 from vdev.endpoint.function import TeeIoEndpoint
-
-from .fakes import Cfg
-from .linux_doe import LinuxDoe
 
 GET_VERSION = [0x0000_8410]  # SPDM 1.0 GET_VERSION, one payload DW
 

@@ -6,6 +6,8 @@ import itertools
 
 import pytest
 
+from tests.helpers.fakes import Cfg, FakeIrqSink
+from tests.helpers.linux_doe import DoeIoError, LinuxDoe
 from vdev.doe.data_object import DoeProtocolId as P
 from vdev.doe.data_object import build_object
 from vdev.doe.mailbox import (
@@ -26,9 +28,6 @@ from vdev.doe.mailbox import (
 )
 from vdev.endpoint.function import TeeIoEndpoint
 from vdev.pci.device_api import IrqIndex
-
-from .fakes import Cfg, FakeIrqSink
-from .linux_doe import DoeIoError, LinuxDoe
 
 
 @pytest.fixture
@@ -279,9 +278,8 @@ def test_interrupt_on_completion_when_enabled(
 
 
 def test_interrupt_uses_profile_vector() -> None:
+    from tests.helpers.fakes import FakeDma
     from vdev.profiles import DeviceProfile
-
-    from .fakes import FakeDma
 
     ep = TeeIoEndpoint(DeviceProfile(doe_interrupt_vector=3))
     sink = FakeIrqSink()

@@ -10,13 +10,12 @@ import pytest
 from spdm.errors import ProtocolError
 from tdisp.codes import LockFlags, TdiState
 from tdisp.errors import TdispErrorResponse
+from tests.helpers.secure_host import BAR0_ADDRESS, STREAM_ID, SecureHost, sel_offset, tdi_state
+from tests.vdev.endpoint.test_secure_mailbox import make_host
 from vdev.pci.header import BAR_BASE, CMD_MASTER, CMD_MEMORY, COMMAND
 from vdev.pci.ide_cap import CTL_EN, SEL_CTL, IdeStreamState
 from vdev.pci.msix_cap import MSIX_FLAGS_ENABLE
 from vdev.pci.pcie_cap import DEVCTL_BCR_FLR
-
-from .secure_host import BAR0_ADDRESS, STREAM_ID, SecureHost, sel_offset, tdi_state
-from .test_secure_mailbox import make_host
 
 
 def locked(state_dir: Path, **profile: object) -> SecureHost:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from tests.helpers.fakes import Cfg, FakeDma, FakeIrqSink
+from tests.helpers.linux_doe import LinuxDoe
 from vdev.doe.mailbox import CTRL_INT_EN, DOE_CTRL, DOE_STATUS, MailboxState
 from vdev.endpoint.function import TeeIoEndpoint
 from vdev.endpoint.registers import (
@@ -18,9 +20,6 @@ from vdev.pci.device_api import IrqIndex, RegionIndex, VfioUserDevice
 from vdev.pci.ide_cap import SLOTS, IdeStreamState
 from vdev.pci.pcie_cap import DEVCTL_BCR_FLR
 from vdev.profiles import DeviceProfile
-
-from .fakes import Cfg, FakeDma, FakeIrqSink
-from .linux_doe import LinuxDoe
 
 
 def bar_read(ep: TeeIoEndpoint, off: int, size: int = 4) -> int:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from tdisp.ide_target import IdeRegisterTarget
 from tdisp.idekm_messages import KpAckStatus
+from tests.helpers.fakes import Cfg
 from vdev.endpoint.function import TeeIoEndpoint
 from vdev.endpoint.ide_registers import EndpointIdeTarget
 from vdev.pci.ide_cap import IdeStreamState
-
-from .fakes import Cfg
 
 
 def make() -> tuple[TeeIoEndpoint, Cfg, EndpointIdeTarget]:

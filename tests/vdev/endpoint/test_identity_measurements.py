@@ -11,6 +11,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from spdm.identity import OID_CMA_SAN
+from tests.helpers.secure_host import SecureHost
+from tests.vdev.endpoint.test_secure_mailbox import mailbox_host
 from vdev.endpoint.measurements import (
     INDEX_FIRMWARE,
     INDEX_HARDWARE_CONFIG,
@@ -19,9 +21,6 @@ from vdev.endpoint.measurements import (
 )
 from vdev.endpoint.tee_device import TeeDevice, default_state_dir
 from vdev.profiles import DeviceProfile
-
-from .secure_host import SecureHost
-from .test_secure_mailbox import mailbox_host
 
 
 def leaf_der(device: TeeDevice) -> bytes:

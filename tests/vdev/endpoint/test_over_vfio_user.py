@@ -6,13 +6,12 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.helpers.fakes import Cfg
+from tests.helpers.linux_doe import LinuxDoe
 from vdev.endpoint.function import TeeIoEndpoint
 from vdev.pci.device_api import RegionIndex
 from vdev.vfio_user.client import VfioUserClient
 from vdev.vfio_user.threaded import serve_in_thread
-
-from .fakes import Cfg
-from .linux_doe import LinuxDoe
 
 
 class SocketCfg(Cfg):

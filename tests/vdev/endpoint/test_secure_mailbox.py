@@ -7,12 +7,11 @@ from pathlib import Path
 from spdm.codes import ReqCap
 from spdm.requester import Outgoing, Requester, RequesterConfig
 from tdisp.codes import MmioAttr, TdiState
+from tests.helpers.secure_host import BAR0_ADDRESS, ConfigPort, SecureHost, tdi_state
 from vdev.doe.requester import DoeRequester
 from vdev.endpoint.tee_device import TeeDevice
 from vdev.pci.ide_cap import IdeStreamState
 from vdev.profiles import DeviceProfile
-
-from .secure_host import BAR0_ADDRESS, ConfigPort, SecureHost, tdi_state
 
 DOE_CAP = 0x100
 

@@ -10,6 +10,7 @@ import pytest
 
 from spdm.requester import Outgoing
 from tdisp.codes import TdiState
+from tests.helpers.secure_host import BAR0_ADDRESS, ConfigPort, SecureHost, tdi_state
 from vdev.doe.requester import DoeRequester
 from vdev.endpoint.tee_device import TeeDevice
 from vdev.pci.device_api import RegionIndex
@@ -17,8 +18,6 @@ from vdev.pci.header import CMD_MEMORY, COMMAND
 from vdev.pci.ide_cap import IdeStreamState
 from vdev.vfio_user.client import VfioUserClient
 from vdev.vfio_user.threaded import serve_in_thread
-
-from .secure_host import BAR0_ADDRESS, ConfigPort, SecureHost, tdi_state
 
 DOE_CAP = 0x100
 

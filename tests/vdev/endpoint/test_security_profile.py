@@ -13,12 +13,11 @@ from tdisp.codes import TdiState
 from tdisp.device_interface import InterfaceId
 from tdisp.errors import TdispErrorResponse
 from tdisp.requesters import IdeKmRequester, TdispRequester
+from tests.helpers.secure_host import tdi_state
+from tests.vdev.endpoint.test_enforcement import locked
+from tests.vdev.endpoint.test_secure_mailbox import make_host
 from vdev.endpoint.tee_device import TeeDevice
 from vdev.profiles import DeviceProfile, ProfileError
-
-from .secure_host import tdi_state
-from .test_enforcement import locked
-from .test_secure_mailbox import make_host
 
 
 @pytest.mark.parametrize(

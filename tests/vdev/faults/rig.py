@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.device.secure_host import ConfigPort
+from tests.helpers.secure_host import ConfigPort
 from vdev.doe.requester import DoeRequester
 from vdev.endpoint.tee_device import TeeDevice
 from vdev.faults import FaultInjector, FaultPlan, install

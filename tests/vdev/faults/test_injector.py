@@ -10,14 +10,13 @@ import pytest
 
 from spdm.errors import ErrorResponse, ProtocolError
 from spdm.requester import Outgoing
-from tests.device.secure_host import ConfigPort, SecureHost
+from tests.helpers.secure_host import ConfigPort, SecureHost
+from tests.vdev.faults.rig import DOE_CAP, FaultRig
 from vdev.doe.mailbox import MailboxState
 from vdev.doe.requester import DoeIoError, DoeRequester
 from vdev.endpoint.tee_device import TeeDevice
 from vdev.faults import FaultPlan, install
 from vdev.faults.plan import parse_spec
-
-from .rig import DOE_CAP, FaultRig
 
 
 class Rig(FaultRig):

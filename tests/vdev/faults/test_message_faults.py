@@ -15,6 +15,7 @@ import pytest
 
 from spdm.codes import Req, Rsp
 from tdisp.codes import TdiState
+from tests.vdev.faults.rig import FaultRig
 from tsm import DeviceRef, TsmConfig, TsmModel
 from tsm.operations import Done
 from tsm.policy import ReferenceValues
@@ -23,8 +24,6 @@ from vdev.endpoint.tee_device import TeeDevice
 from vdev.faults import FaultPlan, install
 from vdev.faults.names import message_name
 from vdev.faults.plan import FaultPlanError, parse_spec
-
-from .rig import FaultRig
 
 
 class Rig(FaultRig):

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from spdm.errors import ErrorResponse, ProtocolError
-from tests.survival.rig import host_over
+from tests.helpers.vfio_host import host_over
 from vdev.endpoint.tee_device import TeeDevice
 from vdev.vfio_user.client import VfioUserClient
 from vdev.vm.env import REPO

@@ -12,12 +12,11 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from tests.helpers.spdm_emu_server import EmuHandle, start_server
 from vdev.cli import build_parser
 from vdev.cli.tsm_connect import cmd_connect
 from vdev.faults import FaultPlan, install
 from vdev.spdm_emu.frame import TransportType
-
-from ..spdm_emu.conftest import EmuHandle, start_server
 
 
 @pytest.fixture(params=[TransportType.PCI_DOE, TransportType.MCTP], ids=["doe", "mctp"])

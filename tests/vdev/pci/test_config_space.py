@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from tests.helpers.fakes import Cfg
 from vdev.endpoint.function import TeeIoEndpoint
 from vdev.pci.capability import Capability, ExtCapability
 from vdev.pci.pcie_cap import DEVCAP_FLR, DEVCAP_TEE
 from vdev.profiles import DeviceProfile
-
-from .fakes import Cfg
 
 PCI_CAP_ID_PM = 0x01
 PCI_CAP_ID_EXP = 0x10

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.helpers.fakes import Cfg
 from vdev.endpoint.function import TeeIoEndpoint
 from vdev.pci.ide_cap import (
     SLOTS,
@@ -13,8 +14,6 @@ from vdev.pci.ide_cap import (
     SelectiveStream,
     SubStream,
 )
-
-from .fakes import Cfg
 
 KEY = bytes(range(32))
 IFV = bytes(8)

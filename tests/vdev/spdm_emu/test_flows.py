@@ -5,11 +5,10 @@ from __future__ import annotations
 from spdm.requester import Requester, RequesterConfig
 from spdm.secured_message import MCTP_TRANSPORT
 from tdisp.codes import TdiState
+from tests.helpers.secure_host import BAR0_ADDRESS, ConfigPort, SecureHost, tdi_state
+from tests.helpers.spdm_emu_server import EmuHandle
 from vdev.pci.ide_cap import IdeStreamState
 from vdev.spdm_emu.frame import QEMU_MAX_PAYLOAD
-
-from ..device.secure_host import BAR0_ADDRESS, ConfigPort, SecureHost, tdi_state
-from .conftest import EmuHandle
 
 
 def test_full_flow_over_pci_doe(emu: EmuHandle) -> None:

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from tests.helpers.spdm_emu_server import EmuHandle
 from vdev.spdm_emu.frame import (
     CLIENT_HELLO,
     SERVER_HELLO,
@@ -16,8 +17,6 @@ from vdev.spdm_emu.frame import (
     FrameError,
     TransportType,
 )
-
-from .conftest import EmuHandle
 
 # Reference §1.1, traces from spdm-emu #279.
 TEST_FRAME = bytes.fromhex("0000dead 00000002 0000000e") + CLIENT_HELLO

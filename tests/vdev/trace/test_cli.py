@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from tests.vdev.trace.rig import traced_connect
+from tests.vdev.trace.test_pcap import doe, read_pcap
 from tsm.mailbox import mailbox_backend
 from vdev.cli import build_parser, main
 from vdev.cli.trace import SECRETS_WARNING, trace_device, tracer_from_args
@@ -27,9 +29,6 @@ from vdev.trace.tracer import Tracer
 from vdev.tsm_mailbox.backend import DoeRequest, TargetFunction
 from vdev.tsm_mailbox.model_adapter import OperationBackend
 from vdev.tsm_mailbox.protocol import Op
-
-from .rig import traced_connect
-from .test_pcap import doe, read_pcap
 
 
 class Emu:

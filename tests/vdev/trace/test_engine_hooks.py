@@ -3,7 +3,7 @@ plaintext, the same bytes on both sides."""
 
 from __future__ import annotations
 
-from ..tsm.tsm_rig import make_device, make_tsm, ok
+from tests.helpers.tsm_rig import make_device, make_tsm, ok
 
 
 def test_both_engines_observe_the_same_plaintexts() -> None:

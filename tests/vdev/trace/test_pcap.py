@@ -6,7 +6,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from .rig import traced_connect
+from tests.vdev.trace.rig import traced_connect
 
 
 def read_pcap(data: bytes) -> tuple[tuple[int, ...], list[tuple[float, bytes]]]:

@@ -12,11 +12,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.vdev.trace.test_pcap import doe, read_pcap
 from vdev.doe.requester import DoeRequester
 from vdev.pci.device_api import RegionIndex
 from vdev.vfio_user.client import VfioUserClient
-
-from .test_pcap import doe, read_pcap
 
 
 def test_serve_writes_trace_and_pcap(tmp_path: Path, state_dir: Path) -> None:

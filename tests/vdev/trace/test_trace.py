@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .rig import traced_connect
+from tests.vdev.trace.rig import traced_connect
 
 
 @pytest.fixture(scope="module")

@@ -17,18 +17,17 @@ from typing import Any
 
 import pytest
 
+from tests.helpers.mailbox_driver import MailboxDriver
 from vdev.cli import build_parser
+from vdev.cli import tsm_serve as tsm_cli
 from vdev.endpoint.function import spdm_unsupported_placeholder
 from vdev.pci.device_api import IrqIndex, RegionIndex
-from vdev.cli import tsm_serve as tsm_cli
 from vdev.tsm_mailbox.backend import DoeRequest, Done, Script, ScriptedBackend, TargetFunction
 from vdev.tsm_mailbox.device import TsmMailboxDevice
 from vdev.tsm_mailbox.model_adapter import OperationBackend
 from vdev.tsm_mailbox.protocol import IRQ_CTRL_COMPLETION, REG_IRQ_CTRL, Op, Status
 from vdev.vfio_user.client import VfioUserClient
 from vdev.vfio_user.threaded import serve_in_thread
-
-from .rig import MailboxDriver
 
 pytestmark = pytest.mark.timeout(20)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.mailbox_driver import MailboxDriver
 from vdev.endpoint.function import spdm_unsupported_placeholder
 from vdev.pci.device_api import DmaAccess, IrqIndex, RegionIndex
 from vdev.pci.pcie_cap import DEVCAP_TEE
@@ -51,8 +52,6 @@ from vdev.tsm_mailbox.protocol import (
     pack_target,
     unpack_target,
 )
-
-from .rig import MailboxDriver
 
 GET_VERSION = bytes.fromhex("10840000")
 GET_CAPABILITIES = bytes.fromhex("11e10000" "00000000" "00000000")

@@ -17,7 +17,13 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from tdisp.interface_report import InterfaceReport
-from tests.tsm.tsm_rig import EXPECTED, identity, make_device
+from tests.helpers.tsm_rig import EXPECTED, identity, make_device
+from tests.vdev.tsm_mailbox.test_device import (
+    CONNECT_SCRIPT,
+    assert_still_works,
+    endpoint_doe,
+    make,
+)
 from tsm import mailbox_backend
 from vdev.tsm_mailbox.backend import Done, Script, ScriptedBackend, TargetFunction
 from vdev.tsm_mailbox.model_adapter import OperationBackend
@@ -36,8 +42,6 @@ from vdev.tsm_mailbox.protocol import (
     build_lock_bars,
     parse_lock_bars,
 )
-
-from .test_device import CONNECT_SCRIPT, assert_still_works, endpoint_doe, make
 
 BARS = (LockBar(0, 0xFE00_0000, 0x1_0000), LockBar(2, 0xFD00_0000, 0x2000))
 TARGET = TargetFunction(0, 1, 0)

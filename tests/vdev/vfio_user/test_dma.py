@@ -9,14 +9,13 @@ import threading
 
 import pytest
 
+from tests.vdev.vfio_user.conftest import BUF, DMA_ADDR, DMA_CMD, DMA_LEN, ServerHandle, wait_for
 from vdev.pci.device_api import RegionIndex
 from vdev.vfio_user import wire
 from vdev.vfio_user.client import VfioUserClient, make_memfd
 from vdev.vfio_user.errors import DmaError, VfioUserError
 from vdev.vfio_user.server import Connection
 from vdev.vfio_user.wire import Command, DmaMapFlags
-
-from .conftest import BUF, DMA_ADDR, DMA_CMD, DMA_LEN, ServerHandle, wait_for
 
 pytestmark = pytest.mark.timeout(10)
 

@@ -9,14 +9,13 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.vdev.vfio_user.conftest import DOORBELL, ServerHandle
 from vdev.pci.device_api import IrqIndex, RegionIndex
 from vdev.vfio_user import wire
 from vdev.vfio_user.client import VfioUserClient
 from vdev.vfio_user.errors import VfioUserError
 from vdev.vfio_user.server import Connection
 from vdev.vfio_user.wire import SetIrqsFlags as F
-
-from .conftest import DOORBELL, ServerHandle
 
 pytestmark = pytest.mark.timeout(10)
 

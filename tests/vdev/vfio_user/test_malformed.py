@@ -11,13 +11,12 @@ import struct
 
 import pytest
 
+from tests.vdev.vfio_user.conftest import ServerHandle, wait_for
 from vdev.pci.device_api import IrqIndex, RegionIndex
 from vdev.vfio_user import wire
 from vdev.vfio_user.client import VfioUserClient, make_memfd
 from vdev.vfio_user.transport import Message
 from vdev.vfio_user.wire import Command
-
-from .conftest import ServerHandle, wait_for
 
 pytestmark = pytest.mark.timeout(10)
 

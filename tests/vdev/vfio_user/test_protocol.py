@@ -10,13 +10,12 @@ import struct
 
 import pytest
 
+from tests.vdev.vfio_user.conftest import SCRATCH, ServerHandle, wait_for
 from vdev.pci.device_api import IrqIndex, RegionIndex
 from vdev.vfio_user import wire
 from vdev.vfio_user.client import VfioUserClient
 from vdev.vfio_user.errors import VfioUserError
 from vdev.vfio_user.wire import Command
-
-from .conftest import SCRATCH, ServerHandle, wait_for
 
 pytestmark = pytest.mark.timeout(10)
 

@@ -17,10 +17,9 @@ from collections.abc import Sequence
 
 import pytest
 
+from tests.vdev.vfio_user.conftest import FakeDevice, wait_for
 from vdev.pci.device_api import RegionIndex, RegionInfo
 from vdev.vfio_user.threaded import serve_in_thread
-
-from .conftest import FakeDevice, wait_for
 
 pytestmark = pytest.mark.timeout(30)
 

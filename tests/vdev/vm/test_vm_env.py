@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "guest" / "vm-env.sh"
+SCRIPT = Path(__file__).resolve().parents[3] / "guest" / "vm-env.sh"
 # Made-up archive addresses (.invalid never resolves) for the sample apt files.
 SCHEME = "http" + "://"
 MIRROR = SCHEME + "mirror.example.invalid/debian"

@@ -1,0 +1,5 @@
+"""Fixtures shared across the test tree (helpers live in tests/helpers/)."""
+
+from tests.helpers.spdm_emu_server import emu, emu_mctp, emu_none, emu_state_dir
+
+__all__ = ["emu", "emu_mctp", "emu_none", "emu_state_dir"]
