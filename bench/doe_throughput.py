@@ -124,7 +124,7 @@ def run_doe_throughput(workdir: Path, seconds: float = 2.0) -> dict[str, Any]:
             req.run(req.init_connection(), transport)
             version = req.conn.version
             out: dict[str, Any] = {
-                "target": None,  # issue #7 sets none for DOE throughput
+                "target": None,  # reported, not judged: no throughput target
                 "method": "SPDM GET_CERTIFICATE after VCA; response object of the given size "
                           "(DOE header + CERTIFICATE), 16-byte request object; Python client",
             }

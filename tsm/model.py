@@ -419,7 +419,7 @@ class TsmModel:
         while not op.done:
             assert op.request is not None
             out = op.request
-            delay = int(getattr(out, "delay_us", 0))  # newer spdm.requester only
+            delay = int(getattr(out, "delay_us", 0))  # ResponseNotReady's wait, else 0
             op.feed((yield DoeRequest(out.doe_type, out.data, delay)))
         return op.result
 

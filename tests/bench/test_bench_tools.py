@@ -1,4 +1,4 @@
-"""The benchmark helpers added for issue #7 run and report what they claim (short runs)."""
+"""The benchmark helpers run and report what they claim (short runs)."""
 
 from __future__ import annotations
 

@@ -132,7 +132,7 @@ def _model_backend(
     if not Path(trust_anchor).is_file():
         raise SystemExit(f"vdev tsm serve: trust anchor {trust_anchor} not found")
     try:
-        import tsm as model  # the TSM model is optional until it lands
+        import tsm as model  # imported here: a scripted backend needs no model
     except ImportError as exc:
         raise SystemExit(
             f"vdev tsm serve: the TSM model (tsm) is not available ({exc}); "

@@ -1,4 +1,4 @@
-"""Fault injection at the device's DOE transport (issue "Interop debugging" item 3).
+"""Fault injection at the device's DOE transport (docs/faults.md).
 
 `plan` is sans-IO (rules, parsing, selection); `injector` applies a plan to a TeeDevice
 by wrapping its SPDM DOE handlers, outside the protocol engines."""

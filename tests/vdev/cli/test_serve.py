@@ -43,7 +43,7 @@ def test_serve_speaks_spdm(tmp_path: Path) -> None:
 
             doe = DoeRequester(read32, write32, 0x100)
             reply = doe.exchange_bytes(1, GET_VERSION)
-            assert reply[:2] == bytes([0x10, 0x04])  # VERSION, not the old ERROR placeholder
+            assert reply[:2] == bytes([0x10, 0x04])  # the responder's VERSION, not an ERROR
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
         assert (tmp_path / "slot0" / "leaf.key").exists()
