@@ -5,7 +5,7 @@
 #
 # Why a separate root: the host is Debian 12, whose QEMU (7.2) has no
 # vfio-user client and whose kernel (6.1) has no PCI/TSM; trixie-backports has
-# both (see shared/reference/vm-environment.md).
+# both (docs/vm-environment.md §1).
 #
 # Usage: guest/vm-env.sh            build if missing or stale, print the root
 #        VDEV_CACHE=/path ...             cache location (default ~/.cache/vdev)

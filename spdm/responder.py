@@ -181,7 +181,7 @@ class ResponderConfig:
     aead_priority: Sequence[int] = alg.SUPPORTED_AEAD
     req_asym_priority: Sequence[int] = alg.SUPPORTED_ASYM
     # Mutual authentication: requested only when this is set AND the requester advertised
-    # MUT_AUTH_CAP (reference §1.4). The requester's chain must be known beforehand
+    # MUT_AUTH_CAP (docs/protocols.md §8.3). The requester's chain must be known beforehand
     # (basic flow, MutAuthRequested bit 0); SPDM chain bytes are built per hash.
     mut_auth: bool = False
     requester_chain_der: Sequence[bytes] = ()
@@ -958,9 +958,9 @@ class Responder:
         sess = self._new_session(msg.req_session_id, cert_hash, False, secured_version)
         mut = 0
         # Mutual authentication only when configured AND the requester advertised
-        # MUT_AUTH_CAP (reference §1.4; libspdm's ENCAP-only behaviour is a known
-        # conformance failure). With ENCAP_CAP on both sides the requester's chain is fetched
-        # with the encapsulated flow; otherwise it must be known beforehand.
+        # MUT_AUTH_CAP (docs/protocols.md §8.3). With ENCAP_CAP on both sides the
+        # requester's chain is fetched with the encapsulated flow; otherwise it must be
+        # known beforehand.
         if (
             self.config.mut_auth
             and self.conn.both(ReqCap.MUT_AUTH, RspCap.MUT_AUTH)

@@ -1,19 +1,19 @@
 """Profile-configurable TDISP behaviour: the points where implementations disagree.
 
-STOP_INTERFACE_REQUEST accepted in (reference §4.9):
-  * tee-io-validator: every state (StopInterfaceResponse cases 7.1–7.3 expect success
-    in RUN, CONFIG_LOCKED and CONFIG_UNLOCKED)
-  * spdm-emu: every state but CONFIG_UNLOCKED
-  * spdm-rs: RUN only
+STOP_INTERFACE_REQUEST accepted in (docs/protocols.md §8.1):
+  * PCIe 6.2 Table 11-3: every state
+  * spdm-emu's sample device: every state but CONFIG_UNLOCKED
+  * spdm-rs's example device: RUN only
   Default: every state.  STOP's effect (CONFIG_UNLOCKED) is harmless in
-  CONFIG_UNLOCKED, it lets a TSM tear down unconditionally (Linux's disconnect path),
-  and it is what the public conformance suite checks.
+  CONFIG_UNLOCKED, and it lets a TSM tear down unconditionally (Linux's disconnect
+  path).
 
-REQ_MSGS_SUPPORTED bit convention:
-  * BIT_N_IS_0x81_PLUS_N (spdm-rs, tee-io-validator): GET_VERSION..STOP = 0x7F
-  * BIT_N_IS_0x80_PLUS_N (spdm-emu): GET_VERSION..STOP = 0xFE
-  Default: 0x81+n.  tee-io-validator case 2.1.6 requires (bits & 0x7F) == 0x7F and
-  bits 15:11 clear; spdm-emu's layout sets bit 11 for VDM_REQUEST and fails that.
+REQ_MSGS_SUPPORTED bit convention (docs/protocols.md §8.2):
+  * BIT_N_IS_0x80_PLUS_N: PCIe 6.2 Table 11-9 (bit index = request code - 80h), current
+    tee-io-validator: GET_VERSION..STOP = 0xFE
+  * BIT_N_IS_0x81_PLUS_N: spdm-emu's and spdm-rs's sample devices: 0x7F
+  Default: 0x81+n, which disagrees with the specification; the named profiles keep
+  their conventions until that is settled.
 
 Other switches: whether LOCK demands IDE keys (default on, §11.3.8) and also that they
 are active (K_SET_GO; default off: the spec text says "configured"), the optional
@@ -60,7 +60,7 @@ class TdispPolicy:
     start_requires_lock_session: bool = True
     # §11.4.5: the default stream going Insecure (active key stopped) puts the TDI in ERROR.
     ide_insecure_is_violation: bool = True
-    # CAPABILITIES (§11.3.5); tee-io-validator TdispCapabilities 2.1.5–2.1.10.
+    # CAPABILITIES (§11.3.7); tee-io-validator TdispCapabilities 2.1.5–2.1.10.
     dsm_caps: int = 0
     lock_flags_supported: int = int(
         LockFlags.NO_FW_UPDATE

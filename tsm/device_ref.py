@@ -2,9 +2,9 @@
 
 `DeviceRef` names the DSM (segment/bus/devfn of function 0 of the device whose DOE
 mailbox carries SPDM); `DeviceRef.tdi(fn)` gives a TDI's INTERFACE_ID, whose
-FUNCTION_ID is the function's Requester ID (PCIe 6.2 §11.3, Table "INTERFACE_ID").
+FUNCTION_ID is the function's Requester ID (PCIe 6.2 §11.2, Table 11-1 INTERFACE_ID).
 The segment is only marked valid (bit 24) for a non-zero segment: devices in segment 0
-commonly key their TDIs by the bare RID (spdm-rs/spdm-emu interop, reference §5).
+commonly key their TDIs by the bare RID (docs/protocols.md §8.5).
 
 `ExpectedBar` is the host's view of one memory BAR (e.g. read by the guest from config
 space), which the interface report must match (§11.3.11: the report lists the TDI's

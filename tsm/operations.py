@@ -11,7 +11,7 @@
 
 DOE type 1 carries plain SPDM, type 2 secured SPDM (PCIe 6.2 §6.30.1 "DOE data object
 types"; DSP0277).  This is exactly what the kernel's PCI/TSM relay can carry
-(`pci_tsm_doe_transfer(pdev, type, ...)`, see linux-pci-tsm.md §3), so the model never
+(`pci_tsm_doe_transfer(pdev, type, ...)`, see docs/linux-pci-tsm.md §4), so the model never
 needs anything but a (type, bytes) -> bytes exchange.
 
 An operation wraps a generator that yields `DoeRequest`s and receives response payloads.

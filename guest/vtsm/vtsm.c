@@ -421,7 +421,7 @@ static void vtsm_link_remove(struct pci_tsm *tsm)
 /*
  * The endpoint half of the default Selective IDE stream, written directly:
  * pci_ide_stream_setup() needs a Root Port with IDE, which QEMU's root ports
- * lack, so pdev->ide_cap stays 0 (Linux reference, section 2 IDE).  Like
+ * lack, so pdev->ide_cap stays 0 (docs/linux-pci-tsm.md §8).  Like
  * sev-dev-tsm.c's streams_setup(), the host programs the Stream ID before
  * the TSM programs keys over IDE_KM, and enables the stream afterwards.
  */

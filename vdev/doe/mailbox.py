@@ -30,7 +30,7 @@ Behaviour choices and where they come from:
   the work but was late to publish it); SPDM requesters recover by starting
   over with GET_VERSION, which resets the responder's connection state.
 - DOR stays 1 until software advances past the last response DW; Linux
-  checks DOR before acking the final DW (Linux reference §2, doe.c).
+  checks DOR before acking the final DW (docs/linux-pci-tsm.md §7.3).
 - ABORT from any state discards both buffers and clears DOR and ERROR
   (§7.9.24.3 DOE Abort); it does not clear INT_STATUS, which is RW1C.
 - ERROR: §6.30.2 requires that a DOE instance "complete processing a received

@@ -20,8 +20,8 @@ stream status are live state, not configuration), the record
 ``offset u16 | size u8 | value & RW mask`` (little-endian), in offset order.  It
 covers Command (Memory Space / Bus Master Enable), the BARs as programmed, Device
 Control, MSI-X Message Control and the IDE stream control and association registers,
-so a BAR or Command change, or an IDE stream being set up, changes measurement 2
-(design.md: "measurements change when the device's mutable state changes").  RW1C
+so a BAR or Command change, or an IDE stream being set up, changes measurement 2:
+a verifier must see the configuration the device is actually in.  RW1C
 status bits are events, not configuration, and are left out; so is anything the host
 cannot change (identity registers are covered by the certificate's CMA SAN).
 """

@@ -27,8 +27,8 @@ unmapped offsets read 0 and ignore writes.
   PBA     MSI-X PBA    RO      at the next 4 KiB boundary after the table;
                                answered from the model (PCIe r6.0 §7.7.2.5)
 
-Doorbell delivery: QEMU owns MSI-X enable/masking (vfio-user reference §3
-and §4), so the doorbell always asks the attached IrqSink to signal the
+Doorbell delivery: QEMU owns MSI-X enable/masking (docs/vfio-user-qemu.md
+§7), so the doorbell always asks the attached IrqSink to signal the
 vector and lets the adapter and QEMU decide what reaches the guest.
 """
 

@@ -42,12 +42,11 @@ Transport-independent entry points, used by the DOE mailbox and by `vdev.spdm_em
 Known limitation: a DOE mailbox answers with the request's object type, so the rare
 plaintext ERROR the responder sends for an undecryptable type-2 request goes out
 in a type-2 object through the mailbox (`doe_object` and spdm-emu use type 1, as
-libspdm does).
+libspdm does; docs/protocols.md §8.4).
 
-Known interop gap (spdm/, not fixed here): libspdm's MCTP binding puts the MCTP
-message type (0x05) *inside* the encrypted application data of a secured record
-(libspdm_transport_mctp_encode_message); spdm.secured_message seals the bare SPDM
-message.  Our MCTP requester and responder agree with each other, not with libspdm's.
+Over MCTP (`vdev spdm-emu --transport mctp`) the device is built with
+`spdm.secured_message.MCTP_TRANSPORT`: sealed application data starts with the MCTP
+message type 0x05, as libspdm's MCTP binding has it (docs/protocols.md §4).
 """
 
 from __future__ import annotations

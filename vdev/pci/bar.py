@@ -4,7 +4,7 @@ A memory BAR's low 4 bits are read-only type bits; the address bits below the
 BAR's size are hardwired to 0.  Software sizes a BAR by writing all-ones and
 reading back: the read returns the size mask with the type bits.  Modelled
 as RW masks that exclude the size bits, so sizing falls out of the register
-model.  QEMU emulates BAR addresses itself (vfio-user reference §3) but still
+model.  QEMU emulates BAR addresses itself (docs/vfio-user-qemu.md §6.1) but still
 forwards the writes, so the model must take them without complaint.
 
 The address bits are kept across FLR (sticky in this model), although a real

@@ -1,6 +1,6 @@
 """4 KiB PCI Express configuration space composed from a header and capability objects.
 
-Layout rules enforced here (vfio-user reference §3, PCIe r6.0 §7.5.3, §7.6.3):
+Layout rules enforced here (docs/vfio-user-qemu.md §6.2, §6.3, PCIe r6.0 §7.5.3, §7.6.3):
 - legacy capabilities live in 0x40..0xFF, DW aligned, linked from 0x34;
 - extended capabilities start at 0x100 (so the DW at 0x100 is nonzero),
   DW aligned, each at least 8 bytes from the next (QEMU asserts this), the

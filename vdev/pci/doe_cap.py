@@ -2,7 +2,7 @@
 
 A thin register view over a `DoeMailbox`: every body register is model
 backed (`on_read`) and forwards writes to the mailbox.  Version 2 makes Linux
-send Discovery requests with version 2 in bits 15:8 (Linux reference §2).
+send Discovery requests with version 2 in bits 15:8 (docs/linux-pci-tsm.md §7.1).
 """
 
 from __future__ import annotations

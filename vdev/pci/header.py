@@ -1,7 +1,7 @@
 """The Type 0 configuration header, 0x00..0x3F (PCIe r6.0 §7.5.1.1, §7.5.1.2).
 
 Identity and class come from the profile; Command is read-write (QEMU keeps
-its own copy for BAR decode but reads ours live, vfio-user reference §3);
+its own copy for BAR decode but reads ours live, docs/vfio-user-qemu.md §6.1);
 Status has Capabilities List set and RW1C error bits; BARs are built by
 `bar.MemoryBar`; the Expansion ROM BAR is hardwired to 0 because we have no
 ROM; Interrupt Pin comes from the profile (0 = no INTx).

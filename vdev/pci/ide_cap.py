@@ -1,6 +1,6 @@
 """IDE extended capability, ID 0x30 (PCIe r6.0 §7.9.26), with a selective-stream model.
 
-Layout (offsets from the capability; Linux reference §2, drivers/pci/ide.c):
+Layout (offsets from the capability; docs/linux-pci-tsm.md §8, drivers/pci/ide.c):
 
   +0x00  extended capability header
   +0x04  IDE Capability   Link b0, Selective b1, IDE_KM b6, Algorithms b12:8

@@ -1,7 +1,7 @@
 """MSI-X capability, ID 0x11 (PCIe r6.0 §7.7.2), and the function's PBA model.
 
-QEMU emulates this capability and the vector table entirely (vfio-user
-reference §3): guest writes are still forwarded to us, so we keep an honest
+QEMU emulates this capability and the vector table entirely (docs/vfio-user-qemu.md
+§7): guest writes are still forwarded to us, so we keep an honest
 copy of Message Control, but delivery decisions belong to QEMU.  PBA reads
 are forwarded, so the Pending Bit Array is answered from `MsixState`.
 """

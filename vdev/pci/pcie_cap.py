@@ -1,6 +1,6 @@
 """PCI Express capability, ID 0x10, version 2, Endpoint (PCIe r6.0 §7.5.3).
 
-What matters to the guest (Linux reference §2, vfio-user reference §3):
+What matters to the guest (docs/linux-pci-tsm.md §6, docs/vfio-user-qemu.md §6.2, §6.4):
 - Flags: version 2, Device/Port Type 0000b (PCI Express Endpoint); QEMU
   rejects other types for vfio-user.
 - DEVCAP bit 30 TEE-IO Supported (Linux PCI_EXP_DEVCAP_TEE) makes the device

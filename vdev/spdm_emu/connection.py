@@ -2,7 +2,7 @@
 
 `SpdmEmuResponder(device, transport).handle(frame) -> Outcome` decides, for one frame
 received on a connection, the reply frame and what happens to the connection (spdm-emu
-spdm_responder_emu's platform loop; reference §1.1):
+spdm_responder_emu's platform loop; docs/protocols.md §9.2):
 
   transport type != ours   DROP: close without a reply (spdm-emu drops the connection)
   TEST                     reply TEST "Server Hello!\\0", keep the connection

@@ -3,7 +3,7 @@
 Serves one connection at a time, as spdm_responder_emu does: a second client waits
 until the first sends CONTINUE or goes away.  SHUTDOWN ends `serve_forever`.
 
-Socket behaviour (reference §1.4): frames are assembled from partial reads (spdm-emu's
+Socket behaviour (docs/protocols.md §9.4): frames are assembled from partial reads (spdm-emu's
 C side writes the header words and the payload in separate send() calls), every reply
 frame goes out in a single write, and TCP_NODELAY is set on accepted sockets so no
 reply waits out Nagle plus the peer's delayed ACK; TCP_QUICKACK is re-armed after each

@@ -1,6 +1,6 @@
 """Interop debugging: a decoded trace and a pcap of what a device or TSM exchanged.
 
-An adapter-level observer (design.md layer 4): the sans-IO engines only call back
+An adapter-level observer (docs/architecture.md §2, §5): the sans-IO engines only call back
 (`message_observer`, `secret_sink`, state observers); everything that writes lives here.
 
   pcap.py     classic pcap, link type 292 (PCI DOE), one whole DOE object per record

@@ -1,4 +1,4 @@
-"""Classic pcap output, as spdm-emu's `--pcap` writes it (reference §1.3, §1.4).
+"""Classic pcap output, as spdm-emu's `--pcap` writes it (docs/protocols.md §10).
 
 Global header (24 bytes) then one record per packet, all in the writer's byte order
 (little-endian here; readers recognise it from the magic 0xa1b2c3d4 read back as

@@ -13,7 +13,7 @@ transition.  Time is wall-clock seconds (UTC in the text format).
 
 Secrets never go into the trace.  With `log_secrets` the engines' opt-in `secret_sink`
 prints ``[DHE Secret]: <hex>`` / ``[PSK]: <hex>`` lines, the form DMTF's emulators print
-for spdm_dump (reference §1.3), to a separate stream (stderr).
+for spdm_dump (docs/protocols.md §10), to a separate stream (stderr).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The TSM mailbox PCI function, behind `VfioUserDevice`.
 
 A plain PCIe endpoint: no DEVCAP TEE bit, no IDE and no DOE capability, so
-the guest's PCI/TSM core never treats it as a PF0 (Linux reference §1,
-"parent hazard": vtsm parents its tsm0 class device here).
+the guest's PCI/TSM core never treats it as a PF0 (docs/linux-pci-tsm.md §2,
+"the parent hazard": vtsm parents its tsm0 class device here).
 
   config 0x000  Type 0 header, BAR0 64-bit MMIO 4 MiB (protocol.py register map)
          0x040  PCI Express capability v2, Endpoint, FLR, DEVCAP TEE clear
@@ -102,7 +102,7 @@ class Event(enum.Enum):
     RESPONSE = "post a DOE response"
 
 
-# Which doorbell event each status accepts (h11-style table, design.md).
+# Which doorbell event each status accepts (an h11-style transition table).
 # ABORT is accepted everywhere; BUSY accepts nothing.
 _ACCEPTS: dict[Status, frozenset[Event]] = {
     Status.IDLE: frozenset({Event.START}),
@@ -407,7 +407,7 @@ class TsmMailboxDevice:
         if self._irq is None:
             log.debug("completion interrupt with no client attached")
             return
-        # QEMU owns MSI-X enable and masking (vfio-user reference §3).
+        # QEMU owns MSI-X enable and masking (docs/vfio-user-qemu.md §7).
         self._irq.trigger(IrqIndex.MSIX, COMPLETION_VECTOR)
 
     def _set_out(self, data: bytes) -> None:

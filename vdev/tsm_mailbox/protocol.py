@@ -2,7 +2,7 @@
 
 The mailbox device is how the guest's `vtsm` driver (guest/vtsm/)
 reaches the platform TSM model, the way AMD's sev-dev-tsm.c reaches the PSP
-(Linux reference §3, §6): the driver posts an operation, the TSM answers
+(docs/linux-pci-tsm.md §9): the driver posts an operation, the TSM answers
 "please carry this DOE object to the device" or "done", the driver performs
 the DOE exchange with `pci_tsm_doe_transfer()` and posts the response back.
 

@@ -37,7 +37,7 @@ _ACCESS_DATA_SIZE = wire.REGION_ACCESS_DATA.size
 DmaReadHandler = Callable[[int, int], bytes]
 DmaWriteHandler = Callable[[int, bytes], None]
 
-#: What QEMU 11 sends in VERSION (reference §1), minus migration.
+#: What QEMU 11 sends in VERSION (docs/vfio-user-qemu.md §3.1), minus migration.
 DEFAULT_CLIENT_CAPS: dict[str, Any] = {
     "capabilities": {
         "max_msg_fds": 16,
@@ -101,7 +101,7 @@ class VfioUserClient:
 
     def next_id(self) -> int:
         msg_id = self._next_id
-        self._next_id = (msg_id + 1) & 0xFFFF  # ids wrap at 16 bits (reference §7.4)
+        self._next_id = (msg_id + 1) & 0xFFFF  # ids wrap at 16 bits (docs/vfio-user-qemu.md §10.3)
         return msg_id
 
     def send_raw(self, data: bytes, fds: Sequence[int] = ()) -> None:
@@ -181,7 +181,7 @@ class VfioUserClient:
         return served
 
     def handle_server_request(self, msg: Message) -> None:
-        """Answer one DMA_READ/DMA_WRITE in QEMU's layout (reference §1)."""
+        """Answer one DMA_READ/DMA_WRITE in QEMU's layout (docs/vfio-user-qemu.md §4)."""
         for fd in msg.fds:
             os.close(fd)
         try:
@@ -285,7 +285,8 @@ class VfioUserClient:
         return data
 
     def region_write(self, index: int, offset: int, data: bytes, *, posted: bool = False) -> None:
-        """A write; `posted` sets NO_REPLY like QEMU's memory-BAR writes (reference §2.15)."""
+        """A write; `posted` sets NO_REPLY like QEMU's memory-BAR writes
+        (docs/vfio-user-qemu.md §3.7)."""
         payload = wire.REGION_ACCESS_DATA.pack(offset, index, len(data)) + bytes(data)
         self.request(_REGION_WRITE, payload, no_reply=posted)
 

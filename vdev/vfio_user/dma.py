@@ -3,10 +3,10 @@
 DMA_MAP regions with an fd (guest RAM as a shared memfd) are reached through
 ONE `mmap(MAP_SHARED)` of the whole file per inode (st_dev, st_ino), because
 QEMU maps many ranges of the same memfd ([0, 0xa0000)@0, [1M, 2G)@1M, ...);
-an address translates to base + offset + (gpa - iova) (reference §5).
+an address translates to base + offset + (gpa - iova) (docs/vfio-user-qemu.md §8).
 Received fds are closed right after mmap.  Maps without an fd (plain `-m`
 RAM, ROMs) are recorded and served by DMA_READ/DMA_WRITE messages through a
-`RemoteDma` transport the server provides (reference §1 DMA_READ/DMA_WRITE).
+`RemoteDma` transport the server provides (docs/vfio-user-qemu.md §4).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 SET_IRQS semantics follow linux/vfio.h VFIO_DEVICE_SET_IRQS as adapted by the
 vfio-user spec ("VFIO_USER_DEVICE_SET_IRQS") and QEMU's use of it
-(reference §1 SET_IRQS, §4):
+(docs/vfio-user-qemu.md §3.5, §7):
 
 * DATA_EVENTFD|TRIGGER with N fds assigns [start, start+N); with zero fds it
   de-assigns the range (QEMU sends "all valid or all invalid fds" per message,
@@ -11,11 +11,11 @@ vfio-user spec ("VFIO_USER_DEVICE_SET_IRQS") and QEMU's use of it
 * DATA_NONE|TRIGGER with count>0 fires the vectors (loopback, spec).
 * MASK/UNMASK (DATA_NONE or DATA_BOOL) keep a per-vector mask; a trigger while
   masked only sets the pending bit, UNMASK delivers a pending interrupt.
-* INTx is level + automask like the kernel's vfio-pci (reference §4): after
+* INTx is level + automask like the kernel's vfio-pci (docs/vfio-user-qemu.md §7): after
   signalling, the line is masked until UNMASK; a trigger meanwhile stays
   pending and is re-signalled by the UNMASK.
 * DATA_EVENTFD|UNMASK (KVM resample fd) is refused with ENOTSUP, so QEMU
-  falls back to userspace EOI, which sends DATA_NONE|UNMASK (reference §2.12).
+  falls back to userspace EOI, which sends DATA_NONE|UNMASK (docs/vfio-user-qemu.md §7).
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ class IrqTable:
                     self.trigger(index, vec)
         elif data_kind == SetIrqsFlags.DATA_EVENTFD:
             # Resample / mask eventfds would need an fd watcher; refuse so QEMU
-            # uses its userspace EOI path (reference §2 step 12).
+            # uses its userspace EOI path (docs/vfio-user-qemu.md §7).
             raise ProtocolError(errno.ENOTSUP, "eventfd-driven MASK/UNMASK not supported")
         elif action == SetIrqsFlags.MASK:
             with self._lock:
@@ -183,7 +183,7 @@ class IrqTable:
         """Signal one vector (lock held)."""
         v.pending = False
         if index == IrqIndex.INTX:
-            # Automask: INTx stays masked until the client unmasks it (reference §4).
+            # Automask: INTx stays masked until the client unmasks it (docs/vfio-user-qemu.md §7).
             v.masked = True
         if v.fd is None:
             # No eventfd: the interrupt is lost, as with an unconnected vfio vector.

@@ -1,10 +1,10 @@
 """asyncio vfio-user server: one `VfioUserDevice` per UNIX socket path.
 
-Design (reference: /work/shared/reference/vfio-user-qemu.md):
+Design (what QEMU's client expects: docs/vfio-user-qemu.md):
 
 * Non-blocking socket driven by `loop.add_reader`/`add_writer`; every message
   is read header-then-body with `recvmsg` and a 16-fd cmsg buffer, and sent
-  with its fds in one `sendmsg` (reference §1 "Socket I/O"); a reply without
+  with its fds in one `sendmsg` (docs/vfio-user-qemu.md §2.3); a reply without
   fds goes out with one `send` straight from the handler when nothing is
   queued.  After answering a request the reader callback returns to the loop
   (the level-triggered reader brings it back for anything already queued);
@@ -30,7 +30,7 @@ Design (reference: /work/shared/reference/vfio-user-qemu.md):
   request that arrives, in order (the device may thus be re-entered from
   inside its own DMA call).  This avoids the deadlock where QEMU's vCPU holds
   the BQL waiting for our reply while its DMA handler needs the BQL
-  (reference §7.6, libvfio-user #279); the price is that other asyncio tasks
+  (docs/vfio-user-qemu.md §10.5); the price is that other asyncio tasks
   stall for the duration (bounded by `dma_timeout`).  It cannot help when the
   DMA is issued inside the handler of the very (non-posted) request a QEMU
   vCPU is blocked on: QEMU only services our DMA_READ/WRITE once that reply
@@ -72,11 +72,11 @@ from .wire import Command, HeaderFlags
 
 log = logging.getLogger("vdev.vfio_user")
 
-NUM_REGIONS = len(RegionIndex)  # 9: BAR0-5, ROM, CONFIG, VGA (reference §3)
+NUM_REGIONS = len(RegionIndex)  # 9: BAR0-5, ROM, CONFIG, VGA (docs/vfio-user-qemu.md §3.3)
 NUM_IRQS = NUM_IRQ_INDICES  # 5: INTx, MSI, MSI-X, ERR, REQ
 
 #: Our VERSION capabilities.  Must stay shorter than QEMU's own VERSION JSON
-#: because QEMU's reply buffer is its request size (reference §1 VERSION).
+#: because QEMU's reply buffer is its request size (docs/vfio-user-qemu.md §3.1).
 SERVER_CAPABILITIES: dict[str, object] = {
     "capabilities": {
         "max_msg_fds": wire.MAX_MSG_FDS,
@@ -85,12 +85,12 @@ SERVER_CAPABILITIES: dict[str, object] = {
     }
 }
 
-#: Shorter than QEMU's 5 s x-msg-timeout (reference §6, §7.5): when a DMA the
+#: Shorter than QEMU's 5 s x-msg-timeout (docs/vfio-user-qemu.md §10.4): when a DMA the
 #: device starts inside a request handler times out, the error reply to that
 #: request must still reach QEMU before QEMU gives up on it.
 DEFAULT_DMA_TIMEOUT = 2.0
 _MAX_DMA_NESTING = 8
-_QEMU_MAX_XFER = 64 << 20  # reference §1: max_data_xfer_size <= 64 MiB
+_QEMU_MAX_XFER = 64 << 20  # max_data_xfer_size <= 64 MiB (docs/vfio-user-qemu.md §3.1)
 
 _Handler = Callable[[Message], bytes]
 
@@ -290,7 +290,7 @@ class Connection:
             if not no_reply:
                 self._send(wire.build_error_reply(msg.id, msg.cmd, code))
             return
-        # Posted writes and WRITE_MULTI never get a reply (reference §7.1).
+        # Posted writes and WRITE_MULTI never get a reply (docs/vfio-user-qemu.md §10.1).
         if not no_reply:
             # wire.build_message, inlined (msg.id and msg.cmd are parsed u16s).
             self._send(_pack_header(msg.id, msg.cmd, _HEADER_SIZE + len(payload), _REPLY, 0)
@@ -503,7 +503,7 @@ class Connection:
             if isinstance(xfer, int) and xfer >= 4096:
                 self._client_max_xfer = min(xfer, _QEMU_MAX_XFER)
         self._negotiated = True
-        # Reply 0.0 (QEMU fails on minor > 0) with a JSON object (reference §1 VERSION).
+        # Reply 0.0 (QEMU fails on minor > 0) with a JSON object (docs/vfio-user-qemu.md §3.1).
         text = json.dumps(SERVER_CAPABILITIES, separators=(",", ":"))
         log.info("client negotiated: %s", req.json)
         return wire.build(wire.Version, major=0, minor=0, json=text)
@@ -521,7 +521,7 @@ class Connection:
         if req.argsz < wire.DMA_UNMAP_SIZE:
             raise ProtocolError(errno.EINVAL, f"DMA_UNMAP argsz {req.argsz}")
         self.dma_table.unmap(req.iova, req.size, req.flags)
-        # Echo the struct: fits QEMU's rsize of 40 (reference §1 DMA_UNMAP).
+        # Echo the struct: fits QEMU's rsize of 40 (docs/vfio-user-qemu.md §3.2).
         return wire.build(wire.DmaUnmap, argsz=wire.DMA_UNMAP_SIZE, flags=req.flags,
                           iova=req.iova, size=req.size)
 
@@ -529,7 +529,7 @@ class Connection:
         req = _fixed(wire.DeviceInfo, msg.payload, wire.DEVICE_INFO_SIZE)
         if req.argsz < wire.DEVICE_INFO_SIZE:
             raise ProtocolError(errno.EINVAL, f"DEVICE_GET_INFO argsz {req.argsz}")
-        # PCI is required by QEMU; RESET makes it send DEVICE_RESET (reference §1).
+        # PCI is required by QEMU; RESET makes it send DEVICE_RESET (docs/vfio-user-qemu.md §3.3).
         return wire.build(
             wire.DeviceInfo,
             argsz=wire.DEVICE_INFO_SIZE,
@@ -572,11 +572,11 @@ class Connection:
         count = self.device.irq_count(req.index)
         flags = wire.IrqInfoFlags.EVENTFD
         if req.index == 0:
-            # INTx is level-triggered with automask, like the kernel (reference §4).
+            # INTx is level-triggered with automask, like the kernel (docs/vfio-user-qemu.md §7).
             flags |= wire.IrqInfoFlags.MASKABLE | wire.IrqInfoFlags.AUTOMASKED
         # MSI/MSI-X: no NORESIZE, so QEMU updates single vectors with
         # SET_IRQS(start=v, count=1) instead of disabling and re-enabling the
-        # whole index on every vector change (reference §4 MSI-X), which would
+        # whole index on every vector change (docs/vfio-user-qemu.md §7), which would
         # drop interrupts raised in between.
         return wire.build(wire.IrqInfo, argsz=wire.IRQ_INFO_SIZE, flags=flags,
                           index=req.index, count=count)
@@ -620,7 +620,7 @@ class Connection:
             self._check_region(region, offset, count, write=False)
         data = bytes(self.device.region_read(region, offset, count))
         if len(data) != count:
-            # QEMU requires the reply count to equal the request (reference §1).
+            # QEMU requires the reply count to equal the request (docs/vfio-user-qemu.md §3.6).
             raise ProtocolError(errno.EIO, f"device returned {len(data)} of {count} bytes")
         return _pack_access(offset, region, count) + data
 
@@ -642,7 +642,7 @@ class Connection:
 
     def _device_reset(self, msg: Message) -> bytes:
         # DMA maps and IRQ fds survive a device reset: QEMU does not re-send
-        # them (reference §2 step 14).
+        # them (docs/vfio-user-qemu.md §3.8).
         self.device.reset()
         return b""
 

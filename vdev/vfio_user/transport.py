@@ -2,7 +2,7 @@
 
 vfio-user frames are self-delimiting (header size field).  Fds are attached
 by the sender to the first byte of the message they belong to, sent with the
-whole message in one `sendmsg` (reference §1 "Socket I/O").  The reader
+whole message in one `sendmsg` (docs/vfio-user-qemu.md §2.3).  The reader
 therefore reads the 16-byte header and then exactly the body, never past the
 end of a message, and attributes every fd received while reading a message's
 bytes to that message.  Works on blocking and non-blocking sockets.

@@ -1,11 +1,11 @@
 """vfio-user wire format: every message declared once, with `construct`.
 
 The same declarations parse and build on both sides (server and client).
-Layouts follow QEMU 11's hw/vfio-user/protocol.h as summarised in
-/work/shared/reference/vfio-user-qemu.md §1; where QEMU and the spec
-(docs/interop/vfio-user.rst) differ, QEMU wins (DMA_READ/DMA_WRITE).
+Layouts follow QEMU 11's hw/vfio-user/protocol.h (docs/vfio-user-qemu.md §2, §3);
+where QEMU and the specification (QEMU's docs/interop/vfio-user.rst) differ, QEMU
+wins (DMA_READ/DMA_WRITE, docs/vfio-user-qemu.md §4).
 
-All integers are little-endian ("host order" on x86, reference §1).
+All integers are little-endian ("host order" on x86, docs/vfio-user-qemu.md §2.1).
 """
 
 from __future__ import annotations
@@ -39,11 +39,11 @@ Container: TypeAlias = Any
 HEADER_SIZE = 16
 
 #: The largest data transfer we advertise; QEMU accepts up to 64 MiB
-#: (reference §1 VERSION table), 1 MiB is its own default.
+#: (docs/vfio-user-qemu.md §3.1), 1 MiB is its own default.
 MAX_DATA_XFER_SIZE = 1 << 20
 
 #: Most fds we accept per message.  QEMU sends at most max_msg_fds in one
-#: SET_IRQS; the receive cmsg buffer is sized for 16 (reference §1 "Socket I/O").
+#: SET_IRQS; the receive cmsg buffer is sized for 16 (docs/vfio-user-qemu.md §2.3).
 MAX_MSG_FDS = 8
 RECV_FDS = 16
 
@@ -54,7 +54,7 @@ MAX_MESSAGE_SIZE = MAX_DATA_XFER_SIZE + 4096
 
 
 class Command(enum.IntEnum):
-    """vfio-user command ids (spec "Commands" table, reference §1)."""
+    """vfio-user command ids (spec "Commands" table, docs/vfio-user-qemu.md §2.2)."""
 
     VERSION = 1
     DMA_MAP = 2
@@ -151,7 +151,7 @@ Version = Struct(
     "json" / CString("utf8"),
 )
 
-#: DMA_MAP request payload, 32 bytes; at most one fd (reference §1 DMA_MAP).
+#: DMA_MAP request payload, 32 bytes; at most one fd (docs/vfio-user-qemu.md §3.2).
 DmaMap = Struct(
     "argsz" / Int32ul,
     "flags" / Int32ul,
@@ -198,7 +198,7 @@ IrqInfo = Struct(
 
 #: DEVICE_SET_IRQS request (struct vfio_irq_set, 20 bytes).  Eventfds travel
 #: only as SCM_RIGHTS; DATA_BOOL carries `count` bool bytes after the struct
-#: (QEMU never sends DATA_BOOL, reference §1 SET_IRQS).
+#: (QEMU never sends DATA_BOOL, docs/vfio-user-qemu.md §3.5).
 SetIrqs = Struct(
     "argsz" / Int32ul,
     "flags" / Int32ul,
@@ -225,7 +225,7 @@ RegionAccessData = Struct(
 
 #: DMA_READ request (server -> client).  QEMU's VFIOUserDMARW is
 #: {hdr; u64 offset; u32 count; char data[]} with sizeof 32 and requires
-#: size >= 32 (reference §1 "DMA_READ / DMA_WRITE"), so the request is padded
+#: size >= 32 (docs/vfio-user-qemu.md §4), so the request is padded
 #: to 32 bytes.  With count < 2**32 this is also byte-identical to the spec's
 #: {u64 addr; u64 count}.
 DmaReadRequest = Struct(
@@ -237,7 +237,7 @@ DmaReadRequest = Struct(
 #: DMA_WRITE request and DMA_READ reply in QEMU's layout: count is a u32 at
 #: absolute byte 24, data starts at absolute byte 28, and the message is
 #: 32 + count bytes long (4 trailing zero bytes).  NOT the spec layout, which
-#: has a u64 count and data at byte 32 (reference §1, §7.11).
+#: has a u64 count and data at byte 32 (docs/vfio-user-qemu.md §4).
 DmaData = Struct(
     "offset" / Int64ul,
     "count" / Int32ul,
@@ -253,7 +253,7 @@ WriteMultiEntry = Struct(
     "data" / Bytes(8),
 )
 
-#: REGION_WRITE_MULTI request; always sent NO_REPLY (reference §1 WRITE_MULTI).
+#: REGION_WRITE_MULTI request; always sent NO_REPLY (docs/vfio-user-qemu.md §3.9).
 WriteMulti = Struct(
     "wr_cnt" / Int64ul,
     "entries" / Array(this.wr_cnt, WriteMultiEntry),

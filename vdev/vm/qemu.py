@@ -112,7 +112,7 @@ def qemu_command(spec: VmSpec, accel: str) -> list[str]:
             "-device", f"pcie-root-port,id={rp},bus=pcie.0,chassis={n},slot={n}",
             "-device", json.dumps({
                 "driver": "vfio-user-pci", "id": dev.id, "bus": rp, "addr": "0x0",
-                # Only the JSON form of the socket property works (reference §6).
+                # Only the JSON form of the socket property works (docs/vfio-user-qemu.md §9).
                 "socket": {"type": "unix", "path": str(dev.socket)}, "rombar": 0,
             }),
         ]

@@ -18,7 +18,7 @@ from vdev.spdm_emu.frame import (
     TransportType,
 )
 
-# Reference §1.1, traces from spdm-emu #279.
+# docs/protocols.md §9.2; the bytes are the traces quoted in spdm-emu issue #279.
 TEST_FRAME = bytes.fromhex("0000dead 00000002 0000000e") + CLIENT_HELLO
 SERVER_HELLO_FRAME = bytes.fromhex("0000dead 00000002 0000000e") + SERVER_HELLO
 DISCOVERY_0 = bytes.fromhex("01000000 03000000 00000000")
@@ -162,7 +162,7 @@ def test_device_failure_drops_only_that_connection(
 
 def test_qemu_like_client(emu: EmuHandle) -> None:
     """QEMU's spdm-socket: no TEST, whole DOE objects in NORMAL frames, SHUTDOWN at the end."""
-    get_version = bytes.fromhex("01000100 03000000 10840000")  # reference §4.6 example
+    get_version = bytes.fromhex("01000100 03000000 10840000")  # docs/protocols.md §2 example
     with raw_socket(emu) as sock:
         sock.sendall(Frame(Command.NORMAL, TransportType.PCI_DOE, get_version).encode())
         header = read_exactly(sock, 12)

@@ -145,7 +145,7 @@ def test_posted_write_gets_no_reply(server: ServerHandle) -> None:
     with server.client() as c:
         c.region_write(RegionIndex.BAR0, 0x200, b"\xaa\xbb\xcc\xdd", posted=True)
         assert c.poll_message(0.2) is None
-        # A posted write that fails is not answered either (reference §7.1).
+        # A posted write that fails is not answered either (docs/vfio-user-qemu.md §10.1).
         c.region_write(RegionIndex.BAR0, 4096, b"\xaa", posted=True)
         assert c.poll_message(0.2) is None
         assert c.region_read(RegionIndex.BAR0, 0x200, 4) == b"\xaa\xbb\xcc\xdd"

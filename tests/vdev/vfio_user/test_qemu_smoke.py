@@ -4,7 +4,7 @@ Skipped when the cached VM environment (`make vm-env`) is absent.  No guest
 boots: `-S` stops the CPUs after realize and the startup reset, which already
 exercise VERSION, DMA_MAP with a memfd and without fd, GET_INFO, region and
 IRQ info, the config read, DEVICE_RESET and the post-reset BAR writes
-(reference §2 and vm-environment.md "Observed message order").
+(docs/vfio-user-qemu.md §5).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def test_qemu_realizes_device(caplog: pytest.LogCaptureFixture) -> None:
         proc, err = _run_qemu(argv, served.path, caplog)
         wait_for(lambda: served.server.connection is None, 5)
     assert proc.returncode == 0, err
-    # The only complaint allowed: no ERR irq offered (vm-environment.md).
+    # The only complaint allowed: no ERR irq offered (docs/vfio-user-qemu.md §5 step 6).
     problems = [ln for ln in err.splitlines() if ln and "error recovery" not in ln]
     assert problems == []
     seen = " ".join(r.getMessage() for r in caplog.records)
