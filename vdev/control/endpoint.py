@@ -20,13 +20,13 @@ from vdev.control.core import Command, CommandError, ControlCore, expect_args
 from vdev.endpoint.tee_device import TeeDevice
 from vdev.faults import KINDS as RULE_KINDS
 from vdev.faults import FaultPlanError, install
-from vdev.faults.plan import rule_from_dict
+from vdev.faults.plan import DOE_DELAY, doe_delay_from_dict, rule_from_dict
 from vdev.pci.ide_cap import KEY_SETS, SLOTS
 
 StatusExtra = Callable[[], dict[str, Any]]
 
 SPDM_VERSION_NAMES = {0x10: "1.0", 0x11: "1.1", 0x12: "1.2", 0x13: "1.3"}
-FAULT_KINDS = ("doe_delay", *RULE_KINDS)  # the rest: vdev.faults rules
+FAULT_KINDS = (DOE_DELAY, *RULE_KINDS)  # the rest: vdev.faults rules
 
 
 def algorithms_json(a: NegotiatedAlgorithms) -> dict[str, Any]:
@@ -113,6 +113,12 @@ class DeviceControl:
             return {"armed": self._armed_faults(), "kinds": list(FAULT_KINDS)}
         if action not in ("arm", "clear"):
             raise CommandError(f"action {action!r}: expected list, arm or clear")
+        if action == "clear" and fault is None:  # clear: every armed fault
+            self.device.delay_doe_responses(0, 0)
+            injector = getattr(self.device, "fault_injector", None)
+            if injector is not None:
+                injector.plan.rules.clear()
+            return {"armed": self._armed_faults()}
         if not isinstance(fault, dict) or not isinstance(fault.get("kind"), str):
             raise CommandError(f"{action} needs a fault spec object with a \"kind\", "
                                f"e.g. {{\"kind\": \"doe_delay\", \"delay_ms\": 1500, "
@@ -120,19 +126,15 @@ class DeviceControl:
         kind = fault["kind"]
         if kind in RULE_KINDS:
             return self._rule_fault(action, fault)
-        if kind != "doe_delay":
+        if kind != DOE_DELAY:
             raise CommandError(f"fault kind {kind!r}: unknown (kinds: {', '.join(FAULT_KINDS)})")
         if action == "clear":
             self.device.delay_doe_responses(0, 0)
             return {"armed": self._armed_faults()}
-        extra = sorted(set(fault) - {"kind", "delay_ms", "count"})
-        delay, count = fault.get("delay_ms"), fault.get("count", 1)
-        if extra or type(delay) is not int or type(count) is not int or delay < 0 or count < 0:
-            raise CommandError("doe_delay takes integer delay_ms >= 0 and count >= 0 "
-                               "(default 1)" + (f"; unknown {', '.join(extra)}" if extra else ""))
         try:
-            self.device.delay_doe_responses(delay / 1000, count)
-        except ValueError as exc:
+            delay = doe_delay_from_dict(fault)
+            self.device.delay_doe_responses(delay.delay_ms / 1000, delay.count)
+        except ValueError as exc:  # FaultPlanError, or no event loop to release it
             raise CommandError(str(exc)) from None
         return {"armed": self._armed_faults()}
 
@@ -160,7 +162,7 @@ class DeviceControl:
         left = getattr(d, "_doe_delays_left", 0)
         if not left or d.doe.response_gate is None:
             return rules
-        return [{"kind": "doe_delay", "delay_ms": round(getattr(d, "_doe_delay", 0) * 1000),
+        return [{"kind": DOE_DELAY, "delay_ms": round(getattr(d, "_doe_delay", 0) * 1000),
                  "count": left}, *rules]
 
     def doe(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -252,12 +254,11 @@ def device_control(device: TeeDevice, *, trust_anchor: Path | None = None,
     return DeviceControl(device, trust_anchor=trust_anchor, transport=transport).core()
 
 
-def trust_anchor_path(device: TeeDevice, state_dir: str | Path | None) -> Path:
-    """Where TeeDevice keeps the root certificate of a generated identity."""
-    from vdev.endpoint.tee_device import default_state_dir
+def trust_anchor_path(device: TeeDevice) -> Path | None:
+    """The root certificate of the device's identity on disk (None: handed in)."""
+    from vdev.endpoint.identity_store import TRUST_ANCHOR
 
-    root = Path(state_dir) if state_dir is not None else default_state_dir(device.profile)
-    return root / "slot0" / "root.pem"
+    return device.identity_dir / TRUST_ANCHOR if device.identity_dir is not None else None
 
 
 def spdm_emu_transport(server: Any) -> StatusExtra:

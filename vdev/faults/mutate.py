@@ -16,10 +16,10 @@ from typing import Any
 
 from spdm import messages as m
 from spdm.algorithms import NegotiatedAlgorithms
-from spdm.codes import Rsp
+from spdm.codes import Req, Rsp
 from tdisp import idekm_messages as ik
 from tdisp import messages as tm
-from tdisp.codes import PAGE_SIZE, ResponseCode
+from tdisp.codes import PAGE_SIZE, RequestCode, ResponseCode
 from tdisp.errors import MalformedMessage
 from tdisp.interface_report import InterfaceReport
 from tdisp.vendor_defined import ProtocolId
@@ -39,6 +39,49 @@ _SPDM_FORMATS: dict[int, Any] = {
     Rsp.VENDOR_DEFINED_RESPONSE: m.VendorDefinedResponse,
 }
 _HEADER_FIELDS = ("version", "code", "param1", "param2")
+_TDISP_HEADER_FIELDS = ("version", "message_type")
+# The IDE_KM object that answers each request object (PCIe 6.2 §6.33.3).
+_IDEKM_RESPONSES: dict[str, Any] = {
+    "QUERY": ik.QueryResp, "KEY_PROG": ik.KpAck, "K_SET_GO": ik.KGoStopAck,
+    "K_SET_STOP": ik.KGoStopAck,
+}
+MAC_FIELD = "mac"  # corrupt field=mac: the secured record's MAC, not a message field
+
+
+def _spdm_fields(fmt: Any) -> list[str]:
+    """The named fields of an SPDM response declaration (what `m.decode` returns)."""
+    return [sc.name for sc in fmt.subcons if sc.name and not sc.name.startswith("_")]
+
+
+def _tdisp_fields(cls: Any) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls) if f.name != "interface_id"]
+
+
+def _idekm_fields(cls: Any) -> list[str]:
+    names = [f.name for f in dataclasses.fields(cls)]
+    if "slot" in names:  # the KeySlot's own fields, not the object
+        i = names.index("slot")
+        names[i:i + 1] = [f.name for f in dataclasses.fields(ik.KeySlot)]
+    return names
+
+
+def response_fields(request: str) -> tuple[str, list[str]]:
+    """The response to the request named `request` (vdev.faults.names) and the fields
+    `corrupt field=` can name in it: the same declarations `corrupt_field` parses, so a
+    rule checked here acts at run time (unless the device answers with an error)."""
+    if request in _IDEKM_RESPONSES:
+        cls = _IDEKM_RESPONSES[request]
+        return cls.object_id.name, _idekm_fields(cls)
+    if request in RequestCode.__members__:
+        rsp = tm.RESPONSES[tm.RESPONSE_FOR[RequestCode[request]]]
+        return (ResponseCode(rsp.code).name,
+                [*_TDISP_HEADER_FIELDS, *_tdisp_fields(rsp)])
+    if request == "RESPOND_IF_READY":  # answered with the response it was waiting for
+        return "the awaited response", list(_HEADER_FIELDS)
+    code = Req[request] - 0x80  # DSP0274: a response code is its request's minus 80h
+    name = Rsp(code).name if code in Rsp._value2member_map_ else f"response to {request}"
+    fmt = _SPDM_FORMATS.get(code)
+    return name, list(dict.fromkeys([*_HEADER_FIELDS, *(_spdm_fields(fmt) if fmt else [])]))
 _NEXT_VERSION = {0x10: 0x11, 0x11: 0x12, 0x12: 0x13, 0x13: 0x12}
 
 
@@ -129,7 +172,7 @@ def corrupt_field(request: bytes, response: bytes, name: str,
         except m.MessageFormatError:
             continue
         if name not in parsed or name.startswith("_") or name == "raw":
-            fields = [k for k in parsed if not k.startswith("_") and k != "raw"]
+            fields = _spdm_fields(fmt)
             raise NotApplicable(f"{response_name(response)} has no field {name!r} "
                                 f"(fields: {', '.join(fields)})")
         parsed[name] = _flip(parsed[name])
@@ -146,7 +189,7 @@ def _corrupt_tdisp(response: bytes, payload: bytes, name: str) -> tuple[bytes, s
         i = 1 if name == "version" else 2
         return with_vdm_payload(response, payload[:i] + bytes([payload[i] ^ 0x01])
                              + payload[i + 1 :]), name
-    names = [f.name for f in dataclasses.fields(msg) if f.name != "interface_id"]
+    names = _tdisp_fields(msg)
     if name not in names:
         raise NotApplicable(f"TDISP {response_name(response)} has no field {name!r} "
                             f"(fields: {', '.join(names) or 'none'})")
@@ -162,7 +205,7 @@ def _corrupt_idekm(response: bytes, payload: bytes, name: str) -> tuple[bytes, s
     names = [f.name for f in dataclasses.fields(msg)]
     if name in names:
         changed = dataclasses.replace(msg, **{name: _flip(getattr(msg, name))})
-    elif "slot" in names and name in [f.name for f in dataclasses.fields(ik.KeySlot)]:
+    elif name in _idekm_fields(type(msg)):
         slot = msg.slot
         changed = dataclasses.replace(
             msg, slot=dataclasses.replace(slot, **{name: _flip(getattr(slot, name))}))

@@ -13,6 +13,12 @@ A rule is {kind, match, selector, kind parameters}.  `match` picks the layer:
 Some kinds only make sense for one message; they default `match` to it (KINDS_FOR).
 The selector is one of nth (1-based occurrence among matching requests; default
 nth=1), every, or probability with a seed (a private RNG, so a run is reproducible).
+
+`doe_delay` is not a rule but the DOE mailbox's own timing knob
+(`TeeIoEndpoint.delay_doe_responses`): the next `count` SPDM DOE responses become ready
+`delay_ms` after GO.  It is written like a rule everywhere a rule is (`--fault
+doe_delay:delay_ms=1500,count=1`, a `[[fault]]` table, `vdev ctl faults arm`) and kept
+in `FaultPlan.doe_delay`.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from spdm.codes import ErrorCode, Req
 from spdm.responder import NO_DELAY_REQUESTS
 from tdisp.codes import ErrorCode as TdispErrorCode
 from tdisp.idekm_messages import KpAckStatus
+from vdev.faults.mutate import MAC_FIELD, response_fields
 from vdev.faults.names import IDEKM_NAMES, SPDM_NAMES, TDISP_NAMES, protocol_of
 
 KINDS = (
@@ -69,6 +76,34 @@ SELECTORS = frozenset({"nth", "every", "probability", "seed"})
 
 class FaultPlanError(ValueError):
     """A rule is invalid; the message names the rule and the field."""
+
+
+DOE_DELAY = "doe_delay"
+DOE_DELAY_FIELDS = frozenset({"kind", "delay_ms", "count"})
+
+
+@dataclass(frozen=True)
+class DoeDelay:
+    """Hold the next `count` SPDM DOE responses back `delay_ms` after GO (BUSY till then)."""
+
+    delay_ms: int
+    count: int = 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": DOE_DELAY, "delay_ms": self.delay_ms, "count": self.count}
+
+
+def doe_delay_from_dict(data: dict[str, Any], where: str = "fault") -> DoeDelay:
+    where = f"{where} ({DOE_DELAY})"
+    unknown = sorted(set(data) - DOE_DELAY_FIELDS)
+    if unknown:
+        raise FaultPlanError(f"{where}: field {unknown[0]!r}: unknown for kind 'doe_delay' "
+                             f"(allowed: count, delay_ms, kind; it holds every SPDM DOE "
+                             f"response alike, so it takes no match or selector)")
+    if "delay_ms" not in data:
+        raise FaultPlanError(f"{where}: field 'delay_ms': required for kind 'doe_delay'")
+    return DoeDelay(_int(where, "delay_ms", data["delay_ms"], 0),
+                    _int(where, "count", data.get("count", 1), 0))
 
 
 @dataclass
@@ -206,6 +241,27 @@ def _match(where: str, kind: str, data: dict[str, Any]) -> str:
     return match
 
 
+def _check_field(where: str, match: str, name: str) -> None:
+    """`corrupt field=NAME` must name a field of the response to `match` (or the record's
+    MAC), known from the response's declaration, so a typo is refused here rather than
+    found "not injected" at run time."""
+    if match in TRANSPORT_MATCHES:
+        if match == MATCH_SECURED and name == MAC_FIELD:
+            return
+        raise FaultPlanError(
+            f"{where}: field 'field': {name!r}: " + (
+                "only secured records carry a MAC (match 'secured')" if name == MAC_FIELD
+                else f"match {match!r} corrupts whole DOE objects by offset; name the "
+                     f"request (e.g. KEY_EXCHANGE) to corrupt a field of its response, or "
+                     f"use field=mac with match 'secured'"))
+    response, fields = response_fields(match)
+    if name not in (*fields, MAC_FIELD):
+        raise FaultPlanError(
+            f"{where}: field 'field': {response} (the response to {match}) has no field "
+            f"{name!r}; its fields: {', '.join(fields)}, or 'mac' (the MAC of the secured "
+            f"record carrying it)")
+
+
 def rule_from_dict(data: dict[str, Any], where: str = "fault") -> FaultRule:
     """Validate one rule (TOML table, control-socket JSON, parsed --fault spec)."""
     if not isinstance(data, dict):
@@ -213,7 +269,7 @@ def rule_from_dict(data: dict[str, Any], where: str = "fault") -> FaultRule:
     kind = data.get("kind")
     if kind not in KINDS:
         raise FaultPlanError(f"{where}: field 'kind': {kind!r} is not one of "
-                             f"{', '.join(KINDS)}")
+                             f"{', '.join((*KINDS, DOE_DELAY))}")
     where = f"{where} ({kind})"
     match = _match(where, kind, data)
     allowed = {"kind", "match"} | SELECTORS | PARAMS[kind]
@@ -236,9 +292,7 @@ def rule_from_dict(data: dict[str, Any], where: str = "fault") -> FaultRule:
             raise FaultPlanError(f"{where}: field 'field': expected a field name, "
                                  f"'signature' or 'mac', got {data['field']!r}")
         rule.field_name = data["field"]
-        if rule.field_name == "mac" and match not in (MATCH_SECURED,) \
-                and match in TRANSPORT_MATCHES:
-            raise FaultPlanError(f"{where}: field 'field': only secured records carry a MAC")
+        _check_field(where, match, rule.field_name)
     if "length" in data:
         rule.length = _int(where, "length", data["length"], 0)
     elif kind == "truncate":
@@ -295,13 +349,19 @@ def _scalar(text: str) -> Any:
     return text
 
 
-def parse_spec(spec: str) -> FaultRule:
-    """`KIND[:MATCH[:nth=N|every|p=0.5,seed=1][,PARAM=VALUE...]]`; MATCH may be left out
-    (or empty) for the kinds tied to one request (wrong_nonce, report_mismatch, ...)."""
+def spec_to_dict(spec: str) -> dict[str, Any]:
+    """`KIND[:MATCH][:nth=N|every|p=0.5,seed=1][,PARAM=VALUE...]` as a rule table; MATCH
+    may be left out (or empty) for the kinds tied to one request (wrong_nonce,
+    report_mismatch, ...) and for doe_delay (`doe_delay:delay_ms=1500,count=2`)."""
     where = f"--fault {spec!r}"
     parts = spec.split(":")
+    if len(parts) == 2 and ("=" in parts[1] or parts[1] == "every"):
+        # KIND:OPTIONS or KIND:MATCH,OPTIONS (a request name never holds '=').
+        first, _, rest = parts[1].partition(",")
+        match = "" if "=" in first or first == "every" else first
+        parts = [parts[0], match, rest if match else parts[1]]
     if len(parts) > 3 or not parts[0]:
-        raise FaultPlanError(f"{where}: expected KIND[:MATCH[:OPTIONS]]")
+        raise FaultPlanError(f"{where}: expected KIND[:MATCH][:OPTIONS]")
     data: dict[str, Any] = {"kind": parts[0]}
     if len(parts) > 1 and parts[1]:
         data["match"] = parts[1]
@@ -315,12 +375,29 @@ def parse_spec(spec: str) -> FaultRule:
                 data["every"] = True
                 continue
             data[key] = _scalar(value)
-    return rule_from_dict(data, where)
+    return data
+
+
+def parse_spec(spec: str) -> FaultRule:
+    """One `--fault` rule (spec_to_dict's grammar)."""
+    return rule_from_dict(spec_to_dict(spec), f"--fault {spec!r}")
 
 
 @dataclass
 class FaultPlan:
     rules: list[FaultRule] = field(default_factory=list)
+    doe_delay: DoeDelay | None = None
+
+    def add(self, data: dict[str, Any], where: str) -> None:
+        """One rule table, or the doe_delay setting (the last one given wins)."""
+        if isinstance(data, dict) and data.get("kind") == DOE_DELAY:
+            self.doe_delay = doe_delay_from_dict(data, where)
+        else:
+            self.rules.append(rule_from_dict(data, where))
+
+    def extend(self, other: FaultPlan) -> None:
+        self.rules.extend(other.rules)
+        self.doe_delay = other.doe_delay or self.doe_delay
 
     @classmethod
     def from_toml(cls, text: str, source: str = "fault plan") -> FaultPlan:
@@ -335,8 +412,10 @@ class FaultPlan:
         tables = doc.get("fault", [])
         if not isinstance(tables, list):
             raise FaultPlanError(f"{source}: 'fault' must be an array of tables ([[fault]])")
-        return cls([rule_from_dict(t, f"{source}: fault #{i}")
-                    for i, t in enumerate(tables, 1)])
+        plan = cls()
+        for i, t in enumerate(tables, 1):
+            plan.add(t, f"{source}: fault #{i}")
+        return plan
 
     @classmethod
     def load(cls, path: str | Path) -> FaultPlan:
@@ -345,7 +424,10 @@ class FaultPlan:
 
     @classmethod
     def from_specs(cls, specs: list[str]) -> FaultPlan:
-        return cls([parse_spec(s) for s in specs])
+        plan = cls()
+        for spec in specs:
+            plan.add(spec_to_dict(spec), f"--fault {spec!r}")
+        return plan
 
     def select(self, name: str, layer: str = "message") -> FaultRule | None:
         """Every matching rule of `layer` counts this request; the first that fires wins."""

@@ -131,7 +131,11 @@ def test_faults(state_dir: Path) -> None:
     _call(core, "faults", action="clear", fault={"kind": "wrong_nonce"})
     assert "needs a fault spec" in bad(action="arm")
     assert "expected list, arm or clear" in bad(action="explode")
-    assert "integer delay_ms" in bad(action="arm", fault={"kind": "doe_delay"})
+    assert "'delay_ms': required" in bad(action="arm", fault={"kind": "doe_delay"})
+    assert "expected an integer >= 0" in bad(action="arm",
+                                             fault={"kind": "doe_delay", "delay_ms": -1})
+    assert "'match': unknown for kind 'doe_delay'" in bad(
+        action="arm", fault={"kind": "doe_delay", "delay_ms": 5, "match": "doe"})
     # Without a server loop there is nothing to release a held response: refused.
     assert "defer_later" in bad(action="arm", fault={"kind": "doe_delay", "delay_ms": 5})
 
@@ -141,6 +145,19 @@ def test_faults(state_dir: Path) -> None:
                   fault={"kind": "doe_delay", "delay_ms": 1500, "count": 2})
     assert armed["armed"] == [{"kind": "doe_delay", "delay_ms": 1500, "count": 2}]
     assert _call(core, "faults", action="clear", fault={"kind": "doe_delay"}) == {"armed": []}
+
+
+def test_faults_clear_without_a_rule_clears_everything(state_dir: Path) -> None:
+    device = TeeDevice(state_dir=state_dir)
+    device.defer_later = lambda seconds, step: None
+    core = device_control(device)
+    _call(core, "faults", action="arm", fault={"kind": "wrong_nonce"})
+    _call(core, "faults", action="arm", fault={"kind": "corrupt", "match": "KEY_EXCHANGE",
+                                               "field": "signature"})
+    _call(core, "faults", action="arm", fault={"kind": "doe_delay", "delay_ms": 1500})
+    assert len(_call(core, "faults")["armed"]) == 3
+    assert _call(core, "faults", action="clear") == {"armed": []}
+    assert device.doe.response_gate is None  # the DOE delay is gone too
 
 
 def test_doe_view(state_dir: Path) -> None:

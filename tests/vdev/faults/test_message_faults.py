@@ -346,14 +346,34 @@ def test_default_matches_and_json() -> None:
     assert parse_spec("corrupt:KEY_EXCHANGE:field=signature").to_json()["field"] == "signature"
 
 
-def test_unknown_field_is_not_injected(state_dir: Path,
-                                       caplog: pytest.LogCaptureFixture) -> None:
-    rig = Rig(state_dir, "corrupt:GET_DIGESTS:field=nonexistent")
-    with caplog.at_level(logging.WARNING):
-        assert rig.run(rig.tsm().connect()).ok
-    assert rig.events == []
-    assert "DIGESTS has no field 'nonexistent'" in caplog.text
-    assert rig.injector.plan.rules[0].fired == 0
+def test_unknown_field_is_refused_when_the_rule_is_made() -> None:
+    with pytest.raises(FaultPlanError) as err:
+        FaultPlan.from_specs(["corrupt:GET_DIGESTS:field=nonexistent"])
+    text = str(err.value)
+    assert "DIGESTS (the response to GET_DIGESTS) has no field 'nonexistent'" in text
+    assert "its fields: version, code, param1, param2, " in text and "'mac'" in text
+
+
+def test_field_names_come_from_the_response_declarations() -> None:
+    # The example: KEY_EXCHANGE_RSP has `signature`, not `sig`.
+    with pytest.raises(FaultPlanError, match="KEY_EXCHANGE_RSP .* no field 'sig'; its "
+                       "fields: .*opaque, signature, verify_data"):
+        parse_spec("corrupt:KEY_EXCHANGE:field=sig")
+    with pytest.raises(FaultPlanError, match="LOCK_INTERFACE_RESPONSE .*no field 'nonse'; "
+                       "its fields: version, message_type, nonce"):
+        parse_spec("corrupt:LOCK_INTERFACE_REQUEST:field=nonse")
+    with pytest.raises(FaultPlanError, match="KP_ACK .*its fields: stream_id, "
+                       "key_sub_stream, port_index, status"):
+        parse_spec("corrupt:KEY_PROG:field=slot")
+    with pytest.raises(FaultPlanError, match="corrupts whole DOE objects by offset"):
+        parse_spec("corrupt:doe:field=signature")
+    with pytest.raises(FaultPlanError, match="only secured records carry a MAC"):
+        parse_spec("corrupt:doe:field=mac")
+    for ok in ("corrupt:KEY_EXCHANGE:field=signature", "corrupt:GET_MEASUREMENTS:field=nonce",
+               "corrupt:KEY_PROG:field=status", "corrupt:QUERY:field=max_port_index",
+               "corrupt:GET_DEVICE_INTERFACE_STATE:field=state", "corrupt:secured:field=mac",
+               "corrupt:FINISH:field=mac", "corrupt:END_SESSION:field=param1"):
+        assert parse_spec(ok).field_name
 
 
 def test_socket_path_drop_gives_an_empty_reply(state_dir: Path) -> None:

@@ -156,7 +156,7 @@ def test_bad_fault_plan_stops_serve_naming_the_field(
     assert out.returncode != 0, out
     assert "Traceback" not in out.stderr, out.stderr
     error = out.stderr.strip().splitlines()[-1]
-    assert re.match(rf"vdev: {re.escape(str(path))}: {rule}\b", error), error
+    assert re.match(rf"vdev serve: {re.escape(str(path))}: {rule}\b", error), error
     assert f"field '{field}'" in error, error
 
 
