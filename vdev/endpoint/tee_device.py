@@ -4,11 +4,11 @@
 IDE) composed with:
 
   identity      spdm.identity chain root CA -> intermediate -> leaf, generated on first
-                use into the state directory (default
-                ``~/.local/state/vdev/identity/<vendor>-<device>``, e.g. ``1ded-7e10``;
-                spdm.identity.load_or_create keeps slot 0 in ``slot0/`` there, keys
-                0600, directory 0700; ``root.pem`` is the requester's trust anchor)
-                and reused; the leaf's CMA SAN
+                use under the state directory (default ``~/.local/state/vdev/identity``)
+                in ``<vendor>-<device>-<key type>/slot0/``, e.g.
+                ``1ded-7e10-ecdsa-p384/slot0/`` (vdev.endpoint.identity_store: keys
+                0600, directory 0700, never overwritten; ``root.pem`` is the
+                requester's trust anchor) and reused; the leaf's CMA SAN
                 (2.23.147, Linux drivers/pci/cma-x509.c) carries the profile's
                 vendor/device/class/revision.  Or pass `identity=` (vdev spdm-emu
                 --cert-chain/--key).
@@ -58,7 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from spdm import algorithms as alg
-from spdm.identity import CertSlots, DeviceIdentity, IdentityParams, load_or_create
+from spdm.identity import CertSlots, DeviceIdentity
 from spdm.responder import Responder, ResponderConfig
 from spdm.secured_message import DOE_TRANSPORT, TransportParams
 from tdisp.device_interface import DeviceInterface, InterfaceId, MmioBar
@@ -78,6 +78,7 @@ from vdev.doe.data_object import (
 )
 from vdev.endpoint.function import DeferLater, TeeIoEndpoint
 from vdev.endpoint.ide_registers import EndpointIdeTarget
+from vdev.endpoint.identity_store import load_or_generate
 from vdev.endpoint.measurements import DeviceMeasurements
 from vdev.endpoint.tdi_enforcement import TdiEnforcement
 from vdev.pci.device_api import RegionIndex
@@ -86,25 +87,9 @@ from vdev.profiles import DeviceProfile
 
 log = logging.getLogger(__name__)
 
-DEFAULT_STATE_ROOT = Path("~/.local/state/vdev/identity")
 BAR_TYPE_BITS = 0xF  # memory BAR bits 3:0 are type bits, not address (§7.5.1.2.1)
 STANDARD_ID_PCISIG = 0x0003
 PCISIG_VENDOR_ID_BYTES = PCI_SIG_VENDOR_ID.to_bytes(2, "little")
-
-
-def default_state_dir(profile: DeviceProfile) -> Path:
-    return DEFAULT_STATE_ROOT.expanduser() / f"{profile.vendor_id:04x}-{profile.device_id:04x}"
-
-
-def identity_params(profile: DeviceProfile) -> IdentityParams:
-    return IdentityParams(
-        key_type=profile.identity_key_type,
-        vendor_id=profile.vendor_id,
-        device_id=profile.device_id,
-        class_code=profile.class_code,
-        revision=profile.revision,
-        common_name=f"vdev {profile.vendor_id:04x}:{profile.device_id:04x}",
-    )
 
 
 def interface_id(profile: DeviceProfile) -> InterfaceId:
@@ -133,11 +118,15 @@ class TeeDevice(TeeIoEndpoint):
     ) -> None:
         super().__init__(profile, defer_later=defer_later)
         p = self.profile
+        # Where slot 0's chain lives (its root.pem is the trust anchor); None when the
+        # identity was handed in.
+        self.identity_dir: Path | None = None
         if identity is None:
-            directory = Path(state_dir) if state_dir is not None else default_state_dir(p)
-            identity = load_or_create(directory, identity_params(p))
-            log.info("device identity in %s (trust anchor %s)",
-                     directory, directory / "slot0" / "root.pem")
+            loaded = load_or_generate(p, state_dir)
+            identity, self.identity_dir = loaded.identity, loaded.slot_dir
+            log.info("device identity %s in %s (trust anchor %s)",
+                     "generated" if loaded.created else "loaded", loaded.slot_dir,
+                     loaded.trust_anchor)
         self.identity = identity
         # Seconds the spdm-emu server waits before its next reply (a delay fault on the
         # socket path, which has no DOE mailbox to hold a response in).

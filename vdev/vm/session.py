@@ -144,6 +144,8 @@ def root_anchor(identity_dir: Path, out: Path) -> Path:
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
-    chain = x509.load_pem_x509_certificates((identity_dir / "slot0" / "chain.pem").read_bytes())
+    # `vdev serve --state-dir identity_dir` keeps it in <identity>/slot0/ (identity_store).
+    chain_file = next(identity_dir.glob("*/slot0/chain.pem"))
+    chain = x509.load_pem_x509_certificates(chain_file.read_bytes())
     out.write_bytes(chain[0].public_bytes(serialization.Encoding.PEM))
     return out

@@ -46,7 +46,7 @@ def test_serve_speaks_spdm(tmp_path: Path) -> None:
             assert reply[:2] == bytes([0x10, 0x04])  # the responder's VERSION, not an ERROR
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
-        assert (tmp_path / "slot0" / "leaf.key").exists()
+        assert (tmp_path / "1ded-7e10-ecdsa-p384" / "slot0" / "leaf.key").exists()
     finally:
         if proc.poll() is None:
             proc.kill()

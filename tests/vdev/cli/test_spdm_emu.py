@@ -38,7 +38,7 @@ def test_cli_serves_until_shutdown(tmp_path: Path) -> None:
         assert client.discover() == [(1, 0), (1, 1), (1, 2)]
         client.shutdown()
         assert proc.wait(10) == 0
-        assert (tmp_path / "slot0" / "leaf.key").exists()
+        assert (tmp_path / "1ded-7e10-ecdsa-p384" / "slot0" / "leaf.key").exists()
     finally:
         if proc.poll() is None:
             proc.kill()

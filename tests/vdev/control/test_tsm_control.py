@@ -13,9 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from spdm.identity import load_or_create
 from vdev.control.tsm import EvidenceKeeper, scrub, tsm_control
-from vdev.endpoint.tee_device import identity_params
+from vdev.endpoint.identity_store import load_or_generate
 from vdev.profiles import DeviceProfile
 from vdev.tsm_mailbox.backend import ScriptedBackend
 from vdev.tsm_mailbox.device import TsmMailboxDevice
@@ -49,9 +48,7 @@ def test_status_mailbox_and_evidence() -> None:
 
 
 def test_tsm_serve_control_process(tmp_path: Path) -> None:
-    ident = load_or_create(tmp_path / "id", identity_params(DeviceProfile()))
-    del ident
-    anchor = tmp_path / "id" / "slot0" / "root.pem"
+    anchor = load_or_generate(DeviceProfile(), tmp_path / "id").trust_anchor
     sockdir = tempfile.mkdtemp(prefix="vt-", dir="/tmp")
     sock, control = f"{sockdir}/tsm.sock", f"{sockdir}/ctl.sock"
     proc = subprocess.Popen(

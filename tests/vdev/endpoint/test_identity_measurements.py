@@ -19,7 +19,7 @@ from vdev.endpoint.measurements import (
     INDEX_VERSION,
     configuration_image,
 )
-from vdev.endpoint.tee_device import TeeDevice, default_state_dir
+from vdev.endpoint.tee_device import TeeDevice
 from vdev.profiles import DeviceProfile
 
 
@@ -35,14 +35,15 @@ def test_identity_is_generated_once_and_reused(tmp_path: Path) -> None:
     assert keys and all(stat.S_IMODE(os.stat(k).st_mode) == 0o600 for k in keys)
 
 
-def test_default_state_dir_is_per_vendor_and_device(
+def test_default_identity_is_per_vendor_device_and_key_type(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HOME", str(tmp_path))
     profile = DeviceProfile(vendor_id=0x1AB4, device_id=0x0042)
-    assert default_state_dir(profile) == tmp_path / ".local/state/vdev/identity/1ab4-0042"
-    TeeDevice(profile)
-    assert (default_state_dir(profile) / "slot0" / "leaf.key").exists()
+    device = TeeDevice(profile)
+    where = tmp_path / ".local/state/vdev/identity/1ab4-0042-ecdsa-p384/slot0"
+    assert device.identity_dir == where
+    assert (where / "leaf.key").exists()
 
 
 def test_leaf_carries_the_profile_cma_san(state_dir: Path) -> None:
