@@ -1,19 +1,19 @@
 """Command-line glue: `--trace/--trace-format/--pcap/--log-secrets` and `vdev trace show`.
 
   vdev trace show FILE [--protocol spdm|idekm|tdisp|doe|state|tsm] [--message NAME]
-                       [--session ID] [--errors] [--json]
+                       [--session ID] [--errors] [--format text|json|mermaid]
 
 `show` reads both trace formats (JSON lines, or the text lines `Event.to_text` writes)
-and prints the matching events as text (as JSON lines with --json).
+and the pcap (vdev.trace.reader), and prints the matching events as text, JSON lines or
+a Mermaid sequence diagram (vdev.trace.mermaid).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
-from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, TextIO
 
 from vdev.trace.pcap import LINKTYPE_PCI_DOE, PcapWriter
@@ -58,9 +58,32 @@ def tracer_from_args(args: argparse.Namespace, side: str, *, doe_wire: bool = Tr
         pcap = PcapWriter(open(pcap_path, "wb"), LINKTYPE_PCI_DOE) if pcap_path else None  # noqa: SIM115
     except OSError as exc:
         raise SystemExit(f"vdev: cannot open the trace output: {exc}") from None
-    return Tracer(side, out=out, fmt=getattr(args, "trace_format", "text") or "text",
-                  pcap=pcap, log_secrets=log_secrets, secrets_out=err,
-                  infer_state=side == "tsm")
+    return opened(Tracer(side, out=out, fmt=getattr(args, "trace_format", "text") or "text",
+                         pcap=pcap, log_secrets=log_secrets, secrets_out=err,
+                         infer_state=side == "tsm"))
+
+
+# The tracers this command line opened: `finish` closes them when the command is done and
+# turns an output that failed on the way (a full disk) into the exit status.
+_OPENED: list[Tracer] = []
+
+
+def opened(tracer: Tracer) -> Tracer:
+    _OPENED.append(tracer)
+    return tracer
+
+
+def finish(prog: str, rc: int, err: TextIO | None = None) -> int:
+    """Close every tracer opened; a lost trace or pcap is an error line and exit 1 (the
+    failure itself was logged when it happened)."""
+    lost: list[str] = []
+    while _OPENED:
+        tracer = _OPENED.pop()
+        tracer.close()
+        lost += [x for x in tracer.lost if x not in lost]
+    for text in lost:
+        print(f"{prog}: trace incomplete: {text}", file=err or sys.stderr)
+    return 1 if lost and rc == 0 else rc
 
 
 def trace_device(args: argparse.Namespace, device: Any, *, doe_wire: bool = True) -> Any:
@@ -76,55 +99,6 @@ def trace_device(args: argparse.Namespace, device: Any, *, doe_wire: bool = True
 
 
 # ---- vdev trace show ----------------------------------------------------------------------
-
-_TEXT = re.compile(
-    r"^(?P<time>\S+) (?P<side>\S+) (?P<arrow>->|<-|==) (?P<proto>\S+)\s+"
-    r"(?:sess=(?P<session>\S+)|-) (?P<secured>\[secured\] )?(?P<summary>.*?)"
-    r"(?: => (?P<state>.*))?$"
-)
-_DIRS = {v: k for k, v in ARROWS.items()}
-
-
-def _from_text(line: str) -> dict[str, Any] | None:
-    mt = _TEXT.match(line)
-    if mt is None:
-        return None
-    summary = mt["summary"]
-    error = False
-    return {"t": None, "time": mt["time"], "side": mt["side"], "dir": _DIRS[mt["arrow"]],
-            "proto": mt["proto"], "msg": _msg_of(summary, mt["proto"]), "summary": summary,
-            "session": mt["session"], "secured": bool(mt["secured"]), "error": error,
-            "state": mt["state"] or (summary if mt["arrow"] == "==" else None)}
-
-
-def _msg_of(summary: str, proto: str) -> str:
-    words = summary.split()
-    if proto in ("idekm", "tdisp") and len(words) > 1:
-        return words[1]  # "IDE_KM KEY_PROG ...", "TDISP LOCK_INTERFACE_REQUEST ..."
-    return words[0] if words else ""
-
-
-_ERROR_WORDS = re.compile(r"\bERROR\b|TDISP_ERROR|status=(?!SUCCESS)|discarded|transport error")
-
-
-def read_events(f: TextIO) -> Iterator[dict[str, Any]]:
-    for line in f:
-        line = line.rstrip("\n")
-        if not line.strip():
-            continue
-        if line.startswith("{"):
-            try:
-                yield dict(json.loads(line))
-                continue
-            except json.JSONDecodeError:
-                pass
-        ev = _from_text(line)
-        if ev is not None:
-            # The text form has no error column: recover it from the words it prints.
-            ev["error"] = bool(_ERROR_WORDS.search(ev["summary"])) and not any(
-                w in ev["summary"] for w in ("RESPONSE_NOT_READY", "LARGE_RESPONSE"))
-            yield ev
-
 
 def _session_matches(have: str | None, want: str) -> bool:
     if have is None:
@@ -159,20 +133,30 @@ def _render(ev: dict[str, Any]) -> str:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    from vdev.trace.reader import TraceFileError, TraceReader
+
+    reader = TraceReader(args.file)
     try:
-        f = open(args.file, encoding="utf-8")  # noqa: SIM115
-    except OSError as exc:
+        events = [ev for ev in reader if matches(ev, args)] if args.format == "mermaid" \
+            else None
+        if events is not None:
+            from vdev.trace.mermaid import sequence_diagram
+
+            sys.stdout.write(sequence_diagram(events, title=args.title))
+        else:
+            for ev in reader:
+                if matches(ev, args):
+                    print(json.dumps(ev, separators=(",", ":")) if args.format == "json"
+                          else _render(ev))
+    except TraceFileError as exc:
         raise SystemExit(f"vdev trace show: {exc}") from None
-    shown = 0
-    with f:
-        for ev in read_events(f):
-            if not matches(ev, args):
-                continue
-            shown += 1
-            if args.json:
-                print(json.dumps(ev, separators=(",", ":")))
-            else:
-                print(_render(ev))
+    except BrokenPipeError:
+        raise  # our reader went away (`| head`): vdev.cli.main exits quietly
+    except OSError as exc:
+        raise SystemExit(f"vdev trace show: {args.file}: {exc.strerror or exc}") from None
+    if reader.skipped:
+        print(f"vdev trace show: {args.file}: {reader.skipped} line(s) were not trace events "
+              "and were skipped", file=sys.stderr)
     return 0
 
 
@@ -180,12 +164,46 @@ def add_trace_parser(subparsers: Any) -> None:
     t = subparsers.add_parser("trace", help="read traces written with --trace")
     tsub = t.add_subparsers(dest="trace_command", required=True)
     s = tsub.add_parser("show", help="print (and filter) a trace file")
-    s.add_argument("file", help="a --trace file (text or JSON lines)")
+    s.add_argument("file", help="a --trace file (text or JSON lines) or a --pcap file")
     s.add_argument("--protocol", choices=["spdm", "idekm", "tdisp", "doe", "state", "tsm"])
     s.add_argument("--message", metavar="NAME", help="e.g. KEY_EXCHANGE_RSP, KEY_PROG, "
                    "LOCK_INTERFACE_REQUEST, DISCOVERY, TDI")
     s.add_argument("--session", metavar="ID", help="session id, e.g. 0xff000001")
     s.add_argument("--errors", action="store_true", help="only errors (SPDM ERROR, "
                    "TDISP_ERROR, failed KP_ACK, TDI to ERROR, discarded objects)")
-    s.add_argument("--json", action="store_true", help="print JSON lines")
+    s.add_argument("--format", choices=["text", "json", "mermaid"], default="text",
+                   help="text lines (default), JSON lines, or a Mermaid sequence diagram "
+                   "of requester, device and the state changes (a code host or "
+                   "mermaid.live renders it)")
+    s.add_argument("--json", dest="format", action="store_const", const="json",
+                   help="the same as --format json")
+    s.add_argument("--title", help="--format mermaid: the diagram's title (default: none)")
     s.set_defaults(func=cmd_show)
+
+
+def write_sequence(workdir: Path) -> Path | None:
+    """`vdev run`: the device's trace (with the TSM's steps from its own trace) as
+    `sequence.md` in the workdir; None (and a line saying why) when it cannot be drawn."""
+    from vdev.trace.mermaid import markdown, sequence_diagram
+    from vdev.trace.reader import TraceFileError, TraceReader
+
+    device, tsm = workdir / "device.trace", workdir / "tsm.trace"
+    out = workdir / "sequence.md"
+    try:
+        events = list(TraceReader(device))
+        steps = list(TraceReader(tsm)) if tsm.exists() else []
+    except (OSError, TraceFileError) as exc:
+        print(f"vdev run: no sequence diagram: {exc}", file=sys.stderr)
+        return None
+    if not events:
+        print(f"vdev run: no sequence diagram: {device} has no events", file=sys.stderr)
+        return None
+    diagram = sequence_diagram(events, tsm_steps_only=steps)
+    out.write_text(markdown(
+        diagram, "vdev run: the guest's connect, as the device saw it",
+        "Every DOE exchange of the run from `device.trace` (requests from the guest's "
+        "`pci_doe()`, relaying the TSM), the device's state changes as notes on its side, "
+        "and the TSM's steps from `tsm.trace` on the requester's.  Redraw with `vdev "
+        "trace show device.trace --format mermaid`."))
+    print(f"vdev run: the connect as a sequence diagram: {out}")
+    return out

@@ -16,11 +16,27 @@ encrypted, so DMTF's spdm_dump decodes them given `--dhe_secret` / `--psk`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import BinaryIO
 
-from construct import Const, Int16ul, Int32sl, Int32ul, Struct
+from construct import (
+    Const,
+    ConstructError,
+    Int16ub,
+    Int16ul,
+    Int32sb,
+    Int32sl,
+    Int32ub,
+    Int32ul,
+    Struct,
+)
 
 PCAP_MAGIC = 0xA1B2C3D4
+# The first four bytes of a capture file: classic pcap (either byte order, micro- or
+# nanosecond timestamps) and pcapng's Section Header Block.
+PCAP_MAGICS = {b"\xd4\xc3\xb2\xa1": ("<", 1e-6), b"\xa1\xb2\xc3\xd4": (">", 1e-6),
+               b"\x4d\x3c\xb2\xa1": ("<", 1e-9), b"\xa1\xb2\x3c\x4d": (">", 1e-9)}
+PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
 SNAPLEN = 65536
 LINKTYPE_MCTP = 291
 LINKTYPE_PCI_DOE = 292
@@ -41,6 +57,55 @@ PcapRecordHeader = Struct(
     "incl_len" / Int32ul,
     "orig_len" / Int32ul,
 )
+# The same two headers as another writer may have written them: big-endian, any magic.
+_READ_HEADER = {
+    "<": Struct("magic" / Int32ul, "version_major" / Int16ul, "version_minor" / Int16ul,
+                "thiszone" / Int32sl, "sigfigs" / Int32ul, "snaplen" / Int32ul,
+                "network" / Int32ul),
+    ">": Struct("magic" / Int32ub, "version_major" / Int16ub, "version_minor" / Int16ub,
+                "thiszone" / Int32sb, "sigfigs" / Int32ub, "snaplen" / Int32ub,
+                "network" / Int32ub),
+}
+_READ_RECORD = {
+    "<": PcapRecordHeader,
+    ">": Struct("ts_sec" / Int32ub, "ts_usec" / Int32ub, "incl_len" / Int32ub,
+                "orig_len" / Int32ub),
+}
+
+
+class PcapFormatError(ValueError):
+    """Not a classic pcap file, or a truncated one."""
+
+
+class PcapReader:
+    """Reads a classic pcap file: `link_type`, then (time, bytes) per record."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        head = f.read(PcapHeader.sizeof())
+        kind = PCAP_MAGICS.get(head[:4])
+        if kind is None:
+            raise PcapFormatError("pcapng, not classic pcap" if head[:4] == PCAPNG_MAGIC
+                                  else "not a pcap file")
+        if len(head) < PcapHeader.sizeof():
+            raise PcapFormatError("truncated pcap header")
+        self._order, self._unit = kind
+        self.f = f
+        self.link_type = int(_READ_HEADER[self._order].parse(head).network)
+
+    def __iter__(self) -> Iterator[tuple[float, bytes]]:
+        record = _READ_RECORD[self._order]
+        while True:
+            head = self.f.read(record.sizeof())
+            if not head:
+                return
+            try:
+                r = record.parse(head)
+            except ConstructError:
+                raise PcapFormatError("truncated record header at the end") from None
+            data = self.f.read(r.incl_len)
+            if len(data) < r.incl_len:
+                raise PcapFormatError("truncated record at the end")
+            yield r.ts_sec + r.ts_usec * self._unit, data
 
 
 class PcapWriter:

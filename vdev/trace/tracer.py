@@ -125,6 +125,9 @@ class Tracer:
         self.clock = clock
         self.decoder = Decoder()
         self.events = 0
+        # Outputs that failed (a full disk, /dev/full, a closed pipe): one line each,
+        # "--trace FILE: reason"; the output is dropped, the traced exchange goes on.
+        self.lost: list[str] = []
 
     # ---- inputs -------------------------------------------------------------------------
 
@@ -133,7 +136,11 @@ class Tracer:
         """One whole DOE object as it went over the wire."""
         t = self.clock()
         if self.pcap is not None:
-            self.pcap.write(obj, t)
+            try:
+                self.pcap.write(obj, t)
+            except OSError as exc:
+                self._lose("--pcap", self.pcap.out, exc)
+                self.pcap = None
         if self.out is None:
             return
         s = self.decoder.doe(obj, request=direction == REQ)
@@ -203,14 +210,28 @@ class Tracer:
 
     def _write(self, ev: Event) -> None:
         assert self.out is not None
-        self.out.write((ev.to_json() if self.fmt == "json" else ev.to_text()) + "\n")
-        self.out.flush()
+        try:
+            self.out.write((ev.to_json() if self.fmt == "json" else ev.to_text()) + "\n")
+            self.out.flush()
+        except OSError as exc:
+            self._lose("--trace", self.out, exc)
+            self.out = None
+            return
         self.events += 1
 
+    def _lose(self, option: str, stream: Any, exc: OSError) -> None:
+        text = f"{option} {getattr(stream, 'name', '?')}: {exc.strerror or exc}"
+        self.lost.append(text)
+        log.error("trace output failed, %s; nothing more is written there (the traced "
+                  "exchanges go on)", text)
+
     def close(self) -> None:
-        for f in (self.out, self.pcap):
+        for option, f in (("--trace", self.out), ("--pcap", self.pcap)):
             if f is not None:
-                f.close()
+                try:
+                    f.close()
+                except OSError as exc:
+                    self._lose(option, getattr(f, "out", f), exc)
 
 
 def secured_reply_type(request_type: int, request: bytes, reply: bytes) -> int:
