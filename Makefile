@@ -37,7 +37,7 @@ vm-env:
 	@bash guest/vm-env.sh >/dev/null
 
 run: venv vm-env
-	$(PY) -m vdev.cli run $(if $(TRACE),--trace)
+	$(PY) -m vdev.cli run
 
 vm: venv vm-env
 	$(PY) -m vdev.cli vm

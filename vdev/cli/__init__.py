@@ -24,14 +24,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import copy
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from vdev.profiles import DeviceProfile, ProfileError, load_profile
+from spdm.codes import RspCap
+from vdev.profiles import DeviceProfile, ProfileError, load_profile, resolve_profile
 
 log = logging.getLogger("vdev")
 
@@ -55,6 +59,17 @@ def _load_profile(path: str | None) -> DeviceProfile:
         raise SystemExit(f"vdev: bad profile {path}: {exc}") from None
 
 
+def tcp_port(text: str) -> int:
+    """argparse type: a TCP port number."""
+    try:
+        port = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 0xFFFF:
+        raise argparse.ArgumentTypeError(f"{port} is not a TCP port (0..65535)")
+    return port
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """`vdev serve`: one TeeDevice per --socket, all in this process on one event loop.
 
@@ -74,6 +89,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     from vdev.control.device_set import DeviceSet, ServedDevice
     from vdev.control.endpoint import DeviceControl, trust_anchor_path
+    from vdev.endpoint.identity_store import IdentityError
     from vdev.endpoint.tee_device import TeeDevice
 
     sockets: list[str] = args.socket
@@ -93,6 +109,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     profile = _load_profile(args.profile)
     if args.doe_delay_ms < 0 or args.doe_delay_count < 0:
         raise SystemExit("vdev: --doe-delay-ms and --doe-delay-count must not be negative")
+    plan = _fault_plan(args, "vdev serve")
+    if args.doe_delay_count:  # the same as --fault doe_delay:delay_ms=MS,count=N
+        from vdev.faults.plan import DoeDelay
+
+        plan = plan or _empty_plan()
+        plan.doe_delay = DoeDelay(args.doe_delay_ms, args.doe_delay_count)
     labels = [device_label_of(i) for i in range(len(sockets))] if multi else None
     if multi:
         install_label_filter()
@@ -102,21 +124,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         for i, state_dir in enumerate(state_dirs):
             with device_label(label_of[i] if multi else None):
                 devices.append(TeeDevice(profile, state_dir=state_dir))
-    except OSError as exc:
-        raise SystemExit(f"vdev: cannot create or load the device identity: {exc}") from None
+    except (OSError, IdentityError) as exc:
+        raise SystemExit(f"vdev serve: device identity: {exc}") from None
     _trace_devices(args, devices, labels)
-    if args.fault_plan or args.fault:
+    if plan is not None and plan.rules:
         # After tracing: the injector wraps spdm_message, so the trace shows the wire.
         # Every device gets its own copy of the plan (rules count per device).
-        from vdev.faults import FaultPlan, FaultPlanError, install
+        from vdev.faults import install
 
         for device in devices:
-            try:
-                plan = FaultPlan.load(args.fault_plan) if args.fault_plan else FaultPlan()
-                plan.rules.extend(FaultPlan.from_specs(args.fault or []).rules)
-            except (OSError, FaultPlanError) as exc:
-                raise SystemExit(f"vdev: {exc}") from None
-            install(device, plan)  # reports to device.fault_observers (the tracer)
+            install(device, copy.deepcopy(plan))  # reports to device.fault_observers
         log.info("fault injection: %d rule(s) armed%s", len(plan.rules),
                  f" on each of the {len(devices)} devices" if multi else "")
     log.info(
@@ -133,11 +150,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # sleeping in the vfio-user message that wrote GO.
         for i, device in enumerate(devices):
             device.defer_later = loop.call_later
-            if args.doe_delay_count:
+            delay = plan.doe_delay if plan is not None else None
+            if delay is not None and delay.count:
                 with device_label(label_of[i] if multi else None):
-                    device.delay_doe_responses(args.doe_delay_ms / 1000, args.doe_delay_count)
+                    device.delay_doe_responses(delay.delay_ms / 1000, delay.count)
                     log.info("fault injection: the next %d SPDM DOE responses become ready "
-                             "%d ms after GO", args.doe_delay_count, args.doe_delay_ms)
+                             "%d ms after GO", delay.count, delay.delay_ms)
         return devices
 
     def make_control(served: Sequence[TeeDevice]) -> DeviceSet:
@@ -146,10 +164,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                             "client_connected": dev.irq_sink is not None}
 
         return DeviceSet([
-            ServedDevice(DeviceControl(dev, trust_anchor=trust_anchor_path(dev, sdir),
+            ServedDevice(DeviceControl(dev, trust_anchor=trust_anchor_path(dev),
                                        transport=transport(dev, sock)),
                          socket=sock, label=label or device_label_of(0))
-            for dev, sock, sdir, label in zip(served, sockets, state_dirs, label_of,
+            for dev, sock, label in zip(served, sockets, label_of,
                                               strict=True)
         ], enter=(lambda d: device_label(d.label)) if multi else None)
 
@@ -159,12 +177,50 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
 
 
+def _empty_plan() -> Any:
+    from vdev.faults import FaultPlan
+
+    return FaultPlan()
+
+
+def _fault_plan(args: argparse.Namespace, prog: str) -> Any:
+    """--fault-plan FILE and --fault SPEC (in that order) as one vdev.faults.FaultPlan,
+    checked before anything starts; None when neither is given."""
+    if not (args.fault_plan or args.fault):
+        return None
+    from vdev.faults import FaultPlan, FaultPlanError
+
+    try:
+        plan = FaultPlan.load(args.fault_plan) if args.fault_plan else FaultPlan()
+        plan.extend(FaultPlan.from_specs(args.fault or []))
+    except UnicodeDecodeError:
+        raise SystemExit(f"{prog}: --fault-plan {args.fault_plan}: not a TOML file") from None
+    except OSError as exc:
+        raise SystemExit(f"{prog}: --fault-plan {args.fault_plan}: "
+                         f"{exc.strerror or exc}") from None
+    except FaultPlanError as exc:
+        raise SystemExit(f"{prog}: {exc}") from None
+    return plan
+
+
+def _add_fault_arguments(p: argparse.ArgumentParser, doe: bool = True) -> None:
+    from vdev.faults.plan import KINDS
+
+    kinds = ", ".join((*KINDS, "doe_delay") if doe else KINDS)
+    p.add_argument("--fault-plan", metavar="FILE", help="fault injection: a TOML plan of "
+                   "[[fault]] rules (kind, match, nth|every|probability+seed, ...)")
+    p.add_argument("--fault", action="append", metavar="SPEC", help="fault injection rule "
+                   "KIND[:MATCH][:nth=N|every|p=0.5,seed=1][,PARAM=VALUE...] where MATCH is "
+                   "a request name (SPDM, IDE_KM or TDISP), 'secured' or 'doe' (repeatable; "
+                   f"kinds {kinds}; see README 'Making the device fail on purpose')")
+
+
 def _trace_devices(args: argparse.Namespace, devices: Sequence[Any],
                    labels: Sequence[str] | None) -> list[Any]:
     """--trace / --pcap / --log-secrets for `vdev serve`: one Tracer per device (each
     decodes its own connection), all writing the one --trace file; with several
     devices each line's side is the device's label instead of "device"."""
-    from vdev.cli.trace import tracer_from_args
+    from vdev.cli.trace import opened, tracer_from_args
     from vdev.trace.attach import attach_device
     from vdev.trace.tracer import Tracer
 
@@ -174,7 +230,8 @@ def _trace_devices(args: argparse.Namespace, devices: Sequence[Any],
     tracers = [first]
     if labels is not None:
         first.side = labels[0]
-        tracers += [Tracer(label, out=first.out, fmt=first.fmt) for label in labels[1:]]
+        tracers += [opened(Tracer(label, out=first.out, fmt=first.fmt))
+                    for label in labels[1:]]
     for tracer, device in zip(tracers, devices, strict=True):
         attach_device(tracer, device)
     return tracers
@@ -185,6 +242,7 @@ def cmd_spdm_emu(args: argparse.Namespace) -> int:
     from spdm.secured_message import DOE_TRANSPORT, MCTP_TRANSPORT
     from vdev.control.endpoint import device_control, spdm_emu_transport, trust_anchor_path
     from vdev.control.server import start_control
+    from vdev.endpoint.identity_store import IdentityError
     from vdev.endpoint.tee_device import TeeDevice
     from vdev.spdm_emu.frame import TRANSPORT_NAMES, TransportType
     from vdev.spdm_emu.server import SpdmEmuServer
@@ -192,6 +250,11 @@ def cmd_spdm_emu(args: argparse.Namespace) -> int:
     if bool(args.cert_chain) != bool(args.key):
         raise SystemExit("vdev: --cert-chain and --key go together")
     profile = _load_profile(args.profile)
+    plan = _fault_plan(args, "vdev spdm-emu")
+    if plan is not None and plan.doe_delay is not None:
+        raise SystemExit("vdev spdm-emu: doe_delay holds a response in the DOE mailbox, "
+                         "which the spdm-emu socket does not have: --fault "
+                         "delay:doe,delay_ms=MS delays the reply on the socket instead")
     identity = None
     if args.cert_chain:
         try:
@@ -206,11 +269,17 @@ def cmd_spdm_emu(args: argparse.Namespace) -> int:
             identity=identity,
             spdm_transport=MCTP_TRANSPORT if transport == TransportType.MCTP else DOE_TRANSPORT,
         )
-    except OSError as exc:
-        raise SystemExit(f"vdev: cannot create or load the device identity: {exc}") from None
+    except (OSError, IdentityError) as exc:
+        raise SystemExit(f"vdev spdm-emu: device identity: {exc}") from None
     from vdev.cli.trace import trace_device
 
     served = trace_device(args, device, doe_wire=transport == TransportType.PCI_DOE)
+    if plan is not None and plan.rules:
+        # After tracing, as for vdev serve: the trace shows what went over the socket.
+        from vdev.faults import install
+
+        install(device, plan)
+        log.info("fault injection: %d rule(s) armed", len(plan.rules))
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -221,7 +290,7 @@ def cmd_spdm_emu(args: argparse.Namespace) -> int:
         await server.start()
         control = await start_control(args.control, device_control(
             device, transport=spdm_emu_transport(server),
-            trust_anchor=None if identity else trust_anchor_path(device, args.state_dir)))
+            trust_anchor=trust_anchor_path(device)))
         try:
             await server.serve_forever(stop)
         finally:
@@ -237,17 +306,48 @@ def cmd_spdm_emu(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from vdev.vm.demo import run_demo
+def _guest_profile(command: str, name_or_path: str | None) -> str | None:
+    """`vdev run|vm --profile`: checked before anything starts; the file it names (a
+    shipped profile's name becomes its path, which the runner hands to `vdev serve`)."""
+    if name_or_path is None:
+        return None
+    profile = _load_profile(name_or_path)
+    path = str(resolve_profile(name_or_path))
+    if command == "run":
+        # `vdev run` checks a connect to RUN: the TSM needs a TEE-IO device with sessions.
+        missing = [what for what, ok in (
+            ("the TEE-IO bit (tee_io = false)", profile.tee_io),
+            ("secure sessions (no KEY_EX capability)",
+             bool(profile.spdm_capability_flags & RspCap.KEY_EX)),
+        ) if not ok]
+        if missing:
+            raise SystemExit(
+                f"vdev run: profile {name_or_path!r} has no {' and no '.join(missing)}, "
+                "so the guest's connect to RUN that `vdev run` checks cannot happen; "
+                f"use it with `vdev vm --profile {name_or_path}` or `vdev serve --profile "
+                f"{name_or_path}` and your own requester")
+    return path
 
-    return run_demo(profile_path=args.profile, workdir=Path(args.workdir) if args.workdir else None,
-                    trace=args.trace)
+
+def cmd_run(args: argparse.Namespace) -> int:
+    profile = _guest_profile("run", args.profile)
+    from vdev.vm.demo import run_demo
+    from vdev.vm.env import REPO
+
+    workdir = Path(args.workdir) if args.workdir else REPO / "out" / "run"
+    # Always traced: the traces and pcaps are the run's record, and the picture of it.
+    rc = run_demo(profile_path=profile, workdir=workdir, trace=True)
+    from vdev.cli.trace import write_sequence
+
+    write_sequence(workdir)
+    return rc
 
 
 def cmd_vm(args: argparse.Namespace) -> int:
+    profile = _guest_profile("vm", args.profile)
     from vdev.vm.demo import run_shell
 
-    return run_shell(profile_path=args.profile)
+    return run_shell(profile_path=profile)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -266,49 +366,55 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--control", metavar="PATH", help="serve the JSON control socket here, one "
                    "for all devices (vdev ctl --socket PATH [--device N] ...)")
     s.add_argument("--state-dir", action="append", metavar="DIR",
-                   help="device identity directory (default "
-                   "~/.local/state/vdev/identity/<vendor>-<device>); once: shared by every "
-                   "device; once per --socket: each device its own")
+                   help="where device identities live (default ~/.local/state/vdev/identity): "
+                   "the profile's is DIR/<vendor>-<device>-<key type>/slot0/, made once, "
+                   "never overwritten (vdev identity); once: shared by every device; once "
+                   "per --socket: each device its own")
     s.add_argument("--doe-delay-ms", type=int, default=0, metavar="MS",
                    help="fault injection: hold DOE responses back MS ms after GO (BUSY "
-                   "until then; Linux gives up after 1000 ms); discovery is never delayed")
+                   "until then; Linux gives up after 1000 ms); discovery is never delayed; "
+                   "the same as --fault doe_delay:delay_ms=MS,count=N")
     s.add_argument("--doe-delay-count", type=int, default=0, metavar="N",
                    help="how many SPDM / secured-SPDM DOE responses --doe-delay-ms "
                    "applies to, counted from the first (default 0: none)")
-    s.add_argument("--fault-plan", metavar="FILE", help="fault injection: a TOML plan of "
-                   "[[fault]] rules (kind, match, nth|every|probability+seed, ...)")
-    from vdev.faults.plan import KINDS
-
-    s.add_argument("--fault", action="append", metavar="SPEC", help="fault injection rule "
-                   "KIND[:MATCH[:nth=N|every|p=0.5,seed=1][,PARAM=VALUE...]] where MATCH is "
-                   "a request name (SPDM, IDE_KM or TDISP), 'secured' or 'doe' (repeatable; "
-                   f"kinds {', '.join(KINDS)}; see README 'Making the device fail')")
+    _add_fault_arguments(s)
     from vdev.cli.trace import add_trace_arguments, add_trace_parser
 
     add_trace_arguments(s)
     s.set_defaults(func=cmd_serve)
 
     e = sub.add_parser("spdm-emu", help="serve SPDM/IDE_KM/TDISP over the spdm-emu socket protocol")
-    e.add_argument("--port", type=int, default=2323, help="TCP port (default 2323)")
+    e.add_argument("--port", type=tcp_port, default=2323, help="TCP port (default 2323; 0: "
+                   "any free port, logged)")
     e.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     e.add_argument("--transport", default="pci_doe", choices=["pci_doe", "mctp", "none"])
     e.add_argument("--profile", help="device profile: a TOML file or a shipped profile name")
     e.add_argument("--control", metavar="PATH", help="serve the JSON control socket here")
-    e.add_argument("--state-dir", help="device identity directory (as for serve)")
+    e.add_argument("--state-dir", metavar="DIR", help="where device identities live (as for "
+                   "serve; see vdev identity)")
     e.add_argument("--cert-chain", help="certificate chain (PEM/DER) instead of the generated one")
     e.add_argument("--key", help="private key of the chain's leaf (PEM/DER)")
+    _add_fault_arguments(e, doe=False)
     add_trace_arguments(e)
     e.set_defaults(func=cmd_spdm_emu)
 
-    r = sub.add_parser("run", help="boot the guest against the device and summarise")
-    r.add_argument("--profile", help="device profile (TOML)")
-    r.add_argument("--workdir", help="where logs go (default out/run)")
-    r.add_argument("--trace", action="store_true", help="both servers write a decoded trace "
-                   "and a pcap (device.trace/.pcap, tsm.trace/.pcap) into the workdir")
+    r = sub.add_parser("run", help="boot the guest against the device and summarise",
+                       description="device + TSM + a real Linux guest: connect to RUN and "
+                       "back, then a summary of named checks (exit 0 only if all held).  "
+                       "Logs, console, evidence, both servers' traces and pcaps, and "
+                       "sequence.md (the connect as a Mermaid diagram) go to the workdir.")
+    r.add_argument("--profile", metavar="NAME|FILE", help="device profile: a shipped "
+                   "profile's name (vdev/profiles/) or a TOML file; it must have TEE-IO and "
+                   "sessions (default: the built-in endpoint)")
+    r.add_argument("--workdir", help="where logs go (default out/run; emptied first)")
+    # Both servers always write device.trace/.pcap and tsm.trace/.pcap (and sequence.md).
+    r.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
     r.set_defaults(func=cmd_run)
 
     v = sub.add_parser("vm", help="boot the guest with the device and give a shell")
-    v.add_argument("--profile", help="device profile (TOML)")
+    v.add_argument("--profile", metavar="NAME|FILE", help="device profile: a shipped "
+                   "profile's name (vdev/profiles/) or a TOML file (default: the built-in "
+                   "endpoint)")
     v.set_defaults(func=cmd_vm)
 
     from vdev.cli.tsm_serve import add_serve_arguments
@@ -316,7 +422,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("tsm", help="the platform TSM side")
     tsm_sub = t.add_subparsers(dest="tsm_command", required=True)
-    ts = tsm_sub.add_parser("serve", help="serve the TSM mailbox device to QEMU over vfio-user")
+    ts = tsm_sub.add_parser(
+        "serve", help="serve the TSM mailbox device to QEMU over vfio-user",
+        usage="vdev tsm serve [-h] --socket PATH --trust-anchor FILE [--policy FILE] "
+        "[--evidence FILE] [--control PATH] [--trace FILE] [--trace-format {text,json}] "
+        "[--pcap FILE] [--log-secrets]")
     add_serve_arguments(ts)
     ts.set_defaults(func=cmd_tsm_serve)
 
@@ -328,12 +438,85 @@ def build_parser() -> argparse.ArgumentParser:
     from vdev.cli.ctl import add_ctl_parser
 
     add_ctl_parser(sub)  # vdev ctl --socket PATH COMMAND
+    from vdev.cli.identity import add_identity_parser
+
+    add_identity_parser(sub)  # vdev identity show|generate|regenerate|trust-anchor
+    accept_after_subcommands(p, "--log-level", choices=["debug", "info", "warning", "error"],
+                             help="as before the command (default info)")
     return p
+
+
+def subcommand_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every parser below `parser` (its sub-commands, theirs, ...)."""
+    found: list[argparse.ArgumentParser] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                found += [child, *subcommand_parsers(child)]
+    return found
+
+
+def accept_after_subcommands(parser: argparse.ArgumentParser, option: str,
+                             **kwargs: Any) -> None:
+    """Let `option` of `parser` also be given after any of its sub-commands (`vdev ctl
+    status --compact`, `vdev run --log-level debug`); given there, it wins."""
+    for child in subcommand_parsers(parser):
+        if option not in child._option_string_actions:
+            child.add_argument(option, default=argparse.SUPPRESS, **kwargs)
+
+
+class UsageError(Exception):
+    """A user error a command reports as one line (`vdev COMMAND: message`), exit 1."""
+
+
+# What a user's input or environment can cause (a missing or unreadable file, a port in
+# use, a value out of range): one line.  Anything else is a bug in vdev: one line too,
+# and the traceback with --log-level debug.
+_USER_ERRORS = (UsageError, OSError, ValueError, OverflowError)
+EXIT_INTERNAL_ERROR = 70  # sysexits.h EX_SOFTWARE
+EXIT_SIGPIPE = 128 + signal.SIGPIPE  # what a shell reports for `... | head` in coreutils
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+
+
+def _command_name(args: argparse.Namespace) -> str:
+    words = [getattr(args, k, None) for k in ("command", "tsm_command", "trace_command",
+                                              "identity_command")]
+    return " ".join(["vdev", *(w for w in words if w)])
+
+
+def _stdout_gone() -> None:
+    """The reader of our stdout went away (`vdev trace show ... | head`): drop what is
+    still buffered, so the interpreter's last flush does not complain either."""
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.log_level)
-    rc: int = args.func(args)
+    debug = args.log_level == "debug"
+    name = _command_name(args)
+    from vdev.cli.trace import finish
+
+    try:
+        rc: int = finish(name, args.func(args))
+    except BrokenPipeError:
+        _stdout_gone()
+        return EXIT_SIGPIPE
+    except KeyboardInterrupt:
+        print(f"\n{name}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except _USER_ERRORS as exc:
+        if debug:
+            log.exception("%s failed", name)
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        if debug:
+            log.exception("%s: internal error", name)
+        print(f"{name}: internal error: {type(exc).__name__}: {exc} (a bug in vdev; "
+              f"`vdev --log-level debug ...` shows where)", file=sys.stderr)
+        return EXIT_INTERNAL_ERROR
     return rc
 

@@ -5,13 +5,16 @@
   vdev ctl --socket PATH --device N status ...           device N (index or socket path) of
                                                          a `vdev serve` with several --socket
   vdev ctl --socket PATH faults list
-  vdev ctl --socket PATH faults arm --fault '{"kind": "doe_delay", "delay_ms": 1500}'
-  vdev ctl --socket PATH faults clear --fault '{"kind": "doe_delay"}'
+  vdev ctl --socket PATH faults arm --fault '{"kind": "corrupt", "match": "GET_MEASUREMENTS"}'
+  vdev ctl --socket PATH faults clear                    every armed fault
+  vdev ctl --socket PATH faults clear --fault '{"kind": "corrupt"}'   only these (a "match"
+                                                         narrows it further)
   vdev ctl --socket PATH evidence | mailbox              (vdev tsm serve)
   vdev ctl --socket PATH raw '{"cmd": "status"}'          any request, as sent
 
 Prints the result as JSON on stdout (exit 0), or the error on stderr (exit 1; 2 when
-the socket cannot be reached).
+the socket cannot be reached).  --compact, --timeout and --device may also follow the
+command (`vdev ctl --socket PATH status --compact`).
 """
 
 from __future__ import annotations
@@ -39,12 +42,26 @@ def add_ctl_parser(sub: Any) -> None:
     csub = c.add_subparsers(dest="ctl_command", required=True)
     for name in SIMPLE:
         csub.add_parser(name)
-    f = csub.add_parser("faults", help="list, arm or clear injected faults")
+    f = csub.add_parser(
+        "faults", help="list, arm or clear injected faults",
+        description="list: the armed faults and how often each matched (seen) and acted "
+        "(fired).  arm --fault RULE: add a rule.  clear: remove every armed fault; clear "
+        "--fault '{\"kind\": KIND[, \"match\": NAME]}': only those.",
+        epilog="e.g. faults arm --fault '{\"kind\": \"error\", \"match\": \"KEY_EXCHANGE\", "
+        "\"code\": \"Busy\"}'; faults clear --fault '{\"kind\": \"error\"}'; the rule "
+        "kinds and their fields: README 'Making the device fail on purpose'")
     f.add_argument("action", choices=["list", "arm", "clear"])
-    f.add_argument("--fault", help="fault spec, a JSON object with a \"kind\"")
+    f.add_argument("--fault", metavar="JSON", help="arm: the rule, a JSON object with a "
+                   "\"kind\" (as a --fault-plan [[fault]] table); clear: which rules "
+                   "(kind, optionally match); without it clear removes every fault")
     r = csub.add_parser("raw", help="send one request object as given")
     r.add_argument("request", help="JSON request object")
     c.set_defaults(func=cmd_ctl)
+    from vdev.cli import accept_after_subcommands
+
+    accept_after_subcommands(c, "--compact", action="store_true", help="one-line JSON")
+    accept_after_subcommands(c, "--timeout", type=float, help="seconds (default 10)")
+    accept_after_subcommands(c, "--device", metavar="N|SOCKET", help="as before the command")
 
 
 def build_request(args: argparse.Namespace) -> bytes:

@@ -1,17 +1,8 @@
 """`vdev tsm connect`: drive the TSM model against an spdm-emu compatible responder.
 
-  vdev tsm connect --spdm-emu HOST:PORT --trust-anchor FILE [--policy FILE]
-                   [--device SSSS:BB:DD.F] [--expect-bar INDEX:BASE:SIZE ...]
-                   [--lock] [--start] [--stop] [--no-disconnect] [--json]
-
-Connects (SPDM authentication, policy, session, IDE keys), then optionally locks the TDI
-(function of --device), fetches and checks its interface report, starts it, stops it,
-and finally disconnects (K_SET_STOP, END_SESSION).  The step log goes to stdout (stderr
-with --json); the evidence is printed at the end, as JSON with --json.  Exit status 0
-when every requested step succeeded, 1 otherwise.
-
 This is the only module of tsm doing I/O: it owns the socket client (imported
 lazily from vdev.spdm_emu.client) and the sleeps a ResponseNotReady asks for.
+What the user reads is `DESCRIPTION`.
 """
 
 from __future__ import annotations
@@ -25,10 +16,26 @@ from typing import Any, Protocol, TextIO
 
 from spdm.secured_message import MCTP_TRANSPORT
 from tsm.device_ref import DeviceRef, ExpectedBar
-from tsm.mailbox import load_trust_anchors
 from tsm.model import TsmConfig, TsmModel
 from tsm.operations import Done, TsmOperation
-from tsm.policy import PolicyError, ReferenceValues
+from tsm.policy import PolicyError
+from vdev.cli.tsm_inputs import reference_values, trust_anchors
+
+DESCRIPTION = """\
+Connects to a device over DMTF's spdm-emu socket protocol (`vdev spdm-emu`, or libspdm's
+spdm_responder_emu) as the platform TSM would: SPDM authentication (certificate chain
+against --trust-anchor, signed measurements against --policy), a secure session and IDE
+keys; then, if asked, locks the TDI (the function of --device), fetches and checks its
+interface report, starts it, stops it, and finally disconnects (K_SET_STOP,
+END_SESSION).
+
+The steps are printed as they happen (on stderr with --json), then the evidence (as
+JSON with --json).  Exit status 0 when every requested step succeeded, 1 otherwise.
+
+  vdev spdm-emu --port 2323 &
+  vdev tsm connect --spdm-emu 127.0.0.1:2323 \\
+      --trust-anchor "$(vdev identity trust-anchor)" --lock --start
+"""
 
 
 class DoeClient(Protocol):
@@ -42,7 +49,7 @@ def add_connect_parser(tsm_subparsers: Any) -> argparse.ArgumentParser:
     """Add `connect` to the `vdev tsm` sub-command group."""
     c: argparse.ArgumentParser = tsm_subparsers.add_parser(
         "connect", help="authenticate and connect a device over the spdm-emu socket",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     c.add_argument("--spdm-emu", required=True, metavar="HOST:PORT",
                    help="spdm-emu responder (e.g. vdev spdm-emu, libspdm's spdm_responder_emu)")
     c.add_argument("--trust-anchor", required=True, metavar="FILE",
@@ -118,8 +125,8 @@ def cmd_connect(args: argparse.Namespace, client_factory: ClientFactory | None =
     try:
         device = DeviceRef.parse(args.device)
         bars = [ExpectedBar.parse(b) for b in args.expect_bar]
-        anchors = load_trust_anchors(args.trust_anchor)
-        refs = ReferenceValues.load(args.policy) if args.policy else None
+        anchors = trust_anchors("vdev tsm connect", args.trust_anchor)
+        refs = reference_values("vdev tsm connect", args.policy) if args.policy else None
         stream_id = None if args.stream_id == "auto" else int(args.stream_id, 0)
     except (OSError, ValueError, PolicyError) as exc:
         raise SystemExit(f"vdev tsm connect: {exc}") from None

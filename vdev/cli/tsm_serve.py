@@ -34,8 +34,11 @@ log = logging.getLogger("vdev.tsm")
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--socket", required=True, help="UNIX socket path QEMU connects to")
-    p.add_argument("--trust-anchor", help="root certificate(s) the TSM accepts (PEM)")
-    p.add_argument("--policy", help="TSM policy file")
+    # Required, except with the hidden test-only --scripted backend (checked in cmd_serve).
+    p.add_argument("--trust-anchor", metavar="FILE", help="required: root certificate(s) "
+                   "the TSM accepts, PEM or DER (the device's: `vdev identity trust-anchor`)")
+    p.add_argument("--policy", metavar="FILE", help="measurement reference values (TOML, "
+                   "or JSON named *.json); default: any measurements are accepted")
     p.add_argument("--evidence", help="write the TSM's evidence (JSON) here after every operation")
     p.add_argument("--control", metavar="PATH", help="serve the JSON control socket here "
                    "(vdev ctl --socket PATH status|evidence|mailbox)")
@@ -129,8 +132,12 @@ def _model_backend(
 ) -> TsmBackend:
     if not trust_anchor:
         raise SystemExit("vdev tsm serve: --trust-anchor FILE is required")
-    if not Path(trust_anchor).is_file():
-        raise SystemExit(f"vdev tsm serve: trust anchor {trust_anchor} not found")
+    from vdev.cli.tsm_inputs import reference_values, trust_anchors
+
+    # Read here first so a bad file is one line; the factory reads them again.
+    trust_anchors("vdev tsm serve", trust_anchor)
+    if policy:
+        reference_values("vdev tsm serve", policy)
     try:
         import tsm as model  # imported here: a scripted backend needs no model
     except ImportError as exc:
