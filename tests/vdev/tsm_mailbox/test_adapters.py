@@ -167,7 +167,7 @@ def test_cli_parses_tsm_serve() -> None:
 def test_cli_model_backend_errors_are_clear(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="--trust-anchor FILE is required"):
         tsm_cli._model_backend(None, None)
-    with pytest.raises(SystemExit, match="not found"):
+    with pytest.raises(SystemExit, match="--trust-anchor .*missing.pem: No such file"):
         tsm_cli._model_backend(str(tmp_path / "missing.pem"), None)
 
 
