@@ -30,6 +30,7 @@ import logging
 import os
 import signal
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -322,7 +323,7 @@ def _guest_profile(command: str, name_or_path: str | None) -> str | None:
         ) if not ok]
         if missing:
             raise SystemExit(
-                f"vdev run: profile {name_or_path!r} has no {' and no '.join(missing)}, "
+                f"vdev run: profile {name_or_path!r} lacks {' and '.join(missing)}, "
                 "so the guest's connect to RUN that `vdev run` checks cannot happen; "
                 f"use it with `vdev vm --profile {name_or_path}` or `vdev serve --profile "
                 f"{name_or_path}` and your own requester")
@@ -509,12 +510,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except _USER_ERRORS as exc:
         if debug:
-            log.exception("%s failed", name)
+            traceback.print_exc()
         print(f"{name}: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:
         if debug:
-            log.exception("%s: internal error", name)
+            traceback.print_exc()
         print(f"{name}: internal error: {type(exc).__name__}: {exc} (a bug in vdev; "
               f"`vdev --log-level debug ...` shows where)", file=sys.stderr)
         return EXIT_INTERNAL_ERROR

@@ -25,14 +25,15 @@ _SESSION_FILL = "rgba(120, 160, 255, 0.12)"
 # The DOE object that carries an SPDM message is drawn as the message it carries.
 _CARRIERS = {"SPDM", "SECURED_SPDM"}
 _TRANSITION = re.compile(r"\s*--(\w+)-->\s*")
+_ENTITIES = {"#": "#35;", ";": "#59;", "<": "#lt;", ">": "#gt;"}
+_SPECIAL = re.compile("[#;<>]")
 
 
 def _text(s: str, limit: int = MAX_LABEL) -> str:
     s = _TRANSITION.sub(lambda m: f" -{m[1]}→ ", s).replace("->", "→")
     if len(s) > limit:
         s = s[: limit - 1] + "…"
-    return (s.replace("#", "#35;").replace(";", "#59;").replace("<", "#lt;")
-            .replace(">", "#gt;"))
+    return _SPECIAL.sub(lambda m: _ENTITIES[m[0]], s)
 
 
 def _key(ev: dict[str, Any]) -> Any:

@@ -115,7 +115,8 @@ def test_ctl_status_shows_session_and_doe_counters(server: tuple[str, str, Path]
 
         # Identity: the served chain is the one in the state directory.
         ident = ctl_json(control, "identity")
-        assert ident["trust_anchor"] == str(state_dir / "1ded-7e10-ecdsa-p384" / "slot0" / "root.pem")
+        assert ident["trust_anchor"] == str(
+            state_dir / "1ded-7e10-ecdsa-p384" / "slot0" / "root.pem")
         root_subject = local.identity.root.subject.rfc4514_string()
         assert ident["certificates"][0]["subject"] == root_subject
 

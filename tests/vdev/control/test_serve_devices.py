@@ -307,8 +307,9 @@ def test_own_identity_per_device(tmp_path: Path) -> None:
     with serve(tmp_path, 2, "--state-dir", str(tmp_path / "a"),
                "--state-dir", str(tmp_path / "b")) as srv:
         ident = [srv.ctl("--device", str(i), "identity") for i in (0, 1)]
-    assert ident[0]["trust_anchor"] == str(tmp_path / "a" / "1ded-7e10-ecdsa-p384" / "slot0" / "root.pem")
-    assert ident[1]["trust_anchor"] == str(tmp_path / "b" / "1ded-7e10-ecdsa-p384" / "slot0" / "root.pem")
+    slot = Path("1ded-7e10-ecdsa-p384", "slot0", "root.pem")
+    assert ident[0]["trust_anchor"] == str(tmp_path / "a" / slot)
+    assert ident[1]["trust_anchor"] == str(tmp_path / "b" / slot)
     assert ident[0]["certificates"][0]["sha256"] != ident[1]["certificates"][0]["sha256"]
 
 
