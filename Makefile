@@ -16,7 +16,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export KERNEL KDIR QEMU
 
-.PHONY: all run vm test lint unit guest bench vm-env venv clean fuzz fuzz-atheris
+.PHONY: all run vm test lint unit guest bench vm-env venv clean fuzz fuzz-atheris tools
 
 all: test
 
@@ -52,9 +52,17 @@ unit: venv
 guest: venv vm-env
 	VDEV_REQUIRE_GUEST=1 $(VENV)/bin/pytest -q guest-tests
 
+# Host tools some tests drive: tshark (Debian's package) runs the Wireshark dissector in
+# contrib/wireshark/ on a real capture.
+tools:
+	@command -v tshark >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" != 0 ]; then echo "[make] tshark is missing: apt-get install tshark (as root)"; exit 1; fi; \
+	  echo "[make] installing tshark (Debian package) for the Wireshark dissector test"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tshark >/dev/null; }
+
 # pytest exits 5 when it collected no tests; make treats that as the failure it is.
-test: venv vm-env lint
-	VDEV_REQUIRE_GUEST=1 $(VENV)/bin/pytest -q --timeout=600 tests guest-tests
+test: venv vm-env tools lint
+	VDEV_REQUIRE_GUEST=1 VDEV_REQUIRE_TOOLS=1 $(VENV)/bin/pytest -q --timeout=600 tests guest-tests
 
 # Hypothesis fuzz tests with the long budget (make test runs them with the short "ci" one).
 fuzz: venv

@@ -103,8 +103,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise SystemExit(f"vdev: --state-dir given {len(state_dirs)} times for "
                          f"{len(sockets)} sockets: give it once (a shared identity) or "
                          "once per --socket")
-    if multi and (args.pcap or args.log_secrets):
-        raise SystemExit("vdev: --pcap and --log-secrets take one device: a pcap record "
+    if multi and (args.pcap or args.pcap_decrypted or args.log_secrets):
+        raise SystemExit("vdev: --pcap, --pcap-decrypted and --log-secrets take one device: "
+                         "a pcap record "
                          "does not say which device it belongs to (serve one --socket per "
                          "process to capture one; --trace labels every line)")
     profile = _load_profile(args.profile)

@@ -16,12 +16,16 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from vdev.trace.pcap import LINKTYPE_PCI_DOE, PcapWriter
+from vdev.trace.pcap import LINKTYPE_PCI_DOE, PcapngWriter, PcapWriter
 from vdev.trace.tracer import ARROWS, Event, Tracer
 
 SECRETS_WARNING = ("WARNING: --log-secrets: SPDM session secrets are printed "
                    "([DHE Secret] / [PSK]); anyone holding them can decrypt the traced "
                    "sessions. Debugging only.")
+
+
+DECRYPTED_WARNING = ("WARNING: --pcap-decrypted {}: the plaintext of every secured message "
+                     "goes there, IDE key material included. Debugging only.")
 
 
 def add_trace_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,6 +38,10 @@ def add_trace_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pcap", metavar="FILE",
                    help="write the DOE objects as classic pcap, link type 292 (PCI DOE), "
                    "secured objects encrypted, for DMTF's spdm_dump")
+    g.add_argument("--pcap-decrypted", metavar="FILE",
+                   help="the same DOE objects as pcapng, each secured record decrypted "
+                   "and marked as such, for Wireshark with contrib/wireshark/vdev-doe.lua; "
+                   "it holds what the session protects (IDE keys too): debugging only")
     g.add_argument("--log-secrets", action="store_true",
                    help="print '[DHE Secret]: <hex>' / '[PSK]: <hex>' per session to stderr "
                    "so spdm_dump can decrypt the pcap (debugging only)")
@@ -45,22 +53,28 @@ def tracer_from_args(args: argparse.Namespace, side: str, *, doe_wire: bool = Tr
     False: the transport has no DOE objects, so --pcap is refused."""
     trace = getattr(args, "trace", None)
     pcap_path = getattr(args, "pcap", None)
+    decrypted_path = getattr(args, "pcap_decrypted", None)
     log_secrets = bool(getattr(args, "log_secrets", False))
-    if not (trace or pcap_path or log_secrets):
+    if not (trace or pcap_path or decrypted_path or log_secrets):
         return None
     err = stderr or sys.stderr
-    if pcap_path and not doe_wire:
+    if (pcap_path or decrypted_path) and not doe_wire:
         raise SystemExit("vdev: --pcap records DOE objects: only with the pci_doe transport")
     if log_secrets:
         print(SECRETS_WARNING, file=err, flush=True)
+    if decrypted_path:
+        print(DECRYPTED_WARNING.format(decrypted_path), file=err, flush=True)
     try:
         out = open(trace, "w", encoding="utf-8") if trace else None  # noqa: SIM115
         pcap = PcapWriter(open(pcap_path, "wb"), LINKTYPE_PCI_DOE) if pcap_path else None  # noqa: SIM115
+        decrypted = PcapngWriter(open(decrypted_path, "wb"), LINKTYPE_PCI_DOE,  # noqa: SIM115
+                                 interface="PCI DOE, secured records decrypted") \
+            if decrypted_path else None
     except OSError as exc:
         raise SystemExit(f"vdev: cannot open the trace output: {exc}") from None
     return opened(Tracer(side, out=out, fmt=getattr(args, "trace_format", "text") or "text",
-                         pcap=pcap, log_secrets=log_secrets, secrets_out=err,
-                         infer_state=side == "tsm"))
+                         pcap=pcap, pcap_decrypted=decrypted, log_secrets=log_secrets,
+                         secrets_out=err, infer_state=side == "tsm"))
 
 
 # The tracers this command line opened: `finish` closes them when the command is done and

@@ -196,10 +196,8 @@ def cmd_connect(args: argparse.Namespace, client_factory: ClientFactory | None =
 
 
 def _tracer(args: argparse.Namespace) -> Any:
-    """A vdev.trace Tracer for --trace / --pcap / --log-secrets, or None."""
-    if not (getattr(args, "trace", None) or getattr(args, "pcap", None)
-            or getattr(args, "log_secrets", False)):
-        return None
+    """A vdev.trace Tracer for --trace / --pcap / --pcap-decrypted / --log-secrets, or
+    None."""
     from vdev.cli.trace import tracer_from_args
 
     return tracer_from_args(args, "tsm",

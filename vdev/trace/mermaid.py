@@ -20,7 +20,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 REQUESTER, DEVICE = "R", "D"
-MAX_LABEL = 72
+MAX_LABEL = 72  # an arrow's label; a note may take more
+MAX_NOTE = 100
 _SESSION_FILL = "rgba(120, 160, 255, 0.12)"
 # The DOE object that carries an SPDM message is drawn as the message it carries.
 _CARRIERS = {"SPDM", "SECURED_SPDM"}
@@ -78,7 +79,7 @@ def sequence_diagram(events: Sequence[dict[str, Any]], *, title: str | None = No
         state = ev.get("state")
         if state and ev.get("dir") != "state":  # a transition this message implies
             lines.append(("        " if in_session else "    ")
-                         + f"Note over {DEVICE}: {_text(str(state))}")
+                         + f"Note over {DEVICE}: {_text(str(state), MAX_NOTE)}")
     if in_session is not None:
         lines.append("    end")
     return "\n".join(lines) + "\n"
@@ -91,8 +92,8 @@ def _line(ev: dict[str, Any], decrypted: bool) -> tuple[str | None, str | None]:
     if direction == "state":
         if proto == "tsm":  # "[connect] SPDM 1.3: ..." -> "connect: SPDM 1.3: ..."
             step = summary.removeprefix("[").replace("] ", ": ", 1)
-            return f"Note over {REQUESTER}: {_text(step)}", None
-        return f"Note over {DEVICE}: {_text(summary)}", None
+            return f"Note over {REQUESTER}: {_text(step, MAX_NOTE)}", None
+        return f"Note over {DEVICE}: {_text(summary, MAX_NOTE)}", None
     secured = bool(ev.get("secured"))
     if proto == "doe":
         msg = str(ev.get("msg", ""))

@@ -28,6 +28,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
+from construct import Bytes, Int16ul, Int32ul, Rebuild, Struct, len_, this
+
 from vdev.doe.data_object import (
     DOE_TYPE_CMA_SPDM,
     DOE_TYPE_SECURED_CMA_SPDM,
@@ -38,7 +40,7 @@ from vdev.doe.data_object import (
     parse_header,
 )
 from vdev.trace.decode import Decoder, Summary
-from vdev.trace.pcap import PcapWriter
+from vdev.trace.pcap import PcapngWriter, PcapWriter
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +107,7 @@ class Tracer:
         out: TextIO | None = None,
         fmt: str = "text",
         pcap: PcapWriter | None = None,
+        pcap_decrypted: PcapngWriter | None = None,
         log_secrets: bool = False,
         secrets_out: TextIO | None = None,
         infer_state: bool = False,
@@ -116,6 +119,8 @@ class Tracer:
         self.out = out
         self.fmt = fmt
         self.pcap = pcap
+        # The same objects with every secured record decrypted (DecryptedCapture).
+        self.decrypted = DecryptedCapture(pcap_decrypted) if pcap_decrypted else None
         self.log_secrets = log_secrets
         self.secrets_out = secrets_out
         # The TSM side has no state observers of the device: it shows the transitions a
@@ -141,6 +146,12 @@ class Tracer:
             except OSError as exc:
                 self._lose("--pcap", self.pcap.out, exc)
                 self.pcap = None
+        if self.decrypted is not None:
+            try:
+                self.decrypted.wire(direction, obj, t)
+            except OSError as exc:
+                self._lose("--pcap-decrypted", self.decrypted.out.out, exc)
+                self.decrypted = None
         if self.out is None:
             return
         s = self.decoder.doe(obj, request=direction == REQ)
@@ -167,9 +178,15 @@ class Tracer:
     @_never_raises
     def secured(self, direction: str, session_id: int, plaintext: bytes) -> None:
         """The engines' `message_observer`: ("request" | "response", session, plaintext)."""
+        d = REQ if direction == "request" else RSP
+        if self.decrypted is not None:
+            try:
+                self.decrypted.plaintext(d, session_id, plaintext)
+            except OSError as exc:
+                self._lose("--pcap-decrypted", self.decrypted.out.out, exc)
+                self.decrypted = None
         if self.out is None:
             return
-        d = REQ if direction == "request" else RSP
         self._emit(self.clock(), d, self.decoder.spdm(plaintext, session=session_id),
                    secured=True, session=session_id)
 
@@ -226,7 +243,13 @@ class Tracer:
                   "exchanges go on)", text)
 
     def close(self) -> None:
-        for option, f in (("--trace", self.out), ("--pcap", self.pcap)):
+        if self.decrypted is not None:
+            try:
+                self.decrypted.flush()
+            except OSError as exc:
+                self._lose("--pcap-decrypted", self.decrypted.out.out, exc)
+        for option, f in (("--trace", self.out), ("--pcap", self.pcap),
+                          ("--pcap-decrypted", self.decrypted.out if self.decrypted else None)):
             if f is not None:
                 try:
                     f.close()
@@ -245,3 +268,74 @@ def secured_reply_type(request_type: int, request: bytes, reply: bytes) -> int:
 
 def doe_object_of(doe_type: int, payload: bytes) -> bytes:
     return build_object(DoeProtocolId(PCI_SIG_VENDOR_ID, doe_type), payload)
+
+
+# The comment that marks a decrypted record in a --pcap-decrypted capture (the Wireshark
+# dissector, contrib/wireshark/vdev-doe.lua, reads it).
+DECRYPTED_COMMENT = "vdev: secured record decrypted"
+SecuredRecordDecrypted = Struct(
+    "session_id" / Int32ul,
+    "length" / Rebuild(Int16ul, len_(this.app_data) + 2),
+    "app_data_length" / Rebuild(Int16ul, len_(this.app_data)),
+    "app_data" / Bytes(this.app_data_length),
+)
+"""A DSP0277 secured record (PCI DOE binding: no sequence number) as --pcap-decrypted
+writes it: SessionID and Length as on the wire, then the plaintext application data
+(ApplicationDataLength, the SPDM message); no random padding and no MAC."""
+
+
+class DecryptedCapture:
+    """--pcap-decrypted: every DOE object as on the wire, except that a secured record is
+    written with its plaintext (`SecuredRecordDecrypted`) and the comment
+    DECRYPTED_COMMENT.  The engines report a record's plaintext just before it is sealed
+    or just after it is opened, so a record waits here for its plaintext (or the
+    plaintext for its record) and is written encrypted when none comes (a record that did
+    not open)."""
+
+    def __init__(self, out: PcapngWriter) -> None:
+        self.out = out
+        self._record: dict[str, tuple[float, bytes]] = {}  # direction -> waiting record
+        self._plain: dict[str, tuple[int, bytes]] = {}  # direction -> (session, message)
+
+    def wire(self, direction: str, obj: bytes, t: float) -> None:
+        self.flush()
+        self._plain.pop(RSP if direction == REQ else REQ, None)  # never its record
+        if not _is_secured(obj):
+            self.out.write(obj, t)
+            return
+        plain = self._plain.pop(direction, None)
+        if plain is not None and plain[0] == _session_of(obj):
+            self._write(obj, plain[1], t)
+        else:
+            self._record[direction] = (t, obj)
+
+    def plaintext(self, direction: str, session_id: int, message: bytes) -> None:
+        waiting = self._record.get(direction)
+        if waiting is not None and _session_of(waiting[1]) == session_id:
+            del self._record[direction]
+            self._write(waiting[1], message, waiting[0])
+        else:
+            self._plain[direction] = (session_id, message)
+
+    def flush(self) -> None:
+        """Write the records still waiting, as they went over the wire."""
+        for t, obj in sorted(self._record.values()):
+            self.out.write(obj, t)
+        self._record.clear()
+
+    def _write(self, obj: bytes, message: bytes, t: float) -> None:
+        record = SecuredRecordDecrypted.build(
+            {"session_id": _session_of(obj), "app_data": message})
+        self.out.write(doe_object_of(DOE_TYPE_SECURED_CMA_SPDM, record), t,
+                       f"{DECRYPTED_COMMENT} (session {_session_of(obj):#010x})")
+
+
+def _is_secured(obj: bytes) -> bool:
+    if len(obj) < 4 * HEADER_DW + 4:
+        return False
+    return parse_header(obj).protocol == DoeProtocolId(PCI_SIG_VENDOR_ID,
+                                                      DOE_TYPE_SECURED_CMA_SPDM)
+
+
+def _session_of(obj: bytes) -> int:
+    return int.from_bytes(obj[4 * HEADER_DW : 4 * HEADER_DW + 4], "little")

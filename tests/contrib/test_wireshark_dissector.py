@@ -1,0 +1,130 @@
+"""contrib/wireshark/vdev-doe.lua under tshark, on the pcaps of a real connect to RUN and
+back (`vdev tsm connect` against the in-process device): DOE objects, SPDM messages,
+secured records, and IDE_KM / TDISP inside them when the capture was written decrypted.
+
+`make test` installs Debian's tshark package first (the `tools` target) and sets
+VDEV_REQUIRE_TOOLS=1, so a missing tshark fails there instead of skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from tests.helpers.cli import vdev
+from tests.helpers.spdm_emu_server import EmuHandle
+from vdev.vm.env import REPO
+
+DISSECTOR = REPO / "contrib" / "wireshark" / "vdev-doe.lua"
+TSHARK = shutil.which("tshark")
+
+if TSHARK is None:
+    if os.environ.get("VDEV_REQUIRE_TOOLS"):
+        pytest.fail("tshark is missing: `make test` installs it (apt-get install tshark); "
+                    "the Wireshark dissector test needs it", pytrace=False)
+    pytestmark = pytest.mark.skip(reason="tshark not installed (make test installs it)")
+
+
+def tshark(capture: Path, *args: str) -> str:
+    assert TSHARK is not None
+    out = subprocess.run([TSHARK, "-n", "-X", f"lua_script:{DISSECTOR}", "-r", str(capture),
+                          *args], capture_output=True, text=True, timeout=120,
+                         stdin=subprocess.DEVNULL, env={**os.environ, "HOME": str(capture.parent)})
+    assert out.returncode == 0, out.stderr
+    assert "Lua: Error" not in out.stderr and "Error during loading" not in out.stderr, \
+        out.stderr
+    return out.stdout
+
+
+def fields(capture: Path, *names: str, display: str | None = None) -> list[list[str]]:
+    args = ["-T", "fields", *(a for n in names for a in ("-e", n))]
+    if display:
+        args += ["-Y", display]
+    return [line.split("\t") for line in tshark(capture, *args).splitlines()]
+
+
+@pytest.fixture(scope="module")
+def captures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from tests.helpers.spdm_emu_server import start_server
+    from vdev.spdm_emu.frame import TransportType
+
+    work = tmp_path_factory.mktemp("wireshark")
+    emu: EmuHandle
+    emu, shutdown = start_server(work / "identity", TransportType.PCI_DOE)
+    try:
+        anchor = work / "root.pem"
+        anchor.write_bytes(emu.device.identity.root.public_bytes(serialization.Encoding.PEM))
+        out = vdev("tsm", "connect", "--spdm-emu", f"127.0.0.1:{emu.port}", "--trust-anchor",
+                   anchor, "--start", "--pcap", work / "tsm.pcap", "--pcap-decrypted",
+                   work / "tsm.pcapng")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "WARNING: --pcap-decrypted" in out.stderr
+    finally:
+        shutdown()
+    return {"wire": work / "tsm.pcap", "decrypted": work / "tsm.pcapng"}
+
+
+def test_spdm_messages_and_versions(captures: dict[str, Path]) -> None:
+    rows = fields(captures["wire"], "doe.type", "spdm.message", "spdm.version",
+                  "spdm.version_entry", display="spdm.code")
+    assert rows[:4] == [["1", "GET_VERSION", "1.0", ""], ["1", "VERSION", "1.0", "1.2,1.3"],
+                        ["1", "GET_CAPABILITIES", "1.3", ""], ["1", "CAPABILITIES", "1.3", ""]]
+    names = [r[1] for r in rows]
+    assert names[4:16] == ["NEGOTIATE_ALGORITHMS", "ALGORITHMS", "GET_DIGESTS", "DIGESTS",
+                           "GET_CERTIFICATE", "CERTIFICATE", "GET_CERTIFICATE", "CERTIFICATE",
+                           "GET_MEASUREMENTS", "MEASUREMENTS", "KEY_EXCHANGE",
+                           "KEY_EXCHANGE_RSP"]
+    algorithms = fields(captures["wire"], "spdm.base_asym_sel", "spdm.base_hash_sel",
+                        display="spdm.code == 0x63")
+    assert algorithms == [["ECDSA_P384", "SHA_384"]]
+
+
+def test_session_id_and_encrypted_records(captures: dict[str, Path]) -> None:
+    assert fields(captures["wire"], "spdm.req_session_id", "spdm.rsp_session_id",
+                  "spdm.session_id", display="spdm.code == 0x64") == [
+        ["", "0xff00", "0xff000001"]]
+    records = fields(captures["wire"], "doe.type", "spdm_secured.session_id",
+                     "spdm_secured.decrypted", "spdm_secured.mac", display="spdm_secured")
+    assert len(records) > 40
+    assert {(r[0], r[1], r[2]) for r in records} == {("2", "0xff000001", "0")}
+    assert all(len(r[3]) == 32 for r in records)  # 16-byte MAC, in hex
+    assert not fields(captures["wire"], "tdisp.message", display="tdisp")  # encrypted
+
+
+def test_decrypted_capture_shows_idekm_and_tdisp(captures: dict[str, Path]) -> None:
+    cap = captures["decrypted"]
+    secured = fields(cap, "spdm_secured.decrypted", "spdm_secured.session_id",
+                     display="spdm_secured")
+    assert secured and {tuple(r) for r in secured} == {("1", "0xff000001")}
+    ide = [r[0] for r in fields(cap, "idekm.object", display="idekm")]
+    assert ide[:2] == ["QUERY", "QUERY_RESP"]
+    assert ide.count("KEY_PROG") == 6 and ide.count("KP_ACK") == 6
+    assert ide.count("K_SET_GO") == 6 and ide.count("K_SET_STOP") == 6
+    acks = fields(cap, "idekm.status", "idekm.direction", "idekm.sub_stream",
+                  display="idekm.object_id == 3")
+    assert [(r[1], r[2]) for r in acks] == [("0", "0"), ("0", "1"), ("0", "2"),
+                                            ("1", "0"), ("1", "1"), ("1", "2")]
+    assert {r[0] for r in acks} == {"0"}  # SUCCESS
+    tdisp = [r[0] for r in fields(cap, "tdisp.message", display="tdisp")]
+    assert tdisp[:4] == ["GET_TDISP_VERSION", "TDISP_VERSION", "GET_TDISP_CAPABILITIES",
+                         "TDISP_CAPABILITIES"]
+    for a, b in (("LOCK_INTERFACE_REQUEST", "LOCK_INTERFACE_RESPONSE"),
+                 ("GET_DEVICE_INTERFACE_REPORT", "DEVICE_INTERFACE_REPORT"),
+                 ("START_INTERFACE_REQUEST", "START_INTERFACE_RESPONSE"),
+                 ("STOP_INTERFACE_REQUEST", "STOP_INTERFACE_RESPONSE")):
+        assert tdisp.index(b) == tdisp.index(a) + 1
+    states = fields(cap, "tdisp.tdi", "tdisp.tdi_state", display="tdisp.message_type == 0x05")
+    assert states == [["01:00.0", "0"], ["01:00.0", "2"], ["01:00.0", "0"]]
+    verbose = tshark(cap, "-V", "-Y", "tdisp.tdi_state == 2")
+    assert "TDI_STATE: RUN (2)" in verbose and "TDISPVersion: 1.0" in verbose
+    assert "SPDM secured message (DSP0277), session 0xff000001, decrypted" in verbose
+    # Everything the wire capture has, in the same order, plus what the records carried.
+    assert len(fields(cap, "frame.number")) == len(fields(captures["wire"], "frame.number"))
+    names = [r[0] for r in fields(cap, "spdm.message", display="spdm_secured")]
+    assert names[:2] == ["FINISH", "FINISH_RSP"] and names[-2:] == ["END_SESSION",
+                                                                      "END_SESSION_ACK"]
