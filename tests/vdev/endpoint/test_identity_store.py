@@ -189,3 +189,18 @@ def test_default_state_dir_is_under_home(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert (tmp_path / ".local/state/vdev/identity/1ded-7e11-ecdsa-p384/slot0/root.pem"
             ).exists()
+
+
+def test_an_interrupted_generation_leaves_nothing_behind(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vdev.endpoint import identity_store
+
+    def interrupted(params: object) -> object:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(identity_store, "generate_identity", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        load_or_generate(P384, tmp_path)
+    assert [p.name for p in (tmp_path / "1ded-7e10-ecdsa-p384").iterdir()] == []
+    monkeypatch.undo()
+    assert load_or_generate(P384, tmp_path).created  # the next start makes it
