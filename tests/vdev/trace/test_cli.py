@@ -134,7 +134,7 @@ def test_tsm_serve_and_serve_take_the_options() -> None:
         a = p.parse_args([*argv, "--trace", "t", "--trace-format", "json", "--pcap", "p",
                           "--log-secrets"])
         assert (a.trace, a.trace_format, a.pcap, a.log_secrets) == ("t", "json", "p", True)
-    assert p.parse_args(["run", "--trace"]).trace is True  # make run TRACE=1
+    assert p.parse_args(["run", "--trace"]).trace is True  # accepted; run always traces
     assert p.parse_args(["run"]).trace is False
 
 
