@@ -204,3 +204,63 @@ class PcapngWriter:
 
     def close(self) -> None:
         self.out.close()
+
+
+class PcapngReader:
+    """Reads what PcapngWriter writes (little-endian sections, Enhanced Packet Blocks on
+    one interface): `link_type`, then (time, bytes, comment) per packet."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f = f
+        self.link_type: int | None = None
+        self._unit = 1e-6
+        self._pending: list[tuple[int, bytes]] = []
+        while self.link_type is None:
+            block = self._block()
+            if block is None:
+                raise PcapFormatError("pcapng without an interface")
+            self._pending.append(block)
+            if block[0] == IDB_TYPE:
+                self.link_type = int(PcapngIdbBody.parse(block[1]).link_type)
+
+    def _block(self) -> tuple[int, bytes] | None:
+        head = self.f.read(PcapngBlockHeader.sizeof())
+        if not head:
+            return None
+        try:
+            h = PcapngBlockHeader.parse(head)
+        except ConstructError:
+            raise PcapFormatError("truncated pcapng block header") from None
+        rest = self.f.read(h.total_length - PcapngBlockHeader.sizeof())
+        if len(rest) < h.total_length - PcapngBlockHeader.sizeof() or len(rest) < 4:
+            raise PcapFormatError("truncated pcapng block at the end")
+        if h.type == SHB_TYPE and Int32ul.parse(rest[:4]) != BYTE_ORDER_MAGIC:
+            raise PcapFormatError("big-endian pcapng: only what vdev writes is read here")
+        return int(h.type), rest[:-4]
+
+    def __iter__(self) -> Iterator[tuple[float, bytes, str]]:
+        while True:
+            block = self._pending.pop(0) if self._pending else self._block()
+            if block is None:
+                return
+            kind, body = block
+            if kind != EPB_TYPE:
+                continue
+            e = PcapngEpbBody.parse(body)
+            start = PcapngEpbBody.sizeof()
+            data = body[start : start + e.captured_length]
+            options = body[start + e.captured_length + (-e.captured_length % 4) :]
+            yield ((e.ts_high << 32 | e.ts_low) * self._unit, data,
+                   _option(options, OPT_COMMENT))
+
+
+def _option(options: bytes, code: int) -> str:
+    at = 0
+    while at + 4 <= len(options):
+        o = PcapngOption.parse(options[at : at + 4])
+        if o.code == OPT_END:
+            break
+        if o.code == code:
+            return options[at + 4 : at + 4 + o.length].decode(errors="replace")
+        at += 4 + o.length + (-o.length % 4)
+    return ""

@@ -16,8 +16,22 @@ from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
 from vdev.doe.data_object import DOE_TYPE_CMA_SPDM, HEADER_DW, PCI_SIG_VENDOR_ID, parse_header
-from vdev.trace.pcap import LINKTYPE_PCI_DOE, PCAP_MAGICS, PCAPNG_MAGIC, PcapFormatError, PcapReader
-from vdev.trace.tracer import ARROWS, REQ, RSP, Tracer
+from vdev.trace.pcap import (
+    LINKTYPE_PCI_DOE,
+    PCAP_MAGICS,
+    PCAPNG_MAGIC,
+    PcapFormatError,
+    PcapngReader,
+    PcapReader,
+)
+from vdev.trace.tracer import (
+    ARROWS,
+    DECRYPTED_COMMENT,
+    REQ,
+    RSP,
+    SecuredRecordDecrypted,
+    Tracer,
+)
 
 EVENT_KEYS = frozenset({"side", "dir", "proto", "summary"})
 
@@ -102,13 +116,16 @@ class LineReader:
 
 # ---- pcap ---------------------------------------------------------------------------------
 
-def pcap_events(f: BinaryIO, name: str = "pcap") -> Iterator[dict[str, Any]]:
-    """Events from a `--pcap` file, decoded as the tracer decodes the wire.  A record does
-    not say its direction: an SPDM message's code does (requests are 80h and up), other
-    objects alternate with the one before (a DOE exchange is a request, then its
-    response).  Secured objects stay encrypted records."""
+def pcap_events(f: BinaryIO, name: str = "pcap", *,
+                pcapng: bool = False) -> Iterator[dict[str, Any]]:
+    """Events from a `--pcap` file (or the pcapng of `--pcap-decrypted`), decoded as the
+    tracer decodes the wire.  A record does not say its direction: an SPDM message's
+    code does (requests are 80h and up), other objects alternate with the one before (a
+    DOE exchange is a request, then its response).  Secured objects stay encrypted
+    records, unless the capture marks them decrypted: then the message they carry is
+    shown as the tracer shows a secured message."""
     try:
-        reader = PcapReader(f)
+        reader: Any = PcapngReader(f) if pcapng else PcapReader(f)
     except PcapFormatError as exc:
         raise TraceFileError(f"{name}: {exc}") from None
     if reader.link_type != LINKTYPE_PCI_DOE:
@@ -119,10 +136,16 @@ def pcap_events(f: BinaryIO, name: str = "pcap") -> Iterator[dict[str, Any]]:
     tracer = Tracer("pcap", out=sink, fmt="json")
     direction = RSP
     try:
-        for t, obj in reader:
-            direction = _direction(obj, after=direction)
+        for t, obj, *comment in reader:
             tracer.clock = _fixed(t)
-            tracer.doe(direction, obj)
+            if comment and comment[0].startswith(DECRYPTED_COMMENT):
+                record = SecuredRecordDecrypted.parse(obj[4 * HEADER_DW :])
+                direction = REQ if record.app_data[1:2] >= b"\x80" else RSP
+                tracer.secured("request" if direction == REQ else "response",
+                               record.session_id, bytes(record.app_data))
+            else:
+                direction = _direction(obj, after=direction)
+                tracer.doe(direction, obj)
             for line in sink.getvalue().splitlines():
                 yield dict(json.loads(line))
             sink.seek(0)
@@ -168,12 +191,9 @@ class TraceReader:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         name = str(self.path)
         kind = file_kind(self.path)
-        if kind == "pcapng":
-            raise TraceFileError(f"{name}: pcapng: `vdev trace show` reads the classic pcap "
-                                 "vdev writes; open it in Wireshark")
-        if kind == "pcap":
+        if kind in ("pcap", "pcapng"):
             with open(self.path, "rb") as bf:
-                yield from pcap_events(bf, name)
+                yield from pcap_events(bf, name, pcapng=kind == "pcapng")
             return
         with open(self.path, encoding="utf-8") as f:
             lines = LineReader(f, name)
