@@ -151,9 +151,13 @@ def test_serve_parser_repeats_socket_and_state_dir() -> None:
     assert args.socket == ["a"] and args.state_dir is None
 
 
+ONE_DEVICE = "--pcap, --pcap-decrypted and --log-secrets take one device"
+
+
 @pytest.mark.parametrize(("extra", "why"), [
-    (["--pcap", "x.pcap"], "--pcap and --log-secrets take one device"),
-    (["--log-secrets"], "--pcap and --log-secrets take one device"),
+    (["--pcap", "x.pcap"], ONE_DEVICE),
+    (["--log-secrets"], ONE_DEVICE),
+    (["--pcap-decrypted", "x.pcapng"], ONE_DEVICE),
     (["--state-dir", "x", "--state-dir", "y", "--state-dir", "z"],
      "--state-dir given 3 times for 2 sockets"),
     (["--socket", "{a}"], "--socket given more than once"),
