@@ -9,7 +9,9 @@ d4 c3 b2 a1):
   record: ts_sec u32 | ts_usec u32 | incl_len u32 | orig_len u32 | data[incl_len]
 
 Link types are libspdm's (os_stub/include/industry_standard/link_type_ex.h), not
-registered with tcpdump.org (libpcap PR #990 was closed): 291 MCTP, 292 PCI DOE.  With
+registered with tcpdump.org (libpcap PR #990 was closed): 291 MCTP, 292 PCI DOE.  tcpdump.org
+has since given 292 to ZBOSS NCP, which is what Wireshark opens such a file as
+(docs/protocols.md §10).  With
 292 each record is one whole DOE object, 8-byte header included; secured objects stay
 encrypted, so DMTF's spdm_dump decodes them given `--dhe_secret` / `--psk`.
 """
