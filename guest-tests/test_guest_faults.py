@@ -24,8 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from vdev.control.client import call
 from vdev.vm.checks import BAD_DMESG
 from vdev.vm.env import REPO, VmEnv
@@ -127,7 +125,6 @@ class Arming:
 
 
 def test_connect_fails_with_the_errno_of_each_fault(vm_env: VmEnv, workdir: Path) -> None:
-    pytest.importorskip("tsm.mailbox")
     control = socket_path("device-ctl")
     arming = Arming(control)
     boot = boot_with_fault_control(vm_env, workdir, {"50-guest-faults.sh": script(

@@ -39,8 +39,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from vdev.control.client import call
 from vdev.vm.checks import BAD_DMESG
 from vdev.vm.env import VmEnv
@@ -148,7 +146,6 @@ def first_mmio_page(report_hex: str) -> int:
 
 
 def test_tdisp_steps_fail_with_the_errno_of_each_fault(vm_env: VmEnv, workdir: Path) -> None:
-    pytest.importorskip("tsm.mailbox")
     control = socket_path("device-ctl")
     host = Host(control)
     boot = boot_with_fault_control(vm_env, workdir, {"50-guest-tdisp-faults.sh": script(

@@ -189,7 +189,6 @@ def _own_state(st: dict[str, Any], evidence_file: Path, socket: Path) -> None:
 
 @pytest.mark.parametrize("kill_b", ["after-run", "mid-connect"])
 def test_two_qemus_one_device_process(vm_env: VmEnv, workdir: Path, kill_b: str) -> None:
-    pytest.importorskip("tsm.mailbox")
     t0 = time.monotonic()
     timings: dict[str, float] = {}
     identity = workdir / "identity"

@@ -249,7 +249,6 @@ def _stranger_anchor(out: Path) -> Path:
 
 
 def _boot_with_model(env: VmEnv, workdir: Path, anchor_for: str) -> tuple[VmResult, str]:
-    pytest.importorskip("tsm.mailbox")
     identity = workdir / "identity"
     ep = device_server(workdir, "ep", extra=["--state-dir", str(identity)]).start()
     try:

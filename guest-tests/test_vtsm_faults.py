@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from vdev.endpoint.measurements import profile_image
 from vdev.profiles import DeviceProfile
 from vdev.vm.checks import BAD_DMESG
@@ -74,7 +72,6 @@ def run_session(
     """`vdev serve` (+ `device_args`), one `vdev tsm serve` with the device's root CA
     as trust anchor and an evidence file per entry of `tsm_args`, and one boot
     running guest-tests/scripts/`script_name` with EP, MB (first mailbox), MB0..."""
-    pytest.importorskip("tsm.mailbox")
     identity = workdir / "identity"
     device = device_server(workdir, "device",
                            extra=["--state-dir", str(identity), *device_args]).start()

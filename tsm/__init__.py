@@ -3,22 +3,25 @@ stream at both ends over IDE_KM, drives TDIs through TDISP, and produces evidenc
 
 Modules, one concept each:
 
-    operations    DoeRequest, Done, TsmOperation (next_request / feed / fail / result)
+    mailbox_protocol  the boundary shared with the mailbox device: Op, TargetFunction,
+                  LockBar, DoeRequest, Done, TsmBackend
+    operations    TsmOperation (next_request / feed / fail / result)
     model         TsmModel, TsmConfig: connect, lock, report, start, stop, disconnect,
                   heartbeat, key_update, status
     device_ref    DeviceRef (DSM segment/bus/devfn, TDI INTERFACE_IDs), ExpectedBar
-    policy        ReferenceValues: measurement reference values (TOML/JSON)
+    reference_values  ReferenceValues: measurement reference values (TOML/JSON)
     root_port     RootPortIde: the root port's end of the IDE stream
     report_check  interface report vs. the host's BARs
     evidence      evidence document schema and builders
-    mailbox       mailbox_backend(): the factory `vdev tsm serve` drives the model with
+    mailbox_backend   OperationBackend, mailbox_backend(): the model behind the mailbox
 """
 
 from tsm.device_ref import DeviceRef, ExpectedBar
-from tsm.mailbox import load_trust_anchors, mailbox_backend
+from tsm.mailbox_backend import OperationBackend, load_trust_anchors, mailbox_backend
+from tsm.mailbox_protocol import DoeRequest, Done, Op, TargetFunction, TsmBackend
 from tsm.model import TsmConfig, TsmModel
-from tsm.operations import DoeRequest, Done, TsmOperation
-from tsm.policy import PolicyError, ReferenceValues
+from tsm.operations import TsmOperation
+from tsm.reference_values import PolicyError, ReferenceValues
 from tsm.root_port import RootPortIde, RpSlot, mirror_of
 
 __all__ = [
@@ -26,10 +29,14 @@ __all__ = [
     "DoeRequest",
     "Done",
     "ExpectedBar",
+    "Op",
+    "OperationBackend",
     "PolicyError",
     "ReferenceValues",
     "RootPortIde",
     "RpSlot",
+    "TargetFunction",
+    "TsmBackend",
     "TsmConfig",
     "TsmModel",
     "TsmOperation",

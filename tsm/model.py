@@ -70,15 +70,14 @@ from tdisp.vendor_defined import PCISIG_VENDOR_ID, STANDARD_ID_PCISIG
 from tsm import evidence as ev
 from tsm.device_ref import DeviceRef, ExpectedBar
 from tsm.ide_query import selective_stream_ids
+from tsm.mailbox_protocol import DoeRequest, Done
 from tsm.operations import (
-    DoeRequest,
-    Done,
     OpGen,
     Progress,
     TransportFailure,
     TsmOperation,
 )
-from tsm.policy import PolicyViolation, ReferenceValues
+from tsm.reference_values import PolicyViolation, ReferenceValues
 from tsm.report_check import check_report
 from tsm.root_port import RootPortIde
 
@@ -323,8 +322,8 @@ class TsmModel:
 
             return TsmOperation(
                 name, refused(p), p,
-                lambda _e, _v: Done("failed", f"{name}: {busy}", self.evidence(),
-                                    errno=-errno.EBUSY),
+                lambda _e, _v: Done(-errno.EBUSY, f"{name}: {busy}",
+                                    evidence=self.evidence()),
             )
 
         def finish(error: BaseException | None, value: Any) -> Done:
@@ -333,7 +332,7 @@ class TsmModel:
                 del self._events[:excess]
             if error is None:
                 p.log(f"{name}: ok")
-                return Done("ok", "", self.evidence(), value)
+                return Done(0, "", value, self.evidence())
             where = f" at {p.step}" if p.step else ""
             reason = f"{name} failed{where}: {describe(error)}"
             self.last_error = reason
@@ -342,7 +341,7 @@ class TsmModel:
             elif self._session_lost(error):
                 self._abandon(f"SPDM session lost ({describe(error)})")
             p.log(reason)
-            return Done("failed", reason, self.evidence(), errno=errno_of(error))
+            return Done(errno_of(error), reason, evidence=self.evidence())
 
         op = TsmOperation(name, body(p), p, finish)
         self._active = op

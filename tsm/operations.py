@@ -7,16 +7,18 @@
             op.feed(transport(req.doe_type, req.payload))
         except OSError as exc:           # timeout, -EIO, ... (the relay's own failure)
             op.fail(-exc.errno if exc.errno else str(exc))
-    done = op.result                     # Done(status "ok"|"failed", reason, evidence, value)
+    done = op.result                     # Done(errno, reason, value, evidence)
 
 DOE type 1 carries plain SPDM, type 2 secured SPDM (PCIe 6.2 §6.30.1 "DOE data object
 types"; DSP0277).  This is exactly what the kernel's PCI/TSM relay can carry
 (`pci_tsm_doe_transfer(pdev, type, ...)`, see docs/linux-pci-tsm.md §4), so the model never
 needs anything but a (type, bytes) -> bytes exchange.
 
-An operation wraps a generator that yields `DoeRequest`s and receives response payloads.
-Exceptions escaping the generator become a failed `Done` with a readable reason; they
-never escape `feed`/`fail`, so a relay loop cannot be killed by a misbehaving device.
+`DoeRequest` and `Done` are the boundary types of `tsm.mailbox_protocol`, shared with the
+mailbox device.  An operation wraps a generator that yields `DoeRequest`s and receives
+response payloads.  Exceptions escaping the generator become a failed `Done` with a
+readable reason; they never escape `feed`/`fail`, so a relay loop cannot be killed by a
+misbehaving device.
 """
 
 from __future__ import annotations
@@ -24,48 +26,9 @@ from __future__ import annotations
 import errno as errno_mod
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-DOE_TYPE_SPDM = 1  # PCIe 6.2 §6.30.1 / DSP0276: DOE type 1 = SPDM
-DOE_TYPE_SECURED_SPDM = 2  # DOE type 2 = secured SPDM (DSP0277)
-
-
-@dataclass(frozen=True)
-class DoeRequest:
-    """One DOE exchange the TSM asks the host to carry (vendor 0x0001, PCI-SIG)."""
-
-    doe_type: int
-    payload: bytes = field(repr=False)
-    # The responder asked us to come back later (SPDM ResponseNotReady, RDT): the relay
-    # should wait this long before sending.  The model keeps no time itself.
-    delay_us: int = 0
-
-    def __repr__(self) -> str:  # payloads may be secured records: show sizes only
-        return f"DoeRequest(doe_type={self.doe_type}, {len(self.payload)} bytes)"
-
-
-@dataclass(frozen=True)
-class Done:
-    """Outcome of an operation.
-
-    `evidence` is the model's evidence document at completion (JSON-serialisable, never
-    key material); `value` is operation-specific (e.g. the decoded interface report dict
-    for `report`), None when failed.
-    """
-
-    status: Literal["ok", "failed"]
-    reason: str
-    evidence: dict[str, Any]
-    value: Any = None
-    # Negative errno a kernel relay can hand to user space for a failure: the transport's
-    # own errno, -EACCES for authentication/trust/policy refusals, -EPROTO for a
-    # malformed or unexpected response, -EBADMSG for a record that does not
-    # authenticate, -ENOTCONN / -EBUSY for state, else -EIO (model.errno_of).  0 when ok.
-    errno: int = 0
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
+from tsm.mailbox_protocol import DoeRequest, Done
 
 
 class TransportFailure(Exception):

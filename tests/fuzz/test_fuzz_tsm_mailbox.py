@@ -7,8 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.helpers.mailbox_driver import MailboxDriver
+from tsm.mailbox_protocol import DoeRequest, Done, Op
 from vdev.pci.device_api import RegionIndex
-from vdev.tsm_mailbox.backend import DoeRequest, Done, Script, ScriptedBackend
+from vdev.tsm_mailbox.backend import Script, ScriptedBackend
 from vdev.tsm_mailbox.device import TsmMailboxDevice
 from vdev.tsm_mailbox.protocol import (
     BAR0_SIZE,
@@ -19,7 +20,6 @@ from vdev.tsm_mailbox.protocol import (
     REG_IN_RC,
     REG_OP,
     REG_TARGET,
-    Op,
     Status,
 )
 

@@ -22,9 +22,9 @@ from tests.fuzz.budget import examples
 from tests.helpers.mailbox_driver import MailboxDriver
 from tests.helpers.tsm_rig import Device, identity, make_device
 from tsm import mailbox_backend
+from tsm.mailbox_protocol import Op
 from vdev.pci.device_api import RegionIndex
 from vdev.tsm_mailbox.device import TsmMailboxDevice
-from vdev.tsm_mailbox.model_adapter import OperationBackend
 from vdev.tsm_mailbox.protocol import (
     BAR0_SIZE,
     IN_WINDOW,
@@ -33,7 +33,6 @@ from vdev.tsm_mailbox.protocol import (
     REG_IN_RC,
     REG_OP,
     REG_TARGET,
-    Op,
     Status,
 )
 
@@ -84,7 +83,7 @@ def _drive(drv: MailboxDriver, dev: Device, steps: list[tuple[str, int, bytes]])
 def test_misbehaving_guest_mid_operation(anchor: Path, first: Op,
                                          steps: list[tuple[str, int, bytes]]) -> None:
     dev = make_device()
-    mbx = TsmMailboxDevice(OperationBackend(mailbox_backend(anchor, None)))  # type: ignore[arg-type]
+    mbx = TsmMailboxDevice(mailbox_backend(anchor, None))
 
     def read(off: int, n: int) -> bytes:
         return mbx.region_read(RegionIndex.BAR0, off, n)

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from tsm.mailbox_protocol import Op
 from vdev.tsm_mailbox.protocol import (
     DOORBELL_RING,
     IN_WINDOW,
@@ -26,7 +27,6 @@ from vdev.tsm_mailbox.protocol import (
     REG_RESULT,
     REG_STATUS,
     REG_TARGET,
-    Op,
     Status,
     pack_target,
     to_s32,

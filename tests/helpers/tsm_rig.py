@@ -21,7 +21,7 @@ from tdisp.idekm_responder import IdeKmPolicy, IdeKmResponder
 from tdisp.responder import TdispResponder
 from tdisp.vendor_defined import PCISIG_VENDOR_ID, STANDARD_ID_PCISIG
 from tsm import DeviceRef, ExpectedBar, TsmConfig, TsmModel, TsmOperation
-from tsm.operations import Done
+from tsm.mailbox_protocol import Done
 
 DEVICE = DeviceRef(0, 1, 0)
 TDI_ID = InterfaceId.of(bus=1, device=0, function=0)

@@ -13,7 +13,7 @@ import pytest
 
 from spdm.codes import ErrorCode, Req
 from tests.helpers.tsm_rig import Device, make_device, make_tsm, ok
-from tsm.operations import Done
+from tsm.mailbox_protocol import Done
 
 Mutate = Callable[[int, bytes, bytes], bytes]  # (doe_type, request, reply) -> reply
 

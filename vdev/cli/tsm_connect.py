@@ -16,9 +16,10 @@ from typing import Any, Protocol, TextIO
 
 from spdm.secured_message import MCTP_TRANSPORT
 from tsm.device_ref import DeviceRef, ExpectedBar
+from tsm.mailbox_protocol import Done
 from tsm.model import TsmConfig, TsmModel
-from tsm.operations import Done, TsmOperation
-from tsm.policy import PolicyError
+from tsm.operations import TsmOperation
+from tsm.reference_values import PolicyError
 from vdev.cli.tsm_inputs import reference_values, trust_anchors
 
 DESCRIPTION = """\

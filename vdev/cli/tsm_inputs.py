@@ -8,8 +8,8 @@ from pathlib import Path
 
 from cryptography import x509
 
-from tsm.mailbox import load_trust_anchors
-from tsm.policy import PolicyError, ReferenceValues
+from tsm.mailbox_backend import load_trust_anchors
+from tsm.reference_values import PolicyError, ReferenceValues
 
 
 def trust_anchors(prog: str, path: str) -> list[x509.Certificate]:

@@ -2,13 +2,9 @@
 
   vdev tsm serve --socket PATH --trust-anchor FILE [--policy FILE]
 
-serves the mailbox with the real TSM model from `tsm` (imported only
-here, so the device and its tests do not depend on it).  The contract with
-that package is one factory:
-
-  tsm.mailbox_backend(trust_anchor: Path, policy: Path | None)
-      -> a TsmBackend, or a callable (Op, TargetFunction) -> operation object
-         (tsm.operations.TsmOperation), wrapped by model_adapter
+serves the mailbox with the real TSM model behind it:
+`tsm.mailbox_backend(trust_anchor, policy, config, on_done)`, a
+`tsm.mailbox_protocol.TsmBackend` over the model's operations.
 
 Test-only (hidden from --help): `--scripted FILE` replays a JSON script
 (`backend.load_scripts`) instead, and `--record FILE` appends every DOE
@@ -27,7 +23,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vdev.tsm_mailbox.backend import Exchange, ScriptedBackend, TsmBackend, load_scripts
+from tsm.mailbox_backend import mailbox_backend
+from tsm.mailbox_protocol import Done, Op, TargetFunction, TsmBackend
+from tsm.model import TsmConfig
+from vdev.tsm_mailbox.backend import Exchange, ScriptedBackend, load_scripts
 
 log = logging.getLogger("vdev.tsm")
 
@@ -67,13 +66,13 @@ def _scripted_backend(script: str, record: str | None) -> ScriptedBackend:
 
 
 def _evidence_writer(
-    path: str | None, keep: Callable[[Any, Any, dict[str, Any]], None] | None = None
-) -> Callable[[Any, Any, Any], None]:
+    path: str | None, keep: Callable[[Op, TargetFunction, dict[str, Any]], None] | None = None
+) -> Callable[[Op, TargetFunction, Done], None]:
     """After each model operation: one readable log line, the evidence file, and `keep`
     (the control socket's copy)."""
 
-    def done(op: Any, target: Any, result: Any) -> None:
-        ev: dict[str, Any] = dict(getattr(result, "evidence", None) or {})
+    def done(op: Op, target: TargetFunction, result: Done) -> None:
+        ev: dict[str, Any] = dict(result.evidence or {})
         if keep is not None:
             keep(op, target, ev)
         for line in evidence_summary(op, ev):
@@ -127,8 +126,8 @@ def evidence_summary(op: Any, ev: dict[str, Any]) -> list[str]:
 
 def _model_backend(
     trust_anchor: str | None, policy: str | None, evidence: str | None = None,
-    keep: Callable[[Any, Any, dict[str, Any]], None] | None = None,
-    spdm: dict[str, Any] | None = None,
+    keep: Callable[[Op, TargetFunction, dict[str, Any]], None] | None = None,
+    config: TsmConfig | None = None,
 ) -> TsmBackend:
     if not trust_anchor:
         raise SystemExit("vdev tsm serve: --trust-anchor FILE is required")
@@ -138,26 +137,8 @@ def _model_backend(
     trust_anchors("vdev tsm serve", trust_anchor)
     if policy:
         reference_values("vdev tsm serve", policy)
-    try:
-        import tsm as model  # imported here: a scripted backend needs no model
-    except ImportError as exc:
-        raise SystemExit(
-            f"vdev tsm serve: the TSM model (tsm) is not available ({exc}); "
-            "this tree can only serve a scripted backend"
-        ) from None
-    factory: Any = getattr(model, "mailbox_backend", None)
-    if factory is None:
-        raise SystemExit("vdev tsm serve: tsm has no mailbox_backend(trust_anchor, "
-                         "policy) factory; cannot build the TSM backend")
-    # `spdm`: extra RequesterConfig fields (vdev.trace's message_observer / secret_sink).
-    made = factory(Path(trust_anchor), Path(policy) if policy else None,
-                   **({"spdm": spdm} if spdm else {}))
-    if hasattr(made, "start") and hasattr(made, "doe_response"):
-        backend: TsmBackend = made
-        return backend
-    from vdev.tsm_mailbox.model_adapter import OperationBackend
-
-    return OperationBackend(made, on_done=_evidence_writer(evidence, keep))
+    return mailbox_backend(Path(trust_anchor), Path(policy) if policy else None, config,
+                           on_done=_evidence_writer(evidence, keep))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -175,7 +156,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     else:
         backend = _model_backend(args.trust_anchor, args.policy, args.evidence,
                                  keeper.note if keeper else None,
-                                 tracer.spdm_hooks() if tracer is not None else None)
+                                 TsmConfig(trust_anchors=(), spdm=tracer.spdm_hooks())
+                                 if tracer is not None else None)
     if tracer is not None:
         from vdev.trace.attach import TracedBackend
 

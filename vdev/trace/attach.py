@@ -18,8 +18,10 @@ trace the DOE objects the TSM sends and receives; the requester's hooks come fro
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+from tsm.mailbox_protocol import Action, DoeRequest, LockBar, Op, TargetFunction, TsmBackend
 from vdev.doe.data_object import (
     DISCOVERY,
     DOE_TYPE_CMA_SPDM,
@@ -149,25 +151,24 @@ class TracedBackend:
     """`vdev tsm serve`: the TSM backend with the DOE objects it relays traced (the guest
     kernel carries them; the DOE header is the one its doe.c builds)."""
 
-    def __init__(self, backend: Any, tracer: Tracer) -> None:
+    def __init__(self, backend: TsmBackend, tracer: Tracer) -> None:
         self.backend = backend
         self.tracer = tracer
         self._op = ""
         self._request: tuple[int, bytes] | None = None
 
-    def start(self, op: Any, target: Any, **kwargs: Any) -> Any:
-        # kwargs: e.g. LOCK's mmio=BAR records (mailbox 1.1), passed on unchanged.
-        self._op = getattr(op, "name", str(op))
+    def start(self, op: Op, target: TargetFunction, *, mmio: Sequence[LockBar] = ()) -> Action:
+        self._op = op.name
         self.tracer.state(f"TSM {self._op} {target}", msg="TSM_OP", proto="tsm")
-        return self._after(self.backend.start(op, target, **kwargs))
+        return self._after(self.backend.start(op, target, mmio=mmio))
 
-    def doe_response(self, payload: bytes) -> Any:
+    def doe_response(self, payload: bytes) -> Action:
         if self._request is not None:
             kind = secured_reply_type(*self._request, payload)
             self.tracer.doe(RSP, doe_object_of(kind, payload))
         return self._after(self.backend.doe_response(payload))
 
-    def transport_error(self, error: int) -> Any:
+    def transport_error(self, error: int) -> Action:
         self.tracer.state(f"DOE transport error {error}", msg="DOE_ERROR", error=True,
                           proto="doe")
         return self._after(self.backend.transport_error(error))
@@ -176,14 +177,14 @@ class TracedBackend:
         self.tracer.state(f"TSM {self._op} aborted", msg="TSM_OP", proto="tsm")
         self.backend.abort()
 
-    def _after(self, action: Any) -> Any:
-        if hasattr(action, "doe_type"):
-            self._request = (int(action.doe_type), bytes(action.payload))
+    def _after(self, action: Action) -> Action:
+        if isinstance(action, DoeRequest):
+            self._request = (action.doe_type, action.payload)
             self.tracer.doe(REQ, doe_object_of(*self._request))
         else:
             self._request = None
-            status = getattr(action, "status", 0)
+            status = action.errno
             self.tracer.state(f"TSM {self._op} done: {'ok' if status == 0 else status} "
-                              f"{getattr(action, 'reason', '')}".rstrip(), msg="TSM_DONE",
+                              f"{action.reason}".rstrip(), msg="TSM_DONE",
                               error=status != 0, proto="tsm")
         return action

@@ -1,29 +1,11 @@
-"""The sans-IO backend behind the mailbox: what the platform TSM must provide.
+"""Backends for the mailbox device that are not the TSM model.
 
-The mailbox device owns registers and windows; everything a TSM decides is
-behind `TsmBackend`.  A backend never does I/O: the device starts an
-operation, the backend answers with an action, the device relays DOE
-requests to the guest and feeds back what came of them:
+The interface (`TsmBackend`) and the types that cross it (`DoeRequest`, `Done`, `Op`,
+`TargetFunction`, `LockBar`) are declared once in tsm/mailbox_protocol.py; the real TSM
+model plugs in as `tsm.mailbox_backend.OperationBackend`.  Here:
 
-    action = backend.start(Op.CONNECT, target)         # LOCK: also mmio=(LockBar, ...)
-    while isinstance(action, DoeRequest):
-        ... the guest runs the DOE exchange ...
-        action = backend.doe_response(payload)        # or transport_error(-errno)
-    action is Done(status, reason, data)
-
-`status` is errno-like: 0 for success, else a negative Linux errno that the
-guest driver returns from the PCI/TSM op (e.g. -EACCES for a rejected
-certificate chain, -EIO for a broken exchange).  `reason` is one human line
-that ends up in the guest's dmesg; it must never carry key material.
-
-`mmio` (version 1.1, LOCK only, never empty when given): the TDI's memory
-BARs as the guest sees them, already validated by the device; the TSM checks
-the interface report against them.  A backend started without `mmio` (a 1.0
-guest, or IN_LEN=0) does not check the report.
-
-`ScriptedBackend` replays fixed request lists (tests, `vdev tsm serve
---scripted`); `EchoBackend` and `FailingBackend` are small fault helpers.
-The real TSM model (tsm) plugs in through the same Protocol.
+`ScriptedBackend` replays fixed request lists (tests, `vdev tsm serve --scripted`);
+`EchoBackend` and `FailingBackend` are small fault helpers.
 """
 
 from __future__ import annotations
@@ -33,68 +15,17 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from vdev.tsm_mailbox.protocol import TSM_OPS, LockBar, Op
-
-
-@dataclass(frozen=True)
-class TargetFunction:
-    """A PCI function named by segment and routing ID (what TARGET carries)."""
-
-    segment: int
-    bus: int
-    devfn: int
-
-    def __str__(self) -> str:
-        return f"{self.segment:04x}:{self.bus:02x}:{self.devfn >> 3:02x}.{self.devfn & 7}"
-
-
-@dataclass(frozen=True)
-class DoeRequest:
-    """Action: carry `payload` to the device as a DOE object of `doe_type` (vendor 0001).
-
-    `delay_us`: the responder asked to be left alone this long first (SPDM
-    ResponseNotReady, DSP0274 RDTExponent); the mailbox stays BUSY that long
-    before it offers the request to the guest."""
-
-    doe_type: int
-    payload: bytes
-    delay_us: int = 0
-
-
-@dataclass(frozen=True)
-class Done:
-    """Action: the operation is over."""
-
-    status: int
-    reason: str
-    data: bytes = b""
-
-    @property
-    def ok(self) -> bool:
-        return self.status == 0
-
-
-Action = DoeRequest | Done
-
-
-class TsmBackend(Protocol):
-    """A platform TSM, driven one step at a time by the mailbox device."""
-
-    def start(self, op: Op, target: TargetFunction, *, mmio: Sequence[LockBar] = ()) -> Action:
-        """Begin `op` on `target`; any operation still in flight is abandoned.  `mmio`:
-        LOCK's BAR records (see the module docstring)."""
-
-    def doe_response(self, payload: bytes) -> Action:
-        """The response to the last DoeRequest."""
-
-    def transport_error(self, error: int) -> Action:
-        """The last DoeRequest failed in transport (`error` = -errno from the guest)."""
-
-    def abort(self) -> None:
-        """The guest (or a reset) abandoned the operation in flight."""
-
+from tsm.mailbox_protocol import (
+    TSM_OPS,
+    Action,
+    DoeRequest,
+    Done,
+    LockBar,
+    Op,
+    TargetFunction,
+)
 
 # ---- scripted backend -----------------------------------------------------
 
@@ -208,7 +139,7 @@ class ScriptedBackend:
 
 def _done_from_json(obj: Mapping[str, Any]) -> Done:
     data = bytes.fromhex(obj.get("data_hex", "")) + obj.get("data_text", "").encode()
-    return Done(int(obj.get("status", 0)), str(obj.get("reason", "scripted")), data)
+    return Done(int(obj.get("status", 0)), str(obj.get("reason", "scripted")), data or None)
 
 
 def load_scripts(path: str | Path) -> dict[Op, list[Script]]:

@@ -24,6 +24,19 @@ import errno
 import logging
 from collections.abc import Callable, Sequence
 
+from tsm.mailbox_protocol import (
+    TSM_OPS,
+    Action,
+    DoeRequest,
+    Done,
+    LockBar,
+    LockDataError,
+    Op,
+    TargetFunction,
+    TsmBackend,
+    done_data,
+    parse_lock_bars,
+)
 from vdev.pci.bar import MemoryBar
 from vdev.pci.capability import ExtCapability
 from vdev.pci.config_space import CONFIG_SPACE_SIZE, ConfigSpace
@@ -33,7 +46,6 @@ from vdev.pci.msix_cap import MsixCap
 from vdev.pci.pcie_cap import PcieCap
 from vdev.pci.pm_cap import PowerManagementCap
 from vdev.pci.register import Register, RegisterFile
-from vdev.tsm_mailbox.backend import Action, DoeRequest, Done, TargetFunction, TsmBackend
 from vdev.tsm_mailbox.protocol import (
     BAR0_SIZE,
     COMPLETION_VECTOR,
@@ -41,6 +53,7 @@ from vdev.tsm_mailbox.protocol import (
     ID_MAGIC,
     IN_WINDOW,
     IRQ_CTRL_COMPLETION,
+    LOCK_DATA_ERRORS,
     MAILBOX_CLASS_CODE,
     MAILBOX_DEVICE_ID,
     MAILBOX_REVISION,
@@ -69,14 +82,9 @@ from vdev.tsm_mailbox.protocol import (
     REG_TARGET,
     REG_VERSION,
     REG_WINDOW_SIZE,
-    TSM_OPS,
     WINDOW_SIZE,
     ErrorCode,
-    LockBar,
-    LockDataError,
-    Op,
     Status,
-    parse_lock_bars,
     to_s32,
     unpack_target,
 )
@@ -271,7 +279,7 @@ class TsmMailboxDevice:
         try:
             return parse_lock_bars(bytes(self._in[:length]))
         except LockDataError as exc:
-            self._fail(exc.code, str(exc))
+            self._fail(LOCK_DATA_ERRORS[type(exc)], str(exc))
             return None
 
     def _respond(self, length: int) -> None:
@@ -344,11 +352,12 @@ class TsmMailboxDevice:
         return Done(-errno.EIO, "TSM backend returned no action")
 
     def _checked_done(self, done: Done) -> Done:
-        if not -MAX_ERRNO <= done.status <= 0:
-            log.error("TSM status %r is not 0 or a -errno; reporting -EIO", done.status)
-            return Done(-errno.EIO, done.reason, done.data)
-        if len(done.data) > WINDOW_SIZE:
-            return Done(-errno.E2BIG, f"TSM result of {len(done.data)} bytes exceeds the window")
+        if not -MAX_ERRNO <= done.errno <= 0:
+            log.error("TSM errno %r is not 0 or a -errno; reporting -EIO", done.errno)
+            return Done(-errno.EIO, done.reason, done.value, done.evidence)
+        if len(done_data(done)) > WINDOW_SIZE:
+            return Done(-errno.E2BIG,
+                        f"TSM result of {len(done_data(done))} bytes exceeds the window")
         return done
 
     def _publish(self, action: Action) -> None:
@@ -358,12 +367,12 @@ class TsmMailboxDevice:
             self._status.value = Status.DOE_REQUEST
             log.debug("DOE request type %d, %d bytes", action.doe_type, len(action.payload))
         else:
-            self._set_out(action.data)
-            self._result.value = action.status & 0xFFFF_FFFF
+            self._set_out(done_data(action))
+            self._result.value = action.errno & 0xFFFF_FFFF
             self._set_reason(action.reason)
             self._status.value = Status.DONE
             log.info("TSM %s %s done: status %d (%s)", self._op.name if self._op else "?",
-                     self._target, action.status, self.reason)
+                     self._target, action.errno, self.reason)
             self._op = None
         self._complete()
 

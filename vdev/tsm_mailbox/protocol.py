@@ -14,7 +14,7 @@ any access size works (bytes are assembled from the registers they cover).
   0x0004    VERSION      RO      protocol version, major << 16 | minor (1.1)
   0x0008    WINDOW_SIZE  RO      bytes in each data window (0x100000)
   0x000C    REASON_MAX   RO      bytes in the REASON area (256)
-  0x0010    OP           RW      operation the next doorbell runs (Op)
+  0x0010    OP           RW      operation the next doorbell runs (tsm.mailbox_protocol.Op)
   0x0014    TARGET       RW      segment[31:16] | bus[15:8] | devfn[7:0]
   0x0018    IN_LEN       RW      DOE_RESPONSE, LOCK (1.1): bytes the guest placed in IN;
                                  every doorbell consumes it (reads 0 afterwards)
@@ -39,6 +39,10 @@ Why 1 MiB windows: a DOE object is at most 2^18 DW = 1 MiB including its
 operation needs chunking.  Separate IN and OUT windows let the guest keep
 the request while writing the response.
 
+OP values (`Op`), the TARGET function, LOCK's BAR records and what a TSM answers are
+declared with the TSM side of the protocol, in tsm/mailbox_protocol.py; this module is
+the device's register map.
+
 A step: the guest writes OP (+ TARGET, or IN_LEN/IN_RC and the IN bytes for
 DOE_RESPONSE) and rings DOORBELL.  STATUS goes BUSY and, when the TSM has
 answered, to DOE_REQUEST, DONE or ERROR; COMPLETIONS increments and, if
@@ -59,7 +63,7 @@ LOCK data (version 1.1).  With OP=LOCK the guest may describe the TDI's
 memory BARs as it sees them, so the TSM can check the interface report
 against them (PCIe 6.2 §11.3.11: each MMIO range's Range ID names a BAR,
 its FIRST_PAGE is the BAR's address plus the lock's reporting offset).  IN
-holds IN_LEN / 24 `LockBarRecord`s:
+holds IN_LEN / 24 `LockBarRecord`s (tsm.mailbox_protocol):
 
   Offset  Size  Field
   0       1     index     BAR number, 0..5 (a 64-bit BAR: its lower number)
@@ -89,9 +93,10 @@ to IDLE.  The device then accepts a new operation.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 
-from construct import Bytes, GreedyRange, Int8ul, Int16ul, Int64ul, Struct
+from construct import Int8ul, Int16ul, Struct
+
+from tsm.mailbox_protocol import LockDataError, LockDataFieldError, LockDataLengthError
 
 # ---- identity --------------------------------------------------------------
 
@@ -147,24 +152,6 @@ DOORBELL_RING = 1
 IRQ_CTRL_COMPLETION = 1 << 0
 
 
-class Op(enum.IntEnum):
-    """Values of OP."""
-
-    CONNECT = 0x01  # SPDM + IDE setup with the DSM at TARGET
-    DISCONNECT = 0x02  # tear the connection down
-    LOCK = 0x03  # TDISP LOCK_INTERFACE for the TDI at TARGET
-    START = 0x04  # TDISP START_INTERFACE
-    STOP = 0x05  # TDISP STOP_INTERFACE
-    REPORT = 0x06  # interface report; DONE data = the report bytes
-    STATUS = 0x07  # TSM view of TARGET; DONE data = JSON text
-    DOE_RESPONSE = 0x10  # continue: the guest posts a DOE response
-    ABORT = 0x1F  # drop whatever is in flight, back to IDLE
-
-
-#: Operations that start a TSM operation (the others continue or abort one).
-TSM_OPS = frozenset({Op.CONNECT, Op.DISCONNECT, Op.LOCK, Op.START, Op.STOP, Op.REPORT, Op.STATUS})
-
-
 class Status(enum.IntEnum):
     """Values of STATUS."""
 
@@ -185,6 +172,13 @@ class ErrorCode(enum.IntEnum):
     BUSY = 4  # doorbell while STATUS was BUSY
     BAD_DOORBELL = 5  # doorbell written with another value or a partial write
     BAD_DATA = 6  # LOCK's BAR records malformed (1.1)
+
+
+#: The ERROR a malformed LOCK data list is reported with, by the class of its error.
+LOCK_DATA_ERRORS: dict[type[LockDataError], ErrorCode] = {
+    LockDataLengthError: ErrorCode.BAD_LENGTH,
+    LockDataFieldError: ErrorCode.BAD_DATA,
+}
 
 
 # ---- structured fields ---------------------------------------------------
@@ -212,77 +206,3 @@ def to_s32(value: int) -> int:
     """A 32-bit register value read as a signed int (IN_RC, RESULT)."""
     value &= 0xFFFF_FFFF
     return value - (1 << 32) if value & 0x8000_0000 else value
-
-
-# ---- LOCK data (1.1) ------------------------------------------------------
-
-#: Number of standard BARs of a Type 0 function (PCI_STD_NUM_BARS).
-LOCK_BARS_MAX = 6
-
-#: One memory BAR of the TDI as the guest sees it (LOCK data, version 1.1).
-LockBarRecord = Struct(
-    "index" / Int8ul,
-    "reserved" / Bytes(7),
-    "base" / Int64ul,
-    "size" / Int64ul,
-)
-LOCK_BAR_RECORD_SIZE = LockBarRecord.sizeof()  # 24
-
-
-#: The LOCK data: IN_LEN / LOCK_BAR_RECORD_SIZE records, nothing else.
-LockBars = GreedyRange(LockBarRecord)
-
-
-@dataclass(frozen=True)
-class LockBar:
-    """A memory BAR of the TDI: BAR number (= MMIO Range ID), address, length."""
-
-    index: int
-    base: int
-    size: int
-
-
-class LockDataError(ValueError):
-    """Malformed LOCK data; `code` is the ERROR value the mailbox reports."""
-
-    def __init__(self, code: ErrorCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def build_lock_bars(bars: list[LockBar] | tuple[LockBar, ...]) -> bytes:
-    """IN window bytes for LOCK (no validation: tests build bad lists too)."""
-    data: bytes = LockBars.build(
-        [{"index": b.index, "reserved": bytes(7), "base": b.base, "size": b.size}
-         for b in bars])
-    return data
-
-
-def parse_lock_bars(data: bytes) -> tuple[LockBar, ...]:
-    """The BAR records of a LOCK, validated; raises LockDataError."""
-    if len(data) % LOCK_BAR_RECORD_SIZE:
-        raise LockDataError(ErrorCode.BAD_LENGTH,
-                            f"LOCK data of {len(data)} bytes is not a whole number of "
-                            f"{LOCK_BAR_RECORD_SIZE}-byte BAR records")
-    count = len(data) // LOCK_BAR_RECORD_SIZE
-    if count > LOCK_BARS_MAX:
-        raise LockDataError(ErrorCode.BAD_LENGTH,
-                            f"LOCK data holds {count} BAR records, at most {LOCK_BARS_MAX}")
-    bars: list[LockBar] = []
-    for n, rec in enumerate(LockBars.parse(data)):
-        index, base, size = int(rec.index), int(rec.base), int(rec.size)
-        where = f"LOCK BAR record {n} (BAR{index})"
-        if index >= LOCK_BARS_MAX:
-            raise LockDataError(ErrorCode.BAD_DATA,
-                                f"LOCK BAR record {n}: BAR index {index} is not 0..5")
-        if any(rec.reserved):
-            raise LockDataError(ErrorCode.BAD_DATA, f"{where}: reserved bytes not zero")
-        if size == 0:
-            raise LockDataError(ErrorCode.BAD_DATA, f"{where}: size 0")
-        if base + size > 1 << 64:
-            raise LockDataError(ErrorCode.BAD_DATA,
-                                f"{where}: {base:#x} + {size:#x} wraps past 2^64")
-        if any(b.index == index for b in bars):
-            raise LockDataError(ErrorCode.BAD_DATA, f"{where}: BAR{index} given twice")
-        bars.append(LockBar(index, base, size))
-    return tuple(bars)

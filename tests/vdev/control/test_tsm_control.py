@@ -13,12 +13,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from tsm.mailbox_protocol import Op
 from vdev.control.tsm import EvidenceKeeper, scrub, tsm_control
 from vdev.endpoint.identity_store import load_or_generate
 from vdev.profiles import DeviceProfile
 from vdev.tsm_mailbox.backend import ScriptedBackend
 from vdev.tsm_mailbox.device import TsmMailboxDevice
-from vdev.tsm_mailbox.protocol import Op
 
 
 def test_scrub_drops_secret_fields() -> None:

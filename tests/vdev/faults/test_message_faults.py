@@ -17,8 +17,8 @@ from spdm.codes import Req, Rsp
 from tdisp.codes import TdiState
 from tests.vdev.faults.rig import FaultRig
 from tsm import DeviceRef, TsmConfig, TsmModel
-from tsm.operations import Done
-from tsm.policy import ReferenceValues
+from tsm.mailbox_protocol import Done
+from tsm.reference_values import ReferenceValues
 from vdev.doe.requester import DoeIoError
 from vdev.endpoint.tee_device import TeeDevice
 from vdev.faults import FaultPlan, install

@@ -17,7 +17,9 @@ from cryptography.hazmat.primitives import serialization
 
 from tests.vdev.trace.rig import traced_connect
 from tests.vdev.trace.test_pcap import doe, read_pcap
-from tsm.mailbox import mailbox_backend
+from tsm.mailbox_backend import mailbox_backend
+from tsm.mailbox_protocol import DoeRequest, Op, TargetFunction
+from tsm.model import TsmConfig
 from vdev.cli import build_parser, main
 from vdev.cli.trace import SECRETS_WARNING, trace_device, tracer_from_args
 from vdev.cli.tsm_connect import cmd_connect
@@ -26,9 +28,6 @@ from vdev.spdm_emu.frame import TransportType
 from vdev.spdm_emu.server import SpdmEmuServer
 from vdev.trace.attach import TracedBackend
 from vdev.trace.tracer import Tracer
-from vdev.tsm_mailbox.backend import DoeRequest, TargetFunction
-from vdev.tsm_mailbox.model_adapter import OperationBackend
-from vdev.tsm_mailbox.protocol import Op
 
 
 class Emu:
@@ -112,14 +111,14 @@ def test_tsm_serve_backend_traced(state_dir: Path, tmp_path: Path) -> None:
     anchor.write_bytes(device.identity.root.public_bytes(serialization.Encoding.PEM))
     out = io.StringIO()
     tracer = Tracer("tsm", out=out, infer_state=True)
-    backend = TracedBackend(OperationBackend(mailbox_backend(
-        anchor, None, spdm=tracer.spdm_hooks(), stream_id=None)), tracer)
+    backend = TracedBackend(mailbox_backend(anchor, None, TsmConfig(
+        trust_anchors=(), spdm=tracer.spdm_hooks(), stream_id=None)), tracer)
     for op in (Op.CONNECT, Op.LOCK, Op.DISCONNECT):
         action = backend.start(op, TargetFunction(0, 1, 0))
         while isinstance(action, DoeRequest):
             _kind, reply = device.spdm_message(action.doe_type, action.payload)
             action = backend.doe_response(reply)
-        assert action.status == 0, action.reason
+        assert action.errno == 0, action.reason
     text = out.getvalue()
     assert "== tsm   - TSM CONNECT 0000:01:00.0" in text
     assert "TSM CONNECT done: ok" in text

@@ -1,4 +1,4 @@
-"""The TSM model adapter (against a stand-in with the model's operation shape),
+"""The TSM model's backend (against stand-in operations driving the real `Done`),
 the `vdev tsm serve` backend choice, and the device over the real vfio-user
 server with the synchronous client."""
 
@@ -18,14 +18,15 @@ from typing import Any
 import pytest
 
 from tests.helpers.mailbox_driver import MailboxDriver
+from tsm.mailbox_backend import OperationBackend
+from tsm.mailbox_protocol import DoeRequest, Done, Op, TargetFunction, done_data
 from vdev.cli import build_parser
 from vdev.cli import tsm_serve as tsm_cli
 from vdev.endpoint.function import spdm_unsupported_placeholder
 from vdev.pci.device_api import IrqIndex, RegionIndex
-from vdev.tsm_mailbox.backend import DoeRequest, Done, Script, ScriptedBackend, TargetFunction
+from vdev.tsm_mailbox.backend import Script, ScriptedBackend
 from vdev.tsm_mailbox.device import TsmMailboxDevice
-from vdev.tsm_mailbox.model_adapter import OperationBackend
-from vdev.tsm_mailbox.protocol import IRQ_CTRL_COMPLETION, REG_IRQ_CTRL, Op, Status
+from vdev.tsm_mailbox.protocol import IRQ_CTRL_COMPLETION, REG_IRQ_CTRL, Status
 from vdev.vfio_user.client import VfioUserClient
 from vdev.vfio_user.threaded import serve_in_thread
 
@@ -35,18 +36,6 @@ pytestmark = pytest.mark.timeout(20)
 # ---- model adapter ---------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class FakeDone:
-    status: str
-    reason: str
-    evidence: dict[str, Any]
-    value: Any = None
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-
 @dataclass
 class FakeOperation:
     """The shape of tsm.operations.TsmOperation."""
@@ -54,7 +43,7 @@ class FakeOperation:
     gen: Generator[DoeRequest, bytes, Any]
     done: bool = False
     next_request: DoeRequest | None = None
-    result: FakeDone | None = None
+    result: Done | None = None
     failures: list[int | str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -65,10 +54,10 @@ class FakeOperation:
             self.next_request = step()
         except StopIteration as stop:
             self.done, self.next_request = True, None
-            self.result = FakeDone("ok", "connected", {"spdm": "1.2"}, stop.value)
+            self.result = Done(0, "connected", stop.value, {"spdm": "1.2"})
         except Exception as exc:
             self.done, self.next_request = True, None
-            self.result = FakeDone("failed", str(exc), {})
+            self.result = Done(-errno.EIO, str(exc), evidence={})
 
     def feed(self, response: bytes) -> None:
         self._advance(lambda: self.gen.send(response))
@@ -89,20 +78,20 @@ def two_step(value: Any = None) -> Generator[DoeRequest, bytes, Any]:
 def test_model_operation_success_and_failure() -> None:
     started: list[FakeOperation] = []
 
-    def start(op: Op, target: TargetFunction) -> FakeOperation:
+    def start(op: Op, target: TargetFunction, mmio: object) -> FakeOperation:
         started.append(FakeOperation(two_step(b"REPORT" if op == Op.REPORT else None)))
         return started[-1]
 
-    be = OperationBackend(start)
+    be = OperationBackend(start)  # type: ignore[arg-type]
     assert be.start(Op.CONNECT, TargetFunction(0, 1, 0)) == DoeRequest(1, b"\x10\x84\x00\x00")
     done = be.doe_response(spdm_unsupported_placeholder(b"\x10\x84\x00\x00"))
-    assert isinstance(done, Done) and done.status == -errno.EIO
+    assert isinstance(done, Done) and done.errno == -errno.EIO
     assert done.reason == "device answered SPDM ERROR"
-    assert json.loads(done.data) == {"evidence": {}}  # what the model knew when it refused
+    assert json.loads(done_data(done)) == {"evidence": {}}  # what the model knew when it refused
 
     assert be.start(Op.REPORT, TargetFunction(0, 1, 0)).doe_type == 1  # type: ignore[union-attr]
     assert be.doe_response(b"\x12\x04\x00\x00") == DoeRequest(2, b"secured")
-    assert be.doe_response(b"ok") == Done(0, "connected", b"REPORT")
+    assert be.doe_response(b"ok") == Done(0, "connected", b"REPORT", {"spdm": "1.2"})
 
     be.start(Op.STATUS, TargetFunction(0, 1, 0))
     be.abort()
@@ -110,48 +99,42 @@ def test_model_operation_success_and_failure() -> None:
 
     be.start(Op.STATUS, TargetFunction(0, 1, 0))
     res = be.transport_error(-errno.ETIMEDOUT)
-    assert isinstance(res, Done) and res.status == -errno.EIO
+    assert isinstance(res, Done) and res.errno == -errno.EIO
 
 
 def test_model_delay_and_errno_pass_through() -> None:
-    @dataclass(frozen=True)
-    class SlowRequest:
-        doe_type: int
-        payload: bytes
-        delay_us: int
-
     @dataclass
     class Op1:
         done: bool = False
-        next_request: SlowRequest | None = SlowRequest(1, b"\x10\x84\0\0", 1000)
-        result: Any = None
+        next_request: DoeRequest | None = DoeRequest(1, b"\x10\x84\0\0", 1000)
+        result: Done | None = None
 
         def feed(self, response: bytes) -> None:
             self.done, self.next_request = True, None
-            self.result = type("R", (), {"ok": False, "reason": "refused", "evidence": {},
-                                         "value": None, "errno": -errno.EACCES})()
+            self.result = Done(-errno.EACCES, "refused", evidence={})
 
         def fail(self, cause: int | str) -> None:
             raise AssertionError
 
-    be = OperationBackend(lambda op, t: Op1())
+    be = OperationBackend(lambda op, t, mmio: Op1())  # type: ignore[arg-type,return-value]
     assert be.start(Op.CONNECT, TargetFunction(0, 1, 0)) == DoeRequest(
         1, b"\x10\x84\0\0", 1000)
     done = be.doe_response(b"")
-    assert isinstance(done, Done) and done.status == -errno.EACCES
+    assert isinstance(done, Done) and done.errno == -errno.EACCES
 
 
 def test_model_json_result() -> None:
-    def start(op: Op, target: TargetFunction) -> FakeOperation:
+    def start(op: Op, target: TargetFunction, mmio: object) -> FakeOperation:
         def gen() -> Generator[DoeRequest, bytes, Any]:
             return {"state": "RUN"}
             yield DoeRequest(1, b"")  # pragma: no cover - makes this a generator
 
         return FakeOperation(gen())
 
-    done = OperationBackend(start).start(Op.STATUS, TargetFunction(0, 1, 0))
+    done = OperationBackend(start).start(  # type: ignore[arg-type]
+        Op.STATUS, TargetFunction(0, 1, 0))
     assert isinstance(done, Done) and done.ok
-    assert json.loads(done.data) == {"value": {"state": "RUN"}}
+    assert json.loads(done_data(done)) == {"value": {"state": "RUN"}}
 
 
 # ---- CLI -------------------------------------------------------------------------------

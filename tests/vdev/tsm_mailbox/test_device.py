@@ -12,18 +12,15 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.mailbox_driver import MailboxDriver
+from tsm.mailbox_protocol import Action, DoeRequest, Done, Op, TargetFunction
 from vdev.endpoint.function import spdm_unsupported_placeholder
 from vdev.pci.device_api import DmaAccess, IrqIndex, RegionIndex
 from vdev.pci.pcie_cap import DEVCAP_TEE
 from vdev.tsm_mailbox.backend import (
-    Action,
-    DoeRequest,
-    Done,
     EchoBackend,
     FailingBackend,
     Script,
     ScriptedBackend,
-    TargetFunction,
     load_scripts,
 )
 from vdev.tsm_mailbox.device import TsmMailboxDevice
@@ -47,7 +44,6 @@ from vdev.tsm_mailbox.protocol import (
     REG_WINDOW_SIZE,
     WINDOW_SIZE,
     ErrorCode,
-    Op,
     Status,
     pack_target,
     unpack_target,
@@ -391,7 +387,7 @@ def test_load_scripts(tmp_path: Path) -> None:
     scripts = load_scripts(f)
     assert scripts[Op.CONNECT][0].requests == (DoeRequest(1, GET_VERSION),)
     assert scripts[Op.CONNECT][1].done == Done(-13, "no")
-    assert scripts[Op.REPORT][0].done.data == b"REPORT"
+    assert scripts[Op.REPORT][0].done.value == b"REPORT"
     f.write_text(json.dumps({"frobnicate": []}))
     with pytest.raises(ValueError, match="unknown operation"):
         load_scripts(f)

@@ -25,22 +25,27 @@ from tests.vdev.tsm_mailbox.test_device import (
     make,
 )
 from tsm import mailbox_backend
-from vdev.tsm_mailbox.backend import Done, Script, ScriptedBackend, TargetFunction
-from vdev.tsm_mailbox.model_adapter import OperationBackend
-from vdev.tsm_mailbox.protocol import (
+from tsm.mailbox_backend import OperationBackend
+from tsm.mailbox_protocol import (
     LOCK_BAR_RECORD_SIZE,
     LOCK_BARS_MAX,
-    REG_IN_LEN,
-    REG_VERSION,
-    VERSION_LOCK_BARS,
-    ErrorCode,
+    Done,
     LockBar,
     LockBarRecord,
     LockDataError,
     Op,
-    Status,
+    TargetFunction,
     build_lock_bars,
     parse_lock_bars,
+)
+from vdev.tsm_mailbox.backend import Script, ScriptedBackend
+from vdev.tsm_mailbox.protocol import (
+    LOCK_DATA_ERRORS,
+    REG_IN_LEN,
+    REG_VERSION,
+    VERSION_LOCK_BARS,
+    ErrorCode,
+    Status,
 )
 
 BARS = (LockBar(0, 0xFE00_0000, 0x1_0000), LockBar(2, 0xFD00_0000, 0x2000))
@@ -91,7 +96,7 @@ def test_parse_refuses_malformed_records(name: str, raw: bytes, code: ErrorCode,
                                          text: str) -> None:
     with pytest.raises(LockDataError) as exc:
         parse_lock_bars(raw)
-    assert exc.value.code == code and text in str(exc.value)
+    assert LOCK_DATA_ERRORS[type(exc.value)] == code and text in str(exc.value)
 
 
 # ---- the device ----------------------------------------------------------------------
@@ -161,18 +166,13 @@ def test_other_operations_take_no_data(op: Op) -> None:
     assert_still_works(drv, dev)
 
 
-# ---- the model adapter ---------------------------------------------------------------
+# ---- the model's backend -------------------------------------------------------------
 
 
 class _Finished:
     done = True
     next_request = None
-
-    class result:  # noqa: N801 - a ModelDone stand-in
-        ok = True
-        reason = "ok"
-        evidence: dict[str, Any] = {}
-        value = None
+    result = Done(0, "ok")
 
     def feed(self, response: bytes) -> None:
         raise AssertionError
@@ -184,16 +184,14 @@ class _Finished:
 def test_adapter_passes_records_only_when_given() -> None:
     calls: list[tuple[Any, ...]] = []
 
-    def start(op: Op, target: TargetFunction, **kw: Any) -> _Finished:
-        calls.append((op, target, kw))
+    def start(op: Op, target: TargetFunction, mmio: tuple[LockBar, ...]) -> _Finished:
+        calls.append((op, target, mmio))
         return _Finished()
 
-    be = OperationBackend(start)
+    be = OperationBackend(start)  # type: ignore[arg-type]
     assert be.start(Op.LOCK, TARGET) == Done(0, "ok")
     assert be.start(Op.LOCK, TARGET, mmio=list(BARS)) == Done(0, "ok")
-    assert calls == [(Op.LOCK, TARGET, {}), (Op.LOCK, TARGET, {"mmio": BARS})]
-    two_args = OperationBackend(lambda op, t: _Finished())  # a 1.0-only start function
-    assert two_args.start(Op.LOCK, TARGET) == Done(0, "ok")
+    assert calls == [(Op.LOCK, TARGET, ()), (Op.LOCK, TARGET, BARS)]
 
 
 # ---- with the TSM model behind the mailbox ---------------------------------------------
@@ -208,7 +206,7 @@ def anchor(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _model_mailbox(anchor: Path) -> tuple[Any, Any]:
     device = make_device()
-    _, drv, _ = make(OperationBackend(mailbox_backend(anchor, None)))
+    _, drv, _ = make(mailbox_backend(anchor, None))
     assert drv.run(Op.CONNECT, device.doe_exchange).result == 0
     return drv, device
 
