@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from spdm.algorithms import AEAD_KEY_SIZE, BaseAsym, BaseHash, Dhe, MeasHash
 from spdm.algorithms import Aead as AeadAlg
+from spdm.errors import CryptoError as CryptoError  # re-exported: raised here
 
 PrivateKey = (
     ec.EllipticCurvePrivateKey
@@ -38,10 +39,6 @@ _HASHLIB: dict[int, str] = {
     BaseHash.SHA_256: "sha256", BaseHash.SHA_384: "sha384", BaseHash.SHA_512: "sha512",
 }
 _MEAS_HASHLIB = {MeasHash.SHA_256: "sha256", MeasHash.SHA_384: "sha384", MeasHash.SHA_512: "sha512"}
-
-
-class CryptoError(Exception):
-    pass
 
 
 # Hash / HMAC / HKDF ---------------------------------------------------------------------

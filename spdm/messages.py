@@ -47,13 +47,10 @@ from spdm.compiled import (
 )
 from spdm.compiled import build as compiled_build
 from spdm.compiled import parse_stream as compiled_parse
+from spdm.errors import MessageFormatError as MessageFormatError  # re-exported: raised here
 
 MEASUREMENT_BLOCK_HEADER_SIZE = 4
 HEADER_SIZE = 4
-
-
-class MessageFormatError(Exception):
-    """The bytes do not match the declaration (length, constant or trailing data)."""
 
 
 def _hdr(code: int) -> list[Any]:

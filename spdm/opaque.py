@@ -39,6 +39,8 @@ from construct import (
     this,
 )
 
+from spdm.errors import OpaqueError as OpaqueError  # re-exported: raised here
+
 SPEC_ID_DMTF = 0x444D5446
 SM_DATA_VERSION = 1
 SM_VERSION_SELECTION = 0
@@ -83,10 +85,6 @@ SmData = Struct(
     "versions" / If(this.sm_id == SM_SUPPORTED_VERSION, Array(this.count, Int16ul)),
     "rest" / GreedyRange(Int8ul),
 )
-
-
-class OpaqueError(Exception):
-    pass
 
 
 def _wrap(data: bytes, fmt1: bool) -> bytes:

@@ -13,7 +13,7 @@ wire object and consumes the peer's reply. The caller owns the transport:
 
 or simply `req.run(op, transport)`. ResponseNotReady/RESPOND_IF_READY, Busy retries,
 CHUNK_GET for large responses and CHUNK_SEND for large requests are handled inside the
-operations. Every response is validated; failures raise ProtocolError subclasses.
+operations. Every response is validated; failures raise PeerError subclasses.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ from spdm.codes import (
 from spdm.errors import (
     CertificateError,
     ErrorResponse,
-    ProtocolError,
+    PeerError,
     RecordAuthenticationError,
     RecordError,
     VerificationError,
@@ -210,8 +210,8 @@ class Operation:
         self._step(response)
 
 
-def _fail(msg: str) -> ProtocolError:
-    return ProtocolError(msg)
+def _fail(msg: str) -> PeerError:
+    return PeerError(msg)
 
 
 class Requester:
@@ -976,7 +976,7 @@ class Requester:
             resp = ack.raw
             if ack.param1 != op or ack.param2 != tag or ack.version != self.conn.version:
                 raise _fail("KEY_UPDATE_ACK does not echo operation/tag")
-        except (RecordError, ProtocolError) as exc:
+        except (RecordError, PeerError) as exc:
             # Restore the old response key, as libspdm does when the ACK fails.
             sess.rsp_keys = saved[0]
             sess.rsp_prot.key, sess.rsp_prot.iv, sess.rsp_prot.seq = saved[1:]

@@ -53,13 +53,18 @@ from spdm.codes import (
     version_entry,
 )
 from spdm.errors import (
+    Busy,
     CertificateError,
     DecryptError,
     InvalidRequest,
     RecordError,
+    RequestTooLarge,
+    SessionLimitExceeded,
+    SessionRequired,
     SpdmError,
     UnexpectedRequest,
     UnsupportedRequest,
+    VersionMismatch,
 )
 from spdm.identity import OID_EKU_REQUESTER_AUTH, OID_EKU_RESPONDER_AUTH, CertSlots, spdm_cert_chain
 from spdm.key_schedule import KeySchedule
@@ -333,7 +338,8 @@ class Responder:
 
         The handler receives the request payload (for PCI-SIG messages this starts with the
         ProtocolID byte) and a VendorRequestContext; it returns the response payload (again
-        starting with ProtocolID for PCI-SIG) or raises SpdmError. With `protocol_id`, the
+        starting with ProtocolID for PCI-SIG) or raises an SpdmError (answered with
+        ERROR of its class's code). With `protocol_id`, the
         handler is chosen by the payload's first byte, so IDE_KM (0) and TDISP (1) can share
         (PCI-SIG 0x0003, vendor b"\\x01\\x00").
         """
@@ -461,15 +467,11 @@ class Responder:
         try:
             resp = self._dispatch(request, hdr, session)
         except SpdmError as exc:
+            # The ERROR code is the exception class's (spdm.errors): a refusal's own
+            # code, InvalidRequest for a malformed message, Unspecified as the last
+            # resort (e.g. a crypto failure), which never escapes the engine.
             self._after_send.clear()
             return self._error_msg(exc.code, exc.data, exc.extended)
-        except MessageFormatError:
-            self._after_send.clear()
-            return self._error_msg(ErrorCode.INVALID_REQUEST)
-        except crypto.CryptoError:
-            # Last resort: never let a crypto failure escape the engine.
-            self._after_send.clear()
-            return self._error_msg(ErrorCode.UNSPECIFIED)
         return self._maybe_large(resp, hdr.code)
 
     def _maybe_large(self, resp: bytes, code: int, overhead: int = 0) -> bytes:
@@ -506,23 +508,23 @@ class Responder:
         # GET_CAPABILITIES picks the version; everything after must carry that version.
         if req == Req.GET_VERSION:
             if hdr.version != V10:
-                raise SpdmError(ErrorCode.VERSION_MISMATCH, reason="GET_VERSION must be 1.0")
+                raise VersionMismatch("GET_VERSION must be 1.0")
         elif self.state == ConnState.AFTER_VERSION and req == Req.GET_CAPABILITIES:
             if hdr.version not in self._common_versions():
-                raise SpdmError(ErrorCode.VERSION_MISMATCH, reason="unsupported version")
+                raise VersionMismatch("unsupported version")
         elif self.state == ConnState.NOT_STARTED or not self.conn.version:
             # Order violations before a version is agreed are UnexpectedRequest, not
             # VersionMismatch: there is nothing to mismatch against yet.
             raise UnexpectedRequest(f"{req.name} before GET_VERSION/GET_CAPABILITIES")
         elif hdr.version != self.conn.version:
-            raise SpdmError(ErrorCode.VERSION_MISMATCH, reason="version differs from negotiated")
+            raise VersionMismatch("version differs from negotiated")
 
         if (
             len(request) > self.config.data_transfer_size
             and self.conn.version >= V12
             and not self._reassembled
         ):
-            raise SpdmError(ErrorCode.REQUEST_TOO_LARGE)
+            raise RequestTooLarge()
 
         next_conn: ConnState | None = self.state
         if session is not None:
@@ -533,7 +535,7 @@ class Responder:
         else:
             if req in SESSION_ONLY_REQUESTS:
                 if self.conn.version >= V12:
-                    raise SpdmError(ErrorCode.SESSION_REQUIRED, reason=req.name)
+                    raise SessionRequired(req.name)
                 raise UnexpectedRequest(f"{req.name} outside a session")
             next_conn = connection_next(self.state, req)
             if next_conn is None:
@@ -543,7 +545,7 @@ class Responder:
         if handler is None:
             raise UnsupportedRequest(req)
         if self.config.busy is not None and req not in NO_DELAY_REQUESTS and self.config.busy(req):
-            raise SpdmError(ErrorCode.BUSY)
+            raise Busy()
 
         # L1/L2 and M1/M2 runs end on the same requests on both sides (transcript module).
         reset_for_request(self.transcript, session.transcript.m if session else None, req,
@@ -570,7 +572,7 @@ class Responder:
     def _respond_if_ready(self, request: bytes, hdr: Any) -> bytes:
         request = self._decode(RespondIfReady, request).raw
         if hdr.version != self.conn.version:
-            raise SpdmError(ErrorCode.VERSION_MISMATCH)
+            raise VersionMismatch()
         if self._pending is None or (hdr.param1, hdr.param2) != self._pending[:2]:
             raise UnexpectedRequest("no matching pending response")
         resp = self._pending[2]
@@ -906,11 +908,11 @@ class Responder:
             sid = (rsp_id << 16) | req_session_id
             if sid not in self.sessions and rsp_id not in (0, 0xFFFF):
                 return sid
-        raise SpdmError(ErrorCode.SESSION_LIMIT_EXCEEDED)
+        raise SessionLimitExceeded()
 
     def _check_session_limit(self) -> None:
         if len(self.sessions) >= self.config.max_sessions:
-            raise SpdmError(ErrorCode.SESSION_LIMIT_EXCEEDED)
+            raise SessionLimitExceeded()
 
     def _new_session(self, req_session_id: int, cert_hash: bytes, psk: bool,
                      secured_version: int) -> Session:
@@ -1171,17 +1173,7 @@ class Responder:
             raise UnsupportedRequest(Req.VENDOR_DEFINED_REQUEST, "no vendor handler")
         ctx = VendorRequestContext(msg.standard_id, vid,
                                    session.session_id if session else None, self.conn.version)
-        try:
-            out = handler(payload, ctx)
-        except SpdmError:
-            raise
-        except Exception as exc:
-            # Protocol engines above us (tdisp.errors.VdmRefused) name the SPDM error they
-            # want via `spdm_error_code`; anything else is a bug and propagates.
-            code = getattr(exc, "spdm_error_code", None)
-            if code is None:
-                raise
-            raise SpdmError(int(code), reason=str(exc)) from exc
+        out = handler(payload, ctx)  # an SpdmError it raises is answered as ERROR
         return encode(
             VendorDefinedResponse,
             {"version": self.conn.version, "standard_id": msg.standard_id, "vendor_id": vid,
@@ -1305,7 +1297,7 @@ class Responder:
                 raise InvalidRequest("last chunk before LargeMessageSize reached")
             if not last and len(st.data) == st.large_size:
                 raise InvalidRequest("LargeMessageSize reached without LastChunk")
-        except (SpdmError, MessageFormatError):
+        except SpdmError:
             self._send_chunks = None
             raise
         embedded = b""
@@ -1318,8 +1310,6 @@ class Responder:
                 embedded = self._dispatch_large(large, h, session)
             except SpdmError as exc:
                 embedded = self._error_msg(exc.code, exc.data, exc.extended)
-            except MessageFormatError:
-                embedded = self._error_msg(ErrorCode.INVALID_REQUEST)
             embedded = self._maybe_large(embedded, 0, overhead=CHUNK_SEND_ACK_HEADER_SIZE)
         return encode(
             ChunkSendAck,

@@ -23,6 +23,7 @@ from tdisp.device_interface import DeviceInterface, InterfaceId, MmioBar
 from tdisp.dispatcher import PciSigVdmDispatcher
 from tdisp.errors import (
     IdeKmStatusError,
+    IdeTdispError,
     MalformedMessage,
     RefusalKind,
     TdispErrorResponse,
@@ -47,6 +48,7 @@ __all__ = [
     "IdeKmRequester",
     "IdeKmResponder",
     "IdeKmStatusError",
+    "IdeTdispError",
     "IdePortInfo",
     "IdeRegisterTarget",
     "InMemoryIdeTarget",

@@ -7,10 +7,11 @@ The SPDM responder calls, for every VENDOR_DEFINED_REQUEST whose StandardID is 0
 
 `payload` starts at the ProtocolID byte; so does the return value, which the SPDM
 layer wraps into a VENDOR_DEFINED_RESPONSE.  `session_id` is None outside a secured
-session.  `VdmRefused` means "no protocol response": answer with SPDM ERROR
-`exc.spdm_error_code`.  When a session ends, call `dispatcher.session_ended(id)`.
+session.  `VdmRefused` means "no protocol response".  When a session ends, call
+`dispatcher.session_ended(id)`.
 
-With spdm/responder.py's registration API (handler(payload, ctx), ctx.session_id):
+As an SPDM responder's vendor handler, which turns `VdmRefused` into the SPDM error
+its class names (tdisp.errors), so the SPDM layer answers with that ERROR:
 
     responder.register_vendor_handler(0x0003, b"\x01\x00", dispatcher.spdm_handler())
 
@@ -21,11 +22,10 @@ ERROR (§11.4.5).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-from tdisp.errors import RefusalKind, VdmRefused
+from spdm.responder import VendorHandler, VendorRequestContext
+from tdisp.errors import MalformedVdm, UnknownProtocol, VdmRefused
 from tdisp.idekm_responder import IdeKmResponder
 from tdisp.responder import TdispResponder
 from tdisp.vendor_defined import PCISIG_VENDOR_ID, STANDARD_ID_PCISIG, ProtocolId
@@ -46,11 +46,14 @@ class PciSigVdmDispatcher:
                 lambda _port, stream, reason: tdisp.ide_stream_insecure(stream, reason)
             )
 
-    def spdm_handler(self) -> Callable[[bytes, Any], bytes]:
-        """Adapter for handlers called as handler(payload, ctx) with ctx.session_id."""
+    def spdm_handler(self) -> VendorHandler:
+        """`handle` as an SPDM vendor handler: a refusal becomes the SPDM error it names."""
 
-        def handler(payload: bytes, ctx: Any) -> bytes:
-            return self.handle(payload, getattr(ctx, "session_id", None))
+        def handler(payload: bytes, ctx: VendorRequestContext) -> bytes:
+            try:
+                return self.handle(payload, ctx.session_id)
+            except VdmRefused as exc:
+                raise exc.spdm_refusal() from exc
 
         return handler
 
@@ -60,13 +63,13 @@ class PciSigVdmDispatcher:
 
     def handle(self, payload: bytes, session_id: int | None) -> bytes:
         if not payload:
-            raise VdmRefused(RefusalKind.MALFORMED, "empty PCI-SIG VDM payload")
+            raise MalformedVdm("empty PCI-SIG VDM payload")
         protocol = payload[0]
         if protocol == ProtocolId.IDE_KM and self.idekm is not None:
             return self.idekm.handle(payload, session_id)
         if protocol == ProtocolId.TDISP and self.tdisp is not None:
             return self.tdisp.handle(payload, session_id)
-        raise VdmRefused(RefusalKind.UNKNOWN_PROTOCOL, f"PCI-SIG protocol 0x{protocol:02x}")
+        raise UnknownProtocol(f"PCI-SIG protocol 0x{protocol:02x}")
 
     def session_ended(self, session_id: int) -> None:
         # TDISP first: its ERROR transition is caused by the session, not by the

@@ -1,30 +1,41 @@
-"""Exceptions shared by the IDE_KM and TDISP engines.
+"""Every exception the tdisp package (IDE_KM and TDISP) raises: one root, `IdeTdispError`.
 
-Two families:
+    IdeTdispError
+    +-- VdmRefused             responder: the request gets no IDE_KM/TDISP response at all;
+    |                          the SPDM layer answers ERROR `spdm_error` (class attribute)
+    +-- TdispRequestError      responder: answered with TDISP_ERROR `code` (class attribute,
+    |                          one subclass per PCIe 6.2 §11.3.17 ERROR_CODE)
+    +-- TdispProtocolError     requester: the device's response is not acceptable
+        +-- MalformedMessage, UnexpectedResponse, TdispErrorResponse, IdeKmStatusError
 
-* Responder side: `VdmRefused` is raised by a handler when the PCI-SIG vendor-defined
-  protocol defines *no* response for a request (IDE_KM has no error message at all,
-  PCIe 6.2 §6.33.3; TDISP requires a secured session, §11.3).  The SPDM responder maps
-  it to an SPDM ERROR; `spdm_error_code` is the code we suggest.  `TdispRequestError`
-  is internal to the TDISP responder and becomes a TDISP_ERROR message on the wire.
-* Requester side: `MalformedMessage` (bytes do not match the declaration),
-  `UnexpectedResponse` (well-formed but not what was asked for) and
-  `TdispErrorResponse` (the device answered TDISP_ERROR), all `TdispProtocolError`.
+IDE_KM has no error message at all (PCIe 6.2 §6.33.3) and TDISP requires a secured
+session (§11.3), so a request that cannot be answered within the protocol is refused at
+the SPDM level: `VdmRefused`'s subclasses name the SPDM error class the carrier raises
+(`VdmRefused.spdm_refusal`, raised by `PciSigVdmDispatcher.spdm_handler`), or the
+transport may drop the request (tee-io-validator IdeKmTestCase 5.1 only checks that no
+IDE_KM response comes back).
 """
 
 from __future__ import annotations
 
 import enum
+from typing import ClassVar
+
+from spdm.errors import (
+    InvalidRequest,
+    RequestRefused,
+    SessionRequired,
+    UnexpectedRequest,
+    UnsupportedRequest,
+)
+from tdisp.codes import ErrorCode, error_name
 
 
-class SpdmErrorHint(enum.IntEnum):
-    """DSP0274 §10.10 ERROR codes we suggest to the SPDM layer for a refused VDM."""
+class IdeTdispError(Exception):
+    """Root of the tdisp package's exceptions."""
 
-    INVALID_REQUEST = 0x01
-    BUSY = 0x03
-    UNEXPECTED_REQUEST = 0x04
-    UNSUPPORTED_REQUEST = 0x07
-    SESSION_REQUIRED = 0x0B
+
+# ---- responder side: no protocol response -------------------------------------------
 
 
 class RefusalKind(enum.Enum):
@@ -35,31 +46,121 @@ class RefusalKind(enum.Enum):
     INVALID_STATE = "invalid-state"  # e.g. K_SET_GO for a key set never programmed
 
 
-_HINTS = {
-    RefusalKind.NO_SESSION: SpdmErrorHint.SESSION_REQUIRED,
-    RefusalKind.OTHER_SESSION: SpdmErrorHint.UNEXPECTED_REQUEST,
-    RefusalKind.MALFORMED: SpdmErrorHint.INVALID_REQUEST,
-    RefusalKind.UNKNOWN_PROTOCOL: SpdmErrorHint.UNSUPPORTED_REQUEST,
-    RefusalKind.INVALID_STATE: SpdmErrorHint.UNEXPECTED_REQUEST,
-}
+class VdmRefused(IdeTdispError):
+    """The vendor-defined request gets no protocol-level response; the SPDM layer
+    answers with an SPDM ERROR of class `spdm_error`."""
 
+    kind: ClassVar[RefusalKind]
+    spdm_error: ClassVar[type[RequestRefused]]
 
-class VdmRefused(Exception):
-    """The vendor-defined request gets no protocol-level response.
-
-    The SPDM responder should answer with an SPDM ERROR (`spdm_error_code`), or drop
-    the request where its transport allows (tee-io-validator IdeKmTestCase 5.1 only
-    checks that no IDE_KM response comes back).
-    """
-
-    def __init__(self, kind: RefusalKind, reason: str) -> None:
-        self.kind = kind
+    def __init__(self, reason: str) -> None:
         self.reason = reason
-        self.spdm_error_code = int(_HINTS[kind])
-        super().__init__(f"{kind.value}: {reason}")
+        super().__init__(f"{self.kind.value}: {reason}")
+
+    def spdm_refusal(self) -> RequestRefused:
+        """The SPDM-level error the carrier raises instead."""
+        return self.spdm_error(str(self))
 
 
-class TdispProtocolError(Exception):
+class NoSession(VdmRefused):
+    kind = RefusalKind.NO_SESSION
+    spdm_error = SessionRequired
+
+
+class OtherSession(VdmRefused):
+    kind = RefusalKind.OTHER_SESSION
+    spdm_error = UnexpectedRequest
+
+
+class MalformedVdm(VdmRefused):
+    kind = RefusalKind.MALFORMED
+    spdm_error = InvalidRequest
+
+
+class UnknownProtocol(VdmRefused):
+    kind = RefusalKind.UNKNOWN_PROTOCOL
+    spdm_error = UnsupportedRequest
+
+    def spdm_refusal(self) -> RequestRefused:
+        return UnsupportedRequest(0, str(self))  # ErrorData 0: no SPDM request code of its own
+
+
+class NoKeys(VdmRefused):
+    kind = RefusalKind.INVALID_STATE
+    spdm_error = UnexpectedRequest
+
+
+# ---- responder side: TDISP_ERROR ----------------------------------------------------
+
+
+class TdispRequestError(IdeTdispError):
+    """Raised inside the TDISP responder; becomes a TDISP_ERROR response with the class's
+    `code` (PCIe 6.2 §11.3.17)."""
+
+    code: ClassVar[ErrorCode] = ErrorCode.UNSPECIFIED
+    _by_code: ClassVar[dict[ErrorCode, type[TdispRequestError]]] = {}
+
+    def __init__(self, reason: str = "", data: int = 0, extended: bytes = b"") -> None:
+        self.reason = reason
+        self.data = data
+        self.extended = extended
+        name = self.code.name
+        super().__init__(f"{name}: {reason}" if reason else name)
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        TdispRequestError._by_code[cls.code] = cls
+
+    @staticmethod
+    def for_code(code: ErrorCode) -> type[TdispRequestError]:
+        """The class of a code a transition table names (tdisp.tdi_state)."""
+        return TdispRequestError._by_code[code]
+
+
+class InvalidTdispRequest(TdispRequestError):
+    code = ErrorCode.INVALID_REQUEST
+
+
+class TdispBusy(TdispRequestError):
+    code = ErrorCode.BUSY
+
+
+class InvalidInterfaceState(TdispRequestError):
+    code = ErrorCode.INVALID_INTERFACE_STATE
+
+
+class TdispUnspecified(TdispRequestError):
+    code = ErrorCode.UNSPECIFIED
+
+
+class UnsupportedTdispRequest(TdispRequestError):
+    code = ErrorCode.UNSUPPORTED_REQUEST
+
+
+class TdispVersionMismatch(TdispRequestError):
+    code = ErrorCode.VERSION_MISMATCH
+
+
+class InvalidInterface(TdispRequestError):
+    code = ErrorCode.INVALID_INTERFACE
+
+
+class InvalidNonce(TdispRequestError):
+    code = ErrorCode.INVALID_NONCE
+
+
+class InsufficientEntropy(TdispRequestError):
+    code = ErrorCode.INSUFFICIENT_ENTROPY
+
+
+class InvalidDeviceConfiguration(TdispRequestError):
+    code = ErrorCode.INVALID_DEVICE_CONFIGURATION
+
+
+# ---- requester side -----------------------------------------------------------------
+
+
+class TdispProtocolError(IdeTdispError):
     """Requester side: the device's response is not acceptable."""
 
 
@@ -72,7 +173,7 @@ class UnexpectedResponse(TdispProtocolError):
 
 
 class TdispErrorResponse(TdispProtocolError):
-    """The device answered TDISP_ERROR (PCIe 6.2 §11.3.17)."""
+    """The device answered TDISP_ERROR (PCIe 6.2 §11.3.17); `code` is the one it sent."""
 
     def __init__(self, code: int, name: str, data: int, extended: bytes) -> None:
         self.code = code
@@ -89,3 +190,32 @@ class IdeKmStatusError(TdispProtocolError):
         self.status = status
         self.name = name
         super().__init__(f"KP_ACK status {name} ({status})")
+
+
+__all__ = [
+    "IdeTdispError",
+    "InsufficientEntropy",
+    "InvalidDeviceConfiguration",
+    "InvalidInterface",
+    "InvalidInterfaceState",
+    "InvalidNonce",
+    "InvalidTdispRequest",
+    "IdeKmStatusError",
+    "MalformedMessage",
+    "MalformedVdm",
+    "NoKeys",
+    "NoSession",
+    "OtherSession",
+    "RefusalKind",
+    "TdispBusy",
+    "TdispErrorResponse",
+    "TdispProtocolError",
+    "TdispRequestError",
+    "TdispUnspecified",
+    "TdispVersionMismatch",
+    "UnexpectedResponse",
+    "UnknownProtocol",
+    "UnsupportedTdispRequest",
+    "VdmRefused",
+    "error_name",
+]

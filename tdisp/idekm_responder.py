@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from tdisp.errors import MalformedMessage, RefusalKind, VdmRefused
+from tdisp.errors import MalformedMessage, MalformedVdm, NoKeys, NoSession, OtherSession
 from tdisp.ide_target import IdeRegisterTarget
 from tdisp.idekm_messages import (
     INITIAL_IFV,
@@ -91,16 +91,14 @@ class IdeKmResponder:
 
     def handle(self, payload: bytes, session_id: int | None) -> bytes:
         if len(payload) < 2 or payload[0] != ProtocolId.IDE_KM:
-            raise VdmRefused(RefusalKind.MALFORMED, "not an IDE_KM object")
+            raise MalformedVdm("not an IDE_KM object")
         if session_id is None:
-            raise VdmRefused(RefusalKind.NO_SESSION, "IDE_KM outside a secured session")
+            raise NoSession("IDE_KM outside a secured session")
         if self.policy.single_session:
             if self.owner_session is None:
                 self.owner_session = session_id
             elif self.owner_session != session_id:
-                raise VdmRefused(
-                    RefusalKind.OTHER_SESSION,
-                    f"IDE_KM in use by session 0x{self.owner_session:08x}",
+                raise OtherSession(f"IDE_KM in use by session 0x{self.owner_session:08x}",
                 )
         object_id = payload[1]
         if object_id == ObjectId.QUERY:
@@ -109,7 +107,7 @@ class IdeKmResponder:
             return self._key_prog(payload, session_id)
         if object_id in (ObjectId.K_SET_GO, ObjectId.K_SET_STOP):
             return self._k_set(payload, session_id, go=object_id == ObjectId.K_SET_GO)
-        raise VdmRefused(RefusalKind.MALFORMED, f"IDE_KM object 0x{object_id:02x} is no request")
+        raise MalformedVdm(f"IDE_KM object 0x{object_id:02x} is no request")
 
     def session_ended(self, session_id: int) -> None:
         """§11.4.5: keys configured over an ended session are invalid; streams go Insecure."""
@@ -147,10 +145,10 @@ class IdeKmResponder:
         try:
             query = Query.parse(payload)
         except MalformedMessage as exc:
-            raise VdmRefused(RefusalKind.MALFORMED, str(exc)) from exc
+            raise MalformedVdm(str(exc)) from exc
         info = self.target.port_info(query.port_index)
         if info is None:
-            raise VdmRefused(RefusalKind.MALFORMED, f"QUERY for unknown port {query.port_index}")
+            raise MalformedVdm(f"QUERY for unknown port {query.port_index}")
         self.log.append(f"QUERY port {query.port_index}")
         return QueryResp(
             query.port_index,
@@ -203,7 +201,7 @@ class IdeKmResponder:
         try:
             slot = (KSetGo.parse(payload) if go else KSetStop.parse(payload)).slot
         except MalformedMessage as exc:
-            raise VdmRefused(RefusalKind.MALFORMED, str(exc)) from exc
+            raise MalformedVdm(str(exc)) from exc
         key = (slot.port_index, slot.stream_id, slot.key_set, slot.tx, slot.sub_stream)
         name = "K_SET_GO" if go else "K_SET_STOP"
         # K_GOSTOP_ACK has no status field (§6.33.3), so addressing errors get no ACK.
@@ -213,10 +211,10 @@ class IdeKmResponder:
             or slot.sub_stream > SubStream.CPL
             or slot.key_sub_stream & KSS_RESERVED_MASK
         ):
-            raise VdmRefused(RefusalKind.MALFORMED, f"{name} for {slot.describe()}")
+            raise MalformedVdm(f"{name} for {slot.describe()}")
         if go:
             if not self.target.key_set_go(*key):
-                raise VdmRefused(RefusalKind.INVALID_STATE, f"{name} {slot.describe()}: no key")
+                raise NoKeys(f"{name} {slot.describe()}: no key")
             rec = self.records.get(key)
             if rec is not None:
                 rec.go = True

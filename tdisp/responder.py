@@ -44,14 +44,26 @@ from tdisp.codes import (
     LOCK_FLAGS_RESERVED,
     NONCE_SIZE,
     TDISP_VERSION_10,
-    ErrorCode,
     LockFlags,
     MmioAttr,
     RequestCode,
     TdiState,
 )
 from tdisp.device_interface import DeviceInterface, InterfaceId
-from tdisp.errors import MalformedMessage, RefusalKind, VdmRefused
+from tdisp.errors import (
+    InsufficientEntropy,
+    InvalidInterface,
+    InvalidInterfaceState,
+    InvalidNonce,
+    InvalidTdispRequest,
+    MalformedMessage,
+    MalformedVdm,
+    NoSession,
+    TdispRequestError,
+    TdispUnspecified,
+    TdispVersionMismatch,
+    UnsupportedTdispRequest,
+)
 from tdisp.interface_report import InterfaceReport, LockParams, report_for_lock
 from tdisp.messages import (
     HEADER_SIZE,
@@ -102,19 +114,6 @@ class IdeKeyStatus(Protocol):
 
 
 VendorHandler = Callable[[VdmRequest], VdmResponse]
-
-
-class TdispRequestError(Exception):
-    """Raised inside the responder; becomes a TDISP_ERROR response."""
-
-    def __init__(
-        self, code: ErrorCode, reason: str = "", data: int = 0, extended: bytes = b""
-    ) -> None:
-        self.code = code
-        self.reason = reason
-        self.data = data
-        self.extended = extended
-        super().__init__(f"{code.name}: {reason}" if reason else code.name)
 
 
 @dataclass
@@ -215,9 +214,9 @@ class TdispResponder:
     def handle(self, payload: bytes, session_id: int | None) -> bytes:
         """VDM payload in (ProtocolID 0x01 first), VDM payload out."""
         if not payload or payload[0] != ProtocolId.TDISP:
-            raise VdmRefused(RefusalKind.MALFORMED, "not a TDISP VDM payload")
+            raise MalformedVdm("not a TDISP VDM payload")
         if session_id is None and self.policy.require_session:
-            raise VdmRefused(RefusalKind.NO_SESSION, "TDISP outside a secured session")
+            raise NoSession("TDISP outside a secured session")
         return bytes([ProtocolId.TDISP]) + self.handle_message(payload[1:], session_id)
 
     def handle_message(self, data: bytes, session_id: int | None) -> bytes:
@@ -257,39 +256,39 @@ class TdispResponder:
 
     def _dispatch(self, data: bytes, session_id: int | None) -> TdispMessage:
         if len(data) < HEADER_SIZE:
-            raise TdispRequestError(ErrorCode.INVALID_REQUEST, "shorter than the TDISP header")
+            raise InvalidTdispRequest("shorter than the TDISP header")
         header = decode_header(data)
         if header.version != TDISP_VERSION_10:
-            raise TdispRequestError(
-                ErrorCode.VERSION_MISMATCH, f"TDISPVersion 0x{header.version:02x}"
+            raise TdispVersionMismatch(
+                f"TDISPVersion 0x{header.version:02x}"
             )
         code = header.message_type
         cls = REQUESTS.get(code)
         if cls is None or code not in self.supported_requests:
-            raise TdispRequestError(
-                ErrorCode.UNSUPPORTED_REQUEST, f"message type 0x{code:02x}", data=code
+            raise UnsupportedTdispRequest(
+                f"message type 0x{code:02x}", data=code
             )
         tdi = self.tdis.get(header.interface_id.function_id)
         if tdi is None:
-            raise TdispRequestError(ErrorCode.INVALID_INTERFACE, f"no TDI {header.interface_id}")
+            raise InvalidInterface(f"no TDI {header.interface_id}")
         try:
             request = decode_body(cls, header, data)
         except MalformedMessage as exc:
-            raise TdispRequestError(ErrorCode.INVALID_REQUEST, str(exc)) from exc
+            raise InvalidTdispRequest(str(exc)) from exc
         return self._handlers[code](tdi, request, session_id)
 
     @staticmethod
     def _require_state(tdi: Tdi, states: frozenset[TdiState], what: str) -> None:
         if tdi.state not in states:
-            raise TdispRequestError(
-                ErrorCode.INVALID_INTERFACE_STATE, f"{what} in {tdi.state.name}"
+            raise InvalidInterfaceState(
+                f"{what} in {tdi.state.name}"
             )
 
     @staticmethod
     def _fire(tdi: Tdi, event: TdiEvent, reason: str = "") -> None:
         out = tdi.machine.fire(event, reason)
         if isinstance(out, Reject):
-            raise TdispRequestError(out.error, f"{event.value} in {tdi.state.name}")
+            raise TdispRequestError.for_code(out.error)(f"{event.value} in {tdi.state.name}")
 
     # ---- requests -------------------------------------------------------------
 
@@ -314,12 +313,12 @@ class TdispResponder:
         assert isinstance(req, LockInterfaceRequest)
         outcome = tdi.machine.outcome(TdiEvent.LOCK)
         if isinstance(outcome, Reject):
-            raise TdispRequestError(outcome.error, f"LOCK in {tdi.state.name}")
+            raise TdispRequestError.for_code(outcome.error)(f"LOCK in {tdi.state.name}")
         if req.flags & LOCK_FLAGS_RESERVED:
-            raise TdispRequestError(ErrorCode.INVALID_REQUEST, f"reserved flags 0x{req.flags:x}")
+            raise InvalidTdispRequest(f"reserved flags 0x{req.flags:x}")
         if req.flags & ~self.policy.effective_lock_flags:
-            raise TdispRequestError(
-                ErrorCode.INVALID_REQUEST, f"unsupported lock flags 0x{req.flags:x}"
+            raise InvalidTdispRequest(
+                f"unsupported lock flags 0x{req.flags:x}"
             )
         if self.policy.lock_requires_ide_keys and not (
             self.ide is not None
@@ -328,8 +327,7 @@ class TdispResponder:
                 req.default_stream_id, session_id, self.policy.lock_requires_key_set_go
             )
         ):
-            raise TdispRequestError(
-                ErrorCode.INVALID_REQUEST,
+            raise InvalidTdispRequest(
                 f"IDE keys of stream {req.default_stream_id} not programmed on this session",
             )
         params = LockParams(
@@ -337,10 +335,10 @@ class TdispResponder:
         )
         report = report_for_lock(tdi.description, params).encode()
         if len(report) > MAX_REPORT_SIZE:
-            raise TdispRequestError(ErrorCode.UNSPECIFIED, "interface report too large")
+            raise TdispUnspecified("interface report too large")
         nonce = self.random_bytes(NONCE_SIZE)
         if len(nonce) != NONCE_SIZE:
-            raise TdispRequestError(ErrorCode.INSUFFICIENT_ENTROPY, "nonce source failed")
+            raise InsufficientEntropy("nonce source failed")
         sid = "none" if session_id is None else f"0x{session_id:08x}"
         self._fire(
             tdi,
@@ -356,8 +354,7 @@ class TdispResponder:
         assert tdi.lock is not None
         report = tdi.lock.report
         if req.offset >= len(report) or req.length == 0:
-            raise TdispRequestError(
-                ErrorCode.INVALID_REQUEST,
+            raise InvalidTdispRequest(
                 f"offset {req.offset} length {req.length} for a {len(report)}-byte report",
             )
         size = min(req.length, self.policy.max_report_portion, len(report) - req.offset)
@@ -372,12 +369,12 @@ class TdispResponder:
         assert isinstance(req, StartInterfaceRequest)
         outcome = tdi.machine.outcome(TdiEvent.START)
         if isinstance(outcome, Reject):
-            raise TdispRequestError(outcome.error, f"START in {tdi.state.name}")
+            raise TdispRequestError.for_code(outcome.error)(f"START in {tdi.state.name}")
         assert tdi.lock is not None
         if tdi.lock.nonce is None or not hmac.compare_digest(tdi.lock.nonce, req.nonce):
-            raise TdispRequestError(ErrorCode.INVALID_NONCE, "START nonce mismatch")
+            raise InvalidNonce("START nonce mismatch")
         if self.policy.start_requires_lock_session and tdi.lock.session_id != session_id:
-            raise TdispRequestError(ErrorCode.INVALID_REQUEST, "START on another session")
+            raise InvalidTdispRequest("START on another session")
         self._fire(tdi, TdiEvent.START)
         tdi.lock.nonce = None
         return StartInterfaceResponse(req.interface_id)
@@ -392,7 +389,7 @@ class TdispResponder:
         self._require_state(tdi, self.policy.p2p_states, "BIND_P2P_STREAM_REQUEST")
         assert tdi.lock is not None
         if not tdi.lock.params.flags & LockFlags.BIND_P2P:
-            raise TdispRequestError(ErrorCode.INVALID_REQUEST, "TDI locked without BIND_P2P")
+            raise InvalidTdispRequest("TDI locked without BIND_P2P")
         tdi.lock.p2p_streams.add(req.p2p_stream_id)
         return BindP2pStreamResponse(req.interface_id)
 
@@ -401,8 +398,8 @@ class TdispResponder:
         self._require_state(tdi, self.policy.p2p_states, "UNBIND_P2P_STREAM_REQUEST")
         assert tdi.lock is not None
         if req.p2p_stream_id not in tdi.lock.p2p_streams:
-            raise TdispRequestError(
-                ErrorCode.INVALID_REQUEST, f"P2P stream {req.p2p_stream_id} not bound"
+            raise InvalidTdispRequest(
+                f"P2P stream {req.p2p_stream_id} not bound"
             )
         tdi.lock.p2p_streams.discard(req.p2p_stream_id)
         return UnbindP2pStreamResponse(req.interface_id)
@@ -421,7 +418,7 @@ class TdispResponder:
             ) and r.range_attributes & MmioAttr.UPDATABLE:
                 tdi.lock.mmio_updates[want.range_id] = want.range_attributes
                 return SetMmioAttributeResponse(req.interface_id)
-        raise TdispRequestError(ErrorCode.INVALID_REQUEST, "no updatable range matches")
+        raise InvalidTdispRequest("no updatable range matches")
 
     def _vdm(self, tdi: Tdi, req: TdispMessage, session_id: int | None) -> TdispMessage:
         assert isinstance(req, VdmRequest)

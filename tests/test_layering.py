@@ -19,7 +19,8 @@ PRODUCT = ("spdm", "tdisp", "tsm", "vdev")
 
 # Bottom to top.  Units in one layer do not import each other.
 LAYERS: list[set[str]] = [
-    {"spdm", "tdisp"},               # protocol engines (sans-IO)
+    {"spdm"},                         # SPDM engines (sans-IO)
+    {"tdisp"},                        # IDE_KM and TDISP engines, carried by SPDM (sans-IO)
     {"tsm"},                          # the platform TSM model, above both engines
     {"vdev.doe", "vdev.profiles"},    # DOE register machine; device profiles
     {"vdev.pci"},                     # config space, capabilities, the device contract

@@ -8,6 +8,7 @@ Modules, one concept each:
     operations    TsmOperation (next_request / feed / fail / result)
     model         TsmModel, TsmConfig: connect, lock, report, start, stop, disconnect,
                   heartbeat, key_update, status
+    errors        TsmError and its subclasses; errno_of, describe (lookups by class)
     device_ref    DeviceRef (DSM segment/bus/devfn, TDI INTERFACE_IDs), ExpectedBar
     reference_values  ReferenceValues: measurement reference values (TOML/JSON)
     root_port     RootPortIde: the root port's end of the IDE stream
@@ -17,6 +18,7 @@ Modules, one concept each:
 """
 
 from tsm.device_ref import DeviceRef, ExpectedBar
+from tsm.errors import TsmError, errno_of
 from tsm.mailbox_backend import OperationBackend, load_trust_anchors, mailbox_backend
 from tsm.mailbox_protocol import DoeRequest, Done, Op, TargetFunction, TsmBackend
 from tsm.model import TsmConfig, TsmModel
@@ -38,9 +40,11 @@ __all__ = [
     "TargetFunction",
     "TsmBackend",
     "TsmConfig",
+    "TsmError",
     "TsmModel",
     "TsmOperation",
     "load_trust_anchors",
+    "errno_of",
     "mailbox_backend",
     "mirror_of",
 ]

@@ -28,12 +28,15 @@ key material.  `done_data()` is what the mailbox puts in its OUT window with DON
 from __future__ import annotations
 
 import enum
+import errno as errno_mod
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from construct import Bytes, GreedyRange, Int8ul, Int64ul, Struct
+
+from tsm.errors import TsmError
 
 
 class Op(enum.IntEnum):
@@ -93,8 +96,10 @@ class LockBar:
     size: int
 
 
-class LockDataError(ValueError):
+class LockDataError(TsmError, ValueError):
     """Malformed LOCK data (the device reports the subclass's ERROR code)."""
+
+    errno = errno_mod.EINVAL
 
 
 class LockDataLengthError(LockDataError):

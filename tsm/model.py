@@ -51,17 +51,13 @@ from cryptography import x509
 from spdm.codes import ErrorCode as SpdmErrorCode
 from spdm.codes import RspCap
 from spdm.errors import (
-    CertificateError,
     ErrorResponse,
-    ProtocolError,
-    RecordAuthenticationError,
-    VerificationError,
+    PeerError,
 )
 from spdm.requester import Operation, Requester, RequesterConfig
-from tdisp.codes import ErrorCode as TdispErrorCode
 from tdisp.codes import LockFlags, TdiState
 from tdisp.device_interface import InterfaceId
-from tdisp.errors import IdeKmStatusError, TdispErrorResponse, TdispProtocolError
+from tdisp.errors import TdispProtocolError
 from tdisp.idekm_messages import IFV_SIZE, INITIAL_IFV, KEY_SIZE, KeySlot, QueryResp, SubStream
 from tdisp.interface_report import InterfaceReport
 from tdisp.messages import TdispCapabilities
@@ -69,15 +65,20 @@ from tdisp.requesters import IdeKmRequester, TdispRequester, stream_slots
 from tdisp.vendor_defined import PCISIG_VENDOR_ID, STANDARD_ID_PCISIG
 from tsm import evidence as ev
 from tsm.device_ref import DeviceRef, ExpectedBar
+from tsm.errors import (
+    NotConnected,
+    PolicyViolation,
+    ReportMismatch,
+    TdiNotRunning,
+    TransportFailure,
+    TsmStateError,
+    describe,
+    errno_of,
+)
 from tsm.ide_query import selective_stream_ids
 from tsm.mailbox_protocol import DoeRequest, Done
-from tsm.operations import (
-    OpGen,
-    Progress,
-    TransportFailure,
-    TsmOperation,
-)
-from tsm.reference_values import PolicyViolation, ReferenceValues
+from tsm.operations import OpGen, Progress, TsmOperation
+from tsm.reference_values import ReferenceValues
 from tsm.report_check import check_report
 from tsm.root_port import RootPortIde
 
@@ -95,26 +96,6 @@ SESSION_LOST_ERRORS = frozenset(
 )
 
 Authentication = Literal["measurements", "challenge", "both"]
-
-
-class TsmStateError(Exception):
-    """The operation is not possible in the model's current state."""
-
-
-class NotConnected(TsmStateError):
-    """An operation that needs the SPDM session, without one (-ENOTCONN)."""
-
-
-class TdiNotRunning(TsmStateError):
-    """START was acknowledged, yet the device reports the TDI in another state."""
-
-    def __init__(self, message: str, state: TdiState) -> None:
-        super().__init__(message)
-        self.state = state
-
-
-class ReportMismatch(Exception):
-    """The interface report disagrees with the host's view of the BARs."""
 
 
 @dataclass
@@ -354,7 +335,7 @@ class TsmModel:
             return True  # the request may have consumed a sequence number (DSP0277)
         if isinstance(error, ErrorResponse):
             return error.code in SESSION_LOST_ERRORS
-        return isinstance(error, ProtocolError)  # e.g. a response record failed to open
+        return isinstance(error, PeerError)  # e.g. a response record failed to open
 
     def _reset_connection(self) -> None:
         self._req = Requester(self._requester_config())
@@ -771,79 +752,3 @@ class TsmModel:
 
 # Errors the device answered with (as opposed to a dead transport).
 _DEVICE_REFUSALS = (ErrorResponse, TdispProtocolError)
-
-
-# TDISP_ERROR codes (§11.3.17) that say more than "the device refused": a Busy TDI is
-# worth retrying (as SPDM Busy), and a START_INTERFACE_NONCE the device does not accept
-# is a refused credential -- START was not authorised -- not a device failure.
-_TDISP_ERRNOS: dict[int, int] = {
-    TdispErrorCode.BUSY: -errno.EBUSY,
-    TdispErrorCode.INVALID_NONCE: -errno.EACCES,
-}
-
-
-def errno_of(error: BaseException) -> int:
-    """The negative errno a relay reports for a failed operation (see `Done.errno`):
-
-    transport (the relay's own errno, e.g. pci_doe's -EIO / -ETIMEDOUT)  that errno
-    untrusted chain, bad signature or verify data, policy, report   -EACCES
-    a secured response record that does not authenticate             -EBADMSG
-    malformed / unexpected / wrong-version SPDM, IDE_KM, TDISP reply  -EPROTO
-    the device answered SPDM ERROR Busy (after the retries)           -EBUSY
-    TDISP_ERROR BUSY (the TDI is busy: try again, like SPDM Busy)     -EBUSY
-    TDISP_ERROR INVALID_NONCE (START's nonce refused by the device)   -EACCES
-    other SPDM ERROR, TDISP_ERROR, KP_ACK status (a device refusal)   -EIO
-    after START the device reports a state other than RUN    -EPROTO (ERROR: -EIO)
-    TSM state (not connected / bad request)                  -ENOTCONN / -EINVAL
-    anything else                                                     -EIO
-    """
-    if isinstance(error, TransportFailure):
-        if isinstance(error.cause, int) and error.cause:
-            return -abs(error.cause)
-        return -errno.EIO
-    if isinstance(error, (CertificateError, PolicyViolation, ReportMismatch)):
-        return -errno.EACCES
-    if isinstance(error, TdiNotRunning):
-        # START was acknowledged, yet the device reports another state: a device gone
-        # to ERROR failed (-EIO); any other state contradicts its own answer.
-        return -errno.EIO if error.state == TdiState.ERROR else -errno.EPROTO
-    if isinstance(error, NotConnected):
-        return -errno.ENOTCONN
-    if isinstance(error, TsmStateError):
-        return -errno.EINVAL
-    if isinstance(error, ErrorResponse):
-        return -errno.EBUSY if error.code == SpdmErrorCode.BUSY else -errno.EIO
-    if isinstance(error, TdispErrorResponse):
-        return _TDISP_ERRNOS.get(error.code, -errno.EIO)
-    if isinstance(error, IdeKmStatusError):
-        return -errno.EIO
-    if isinstance(error, VerificationError):
-        return -errno.EACCES
-    if isinstance(error, RecordAuthenticationError):
-        return -errno.EBADMSG
-    if isinstance(error, ProtocolError):
-        return -errno.EPROTO
-    if isinstance(error, TdispProtocolError):
-        return -errno.EPROTO
-    return -errno.EIO
-
-
-def describe(error: BaseException) -> str:
-    """A readable reason for a failed operation."""
-    if isinstance(error, CertificateError):
-        return f"certificate chain not trusted: {error}"
-    if isinstance(error, ErrorResponse):
-        return f"device answered SPDM ERROR: {error}"
-    if isinstance(error, ProtocolError):
-        return f"SPDM protocol error: {error}"
-    if isinstance(error, TdispErrorResponse):
-        return f"device answered {error}"
-    if isinstance(error, IdeKmStatusError):
-        return f"device refused the key: {error}"
-    if isinstance(error, TdispProtocolError):
-        return f"bad IDE_KM/TDISP response: {error}"
-    if isinstance(error, PolicyViolation):
-        return f"measurement policy violated: {error}"
-    if isinstance(error, (TransportFailure, TsmStateError, ReportMismatch)):
-        return str(error)
-    return f"{type(error).__name__}: {error}"

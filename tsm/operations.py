@@ -23,28 +23,12 @@ misbehaving device.
 
 from __future__ import annotations
 
-import errno as errno_mod
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
+from tsm.errors import TransportFailure
 from tsm.mailbox_protocol import DoeRequest, Done
-
-
-class TransportFailure(Exception):
-    """Injected into an operation by `fail()`: the DOE exchange did not complete."""
-
-    def __init__(self, cause: int | str) -> None:
-        self.cause = cause
-        super().__init__(describe_transport_failure(cause))
-
-
-def describe_transport_failure(cause: int | str) -> str:
-    if isinstance(cause, int):
-        code = abs(cause)
-        name = errno_mod.errorcode.get(code, "?")
-        return f"transport failure: errno {cause} ({'-' if cause < 0 else ''}{name})"
-    return f"transport failure: {cause}"
 
 
 @dataclass

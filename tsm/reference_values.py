@@ -35,14 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from spdm.measurements import RAW_BIT_STREAM_FLAG, MeasurementType, ParsedBlock
-
-
-class PolicyError(ValueError):
-    """The reference-values file is malformed."""
-
-
-class PolicyViolation(Exception):
-    """The device's evidence does not meet the policy (reason names index/expected/got)."""
+from tsm.errors import PolicyError as PolicyError  # raised here
 
 
 @dataclass(frozen=True)

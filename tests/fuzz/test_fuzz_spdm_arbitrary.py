@@ -157,8 +157,8 @@ def test_mutated_session_messages_never_crash(version: int, which: int, pos: int
        st.integers(0, 255), st.booleans())
 def test_requester_rejects_mutated_responses_cleanly(version: int, which: int, pos: int,
                                                      value: int, truncate: bool) -> None:
-    """A corrupted response makes the requester raise ProtocolError, nothing else."""
-    from spdm.errors import ProtocolError
+    """A corrupted response makes the requester raise PeerError, nothing else."""
+    from spdm.errors import PeerError
 
     link = make_link(identity_for("ecdsa-p256"), req={"versions": (version,)})
     count = {"n": 0}
@@ -186,7 +186,7 @@ def test_requester_rejects_mutated_responses_cleanly(version: int, which: int, p
             sid = link.session(meas_summary=1)
             link.run(r.heartbeat(sid))
             link.run(r.psk_exchange(b"hint"))
-    except ProtocolError:
+    except PeerError:
         pass
 
 
@@ -195,7 +195,7 @@ def test_requester_rejects_mutated_responses_cleanly(version: int, which: int, p
 @given(st.integers(0, 12), st.integers(0, 300), st.integers(0, 255), st.booleans())
 def test_requester_rejects_mutated_records_cleanly(which: int, pos: int, value: int,
                                                    truncate: bool) -> None:
-    from spdm.errors import ProtocolError
+    from spdm.errors import PeerError
 
     link = make_link(identity_for("ecdsa-p256"))
     link.connect()
@@ -222,5 +222,5 @@ def test_requester_rejects_mutated_records_cleanly(which: int, pos: int, value: 
         link.run(r.get_measurements(session_id=sid))
         link.run(r.key_update(sid))
         link.run(r.vendor_defined(3, b"\x01\x00", b"\x09", sid))
-    except ProtocolError:
+    except PeerError:
         pass

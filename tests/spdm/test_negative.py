@@ -10,7 +10,7 @@ import pytest
 
 from spdm import messages as m
 from spdm.codes import ErrorCode, Req
-from spdm.errors import ErrorResponse, ProtocolError
+from spdm.errors import ErrorResponse, PeerError
 from spdm.identity import DeviceIdentity
 from spdm.requester import Outgoing
 from spdm.responder import Responder
@@ -317,7 +317,7 @@ def _flip_last(b: bytes) -> bytes:
 def test_requester_rejects_bad_signature(p384_identity: DeviceIdentity, code: int) -> None:
     link = _connected(p384_identity)
     _tamper_response(link, code, _flip_last)
-    with pytest.raises(ProtocolError, match="signature"):
+    with pytest.raises(PeerError, match="signature"):
         if code == 0x03:
             link.run(link.requester.challenge())
         else:
@@ -327,7 +327,7 @@ def test_requester_rejects_bad_signature(p384_identity: DeviceIdentity, code: in
 def test_requester_rejects_bad_key_exchange_rsp(p384_identity: DeviceIdentity) -> None:
     link = _connected(p384_identity)
     _tamper_response(link, 0x64, _flip_last)
-    with pytest.raises(ProtocolError, match="VerifyData"):
+    with pytest.raises(PeerError, match="VerifyData"):
         link.session()
 
 
@@ -344,7 +344,7 @@ def test_requester_rejects_bad_vca(p384_identity: DeviceIdentity, code: int,
                                    mutate: Callable[[bytes], bytes]) -> None:
     link = make_link(p384_identity)
     _tamper_response(link, code, mutate)
-    with pytest.raises(ProtocolError):
+    with pytest.raises(PeerError):
         link.run(link.requester.init_connection())
 
 
@@ -353,7 +353,7 @@ def test_requester_rejects_digest_mismatch(p384_identity: DeviceIdentity) -> Non
     link.run(link.requester.init_connection())
     link.run(link.requester.get_digests())
     link.requester.digests[0] = bytes(48)
-    with pytest.raises(ProtocolError):
+    with pytest.raises(PeerError):
         link.run(link.requester.get_certificate(0))
 
 

@@ -194,7 +194,7 @@ def test_outside_session_refused(rsp: IdeKmResponder) -> None:
     with pytest.raises(VdmRefused) as exc:
         rsp.handle(Query(0).build(), None)
     assert exc.value.kind is RefusalKind.NO_SESSION
-    assert exc.value.spdm_error_code == 0x0B  # SessionRequired
+    assert exc.value.spdm_refusal().code == 0x0B  # SessionRequired
 
 
 def test_second_session_ignored_until_first_ends(

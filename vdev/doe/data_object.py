@@ -21,6 +21,11 @@ from typing import Any
 
 from construct import ExprAdapter, Int8ul, Int16ul, Int32ul, Padding, Struct
 
+
+class DoeError(Exception):
+    """Root of the DOE package's exceptions (vdev.doe)."""
+
+
 PCI_SIG_VENDOR_ID = 0x0001
 DOE_TYPE_DISCOVERY = 0x00
 DOE_TYPE_CMA_SPDM = 0x01

@@ -65,7 +65,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from vdev.doe import data_object as doe_object
-from vdev.doe.data_object import DISCOVERY, HEADER_DW, MAX_OBJECT_DW, DoeProtocolId
+from vdev.doe.data_object import DISCOVERY, HEADER_DW, MAX_OBJECT_DW, DoeError, DoeProtocolId
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ TRANSITIONS: dict[tuple[MailboxState, MailboxEvent], MailboxState] = {
 del S, E
 
 
-class DoeRejected(Exception):
+class DoeRejected(DoeError):
     """Raised internally when GO cannot produce a response; the message is the reason."""
 
 

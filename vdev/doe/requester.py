@@ -13,6 +13,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from vdev.doe.data_object import DoeError
 from vdev.doe.mailbox import (
     CTRL_ABORT,
     CTRL_GO,
@@ -33,7 +34,7 @@ Read32 = Callable[[int], int]
 Write32 = Callable[[int, int], None]
 
 
-class DoeIoError(Exception):
+class DoeIoError(DoeError):
     """The mailbox reported ERROR, stayed BUSY, or answered malformed."""
 
 

@@ -59,7 +59,7 @@ from typing import Any
 
 from spdm import algorithms as alg
 from spdm.identity import CertSlots, DeviceIdentity
-from spdm.responder import Responder, ResponderConfig
+from spdm.responder import Responder, ResponderConfig, VendorRequestContext
 from spdm.secured_message import DOE_TRANSPORT, TransportParams
 from tdisp.device_interface import DeviceInterface, InterfaceId, MmioBar
 from tdisp.dispatcher import PciSigVdmDispatcher
@@ -149,6 +149,7 @@ class TeeDevice(TeeIoEndpoint):
             random_bytes=random_bytes,
         )
         self.vdm = PciSigVdmDispatcher(self.idekm, self.tdisp)
+        self._vdm_handler = self.vdm.spdm_handler()
 
         # Capabilities and algorithm priorities from the profile; an algorithm list the
         # profile leaves empty keeps the responder's default (everything we implement).
@@ -222,10 +223,10 @@ class TeeDevice(TeeIoEndpoint):
 
     # ---- SPDM ------------------------------------------------------------------------
 
-    def _vendor_defined(self, payload: bytes, ctx: Any) -> bytes:
+    def _vendor_defined(self, payload: bytes, ctx: VendorRequestContext) -> bytes:
         if payload[:1] == bytes([ProtocolId.TDISP]):
             self._refresh_interface()
-        return self.vdm.handle(payload, getattr(ctx, "session_id", None))
+        return self._vdm_handler(payload, ctx)
 
     def spdm_message(self, doe_type: int, payload: bytes) -> tuple[int, bytes]:
         """One SPDM (type 1) or secured SPDM (type 2) message -> (reply type, reply)."""

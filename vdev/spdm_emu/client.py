@@ -32,13 +32,10 @@ from vdev.spdm_emu.frame import (
     Command,
     Frame,
     FrameDecoder,
+    SpdmEmuError,
     TransportType,
 )
 from vdev.spdm_emu.mctp import MctpMessageType
-
-
-class SpdmEmuError(Exception):
-    """The server answered something other than what the request calls for."""
 
 
 class SpdmEmuClient:

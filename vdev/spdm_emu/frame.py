@@ -57,7 +57,12 @@ TRANSPORT_NAMES = {"none": TransportType.NONE, "mctp": TransportType.MCTP,
                    "pci_doe": TransportType.PCI_DOE}
 
 
-class FrameError(Exception):
+class SpdmEmuError(Exception):
+    """Root of the spdm_emu adapter's exceptions; raised as such by the client when the
+    server answers something other than what the request calls for."""
+
+
+class FrameError(SpdmEmuError):
     """The byte stream is not a sequence of valid frames."""
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from spdm.errors import ProtocolError
+from spdm.errors import PeerError
 from tdisp.codes import LockFlags, TdiState
 from tdisp.errors import TdispErrorResponse
 from tests.helpers.secure_host import BAR0_ADDRESS, STREAM_ID, SecureHost, sel_offset, tdi_state
@@ -101,7 +101,7 @@ def test_flr_can_end_sessions(state_dir: Path) -> None:
     assert tdi_state(host.device) == TdiState.CONFIG_UNLOCKED
     assert not host.device.responder.sessions
     assert host.session_id is not None
-    with pytest.raises(ProtocolError):
+    with pytest.raises(PeerError):
         host.run(host.requester.heartbeat(host.session_id))
 
 

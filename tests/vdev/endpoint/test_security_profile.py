@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from spdm.codes import V12, V13
-from spdm.errors import ProtocolError
+from spdm.errors import PeerError
 from spdm.requester import Requester, RequesterConfig
 from tdisp.codes import TdiState
 from tdisp.device_interface import InterfaceId
@@ -62,7 +62,7 @@ def test_versions_offered_are_the_profile_ones(state_dir: Path) -> None:
     old = make_host(state_dir)
     old.requester = Requester(RequesterConfig(versions=(0x10, 0x11),
                                               trust_anchors=[old.trust_anchor]))
-    with pytest.raises(ProtocolError):
+    with pytest.raises(PeerError):
         old.run(old.requester.init_connection())
 
 

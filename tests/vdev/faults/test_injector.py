@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from spdm.errors import ErrorResponse, ProtocolError
+from spdm.errors import ErrorResponse, PeerError
 from spdm.requester import Outgoing
 from tests.helpers.secure_host import ConfigPort, SecureHost
 from tests.vdev.faults.rig import DOE_CAP, FaultRig
@@ -40,7 +40,7 @@ def test_corrupt_key_exchange_rsp_fails_signature(state_dir: Path,
                                                   caplog: pytest.LogCaptureFixture) -> None:
     rig = Rig(state_dir, "corrupt:KEY_EXCHANGE:nth=1")
     rig.host.authenticate()
-    with caplog.at_level(logging.WARNING), pytest.raises(ProtocolError) as exc:
+    with caplog.at_level(logging.WARNING), pytest.raises(PeerError) as exc:
         rig.host.open_session()
     text = str(exc.value).lower()
     assert "verif" in text or "signature" in text or "hmac" in text
@@ -62,7 +62,7 @@ def test_error_every_exhausts_busy_retries(state_dir: Path) -> None:
 
 def test_truncate_is_malformed(state_dir: Path) -> None:
     rig = Rig(state_dir, "truncate:GET_CAPABILITIES:length=6")
-    with pytest.raises(ProtocolError):
+    with pytest.raises(PeerError):
         rig.host.run(rig.host.requester.init_connection())
     assert rig.events and rig.events[0].startswith("truncate CAPABILITIES #1")
 
@@ -108,7 +108,7 @@ def test_doe_error_sets_error_bit(state_dir: Path) -> None:
 def test_secured_corrupt_breaks_record(state_dir: Path) -> None:
     rig = Rig(state_dir, "corrupt:secured:nth=1")
     rig.host.authenticate()
-    with pytest.raises(ProtocolError):
+    with pytest.raises(PeerError):
         rig.host.open_session()  # FINISH is the first secured record (HANDSHAKE_IN_THE_CLEAR off)
 
 

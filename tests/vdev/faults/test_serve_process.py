@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from spdm.errors import ErrorResponse, ProtocolError
+from spdm.errors import ErrorResponse, PeerError
 from tests.helpers.vfio_host import host_over
 from vdev.endpoint.tee_device import TeeDevice
 from vdev.vfio_user.client import VfioUserClient
@@ -82,7 +82,7 @@ def test_fault_from_the_command_line_fires_once_and_is_traced(served: Served) ->
         host.authenticate()
         # The last byte of KEY_EXCHANGE_RSP is ResponderVerifyData: the requester
         # refuses the session the device offered.
-        with pytest.raises(ProtocolError, match="ResponderVerifyData mismatch"):
+        with pytest.raises(PeerError, match="ResponderVerifyData mismatch"):
             host.open_session()
         armed = ctl(served.control, "faults", "list")["armed"]
         assert [pick(r) for r in armed] == [

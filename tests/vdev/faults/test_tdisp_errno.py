@@ -13,7 +13,7 @@ import pytest
 from tdisp.codes import ErrorCode, TdiState
 from tdisp.errors import IdeKmStatusError, TdispErrorResponse
 from tests.vdev.faults.test_message_faults import Rig
-from tsm.model import NotConnected, TdiNotRunning, TsmStateError, errno_of
+from tsm.errors import NotConnected, TdiNotRunning, TsmStateError, errno_of
 
 
 def test_tdisp_busy_to_lock_is_ebusy(state_dir: Path) -> None:
