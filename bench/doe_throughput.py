@@ -30,7 +30,7 @@ from typing import Any
 
 from spdm.algorithms import BaseAsym, BaseHash
 from spdm.messages import GetCertificate, encode
-from spdm.requester import Outgoing, Requester, RequesterConfig
+from spdm.requester import AlgorithmOffer, Outgoing, Requester, RequesterConfig
 from vdev.doe.requester import DoeRequester
 from vdev.pci.device_api import RegionIndex
 from vdev.vfio_user.client import VfioUserClient
@@ -115,8 +115,8 @@ def run_doe_throughput(workdir: Path, seconds: float = 2.0) -> dict[str, Any]:
 
             doe = DoeRequester(rd, wr, DOE_CAP)
             doe.abort()
-            req = Requester(RequesterConfig(trust_anchors=[], base_asym=int(BaseAsym.RSASSA_4096),
-                                            base_hash=int(BaseHash.SHA_384)))
+            req = Requester(RequesterConfig(trust_anchors=[], algorithms=AlgorithmOffer(
+                base_asym=int(BaseAsym.RSASSA_4096), base_hash=int(BaseHash.SHA_384))))
 
             def transport(out: Outgoing) -> bytes:
                 return doe.exchange_bytes(out.doe_type, out.data)

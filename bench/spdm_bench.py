@@ -23,7 +23,7 @@ from cryptography import x509
 from spdm.algorithms import Aead, BaseAsym, BaseHash, Dhe
 from spdm.identity import CertSlots, DeviceIdentity, IdentityParams, generate_identity
 from spdm.measurements import default_measurements
-from spdm.requester import Outgoing, Requester, RequesterConfig
+from spdm.requester import AlgorithmOffer, Outgoing, Requester, RequesterConfig
 from spdm.responder import Responder, ResponderConfig
 from vdev.vm.env import REPO
 
@@ -40,10 +40,10 @@ SETS: dict[str, dict[str, Any]] = {
 
 
 def _requester(alg: dict[str, Any], anchors: list[x509.Certificate]) -> Requester:
-    return Requester(RequesterConfig(
-        trust_anchors=anchors, base_asym=int(alg["base_asym"]), base_hash=int(alg["base_hash"]),
+    return Requester(RequesterConfig(trust_anchors=anchors, algorithms=AlgorithmOffer(
+        base_asym=int(alg["base_asym"]), base_hash=int(alg["base_hash"]),
         dhe=int(alg["dhe"]), aead=int(alg["aead"]),
-    ))
+    )))
 
 
 def handshake(req: Requester, transport: Any) -> None:

@@ -61,6 +61,7 @@ from spdm.errors import (
     RecordError,
     VerificationError,
 )
+from spdm.hooks import RequesterHooks
 from spdm.identity import DeviceIdentity
 from spdm.key_schedule import KeySchedule
 from spdm.measurements import ParsedBlock, parse_record
@@ -151,36 +152,42 @@ class Outgoing:
 
 
 @dataclass
-class RequesterConfig:
-    versions: Sequence[int] = (V10, V11, V12, V13)
-    capabilities: int = int(DEFAULT_REQ_CAPS)
-    ct_exponent: int = 12
-    data_transfer_size: int = 4096
-    max_spdm_msg_size: int = 65536
+class AlgorithmOffer:
+    """What NEGOTIATE_ALGORITHMS offers, as bit masks of each field (DSP0274)."""
+
     base_asym: int = alg.mask_of(alg.SUPPORTED_ASYM)
     base_hash: int = alg.mask_of(alg.SUPPORTED_HASH)
     dhe: int = alg.mask_of(alg.SUPPORTED_DHE)
     aead: int = alg.mask_of(alg.SUPPORTED_AEAD)
     req_base_asym: int = alg.mask_of(alg.SUPPORTED_ASYM)
+
+
+@dataclass
+class RequesterConfig:
+    """How the requester speaks SPDM.  Observers are not settings: they are
+    `spdm.hooks.RequesterHooks`, given to the Requester beside this."""
+
+    # -- GET_VERSION / GET_CAPABILITIES / NEGOTIATE_ALGORITHMS
+    versions: Sequence[int] = (V10, V11, V12, V13)
+    capabilities: int = int(DEFAULT_REQ_CAPS)
+    ct_exponent: int = 12
+    data_transfer_size: int = 4096
+    max_spdm_msg_size: int = 65536
+    algorithms: AlgorithmOffer = field(default_factory=AlgorithmOffer)
     other_params: int = OPAQUE_FMT_1
+    busy_retries: int = 3
+    # -- authenticating the responder
     trust_anchors: Sequence[x509.Certificate] = ()
     cert_policy: CertPolicy = field(default_factory=CertPolicy)
-    now: Callable[[], datetime.datetime] | None = None
-    identity: DeviceIdentity | None = None  # for mutual authentication
+    # -- our own identity (mutual authentication) and pre-shared keys (hint -> PSK)
+    identity: DeviceIdentity | None = None
     psk: dict[bytes, bytes] = field(default_factory=dict)
+    # -- sessions
     secured_versions: Sequence[int] = opaque.DEFAULT_SECURED_VERSIONS
     transport: TransportParams = field(default_factory=lambda: DOE_TRANSPORT)
-    busy_retries: int = 3
+    # -- injected sources: the engine reads no clock and draws no randomness of its own
     random: Callable[[int], bytes] = os.urandom
-    # Opt-in debugging aid ONLY: receives ("DHE Secret" | "PSK", bytes) per session so that
-    # traces can be decrypted with spdm_dump (--dhe_secret / --psk). Never set by default;
-    # the engine itself never logs secrets.
-    secret_sink: Callable[[str, bytes], None] | None = None
-    # Observer for adapter-level tracing (vdev.trace): called with ("request" | "response",
-    # session id, plaintext SPDM message) for every secured message, right before the
-    # request is sealed and right after the response record is opened.  A pure callback:
-    # the engine does no I/O; it must not raise.
-    message_observer: Callable[[str, int, bytes], None] | None = None
+    now: Callable[[], datetime.datetime] | None = None
 
 
 Gen = Generator[Outgoing, bytes, Any]
@@ -215,8 +222,11 @@ def _fail(msg: str) -> PeerError:
 
 
 class Requester:
-    def __init__(self, config: RequesterConfig | None = None) -> None:
+    def __init__(
+        self, config: RequesterConfig | None = None, hooks: RequesterHooks | None = None
+    ) -> None:
         self.config = config or RequesterConfig()
+        self.hooks = hooks or RequesterHooks()
         self.conn = ConnectionInfo()
         self.transcript = ConnectionTranscript()
         self.authenticated = False  # a CHALLENGE completed on this connection
@@ -246,12 +256,12 @@ class Requester:
         return op.result
 
     def _reveal(self, label: str, secret: bytes) -> None:
-        if self.config.secret_sink is not None:
-            self.config.secret_sink(label, secret)
+        if self.hooks.secret_sink is not None:
+            self.hooks.secret_sink(label, secret)
 
     def _observe(self, direction: str, session: Session, plaintext: bytes) -> None:
-        if self.config.message_observer is not None:
-            self.config.message_observer(direction, session.session_id, plaintext)
+        if self.hooks.message_observer is not None:
+            self.hooks.message_observer(direction, session.session_id, plaintext)
 
     def _now(self) -> datetime.datetime:
         return self.config.now() if self.config.now else datetime.datetime.now(datetime.UTC)
@@ -468,23 +478,24 @@ class Requester:
     def _negotiate_algorithms(self) -> Gen:
         v = self.conn.version
         c = self.config
+        offer = c.algorithms
         structs = []
         session_caps = c.capabilities & (ReqCap.KEY_EX | ReqCap.PSK)
         if v >= V11:
             if session_caps:
                 if c.capabilities & ReqCap.KEY_EX:
-                    structs.append({"alg_type": AlgType.DHE, "supported": c.dhe})
-                structs.append({"alg_type": AlgType.AEAD, "supported": c.aead})
+                    structs.append({"alg_type": AlgType.DHE, "supported": offer.dhe})
+                structs.append({"alg_type": AlgType.AEAD, "supported": offer.aead})
             if c.capabilities & ReqCap.MUT_AUTH and c.identity is not None:
                 structs.append({"alg_type": AlgType.REQ_BASE_ASYM,
-                                "supported": c.req_base_asym & c.identity.asym_mask() & 0xFFFF})
+                                "supported": offer.req_base_asym & c.identity.asym_mask() & 0xFFFF})
             if session_caps:
                 structs.append({"alg_type": AlgType.KEY_SCHEDULE,
                                 "supported": int(alg.KeySchedule.SPDM)})
         req = encode(NegotiateAlgorithms, {
             "version": v, "param1": len(structs), "meas_spec": MEAS_SPEC_DMTF,
             "other_params": c.other_params if v >= V12 else 0,
-            "base_asym": c.base_asym, "base_hash": c.base_hash, "alg_structs": structs,
+            "base_asym": offer.base_asym, "base_hash": offer.base_hash, "alg_structs": structs,
         })
         resp = yield from self._exchange(req, expect=Rsp.ALGORITHMS)
         msg = self._decode(Algorithms, resp)
@@ -492,10 +503,10 @@ class Requester:
         if msg.length != len(resp):
             raise _fail("ALGORITHMS Length mismatch")
         rsp_caps = self.conn.rsp_caps
-        if not alg.check_selected(msg.base_hash_sel, c.base_hash):
+        if not alg.check_selected(msg.base_hash_sel, offer.base_hash):
             raise _fail("BaseHashSel invalid")
         needs_asym = rsp_caps & (RspCap.CERT | RspCap.CHAL | RspCap.MEAS_SIG | RspCap.KEY_EX)
-        if not alg.check_selected(msg.base_asym_sel, c.base_asym, allow_zero=not needs_asym):
+        if not alg.check_selected(msg.base_asym_sel, offer.base_asym, allow_zero=not needs_asym):
             raise _fail("BaseAsymSel invalid")
         if rsp_caps & MEAS_CAP_MASK:
             if msg.meas_spec_sel != MEAS_SPEC_DMTF:

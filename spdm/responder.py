@@ -66,6 +66,7 @@ from spdm.errors import (
     UnsupportedRequest,
     VersionMismatch,
 )
+from spdm.hooks import ResponderHooks
 from spdm.identity import OID_EKU_REQUESTER_AUTH, OID_EKU_RESPONDER_AUTH, CertSlots, spdm_cert_chain
 from spdm.key_schedule import KeySchedule
 from spdm.measurements import Measurement, MeasurementProvider, block_bytes, summary_hash
@@ -165,68 +166,60 @@ class VendorRequestContext:
         return self.session_id is not None
 
 
-MessageInterceptor = Callable[[int | None, bytes, Callable[[bytes], bytes]], bytes]
 VendorHandler = Callable[[bytes, VendorRequestContext], bytes]
 
 
 @dataclass
+class AlgorithmPriorities:
+    """The responder's choice per NEGOTIATE_ALGORITHMS field: the first algorithm in each
+    sequence that the requester also offers wins (DSP0274 ALGORITHMS)."""
+
+    asym: Sequence[int] = alg.SUPPORTED_ASYM
+    hash: Sequence[int] = alg.SUPPORTED_HASH
+    meas_hash: Sequence[int] = alg.SUPPORTED_MEAS_HASH
+    dhe: Sequence[int] = alg.SUPPORTED_DHE
+    aead: Sequence[int] = alg.SUPPORTED_AEAD
+    req_asym: Sequence[int] = alg.SUPPORTED_ASYM
+
+
+@dataclass
 class ResponderConfig:
+    """How the responder speaks SPDM.  Observation and fault seams are not settings:
+    they are `spdm.hooks.ResponderHooks`, given to the Responder beside this."""
+
+    # -- GET_VERSION / GET_CAPABILITIES / NEGOTIATE_ALGORITHMS
     versions: Sequence[int] = (V10, V11, V12, V13)
     capabilities: int = int(DEFAULT_RSP_CAPS)
     ct_exponent: int = 12
     # DOE replies to QEMU must fit in 4608 bytes with DOE header and record overhead.
     data_transfer_size: int = 4096
     max_spdm_msg_size: int = 65536
+    rdt_exponent: int = 10  # ResponseNotReady: RDTExponent of the delay asked for
+    algorithms: AlgorithmPriorities = field(default_factory=AlgorithmPriorities)
+    # -- identity and evidence: certificate slots, measurements
     slots: CertSlots = field(default_factory=CertSlots)
     measurements: MeasurementProvider | None = None
-    asym_priority: Sequence[int] = alg.SUPPORTED_ASYM
-    hash_priority: Sequence[int] = alg.SUPPORTED_HASH
-    meas_hash_priority: Sequence[int] = alg.SUPPORTED_MEAS_HASH
-    dhe_priority: Sequence[int] = alg.SUPPORTED_DHE
-    aead_priority: Sequence[int] = alg.SUPPORTED_AEAD
-    req_asym_priority: Sequence[int] = alg.SUPPORTED_ASYM
-    # Mutual authentication: requested only when this is set AND the requester advertised
-    # MUT_AUTH_CAP (docs/protocols.md §8.3). The requester's chain must be known beforehand
-    # (basic flow, MutAuthRequested bit 0); SPDM chain bytes are built per hash.
+    # -- mutual authentication: requested only when set AND the requester advertised
+    # MUT_AUTH_CAP (docs/protocols.md §8.3).  The requester's chain must be known
+    # beforehand (basic flow, MutAuthRequested bit 0); SPDM chain bytes are built per hash.
     mut_auth: bool = False
     requester_chain_der: Sequence[bytes] = ()
     requester_trust_anchors: Sequence[x509.Certificate] = ()
-    psk_lookup: Callable[[bytes], bytes | None] | None = None
+    # -- sessions
+    psk_lookup: Callable[[bytes], bytes | None] | None = None  # PSKHint -> PSK
     psk_salt: bytes | None = None
     heartbeat_period: int = 0
     max_sessions: int = 4
     secured_versions: Sequence[int] = opaque.DEFAULT_SECURED_VERSIONS
     transport: TransportParams = field(default_factory=lambda: DOE_TRANSPORT)
     terminate_session_on_decrypt_error: bool = True
-    # Test/fault hooks: return True to answer Busy / ResponseNotReady for a request code.
-    busy: Callable[[int], bool] | None = None
-    not_ready: Callable[[int], bool] | None = None
-    rdt_exponent: int = 10
+    # -- injected sources: the engine reads no clock and draws no randomness of its own
     random: Callable[[int], bytes] = os.urandom
-    # Opt-in debugging aid ONLY: receives ("DHE Secret" | "PSK", bytes) per session so that
-    # traces can be decrypted with spdm_dump (--dhe_secret / --psk). Never set by default;
-    # the engine itself never logs secrets.
-    secret_sink: Callable[[str, bytes], None] | None = None
     # Clock for validating the requester's certificates (mutual authentication).
     now: Callable[[], datetime.datetime] | None = None
     # Monotonic seconds, for HeartbeatPeriod enforcement: a session with no message for
     # 2 x HeartbeatPeriod is terminated (DSP0274 HEARTBEAT). None disables the check.
     monotonic: Callable[[], float] | None = None
-    # Observers: called with the session id when a session reaches the application phase
-    # (after FINISH_RSP / PSK_FINISH_RSP is sent) and when it ends for any reason
-    # (END_SESSION, DecryptError, heartbeat expiry, GET_VERSION, reset()).
-    on_session_established: Callable[[int], None] | None = None
-    on_session_end: Callable[[int], None] | None = None
-    # Observer for adapter-level tracing (vdev.trace): called with ("request" | "response",
-    # session id, plaintext SPDM message) for every secured message, right after the
-    # request record is opened and right before the response is sealed.  A pure callback:
-    # the engine does no I/O; it must not raise.
-    message_observer: Callable[[str, int, bytes], None] | None = None
-    # Fault-injection seam (vdev.faults), outside the engine: called for every plaintext
-    # request -- DOE type 1, or a secured record after it was opened -- with (session id
-    # or None, request, process), where process(request) runs the engine and returns its
-    # response; whatever the interceptor returns is what goes out (sealed when secured).
-    message_interceptor: MessageInterceptor | None = None
 
 
 # Requests that may not be answered with ResponseNotReady (DSP0274 ERROR clause, ResponseNotReady).
@@ -276,8 +269,11 @@ class _ChunkGetState:
 
 
 class Responder:
-    def __init__(self, config: ResponderConfig | None = None) -> None:
+    def __init__(
+        self, config: ResponderConfig | None = None, hooks: ResponderHooks | None = None
+    ) -> None:
         self.config = config or ResponderConfig()
+        self.hooks = hooks or ResponderHooks()
         self._vendor: dict[tuple[int, bytes, int | None], VendorHandler] = {}
         self.sessions: dict[int, Session] = {}
         self._handlers: dict[Req, Callable[[bytes, Any, Session | None], bytes]] = {
@@ -386,7 +382,7 @@ class Responder:
             if self.config.terminate_session_on_decrypt_error:
                 self._drop_session(session)
             return 1, self._error_msg(ErrorCode.DECRYPT_ERROR)
-        observe = self.config.message_observer
+        observe = self.hooks.message_observer
         if observe is not None:
             observe("request", session.session_id, plaintext)
         resp = self._intercepted(plaintext, session, secured=True)
@@ -417,8 +413,8 @@ class Responder:
         return now - last > 2 * session.heartbeat_period
 
     def _reveal(self, label: str, secret: bytes) -> None:
-        if self.config.secret_sink is not None:
-            self.config.secret_sink(label, secret)
+        if self.hooks.secret_sink is not None:
+            self.hooks.secret_sink(label, secret)
 
     def _run_after_send(self) -> None:
         actions, self._after_send = self._after_send, []
@@ -427,8 +423,8 @@ class Responder:
 
     def _establish(self, session: Session, th2: bytes) -> None:
         session.install_data_keys(th2)
-        if self.config.on_session_established is not None:
-            self.config.on_session_established(session.session_id)
+        if self.hooks.on_session_established is not None:
+            self.hooks.on_session_established(session.session_id)
 
     def _clear_sessions(self) -> None:
         for session in list(self.sessions.values()):
@@ -437,8 +433,8 @@ class Responder:
     def _drop_session(self, session: Session) -> None:
         if self.sessions.pop(session.session_id, None) is not None:
             session.state = SessionState.ENDED
-            if self.config.on_session_end is not None:
-                self.config.on_session_end(session.session_id)
+            if self.hooks.on_session_end is not None:
+                self.hooks.on_session_end(session.session_id)
         if self._handshake_clear_session is session:
             self._handshake_clear_session = None
 
@@ -453,7 +449,7 @@ class Responder:
         )
 
     def _intercepted(self, request: bytes, session: Session | None, *, secured: bool) -> bytes:
-        intercept = self.config.message_interceptor
+        intercept = self.hooks.message_interceptor
         if intercept is None:
             return self._process(request, session, secured=secured)
         return intercept(session.session_id if session is not None else None, request,
@@ -544,7 +540,7 @@ class Responder:
         handler = self._handlers.get(req)
         if handler is None:
             raise UnsupportedRequest(req)
-        if self.config.busy is not None and req not in NO_DELAY_REQUESTS and self.config.busy(req):
+        if self.hooks.busy is not None and req not in NO_DELAY_REQUESTS and self.hooks.busy(req):
             raise Busy()
 
         # L1/L2 and M1/M2 runs end on the same requests on both sides (transcript module).
@@ -555,9 +551,9 @@ class Responder:
         if session is None and next_conn is not None:
             self.state = next_conn
         if (
-            self.config.not_ready is not None
+            self.hooks.not_ready is not None
             and req not in NO_DELAY_REQUESTS
-            and self.config.not_ready(req)
+            and self.hooks.not_ready(req)
         ):
             self._token = (self._token + 1) & 0xFF
             self._pending = (int(req), self._token, resp)
@@ -676,11 +672,11 @@ class Responder:
         structs = {s.alg_type: s.supported for s in msg.alg_structs}
 
         meas_spec = MEAS_SPEC_DMTF if caps & MEAS_CAP_MASK and msg.meas_spec & 1 else 0
-        meas_hash = alg.select(alg.mask_of(self.config.meas_hash_priority),
-                               self.config.meas_hash_priority) if meas_spec else 0
+        meas_hash = alg.select(alg.mask_of(self.config.algorithms.meas_hash),
+                               self.config.algorithms.meas_hash) if meas_spec else 0
         asym_ok = msg.base_asym & self._slot_asym_mask()
-        base_asym = alg.select(asym_ok, self.config.asym_priority)
-        base_hash = alg.select(msg.base_hash, self.config.hash_priority)
+        base_asym = alg.select(asym_ok, self.config.algorithms.asym)
+        base_hash = alg.select(msg.base_hash, self.config.algorithms.hash)
         if not base_hash:
             raise InvalidRequest("no common hash algorithm")
         other = 0
@@ -698,13 +694,13 @@ class Responder:
             caps & (RspCap.PSK | RspCap.PSK_WITH_CONTEXT))
         dhe = aead = ks = req_asym = 0
         if key_ex:
-            dhe = alg.select(structs.get(AlgType.DHE, 0), self.config.dhe_priority)
+            dhe = alg.select(structs.get(AlgType.DHE, 0), self.config.algorithms.dhe)
         if key_ex or psk:
-            aead = alg.select(structs.get(AlgType.AEAD, 0), self.config.aead_priority)
+            aead = alg.select(structs.get(AlgType.AEAD, 0), self.config.algorithms.aead)
             ks = structs.get(AlgType.KEY_SCHEDULE, 0) & alg.KeySchedule.SPDM
         if self.conn.both(ReqCap.MUT_AUTH, RspCap.MUT_AUTH):
             req_asym = alg.select(structs.get(AlgType.REQ_BASE_ASYM, 0),
-                                  self.config.req_asym_priority)
+                                  self.config.algorithms.req_asym)
         self.conn.algorithms = NegotiatedAlgorithms(
             meas_spec=meas_spec, other_params=other, meas_hash=meas_hash,
             base_asym=base_asym, base_hash=base_hash, dhe=dhe, aead=aead,

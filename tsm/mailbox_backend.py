@@ -27,6 +27,7 @@ from pathlib import Path
 
 from cryptography import x509
 
+from spdm.hooks import RequesterHooks
 from tsm.device_ref import DeviceRef, ExpectedBar
 from tsm.mailbox_protocol import Action, Done, LockBar, Op, TargetFunction
 from tsm.model import TsmConfig, TsmModel
@@ -93,14 +94,16 @@ class OperationBackend:
         return done
 
 
-def model_operations(config: TsmConfig) -> StartOperation:
+def model_operations(
+    config: TsmConfig, spdm_hooks: RequesterHooks | None = None
+) -> StartOperation:
     """Start TSM model operations for mailbox ops, one model per DSM."""
     models: dict[tuple[int, int, int], TsmModel] = {}
 
     def model_for(target: TargetFunction) -> TsmModel:
         key = (target.segment, target.bus, target.devfn & ~7)
         if key not in models:
-            models[key] = TsmModel(DeviceRef(*key), config)
+            models[key] = TsmModel(DeviceRef(*key), config, spdm_hooks)
         return models[key]
 
     def start(op: Op, target: TargetFunction, mmio: Sequence[LockBar]) -> TsmOperation:
@@ -131,12 +134,13 @@ def model_operations(config: TsmConfig) -> StartOperation:
 
 def mailbox_backend(
     trust_anchor: Path, policy: Path | None, config: TsmConfig | None = None,
-    on_done: OnDone | None = None,
+    on_done: OnDone | None = None, spdm_hooks: RequesterHooks | None = None,
 ) -> OperationBackend:
     """The TSM model, trusting the root(s) in `trust_anchor` and checking measurements
-    against the reference values in `policy`; `config` gives the other settings."""
+    against the reference values in `policy`; `config` gives the other settings,
+    `spdm_hooks` the SPDM requester's observers (tracing)."""
     base = config or TsmConfig(trust_anchors=())
     cfg = replace(base, trust_anchors=load_trust_anchors(trust_anchor),
                   reference_values=ReferenceValues.load(policy) if policy else None,
                   policy_file=str(policy) if policy else None)
-    return OperationBackend(model_operations(cfg), on_done)
+    return OperationBackend(model_operations(cfg, spdm_hooks), on_done)

@@ -54,7 +54,9 @@ from spdm.errors import (
     ErrorResponse,
     PeerError,
 )
+from spdm.hooks import RequesterHooks
 from spdm.requester import Operation, Requester, RequesterConfig
+from spdm.secured_message import DOE_TRANSPORT, TransportParams
 from tdisp.codes import LockFlags, TdiState
 from tdisp.device_interface import InterfaceId
 from tdisp.errors import TdispProtocolError
@@ -122,7 +124,8 @@ class TsmConfig:
     lock_flags: int | None = None  # None: NO_FW_UPDATE|LOCK_MSIX as far as supported
     report_chunk: int = 0x400
     max_log_events: int = 2000  # evidence step log keeps the most recent (long-lived TSMs)
-    spdm: dict[str, Any] = field(default_factory=dict)  # extra RequesterConfig fields
+    # SPDM transport binding of the secured messages (DSP0277): DOE, or MCTP (DSP0275).
+    transport: TransportParams = field(default_factory=lambda: DOE_TRANSPORT)
 
 
 @dataclass
@@ -156,9 +159,13 @@ Gen = Generator[DoeRequest, bytes, Any]
 
 
 class TsmModel:
-    def __init__(self, device: DeviceRef, config: TsmConfig) -> None:
+    def __init__(
+        self, device: DeviceRef, config: TsmConfig, spdm_hooks: RequesterHooks | None = None
+    ) -> None:
         self.device = device
         self.config = config
+        # Observers of the SPDM requester (tracing); not settings.
+        self.spdm_hooks = spdm_hooks or RequesterHooks()
         self.state: Literal["idle", "connected"] = "idle"
         self.last_error: str | None = None
         self.listeners: list[Callable[[str, str], None]] = []  # (phase, text) step log
@@ -338,7 +345,7 @@ class TsmModel:
         return isinstance(error, PeerError)  # e.g. a response record failed to open
 
     def _reset_connection(self) -> None:
-        self._req = Requester(self._requester_config())
+        self._req = Requester(self._requester_config(), self.spdm_hooks)
         self._session_id: int | None = None
         self._last_session: int | None = None
         self._session_state: str | None = None  # "established" | "ended" | "lost"
@@ -357,7 +364,7 @@ class TsmModel:
             trust_anchors=list(self.config.trust_anchors),
             now=lambda: datetime.datetime.fromtimestamp(clock(), datetime.UTC),
             random=self.config.random,
-            **self.config.spdm,
+            transport=self.config.transport,
         )
 
     def _abandon(self, reason: str) -> None:

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from spdm.hooks import RequesterHooks, ResponderHooks
 from spdm.identity import CertSlots, DeviceIdentity, IdentityParams, generate_identity
 from spdm.measurements import default_measurements
 from spdm.requester import Operation, Outgoing, Requester, RequesterConfig
@@ -44,6 +45,8 @@ def make_link(
     *,
     rsp: dict[str, Any] | None = None,
     req: dict[str, Any] | None = None,
+    rsp_hooks: ResponderHooks | None = None,
+    req_hooks: RequesterHooks | None = None,
 ) -> Link:
     rargs: dict[str, Any] = {
         "slots": CertSlots({0: identity}),
@@ -55,7 +58,7 @@ def make_link(
     qargs: dict[str, Any] = {"trust_anchors": [identity.root], "psk": {b"hint": b"p" * 32}}
     qargs.update(req or {})
     qcfg = RequesterConfig(**qargs)
-    return Link(Requester(qcfg), Responder(rcfg))
+    return Link(Requester(qcfg, req_hooks), Responder(rcfg, rsp_hooks))
 
 
 _IDENTITIES: dict[str, DeviceIdentity] = {}

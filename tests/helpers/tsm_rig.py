@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from spdm.hooks import RequesterHooks
 from spdm.identity import CertSlots, DeviceIdentity, IdentityParams, generate_identity
 from spdm.measurements import default_measurements
 from spdm.responder import Responder, ResponderConfig
@@ -114,10 +115,11 @@ def make_device(
     return Device(rsp, target, idekm, tdisp, vdm)
 
 
-def make_tsm(ident: DeviceIdentity | None = None, **kw: Any) -> TsmModel:
+def make_tsm(ident: DeviceIdentity | None = None, spdm_hooks: RequesterHooks | None = None,
+             **kw: Any) -> TsmModel:
     ident = ident or identity()
     kw.setdefault("clock", Clock())
-    return TsmModel(DEVICE, TsmConfig(trust_anchors=[ident.root], **kw))
+    return TsmModel(DEVICE, TsmConfig(trust_anchors=[ident.root], **kw), spdm_hooks)
 
 
 def drive(op: TsmOperation, device: Device) -> Done:

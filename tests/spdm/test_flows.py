@@ -11,7 +11,9 @@ from spdm.codes import (
     MEAS_SUMMARY_ALL,
     MEAS_SUMMARY_TCB,
 )
+from spdm.hooks import RequesterHooks, ResponderHooks
 from spdm.identity import DeviceIdentity
+from spdm.requester import AlgorithmOffer
 from tests.helpers.spdm_harness import identity_for, make_link
 
 MATRIX = [
@@ -26,8 +28,8 @@ MATRIX = [
 def test_full_flow(version: int, key_type: str, asym: int, hsh: int, aead: int,
                    dhe: int) -> None:
     ident = identity_for(key_type)
-    link = make_link(ident, req={"versions": (version,), "base_asym": asym, "base_hash": hsh,
-                                 "aead": aead, "dhe": dhe})
+    link = make_link(ident, req={"versions": (version,), "algorithms": AlgorithmOffer(
+        base_asym=asym, base_hash=hsh, aead=aead, dhe=dhe)})
     r = link.requester
     link.connect()
     a = r.algorithms
@@ -133,8 +135,8 @@ def test_vendor_defined_dispatch(p384_identity: DeviceIdentity) -> None:
 
 def test_rsa3072_flow() -> None:
     ident = identity_for("rsa-3072")
-    link = make_link(ident, req={"base_asym": BaseAsym.RSAPSS_3072 | BaseAsym.RSASSA_3072,
-                                 "dhe": Dhe.FFDHE_3072})
+    link = make_link(ident, req={"algorithms": AlgorithmOffer(
+        base_asym=BaseAsym.RSAPSS_3072 | BaseAsym.RSASSA_3072, dhe=Dhe.FFDHE_3072)})
     link.connect()
     assert link.requester.algorithms.base_asym == BaseAsym.RSAPSS_3072
     link.run(link.requester.challenge())
@@ -159,8 +161,9 @@ def test_linux_cma_like_requester(p384_identity: DeviceIdentity) -> None:
     link = make_link(p384_identity, req={
         "capabilities": int(ReqCap.CERT | ReqCap.CHAL), "versions": (0x12,),
         "data_transfer_size": 0x1200, "max_spdm_msg_size": 0x1200,
-        "base_asym": BaseAsym.RSASSA_3072 | BaseAsym.ECDSA_P256 | BaseAsym.ECDSA_P384,
-        "base_hash": BaseHash.SHA_256 | BaseHash.SHA_384})
+        "algorithms": AlgorithmOffer(
+            base_asym=BaseAsym.RSASSA_3072 | BaseAsym.ECDSA_P256 | BaseAsym.ECDSA_P384,
+            base_hash=BaseHash.SHA_256 | BaseHash.SHA_384)})
     r = link.requester
     link.run(r.init_connection())
     assert r.algorithms.other_params == 0x2
@@ -277,9 +280,9 @@ def test_transcript_resets_follow_libspdm(p384_identity: DeviceIdentity) -> None
 
 def test_session_observers(p384_identity: DeviceIdentity) -> None:
     events: list[tuple[str, int]] = []
-    link = make_link(p384_identity, rsp={
-        "on_session_established": lambda sid: events.append(("up", sid)),
-        "on_session_end": lambda sid: events.append(("down", sid))})
+    link = make_link(p384_identity, rsp_hooks=ResponderHooks(
+        on_session_established=lambda sid: events.append(("up", sid)),
+        on_session_end=lambda sid: events.append(("down", sid))))
     link.connect()
     a = link.session()
     b = link.run(link.requester.psk_exchange(b"hint"))
@@ -298,8 +301,8 @@ def test_session_observers(p384_identity: DeviceIdentity) -> None:
     ],
 )
 def test_other_algorithms(key_type: str, asym: int, hsh: int, aead: int, dhe: int) -> None:
-    link = make_link(identity_for(key_type), req={"base_asym": asym, "base_hash": hsh,
-                                                  "aead": aead, "dhe": dhe})
+    link = make_link(identity_for(key_type), req={"algorithms": AlgorithmOffer(
+        base_asym=asym, base_hash=hsh, aead=aead, dhe=dhe)})
     link.connect()
     a = link.requester.algorithms
     assert (a.base_asym, a.base_hash, a.aead, a.dhe) == (asym, hsh, aead, dhe)
@@ -313,8 +316,8 @@ def test_other_algorithms(key_type: str, asym: int, hsh: int, aead: int, dhe: in
 def test_secret_sink_is_opt_in(p384_identity: DeviceIdentity) -> None:
     seen: dict[str, list[bytes]] = {"rsp": [], "req": []}
     link = make_link(p384_identity,
-                     rsp={"secret_sink": lambda k, v: seen["rsp"].append(v)},
-                     req={"secret_sink": lambda k, v: seen["req"].append(v)})
+                     rsp_hooks=ResponderHooks(secret_sink=lambda k, v: seen["rsp"].append(v)),
+                     req_hooks=RequesterHooks(secret_sink=lambda k, v: seen["req"].append(v)))
     link.connect()
     link.session()
     link.run(link.requester.psk_exchange(b"hint"))

@@ -15,6 +15,7 @@ from spdm.measurements import (
     parse_record,
     summary_hash,
 )
+from spdm.responder import AlgorithmPriorities
 from tests.helpers.spdm_harness import make_link
 
 
@@ -68,7 +69,8 @@ def test_unsigned_then_signed_transcript(p384_identity: DeviceIdentity) -> None:
 
 
 def test_raw_meas_hash_selection(p384_identity: DeviceIdentity) -> None:
-    link = make_link(p384_identity, rsp={"meas_hash_priority": (MeasHash.RAW_BIT_STREAM,)})
+    link = make_link(p384_identity, rsp={
+        "algorithms": AlgorithmPriorities(meas_hash=(MeasHash.RAW_BIT_STREAM,))})
     link.connect()
     blocks = link.run(link.requester.get_measurements())
     assert all(b.is_raw for b in blocks)

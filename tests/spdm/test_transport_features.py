@@ -7,6 +7,7 @@ import pytest
 from spdm import messages as m
 from spdm.codes import ErrorCode, Req, ReqCap
 from spdm.errors import ErrorResponse
+from spdm.hooks import ResponderHooks
 from spdm.identity import DeviceIdentity
 from spdm.requester import DEFAULT_REQ_CAPS
 from tests.helpers.spdm_harness import make_link
@@ -100,13 +101,13 @@ def test_busy_is_retried(p384_identity: DeviceIdentity) -> None:
         calls.append(code)
         return code == Req.GET_DIGESTS and calls.count(code) == 1
 
-    link = make_link(p384_identity, rsp={"busy": busy})
+    link = make_link(p384_identity, rsp_hooks=ResponderHooks(busy=busy))
     link.connect()
     assert calls.count(Req.GET_DIGESTS) == 2
 
 
 def test_busy_forever_surfaces(p384_identity: DeviceIdentity) -> None:
-    link = make_link(p384_identity, rsp={"busy": lambda c: c == Req.GET_DIGESTS})
+    link = make_link(p384_identity, rsp_hooks=ResponderHooks(busy=lambda c: c == Req.GET_DIGESTS))
     link.run(link.requester.init_connection())
     with pytest.raises(ErrorResponse) as exc:
         link.run(link.requester.get_digests())
@@ -114,8 +115,8 @@ def test_busy_forever_surfaces(p384_identity: DeviceIdentity) -> None:
 
 
 def test_response_not_ready_then_respond_if_ready(p384_identity: DeviceIdentity) -> None:
-    link = make_link(p384_identity, rsp={
-        "not_ready": lambda c: c in (Req.CHALLENGE, Req.GET_MEASUREMENTS, Req.KEY_EXCHANGE)})
+    link = make_link(p384_identity, rsp_hooks=ResponderHooks(
+        not_ready=lambda c: c in (Req.CHALLENGE, Req.GET_MEASUREMENTS, Req.KEY_EXCHANGE)))
     link.connect()
     link.run(link.requester.challenge())
     link.run(link.requester.get_measurements())
@@ -137,7 +138,8 @@ def test_response_not_ready_then_respond_if_ready(p384_identity: DeviceIdentity)
 
 
 def test_respond_if_ready_wrong_token(p384_identity: DeviceIdentity) -> None:
-    link = make_link(p384_identity, rsp={"not_ready": lambda c: c == Req.GET_DIGESTS})
+    link = make_link(p384_identity,
+                     rsp_hooks=ResponderHooks(not_ready=lambda c: c == Req.GET_DIGESTS))
     link.run(link.requester.init_connection())
     nr = link.responder.handle(bytes([0x13, Req.GET_DIGESTS, 0, 0]))
     token = nr[6]

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol, TextIO
 
-from spdm.secured_message import MCTP_TRANSPORT
+from spdm.secured_message import DOE_TRANSPORT, MCTP_TRANSPORT
 from tsm.device_ref import DeviceRef, ExpectedBar
 from tsm.mailbox_protocol import Done
 from tsm.model import TsmConfig, TsmModel
@@ -132,16 +132,13 @@ def cmd_connect(args: argparse.Namespace, client_factory: ClientFactory | None =
     except (OSError, ValueError, PolicyError) as exc:
         raise SystemExit(f"vdev tsm connect: {exc}") from None
     tracer = _tracer(args)
-    spdm: dict[str, Any] = tracer.spdm_hooks() if tracer is not None else {}
-    if args.transport == "mctp":
-        # DSP0275: over MCTP the secured payload carries the MCTP message type too.
-        spdm["transport"] = MCTP_TRANSPORT
     config = TsmConfig(
         trust_anchors=anchors, reference_values=refs, policy_file=args.policy,
         clock=time.time, stream_id=stream_id, mmio_reporting_offset=args.mmio_offset,
-        spdm=spdm,
+        # DSP0275: over MCTP the secured payload carries the MCTP message type too.
+        transport=MCTP_TRANSPORT if args.transport == "mctp" else DOE_TRANSPORT,
     )
-    tsm = TsmModel(device, config)
+    tsm = TsmModel(device, config, tracer.spdm_hooks() if tracer is not None else None)
     tsm.listeners.append(lambda phase, text: print(f"  [{phase}] {text}", file=log, flush=True))
     if tracer is not None:
         tsm.listeners.append(lambda phase, text: tracer.state(f"[{phase}] {text}",

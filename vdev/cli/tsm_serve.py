@@ -23,9 +23,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from spdm.hooks import RequesterHooks
 from tsm.mailbox_backend import mailbox_backend
 from tsm.mailbox_protocol import Done, Op, TargetFunction, TsmBackend
-from tsm.model import TsmConfig
 from vdev.tsm_mailbox.backend import Exchange, ScriptedBackend, load_scripts
 
 log = logging.getLogger("vdev.tsm")
@@ -127,7 +127,7 @@ def evidence_summary(op: Any, ev: dict[str, Any]) -> list[str]:
 def _model_backend(
     trust_anchor: str | None, policy: str | None, evidence: str | None = None,
     keep: Callable[[Op, TargetFunction, dict[str, Any]], None] | None = None,
-    config: TsmConfig | None = None,
+    spdm_hooks: RequesterHooks | None = None,
 ) -> TsmBackend:
     if not trust_anchor:
         raise SystemExit("vdev tsm serve: --trust-anchor FILE is required")
@@ -137,8 +137,8 @@ def _model_backend(
     trust_anchors("vdev tsm serve", trust_anchor)
     if policy:
         reference_values("vdev tsm serve", policy)
-    return mailbox_backend(Path(trust_anchor), Path(policy) if policy else None, config,
-                           on_done=_evidence_writer(evidence, keep))
+    return mailbox_backend(Path(trust_anchor), Path(policy) if policy else None,
+                           on_done=_evidence_writer(evidence, keep), spdm_hooks=spdm_hooks)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -156,8 +156,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     else:
         backend = _model_backend(args.trust_anchor, args.policy, args.evidence,
                                  keeper.note if keeper else None,
-                                 TsmConfig(trust_anchors=(), spdm=tracer.spdm_hooks())
-                                 if tracer is not None else None)
+                                 tracer.spdm_hooks() if tracer is not None else None)
     if tracer is not None:
         from vdev.trace.attach import TracedBackend
 

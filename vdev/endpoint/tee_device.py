@@ -58,8 +58,14 @@ from pathlib import Path
 from typing import Any
 
 from spdm import algorithms as alg
+from spdm.hooks import ResponderHooks
 from spdm.identity import CertSlots, DeviceIdentity
-from spdm.responder import Responder, ResponderConfig, VendorRequestContext
+from spdm.responder import (
+    AlgorithmPriorities,
+    Responder,
+    ResponderConfig,
+    VendorRequestContext,
+)
 from spdm.secured_message import DOE_TRANSPORT, TransportParams
 from tdisp.device_interface import DeviceInterface, InterfaceId, MmioBar
 from tdisp.dispatcher import PciSigVdmDispatcher
@@ -157,20 +163,22 @@ class TeeDevice(TeeIoEndpoint):
             ResponderConfig(
                 versions=p.spdm_version_list,
                 capabilities=p.spdm_capability_flags,
-                asym_priority=p.algorithm_priority("spdm_asym") or alg.SUPPORTED_ASYM,
-                hash_priority=p.algorithm_priority("spdm_hash") or alg.SUPPORTED_HASH,
-                meas_hash_priority=(p.algorithm_priority("spdm_meas_hash")
-                                    or alg.SUPPORTED_MEAS_HASH),
-                dhe_priority=p.algorithm_priority("spdm_dhe") or alg.SUPPORTED_DHE,
-                aead_priority=p.algorithm_priority("spdm_aead") or alg.SUPPORTED_AEAD,
+                algorithms=AlgorithmPriorities(
+                    asym=p.algorithm_priority("spdm_asym") or alg.SUPPORTED_ASYM,
+                    hash=p.algorithm_priority("spdm_hash") or alg.SUPPORTED_HASH,
+                    meas_hash=(p.algorithm_priority("spdm_meas_hash")
+                               or alg.SUPPORTED_MEAS_HASH),
+                    dhe=p.algorithm_priority("spdm_dhe") or alg.SUPPORTED_DHE,
+                    aead=p.algorithm_priority("spdm_aead") or alg.SUPPORTED_AEAD,
+                ),
                 data_transfer_size=p.spdm_data_transfer_size,
                 slots=CertSlots({0: identity}),
                 measurements=self.measurements,
                 transport=spdm_transport,
                 random=random_bytes,
-                on_session_end=self._session_ended,
-                on_session_established=self._session_established,
-            )
+            ),
+            ResponderHooks(on_session_end=self._session_ended,
+                           on_session_established=self._session_established),
         )
         self.responder.register_vendor_handler(
             STANDARD_ID_PCISIG, PCISIG_VENDOR_ID_BYTES, self._vendor_defined

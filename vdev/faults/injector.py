@@ -101,12 +101,12 @@ class FaultInjector:
         self._impostor: CertSlots | None = None
         self._inner = device.spdm_message
         device.spdm_message = self.handle  # type: ignore[method-assign]
-        config = device.responder.config
+        config, hooks = device.responder.config, device.responder.hooks
         self._slots = config.slots
-        self._next_interceptor = config.message_interceptor
-        config.message_interceptor = self._intercept
-        self._prior_not_ready = config.not_ready
-        config.not_ready = self._not_ready
+        self._next_interceptor = hooks.message_interceptor
+        hooks.message_interceptor = self._intercept
+        self._prior_not_ready = hooks.not_ready
+        hooks.not_ready = self._not_ready
         self._measurements = config.measurements
         if self._measurements is not None:
             config.measurements = self._measured

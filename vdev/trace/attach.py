@@ -13,7 +13,7 @@ Device side (`vdev serve`, `vdev spdm-emu`), `attach_device(tracer, device)`:
     stream observers.
 TSM side: `TracedClient` (`vdev tsm connect`) and `TracedBackend` (`vdev tsm serve`)
 trace the DOE objects the TSM sends and receives; the requester's hooks come from
-`Tracer.spdm_hooks()` through TsmConfig.spdm.
+`Tracer.spdm_hooks()`, given to the TsmModel beside its config.
 """
 
 from __future__ import annotations
@@ -60,10 +60,12 @@ def attach_device(tracer: Tracer, device: Any) -> None:
     # Injected faults (vdev.faults), whenever an injector is installed.
     device.fault_observers.append(tracer.fault)
 
-    cfg = device.responder.config
-    for name, value in tracer.spdm_hooks().items():
-        setattr(cfg, name, value)
-    established, ended = cfg.on_session_established, cfg.on_session_end
+    hooks = device.responder.hooks
+    traced = tracer.spdm_hooks()
+    hooks.message_observer = traced.message_observer
+    if traced.secret_sink is not None:
+        hooks.secret_sink = traced.secret_sink
+    established, ended = hooks.on_session_established, hooks.on_session_end
 
     def on_established(sid: int) -> None:
         tracer.state(f"SPDM session {sid:#010x} ESTABLISHED", msg="SESSION", session=sid)
@@ -75,7 +77,7 @@ def attach_device(tracer: Tracer, device: Any) -> None:
         if ended is not None:
             ended(sid)
 
-    cfg.on_session_established, cfg.on_session_end = on_established, on_end
+    hooks.on_session_established, hooks.on_session_end = on_established, on_end
 
     tdi_name = str(device.interface.interface_id)
 

@@ -30,6 +30,7 @@ from typing import Any, TextIO
 
 from construct import Bytes, Int16ul, Int32ul, Rebuild, Struct, len_, this
 
+from spdm.hooks import RequesterHooks
 from vdev.doe.data_object import (
     DOE_TYPE_CMA_SPDM,
     DOE_TYPE_SECURED_CMA_SPDM,
@@ -209,12 +210,10 @@ class Tracer:
         out = self.secrets_out or sys.stderr
         print(f"[{label}]: {secret.hex()}", file=out, flush=True)
 
-    def spdm_hooks(self) -> dict[str, Any]:
-        """ResponderConfig / RequesterConfig fields for this tracer."""
-        hooks: dict[str, Any] = {"message_observer": self.secured}
-        if self.log_secrets:
-            hooks["secret_sink"] = self.secret_sink
-        return hooks
+    def spdm_hooks(self) -> RequesterHooks:
+        """The SPDM engine hooks of this tracer (a responder takes the same two)."""
+        return RequesterHooks(message_observer=self.secured,
+                              secret_sink=self.secret_sink if self.log_secrets else None)
 
     # ---- output -------------------------------------------------------------------------
 

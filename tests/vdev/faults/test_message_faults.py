@@ -70,14 +70,14 @@ class Rig(FaultRig):
 def test_message_names_cover_vdms(state_dir: Path) -> None:
     rig = Rig(state_dir, "duplicate:doe:nth=999")  # an installed, idle injector
     seen: list[str] = []
-    original = rig.device.responder.config.message_interceptor
+    original = rig.device.responder.hooks.message_interceptor
     assert original is not None
 
     def spy(sid: int | None, request: bytes, process: Callable[[bytes], bytes]) -> bytes:
         seen.append(message_name(request))
         return original(sid, request, process)
 
-    rig.device.responder.config.message_interceptor = spy
+    rig.device.responder.hooks.message_interceptor = spy
     tsm = rig.tsm()
     assert rig.run(tsm.connect()).ok
     assert seen[:3] == ["GET_VERSION", "GET_CAPABILITIES", "NEGOTIATE_ALGORITHMS"]

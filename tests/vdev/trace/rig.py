@@ -71,8 +71,8 @@ def traced_connect(state_dir: Path, *, fmt: str = "text", log_secrets: bool = Fa
 
     client = TracedClient(Port(), tsm_tracer)
     tsm = TsmModel(DeviceRef(0, 1, 0), TsmConfig(
-        trust_anchors=[device.identity.root], stream_id=None, random=random,
-        spdm=tsm_tracer.spdm_hooks()))
+        trust_anchors=[device.identity.root], stream_id=None, random=random),
+        tsm_tracer.spdm_hooks())
     plan = steps(tsm) if steps else [tsm.connect, lambda: tsm.lock(0),
                                      lambda: tsm.report(0), lambda: tsm.start(0),
                                      tsm.disconnect]

@@ -111,8 +111,9 @@ def test_tsm_serve_backend_traced(state_dir: Path, tmp_path: Path) -> None:
     anchor.write_bytes(device.identity.root.public_bytes(serialization.Encoding.PEM))
     out = io.StringIO()
     tracer = Tracer("tsm", out=out, infer_state=True)
-    backend = TracedBackend(mailbox_backend(anchor, None, TsmConfig(
-        trust_anchors=(), spdm=tracer.spdm_hooks(), stream_id=None)), tracer)
+    backend = TracedBackend(mailbox_backend(
+        anchor, None, TsmConfig(trust_anchors=(), stream_id=None),
+        spdm_hooks=tracer.spdm_hooks()), tracer)
     for op in (Op.CONNECT, Op.LOCK, Op.DISCONNECT):
         action = backend.start(op, TargetFunction(0, 1, 0))
         while isinstance(action, DoeRequest):

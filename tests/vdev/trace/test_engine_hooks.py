@@ -3,6 +3,7 @@ plaintext, the same bytes on both sides."""
 
 from __future__ import annotations
 
+from spdm.hooks import RequesterHooks
 from tests.helpers.tsm_rig import make_device, make_tsm, ok
 
 
@@ -10,8 +11,9 @@ def test_both_engines_observe_the_same_plaintexts() -> None:
     device = make_device()
     rsp_seen: list[tuple[str, int, bytes]] = []
     req_seen: list[tuple[str, int, bytes]] = []
-    device.responder.config.message_observer = lambda d, s, m: rsp_seen.append((d, s, m))
-    tsm = make_tsm(spdm={"message_observer": lambda d, s, m: req_seen.append((d, s, m))})
+    device.responder.hooks.message_observer = lambda d, s, m: rsp_seen.append((d, s, m))
+    tsm = make_tsm(spdm_hooks=RequesterHooks(
+        message_observer=lambda d, s, m: req_seen.append((d, s, m))))
     ok(tsm.connect(), device)
     ok(tsm.lock(0), device)
     ok(tsm.disconnect(), device)
@@ -33,7 +35,8 @@ def test_both_engines_observe_the_same_plaintexts() -> None:
 def test_key_update_is_observed() -> None:
     device = make_device()
     seen: list[tuple[str, bytes]] = []
-    tsm = make_tsm(spdm={"message_observer": lambda d, s, m: seen.append((d, bytes(m)))})
+    tsm = make_tsm(spdm_hooks=RequesterHooks(
+        message_observer=lambda d, s, m: seen.append((d, bytes(m)))))
     ok(tsm.connect(), device)
     seen.clear()
     ok(tsm.key_update(), device)
