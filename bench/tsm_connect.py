@@ -29,7 +29,7 @@ from tdisp.dispatcher import PciSigVdmDispatcher
 from tdisp.ide_target import InMemoryIdeTarget
 from tdisp.idekm_responder import IdeKmResponder
 from tdisp.responder import TdispResponder
-from tdisp.vendor_defined import PCISIG_VENDOR_ID, STANDARD_ID_PCISIG
+from tdisp.vendor_defined import PCISIG_VENDOR_ID_BYTES, STANDARD_ID_PCISIG
 from tsm.device_ref import DeviceRef, ExpectedBar
 from tsm.model import TsmConfig, TsmModel
 from tsm.operations import TsmOperation
@@ -46,7 +46,7 @@ def _device(ident: DeviceIdentity) -> Callable[[int, bytes], bytes]:
     idekm = IdeKmResponder(InMemoryIdeTarget(streams={0: {0, 1}}))
     tdisp = TdispResponder([DeviceInterface(_DEVICE.tdi(0), bars=_BARS)], ide=idekm)
     vdm = PciSigVdmDispatcher(idekm, tdisp)
-    rsp.register_vendor_handler(STANDARD_ID_PCISIG, PCISIG_VENDOR_ID.to_bytes(2, "little"),
+    rsp.register_vendor_handler(STANDARD_ID_PCISIG, PCISIG_VENDOR_ID_BYTES,
                                 vdm.spdm_handler())
 
     def exchange(doe_type: int, payload: bytes) -> bytes:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac as _hmac
-import secrets
+from collections.abc import Callable
 from functools import cache
 
-from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.exceptions import InvalidSignature, InvalidTag, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import (
@@ -136,6 +136,20 @@ def asym_capabilities_of_key(key: PublicKey | PrivateKey) -> int:
     return mask
 
 
+def _deterministic_ecdsa() -> bool:
+    try:
+        ec.ECDSA(hashes.SHA256(), deterministic_signing=True)
+    except UnsupportedAlgorithm:  # an OpenSSL before 3.2 under cryptography
+        return False
+    return True
+
+
+# RFC 6979 deterministic nonces: an ECDSA signature then needs no randomness, so an engine
+# with an injected random source reproduces its messages byte for byte.  (RSASSA-PSS
+# draws its salt inside OpenSSL; that is the one signature that stays randomised.)
+_ECDSA_DETERMINISTIC = _deterministic_ecdsa()
+
+
 def sign(asym: int, base_hash: int, key: PrivateKey, message: bytes) -> bytes:
     """Sign *message* (already prefixed per DSP0274 §'Signature generation')."""
     if not key_matches_asym(key, asym):
@@ -143,7 +157,8 @@ def sign(asym: int, base_hash: int, key: PrivateKey, message: bytes) -> bytes:
     if asym in _EC_CURVES:
         assert isinstance(key, ec.EllipticCurvePrivateKey)
         _, size = _EC_CURVES[asym]
-        der = key.sign(message, ec.ECDSA(_hash_obj(base_hash)))
+        der = key.sign(message, ec.ECDSA(_hash_obj(base_hash),
+                                         deterministic_signing=_ECDSA_DETERMINISTIC))
         r, s = decode_dss_signature(der)
         return r.to_bytes(size, "big") + s.to_bytes(size, "big")
     if asym in _RSA:
@@ -253,6 +268,24 @@ _ECDHE: dict[int, tuple[type[ec.EllipticCurve], int]] = {
     Dhe.SECP384R1: (ec.SECP384R1, 48),
     Dhe.SECP521R1: (ec.SECP521R1, 66),
 }
+# Group orders n (FIPS 186-5 / SEC 2 "Recommended Elliptic Curve Domain Parameters"):
+# an ephemeral private key is a scalar in [1, n-1] drawn from the caller's random source.
+_EC_ORDER: dict[int, int] = {
+    Dhe.SECP256R1: 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551,
+    Dhe.SECP384R1: int(
+        "FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFC7634D81F4372DDF"
+        "581A0DB248B0A77AECEC196ACCC52973", 16),
+    Dhe.SECP521R1: int(
+        "01FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFA51868783B"
+        "F2F966B7FCC0148F709A5D03BB5C9B8899C47AEBB6FB71E91386409", 16),
+}
+
+
+def _scalar(random: Callable[[int], bytes], low: int, high: int) -> int:
+    """A uniform-enough integer in [low, high) from `random`: 64 bits more than the range
+    needs, reduced (bias below 2^-64)."""
+    span = high - low
+    return low + int.from_bytes(random((span.bit_length() + 7) // 8 + 8), "big") % span
 
 
 class DheKey:
@@ -263,16 +296,16 @@ class DheKey:
     side-channel hardened implementation.
     """
 
-    def __init__(self, dhe: int) -> None:
+    def __init__(self, dhe: int, random: Callable[[int], bytes]) -> None:
         self.dhe = dhe
         self._ec: ec.EllipticCurvePrivateKey | None = None
         self._ff_x = 0
         if dhe in _ECDHE:
             curve, _ = _ECDHE[dhe]
-            self._ec = ec.generate_private_key(curve())
+            self._ec = ec.derive_private_key(_scalar(random, 1, _EC_ORDER[dhe]), curve())
         elif dhe in _FFDHE_BITS:
             p = ffdhe_prime(_FFDHE_BITS[dhe])
-            self._ff_x = 2 + secrets.randbelow(p - 4)
+            self._ff_x = _scalar(random, 2, p - 2)
         else:
             raise CryptoError(f"unsupported DHE 0x{dhe:x}")
 

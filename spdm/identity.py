@@ -18,11 +18,11 @@ import dataclasses
 import datetime
 import json
 import os
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from construct import Bytes, GreedyBytes, Int16ul, Struct, this
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
@@ -220,6 +220,17 @@ class DeviceIdentity:
         return crypto.asym_capabilities_of_key(self.key)
 
 
+#: The certificate chain a slot holds (DSP0274 "Certificate chain format"): Length u16
+#: (of the whole structure), Reserved u16, RootHash (hash of the root certificate, the
+#: negotiated hash's size), then the DER certificates, root first.
+SpdmCertChain = Struct(
+    "length" / Int16ul,
+    "reserved" / Int16ul,
+    "root_hash" / Bytes(this._params.hash_size),
+    "certificates" / GreedyBytes,
+)
+
+
 def spdm_cert_chain(certs_der: Sequence[bytes], base_hash: int) -> bytes:
     """DSP0274 Table 'Certificate chain format': Length u16 || Reserved u16 || RootHash ||
     Certificates (DER, root first). Length covers the whole structure."""
@@ -228,17 +239,19 @@ def spdm_cert_chain(certs_der: Sequence[bytes], base_hash: int) -> bytes:
     total = 4 + len(body)
     if total > 0xFFFF:
         raise ValueError("certificate chain exceeds 65535 bytes")
-    return struct.pack("<HH", total, 0) + body
+    chain: bytes = SpdmCertChain.build(
+        {"length": total, "reserved": 0, "root_hash": root_hash,
+         "certificates": b"".join(certs_der)}, hash_size=len(root_hash))
+    return chain
 
 
 def split_spdm_cert_chain(chain: bytes, hash_size: int) -> tuple[bytes, list[bytes]]:
     if len(chain) < 4 + hash_size:
         raise ValueError("certificate chain too short")
-    length, _reserved = struct.unpack_from("<HH", chain)
-    if length != len(chain):
+    parsed = SpdmCertChain.parse(chain, hash_size=hash_size)
+    if parsed.length != len(chain):
         raise ValueError("certificate chain Length mismatch")
-    root_hash = chain[4 : 4 + hash_size]
-    return root_hash, der.split_der_sequence(chain[4 + hash_size :])
+    return bytes(parsed.root_hash), der.split_der_sequence(bytes(parsed.certificates))
 
 
 def generate_identity(

@@ -19,16 +19,30 @@ Secrets are never logged or included in reprs.
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass, field
+
+from construct import Struct, this
 
 from spdm import crypto
 from spdm.algorithms import AEAD_IV_SIZE, AEAD_KEY_SIZE, HASH_SIZE
+from spdm.compiled import Bytes, GreedyBytes, Int16ul, compiled
+
+#: DSP0274 "Key schedule", BinConcat(Length, Version, Label, Context): the HKDF-Expand
+#: info.  Length u16 is the output length; Version the 8-byte string "spdm1.x ".
+BinConcat = Struct(
+    "length" / Int16ul,
+    "version" / Bytes(8),
+    "label" / Bytes(this._params.label_size),
+    "context" / GreedyBytes,
+)
 
 
 def bin_concat(version: int, length: int, label: bytes, context: bytes = b"") -> bytes:
     ver = f"spdm{version >> 4}.{version & 0xF} ".encode()
-    return struct.pack("<H", length) + ver + label + context
+    info: bytes = compiled(BinConcat).build(
+        {"length": length, "version": ver, "label": label, "context": context},
+        label_size=len(label))
+    return info
 
 
 @dataclass(repr=False)

@@ -11,10 +11,26 @@ import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from construct import ConstructError, Int32ul, Struct
+
 from spdm import crypto
 from spdm.algorithms import MeasHash
 from spdm.codes import MEAS_SPEC_DMTF, MEAS_SUMMARY_ALL, MEAS_SUMMARY_TCB
-from spdm.messages import DmtfMeasurement, MeasurementBlock, decode, encode
+from spdm.messages import (
+    MEASUREMENT_BLOCK_HEADER_SIZE,
+    DmtfMeasurement,
+    MeasurementBlock,
+    decode,
+    encode,
+)
+
+#: A device-mode measurement's value (DSP0274 1.2 "Device mode field"): four u32 masks.
+DeviceMode = Struct(
+    "operational_mode_capabilities" / Int32ul,
+    "operational_mode_state" / Int32ul,
+    "device_mode_capabilities" / Int32ul,
+    "device_mode_state" / Int32ul,
+)
 
 RAW_BIT_STREAM_FLAG = 0x80  # DMTFSpecMeasurementValueType bit 7
 INDEX_MANIFEST = 0xFD  # reserved measurement indices (DSP0274 1.2 GET_MEASUREMENTS)
@@ -88,18 +104,19 @@ def parse_record(record: bytes, count: int) -> list[ParsedBlock]:
     out: list[ParsedBlock] = []
     pos = 0
     for _ in range(count):
-        if pos + 4 > len(record):
+        if pos + MEASUREMENT_BLOCK_HEADER_SIZE > len(record):
             raise ValueError("measurement record truncated")
-        size = int.from_bytes(record[pos + 2 : pos + 4], "little")
-        raw = record[pos : pos + 4 + size]
-        if len(raw) != 4 + size:
-            raise ValueError("measurement block truncated")
-        blk = decode(MeasurementBlock, raw)
+        try:
+            blk = MeasurementBlock.parse(record[pos:])  # the first block; the rest follows
+        except ConstructError:
+            raise ValueError("measurement block truncated") from None
+        size = MEASUREMENT_BLOCK_HEADER_SIZE + blk.size
+        raw = record[pos : pos + size]
         if blk.meas_spec != MEAS_SPEC_DMTF:
             raise ValueError("unsupported measurement specification")
         dmtf = decode(DmtfMeasurement, blk.measurement)
         out.append(ParsedBlock(blk.index, blk.meas_spec, dmtf.value_type, dmtf.value, raw))
-        pos += 4 + size
+        pos += size
     if pos != len(record):
         raise ValueError("trailing bytes after measurement blocks")
     return out
@@ -145,9 +162,9 @@ def default_measurements(
         Measurement(
             INDEX_DEVICE_MODE,
             MeasurementType.DEVICE_MODE,
-            (0x0000_0006).to_bytes(4, "little")
-            + (0x0000_0002).to_bytes(4, "little")
-            + bytes(8),
+            DeviceMode.build({"operational_mode_capabilities": 0x0000_0006,
+                              "operational_mode_state": 0x0000_0002,
+                              "device_mode_capabilities": 0, "device_mode_state": 0}),
             raw_only=True,
         ),
     ]

@@ -419,6 +419,9 @@ ResponseNotReadyData = Struct(
     "rdtm" / Int8ul,
 )
 LargeResponseData = Struct("handle" / Int8ul)
+# ExtendedErrorData of ERROR ResponseTooLarge (DSP0274 1.2 ERROR, "ResponseTooLarge"):
+# the size of the response that did not fit.
+ResponseTooLargeData = Struct("response_size" / Int32ul)
 
 
 # --- Helpers ---------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ Formats (DSP0274 1.2 §'General opaque data format'; DSP0277 §'Secured Message 
 
 from __future__ import annotations
 
-import struct
 from functools import lru_cache
 
 from construct import (
@@ -98,14 +97,17 @@ def _wrap(data: bytes, fmt1: bool) -> bytes:
 # compiled) made that a visible share of a handshake: the results are cached by value.
 @lru_cache(maxsize=64)
 def build_supported_versions(versions: tuple[int, ...], *, fmt1: bool = True) -> bytes:
-    data = struct.pack("<BBB", SM_DATA_VERSION, SM_SUPPORTED_VERSION, len(versions))
-    data += b"".join(struct.pack("<H", v) for v in versions)
+    data: bytes = SmData.build({"sm_version": SM_DATA_VERSION, "sm_id": SM_SUPPORTED_VERSION,
+                                "selected": None, "count": len(versions),
+                                "versions": list(versions), "rest": []})
     return _wrap(data, fmt1)
 
 
 @lru_cache(maxsize=64)
 def build_version_selection(version: int, *, fmt1: bool = True) -> bytes:
-    data = struct.pack("<BBH", SM_DATA_VERSION, SM_VERSION_SELECTION, version)
+    data: bytes = SmData.build({"sm_version": SM_DATA_VERSION, "sm_id": SM_VERSION_SELECTION,
+                                "selected": version, "count": None, "versions": None,
+                                "rest": []})
     return _wrap(data, fmt1)
 
 

@@ -117,7 +117,7 @@ from spdm.messages import (
     header,
 )
 from spdm.negotiation import ConnectionInfo
-from spdm.secured_message import DOE_TRANSPORT, TransportParams
+from spdm.secured_message import DOE_TRANSPORT, TransportParams, peek_session_id
 from spdm.session import Session
 from spdm.state import SessionState
 from spdm.transcript import ConnectionTranscript, SessionTranscript, reset_for_request
@@ -330,7 +330,7 @@ class Requester:
         self._observe("request", session, msg)
         record = session.seal(msg, from_requester=True)
         raw = yield Outgoing(record, True, session.session_id, delay_us)
-        if len(raw) < 4 or int.from_bytes(raw[:4], "little") != session.session_id:
+        if len(raw) < 4 or peek_session_id(raw) != session.session_id:
             # Not a record of this session: the responder could not open ours and answered
             # with a plaintext ERROR (a type-1 DOE object, as libspdm does).
             if len(raw) >= 4 and raw[1] == Rsp.ERROR:
@@ -721,6 +721,7 @@ class Requester:
             psk=psk, mac_only=self.conn.mac_only,
             handshake_in_clear=self.conn.handshake_in_clear and not psk,
             secured_version=secured_version, transport=self.config.transport,
+            random=self.config.random,
         )
 
     def _check_version_selection(self, opaque_data: bytes) -> int:
@@ -741,7 +742,7 @@ class Requester:
         a = self.conn.algorithms
         v = self.conn.version
         req_sid = self._new_req_session_id()
-        dhe = crypto.DheKey(a.dhe)
+        dhe = crypto.DheKey(a.dhe, self.config.random)
         req = encode(KeyExchange, {
             "version": v, "param1": meas_summary, "param2": slot,
             "req_session_id": req_sid, "session_policy": policy if v >= V12 else 0,

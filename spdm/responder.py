@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -117,6 +116,7 @@ from spdm.messages import (
     PskFinishRsp,
     RespondIfReady,
     ResponseNotReadyData,
+    ResponseTooLargeData,
     VendorDefinedRequest,
     VendorDefinedResponse,
     Version,
@@ -485,7 +485,7 @@ class Responder:
         if len(resp) > self.conn.req_max_msg_size or not self.conn.chunking:
             self._after_send.clear()
             return self._error_msg(ErrorCode.RESPONSE_TOO_LARGE, 0,
-                                   struct.pack("<I", len(resp)))
+                                   encode(ResponseTooLargeData, {"response_size": len(resp)}))
         self._chunk_handle = (self._chunk_handle + 1) & 0xFF
         self._get_chunks = _ChunkGetState(self._chunk_handle, 0, 0, resp)
         return self._error_msg(ErrorCode.LARGE_RESPONSE, 0,
@@ -926,6 +926,7 @@ class Responder:
             handshake_in_clear=self.conn.handshake_in_clear and not psk,
             secured_version=secured_version,
             transport=self.config.transport,
+            random=self.config.random,
             last_activity=self.config.monotonic() if self.config.monotonic else None,
         )
 
@@ -948,7 +949,7 @@ class Responder:
         self._check_session_limit()
         secured_version = self._select_secured_version(msg.opaque)
         try:
-            dhe = crypto.DheKey(a.dhe)
+            dhe = crypto.DheKey(a.dhe, self.config.random)
             shared = dhe.shared_secret(msg.exchange_data)
         except crypto.CryptoError as exc:
             raise InvalidRequest(str(exc)) from exc

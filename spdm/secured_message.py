@@ -24,22 +24,34 @@ interop only.
 
 from __future__ import annotations
 
-import os
-import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from construct import Struct, this
+from construct import ConstructError, Struct, this
 
 from spdm import crypto
 from spdm.algorithms import AEAD_TAG_SIZE
-from spdm.compiled import Bytes, Int16ul, Int32ul, compiled
+from spdm.compiled import Bytes, GreedyBytes, Int16ul, Int32ul, compiled
 from spdm.errors import RecordError
 
+#: The record header, which is also the AAD (DSP0277 "Secured Message format"); the
+#: SeqNum field is as long as the transport binding says (0 bytes for PCI DOE).
 RecordHeader = Struct(
     "session_id" / Int32ul,
     "seq" / Bytes(this._params.seq_num_size),
     "length" / Int16ul,
 )
+#: Every record starts with its SessionID: enough to find the session's keys.
+RecordSessionId = Struct("session_id" / Int32ul)
+#: What the AEAD encrypts: ApplicationDataLength u16, the application data, then random
+#: padding (none for PCI DOE; up to the binding's maximum for MCTP).
+CipherText = Struct(
+    "length" / Int16ul,
+    "data" / Bytes(this.length),
+    "padding" / GreedyBytes,
+)
+
+Random = Callable[[int], bytes]
 
 
 @dataclass
@@ -109,26 +121,37 @@ def encode_record(
     *,
     encrypt: bool = True,
     transport: TransportParams = DOE_TRANSPORT,
+    random: Random | None = None,
 ) -> bytes:
+    """`random` draws the padding where the binding pads (MCTP): the codec has no
+    randomness of its own, so a seeded engine reproduces its records byte for byte."""
+    if encrypt and transport.max_random and random is None:
+        raise ValueError("this transport binding pads records with random bytes: pass random")
     seq = prot.next_seq()
     seq_bytes = seq.to_bytes(8, "little")[: transport.seq_num_size]
     message = transport.inner_header + message
+    header = compiled(RecordHeader)
+    params = {"seq_num_size": transport.seq_num_size}
     if encrypt:
-        pad = os.urandom(transport.max_random and (1 + os.urandom(1)[0] % transport.max_random))
-        plaintext = struct.pack("<H", len(message)) + message + pad
-        length = len(plaintext) + AEAD_TAG_SIZE
-        hdr = struct.pack("<I", session_id) + seq_bytes + struct.pack("<H", length)
+        pad = b""
+        if transport.max_random:
+            assert random is not None
+            pad = random(1 + random(1)[0] % transport.max_random)
+        plaintext: bytes = compiled(CipherText).build(
+            {"length": len(message), "data": message, "padding": pad})
+        hdr: bytes = header.build({"session_id": session_id, "seq": seq_bytes,
+                                   "length": len(plaintext) + AEAD_TAG_SIZE}, **params)
         return hdr + crypto.aead_encrypt(prot.aead, prot.key, prot.nonce(seq), plaintext, hdr)
-    length = len(message) + AEAD_TAG_SIZE
-    hdr = struct.pack("<I", session_id) + seq_bytes + struct.pack("<H", length)
+    hdr = header.build({"session_id": session_id, "seq": seq_bytes,
+                        "length": len(message) + AEAD_TAG_SIZE}, **params)
     tag = crypto.aead_encrypt(prot.aead, prot.key, prot.nonce(seq), b"", hdr + message)
     return hdr + message + tag
 
 
 def peek_session_id(record: bytes) -> int:
-    if len(record) < 4:
+    if len(record) < RecordSessionId.sizeof():
         raise RecordError("record shorter than its SessionID")
-    sid: int = struct.unpack_from("<I", record)[0]
+    sid: int = compiled(RecordSessionId).parse(record[: RecordSessionId.sizeof()]).session_id
     return sid
 
 
@@ -177,10 +200,10 @@ def decode_record(
     if encrypt:
         if len(plaintext) < 2:
             raise RecordError("missing ApplicationDataLength")
-        (app_len,) = struct.unpack_from("<H", plaintext)
-        if app_len > len(plaintext) - 2:
-            raise RecordError("ApplicationDataLength exceeds record")
-        plaintext = plaintext[2 : 2 + app_len]
+        try:
+            plaintext = compiled(CipherText).parse(plaintext).data
+        except ConstructError:
+            raise RecordError("ApplicationDataLength exceeds record") from None
     inner = transport.inner_header
     if inner:
         if not plaintext.startswith(inner):

@@ -3,6 +3,7 @@ KEY_EXCHANGE .. END_SESSION, DSP0277)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,8 @@ class Session:
     secured_version: int = 0x1100
     state: SessionState = SessionState.HANDSHAKING
     transport: TransportParams = field(default_factory=lambda: DOE_TRANSPORT)
+    # Draws the records' random padding where the transport binding pads (MCTP).
+    random: Callable[[int], bytes] | None = None
     req_keys: DirectionKeys | None = None
     rsp_keys: DirectionKeys | None = None
     req_prot: RecordProtection | None = None  # requester -> responder direction
@@ -99,7 +102,7 @@ class Session:
         if prot is None:
             raise RecordError("session has no keys yet")
         return encode_record(prot, self.session_id, message, encrypt=not self.mac_only,
-                             transport=self.transport)
+                             transport=self.transport, random=self.random)
 
     def open(self, record: bytes, *, from_requester: bool) -> bytes:
         prot = self.req_prot if from_requester else self.rsp_prot

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from construct import Int16ul
+
 from spdm.responder import VendorHandler, VendorRequestContext
 from tdisp.errors import MalformedVdm, UnknownProtocol, VdmRefused
 from tdisp.idekm_responder import IdeKmResponder
@@ -58,7 +60,7 @@ class PciSigVdmDispatcher:
         return handler
 
     def accepts(self, standard_id: int, vendor_id: bytes | int) -> bool:
-        vid = int.from_bytes(vendor_id, "little") if isinstance(vendor_id, bytes) else vendor_id
+        vid = Int16ul.parse(vendor_id) if isinstance(vendor_id, bytes) else vendor_id
         return standard_id == self.standard_id and vid == self.vendor_id
 
     def handle(self, payload: bytes, session_id: int | None) -> bytes:

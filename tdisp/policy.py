@@ -26,6 +26,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, replace
 
+from construct import BytesInteger
+
 from tdisp.codes import LockFlags, RequestCode, TdiState
 
 U, L, R, E = TdiState.CONFIG_UNLOCKED, TdiState.CONFIG_LOCKED, TdiState.RUN, TdiState.ERROR
@@ -36,12 +38,17 @@ class ReqMsgsConvention(enum.Enum):
     BIT_N_IS_0x80_PLUS_N = 0x80
 
 
+#: TDISP_CAPABILITIES REQ_MSGS_SUPPORTED: a 128-bit little-endian bitmap (§11.3.8).
+REQ_MSGS_SUPPORTED = BytesInteger(16, swapped=True)
+
+
 def req_msgs_bitmap(codes: set[int], convention: ReqMsgsConvention) -> bytes:
     """REQ_MSGS_SUPPORTED[16] for the given request codes."""
     value = 0
     for code in codes:
         value |= 1 << (code - convention.value)
-    return value.to_bytes(16, "little")
+    bitmap: bytes = REQ_MSGS_SUPPORTED.build(value)
+    return bitmap
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,8 @@ from tdisp.errors import MalformedMessage
 
 STANDARD_ID_PCISIG = 0x0003
 PCISIG_VENDOR_ID = 0x0001
+#: The VendorID field as SPDM's VENDOR_DEFINED carries it (u16 little-endian, §6.31.4).
+PCISIG_VENDOR_ID_BYTES: bytes = Int16ul.build(PCISIG_VENDOR_ID)
 SPDM_VENDOR_DEFINED_REQUEST = 0xFE
 SPDM_VENDOR_DEFINED_RESPONSE = 0x7E
 

@@ -64,7 +64,7 @@ from tdisp.idekm_messages import IFV_SIZE, INITIAL_IFV, KEY_SIZE, KeySlot, Query
 from tdisp.interface_report import InterfaceReport
 from tdisp.messages import TdispCapabilities
 from tdisp.requesters import IdeKmRequester, TdispRequester, stream_slots
-from tdisp.vendor_defined import PCISIG_VENDOR_ID, STANDARD_ID_PCISIG
+from tdisp.vendor_defined import PCISIG_VENDOR_ID_BYTES, STANDARD_ID_PCISIG
 from tsm import evidence as ev
 from tsm.device_ref import DeviceRef, ExpectedBar
 from tsm.errors import (
@@ -83,8 +83,6 @@ from tsm.operations import OpGen, Progress, TsmOperation
 from tsm.reference_values import ReferenceValues
 from tsm.report_check import check_report
 from tsm.root_port import RootPortIde
-
-PCISIG_VENDOR_ID_BYTES = PCISIG_VENDOR_ID.to_bytes(2, "little")  # VendorID u16 LE, §6.31.4
 
 # SPDM errors after which the responder no longer has our session (DSP0274 §10.10):
 # the record could not be attributed/decrypted, or the responder wants a new connection.

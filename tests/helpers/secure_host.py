@@ -20,7 +20,7 @@ from spdm.requester import Outgoing, Requester, RequesterConfig
 from tdisp.codes import LockFlags, TdiState
 from tdisp.device_interface import InterfaceId
 from tdisp.flows import IdeKeySetup, TdispConnection, drive, ide_key_setup, tdisp_connect
-from tdisp.vendor_defined import PCISIG_VENDOR_ID, STANDARD_ID_PCISIG
+from tdisp.vendor_defined import PCISIG_VENDOR_ID_BYTES, STANDARD_ID_PCISIG
 from vdev.endpoint.tee_device import TeeDevice
 from vdev.pci.header import BAR_BASE, CMD_MASTER, CMD_MEMORY, COMMAND
 from vdev.pci.ide_cap import CTL_EN, SEL_CTL, SEL_STS
@@ -86,7 +86,7 @@ class SecureHost:
     def vdm(self, payload: bytes) -> bytes:
         assert self.session_id is not None
         out: bytes = self.run(self.requester.vendor_defined(
-            STANDARD_ID_PCISIG, PCISIG_VENDOR_ID.to_bytes(2, "little"), payload,
+            STANDARD_ID_PCISIG, PCISIG_VENDOR_ID_BYTES, payload,
             self.session_id))
         return out
 

@@ -5,6 +5,7 @@ a small DOE loop, as the device composition does it."""
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,13 +15,14 @@ from spdm.hooks import RequesterHooks
 from spdm.identity import CertSlots, DeviceIdentity, IdentityParams, generate_identity
 from spdm.measurements import default_measurements
 from spdm.responder import Responder, ResponderConfig
+from spdm.secured_message import DOE_TRANSPORT, TransportParams
 from tdisp.codes import InterfaceInfo
 from tdisp.device_interface import DeviceInterface, InterfaceId, MmioBar
 from tdisp.dispatcher import PciSigVdmDispatcher
 from tdisp.ide_target import InMemoryIdeTarget
 from tdisp.idekm_responder import IdeKmPolicy, IdeKmResponder
 from tdisp.responder import TdispResponder
-from tdisp.vendor_defined import PCISIG_VENDOR_ID, STANDARD_ID_PCISIG
+from tdisp.vendor_defined import PCISIG_VENDOR_ID_BYTES, STANDARD_ID_PCISIG
 from tsm import DeviceRef, ExpectedBar, TsmConfig, TsmModel, TsmOperation
 from tsm.mailbox_protocol import Done
 
@@ -94,11 +96,13 @@ class Device:
 def make_device(
     ident: DeviceIdentity | None = None, *, idekm_policy: IdeKmPolicy | None = None,
     measurements: Callable[[], Any] | None = None,
+    random: Callable[[int], bytes] = os.urandom, transport: TransportParams = DOE_TRANSPORT,
 ) -> Device:
     ident = ident or identity()
     rsp = Responder(ResponderConfig(
         slots=CertSlots({0: ident}),
         measurements=measurements or (lambda: default_measurements()),
+        random=random, transport=transport,
     ))
     # IDE Capability (Selective IDE + IDE_KM, one selective stream), IDE Control, then the
     # selective stream block: SEL_CAP (no address blocks), SEL_CTL with Stream ID 1 in
@@ -108,9 +112,9 @@ def make_device(
     idekm = IdeKmResponder(target, policy=idekm_policy or IdeKmPolicy())
     tdi = DeviceInterface(TDI_ID, bars=bars, interface_info=InterfaceInfo.DMA_WITHOUT_PASID,
                           msix_message_control=0x8003, device_specific_info=b"vdev-tdi-0")
-    tdisp = TdispResponder([tdi], ide=idekm)
+    tdisp = TdispResponder([tdi], ide=idekm, random_bytes=random)
     vdm = PciSigVdmDispatcher(idekm, tdisp)
-    rsp.register_vendor_handler(STANDARD_ID_PCISIG, PCISIG_VENDOR_ID.to_bytes(2, "little"),
+    rsp.register_vendor_handler(STANDARD_ID_PCISIG, PCISIG_VENDOR_ID_BYTES,
                                 vdm.spdm_handler())
     return Device(rsp, target, idekm, tdisp, vdm)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
@@ -42,7 +44,7 @@ def test_ffdhe_primes_match_rfc7919() -> None:
 
 @pytest.mark.parametrize("dhe", [Dhe.SECP256R1, Dhe.SECP384R1, Dhe.SECP521R1, Dhe.FFDHE_2048])
 def test_dhe_agreement(dhe: int) -> None:
-    a, b = crypto.DheKey(dhe), crypto.DheKey(dhe)
+    a, b = crypto.DheKey(dhe, os.urandom), crypto.DheKey(dhe, os.urandom)
     assert a.shared_secret(b.exchange_data()) == b.shared_secret(a.exchange_data())
     with pytest.raises(crypto.CryptoError):
         a.shared_secret(b.exchange_data()[:-1])
@@ -123,3 +125,30 @@ def test_psk_salt_by_version() -> None:
     ks = KeySchedule(0x13, BaseHash.SHA_384, Aead.AES_256_GCM)
     ks.set_handshake_secret(b"dhe")
     assert ks.handshake_secret == _h.new(bytes(48), b"dhe", "sha384").digest()
+
+
+@pytest.mark.parametrize("dhe", [Dhe.SECP256R1, Dhe.SECP384R1, Dhe.SECP521R1])
+def test_curve_orders(dhe: int) -> None:
+    """(n-1)G = -G and n itself is no private key: n is the group order."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    curve = crypto._ECDHE[dhe][0]()
+    n = crypto._EC_ORDER[dhe]
+    g = ec.derive_private_key(1, curve).public_key().public_numbers()
+    minus_g = ec.derive_private_key(n - 1, curve).public_key().public_numbers()
+    assert (minus_g.x, minus_g.y) == (g.x, (-g.y) % _field_prime(curve))
+    with pytest.raises(ValueError):
+        ec.derive_private_key(n, curve)
+
+
+def _field_prime(curve: object) -> int:
+    return {"secp256r1": 2**256 - 2**224 + 2**192 + 2**96 - 1,
+            "secp384r1": 2**384 - 2**128 - 2**96 + 2**32 - 1,
+            "secp521r1": 2**521 - 1}[curve.name]  # type: ignore[attr-defined]
+
+
+def test_dhe_key_comes_from_the_injected_random() -> None:
+    draws = bytes(range(256))
+    a = crypto.DheKey(Dhe.SECP384R1, lambda n: draws[:n])
+    b = crypto.DheKey(Dhe.SECP384R1, lambda n: draws[:n])
+    assert a.exchange_data() == b.exchange_data()

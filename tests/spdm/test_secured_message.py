@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import struct
+from collections.abc import Callable
 
 import pytest
 
@@ -82,9 +84,25 @@ def test_mac_only() -> None:
 
 def test_mctp_binding_has_seq_and_padding() -> None:
     tx, rx = _pair()
-    rec = encode_record(tx, 1, b"x", transport=MCTP_TRANSPORT)
+    rec = encode_record(tx, 1, b"x", transport=MCTP_TRANSPORT, random=os.urandom)
     assert rec[4:6] == b"\x00\x00"
     assert decode_record(rx, 1, rec, transport=MCTP_TRANSPORT) == b"x"
+
+
+def test_mctp_padding_comes_from_the_injected_random() -> None:
+    """The codec draws no randomness itself: the same random source, the same record."""
+    def counting() -> Callable[[int], bytes]:
+        draws = iter(range(256))
+        return lambda n: bytes(next(draws) for _ in range(n))
+
+    records = []
+    for _ in range(2):
+        tx, _rx = _pair()
+        records.append(encode_record(tx, 1, b"x", transport=MCTP_TRANSPORT, random=counting()))
+    assert records[0] == records[1]
+    tx, _rx = _pair()
+    with pytest.raises(ValueError, match="pass random"):
+        encode_record(tx, 1, b"x", transport=MCTP_TRANSPORT)
 
 
 def test_mctp_binding_carries_the_mctp_type_inside_the_protected_data() -> None:
@@ -92,7 +110,7 @@ def test_mctp_binding_carries_the_mctp_type_inside_the_protected_data() -> None:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
     tx, rx = _pair()
-    rec = encode_record(tx, 1, b"\x13\xe8\x00\x00", transport=MCTP_TRANSPORT)
+    rec = encode_record(tx, 1, b"\x13\xe8\x00\x00", transport=MCTP_TRANSPORT, random=os.urandom)
     hsize = 4 + 2 + 2
     nonce = tx.iv  # sequence number 0: IV XOR 0
     plain = AESGCM(tx.key).decrypt(nonce, rec[hsize:], rec[:hsize])

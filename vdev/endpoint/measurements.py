@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import struct
+
+from construct import Int8ul, Int16ul, Int64ul, Struct
 
 from spdm.measurements import Measurement, MeasurementType
 from vdev.pci.config_space import ConfigSpace
@@ -41,7 +42,9 @@ INDEX_HARDWARE_CONFIG = 2
 INDEX_FIRMWARE_CONFIG = 3
 INDEX_VERSION = 4
 
-_RECORD = struct.Struct("<HBQ")
+#: One record of the configuration image: a software-writable register's offset, size
+#: and writable bits.
+ConfigRecord = Struct("offset" / Int16ul, "size" / Int8ul, "value" / Int64ul)
 
 
 def configuration_image(config: ConfigSpace) -> bytes:
@@ -50,7 +53,8 @@ def configuration_image(config: ConfigSpace) -> bytes:
     for reg in sorted(config.file.registers, key=lambda r: r.offset):
         if not reg.rw or reg.on_read is not None:
             continue
-        out += _RECORD.pack(reg.offset, reg.size, reg.value & reg.rw)
+        out += ConfigRecord.build({"offset": reg.offset, "size": reg.size,
+                                   "value": reg.value & reg.rw})
     return bytes(out)
 
 

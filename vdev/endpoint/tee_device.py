@@ -72,7 +72,7 @@ from tdisp.dispatcher import PciSigVdmDispatcher
 from tdisp.idekm_responder import IdeKmResponder
 from tdisp.policy import TdispPolicy
 from tdisp.responder import Tdi, TdispResponder
-from tdisp.vendor_defined import ProtocolId
+from tdisp.vendor_defined import PCISIG_VENDOR_ID_BYTES, STANDARD_ID_PCISIG, ProtocolId
 from vdev.doe import data_object as doe_object
 from vdev.doe.data_object import (
     DISCOVERY,
@@ -94,8 +94,6 @@ from vdev.profiles import DeviceProfile
 log = logging.getLogger(__name__)
 
 BAR_TYPE_BITS = 0xF  # memory BAR bits 3:0 are type bits, not address (§7.5.1.2.1)
-STANDARD_ID_PCISIG = 0x0003
-PCISIG_VENDOR_ID_BYTES = PCI_SIG_VENDOR_ID.to_bytes(2, "little")
 
 
 def interface_id(profile: DeviceProfile) -> InterfaceId:
