@@ -48,7 +48,10 @@ class Proc:
         raise AssertionError("no VmRSS")
 
 
-def host_over(client: VfioUserClient, local: TeeDevice) -> tuple[SecureHost, DoeRequester]:
+def config_doe(client: VfioUserClient) -> tuple[DoeRequester, ConfigPort]:
+    """The device's config space through a vfio-user client (REGION_READ/WRITE), and the
+    DOE mailbox at DOE_CAP over it."""
+
     def read(offset: int, size: int) -> int:
         return int.from_bytes(client.region_read(RegionIndex.CONFIG, offset, size), "little")
 
@@ -56,11 +59,16 @@ def host_over(client: VfioUserClient, local: TeeDevice) -> tuple[SecureHost, Doe
         client.region_write(RegionIndex.CONFIG, offset, value.to_bytes(size, "little"))
 
     doe = DoeRequester(lambda off: read(off, 4), lambda off, v: write(off, 4, v), DOE_CAP)
+    return doe, ConfigPort(read, write)
+
+
+def host_over(client: VfioUserClient, local: TeeDevice) -> tuple[SecureHost, DoeRequester]:
+    doe, port = config_doe(client)
 
     def transport(out: Outgoing) -> bytes:
         return doe.exchange_bytes(out.doe_type, out.data)
 
-    return SecureHost(local, ConfigPort(read, write), transport, local.identity.root), doe
+    return SecureHost(local, port, transport, local.identity.root), doe
 
 
 def tdi_state(host: SecureHost) -> TdiState:

@@ -10,13 +10,16 @@ without knowing offsets.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import ClassVar
 
 from vdev.pci.register import Register
 
 
-class Capability(ABC):
-    """A capability in the legacy list (0x40..0xFF): 2-byte header, then body."""
+class _Placed(ABC):
+    """What both capability lists share: a header of `HEADER_SIZE` bytes written by
+    `ConfigSpace`, then the body registers the capability lays out itself."""
 
+    HEADER_SIZE: ClassVar[int]
     cap_id: int
     name: str
 
@@ -26,11 +29,11 @@ class Capability(ABC):
     @property
     @abstractmethod
     def size(self) -> int:
-        """Total size in bytes including the 2-byte header."""
+        """Total size in bytes including the header."""
 
     @abstractmethod
     def body_registers(self, base: int) -> list[Register]:
-        """Registers from `base + 2` up to `base + size`, at absolute offsets."""
+        """Registers from `base + HEADER_SIZE` up to `base + size`, at absolute offsets."""
 
     def place(self, base: int) -> list[Register]:
         self.offset = base
@@ -40,28 +43,15 @@ class Capability(ABC):
         """Reset model state beyond register values (registers are reset by ConfigSpace)."""
 
 
-class ExtCapability(ABC):
-    """A PCI Express extended capability (0x100..0xFFF): 4-byte header, then body."""
+class Capability(_Placed):
+    """A capability in the legacy list (0x40..0xFF): ID and next pointer (§7.5.3)."""
 
-    cap_id: int
+    HEADER_SIZE = 2
+
+
+class ExtCapability(_Placed):
+    """A PCI Express extended capability (0x100..0xFFF): ID, version and next offset
+    (§7.6.3)."""
+
+    HEADER_SIZE = 4
     version: int
-    name: str
-
-    def __init__(self) -> None:
-        self.offset = -1
-
-    @property
-    @abstractmethod
-    def size(self) -> int:
-        """Total size in bytes including the 4-byte header."""
-
-    @abstractmethod
-    def body_registers(self, base: int) -> list[Register]:
-        """Registers from `base + 4` up to `base + size`, at absolute offsets."""
-
-    def place(self, base: int) -> list[Register]:
-        self.offset = base
-        return self.body_registers(base)
-
-    def flr(self) -> None:  # noqa: B027 - optional hook, default no model state
-        """Reset model state beyond register values (registers are reset by ConfigSpace)."""

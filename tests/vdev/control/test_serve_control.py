@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -19,22 +18,14 @@ from typing import Any
 import pytest
 
 from spdm.requester import Outgoing
-from tests.helpers.secure_host import ConfigPort, SecureHost
+from tests.helpers.secure_host import SecureHost
+from tests.helpers.server_process import vdev_process
+from tests.helpers.vfio_host import config_doe
 from vdev.control.client import ControlClient
-from vdev.doe.requester import DoeRequester
 from vdev.endpoint.tee_device import TeeDevice
-from vdev.pci.device_api import RegionIndex
 from vdev.vfio_user.client import VfioUserClient
 
 DOE_CAP = 0x100
-
-
-def _wait_for(path: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while not os.path.exists(path):
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.05)
 
 
 def ctl(control: str, *argv: str) -> subprocess.CompletedProcess[str]:
@@ -52,22 +43,14 @@ def ctl_json(control: str, *argv: str) -> Any:
 def server(tmp_path: Path) -> Iterator[tuple[str, str, Path]]:
     sockdir = tempfile.mkdtemp(prefix="vc-", dir="/tmp")
     sock, control = f"{sockdir}/dev.sock", f"{sockdir}/ctl.sock"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vdev.cli", "--log-level", "warning", "serve",
-         "--socket", sock, "--control", control, "--state-dir", str(tmp_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )
     try:
-        _wait_for(sock, proc)
-        _wait_for(control, proc)
-        yield sock, control, tmp_path
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0
-        assert not os.path.exists(control)  # removed on shutdown
+        with vdev_process(tmp_path, "--log-level", "warning", "serve", "--socket", sock,
+                          "--control", control, "--state-dir", str(tmp_path),
+                          wait_for=[sock, control]) as server:
+            yield sock, control, tmp_path
+            assert server.terminate() == 0
+            assert not os.path.exists(control)  # removed on shutdown
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
         shutil.rmtree(sockdir, ignore_errors=True)
 
 
@@ -82,21 +65,13 @@ def test_ctl_status_shows_session_and_doe_counters(server: tuple[str, str, Path]
     local = TeeDevice(state_dir=state_dir)
     with VfioUserClient(sock, timeout=5.0) as client:
         client.negotiate()
-
-        def read(offset: int, size: int) -> int:
-            return int.from_bytes(client.region_read(RegionIndex.CONFIG, offset, size),
-                                  "little")
-
-        def write(offset: int, size: int, value: int) -> None:
-            client.region_write(RegionIndex.CONFIG, offset, value.to_bytes(size, "little"))
-
-        doe = DoeRequester(lambda off: read(off, 4), lambda off, v: write(off, 4, v), DOE_CAP)
+        doe, port = config_doe(client)
         assert doe.discover() == [(1, 0), (1, 1), (1, 2)]
 
         def transport(out: Outgoing) -> bytes:
             return doe.exchange_bytes(out.doe_type, out.data)
 
-        host = SecureHost(local, ConfigPort(read, write), transport, local.identity.root)
+        host = SecureHost(local, port, transport, local.identity.root)
         host.authenticate()
         sid = host.open_session()
 
@@ -149,22 +124,15 @@ def test_ctl_unreachable_socket(tmp_path: Path) -> None:
 def test_spdm_emu_control(tmp_path: Path) -> None:
     sockdir = tempfile.mkdtemp(prefix="ve-", dir="/tmp")
     control = f"{sockdir}/ctl.sock"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vdev.cli", "--log-level", "warning", "spdm-emu", "--port", "0",
-         "--profile", "auth-only-spdm12", "--control", control, "--state-dir", str(tmp_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )
     try:
-        _wait_for(control, proc)
-        status = ctl_json(control, "status")
-        assert status["transport"]["kind"] == "spdm-emu"
-        assert status["transport"]["port"] > 0 and status["transport"]["connections"] == 0
-        assert status["device"]["tee_io"] is False
-        assert "authentication-only" in status["device"]["description"]
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0
+        with vdev_process(tmp_path, "--log-level", "warning", "spdm-emu", "--port", "0",
+                          "--profile", "auth-only-spdm12", "--control", control,
+                          "--state-dir", str(tmp_path), wait_for=[control]) as server:
+            status = ctl_json(control, "status")
+            assert status["transport"]["kind"] == "spdm-emu"
+            assert status["transport"]["port"] > 0 and status["transport"]["connections"] == 0
+            assert status["device"]["tee_io"] is False
+            assert "authentication-only" in status["device"]["description"]
+            assert server.terminate() == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
         shutil.rmtree(sockdir, ignore_errors=True)

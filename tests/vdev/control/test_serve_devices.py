@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,8 @@ import pytest
 
 from spdm.requester import Outgoing
 from tests.helpers.secure_host import ConfigPort, SecureHost
+from tests.helpers.server_process import vdev_process
+from tests.helpers.vfio_host import config_doe
 from tests.vdev.control.test_serve_control import ctl, ctl_json
 from vdev.cli import build_parser, main
 from vdev.cli.ctl import build_request
@@ -28,10 +29,8 @@ from vdev.control.device_set import DeviceSet, ServedDevice
 from vdev.control.endpoint import DeviceControl
 from vdev.doe.requester import DoeRequester
 from vdev.endpoint.tee_device import TeeDevice
-from vdev.pci.device_api import RegionIndex
 from vdev.vfio_user.client import VfioUserClient
 
-DOE_CAP = 0x100
 GET_VERSION = bytes.fromhex("10840000")
 
 
@@ -188,26 +187,16 @@ def serve(tmp_path: Path, n: int, *extra: str) -> Iterator[Served]:
     sockdir = tempfile.mkdtemp(prefix="vm-", dir="/tmp")
     sockets = [f"{sockdir}/d{i}.sock" for i in range(n)]
     control = f"{sockdir}/ctl.sock"
-    argv = [sys.executable, "-m", "vdev.cli", "serve", "--control", control, *extra]
+    argv = ["serve", "--control", control, *extra]
     for s in sockets:
         argv += ["--socket", s]
-    log = (tmp_path / "serve.log").open("wb")
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-    log.close()
     try:
-        deadline = time.monotonic() + 30
-        while not all(os.path.exists(p) for p in [*sockets, control]):
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        yield Served(proc, sockets, control)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0
-        assert not any(os.path.exists(p) for p in [*sockets, control])
+        with vdev_process(tmp_path, *argv, wait_for=[*sockets, control],
+                          log_name="serve.log") as server:
+            yield Served(server.proc, sockets, control)
+            assert server.terminate() == 0
+            assert not any(os.path.exists(p) for p in [*sockets, control])
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
         shutil.rmtree(sockdir, ignore_errors=True)
 
 
@@ -215,16 +204,7 @@ def serve(tmp_path: Path, n: int, *extra: str) -> Iterator[Served]:
 def doe_port(sock: str) -> Iterator[tuple[DoeRequester, ConfigPort]]:
     with VfioUserClient(sock, timeout=10.0) as client:
         client.negotiate()
-
-        def read(offset: int, size: int) -> int:
-            return int.from_bytes(client.region_read(RegionIndex.CONFIG, offset, size),
-                                  "little")
-
-        def write(offset: int, size: int, value: int) -> None:
-            client.region_write(RegionIndex.CONFIG, offset, value.to_bytes(size, "little"))
-
-        yield (DoeRequester(lambda off: read(off, 4), lambda off, v: write(off, 4, v), DOE_CAP),
-               ConfigPort(read, write))
+        yield config_doe(client)
 
 
 def _session(doe: DoeRequester, port: ConfigPort, local: TeeDevice) -> tuple[SecureHost, int]:

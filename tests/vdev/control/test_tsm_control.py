@@ -4,15 +4,13 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+from tests.helpers.server_process import vdev_process
 from tsm.mailbox_protocol import Op
 from vdev.control.tsm import EvidenceKeeper, scrub, tsm_control
 from vdev.endpoint.identity_store import load_or_generate
@@ -51,27 +49,17 @@ def test_tsm_serve_control_process(tmp_path: Path) -> None:
     anchor = load_or_generate(DeviceProfile(), tmp_path / "id").trust_anchor
     sockdir = tempfile.mkdtemp(prefix="vt-", dir="/tmp")
     sock, control = f"{sockdir}/tsm.sock", f"{sockdir}/ctl.sock"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vdev.cli", "--log-level", "warning", "tsm", "serve",
-         "--socket", sock, "--trust-anchor", str(anchor), "--control", control],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 30
-        while not (os.path.exists(sock) and os.path.exists(control)):
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        out = subprocess.run([sys.executable, "-m", "vdev.cli", "ctl", "--socket", control,
-                              "status"], capture_output=True, text=True, timeout=60)
-        assert out.returncode == 0, out.stderr
-        status = json.loads(out.stdout)
-        assert status["backend"] == "tsm"
-        assert status["mailbox"]["status"] == "IDLE"
-        assert status["evidence"] == {"operations": 0, "last": None}
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0
+        with vdev_process(tmp_path, "--log-level", "warning", "tsm", "serve", "--socket", sock,
+                          "--trust-anchor", str(anchor), "--control", control,
+                          wait_for=[sock, control]) as server:
+            out = subprocess.run([sys.executable, "-m", "vdev.cli", "ctl", "--socket", control,
+                                  "status"], capture_output=True, text=True, timeout=60)
+            assert out.returncode == 0, out.stderr
+            status = json.loads(out.stdout)
+            assert status["backend"] == "tsm"
+            assert status["mailbox"]["status"] == "IDLE"
+            assert status["evidence"] == {"operations": 0, "last": None}
+            assert server.terminate() == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
         shutil.rmtree(sockdir, ignore_errors=True)

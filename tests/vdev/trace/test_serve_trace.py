@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
+from tests.helpers.server_process import vdev_process
+from tests.helpers.vfio_host import config_doe
 from tests.vdev.trace.test_pcap import doe, read_pcap
-from vdev.doe.requester import DoeRequester
-from vdev.pci.device_api import RegionIndex
 from vdev.vfio_user.client import VfioUserClient
 
 
@@ -22,38 +17,20 @@ def test_serve_writes_trace_and_pcap(tmp_path: Path, state_dir: Path) -> None:
     sockdir = tempfile.mkdtemp(prefix="vt-", dir="/tmp")
     sock = f"{sockdir}/dev.sock"
     trace, pcap = tmp_path / "dev.jsonl", tmp_path / "dev.pcap"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vdev.cli", "--log-level", "warning", "serve",
-         "--socket", sock, "--state-dir", str(state_dir), "--trace", str(trace),
-         "--trace-format", "json", "--pcap", str(pcap)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )
     try:
-        deadline = time.monotonic() + 30
-        while not os.path.exists(sock):
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        with VfioUserClient(sock, timeout=5.0) as client:
-            client.negotiate()
-
-            def read32(off: int) -> int:
-                return int.from_bytes(client.region_read(RegionIndex.CONFIG, off, 4), "little")
-
-            def write32(off: int, value: int) -> None:
-                client.region_write(RegionIndex.CONFIG, off, value.to_bytes(4, "little"))
-
-            port = DoeRequester(read32, write32, 0x100)
-            assert port.discover() == [(1, 0), (1, 1), (1, 2)]
-            assert port.exchange_bytes(1, bytes.fromhex("10840000"))[:2] == b"\x10\x04"
-        proc.send_signal(signal.SIGTERM)
-        _out, err = proc.communicate(timeout=10)
-        assert proc.returncode == 0
-        assert b"DHE Secret" not in err and b"WARNING: --log-secrets" not in err
+        with vdev_process(tmp_path, "--log-level", "warning", "serve", "--socket", sock,
+                          "--state-dir", str(state_dir), "--trace", str(trace),
+                          "--trace-format", "json", "--pcap", str(pcap),
+                          wait_for=[sock]) as server:
+            with VfioUserClient(sock, timeout=5.0) as client:
+                client.negotiate()
+                port, _config = config_doe(client)
+                assert port.discover() == [(1, 0), (1, 1), (1, 2)]
+                assert port.exchange_bytes(1, bytes.fromhex("10840000"))[:2] == b"\x10\x04"
+            assert server.terminate() == 0
+            err = server.output()
+            assert "DHE Secret" not in err and "WARNING: --log-secrets" not in err
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
         shutil.rmtree(sockdir, ignore_errors=True)
     events = [json.loads(line) for line in trace.read_text().splitlines()]
     msgs = [e["msg"] for e in events if e["proto"] != "state"]
