@@ -62,6 +62,12 @@ def _same_cert(a: x509.Certificate, b: x509.Certificate) -> bool:
     return a.public_bytes(serialization.Encoding.DER) == b.public_bytes(serialization.Encoding.DER)
 
 
+def system_time() -> datetime.datetime:
+    """The engines' default clock: the host's UTC wall clock (tests and seeded runs inject
+    their own through the configs' `now`)."""
+    return datetime.datetime.now(datetime.UTC)
+
+
 def verify_chain(
     spdm_chain: bytes,
     trust_anchors: Sequence[x509.Certificate],

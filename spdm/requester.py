@@ -29,7 +29,7 @@ from cryptography import x509
 from spdm import algorithms as alg
 from spdm import crypto, opaque
 from spdm.algorithms import AlgType, NegotiatedAlgorithms
-from spdm.cert_verify import CertPolicy, verify_chain
+from spdm.cert_verify import CertPolicy, system_time, verify_chain
 from spdm.codes import (
     KEY_UPDATE_UPDATE_ALL_KEYS,
     KEY_UPDATE_UPDATE_KEY,
@@ -187,7 +187,8 @@ class RequesterConfig:
     transport: TransportParams = field(default_factory=lambda: DOE_TRANSPORT)
     # -- injected sources: the engine reads no clock and draws no randomness of its own
     random: Callable[[int], bytes] = os.urandom
-    now: Callable[[], datetime.datetime] | None = None
+    # Wall clock for the validity of the responder's certificates.
+    now: Callable[[], datetime.datetime] = system_time
 
 
 Gen = Generator[Outgoing, bytes, Any]
@@ -263,8 +264,6 @@ class Requester:
         if self.hooks.message_observer is not None:
             self.hooks.message_observer(direction, session.session_id, plaintext)
 
-    def _now(self) -> datetime.datetime:
-        return self.config.now() if self.config.now else datetime.datetime.now(datetime.UTC)
 
     # ---- transport core --------------------------------------------------------------------
 
@@ -605,7 +604,7 @@ class Requester:
         if slot in self.digests and crypto.digest(a.base_hash, data) != self.digests[slot]:
             raise CertificateError("certificate chain does not match its DIGESTS entry")
         self.leaf_keys[slot] = verify_chain(
-            data, self.config.trust_anchors, a.base_hash, a.base_asym, now=self._now(),
+            data, self.config.trust_anchors, a.base_hash, a.base_asym, now=self.config.now(),
             policy=self.config.cert_policy,
         )
         self.cert_chains[slot] = data

@@ -23,7 +23,7 @@ from cryptography import x509
 from spdm import algorithms as alg
 from spdm import crypto, opaque
 from spdm.algorithms import AlgType, NegotiatedAlgorithms
-from spdm.cert_verify import CertPolicy, verify_chain
+from spdm.cert_verify import CertPolicy, system_time, verify_chain
 from spdm.codes import (
     KEY_UPDATE_UPDATE_ALL_KEYS,
     KEY_UPDATE_UPDATE_KEY,
@@ -216,7 +216,7 @@ class ResponderConfig:
     # -- injected sources: the engine reads no clock and draws no randomness of its own
     random: Callable[[int], bytes] = os.urandom
     # Clock for validating the requester's certificates (mutual authentication).
-    now: Callable[[], datetime.datetime] | None = None
+    now: Callable[[], datetime.datetime] = system_time
     # Monotonic seconds, for HeartbeatPeriod enforcement: a session with no message for
     # 2 x HeartbeatPeriod is terminated (DSP0274 HEARTBEAT). None disables the check.
     monotonic: Callable[[], float] | None = None
@@ -1250,7 +1250,7 @@ class Responder:
         try:
             session.req_public_key = verify_chain(
                 chain, self.config.requester_trust_anchors, a.base_hash, a.req_base_asym,
-                now=self.config.now() if self.config.now else None,
+                now=self.config.now(),
                 policy=CertPolicy(role_eku=OID_EKU_REQUESTER_AUTH,
                                   other_role_eku=OID_EKU_RESPONDER_AUTH),
             )

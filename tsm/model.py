@@ -404,8 +404,7 @@ class TsmModel:
         while not op.done:
             assert op.request is not None
             out = op.request
-            delay = int(getattr(out, "delay_us", 0))  # ResponseNotReady's wait, else 0
-            op.feed((yield DoeRequest(out.doe_type, out.data, delay)))
+            op.feed((yield DoeRequest(out.doe_type, out.data, out.delay_us)))
         return op.result
 
     def _vdm(self, p: Progress, step: str, payload: bytes) -> Gen:

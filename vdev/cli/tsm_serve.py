@@ -86,9 +86,9 @@ def _evidence_writer(
     return done
 
 
-def evidence_summary(op: Any, ev: dict[str, Any]) -> list[str]:
+def evidence_summary(op: Op, ev: dict[str, Any]) -> list[str]:
     """What the TSM learnt in this step, in the words of a kernel engineer."""
-    name = getattr(op, "name", str(op))
+    name = op.name
     spdm = ev.get("spdm") or {}
     out: list[str] = []
     if name == "CONNECT" and spdm.get("version"):

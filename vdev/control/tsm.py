@@ -13,6 +13,7 @@ import json
 import time
 from typing import Any
 
+from tsm.mailbox_protocol import Op, TargetFunction
 from vdev.control.core import Command, ControlCore, expect_args
 from vdev.tsm_mailbox.device import TsmMailboxDevice
 
@@ -42,10 +43,10 @@ class EvidenceKeeper:
         self.last: dict[str, Any] | None = None
         self.operations = 0
 
-    def note(self, op: Any, target: Any, evidence: dict[str, Any]) -> None:
+    def note(self, op: Op, target: TargetFunction | str, evidence: dict[str, Any]) -> None:
         self.operations += 1
         self.last = {
-            "operation": getattr(op, "name", str(op)),
+            "operation": op.name,
             "target": str(target),
             "at": time.time(),
             "evidence": scrub(json.loads(json.dumps(evidence, default=str))),
