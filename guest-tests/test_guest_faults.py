@@ -6,7 +6,7 @@ one `vdev serve --control`.  For each step the guest script
 host arms the step's fault on the device's control socket, exactly as a user
 would with `vdev ctl --socket S faults arm --fault '{...}'`.  The guest then
 writes `tsm0` to `tsm/connect`, which must fail with the errno the TSM model
-maps that failure to (tsm.model.errno_of), relayed by vtsm to user space;
+maps that failure to (tsm.errors.errno_of), relayed by vtsm to user space;
 a second connect must work and is disconnected (the fault was consumed, device
 and TSM are still usable).  Afterwards `vdev ctl faults list` must show every
 rule fired exactly once, and the guest's dmesg has no WARN/BUG/oops.

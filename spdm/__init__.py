@@ -15,9 +15,13 @@ Modules, one concept each:
     opaque           secured-message version negotiation in opaque data
     measurements     DMTF measurement blocks, summary hashes, provider type
     identity         certificate chains and keys (generation, storage, import, slots)
-    cert_verify      requester-side chain validation
-    responder        Responder: handle(request) / handle_secured(record) / handle_doe()
-    requester        Requester: operations driven by Operation.feed()
+    cert_verify      certificate chain validation (either side), the default clock
+    responder        Responder: handle(request) / handle_secured(record) / handle_doe();
+                     ResponderConfig (settings), AlgorithmPriorities
+    requester        Requester: operations driven by Operation.feed(); RequesterConfig,
+                     AlgorithmOffer
+    hooks            ResponderHooks / RequesterHooks: observers and fault seams, not settings
+    errors           SpdmError and its subclasses; the ERROR code is a class attribute
 
 Quick start (in process):
 
@@ -52,5 +56,5 @@ VENDOR_DEFINED (IDE_KM, TDISP):
 
     responder.register_vendor_handler(0x0003, b"\\x01\\x00", handler, protocol_id=0)
     handler(payload_starting_with_ProtocolID, VendorRequestContext) -> response payload;
-    raise SpdmError (or an exception with `spdm_error_code`) to answer with an SPDM ERROR.
+    raise a RequestRefused subclass (spdm.errors) to answer with an SPDM ERROR of its code.
 """

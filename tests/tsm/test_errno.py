@@ -1,5 +1,5 @@
 """Which errno a failed TSM connect reports, per kind of device misbehaviour
-(tsm.model.errno_of): what a kernel relay such as vtsm hands to user space
+(tsm.errors.errno_of): what a kernel relay such as vtsm hands to user space
 from `echo tsm0 > tsm/connect`.  Responses are broken on the way back from real
 device engines, the way vdev.faults breaks them on the wire."""
 

@@ -1,4 +1,4 @@
-"""The errno of a failed IDE_KM / TDISP step (tsm.model.errno_of), what vtsm hands
+"""The errno of a failed IDE_KM / TDISP step (tsm.errors.errno_of), what vtsm hands
 to user space from a write to tdi_lock / tdi_start or tsm/connect: each device refusal
 injected by vdev.faults into the real device, seen by the TSM model over the DOE mailbox
 (guest-tests/test_guest_tdisp_faults.py drives the same steps from a Linux guest)."""
