@@ -76,6 +76,14 @@ def Opt(cond: Any, subcon: Any) -> Any:  # noqa: N802 - reads like a construct c
 
 Header = Struct("version" / Int8ul, "code" / Int8ul, "param1" / Int8ul, "param2" / Int8ul)
 
+
+def message_header(version: int, code: int, param1: int = 0, param2: int = 0) -> bytes:
+    """The 4-byte SPDM header alone (what FINISH's signature and VerifyData cover first)."""
+    out: bytes = Header.build({"version": version, "code": code, "param1": param1,
+                               "param2": param2})
+    return out
+
+
 # --- VCA --------------------------------------------------------------------------------
 
 GetVersion = Struct(*_hdr(Req.GET_VERSION))

@@ -115,6 +115,7 @@ from spdm.messages import (
     decode,
     encode,
     header,
+    message_header,
 )
 from spdm.negotiation import ConnectionInfo
 from spdm.secured_message import DOE_TRANSPORT, TransportParams, peek_session_id
@@ -877,7 +878,8 @@ class Requester:
         v = self.conn.version
         sig = b""
         param1 = FINISH_ATTR_SIGNATURE if sess.mut_auth else 0
-        hdr = bytes([v, Req.FINISH, param1, sess.req_slot_id if sess.mut_auth else 0])
+        # The header is signed and MACed before the message around it exists.
+        hdr = message_header(v, Req.FINISH, param1, sess.req_slot_id if sess.mut_auth else 0)
         if sess.mut_auth:
             assert self.config.identity is not None
             m = crypto.message_to_sign(v, a.base_hash, crypto.CTX_FINISH,
@@ -935,7 +937,7 @@ class Requester:
         if not self.conn.rsp_caps & RspCap.PSK_WITH_CONTEXT:
             sess.install_data_keys(crypto.digest(a.base_hash, sess.transcript.th()))
             return sid
-        hdr = bytes([v, Req.PSK_FINISH, 0, 0])
+        hdr = message_header(v, Req.PSK_FINISH)
         verify = sess.hmac_th(sess.req_finished_key, sess.transcript.th() + hdr)
         fin = encode(PskFinish, {"version": v, "verify_data": verify}, hash_size=a.hash_size)
         resp2 = yield from self._exchange(fin, sess, expect=Rsp.PSK_FINISH_RSP)
