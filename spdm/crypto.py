@@ -150,6 +150,13 @@ def _deterministic_ecdsa() -> bool:
 _ECDSA_DETERMINISTIC = _deterministic_ecdsa()
 
 
+def _rsa_padding(pss: bool, h: hashes.HashAlgorithm) -> padding.AsymmetricPadding:
+    # DSP0274: RSAPSS salt length equals the hash length.
+    if pss:
+        return padding.PSS(mgf=padding.MGF1(h), salt_length=h.digest_size)
+    return padding.PKCS1v15()
+
+
 def sign(asym: int, base_hash: int, key: PrivateKey, message: bytes) -> bytes:
     """Sign *message* (already prefixed per DSP0274 §'Signature generation')."""
     if not key_matches_asym(key, asym):
@@ -165,13 +172,7 @@ def sign(asym: int, base_hash: int, key: PrivateKey, message: bytes) -> bytes:
         assert isinstance(key, rsa.RSAPrivateKey)
         _, pss = _RSA[asym]
         h = _hash_obj(base_hash)
-        # DSP0274: RSAPSS salt length equals the hash length.
-        pad: padding.AsymmetricPadding = (
-            padding.PSS(mgf=padding.MGF1(h), salt_length=h.digest_size)
-            if pss
-            else padding.PKCS1v15()
-        )
-        return key.sign(message, pad, h)
+        return key.sign(message, _rsa_padding(pss, h), h)
     if isinstance(key, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey):
         return key.sign(message)
     raise CryptoError(f"unsupported asym 0x{asym:x}")
@@ -194,12 +195,7 @@ def verify(asym: int, base_hash: int, key: PublicKey, message: bytes, signature:
             assert isinstance(key, rsa.RSAPublicKey)
             _, pss = _RSA[asym]
             h = _hash_obj(base_hash)
-            pad: padding.AsymmetricPadding = (
-                padding.PSS(mgf=padding.MGF1(h), salt_length=h.digest_size)
-                if pss
-                else padding.PKCS1v15()
-            )
-            key.verify(signature, message, pad, h)
+            key.verify(signature, message, _rsa_padding(pss, h), h)
             return True
         if isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
             key.verify(signature, message)
