@@ -2,10 +2,22 @@
 
 vfio-user frames are self-delimiting (header size field).  Fds are attached
 by the sender to the first byte of the message they belong to, sent with the
-whole message in one `sendmsg` (docs/vfio-user-qemu.md §2.3).  The reader
-therefore reads the 16-byte header and then exactly the body, never past the
-end of a message, and attributes every fd received while reading a message's
-bytes to that message.  Works on blocking and non-blocking sockets.
+whole message in one `sendmsg` (docs/vfio-user-qemu.md §2.3).
+
+The reader takes whatever the socket holds with one `recvmsg_into` into a
+buffer it keeps, so a request costs one receive call however it is framed
+(QEMU's config access is a 32-byte REGION_READ, or 16 + 16 + data for a
+write), and cuts messages out of the buffer by their size fields.  Fds are
+attributed by what Linux's AF_UNIX stream receive guarantees
+(net/unix/af_unix.c, unix_stream_read_generic): one call never returns bytes
+queued after a buffer that carried fds (it stops right after passing them
+on), and a sender's fds ride on the first buffer of its `sendmsg`.  So when a
+call returns fds, they came with the last buffer it read, which begins the
+message of a sender that sends each message in one `sendmsg`: the fds belong
+to the message the call's last byte belongs to.  Fds that would fall to a
+message already complete when they arrive cannot happen with such a sender
+and are treated as a broken stream.  Works on blocking and non-blocking
+sockets.
 """
 
 from __future__ import annotations
@@ -26,6 +38,9 @@ _MSG_CTRUNC = int(socket.MSG_CTRUNC)  # plain ints: enum operators are slow
 _MSG_CMSG_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
 #: (id, cmd, size, flags, error) of exactly HEADER_SIZE bytes (wire.Header's layout).
 _unpack_header = HEADER.struct.unpack_from
+#: Receive buffer: room for many small messages (posted writes, DMA maps come in
+#: bursts); a bigger message gets a buffer of its own size while it is read.
+_BUFFER_SIZE = 64 * 1024
 
 
 @dataclass(slots=True)
@@ -60,9 +75,13 @@ class MessageReader:
     def __init__(self, sock: socket.socket, max_size: int = MAX_MESSAGE_SIZE) -> None:
         self._sock = sock
         self._max_size = max_size
-        self._buf = bytearray()  # a partially received header or body
-        self._hdr: tuple[int, int, int, int, int] | None = None  # header once complete
+        self._buf = bytearray(_BUFFER_SIZE)
+        self._view = memoryview(self._buf)
+        self._start = 0  # first buffered byte not yet returned in a message
+        self._end = 0  # end of the buffered bytes
+        # Fds received and the buffer offset of the message they belong to.
         self._fds: list[int] = []
+        self._fds_at = -1
 
     def close_fds(self) -> None:
         """Close fds of a partially received message (on drop)."""
@@ -71,68 +90,120 @@ class MessageReader:
                 os.close(fd)
         self._fds.clear()
 
+    def has_message(self) -> bool:
+        """True when poll() can return a message (or fail) without a receive call."""
+        have = self._end - self._start
+        if have < HEADER_SIZE:
+            return False
+        size = _unpack_header(self._buf, self._start)[2]
+        return have >= size or not HEADER_SIZE <= size <= self._max_size
+
     def poll(self) -> Message | None:
         while True:
-            hdr = self._hdr
-            # Bytes still missing from the header, or from the body once the
-            # header is known (never more: the next message's fds must not be
-            # received with this one's bytes).
-            target = HEADER_SIZE if hdr is None else hdr[2] - HEADER_SIZE
-            have = len(self._buf)
-            try:
-                data, ancdata, msg_flags, _ = self._sock.recvmsg(
-                    target - have, _CMSG_SPACE, _MSG_CMSG_CLOEXEC
-                )
-            except (BlockingIOError, InterruptedError):
+            if self._end - self._start >= HEADER_SIZE:
+                msg = self._take()
+                if msg is not None:
+                    return msg
+            if not self._receive():
                 return None
-            except TimeoutError:
-                raise
-            except ConnectionResetError as exc:
-                raise DropClient("connection reset by peer") from exc
-            except OSError as exc:
-                if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
-                    return None
-                raise DropClient(f"recvmsg failed: {exc}") from exc
-            if ancdata:
-                self._collect_fds(ancdata)
-            if msg_flags & _MSG_CTRUNC:
-                raise DropClient(f"fds truncated (more than {RECV_FDS} in one message)")
-            if not data:
-                if not have and hdr is None and not self._fds:
-                    raise PeerClosed("client disconnected")
-                if hdr is None:
-                    where, got, total = "header", have, HEADER_SIZE
-                else:
-                    where, got, total = "body", HEADER_SIZE + have, hdr[2]
-                raise DropClient(f"EOF inside a message {where} after {got} of {total} bytes")
-            if have or len(data) < target:
-                self._buf += data
-                if len(self._buf) < target:
-                    continue
-                data = bytes(self._buf)
-                self._buf = bytearray()
-            if hdr is None:
-                hdr = _unpack_header(data)
-                size = hdr[2]
-                if size < HEADER_SIZE or size > self._max_size:
-                    raise DropClient(
-                        f"bad size field {size} in header (id {hdr[0]}, cmd {hdr[1]})"
-                    )
-                if size > HEADER_SIZE:
-                    self._hdr = hdr
-                    continue
-                data = b""
-            msg = Message(hdr[0], hdr[1], hdr[2], hdr[3], hdr[4], data, self._fds)
-            self._hdr = None
-            self._fds = []
-            return msg
 
-    def _collect_fds(self, ancdata: list[tuple[int, int, bytes]]) -> None:
+    def _take(self) -> Message | None:
+        """The first buffered message, if it is complete."""
+        start = self._start  # poll() checked that a header is buffered
+        hdr = _unpack_header(self._buf, start)
+        size = hdr[2]
+        if not HEADER_SIZE <= size <= self._max_size:
+            raise DropClient(f"bad size field {size} in header (id {hdr[0]}, cmd {hdr[1]})")
+        stop = start + size
+        if stop > self._end:
+            return None
+        payload = bytes(self._view[start + HEADER_SIZE : stop])
+        fds: list[int] = []
+        if self._fds and self._fds_at == start:
+            fds, self._fds, self._fds_at = self._fds, [], -1
+        if stop == self._end:
+            self._start = self._end = 0
+            if len(self._buf) > _BUFFER_SIZE:  # a big message has been consumed
+                self._buf = bytearray(_BUFFER_SIZE)
+                self._view = memoryview(self._buf)
+        else:
+            self._start = stop
+        return Message(hdr[0], hdr[1], size, hdr[3], hdr[4], payload, fds)
+
+    def _make_room(self) -> None:
+        """Room after the buffered bytes for the rest of the partial message at the
+        front (or at least its header): move it to offset 0, or grow the buffer."""
+        start, end = self._start, self._end
+        need = HEADER_SIZE
+        if end - start >= HEADER_SIZE:
+            need = max(need, _unpack_header(self._buf, start)[2])  # _take checked it
+        if start + need <= len(self._buf) and end < len(self._buf):
+            return
+        buf = self._buf if need <= len(self._buf) else bytearray(need)
+        buf[: end - start] = self._view[start:end]
+        self._buf, self._view = buf, memoryview(buf)
+        self._start, self._end = 0, end - start
+        if self._fds:
+            self._fds_at -= start
+
+    def _receive(self) -> bool:
+        """One receive call; False when nothing can be read now."""
+        if self._end:
+            self._make_room()
+        end = self._end
+        try:
+            n, ancdata, msg_flags, _ = self._sock.recvmsg_into(
+                [self._view[end:]], _CMSG_SPACE, _MSG_CMSG_CLOEXEC
+            )
+        except (BlockingIOError, InterruptedError):
+            return False
+        except TimeoutError:
+            raise
+        except ConnectionResetError as exc:
+            raise DropClient("connection reset by peer") from exc
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+                return False
+            raise DropClient(f"recvmsg failed: {exc}") from exc
+        self._end = end + n
+        if ancdata:
+            self._collect_fds(ancdata, self._end - 1)
+        if msg_flags & _MSG_CTRUNC:
+            raise DropClient(f"fds truncated (more than {RECV_FDS} in one message)")
+        if not n:
+            have = end - self._start
+            if not have and not self._fds:
+                raise PeerClosed("client disconnected")
+            if have < HEADER_SIZE:
+                where, total = "header", HEADER_SIZE
+            else:
+                where, total = "body", _unpack_header(self._buf, self._start)[2]
+            raise DropClient(f"EOF inside a message {where} after {have} of {total} bytes")
+        return True
+
+    def _message_at(self, offset: int) -> int:
+        """Buffer offset of the message that the buffered byte at `offset` is part of."""
+        pos = self._start
+        while self._end - pos >= HEADER_SIZE:
+            size = _unpack_header(self._buf, pos)[2]
+            if size < HEADER_SIZE or pos + size > offset:
+                break
+            pos += size
+        return pos
+
+    def _collect_fds(self, ancdata: list[tuple[int, int, bytes]], last: int) -> None:
+        fds = array.array("i")
         for level, kind, cdata in ancdata:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                fds = array.array("i")
                 fds.frombytes(cdata[: len(cdata) - (len(cdata) % _FD_SIZE)])
-                self._fds.extend(fds)
+        if not fds:
+            return
+        owner = self._message_at(max(last, self._start))
+        pending = bool(self._fds)
+        self._fds.extend(fds)  # closed by close_fds() if the client is dropped
+        if pending and self._fds_at != owner:
+            raise DropClient("fds for two messages in one receive")
+        self._fds_at = owner
 
 
 def sendmsg_all(sock: socket.socket, data: bytes, fds: list[int] | tuple[int, ...] = ()) -> int:
