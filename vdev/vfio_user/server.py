@@ -108,6 +108,12 @@ _unpack_access = wire.REGION_ACCESS.struct.unpack_from
 _pack_access = wire.REGION_ACCESS.struct.pack
 _pack_header = wire.HEADER.struct.pack
 _HEADER_SIZE = wire.HEADER_SIZE
+_REGION_READ = int(Command.REGION_READ)
+_REGION_CMDS = frozenset((_REGION_READ, int(Command.REGION_WRITE)))
+_ACCESS_SIZE = wire.REGION_ACCESS_SIZE
+#: Header + access of a REGION_READ reply (data follows) or REGION_WRITE reply.
+_pack_region_head = wire.REGION_MESSAGE.struct.pack
+_REGION_HEAD = wire.REGION_MESSAGE.size
 
 
 @dataclass
@@ -216,19 +222,24 @@ class Connection:
     # --- receive path -----------------------------------------------------------
 
     def _on_readable(self) -> None:
+        rx = self._rx
         try:
             while not self.closed:
-                msg = self._rx.poll()
+                msg = rx.poll()
                 if msg is None:
                     return
-                self._dispatch(msg)
-                if msg.flags & (_TYPE_MASK | _NO_REPLY) == _REQUEST:
-                    # Answered a request: its sender is most likely waiting for
-                    # that reply, not sending more, so go back to the event loop
-                    # instead of paying for a recvmsg that would fail with
-                    # EAGAIN.  The reader is level-triggered: anything already
-                    # queued calls us again, still in order.  Bursts of posted
-                    # writes (NO_REPLY) and DMA replies are drained here.
+                if (msg.cmd in _REGION_CMDS and not msg.flags & ~_NO_REPLY and not msg.fds
+                        and self._negotiated and not log.isEnabledFor(logging.DEBUG)):
+                    self._region_access(msg)
+                else:
+                    self._dispatch(msg)
+                if not rx.has_message():
+                    # Nothing whole is buffered: go back to the event loop
+                    # instead of paying for a receive that would most likely
+                    # fail with EAGAIN (after a reply the client is waiting
+                    # for it, not sending more).  The reader is
+                    # level-triggered: bytes already queued in the socket
+                    # call us again, still in order.
                     return
         except PeerClosed as exc:
             self.close(str(exc), logging.INFO)
@@ -266,35 +277,68 @@ class Connection:
                 if len(msg.fds) > max_fds:
                     raise ProtocolError(errno.EINVAL, f"{len(msg.fds)} fds, at most {max_fds}")
             payload = handler(msg)
-        except ProtocolError as exc:
-            log.warning("%s id %d refused: %s (errno %d)", wire.command_name(msg.cmd), msg.id,
-                        exc, exc.errno)
-            if not no_reply:
-                self._send(wire.build_error_reply(msg.id, msg.cmd, exc.errno))
-            return
-        except (ConstructError, ValueError, UnicodeDecodeError) as exc:
-            log.warning("%s id %d malformed: %s", wire.command_name(msg.cmd), msg.id, exc)
-            if not no_reply:
-                self._send(wire.build_error_reply(msg.id, msg.cmd, errno.EINVAL))
-            return
-        except DmaError as exc:
-            log.warning("%s id %d: device DMA failed: %s", wire.command_name(msg.cmd), msg.id,
-                        exc)
-            if not no_reply:
-                self._send(wire.build_error_reply(msg.id, msg.cmd, exc.errno or errno.EIO))
-            return
         except Exception as exc:
-            # A device bug must not take the server down; the guest sees an error.
-            log.exception("%s id %d failed in the device", wire.command_name(msg.cmd), msg.id)
-            code = exc.errno if isinstance(exc, OSError) and exc.errno else errno.EIO
-            if not no_reply:
-                self._send(wire.build_error_reply(msg.id, msg.cmd, code))
+            self._refuse(msg, exc)
             return
         # Posted writes and WRITE_MULTI never get a reply (docs/vfio-user-qemu.md §10.1).
         if not no_reply:
             # wire.build_message, inlined (msg.id and msg.cmd are parsed u16s).
             self._send(_pack_header(msg.id, msg.cmd, _HEADER_SIZE + len(payload), _REPLY, 0)
                        + payload)
+
+    def _refuse(self, msg: Message, exc: Exception) -> None:
+        """A request that failed: one log line, and the error reply unless NO_REPLY."""
+        name = wire.command_name(msg.cmd)
+        if isinstance(exc, ProtocolError):
+            log.warning("%s id %d refused: %s (errno %d)", name, msg.id, exc, exc.errno)
+            code = exc.errno
+        elif isinstance(exc, (ConstructError, ValueError, UnicodeDecodeError)):
+            log.warning("%s id %d malformed: %s", name, msg.id, exc)
+            code = errno.EINVAL
+        elif isinstance(exc, DmaError):
+            log.warning("%s id %d: device DMA failed: %s", name, msg.id, exc)
+            code = exc.errno or errno.EIO
+        else:
+            # A device bug must not take the server down; the guest sees an error.
+            log.error("%s id %d failed in the device", name, msg.id, exc_info=exc)
+            code = exc.errno if isinstance(exc, OSError) and exc.errno else errno.EIO
+        if not msg.flags & _NO_REPLY:
+            self._send(wire.build_error_reply(msg.id, msg.cmd, code))
+
+    def _region_access(self, msg: Message) -> None:
+        """A REGION_READ or (posted) REGION_WRITE without fds after VERSION: the checks
+        of `_region_read`/`_region_write` inline, the device call and the reply, with
+        none of the general path's layers (config accesses are what a guest's DOE
+        driver is made of).  Anything that fails a check before the device is called
+        goes the general way, which gives the exact refusal."""
+        payload = msg.payload
+        if len(payload) >= _ACCESS_SIZE:
+            offset, region, count = _unpack_access(payload)
+            if region < NUM_REGIONS and count <= _MAX_XFER:
+                cmd = msg.cmd
+                try:
+                    if cmd == _REGION_READ:
+                        if (len(payload) == _ACCESS_SIZE
+                                and offset + count <= self._read_limit[region]):
+                            data = self.device.region_read(region, offset, count)
+                            if len(data) != count:
+                                raise ProtocolError(errno.EIO, f"device returned {len(data)} "
+                                                    f"of {count} bytes")
+                            self._send(_pack_region_head(msg.id, cmd, _REGION_HEAD + count,
+                                                         _REPLY, 0, offset, region, count)
+                                       + data)
+                            return
+                    elif (len(payload) == _ACCESS_SIZE + count
+                          and offset + count <= self._write_limit[region]):
+                        self.device.region_write(region, offset, payload[_ACCESS_SIZE:])
+                        if not msg.flags:
+                            self._send(_pack_region_head(msg.id, cmd, _REGION_HEAD, _REPLY, 0,
+                                                         offset, region, count))
+                        return
+                except Exception as exc:
+                    self._refuse(msg, exc)
+                    return
+        self._dispatch(msg)
 
     def _on_reply(self, msg: Message) -> None:
         pending = self._pending.pop(msg.id, None)
@@ -474,6 +518,11 @@ class Connection:
             raise DmaError(errno.ECONNRESET, "client dropped") from None
         finally:
             self._nesting -= 1
+            if not self.closed and self._rx.has_message():
+                # The pump left whole messages in the reader's buffer; outside a
+                # reader callback nothing else would take them before the socket
+                # becomes readable again.
+                self.loop.call_soon(self._on_readable)
         return self._result(pending)
 
     def _abandon(self, msg_id: int) -> None:

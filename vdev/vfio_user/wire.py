@@ -280,14 +280,18 @@ class FixedCodec:
     are raised as construct exceptions so callers keep catching ConstructError.
     `struct` is the derived `struct.Struct` itself, for callers that have
     already checked the length and ranges (no Python-level frame per call).
+
+    Several declarations give their concatenation (a header followed by a
+    payload struct), so one call packs or unpacks a whole message head.
     """
 
     __slots__ = ("names", "size", "struct")
 
-    def __init__(self, decl: Any, *, prefix: bool = False) -> None:
+    def __init__(self, *decls: Any, prefix: bool = False) -> None:
         fmt = "<"
         names: list[str] = []
-        for sub in decl.subcons:
+        subcons = [sub for decl in decls for sub in decl.subcons]
+        for sub in subcons:
             con = sub.subcon if isinstance(sub, Renamed) else sub
             if isinstance(con, FormatField) and con.fmtstr[0] == "<":
                 fmt += con.fmtstr[1:]
@@ -302,7 +306,7 @@ class FixedCodec:
         self.struct = _struct.Struct(fmt)
         self.names = tuple(names)
         self.size = self.struct.size
-        if not prefix and self.size != decl.sizeof():
+        if not prefix and self.size != sum(decl.sizeof() for decl in decls):
             raise TypeError(f"derived layout {fmt} disagrees with the declaration")
 
     def unpack(self, data: bytes) -> tuple[int, ...]:
@@ -324,6 +328,9 @@ HEADER = FixedCodec(Header)
 REGION_ACCESS = FixedCodec(RegionAccess)
 #: The fixed part of RegionAccessData (identical to RegionAccess), data follows.
 REGION_ACCESS_DATA = FixedCodec(RegionAccessData, prefix=True)
+#: Header + RegionAccess: a whole REGION_READ request, the head of a REGION_READ
+#: reply (data follows) and a whole REGION_WRITE reply, in one struct call.
+REGION_MESSAGE = FixedCodec(Header, RegionAccess)
 
 WRITE_MULTI_ENTRY_SIZE = WriteMultiEntry.sizeof()
 WRITE_MULTI_MAX_DATA = 8
