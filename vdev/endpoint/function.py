@@ -60,6 +60,9 @@ SPDM_VERSION_1_0 = 0x10
 SPDM_ERROR = 0x7F
 SPDM_ERROR_UNSUPPORTED_REQUEST = 0x07
 
+_CONFIG = int(RegionIndex.CONFIG)
+_BAR0 = int(RegionIndex.BAR0)
+
 ResetObserver = Callable[[], None]
 DeferLater = Callable[[float, Callable[[], None]], object]
 """Runs a callable after some seconds (e.g. `loop.call_later`)."""
@@ -222,21 +225,31 @@ class TeeIoEndpoint:
         return 0  # no MSI capability; ERR/REQ not supported (ERR would stop the VM)
 
     def region_read(self, index: int, offset: int, count: int) -> bytes:
-        self.activity.accesses[(index, False)] += 1
-        if index == RegionIndex.CONFIG:
-            return self.config.read(offset, count)
-        if index == RegionIndex.BAR0:
+        # Every guest config access lands here: plain ints and lists, no enum operators.
+        reads = self.activity.reads
+        if index == _CONFIG:
+            reads[_CONFIG] += 1
+            return self.config.file.read(offset, count)
+        if index == _BAR0:
+            reads[_BAR0] += 1
             return self.regs.read(offset, count)
+        if 0 <= index < len(reads):
+            reads[index] += 1
         raise ValueError(f"region {index} is not implemented")
 
     def region_write(self, index: int, offset: int, data: bytes) -> None:
-        self.activity.accesses[(index, True)] += 1
-        if index == RegionIndex.CONFIG:
-            self.config.write(offset, data)
-        elif index == RegionIndex.BAR0:
+        writes = self.activity.writes
+        if index == _CONFIG:
+            writes[_CONFIG] += 1
+            self.config.file.write(offset, data)
+            return
+        if index == _BAR0:
+            writes[_BAR0] += 1
             self.regs.write(offset, data)
-        else:
-            raise ValueError(f"region {index} is not implemented")
+            return
+        if 0 <= index < len(writes):
+            writes[index] += 1
+        raise ValueError(f"region {index} is not implemented")
 
     def reset(self) -> None:
         self.function_level_reset()

@@ -93,6 +93,7 @@ from vdev.profiles import DeviceProfile
 
 log = logging.getLogger(__name__)
 
+_BAR0 = int(RegionIndex.BAR0)  # compared on every access: a plain int
 BAR_TYPE_BITS = 0xF  # memory BAR bits 3:0 are type bits, not address (§7.5.1.2.1)
 
 
@@ -220,7 +221,7 @@ class TeeDevice(TeeIoEndpoint):
         self.interface.msix_message_control = 0 if control is None else control.value
 
     def region_write(self, index: int, offset: int, data: bytes) -> None:
-        if index == RegionIndex.BAR0 and self.enforcement.msix_locked:
+        if index == _BAR0 and self.enforcement.msix_locked:
             before = self.regs.read(offset, len(data))
             super().region_write(index, offset, data)
             self.enforcement.bar0_written(offset, data, before)

@@ -19,7 +19,9 @@ log = logging.getLogger("vdev.pci.activity")
 
 class ActivityCounters:
     def __init__(self) -> None:
-        self.accesses: Counter[tuple[int, bool]] = Counter()  # (region, is_write) -> count
+        # Per region index: accesses so far (plain lists: counted on every access).
+        self.reads = [0] * len(RegionIndex)
+        self.writes = [0] * len(RegionIndex)
         self.doe: Counter[str] = Counter()  # "VVVV:TT" -> exchanges
 
     def doe_exchange(self, protocol: Any, request: bytes, response: bytes) -> None:
@@ -29,12 +31,11 @@ class ActivityCounters:
 
     def snapshot(self) -> dict[str, int]:
         cfg = RegionIndex.CONFIG
-        bars = [i for i in range(6)]
         return {
-            "config_reads": self.accesses[(cfg, False)],
-            "config_writes": self.accesses[(cfg, True)],
-            "bar_reads": sum(self.accesses[(i, False)] for i in bars),
-            "bar_writes": sum(self.accesses[(i, True)] for i in bars),
+            "config_reads": self.reads[cfg],
+            "config_writes": self.writes[cfg],
+            "bar_reads": sum(self.reads[RegionIndex.BAR0 : RegionIndex.BAR5 + 1]),
+            "bar_writes": sum(self.writes[RegionIndex.BAR0 : RegionIndex.BAR5 + 1]),
             "doe_exchanges": sum(self.doe.values()),
             **{f"doe_{k}": v for k, v in sorted(self.doe.items())},
         }

@@ -18,12 +18,22 @@ triggers a reset is not half-undone by the tail of the same write.
 registers and accepts byte/word/dword (or any-length) accesses at any
 alignment; bytes not covered by a register read as 0 and ignore writes
 (reserved space, PCIe r6.0 §7.2.2 "RsvdP"/"RsvdZ" read as 0 in our model).
+
+Read shadow: the file keeps an image of what every byte reads as, for the
+bytes whose register has no `on_read` (storage registers and unmapped bytes).
+It is written through, never refreshed: `Register.value` is a property whose
+setter updates the image of the file the register belongs to, and storage
+registers change only through it (writes, W1C, FLR and every model update
+alike), so the image cannot go stale.  A read whose bytes are all shadowed
+is one slice of the image; a read that touches a model-backed register (DOE,
+IDE stream state, counters: live state, possibly with side effects) always
+calls the model, so nothing live is ever answered from the image.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 WriteHook = Callable[[int, int], None]
 """Called as ``hook(value, byte_enable_mask)`` after a write touched the register."""
@@ -34,9 +44,6 @@ ReadHook = Callable[[], int]
 
 def _width_mask(size: int) -> int:
     return (1 << (8 * size)) - 1
-
-
-_WIDTH_MASKS = {size: _width_mask(size) for size in (1, 2, 4, 8)}
 
 
 @dataclass(eq=False)
@@ -52,7 +59,6 @@ class Register:
     sticky: int = 0
     on_write: WriteHook | None = None
     on_read: ReadHook | None = None
-    value: int = field(init=False)
 
     def __post_init__(self) -> None:
         if self.size not in (1, 2, 4, 8):
@@ -63,7 +69,21 @@ class Register:
                 raise ValueError(f"register {self.name}: {label} {mask:#x} wider than register")
         if self.rw & self.w1c:
             raise ValueError(f"register {self.name}: bits both RW and RW1C")
-        self.value = self.reset
+        self.mask = full
+        self._image: bytearray | None = None  # the read shadow of the file holding us
+        self._value = self.reset
+
+    @property
+    def value(self) -> int:
+        """The stored value (what a read returns unless `on_read` supplies it)."""
+        return self._value
+
+    @value.setter
+    def value(self, value: int) -> None:
+        self._value = value
+        if self._image is not None:
+            self._image[self.offset : self.offset + self.size] = (
+                (value & self.mask).to_bytes(self.size, "little"))
 
     @property
     def end(self) -> int:
@@ -71,20 +91,20 @@ class Register:
 
     def read(self) -> int:
         if self.on_read is not None:
-            return self.on_read() & _width_mask(self.size)
-        return self.value
+            return self.on_read() & self.mask
+        return self._value
 
     def store(self, data: int, byte_enable: int) -> None:
         """Apply a write to storage according to the masks (hooks not called)."""
         rw = self.rw & byte_enable
         w1c = self.w1c & byte_enable
-        new = (self.value & ~rw) | (data & rw)
+        new = (self._value & ~rw) | (data & rw)
         new &= ~(data & w1c)
-        self.value = new & _width_mask(self.size)
+        self.value = new & self.mask
 
     def write(self, data: int, byte_enable: int | None = None) -> None:
         """Write through masks, then call the hook (single-register convenience)."""
-        be = _width_mask(self.size) if byte_enable is None else byte_enable
+        be = self.mask if byte_enable is None else byte_enable
         self.store(data, be)
         if self.on_write is not None:
             self.on_write(data & be, be)
@@ -92,7 +112,7 @@ class Register:
     def reset_value(self, keep_sticky: bool = True) -> None:
         """Return to the reset value, preserving sticky bits if asked (FLR)."""
         if keep_sticky:
-            self.value = (self.reset & ~self.sticky) | (self.value & self.sticky)
+            self.value = (self.reset & ~self.sticky) | (self._value & self.sticky)
         else:
             self.value = self.reset
 
@@ -105,6 +125,11 @@ class RegisterFile:
         self.name = name
         self._by_byte: list[Register | None] = [None] * size
         self._registers: list[Register] = []
+        # Read shadow (module docstring): the image, and per offset the number of
+        # model-backed bytes before it, so a range [a, b) is shadowed exactly when
+        # _live_before[a] == _live_before[b].
+        self._image = bytearray(size)
+        self._live_before = [0] * (size + 1)
 
     def add(self, reg: Register) -> Register:
         if reg.offset < 0 or reg.end > self.size:
@@ -116,9 +141,18 @@ class RegisterFile:
                     f"{self.name}: register {reg.name} at {reg.offset:#x} overlaps "
                     f"{other.name} at {other.offset:#x}"
                 )
+        if reg._image is not None:
+            raise ValueError(f"{self.name}: register {reg.name} already belongs to a file")
         for i in range(reg.offset, reg.end):
             self._by_byte[i] = reg
         self._registers.append(reg)
+        if reg.on_read is None:
+            reg._image = self._image
+            reg.value = reg.value  # its bytes in the image
+        else:
+            live = self._live_before
+            for i in range(reg.offset + 1, self.size + 1):
+                live[i] += min(i, reg.end) - reg.offset
         return reg
 
     def add_all(self, regs: Iterable[Register]) -> None:
@@ -143,13 +177,20 @@ class RegisterFile:
             raise ValueError(f"{self.name}: access {offset:#x}+{count} outside {self.size:#x}")
 
     def read(self, offset: int, count: int) -> bytes:
-        self._check(offset, count)
-        if not count:
+        end = offset + count
+        if offset >= 0 and count > 0 and end <= self.size:
+            live = self._live_before
+            if live[offset] == live[end]:
+                return bytes(self._image[offset:end])  # storage only: the shadow
+        else:
+            self._check(offset, count)
             return b""
         reg = self._by_byte[offset]
         if reg is not None and reg.offset == offset and reg.size == count:
             # Fast path: exactly one whole register (most CPU accesses).
-            return reg.read().to_bytes(count, "little")
+            on_read = reg.on_read
+            value = reg._value if on_read is None else on_read() & reg.mask
+            return value.to_bytes(count, "little")
         if count <= 8:
             return self._read_small(offset, count)
         out = bytearray(count)
@@ -184,13 +225,17 @@ class RegisterFile:
         return value.to_bytes(count, "little")
 
     def write(self, offset: int, data: bytes) -> None:
-        self._check(offset, len(data))
-        reg = self._by_byte[offset] if data else None
-        if reg is not None and reg.offset == offset and reg.size == len(data):
-            # Fast path: exactly one whole register (same effect as the loop below).
+        count = len(data)
+        if offset < 0 or offset + count > self.size:
+            self._check(offset, count)
+        reg = self._by_byte[offset] if count else None
+        if reg is not None and reg.offset == offset and reg.size == count:
+            # Fast path: exactly one whole register (same effect as the loop below;
+            # a register without writable bits keeps its value).
             value = int.from_bytes(data, "little")
-            be = _WIDTH_MASKS[reg.size]
-            reg.store(value, be)
+            be = reg.mask
+            if reg.rw or reg.w1c:
+                reg.store(value, be)
             if reg.on_write is not None:
                 reg.on_write(value, be)
             return

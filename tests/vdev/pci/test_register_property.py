@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -56,3 +58,63 @@ def test_random_writes_match_reference(
     read_len = min(read_len, SIZE - read_off)
     assert rf.read(read_off, read_len) == bytes(value[read_off : read_off + read_len])
     assert rf.read(0, SIZE) == bytes(value)
+
+
+# --- the read shadow -----------------------------------------------------------------
+
+
+def _reference_read(rf: RegisterFile, offset: int, count: int) -> bytes:
+    """What the register model says a read returns, byte by byte, from each register's
+    own read() (on_read or stored value), ignoring the file's shadow image."""
+    out = bytearray(count)
+    for i in range(count):
+        reg = rf.register_at(offset + i)
+        if reg is not None:
+            out[i] = (reg.read() >> (8 * (offset + i - reg.offset))) & 0xFF
+    return bytes(out)
+
+
+def _live_file() -> tuple[RegisterFile, list[int]]:
+    """LAYOUT plus a model-backed register whose value changes on every read."""
+    rf = build()
+    counter = [0]
+
+    def live() -> int:
+        counter[0] += 1
+        return 0xA5000000 | counter[0]
+
+    rf.add(Register("LIVE", 0x18, 4, on_read=live))
+    return rf, counter
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.one_of(
+    st.tuples(st.just("write"), access),
+    st.tuples(st.just("assign"), st.sampled_from([off for off, *_ in LAYOUT]),
+              st.integers(0, 2**64 - 1)),
+    st.tuples(st.just("reset"), st.booleans()),
+), max_size=25), st.integers(0, SIZE - 1), st.integers(1, 8))
+def test_shadowed_reads_equal_the_register_model(
+    steps: list[tuple[Any, ...]], read_off: int, read_len: int
+) -> None:
+    """Writes, direct model updates of `value` and FLR-style resets: every read equals
+    the per-register reference, and a read touching the live register calls it."""
+    rf, counter = _live_file()
+    for step in steps:
+        if step[0] == "write":
+            off, data = step[1]
+            rf.write(off, data)
+        elif step[0] == "assign":
+            reg = rf.register_at(int(step[1]))
+            assert reg is not None
+            reg.value = int(step[2]) & reg.mask
+        else:
+            rf.reset(keep_sticky=bool(step[1]))
+    read_len = min(read_len, SIZE - read_off)
+    before = counter[0]
+    got = rf.read(read_off, read_len)
+    touches_live = read_off < 0x1C and read_off + read_len > 0x18
+    assert counter[0] == before + (1 if touches_live else 0)
+    if touches_live:
+        counter[0] -= 1  # the reference read calls it again: same value
+    assert got == _reference_read(rf, read_off, read_len)
