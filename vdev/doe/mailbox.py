@@ -108,6 +108,11 @@ class MailboxState(enum.Enum):
     READY = "ready"  # response available: DATA_OBJECT_READY=1
     ERROR = "error"  # DOE Error=1 until ABORT
 
+    # Members are singletons compared by identity; hash them by identity too, in C
+    # (Enum's own __hash__ is a Python method, and the mailbox looks a transition
+    # up on every register access).
+    __hash__ = object.__hash__
+
 
 class MailboxEvent(enum.Enum):
     WRITE_DW = "write_dw"  # a DW written to the write mailbox
@@ -119,6 +124,8 @@ class MailboxEvent(enum.Enum):
     READ_ADVANCE = "read_advance"  # write to the read mailbox, not past the last DW
     READ_LAST = "read_last"  # write to the read mailbox that consumes the last DW
     ABORT = "abort"
+
+    __hash__ = object.__hash__  # as MailboxState
 
 
 S = MailboxState
@@ -153,7 +160,19 @@ TRANSITIONS: dict[tuple[MailboxState, MailboxEvent], MailboxState] = {
     (S.ERROR, E.ABORT): S.IDLE,
 }
 
+# Plain module names for the states (attribute access on an Enum class is a
+# Python-level lookup in 3.11).
+_IDLE, _RECEIVING, _BUSY, _READY, _ERROR = S.IDLE, S.RECEIVING, S.BUSY, S.READY, S.ERROR
+_READ_ADVANCE, _READ_LAST, _WRITE_DW = E.READ_ADVANCE, E.READ_LAST, E.WRITE_DW
 del S, E
+
+
+def _reads_zero() -> int:
+    return 0
+
+
+def _ignores_write(value: int, byte_enable: int) -> None:
+    pass
 
 
 class DoeRejected(DoeError):
@@ -232,16 +251,24 @@ class DoeMailbox:
 
     @property
     def status(self) -> int:
-        value = 0
-        if self.int_status:
-            value |= STATUS_INT_STATUS
-        if self.state is MailboxState.ERROR:
-            value |= STATUS_ERROR
-        if self.state is MailboxState.READY:
+        return self.read_status()
+
+    def read_status(self) -> int:
+        value = STATUS_INT_STATUS if self.int_status else 0
+        state = self.state
+        if state is _READY:
             value |= STATUS_DATA_OBJECT_READY
-        if self.state is MailboxState.BUSY:
+        elif state is _ERROR:
+            value |= STATUS_ERROR
+        elif state is _BUSY:
             value |= STATUS_BUSY
         return value
+
+    def read_capabilities(self) -> int:
+        return self.capabilities
+
+    def read_control(self) -> int:
+        return self.control
 
     def read_register(self, offset: int) -> int:
         """DW read at an offset within the capability (0 for the header and unknown)."""
@@ -250,7 +277,7 @@ class DoeMailbox:
         if offset == DOE_CTRL:
             return self.control
         if offset == DOE_STATUS:
-            return self.status
+            return self.read_status()
         if offset == DOE_READ:
             return self.read_mailbox()
         return 0  # write mailbox reads 0
@@ -261,10 +288,9 @@ class DoeMailbox:
         elif offset == DOE_STATUS:
             self.write_status(value, byte_enable)
         elif offset == DOE_WRITE:
-            if byte_enable == _DW:
-                self.write_mailbox(value)
-        elif offset == DOE_READ and byte_enable == _DW:
-            self.advance()
+            self.write_write_mailbox(value, byte_enable)
+        elif offset == DOE_READ:
+            self.write_read_mailbox(value, byte_enable)
 
     def write_control(self, value: int, byte_enable: int = _DW) -> None:
         value &= byte_enable
@@ -281,25 +307,49 @@ class DoeMailbox:
             self.int_status = False
 
     def read_mailbox(self) -> int:
-        if self.state is MailboxState.READY:
+        if self.state is _READY:
             return self._read_buf[self._read_pos]
         return 0
+
+    def write_write_mailbox(self, value: int, byte_enable: int = _DW) -> None:
+        """A write to the Write Data Mailbox register (partial-DW writes are ignored)."""
+        if byte_enable == _DW:
+            self.write_mailbox(value)
+
+    def write_read_mailbox(self, value: int, byte_enable: int = _DW) -> None:
+        """A write to the Read Data Mailbox register: any whole-DW value advances."""
+        if byte_enable == _DW:
+            self.advance()
+
+    def accessors(self, offset: int) -> tuple[Callable[[], int], Callable[[int, int], None]]:
+        """(read, write(value, byte_enable)) of the register at `offset` in the
+        capability: what `read_register`/`write_register` do there, without the
+        dispatch on the offset (a DOE exchange is one register access per DW)."""
+        readers: dict[int, Callable[[], int]] = {
+            DOE_CAP: self.read_capabilities, DOE_CTRL: self.read_control,
+            DOE_STATUS: self.read_status, DOE_READ: self.read_mailbox,
+        }
+        writers: dict[int, Callable[[int, int], None]] = {
+            DOE_CTRL: self.write_control, DOE_STATUS: self.write_status,
+            DOE_WRITE: self.write_write_mailbox, DOE_READ: self.write_read_mailbox,
+        }
+        return readers.get(offset, _reads_zero), writers.get(offset, _ignores_write)
 
     # ---- software actions -------------------------------------------------
 
     def write_mailbox(self, dw: int) -> None:
-        if self.state in (MailboxState.READY, MailboxState.ERROR, MailboxState.BUSY):
+        if self.state is _READY or self.state is _ERROR or self.state is _BUSY:
             self._fire(MailboxEvent.WRITE_DW, "write to the write mailbox while "
-                       + ("BUSY" if self.state is MailboxState.BUSY else "DOR is set"))
+                       + ("BUSY" if self.state is _BUSY else "DOR is set"))
             return
         if len(self._write_buf) >= self.max_object_dw:
             self._fire(MailboxEvent.WRITE_OVERFLOW, "request larger than the mailbox")
             return
         self._write_buf.append(dw & _DW)
-        self._fire(MailboxEvent.WRITE_DW)
+        self._fire(_WRITE_DW)
 
     def go(self) -> None:
-        if self.state is not MailboxState.RECEIVING:
+        if self.state is not _RECEIVING:
             reason = {
                 MailboxState.IDLE: "GO with nothing written",
                 MailboxState.READY: "GO while a response is pending",
@@ -327,23 +377,23 @@ class DoeMailbox:
         """The response held back under `ticket` is ready now: BUSY -> READY.
         False (and no change) when that response was dropped meanwhile (ABORT, FLR,
         a protocol violation), so a late completion cannot surface a stale object."""
-        if self.state is not MailboxState.BUSY or ticket != self._ticket:
+        if self.state is not _BUSY or ticket != self._ticket:
             log.info("DOE: held response %d no longer pending (aborted), dropped", ticket)
             return False
         self._fire(MailboxEvent.RESPONSE_READY)
         return True
 
     def advance(self) -> None:
-        if self.state is MailboxState.READY and self._read_pos + 1 >= len(self._read_buf):
-            self._fire(MailboxEvent.READ_LAST)
-        elif self.state is MailboxState.READY:
+        if self.state is _READY and self._read_pos + 1 >= len(self._read_buf):
+            self._fire(_READ_LAST)
+        elif self.state is _READY:
             self._read_pos += 1
-            self._fire(MailboxEvent.READ_ADVANCE)
+            self._fire(_READ_ADVANCE)
         else:
-            self._fire(MailboxEvent.READ_ADVANCE)
+            self._fire(_READ_ADVANCE)
 
     def abort(self) -> None:
-        if self.state is MailboxState.BUSY:
+        if self.state is _BUSY:
             log.info("DOE: abort while BUSY, held response %d discarded", self._ticket)
         self._fire(MailboxEvent.ABORT)
 
@@ -363,15 +413,18 @@ class DoeMailbox:
         except KeyError:  # pragma: no cover - the classifiers only emit table events
             raise AssertionError(f"DOE: no transition for {old} on {event}") from None
         self.state = new
-        if new is MailboxState.IDLE:
+        if new is _IDLE:
             self._write_buf = []
             self._read_buf = []
             self._read_pos = 0
-        if new is MailboxState.ERROR and old is not MailboxState.ERROR:
+            return
+        if new is old:
+            return
+        if new is _ERROR:
             self.last_error = reason
             self._write_buf = []
             log.info("DOE error: %s", reason)
-        if new is not old and new in (MailboxState.READY, MailboxState.ERROR):
+        if new is _READY or new is _ERROR:
             self._raise_interrupt()
 
     def _raise_interrupt(self) -> None:

@@ -37,14 +37,7 @@ class DoeCap(ExtCapability):
         return DOE_CAP_SIZEOF
 
     def _register(self, base: int, rel: int, name: str) -> Register:
-        mailbox = self.mailbox
-
-        def read() -> int:
-            return mailbox.read_register(rel)
-
-        def write(value: int, byte_enable: int) -> None:
-            mailbox.write_register(rel, value, byte_enable)
-
+        read, write = self.mailbox.accessors(rel)
         return Register(name, base + rel, 4, on_read=read, on_write=write)
 
     def body_registers(self, base: int) -> list[Register]:
