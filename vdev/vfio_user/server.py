@@ -63,7 +63,7 @@ from construct import ConstructError
 
 from vdev.pci.device_api import RegionIndex, RegionInfo, VfioUserDevice
 
-from . import wire
+from . import event_loop, wire
 from .dma import DmaTable, GuestMemory
 from .errors import DmaError, DropClient, ProtocolError
 from .irq import NUM_IRQ_INDICES, IrqTable
@@ -156,6 +156,9 @@ class Connection:
         self._fd = sock.fileno()
         self._on_close = on_close
         self._rx = MessageReader(sock)
+        # Every message is logged at DEBUG when the logger was at DEBUG as the client
+        # connected (asked once: the question costs a call per config access).
+        self._log_messages = log.isEnabledFor(logging.DEBUG)
         self._txq: deque[tuple[memoryview, list[int]]] = deque()
         self._writer_armed = False
         self._loop_thread = threading.get_ident()
@@ -229,7 +232,7 @@ class Connection:
                 if msg is None:
                     return
                 if (msg.cmd in _REGION_CMDS and not msg.flags & ~_NO_REPLY and not msg.fds
-                        and self._negotiated and not log.isEnabledFor(logging.DEBUG)):
+                        and self._negotiated and not self._log_messages):
                     self._region_access(msg)
                 else:
                     self._dispatch(msg)
@@ -261,7 +264,7 @@ class Connection:
 
     def _on_request(self, msg: Message) -> None:
         no_reply = msg.flags & _NO_REPLY
-        if log.isEnabledFor(logging.DEBUG):
+        if self._log_messages:
             log.debug("<- %s id %d flags %#x size %d fds %d %s", wire.command_name(msg.cmd),
                       msg.id, msg.flags, msg.size, len(msg.fds), msg.payload[:32].hex())
         try:
@@ -846,4 +849,4 @@ async def serve(
 def run_server(device: VfioUserDevice, socket_path: str) -> None:
     """Blocking entry point: serve until Ctrl-C / SIGINT."""
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(device, socket_path))
+        event_loop.run(serve(device, socket_path))

@@ -27,7 +27,7 @@ import contextlib
 import errno
 import os
 import socket
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .errors import DropClient
 from .wire import HEADER, HEADER_SIZE, MAX_MESSAGE_SIZE, RECV_FDS
@@ -43,9 +43,9 @@ _unpack_header = HEADER.struct.unpack_from
 _BUFFER_SIZE = 64 * 1024
 
 
-@dataclass(slots=True)
-class Message:
-    """One received message: decoded header fields, payload and fds."""
+class Message(NamedTuple):
+    """One received message: decoded header fields, payload and fds (a list the
+    handlers may take fds out of)."""
 
     id: int
     cmd: int
@@ -53,11 +53,16 @@ class Message:
     flags: int
     error: int
     payload: bytes
-    fds: list[int] = field(default_factory=list)
+    fds: list[int]
 
     @property
     def raw_header(self) -> tuple[int, int, int, int, int]:
         return (self.id, self.cmd, self.size, self.flags, self.error)
+
+
+#: Message from (id, cmd, size, flags, error) + (payload, fds) without a Python-level
+#: __new__ (a Message per config access).
+_new_tuple = tuple.__new__
 
 
 class PeerClosed(DropClient):
@@ -100,35 +105,29 @@ class MessageReader:
 
     def poll(self) -> Message | None:
         while True:
-            if self._end - self._start >= HEADER_SIZE:
-                msg = self._take()
-                if msg is not None:
-                    return msg
+            start, end = self._start, self._end
+            if end - start >= HEADER_SIZE:
+                hdr = _unpack_header(self._buf, start)
+                size = hdr[2]
+                if not HEADER_SIZE <= size <= self._max_size:
+                    raise DropClient(
+                        f"bad size field {size} in header (id {hdr[0]}, cmd {hdr[1]})")
+                stop = start + size
+                if stop <= end:  # a whole message is buffered
+                    payload = bytes(self._view[start + HEADER_SIZE : stop])
+                    fds: list[int] = []
+                    if self._fds and self._fds_at == start:
+                        fds, self._fds, self._fds_at = self._fds, [], -1
+                    if stop == end:
+                        self._start = self._end = 0
+                        if len(self._buf) > _BUFFER_SIZE:  # a big message was consumed
+                            self._buf = bytearray(_BUFFER_SIZE)
+                            self._view = memoryview(self._buf)
+                    else:
+                        self._start = stop
+                    return _new_tuple(Message, hdr + (payload, fds))
             if not self._receive():
                 return None
-
-    def _take(self) -> Message | None:
-        """The first buffered message, if it is complete."""
-        start = self._start  # poll() checked that a header is buffered
-        hdr = _unpack_header(self._buf, start)
-        size = hdr[2]
-        if not HEADER_SIZE <= size <= self._max_size:
-            raise DropClient(f"bad size field {size} in header (id {hdr[0]}, cmd {hdr[1]})")
-        stop = start + size
-        if stop > self._end:
-            return None
-        payload = bytes(self._view[start + HEADER_SIZE : stop])
-        fds: list[int] = []
-        if self._fds and self._fds_at == start:
-            fds, self._fds, self._fds_at = self._fds, [], -1
-        if stop == self._end:
-            self._start = self._end = 0
-            if len(self._buf) > _BUFFER_SIZE:  # a big message has been consumed
-                self._buf = bytearray(_BUFFER_SIZE)
-                self._view = memoryview(self._buf)
-        else:
-            self._start = stop
-        return Message(hdr[0], hdr[1], size, hdr[3], hdr[4], payload, fds)
 
     def _make_room(self) -> None:
         """Room after the buffered bytes for the rest of the partial message at the
@@ -136,7 +135,7 @@ class MessageReader:
         start, end = self._start, self._end
         need = HEADER_SIZE
         if end - start >= HEADER_SIZE:
-            need = max(need, _unpack_header(self._buf, start)[2])  # _take checked it
+            need = max(need, _unpack_header(self._buf, start)[2])  # poll() checked it
         if start + need <= len(self._buf) and end < len(self._buf):
             return
         buf = self._buf if need <= len(self._buf) else bytearray(need)
