@@ -37,6 +37,7 @@ from typing import Any
 
 from spdm.codes import RspCap
 from vdev.profiles import DeviceProfile, ProfileError, load_profile, resolve_profile
+from vdev.vfio_user import event_loop
 
 log = logging.getLogger("vdev")
 
@@ -300,7 +301,7 @@ def cmd_spdm_emu(args: argparse.Namespace) -> int:
                 await control.close()
 
     try:
-        asyncio.run(main())
+        event_loop.run(main())
     except OSError as exc:
         log.error("%s", exc)
         return 1
@@ -357,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"])
+    p.add_argument("--event-loop", choices=event_loop.CHOICES, default=None,
+                   help="event loop of the servers: uvloop when installed (auto, the "
+                   f"default, or ${event_loop.ENV}), else asyncio's own")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("serve", help="serve the TEE-IO endpoint to QEMU over vfio-user")
@@ -500,6 +504,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = args.log_level == "debug"
     name = _command_name(args)
     from vdev.cli.trace import finish
+
+    if args.event_loop is not None:
+        # Through the environment, so the servers `vdev run` starts use it too.
+        os.environ[event_loop.ENV] = args.event_loop
+    try:
+        event_loop.loop_factory()
+    except event_loop.EventLoopError as exc:
+        print(f"vdev: {exc}", file=sys.stderr)
+        return 2
 
     try:
         rc: int = finish(name, args.func(args))

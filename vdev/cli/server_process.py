@@ -27,6 +27,7 @@ from typing import TypeVar
 from vdev.control.core import ControlCore
 from vdev.control.server import start_control
 from vdev.pci.device_api import VfioUserDevice
+from vdev.vfio_user import event_loop
 from vdev.vfio_user.server import VfioUserServer
 
 log = logging.getLogger("vdev")
@@ -156,7 +157,7 @@ def serve_devices_until_signalled(
     if labels is not None:
         install_label_filter()
     try:
-        asyncio.run(main())
+        event_loop.run(main())
     except OSError as exc:  # a socket in use (FileExistsError), a bad directory, ...
         log.error("%s", exc)
         return 1

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from vdev.pci.device_api import VfioUserDevice
+from vdev.vfio_user import event_loop
 from vdev.vfio_user.server import VfioUserServer
 
 D = TypeVar("D", bound=VfioUserDevice)
@@ -36,13 +37,15 @@ def serve_in_thread(
     *,
     name: str = "dev",
     start_timeout: float = 5.0,
+    loop_choice: str | None = None,
     **server_args: Any,
 ) -> Iterator[ThreadedServer[D]]:
     """Serve `make_device(loop)` (the loop is the server's, for devices that
-    schedule work on it).  `server_args` go to VfioUserServer."""
+    schedule work on it) on the event loop `loop_choice` (vdev.vfio_user.event_loop;
+    default as `vdev serve`).  `server_args` go to VfioUserServer."""
     tmpdir = tempfile.mkdtemp(prefix="vu-", dir="/tmp")
     path = f"{tmpdir}/{name}.sock"
-    loop = asyncio.new_event_loop()
+    loop = event_loop.loop_factory(loop_choice)[0]()
     dev = make_device(loop)
     srv = VfioUserServer(dev, path, **server_args)
     started = threading.Event()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import pytest
 
 from vdev.pci.device_api import DmaAccess, IrqIndex, IrqSink, RegionIndex, RegionInfo
+from vdev.vfio_user import event_loop
 from vdev.vfio_user.client import VfioUserClient
 from vdev.vfio_user.server import VfioUserServer
 from vdev.vfio_user.threaded import serve_in_thread
@@ -134,7 +135,23 @@ def wait_for(cond: Callable[[], bool], timeout: float = 2.0) -> None:
         time.sleep(0.005)
 
 
-@pytest.fixture
-def server() -> Iterator[ServerHandle]:
-    with serve_in_thread(lambda loop: FakeDevice(), dma_timeout=0.5) as s:
+def _uvloop_installed() -> bool:
+    try:
+        event_loop.loop_factory("uvloop")
+    except event_loop.EventLoopError:
+        return False
+    return True
+
+
+# Every server test runs on asyncio's own loop and on uvloop (when installed): the
+# server must behave the same on both (vdev.vfio_user.event_loop).
+LOOPS = [pytest.param("asyncio"),
+         pytest.param("uvloop", marks=pytest.mark.skipif(not _uvloop_installed(),
+                                                         reason="uvloop not installed"))]
+
+
+@pytest.fixture(params=LOOPS)
+def server(request: pytest.FixtureRequest) -> Iterator[ServerHandle]:
+    with serve_in_thread(lambda loop: FakeDevice(), dma_timeout=0.5,
+                         loop_choice=request.param) as s:
         yield ServerHandle(s.device, s.path, s.server, s.loop)
