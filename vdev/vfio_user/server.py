@@ -236,13 +236,12 @@ class Connection:
                     self._region_access(msg)
                 else:
                     self._dispatch(msg)
-                if not rx.has_message():
-                    # Nothing whole is buffered: go back to the event loop
-                    # instead of paying for a receive that would most likely
-                    # fail with EAGAIN (after a reply the client is waiting
-                    # for it, not sending more).  The reader is
-                    # level-triggered: bytes already queued in the socket
-                    # call us again, still in order.
+                if not rx.buffered:
+                    # Nothing buffered: go back to the event loop instead of
+                    # paying for a receive that would most likely fail with
+                    # EAGAIN (after a reply the client is waiting for it, not
+                    # sending more).  The reader is level-triggered: bytes
+                    # already queued in the socket call us again, in order.
                     return
         except PeerClosed as exc:
             self.close(str(exc), logging.INFO)
@@ -319,27 +318,30 @@ class Connection:
             offset, region, count = _unpack_access(payload)
             if region < NUM_REGIONS and count <= _MAX_XFER:
                 cmd = msg.cmd
-                try:
-                    if cmd == _REGION_READ:
-                        if (len(payload) == _ACCESS_SIZE
-                                and offset + count <= self._read_limit[region]):
+                if cmd == _REGION_READ:
+                    if len(payload) == _ACCESS_SIZE and offset + count <= self._read_limit[region]:
+                        try:
                             data = self.device.region_read(region, offset, count)
                             if len(data) != count:
                                 raise ProtocolError(errno.EIO, f"device returned {len(data)} "
                                                     f"of {count} bytes")
-                            self._send(_pack_region_head(msg.id, cmd, _REGION_HEAD + count,
-                                                         _REPLY, 0, offset, region, count)
-                                       + data)
+                        except Exception as exc:
+                            self._refuse(msg, exc)
                             return
-                    elif (len(payload) == _ACCESS_SIZE + count
-                          and offset + count <= self._write_limit[region]):
-                        self.device.region_write(region, offset, payload[_ACCESS_SIZE:])
-                        if not msg.flags:
-                            self._send(_pack_region_head(msg.id, cmd, _REGION_HEAD, _REPLY, 0,
-                                                         offset, region, count))
+                        self._send_reply(_pack_region_head(msg.id, cmd, _REGION_HEAD + count,
+                                                           _REPLY, 0, offset, region, count)
+                                         + data)
                         return
-                except Exception as exc:
-                    self._refuse(msg, exc)
+                elif (len(payload) == _ACCESS_SIZE + count
+                      and offset + count <= self._write_limit[region]):
+                    try:
+                        self.device.region_write(region, offset, payload[_ACCESS_SIZE:])
+                    except Exception as exc:
+                        self._refuse(msg, exc)
+                        return
+                    if not msg.flags:
+                        self._send_reply(_pack_region_head(msg.id, cmd, _REGION_HEAD, _REPLY, 0,
+                                                           offset, region, count))
                     return
         self._dispatch(msg)
 
@@ -380,21 +382,28 @@ class Connection:
         if self.closed:
             return
         if not self._txq and not fds:
-            # Fast path: nothing queued, so send right away (one syscall).
-            try:
-                n = self._sock.send(data)
-            except (BlockingIOError, InterruptedError):
-                n = 0
-            except OSError as exc:
-                self.close(f"send failed: {exc}")
-                return
-            if n == len(data):
-                return
-            self._txq.append((memoryview(data)[n:], []))
-            self._flush()
+            self._send_reply(data)
             return
         self._txq.append((memoryview(data), list(fds)))
         if len(self._txq) == 1:
+            self._flush()
+
+    def _send_reply(self, data: bytes) -> None:
+        """A message without fds: sent right away when nothing is queued (one syscall),
+        the rest queued behind whatever is."""
+        if self._txq or self.closed:
+            if not self.closed:
+                self._txq.append((memoryview(data), []))
+            return
+        try:
+            n = self._sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        except OSError as exc:
+            self.close(f"send failed: {exc}")
+            return
+        if n != len(data):
+            self._txq.append((memoryview(data)[n:], []))
             self._flush()
 
     def _flush(self) -> None:

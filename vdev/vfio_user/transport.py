@@ -87,6 +87,8 @@ class MessageReader:
         # Fds received and the buffer offset of the message they belong to.
         self._fds: list[int] = []
         self._fds_at = -1
+        #: Bytes received and not yet returned in a message (0: nothing buffered).
+        self.buffered = 0
 
     def close_fds(self) -> None:
         """Close fds of a partially received message (on drop)."""
@@ -104,6 +106,8 @@ class MessageReader:
         return have >= size or not HEADER_SIZE <= size <= self._max_size
 
     def poll(self) -> Message | None:
+        """The next message, from the buffer or after one receive call (several on a
+        blocking socket while a message is incomplete); None if none is complete."""
         while True:
             start, end = self._start, self._end
             if end - start >= HEADER_SIZE:
@@ -119,15 +123,39 @@ class MessageReader:
                     if self._fds and self._fds_at == start:
                         fds, self._fds, self._fds_at = self._fds, [], -1
                     if stop == end:
-                        self._start = self._end = 0
+                        self._start = self._end = self.buffered = 0
                         if len(self._buf) > _BUFFER_SIZE:  # a big message was consumed
                             self._buf = bytearray(_BUFFER_SIZE)
                             self._view = memoryview(self._buf)
                     else:
                         self._start = stop
+                        self.buffered = end - stop
                     return _new_tuple(Message, hdr + (payload, fds))
-            if not self._receive():
+            # One receive call, inline (this runs once per config access).
+            if end:
+                self._make_room()
+                end = self._end
+            try:
+                n, ancdata, msg_flags, _ = self._sock.recvmsg_into(
+                    [self._view[end:]], _CMSG_SPACE, _MSG_CMSG_CLOEXEC)
+            except (BlockingIOError, InterruptedError):
                 return None
+            except TimeoutError:
+                raise
+            except ConnectionResetError as exc:
+                raise DropClient("connection reset by peer") from exc
+            except OSError as exc:
+                if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+                    return None
+                raise DropClient(f"recvmsg failed: {exc}") from exc
+            self._end = end + n
+            self.buffered = self._end - self._start
+            if ancdata:
+                self._collect_fds(ancdata, self._end - 1)
+            if msg_flags & _MSG_CTRUNC:
+                raise DropClient(f"fds truncated (more than {RECV_FDS} in one message)")
+            if not n:
+                self._eof(end - self._start)
 
     def _make_room(self) -> None:
         """Room after the buffered bytes for the rest of the partial message at the
@@ -142,43 +170,18 @@ class MessageReader:
         buf[: end - start] = self._view[start:end]
         self._buf, self._view = buf, memoryview(buf)
         self._start, self._end = 0, end - start
+        self.buffered = self._end
         if self._fds:
             self._fds_at -= start
 
-    def _receive(self) -> bool:
-        """One receive call; False when nothing can be read now."""
-        if self._end:
-            self._make_room()
-        end = self._end
-        try:
-            n, ancdata, msg_flags, _ = self._sock.recvmsg_into(
-                [self._view[end:]], _CMSG_SPACE, _MSG_CMSG_CLOEXEC
-            )
-        except (BlockingIOError, InterruptedError):
-            return False
-        except TimeoutError:
-            raise
-        except ConnectionResetError as exc:
-            raise DropClient("connection reset by peer") from exc
-        except OSError as exc:
-            if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
-                return False
-            raise DropClient(f"recvmsg failed: {exc}") from exc
-        self._end = end + n
-        if ancdata:
-            self._collect_fds(ancdata, self._end - 1)
-        if msg_flags & _MSG_CTRUNC:
-            raise DropClient(f"fds truncated (more than {RECV_FDS} in one message)")
-        if not n:
-            have = end - self._start
-            if not have and not self._fds:
-                raise PeerClosed("client disconnected")
-            if have < HEADER_SIZE:
-                where, total = "header", HEADER_SIZE
-            else:
-                where, total = "body", _unpack_header(self._buf, self._start)[2]
-            raise DropClient(f"EOF inside a message {where} after {have} of {total} bytes")
-        return True
+    def _eof(self, have: int) -> None:
+        if not have and not self._fds:
+            raise PeerClosed("client disconnected")
+        if have < HEADER_SIZE:
+            where, total = "header", HEADER_SIZE
+        else:
+            where, total = "body", _unpack_header(self._buf, self._start)[2]
+        raise DropClient(f"EOF inside a message {where} after {have} of {total} bytes")
 
     def _message_at(self, offset: int) -> int:
         """Buffer offset of the message that the buffered byte at `offset` is part of."""
