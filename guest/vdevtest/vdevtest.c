@@ -13,11 +13,16 @@
  *   doe        (rw)  write "TYPE HEX": one pci_doe() exchange of protocol
  *                    0001:TYPE through the kernel's DOE driver; read back
  *                    "RC HEX" (RC is pci_doe()'s return value)
+ *   doe_ns     (ro)  how long that pci_doe() call took, in ns
+ *   cfg_bench  (rw)  write "OFFSET COUNT": COUNT pci_read_config_dword()s of
+ *                    the DW at OFFSET, back to back; read back "COUNT NS"
+ *                    (the benchmarks time one config access with it)
  */
 #include <linux/atomic.h>
 #include <linux/interrupt.h>
 #include <linux/io.h>
 #include <linux/kernel.h>
+#include <linux/ktime.h>
 #include <linux/module.h>
 #include <linux/pci.h>
 #include <linux/pci-doe.h>
@@ -38,6 +43,9 @@ struct vdevtest {
 	u8 doe_rsp[VDEVTEST_DOE_MAX];
 	int doe_rc;
 	bool doe_done;
+	u64 doe_ns;
+	u32 cfg_count;
+	u64 cfg_ns;
 };
 
 static irqreturn_t vdevtest_irq(int irq, void *data)
@@ -133,6 +141,7 @@ static ssize_t doe_store(struct device *dev, struct device_attribute *attr,
 	const char *hex;
 	size_t hexlen;
 	unsigned int type;
+	u64 t0;
 
 	if (sscanf(buf, "%u ", &type) != 1 || type > 255)
 		return -EINVAL;
@@ -153,16 +162,58 @@ static ssize_t doe_store(struct device *dev, struct device_attribute *attr,
 		mutex_unlock(&vt->doe_lock);
 		return -EINVAL;
 	}
+	t0 = ktime_get_ns();
 	vt->doe_rc = pci_doe(mb, PCI_VENDOR_ID_PCI_SIG, type, vt->doe_req,
 			     hexlen / 2, vt->doe_rsp, sizeof(vt->doe_rsp));
+	vt->doe_ns = ktime_get_ns() - t0;
 	vt->doe_done = true;
 	mutex_unlock(&vt->doe_lock);
 	return count;
 }
 static DEVICE_ATTR_RW(doe);
 
+static ssize_t doe_ns_show(struct device *dev, struct device_attribute *attr, char *buf)
+{
+	struct vdevtest *vt = dev_get_drvdata(dev);
+	u64 ns;
+
+	mutex_lock(&vt->doe_lock);
+	ns = vt->doe_ns;
+	mutex_unlock(&vt->doe_lock);
+	return sysfs_emit(buf, "%llu\n", ns);
+}
+static DEVICE_ATTR_RO(doe_ns);
+
+static ssize_t cfg_bench_show(struct device *dev, struct device_attribute *attr, char *buf)
+{
+	struct vdevtest *vt = dev_get_drvdata(dev);
+
+	return sysfs_emit(buf, "%u %llu\n", vt->cfg_count, vt->cfg_ns);
+}
+
+static ssize_t cfg_bench_store(struct device *dev, struct device_attribute *attr,
+			       const char *buf, size_t count)
+{
+	struct vdevtest *vt = dev_get_drvdata(dev);
+	unsigned int off, n, i;
+	u64 t0;
+	u32 val;
+
+	if (sscanf(buf, "%i %u", &off, &n) != 2 || off & 3 || off > 4092 || !n || n > 1000000)
+		return -EINVAL;
+	t0 = ktime_get_ns();
+	for (i = 0; i < n; i++)
+		pci_read_config_dword(vt->pdev, off, &val);
+	vt->cfg_ns = ktime_get_ns() - t0;
+	vt->cfg_count = n;
+	return count;
+}
+static DEVICE_ATTR_RW(cfg_bench);
+
 static struct attribute *vdevtest_attrs[] = {
+	&dev_attr_cfg_bench.attr,
 	&dev_attr_doe.attr,
+	&dev_attr_doe_ns.attr,
 	&dev_attr_irq_count.attr,
 	&dev_attr_mmio_addr.attr,
 	&dev_attr_mmio_data.attr,
