@@ -56,7 +56,30 @@ TARGETS = [
     ("TSM connect-to-RUN in-process", ("tsm", "connect_to_run", "total_ms"), None, "ms"),
     ("guest connect-to-RUN", ("guest", "connect_to_run_s"), 3.0, "s"),
     ("vdev serve RSS", ("vfio_user", "server_rss_mb"), 60.0, "MB"),
+    ("config access / blocking-server floor, C client, same CPU",
+     ("config_access", "ratio_to_floor"), 1.3, "x"),
+    ("4 KiB DOE exchange / round-trip floor, Python client, same CPU",
+     ("doe_throughput", "same_cpu", "4KiB", "ratio_to_floor"), 1.5, "x"),
+    ("4 KiB DOE exchange / round-trip floor, from the guest, same CPU",
+     ("guest_doe", "ratio_to_floor"), 1.5, "x"),
 ]
+
+
+def _doe_floor(report: dict[str, Any]) -> None:
+    """The DOE throughput figures against the round-trip floor: config accesses per
+    exchange x the pinned C-client round trip to the blocking floor server."""
+    floor_us = _dig(report, ("config_access", "reads", "config_0", "floor_blocking", "p50_us"))
+    doe = report.get("doe_throughput", {})
+    same = doe.get("same_cpu", {})
+    if not floor_us or not same:
+        return
+    for name, result in same.items():
+        if not isinstance(result, dict) or name not in doe:
+            continue
+        accesses = doe[name]["config_accesses_per_exchange"]
+        floor_ms = accesses * floor_us / 1000
+        result["round_trip_floor_ms"] = round(floor_ms, 3)
+        result["ratio_to_floor"] = round(result["ms_per_exchange"] / floor_ms, 2)
 
 
 def _dig(report: dict[str, Any], path: tuple[str, ...]) -> Any:
@@ -67,15 +90,20 @@ def _dig(report: dict[str, Any], path: tuple[str, ...]) -> Any:
 
 
 def main() -> int:
+    from bench.config_access import interpreter, run_config_access
     from bench.guest_bench import bench_guest_connect
+    from bench.guest_doe import bench_guest_doe
     from bench.spdm_bench import bench_in_process, bench_socket
     from bench.tsm_connect import bench_connect_to_run
 
     report: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine(),
+        "interpreter": interpreter(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }
     with tempfile.TemporaryDirectory(prefix="vdev-bench-") as tmp:
+        report["config_access"] = run_config_access(Path(tmp))
         report["vfio_user"] = run_vfio_user_benchmarks(Path(tmp))
         report["socket_floor"] = run_socket_floor(workdir=Path(tmp))
         report["doe_throughput"] = run_doe_throughput(Path(tmp))
@@ -89,6 +117,14 @@ def main() -> int:
     }}
     report["tsm"]["connect_to_run"]["total_ms"] = report["tsm"]["connect_to_run"].pop("total")
     report["guest"] = bench_guest_connect()
+    _doe_floor(report)
+    access = report["config_access"]
+    report["guest_doe"] = bench_guest_doe(
+        access.get("cpu"),
+        floor_rtt_us=_dig(access, ("reads", "config_0", "floor_blocking", "p50_us")),
+        ours_rtt_us=_dig(access, ("reads", "doe_status", "vdev_" + str(
+            access.get("event_loop", "asyncio")).split()[0], "p50_us")))
+    report["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     verdicts: list[dict[str, Any]] = []
     for name, path, limit, unit in TARGETS:
         value = _dig(report, path)
@@ -103,7 +139,32 @@ def main() -> int:
         state = "n/a" if v["met"] is None else ("met" if v["met"] else "NOT met")
         bound = f" (target <= {v['limit']} {v['unit']})" if v["limit"] else ""
         print(f"{v['target']}: {v['value']} {v['unit']}{bound} {state}", file=sys.stderr)
+    for line in _summary(report):
+        print(line, file=sys.stderr)
     return 0
+
+
+def _summary(report: dict[str, Any]) -> list[str]:
+    """The ratio and breakdown lines a reader wants without opening the JSON."""
+    lines = []
+    access = report.get("config_access", {})
+    for label, reads in access.get("reads", {}).items():
+        floor = reads["floor_blocking"]["p50_us"]
+        ours = ", ".join(f"{name} {r['p50_us']} us ({r['ratio_to_floor']}x)"
+                         for name, r in reads.items() if name.startswith("vdev_"))
+        lines.append(f"config read {label}, CPU {access.get('cpu')}: floor {floor} us, {ours}")
+    doe = report.get("guest_doe", {})
+    per = doe.get("per_config_access_us")
+    if per:
+        lines.append(
+            f"guest 4 KiB DOE exchange: {doe['exchange_ms_p50']} ms = "
+            f"{doe['config_accesses_per_exchange']} config accesses x {per['in_the_exchange']} us"
+            f"; floor {doe.get('round_trip_floor_ms')} ms ({doe.get('ratio_to_floor')}x); "
+            f"per access: guest+QEMU without vfio-user {per['guest_read_answered_by_qemu']} us, "
+            f"QEMU's vfio-user round trip to our server "
+            f"{per.get('vfio_user_round_trip_seen_by_qemu')} us, our server's CPU "
+            f"{per['server_cpu']} us")
+    return lines
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.config_access import build_floor_server, c_round_trips, floor_target, run_config_access
 from bench.doe_throughput import SIZES, run_doe_throughput
 from bench.socket_floor import run_socket_floor
 from bench.vfio_user_c import build_c_client, c_config_read
@@ -53,3 +54,36 @@ def test_doe_throughput_moves_objects_of_the_stated_sizes(tmp_path: Path) -> Non
     assert out["4KiB"]["config_accesses_per_exchange"] > 2048
     assert out["64B"]["config_accesses_per_exchange"] < 64
     assert out["same_cpu"]["4KiB"]["objects"] >= 5
+
+
+@needs_cc
+def test_floor_server_answers_like_the_device(tmp_path: Path) -> None:
+    """The C client checks every reply byte: the floor server answers config reads
+    from the image it was given, at any offset."""
+    client, floor = build_c_client(tmp_path), build_floor_server(tmp_path)
+    assert isinstance(client, Path) and isinstance(floor, Path), (client, floor)
+    image = bytes(range(256)) * 16
+    with floor_target(floor, "blocking", image, 0) as target:
+        sock = target.connect()
+        assert len(c_round_trips(client, sock, 50, 0, 0x104, image[0x104:0x108])) == 50
+        assert len(c_round_trips(client, sock, 5, 0, 0xFFC, image[0xFFC:])) == 5
+        with pytest.raises(RuntimeError, match="differs"):
+            c_round_trips(client, sock, 1, 0, 0, b"\0\0\0\0")
+
+
+@needs_cc
+def test_config_access_side_by_side(tmp_path: Path) -> None:
+    out = run_config_access(tmp_path, rounds=1, n=300)
+    reads = out["reads"]["config_0"]
+    assert {"floor_blocking", "floor_poll", "vdev_asyncio"} <= reads.keys()
+    ours = reads["vdev_" + out["event_loop"].split()[0]]
+    assert ours["ratio_to_floor"] == round(ours["p50_us"] / reads["floor_blocking"]["p50_us"], 2)
+    assert out["interpreter"]["implementation"] == "CPython"
+    calls = out["syscalls_per_request"]
+    if isinstance(calls["vdev_asyncio"], dict):  # strace installed
+        # One wait, one receive, one send per config access, like libvfio-user's three.
+        assert calls["floor_blocking"]["total"] == pytest.approx(3, abs=0.05)
+        for name in calls:
+            if name.startswith("vdev_"):
+                assert calls[name]["total"] == pytest.approx(3, abs=0.05), calls[name]
+                assert calls[name]["recvmsg"] == pytest.approx(1, abs=0.05)
