@@ -223,10 +223,10 @@ class TeeDevice(TeeIoEndpoint):
     def region_write(self, index: int, offset: int, data: bytes) -> None:
         if index == _BAR0 and self.enforcement.msix_locked:
             before = self.regs.read(offset, len(data))
-            super().region_write(index, offset, data)
+            TeeIoEndpoint.region_write(self, index, offset, data)
             self.enforcement.bar0_written(offset, data, before)
             return
-        super().region_write(index, offset, data)
+        TeeIoEndpoint.region_write(self, index, offset, data)  # no super(): every access
 
     # ---- SPDM ------------------------------------------------------------------------
 

@@ -135,9 +135,12 @@ class MessageReader:
             if end:
                 self._make_room()
                 end = self._end
+                into = self._view[end:]
+            else:
+                into = self._view  # the usual case: nothing buffered
             try:
                 n, ancdata, msg_flags, _ = self._sock.recvmsg_into(
-                    [self._view[end:]], _CMSG_SPACE, _MSG_CMSG_CLOEXEC)
+                    [into], _CMSG_SPACE, _MSG_CMSG_CLOEXEC)
             except (BlockingIOError, InterruptedError):
                 return None
             except TimeoutError:
