@@ -227,13 +227,21 @@ class Connection:
     def _on_readable(self) -> None:
         rx = self._rx
         try:
+            if not rx.buffered and self._negotiated and not self._log_messages:
+                # The usual wake-up: one config access, received and answered here.
+                access = rx.receive_access()
+                if access is not None:
+                    self._region_access(*access)
+                if not rx.buffered:
+                    return
             while not self.closed:
                 msg = rx.poll()
                 if msg is None:
                     return
-                if (msg.cmd in _REGION_CMDS and not msg.flags & ~_NO_REPLY and not msg.fds
+                if (msg.cmd in _REGION_CMDS and not msg.fds and len(msg.payload) >= _ACCESS_SIZE
                         and self._negotiated and not self._log_messages):
-                    self._region_access(msg)
+                    self._region_access(msg[:5] + _unpack_access(msg.payload),
+                                        msg.payload[_ACCESS_SIZE:])
                 else:
                     self._dispatch(msg)
                 if not rx.buffered:
@@ -307,43 +315,48 @@ class Connection:
         if not msg.flags & _NO_REPLY:
             self._send(wire.build_error_reply(msg.id, msg.cmd, code))
 
-    def _region_access(self, msg: Message) -> None:
-        """A REGION_READ or (posted) REGION_WRITE without fds after VERSION: the checks
-        of `_region_read`/`_region_write` inline, the device call and the reply, with
+    def _region_access(self, fields: tuple[int, ...], data: bytes) -> None:
+        """A REGION_READ or (posted) REGION_WRITE without fds after VERSION, as header
+        and access fields (wire.REGION_MESSAGE) and the written data: the checks of
+        `_region_read`/`_region_write` inline, the device call and the reply, with
         none of the general path's layers (config accesses are what a guest's DOE
         driver is made of).  Anything that fails a check before the device is called
         goes the general way, which gives the exact refusal."""
-        payload = msg.payload
-        if len(payload) >= _ACCESS_SIZE:
-            offset, region, count = _unpack_access(payload)
-            if region < NUM_REGIONS and count <= _MAX_XFER:
-                cmd = msg.cmd
-                if cmd == _REGION_READ:
-                    if len(payload) == _ACCESS_SIZE and offset + count <= self._read_limit[region]:
-                        try:
-                            data = self.device.region_read(region, offset, count)
-                            if len(data) != count:
-                                raise ProtocolError(errno.EIO, f"device returned {len(data)} "
-                                                    f"of {count} bytes")
-                        except Exception as exc:
-                            self._refuse(msg, exc)
-                            return
-                        self._send_reply(_pack_region_head(msg.id, cmd, _REGION_HEAD + count,
-                                                           _REPLY, 0, offset, region, count)
-                                         + data)
-                        return
-                elif (len(payload) == _ACCESS_SIZE + count
-                      and offset + count <= self._write_limit[region]):
+        msg_id, cmd, size, flags, _, offset, region, count = fields
+        if region < NUM_REGIONS and count <= _MAX_XFER:
+            if cmd == _REGION_READ:
+                if (size == _REGION_HEAD and not flags
+                        and offset + count <= self._read_limit[region]):
                     try:
-                        self.device.region_write(region, offset, payload[_ACCESS_SIZE:])
+                        data = self.device.region_read(region, offset, count)
+                        if len(data) != count:
+                            raise ProtocolError(errno.EIO, f"device returned {len(data)} "
+                                                f"of {count} bytes")
                     except Exception as exc:
-                        self._refuse(msg, exc)
+                        self._refuse(_as_message(fields, b""), exc)
                         return
-                    if not msg.flags:
-                        self._send_reply(_pack_region_head(msg.id, cmd, _REGION_HEAD, _REPLY, 0,
-                                                           offset, region, count))
+                    reply = _pack_region_head(msg_id, cmd, _REGION_HEAD + count, _REPLY, 0,
+                                              offset, region, count) + data
+                    # _send_reply() for the usual case, inline: the whole reply in one send.
+                    try:
+                        sent = 0 if self._txq else self._sock.send(reply)
+                    except OSError:
+                        sent = 0  # _send_reply() tries again and deals with it
+                    if sent != len(reply):
+                        self._send_reply(reply[sent:])
                     return
-        self._dispatch(msg)
+            elif (size == _REGION_HEAD + count and not flags & ~_NO_REPLY
+                  and offset + count <= self._write_limit[region]):
+                try:
+                    self.device.region_write(region, offset, data)
+                except Exception as exc:
+                    self._refuse(_as_message(fields, data), exc)
+                    return
+                if not flags:
+                    self._send_reply(_pack_region_head(msg_id, cmd, _REGION_HEAD, _REPLY, 0,
+                                                       offset, region, count))
+                return
+        self._dispatch(_as_message(fields, data))
 
     def _on_reply(self, msg: Message) -> None:
         pending = self._pending.pop(msg.id, None)
@@ -721,6 +734,13 @@ class Connection:
         for e in req.entries:
             self.device.region_write(e.region, e.offset, bytes(e.data[: e.count]))
         return b""
+
+
+def _as_message(fields: tuple[int, ...], data: bytes) -> Message:
+    """The Message whose header and access fields (wire.REGION_MESSAGE) and data these
+    are (the payload is the access struct, re-packed, and the data)."""
+    msg_id, cmd, size, flags, error, offset, region, count = fields
+    return Message(msg_id, cmd, size, flags, error, _pack_access(offset, region, count) + data, [])
 
 
 def _fixed(struct: object, payload: bytes, size: int) -> wire.Container:

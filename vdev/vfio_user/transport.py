@@ -30,7 +30,7 @@ import socket
 from typing import NamedTuple
 
 from .errors import DropClient
-from .wire import HEADER, HEADER_SIZE, MAX_MESSAGE_SIZE, RECV_FDS
+from .wire import HEADER, HEADER_SIZE, MAX_MESSAGE_SIZE, RECV_FDS, REGION_MESSAGE, Command
 
 _FD_SIZE = array.array("i").itemsize
 _CMSG_SPACE = socket.CMSG_SPACE(RECV_FDS * _FD_SIZE)
@@ -38,6 +38,10 @@ _MSG_CTRUNC = int(socket.MSG_CTRUNC)  # plain ints: enum operators are slow
 _MSG_CMSG_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
 #: (id, cmd, size, flags, error) of exactly HEADER_SIZE bytes (wire.Header's layout).
 _unpack_header = HEADER.struct.unpack_from
+#: A whole REGION_READ request, or the head of a REGION_WRITE: header + access.
+_unpack_region_message = REGION_MESSAGE.struct.unpack_from
+_REGION_MESSAGE_SIZE = REGION_MESSAGE.size
+_REGION_CMDS = (int(Command.REGION_READ), int(Command.REGION_WRITE))
 #: Receive buffer: room for many small messages (posted writes, DMA maps come in
 #: bursts); a bigger message gets a buffer of its own size while it is read.
 _BUFFER_SIZE = 64 * 1024
@@ -67,6 +71,21 @@ _new_tuple = tuple.__new__
 
 class PeerClosed(DropClient):
     """EOF exactly at a message boundary: an orderly disconnect."""
+
+
+def _receive_failed(exc: OSError) -> None:
+    """Returns when the receive just found nothing to read (or was interrupted);
+    raises what a failed one means: TimeoutError (a socket timeout, state kept),
+    DropClient (reset, or any other error)."""
+    if isinstance(exc, (BlockingIOError, InterruptedError)):
+        return
+    if isinstance(exc, TimeoutError):
+        raise exc
+    if isinstance(exc, ConnectionResetError):
+        raise DropClient("connection reset by peer") from exc
+    if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+        return
+    raise DropClient(f"recvmsg failed: {exc}") from exc
 
 
 class MessageReader:
@@ -131,34 +150,58 @@ class MessageReader:
                         self._start = stop
                         self.buffered = end - stop
                     return _new_tuple(Message, hdr + (payload, fds))
-            # One receive call, inline (this runs once per config access).
             if end:
                 self._make_room()
                 end = self._end
-                into = self._view[end:]
-            else:
-                into = self._view  # the usual case: nothing buffered
-            try:
-                n, ancdata, msg_flags, _ = self._sock.recvmsg_into(
-                    [into], _CMSG_SPACE, _MSG_CMSG_CLOEXEC)
-            except (BlockingIOError, InterruptedError):
+            got = self._recvmsg(self._view[end:] if end else self._view)
+            if got is None:
                 return None
-            except TimeoutError:
-                raise
-            except ConnectionResetError as exc:
-                raise DropClient("connection reset by peer") from exc
-            except OSError as exc:
-                if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
-                    return None
-                raise DropClient(f"recvmsg failed: {exc}") from exc
-            self._end = end + n
-            self.buffered = self._end - self._start
-            if ancdata:
-                self._collect_fds(ancdata, self._end - 1)
-            if msg_flags & _MSG_CTRUNC:
-                raise DropClient(f"fds truncated (more than {RECV_FDS} in one message)")
-            if not n:
-                self._eof(end - self._start)
+            self._received(end, *got)
+
+    def receive_access(self) -> tuple[tuple[int, ...], bytes] | None:
+        """One receive call into the empty buffer (callers check `buffered` is 0).
+
+        When it brings exactly one whole REGION_READ or REGION_WRITE and no fds, the
+        message a guest's config accesses are made of, return its header and access
+        fields (id, cmd, size, flags, error, offset, region, count: wire.REGION_MESSAGE,
+        one struct call) and the written data, and keep nothing.  Anything else stays
+        buffered for poll(), as poll() would have received it (None; `buffered` says
+        whether anything came)."""
+        try:  # _recvmsg(), inline: this is the one receive of a config access
+            n, ancdata, msg_flags, _ = self._sock.recvmsg_into(
+                [self._view], _CMSG_SPACE, _MSG_CMSG_CLOEXEC)
+        except OSError as exc:
+            _receive_failed(exc)
+            return None
+        if n >= _REGION_MESSAGE_SIZE and not ancdata and not msg_flags & _MSG_CTRUNC:
+            fields = _unpack_region_message(self._buf)
+            if fields[2] == n and fields[1] in _REGION_CMDS:
+                return fields, (bytes(self._view[_REGION_MESSAGE_SIZE:n])
+                                if n > _REGION_MESSAGE_SIZE else b"")
+        self._received(0, n, ancdata, msg_flags)
+        return None
+
+    def _recvmsg(self, into: memoryview) -> tuple[int, list[tuple[int, int, bytes]], int] | None:
+        """One recvmsg_into (fds collected by the caller); None when nothing can be read."""
+        try:
+            n, ancdata, msg_flags, _ = self._sock.recvmsg_into(
+                [into], _CMSG_SPACE, _MSG_CMSG_CLOEXEC)
+        except OSError as exc:
+            _receive_failed(exc)
+            return None
+        return n, ancdata, msg_flags
+
+    def _received(self, end: int, n: int, ancdata: list[tuple[int, int, bytes]],
+                  msg_flags: int) -> None:
+        """Account for `n` bytes received at buffer offset `end`, and their fds."""
+        self._end = end + n
+        self.buffered = self._end - self._start
+        if ancdata:
+            self._collect_fds(ancdata, self._end - 1)
+        if msg_flags & _MSG_CTRUNC:
+            raise DropClient(f"fds truncated (more than {RECV_FDS} in one message)")
+        if not n:
+            self._eof(end - self._start)
 
     def _make_room(self) -> None:
         """Room after the buffered bytes for the rest of the partial message at the
