@@ -2,16 +2,19 @@
 
 Design (what QEMU's client expects: docs/vfio-user-qemu.md):
 
-* Non-blocking socket driven by `loop.add_reader`/`add_writer`; every message
-  is read header-then-body with `recvmsg` and a 16-fd cmsg buffer, and sent
-  with its fds in one `sendmsg` (docs/vfio-user-qemu.md §2.3); a reply without
-  fds goes out with one `send` straight from the handler when nothing is
-  queued.  After answering a request the reader callback returns to the loop
-  (the level-triggered reader brings it back for anything already queued);
-  NO_REPLY requests and DMA replies are drained in one callback.
-* Hot path (REGION_READ/WRITE): header and access structs are decoded with
-  `struct` codecs derived from the construct declarations in `wire` (see
-  `wire.FixedCodec`); everything else is parsed and built by construct.
+* Non-blocking socket driven by `loop.add_reader`/`add_writer` on asyncio's
+  loop or uvloop (`event_loop`).  The reader takes what the socket holds with
+  one `recvmsg_into` and a 16-fd cmsg buffer (`transport.MessageReader`, which
+  says how fds are attributed); every message goes out with its fds in one
+  `sendmsg`, a reply without fds with one `send` straight from the handler
+  when nothing is queued.  The reader callback returns to the loop as soon as
+  nothing is buffered, so a request costs the loop's wait, one receive and
+  one send (docs/vfio-user-qemu.md §2.3, §6.5).
+* Hot path (REGION_READ/WRITE, what a guest's config accesses and DOE driver
+  are made of): received, checked and answered in the reader callback itself,
+  header and access decoded in one call of a `struct` codec derived from the
+  construct declarations in `wire` (`wire.FixedCodec`); everything else is
+  parsed and built by construct, through the general dispatch.
 * Client requests are processed strictly in order, synchronously, on the
   event-loop thread; the device is only ever called from that thread (except
   that `IrqSink.trigger` and `DmaAccess` may also be used from other threads).
