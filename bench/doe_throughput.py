@@ -24,6 +24,9 @@ places the two processes, and again with both pinned to one CPU (`same_cpu`).
 from __future__ import annotations
 
 import os
+import shutil
+import statistics
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,7 @@ from typing import Any
 from spdm.algorithms import BaseAsym, BaseHash
 from spdm.messages import GetCertificate, encode
 from spdm.requester import AlgorithmOffer, Outgoing, Requester, RequesterConfig
+from vdev.doe.data_object import PCI_SIG_VENDOR_ID, DoeProtocolId, build_object
 from vdev.doe.requester import DoeRequester
 from vdev.pci.device_api import RegionIndex
 from vdev.vfio_user.client import VfioUserClient
@@ -42,6 +46,7 @@ DOE_HEADER_SIZE = 8
 CERTIFICATE_HEADER_SIZE = 8
 SIZES = {"64B": 64, "4KiB": 4096}
 PROFILE = 'identity_key_type = "rsa-4096"\n'
+C_DOE_SOURCE = Path(__file__).resolve().parent / "vfio_user_doe.c"
 
 
 def _get_certificate(version: int, offset: int, length: int) -> bytes:
@@ -67,11 +72,40 @@ def _rate(doe: DoeRequester, request: bytes, want: int, seconds: float,
             "response_bytes_per_s": round(n * want / elapsed)}
 
 
+def build_c_doe(workdir: Path) -> Path | str:
+    """bench/vfio_user_doe.c compiled, or why not."""
+    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if cc is None:
+        return "skipped: no C compiler (cc, gcc or clang) on PATH"
+    exe = workdir / "vfio_user_doe"
+    proc = subprocess.run([cc, "-O2", "-o", str(exe), str(C_DOE_SOURCE)], capture_output=True,
+                          text=True, check=False)
+    return exe if proc.returncode == 0 else f"skipped: {proc.stderr.strip()[:200]}"
+
+
+def _c_rate(exe: Path, fd: int, cpu: int, request: bytes, size: int,
+            n: int = 20) -> dict[str, Any]:
+    """`n` exchanges by the C client (doe.c's accesses, no interpreter on the client
+    side) on the connected socket `fd`, pinned to `cpu`: median time per exchange."""
+    obj = build_object(DoeProtocolId(PCI_SIG_VENDOR_ID, DOE_TYPE_SPDM), request)
+    proc = subprocess.run([str(exe), str(fd), str(n), str(DOE_CAP), obj.hex(), str(size // 4)],
+                          pass_fds=(fd,), capture_output=True, text=True, check=False,
+                          preexec_fn=lambda: os.sched_setaffinity(0, {cpu}))
+    if proc.returncode != 0:
+        raise RuntimeError(f"C DOE client failed ({proc.returncode}): {proc.stderr.strip()}")
+    accesses, *times = (int(x) for x in proc.stdout.split())
+    ms = statistics.median(times) / 1e6
+    return {"objects": n, "ms_per_exchange": round(ms, 3), "objects_per_s": round(1000 / ms, 1),
+            "config_accesses_per_exchange": accesses}
+
+
 def _same_cpu(doe: DoeRequester, requests: dict[str, bytes], server_pid: int,
-              seconds: float) -> dict[str, Any]:
+              seconds: float, fd: int | None = None,
+              workdir: Path | None = None) -> dict[str, Any]:
     """The same with this process and the server pinned to one CPU (the one where a
     short 64 B probe runs faster): each config access is then a round trip without a
-    cross-CPU wake-up, which in a VM costs an IPI each way (see vfio_user_c)."""
+    cross-CPU wake-up, which in a VM costs an IPI each way (see vfio_user_c).  With
+    the client's socket `fd`, also the C client (bench/vfio_user_doe.c) on it."""
     cpus = sorted(os.sched_getaffinity(0))
     saved_self, saved_server = os.sched_getaffinity(0), os.sched_getaffinity(server_pid)
     try:
@@ -87,6 +121,12 @@ def _same_cpu(doe: DoeRequester, requests: dict[str, bytes], server_pid: int,
         out: dict[str, Any] = {"cpu": cpu}
         for name, size in SIZES.items():
             out[name] = _rate(doe, requests[name], size, seconds, min_n=5)
+        if fd is not None and workdir is not None:
+            exe = build_c_doe(workdir)
+            for name, size in SIZES.items():
+                out[f"{name}_c_client"] = (
+                    _c_rate(exe, fd, cpu, requests[name], size) if isinstance(exe, Path)
+                    else {"skipped": exe})
         return out
     finally:
         os.sched_setaffinity(0, saved_self)
@@ -138,7 +178,8 @@ def run_doe_throughput(workdir: Path, seconds: float = 2.0) -> dict[str, Any]:
                 result["config_accesses_per_exchange"] = round(accesses[0] / result["objects"])
                 out[name] = result
             if server.proc is not None:
-                out["same_cpu"] = _same_cpu(doe, requests, server.proc.pid, seconds)
+                out["same_cpu"] = _same_cpu(doe, requests, server.proc.pid, seconds,
+                                            c.sock.fileno(), workdir)
             req.run(req.init_connection(), transport)  # GET_VERSION: drop the transcript
         return out
     finally:

@@ -87,3 +87,13 @@ def test_config_access_side_by_side(tmp_path: Path) -> None:
             if name.startswith("vdev_"):
                 assert calls[name]["total"] == pytest.approx(3, abs=0.05), calls[name]
                 assert calls[name]["recvmsg"] == pytest.approx(1, abs=0.05)
+
+
+@needs_cc
+def test_c_doe_client_moves_4_kib_objects(tmp_path: Path) -> None:
+    """bench/vfio_user_doe.c makes doe.c's 2057 config accesses per 4 KiB response and
+    checks the response length the device reports."""
+    out = run_doe_throughput(tmp_path, seconds=0.0)
+    c = out["same_cpu"]["4KiB_c_client"]
+    assert c["config_accesses_per_exchange"] == 2057 and c["ms_per_exchange"] > 0
+    assert out["same_cpu"]["64B_c_client"]["config_accesses_per_exchange"] == 41
