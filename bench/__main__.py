@@ -160,7 +160,9 @@ def _summary(report: dict[str, Any]) -> list[str]:
         lines.append(
             f"guest 4 KiB DOE exchange: {doe['exchange_ms_p50']} ms = "
             f"{doe['config_accesses_per_exchange']} config accesses x {per['in_the_exchange']} us"
-            f"; floor {doe.get('round_trip_floor_ms')} ms ({doe.get('ratio_to_floor')}x); "
+            f"; floor {doe.get('round_trip_floor_ms')} ms ({doe.get('ratio_to_floor')}x), "
+            f"with the floor server in our place ~{doe.get('estimate_with_floor_server_ms')} ms "
+            f"({doe.get('ratio_to_estimate_with_floor_server')}x); "
             f"per access: guest+QEMU without vfio-user {per['guest_read_answered_by_qemu']} us, "
             f"QEMU's vfio-user round trip to our server "
             f"{per.get('vfio_user_round_trip_seen_by_qemu')} us, our server's CPU "

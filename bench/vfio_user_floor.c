@@ -85,7 +85,7 @@ static int serve_one(int fd)
 	size_t len;
 	ssize_t n;
 
-	n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC | MSG_WAITALL);
+	n = recvmsg(fd, &msg, 0);	/* flags as libvfio-user's get_msg() */
 	if (n == 0)
 		return 1;	/* orderly close */
 	if (n != HEADER_SIZE || hdr.size < HEADER_SIZE || hdr.size - HEADER_SIZE > MAX_BODY)
