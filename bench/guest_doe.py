@@ -32,7 +32,7 @@ from bench.doe_throughput import (
     _get_certificate,
 )
 from spdm.algorithms import BaseAsym, BaseHash
-from spdm.requester import Outgoing, Requester, RequesterConfig
+from spdm.requester import AlgorithmOffer, Outgoing, Requester, RequesterConfig
 from vdev.endpoint.registers import REG_MARKER
 from vdev.endpoint.tee_device import TeeDevice
 from vdev.profiles import load_profile
@@ -52,8 +52,8 @@ def _vca_requests(profile_path: Path, state_dir: Path) -> tuple[list[bytes], int
     the negotiated version, from an in-process device of the same profile (this
     also creates the identity the server will load)."""
     device = TeeDevice(load_profile(str(profile_path)), state_dir=state_dir)
-    req = Requester(RequesterConfig(trust_anchors=[], base_asym=int(BaseAsym.RSASSA_4096),
-                                    base_hash=int(BaseHash.SHA_384)))
+    req = Requester(RequesterConfig(trust_anchors=[], algorithms=AlgorithmOffer(
+        base_asym=int(BaseAsym.RSASSA_4096), base_hash=int(BaseHash.SHA_384))))
     sent: list[bytes] = []
 
     def transport(out: Outgoing) -> bytes:
