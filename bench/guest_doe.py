@@ -164,7 +164,7 @@ def bench_guest_doe(cpu: int | None, floor_rtt_us: float | None = None,
     if ours_rtt_us and floor_rtt_us:
         # What the guest would see with the floor server in our place: every access
         # cheaper by the difference of the two servers' pinned round trips.  The rest
-        # is the guest, TCG and QEMU's own path (docs/vfio-user.md "Per config access").
+        # is the guest, TCG and QEMU's own path (docs/vfio-user-qemu.md §6.5).
         with_floor = accesses * (per_access - (ours_rtt_us - floor_rtt_us)) / 1000
         out["estimate_with_floor_server_ms"] = round(with_floor, 2)
         out["ratio_to_estimate_with_floor_server"] = round(exchange_ms / with_floor, 2)
