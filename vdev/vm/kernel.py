@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -231,12 +232,17 @@ def user_fragment(path: Path | str) -> list[Option]:
         raise KernelError(f"KCONFIG={path}: {exc}") from None
 
 
+def _first_sentence(text: str) -> str:
+    m = re.match(r"(.+?[.;])(\s|$)", text)
+    return m[1].rstrip(".;") if m else text
+
+
 def missing_option_message(tree: KernelTree, option: Option, config: dict[str, str]) -> str:
     have = config.get(option.name)
     state = "is missing (this tree's Kconfig has no such option)" if have is None else \
         f"is {'not set' if have == 'n' else have!r} (a dependency is off; `make menuconfig`, " \
         f"then / {option.name.removeprefix('CONFIG_')} shows which)"
-    why = f": {option.why}" if option.why else ""
+    why = f": {_first_sentence(option.why)}" if option.why else ""
     return f"{option.name} {state} in {tree.config_path}; the guest needs it{why}"
 
 
@@ -277,16 +283,39 @@ def _make(tree: KernelTree, toolchain: Toolchain, *targets: str) -> list[str]:
     return [*argv, *toolchain.make_vars, *targets]
 
 
+def kbuild_env() -> dict[str, str]:
+    """The environment for a kbuild `make`: without the variables our own
+    Makefile's `make` exports (MAKEFLAGS carries its command line, e.g.
+    `O=`, `KSRC=`, into every make below it)."""
+    drop = {"MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "GNUMAKEFLAGS"}
+    return {k: v for k, v in os.environ.items() if k not in drop}
+
+
+def run_kbuild(argv: list[str], *, capture: bool) -> tuple[int, str]:
+    """Run a kbuild `make`; on Ctrl-C or SIGTERM, make gets SIGINT (it stops
+    its compilers and deletes half-written targets) before we give up."""
+    proc = subprocess.Popen(argv, env=kbuild_env(), text=True, errors="replace",
+                            stdout=subprocess.PIPE if capture else None,
+                            stderr=subprocess.STDOUT if capture else None)
+    try:
+        out, _ = proc.communicate()
+    except BaseException:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise
+    return proc.returncode, out or ""
+
+
 def _run_make(argv: list[str], what: str, quiet: bool) -> None:
     """Run kbuild; its own output goes to the terminal (errors are where a kernel
     developer expects them), or is kept and its first error reported when quiet."""
-    if quiet:
-        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              errors="replace")
-        if proc.returncode != 0:
-            raise KernelError(f"{what} failed: {first_error(proc.stdout)}")
-        return
-    rc = subprocess.call(argv)
+    rc, out = run_kbuild(argv, capture=quiet)
+    if rc != 0 and quiet:
+        raise KernelError(f"{what} failed: {first_error(out)}")
     if rc != 0:
         raise KernelError(f"{what} failed (`{' '.join(argv)}` exited {rc}; its errors are above)")
 
@@ -330,7 +359,14 @@ def build_kernel(
         if build.is_relative_to(src):
             raise KernelError(f"O={out} is inside KSRC={ksrc}: put the build directory elsewhere")
         build.mkdir(parents=True, exist_ok=True)
-    options = project_fragment() + (user_fragment(kconfig) if kconfig else [])
+    own = project_fragment()
+    theirs = user_fragment(kconfig) if kconfig else []
+    needed = {o.name: o for o in own if o.required}
+    for o in theirs:
+        if o.name in needed and o.value != needed[o.name].value:
+            raise KernelError(f"KCONFIG={kconfig} sets {o.line()!r}, but the guest needs "
+                              f"{needed[o.name].line()}: {_first_sentence(needed[o.name].why)}")
+    options = own + theirs
     config = tree.config()
     if llvm:
         toolchain = llvm_toolchain(llvm)
@@ -424,12 +460,11 @@ def build_module_on_host(src: Path, out: Path, tree: KernelTree) -> Path:
     shutil.rmtree(out, ignore_errors=True)
     shutil.copytree(src, out)
     argv = ["make", "-C", str(tree.build), f"M={out}", *toolchain.make_vars, "modules"]
-    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          errors="replace")
-    (out / "build.log").write_text("# " + " ".join(argv) + "\n" + proc.stdout)
-    if proc.returncode != 0:
+    rc, output = run_kbuild(argv, capture=True)
+    (out / "build.log").write_text("# " + " ".join(argv) + "\n" + output)
+    if rc != 0:
         raise KernelError(f"module build of {src.name} against {tree.build} failed: "
-                          f"{first_error(proc.stdout)} (log {out / 'build.log'})")
+                          f"{first_error(output)} (log {out / 'build.log'})")
     kos = sorted(out.glob("*.ko"))
     if not kos:
         raise KernelError(f"module build of {src.name} produced no .ko (log {out / 'build.log'})")
