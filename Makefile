@@ -8,8 +8,14 @@
 #   make vm-env  build the cached trixie root (QEMU 11, Linux 7.3.4)
 #   make lock    re-resolve the dependency versions into constraints.txt
 #
-# KERNEL=path/to/vmlinux-or-bzImage, KDIR=path/to/kernel/build and
-# QEMU=path/to/qemu-system-x86_64 select your own kernel and QEMU.
+#   make kernel KSRC=~/linux [O=dir] [KCONFIG=frag] [LLVM=1]
+#                configure (guest/kernel.config) and build your kernel tree
+#
+# KERNEL=path/to/vmlinux-or-bzImage with KDIR=path/to/kernel/build, or
+# KSRC=~/linux [O=...] (build, then run), select your own kernel;
+# QEMU=path/to/qemu-system-x86_64 your own QEMU.  make run also takes
+# APPEND="args", QUIET=0, INITRAMFS_ADD="files", VTSM=0
+# (docs/kernel-developers.md).
 
 PYTHON ?= python3
 VENV := .venv
@@ -17,7 +23,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export KERNEL KDIR QEMU
 
-.PHONY: all run vm test lint unit guest bench vm-env venv clean fuzz fuzz-atheris tools lock
+.PHONY: all run vm test lint unit guest bench vm-env venv clean fuzz fuzz-atheris tools lock kernel
 
 all: test
 
@@ -40,8 +46,19 @@ venv: $(STAMP)
 vm-env:
 	@bash guest/vm-env.sh >/dev/null
 
+# Your kernel: KSRC= (with O=, KCONFIG=, LLVM=) is built first, like make kernel.
+KERNEL_BUILD_ARGS = $(if $(O),--out "$(O)") $(if $(KCONFIG),--kconfig "$(KCONFIG)") \
+	$(if $(LLVM),--llvm "$(LLVM)") $(if $(JOBS),--jobs "$(JOBS)")
+RUN_ARGS = $(if $(KSRC),--ksrc "$(KSRC)" $(KERNEL_BUILD_ARGS)) \
+	$(if $(APPEND),--append "$(APPEND)") $(if $(filter 0,$(QUIET)),--no-quiet) \
+	$(foreach f,$(INITRAMFS_ADD),--initramfs-add "$(f)") $(if $(filter 0,$(VTSM)),--no-vtsm)
+
 run: venv vm-env
-	$(PY) -m vdev.cli run
+	$(PY) -m vdev.cli run $(RUN_ARGS)
+
+kernel: venv
+	@test -n "$(KSRC)" || { echo "make kernel: give the kernel source tree: make kernel KSRC=~/linux [O=dir] [KCONFIG=fragment] [LLVM=1]"; exit 2; }
+	@$(PY) -m vdev.cli kernel build "$(KSRC)" $(KERNEL_BUILD_ARGS)
 
 vm: venv vm-env
 	$(PY) -m vdev.cli vm

@@ -13,12 +13,29 @@ r() { echo "@@VDEV $*"; }
 r boot "$(uname -r)"
 r cmdline "$(cat /proc/cmdline)"
 
+# Modules added with --initramfs-add load before any test script.
+for m in /modules/add/*.ko; do
+	[ -e "$m" ] || continue
+	if insmod "$m"; then r add_insmod "$(basename "$m") ok"; else r add_insmod "$(basename "$m") failed"; fi
+done
+
 # Test scripts run in name order; each reports its own results.
 for t in /tests/*; do
 	[ -x "$t" ] || continue
 	r script "$(basename "$t")"
 	# A subshell: a broken script must not kill init (and panic the guest).
 	( . "$t" ) || r script_failed "$(basename "$t") $?"
+done
+
+# Programs added with --initramfs-add run next, each on its own, with EP and
+# MB (the endpoint's and the TSM mailbox's BDFs) in their environment; the
+# host reads each one's output (KTAP if it prints any) and exit status.
+[ -f /user-env ] && . /user-env
+for t in /user-tests/*; do
+	[ -x "$t" ] || continue
+	r user_script "$(basename "$t")"
+	"$t"
+	r user_script_done "$(basename "$t") $?"
 done
 
 if [ -n "$(grep -o 'vdev.shell=1' /proc/cmdline)" ]; then

@@ -8,7 +8,13 @@
                 [--state-dir DIR | --cert-chain FILE --key FILE]
                                               the same device protocols over the
                                               spdm-emu socket protocol (TCP)
-  vdev run                                    device + real guest, readable summary
+  vdev run [--ksrc DIR [--out DIR] [--kconfig FILE] [--llvm 1]] [--append ARGS] [--no-quiet]
+           [--initramfs-add PATH ...] [--no-vtsm]
+                                              device + real guest, readable summary
+  vdev kernel build KSRC [--out DIR] [--kconfig FILE] [--llvm 1|-NN] [-j N]
+                                              configure and build your kernel for the guest
+  vdev kernel check --kernel IMAGE --kdir DIR check a KERNEL/KDIR pair as run does
+  vdev kernel fetch-debian DIR                Debian's linux-source-7.3, unpacked
   vdev vm                                     device + guest, interactive shell
   vdev tsm serve --socket PATH --trust-anchor FILE   the TSM mailbox device
   vdev tsm connect --spdm-emu HOST:PORT --trust-anchor FILE   TSM model over spdm-emu
@@ -334,12 +340,29 @@ def _guest_profile(command: str, name_or_path: str | None) -> str | None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     profile = _guest_profile("run", args.profile)
-    from vdev.vm.demo import run_demo
+    from vdev.vm.demo import KernelSource, RunOptions, run_demo
     from vdev.vm.env import REPO
+    from vdev.vm.initramfs import AdditionError, plan_additions
 
+    try:
+        additions = tuple(plan_additions(args.initramfs_add or []))
+    except AdditionError as exc:
+        raise SystemExit(f"vdev run: {exc}") from None
+    if not args.ksrc and (args.out or args.kconfig or args.llvm):
+        raise SystemExit("vdev run: --out, --kconfig and --llvm go with --ksrc (O=, KCONFIG= "
+                         "and LLVM= with KSRC=)")
+    source = KernelSource(args.ksrc, args.out, args.kconfig, args.llvm, args.jobs) \
+        if args.ksrc else None
+    options = RunOptions(append=args.append or "", quiet=not args.no_quiet,
+                         additions=additions, vtsm=not args.no_vtsm)
     workdir = Path(args.workdir) if args.workdir else REPO / "out" / "run"
-    # Always traced: the traces and pcaps are the run's record, and the picture of it.
-    rc = run_demo(profile_path=profile, workdir=workdir, trace=True)
+    try:
+        # Always traced: the traces and pcaps are the run's record, and the picture of it.
+        rc = run_demo(profile_path=profile, workdir=workdir, trace=True, options=options,
+                      source=source)
+    except KeyboardInterrupt:
+        print("vdev run: interrupted; servers and QEMU stopped", file=sys.stderr)
+        return 130
     from vdev.cli.trace import write_sequence
 
     write_sequence(workdir)
@@ -415,6 +438,21 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--workdir", help="where logs go (default out/run; emptied first)")
     # Both servers always write device.trace/.pcap and tsm.trace/.pcap (and sequence.md).
     r.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
+    r.add_argument("--ksrc", metavar="DIR", help="build this kernel tree first (vdev kernel "
+                   "build) and boot it")
+    r.add_argument("--out", "-O", metavar="DIR", help="with --ksrc: build directory (O=)")
+    r.add_argument("--kconfig", metavar="FILE", help="with --ksrc: your config fragment")
+    r.add_argument("--llvm", metavar="1|-NN", help="with --ksrc: build with clang (LLVM=)")
+    r.add_argument("--jobs", "-j", type=int, metavar="N", help="with --ksrc: parallel jobs")
+    r.add_argument("--append", metavar="ARGS", help="extra kernel command-line arguments")
+    r.add_argument("--no-quiet", action="store_true", help="drop `quiet` from the kernel "
+                   "command line (the whole boot log in console.log)")
+    r.add_argument("--initramfs-add", action="append", metavar="PATH", help="copy a file into "
+                   "the guest: *.ko is loaded before the tests, an executable runs after them "
+                   "(its KTAP output nested in results.ktap), anything else goes to /extra "
+                   "(repeatable)")
+    r.add_argument("--no-vtsm", action="store_true", help="leave vtsm.ko out (your kernel "
+                   "brings its own TSM driver) and report what the kernel did")
     r.set_defaults(func=cmd_run)
 
     v = sub.add_parser("vm", help="boot the guest with the device and give a shell")
@@ -447,6 +485,9 @@ def build_parser() -> argparse.ArgumentParser:
     from vdev.cli.identity import add_identity_parser
 
     add_identity_parser(sub)  # vdev identity show|generate|regenerate|trust-anchor
+    from vdev.cli.kernel import add_kernel_parser
+
+    add_kernel_parser(sub)  # vdev kernel build|check|fetch-debian
     accept_after_subcommands(p, "--log-level", choices=["debug", "info", "warning", "error"],
                              help="as before the command (default info)")
     return p

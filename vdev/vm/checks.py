@@ -50,6 +50,9 @@ class Check:
     name: str
     ok: bool
     detail: str
+    # An observation, not a requirement (what a kernel with its own TSM did):
+    # reported, never failed.
+    info: bool = False
 
 
 def _hex(v: str | None) -> int | None:
@@ -235,4 +238,31 @@ def connect_checks(
     add("disconnect", _rc_ok(v("disconnect")) and v("authenticated_after") == "",
         f"disconnect {v('disconnect')}; authenticated={v('authenticated_after')!r}")
     add("vtsm unloaded", v("vtsm_rmmod") == "ok", f"rmmod {v('vtsm_rmmod')}")
+    return out
+
+
+def kernel_tsm_checks(res: VmResult) -> list[Check]:
+    """What a kernel did with the endpoint on its own, vtsm.ko left out
+    (guest-tests/scripts/kernel-tsm.sh): observations, reported as they are."""
+    out: list[Check] = []
+    v = res.value
+
+    def info(name: str, detail: str) -> None:
+        out.append(Check(name, True, detail or "none", info=True))
+
+    info("/sys/class/tsm", v("ktsm_class") or "")
+    for dev in res.values("ktsm_dev"):
+        name, _, path = dev.partition(" ")
+        info(f"{name} registered", path)
+    info("endpoint tsm/ attributes", v("ktsm_attrs") or "")
+    info("authenticated (before connect)", repr(v("kauthenticated") or ""))
+    for rc in res.values("kconnect"):
+        info(f"connect {rc.split(' ', 1)[0]}", "echo > tsm/connect: " + rc.split(" ", 1)[-1])
+    for state in res.values("kconnected"):
+        info(f"after connect {state.split(' ', 1)[0]}", state.split(" ", 1)[-1])
+    for rc in res.values("kdisconnect"):
+        info(f"disconnect {rc.split(' ', 1)[0]}", rc.split(" ", 1)[-1])
+    lines = res.values("kdmesg")
+    info("kernel log (TSM, IDE, DOE, SPDM)", f"{len(lines)} lines" + (
+        ": " + " | ".join(line.split("] ", 1)[-1] for line in lines[:4]) if lines else ""))
     return out

@@ -17,7 +17,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from vdev.vm.env import GUEST_TESTS, VmEnvError
+from vdev.vm.env import GUEST, VmEnvError
 
 PACKAGE = "linux-source-7.3"
 SUITE = "trixie-backports"
@@ -38,7 +38,7 @@ class DebianSource:
 
 def host_mirror() -> str:
     """The Debian archive URI of the host's apt configuration (vm-env.sh reads it)."""
-    proc = subprocess.run(["bash", str(GUEST_TESTS / "vm-env.sh"), "--print-mirror"],
+    proc = subprocess.run(["bash", str(GUEST / "vm-env.sh"), "--print-mirror"],
                           capture_output=True, text=True)
     if proc.returncode != 0 or not proc.stdout.strip():
         raise SourceError(proc.stderr.strip().removeprefix("[vm-env] error: ")

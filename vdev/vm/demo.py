@@ -15,6 +15,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from vdev.endpoint.registers import ID_MAGIC, REG_DOORBELL, REG_ID, REG_SCRATCH0
@@ -25,9 +26,12 @@ from vdev.vm.checks import (
     Expected,
     connect_checks,
     foundation_checks,
+    kernel_tsm_checks,
 )
 from vdev.vm.env import REPO, VmEnv, VmEnvError, find_env
+from vdev.vm.initramfs import Addition
 from vdev.vm.qemu import MARK, VmResult, choose_accel, qemu_command
+from vdev.vm.report import RunReport, run_first_failure, script_checks, user_scripts
 from vdev.vm.session import (
     GuestRun,
     ServerError,
@@ -102,22 +106,6 @@ def _narrate(line: str) -> None:
         _print(f"  [guest]  {fmt.format(v=value.strip())}")
 
 
-def print_summary(checks: list[Check], accel: str, workdir: Path) -> bool:
-    ok = all(c.ok for c in checks)
-    width = max(len(c.name) for c in checks)
-    _print("")
-    _print("=" * 78)
-    _print(f" vdev summary (QEMU accel={accel}; logs in {workdir})")
-    _print("-" * 78)
-    for c in checks:
-        _print(f" {'PASS' if c.ok else 'FAIL'}  {c.name:<{width}}  {c.detail}")
-    _print("-" * 78)
-    passed = sum(c.ok for c in checks)
-    _print(f" {passed} of {len(checks)} checks held: {'OK' if ok else 'FAILED'}")
-    _print("=" * 78)
-    return ok
-
-
 class LogFollower(threading.Thread):
     """Print a server's interesting log lines as they are written, with a tag."""
 
@@ -163,34 +151,82 @@ def connect_script(exp: Expected) -> bytes:
     )
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """What a kernel developer changes about a run (docs/kernel-developers.md)."""
+
+    append: str = ""  # extra kernel command-line arguments
+    quiet: bool = True  # False drops `quiet` from the command line
+    additions: tuple[Addition, ...] = ()  # --initramfs-add files
+    vtsm: bool = True  # False: leave vtsm.ko out, report what the kernel did
+
+
+@dataclass(frozen=True)
+class KernelSource:
+    """`make run KSRC=...`: a tree to build (make kernel) before booting it."""
+
+    ksrc: str
+    out: str | None = None
+    kconfig: str | None = None
+    llvm: str | None = None
+    jobs: int | None = None
+
+
 def run_demo(profile_path: str | None = None, workdir: Path | None = None,
-             trace: bool = False) -> int:
+             trace: bool = False, options: RunOptions = RunOptions(),
+             source: KernelSource | None = None) -> int:
     """The main job: device + TSM + real guest, connect to RUN and back, summary.
-    `trace`: both servers write a decoded trace and a pcap into the workdir (vdev.trace)."""
+    `trace`: both servers write a decoded trace and a pcap into the workdir (vdev.trace).
+    `source`: build that kernel tree first and boot it (KERNEL=/KDIR= otherwise)."""
+    from vdev.vm.kernel import build_kernel
+
     workdir = workdir or REPO / "out" / "run"
     try:
         env = find_env()
+        if source is not None:
+            if env.kernel_override or env.kdir_override:
+                raise VmEnvError("give KSRC= or KERNEL=/KDIR=, not both")
+            built = build_kernel(source.ksrc, source.out, kconfig=source.kconfig,
+                                 llvm=source.llvm, jobs=source.jobs,
+                                 say=lambda m: _print(f"[kernel] {m}"))
+            env = env.with_kernel(str(built.image), str(built.tree.build))
     except VmEnvError as exc:
         _print(f"vdev run: {exc}")
         return 2
     accel = choose_accel(env)
-    _print(f"vdev run: QEMU {env.qemu_version()}, guest kernel {env.kernel.name}, accel={accel}")
+    _print(f"vdev run: QEMU {env.qemu_version()}, guest kernel {env.kernel}, accel={accel}")
+    if env.kdir_override:
+        _print(f"          guest modules built against {env.kdir_override}")
     _print(f"          logs and evidence in {workdir}")
-    checks, result = connect_session(env, workdir, profile_path, narrate=True, trace=trace)
+    report, result = connect_report(env, workdir, profile_path, narrate=True, trace=trace,
+                                    options=options)
     if result is None:
-        for c in checks:
+        for c in report.checks:
             _print(f"vdev run: {c.name}: {c.detail}")
         return 1
-    return 0 if print_summary(checks, result.accel, workdir) else 1
+    return 0 if report.print_summary(result.accel, workdir, _print) else 1
 
 
 def connect_session(
     env: VmEnv, workdir: Path, profile_path: str | None = None, *, narrate: bool = False,
-    trace: bool = False,
+    trace: bool = False, options: RunOptions = RunOptions(),
 ) -> tuple[list[Check], VmResult | None]:
+    """Every check of a connect run (guest, TSM evidence, server health); see
+    connect_report.  Used by the guest tests."""
+    report, result = connect_report(env, workdir, profile_path, narrate=narrate, trace=trace,
+                                    options=options)
+    return report.checks, result
+
+
+def connect_report(
+    env: VmEnv, workdir: Path, profile_path: str | None = None, *, narrate: bool = False,
+    trace: bool = False, options: RunOptions = RunOptions(),
+) -> tuple[RunReport, VmResult | None]:
     """Start `vdev serve` and `vdev tsm serve`, boot the guest through the
-    foundation and connect scripts; every check of the run (guest, TSM
-    evidence, server health).  Used by `make run` and the guest tests."""
+    foundation and connect scripts (or, without vtsm, the script that looks
+    at what the kernel's own TSM did), then the user's programs; the run's
+    report, also written as KTAP to workdir/results.ktap.  Used by `make run`
+    and the guest tests."""
     profile = DeviceProfile.from_toml(profile_path) if profile_path else DeviceProfile()
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
@@ -212,6 +248,12 @@ def connect_session(
             followers.append(LogFollower(srv.log, tag))
             followers[-1].start()
 
+    def finish() -> None:
+        for follower in followers:
+            follower.stop()
+        for srv in servers:
+            srv.stop()
+
     try:
         servers.append(device.start())
         follow(device, "device")
@@ -221,40 +263,61 @@ def connect_session(
         servers.append(tsm.start())
         follow(tsm, "tsm")
     except ServerError as exc:
-        for srv in servers:
-            srv.stop()
-        return [Check("servers started", False, str(exc))], None
+        finish()
+        return RunReport([("servers", [Check("servers started", False, str(exc))])]), None
+    except BaseException:
+        finish()
+        raise
     exp = expected_from_profile(profile)
+    flow = {"60-connect.sh": connect_script(exp)} if options.vtsm else \
+        {"60-kernel-tsm.sh": script("kernel-tsm.sh", EP=exp.bdf, MB=MAILBOX_BDF)}
+    modules = ["vdevtest", "vtsm"] if options.vtsm else ["vdevtest"]
     run = GuestRun(
-        env=env, workdir=workdir, modules=["vdevtest", "vtsm"],
-        devices=[device.socket, tsm.socket],
-        scripts={"50-foundation.sh": foundation_script(exp), "60-connect.sh": connect_script(exp)},
+        env=env, workdir=workdir, modules=modules, devices=[device.socket, tsm.socket],
+        scripts={"50-foundation.sh": foundation_script(exp), **flow},
+        append=options.append, quiet=options.quiet, additions=options.additions,
+        user_env={"EP": exp.bdf, "MB": MAILBOX_BDF},
     )
     result: VmResult | None = None
     try:
         if narrate:
-            _print("  [guest]  building vdevtest.ko and vtsm.ko in the VM root, booting")
+            where = f"against {env.kdir_override}" if env.kdir_override else "in the VM root"
+            _print(f"  [guest]  building {', '.join(m + '.ko' for m in modules)} {where}, "
+                   "booting")
         result = run.boot(on_line=_narrate if narrate else None)
     except VmEnvError as exc:
         failure = Check("guest modules built", False, str(exc))
-    alive = {srv.log.name: srv.alive() for srv in servers}
-    time.sleep(0.3)  # let the followers print the servers' last lines
-    for follower in followers:
-        follower.stop()
-    for srv in servers:
-        srv.stop()
+    finally:
+        alive = {srv.log.name: srv.alive() for srv in servers}
+        time.sleep(0.3)  # let the followers print the servers' last lines
+        finish()
     if result is None:
-        return [failure], None
+        report = RunReport([("build", [failure])])
+        report.write_ktap(workdir / "results.ktap")
+        return report, None
     evidence = json.loads(evidence_file.read_text()) if evidence_file.exists() else None
-    checks = foundation_checks(result, exp)
-    checks += connect_checks(result, ConnectExpected(ep=exp.bdf, mb=MAILBOX_BDF,
-                                                     id_value=exp.id_value), evidence)
+    groups = [("foundation", foundation_checks(result, exp))]
+    if options.vtsm:
+        groups.append(("connect", connect_checks(
+            result, ConnectExpected(ep=exp.bdf, mb=MAILBOX_BDF, id_value=exp.id_value),
+            evidence)))
+    else:
+        groups.append(("kernel TSM", kernel_tsm_checks(result)))
+    health = []
     for srv in servers:
         text = srv.log_text()
         ok = alive[srv.log.name] and "Traceback" not in text
-        checks.append(Check(f"{srv.log.stem} healthy", ok,
+        health.append(Check(f"{srv.log.stem} healthy", ok,
                             "served to the end, no tracebacks" if ok else srv.log_tail(5)))
-    return checks, result
+    groups.append(("servers", health))
+    runs = user_scripts(result)
+    added = [Check(f"module {name.split()[0]} loaded", name.endswith(" ok"), name)
+             for name in result.values("add_insmod")]
+    if runs or added:
+        groups.append(("added", added + script_checks(runs)))
+    report = RunReport(groups, first=run_first_failure(result), scripts=runs)
+    report.write_ktap(workdir / "results.ktap")
+    return report, result
 
 
 def run_shell(profile_path: str | None = None) -> int:

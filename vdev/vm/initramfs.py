@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,17 +77,62 @@ class Initramfs:
         return path
 
 
+class AdditionError(ValueError):
+    """A file given to --initramfs-add that cannot go into the guest."""
+
+
+@dataclass(frozen=True)
+class Addition:
+    """A user's file in the guest: a module /init loads before the test
+    scripts (modules/add/), a program it runs after them (user-tests/), or
+    data for those programs (extra/)."""
+
+    source: Path
+    dest: str
+    mode: int
+
+
+def plan_additions(paths: Sequence[str | Path]) -> list[Addition]:
+    """Where each --initramfs-add file goes, by what it is: `*.ko` is a
+    module, an executable file a program to run, anything else data."""
+    out: list[Addition] = []
+    seen: dict[str, Path] = {}
+    for raw in paths:
+        path = Path(raw).expanduser()
+        if not path.exists():
+            raise AdditionError(f"--initramfs-add {raw}: no such file")
+        if not path.is_file():
+            raise AdditionError(f"--initramfs-add {raw}: not a regular file (give the files "
+                                "one by one)")
+        if path.suffix == ".ko":
+            add = Addition(path, f"modules/add/{path.name}", 0o644)
+        elif os.access(path, os.X_OK):
+            add = Addition(path, f"user-tests/{path.name}", 0o755)
+        else:
+            add = Addition(path, f"extra/{path.name}", 0o644)
+        if add.dest in seen:
+            raise AdditionError(f"--initramfs-add {raw}: /{add.dest} is already {seen[add.dest]}")
+        seen[add.dest] = path
+        out.append(add)
+    return out
+
+
 def guest_initramfs(
     busybox: Path,
     init_script: Path,
     *,
     modules: dict[str, Path] | None = None,
     scripts: dict[str, bytes] | None = None,
+    additions: Sequence[Addition] = (),
+    user_env: dict[str, str] | None = None,
 ) -> Initramfs:
     """The standard guest image: /init from `init_script`, /bin/busybox,
-    modules under /modules and test scripts under /tests (run in name order)."""
+    modules under /modules and test scripts under /tests (run in name order),
+    the user's additions (plan_additions) and, for their programs, the
+    variables in /user-env."""
     fs = Initramfs()
-    for d in ("bin", "sbin", "dev", "proc", "sys", "tmp", "modules", "tests", "mnt"):
+    for d in ("bin", "sbin", "dev", "proc", "sys", "tmp", "modules", "tests", "mnt",
+              "modules/add", "user-tests", "extra"):
         fs.directory(d)
     fs.file("bin/busybox", busybox.read_bytes(), 0o755)
     fs.symlink("bin/sh", "busybox")
@@ -94,4 +141,8 @@ def guest_initramfs(
         fs.file(f"modules/{name}", path.read_bytes())
     for name, body in sorted((scripts or {}).items()):
         fs.file(f"tests/{name}", body, 0o755)
+    for add in additions:
+        fs.file(add.dest, add.source.read_bytes(), add.mode)
+    if user_env:
+        fs.file("user-env", "".join(f"export {k}={v}\n" for k, v in user_env.items()).encode())
     return fs

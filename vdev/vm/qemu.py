@@ -42,6 +42,7 @@ class VmSpec:
     devices: list[VfioUserAttach] = field(default_factory=list)
     memory_mb: int = 512
     append: str = ""
+    quiet: bool = True  # `quiet` on the kernel command line (False: the whole boot log)
     accel: str = "auto"
     timeout: float = 240.0
 
@@ -54,6 +55,7 @@ class VmResult:
     seconds: float
     console: list[str]
     argv: list[str]
+    stderr: list[str] = field(default_factory=list)  # QEMU's own messages
 
     @property
     def records(self) -> list[tuple[str, str]]:
@@ -87,6 +89,13 @@ class VmResult:
         return self.value("done") == "0"
 
 
+def kernel_cmdline(spec: VmSpec) -> str:
+    """console=ttyS0: the serial line is all the host reads; panic=-1: a panic
+    reboots, which -no-reboot turns into QEMU exiting at once."""
+    return " ".join(["console=ttyS0", "panic=-1", *(["quiet"] if spec.quiet else []),
+                     *([spec.append] if spec.append else [])])
+
+
 def qemu_command(spec: VmSpec, accel: str) -> list[str]:
     """The exact QEMU invocation (also what qemu-configs/ documents)."""
     mem = f"{spec.memory_mb}M"
@@ -104,7 +113,7 @@ def qemu_command(spec: VmSpec, accel: str) -> list[str]:
         "-serial", "stdio",
         "-kernel", str(spec.env.kernel),
         "-initrd", str(spec.initrd),
-        "-append", f"console=ttyS0 panic=-1 quiet {spec.append}".strip(),
+        "-append", kernel_cmdline(spec),
     ]
     for n, dev in enumerate(spec.devices, start=1):
         rp = f"rp{n}"
@@ -131,26 +140,41 @@ def run_vm(
     accel = choose_accel(spec.env) if spec.accel == "auto" else spec.accel
     argv = qemu_command(spec, accel)
     console: list[str] = []
+    stderr: list[str] = []
     start = time.monotonic()
     with console_log.open("w") as log:
         log.write("# " + shlex.join(argv) + "\n")
         log.flush()
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, errors="replace",
+            stderr=subprocess.PIPE, text=True, errors="replace",
         )
+        lock = threading.Lock()
 
         def pump() -> None:
             assert proc.stdout is not None
             for line in proc.stdout:
-                console.append(line)
-                log.write(line)
-                log.flush()
+                with lock:
+                    console.append(line)
+                    log.write(line)
+                    log.flush()
                 if on_line:
                     on_line(line.rstrip("\r\n"))
 
-        reader = threading.Thread(target=pump, daemon=True)
-        reader.start()
+        def pump_stderr() -> None:
+            # QEMU's own messages stay apart from the guest console (the first
+            # failure of a run is often one of them) and are logged marked.
+            assert proc.stderr is not None
+            for line in proc.stderr:
+                with lock:
+                    stderr.append(line)
+                    log.write("# qemu stderr: " + line)
+                    log.flush()
+
+        readers = [threading.Thread(target=pump, daemon=True),
+                   threading.Thread(target=pump_stderr, daemon=True)]
+        for reader in readers:
+            reader.start()
         timed_out = False
         try:
             proc.wait(timeout=spec.timeout)
@@ -158,12 +182,17 @@ def run_vm(
             timed_out = True
             proc.kill()
             proc.wait()
-        reader.join(timeout=5)
+        except BaseException:  # Ctrl-C, SIGTERM: QEMU goes with us
+            proc.kill()
+            proc.wait()
+            raise
+        for reader in readers:
+            reader.join(timeout=5)
         if timed_out:
             log.write(f"\n# QEMU killed after {spec.timeout:.0f} s timeout\n")
     return VmResult(
         accel=accel, returncode=proc.returncode, timed_out=timed_out,
-        seconds=time.monotonic() - start, console=console, argv=argv,
+        seconds=time.monotonic() - start, console=console, argv=argv, stderr=stderr,
     )
 
 

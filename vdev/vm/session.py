@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vdev.vm.env import GUEST, GUEST_TESTS, REPO, VmEnv, build_module
-from vdev.vm.initramfs import guest_initramfs
+from vdev.vm.initramfs import Addition, guest_initramfs
 from vdev.vm.qemu import VfioUserAttach, VmResult, VmSpec, run_vm
 
 
@@ -111,20 +111,26 @@ class GuestRun:
     modules: Sequence[str] = ()
     devices: Sequence[Path] = ()
     append: str = ""
+    quiet: bool = True
+    additions: Sequence[Addition] = ()  # the user's files (--initramfs-add)
+    user_env: dict[str, str] = field(default_factory=dict)  # for the added programs
     timeout: float = 240.0
 
     def prepare(self) -> VmSpec:
         """Build the modules and the initramfs; the VmSpec that boots them."""
         mods = {}
         for name in self.modules:
-            ko = build_module(GUEST / name, self.workdir / "modules" / name)
+            ko = build_module(GUEST / name, self.workdir / "modules" / name,
+                              kdir=self.env.kdir_override)
             mods[ko.name] = ko
         initrd = self.workdir / "initrd.cpio.gz"
         guest_initramfs(
-            self.env.busybox, GUEST / "init.sh", modules=mods, scripts=self.scripts
+            self.env.busybox, GUEST / "init.sh", modules=mods, scripts=self.scripts,
+            additions=self.additions, user_env=self.user_env,
         ).write(initrd)
         return VmSpec(
-            env=self.env, initrd=initrd, append=self.append, timeout=self.timeout,
+            env=self.env, initrd=initrd, append=self.append, quiet=self.quiet,
+            timeout=self.timeout,
             devices=[VfioUserAttach(sock, id=f"vu{i}") for i, sock in enumerate(self.devices)],
         )
 
