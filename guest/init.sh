@@ -12,6 +12,9 @@ mount -t tmpfs tmpfs /tmp
 r() { echo "@@VDEV $*"; }
 r boot "$(uname -r)"
 r cmdline "$(cat /proc/cmdline)"
+# From here on only errors and worse reach the console (as with `quiet`), so
+# kernel messages cannot split the records; the whole log is dumped at the end.
+dmesg -n 4
 
 # Modules added with --initramfs-add load before any test script.
 for m in /modules/add/*.ko; do

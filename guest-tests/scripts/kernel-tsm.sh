@@ -22,4 +22,4 @@ for t in /sys/class/tsm/*; do
 	r kdisconnect "$n $? ${msg:-ok}"
 done
 # The kernel's own words about the device security path.
-dmesg | grep -iE 'tsm|ide|doe|spdm|tdisp|cma' | sed 's/^/@@VDEV kdmesg /'
+dmesg | grep -iE '(^|[^a-z])(tsm[0-9]*|ide|doe|spdm|tdisp)([^a-z]|$)' | sed 's/^/@@VDEV kdmesg /'

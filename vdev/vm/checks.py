@@ -129,7 +129,9 @@ def foundation_checks(res: VmResult, exp: Expected) -> list[Check]:
         and after_flr == after + 1,
         f"ID {res.value('id_after_flr')}, interrupts {after} -> {after_flr}")
     bad = [line for line in res.dmesg if BAD_DMESG.search(line)]
-    add("clean guest kernel log", not bad, "; ".join(bad[:3]) or "no WARN/BUG/oops/DOE errors")
+    add("clean guest kernel log", bool(res.dmesg) and not bad,
+        "; ".join(bad[:3]) or ("no WARN/BUG/oops/DOE errors" if res.dmesg
+                               else "the guest never printed its kernel log"))
     add("guest powered off", res.completed and not res.timed_out and res.returncode == 0,
         f"QEMU exit {res.returncode}" + (" (timeout)" if res.timed_out else ""))
     return out
@@ -262,7 +264,7 @@ def kernel_tsm_checks(res: VmResult) -> list[Check]:
         info(f"after connect {state.split(' ', 1)[0]}", state.split(" ", 1)[-1])
     for rc in res.values("kdisconnect"):
         info(f"disconnect {rc.split(' ', 1)[0]}", rc.split(" ", 1)[-1])
-    lines = res.values("kdmesg")
-    info("kernel log (TSM, IDE, DOE, SPDM)", f"{len(lines)} lines" + (
-        ": " + " | ".join(line.split("] ", 1)[-1] for line in lines[:4]) if lines else ""))
+    lines = [line.split("] ", 1)[-1] for line in res.values("kdmesg")]
+    info("kernel log (TSM, IDE, DOE, SPDM)",
+         " | ".join(lines[:4]) + (f" (+{len(lines) - 4} more)" if len(lines) > 4 else ""))
     return out

@@ -55,13 +55,15 @@ def _module_reason(console: Sequence[str], module: str) -> str | None:
 def first_failure(*, console: Sequence[str], stderr: Sequence[str], returncode: int | None,
                   timed_out: bool, booted: bool) -> FirstFailure | None:
     """The cause that explains the run's failed checks, if there is one such cause."""
-    if not booted:
-        err = [line.strip() for line in stderr if line.strip()]
-        if err:
-            return FirstFailure("QEMU", f"exited {returncode} before the guest ran: {err[0]}")
     for raw in console:
         if m := _PANIC.search(raw):
             return FirstFailure("kernel panic", m[0].strip())
+    if not booted:
+        # QEMU's warnings (e.g. vfio-user's "Could not enable error recovery")
+        # are not why it stopped.
+        err = [line.strip() for line in stderr if line.strip() and "warning:" not in line]
+        if err:
+            return FirstFailure("QEMU", f"exited {returncode} before the guest ran: {err[0]}")
     if not booted:
         if timed_out:
             return FirstFailure("guest", "QEMU timed out before the guest reached /init "

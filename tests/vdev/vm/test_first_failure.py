@@ -54,3 +54,15 @@ def test_timeout_oops_and_clean_run() -> None:
     assert oops.message.startswith("BUG: kernel NULL pointer dereference")
     assert first_failure(console=[*BOOTED, "@@VDEV done 0\n"], stderr=["qemu: warning: x\n"],
                          returncode=0, timed_out=False, booted=True) is None
+
+
+def test_qemu_warnings_are_not_the_cause() -> None:
+    warn = "qemu-system-x86_64: -device {...}: warning: vfio ...: Could not enable error recovery\n"
+    console = ["[    3.08] Kernel panic - not syncing: VFS: Unable to mount root fs on "
+               "unknown-block(0,0)\n"]
+    f = first_failure(console=console, stderr=[warn], returncode=0, timed_out=False,
+                      booted=False)
+    assert f is not None and f.stage == "kernel panic"
+    f = first_failure(console=[], stderr=[warn], returncode=0, timed_out=False, booted=False)
+    assert f is not None and f.message == "exited 0 before the guest reached /init " \
+        "(see console.log)"
