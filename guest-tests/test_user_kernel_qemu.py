@@ -1,10 +1,11 @@
 """KERNEL= and QEMU= select the user's own kernel and QEMU; KDIR= is checked.
 
-Stand-ins for "your own": a copy of the cached vmlinux and a wrapper script
-as QEMU that records that it ran.  A real kernel build tree for KDIR is too
-big to make in CI; what is tested is that a wrong KDIR is refused clearly
-(and that the cached headers can never be used as one: kbuild would write
-into them).
+Stand-ins for "your own": a copy of the cached vmlinux (the same release as
+Debian's headers, so KERNEL= alone is a consistent pair) and a wrapper
+script as QEMU that records that it ran.  A wrong KDIR is refused clearly
+(and the cached headers can never be used as one: kbuild would write into
+them).  Kernels built from source, in-tree and O=, with their KDIR:
+test_own_kernel_build.py.
 """
 
 from __future__ import annotations
