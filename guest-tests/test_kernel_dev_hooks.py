@@ -96,4 +96,4 @@ def test_wrong_inputs_one_line(vm_env: VmEnv) -> None:
     assert rc != 0 and "vdev run: --initramfs-add /nonexistent/file: no such file" in out
     rc, out = make_run("KERNEL=/etc/passwd")
     assert rc != 0
-    assert "vdev run: KERNEL=/etc/passwd: /etc/passwd: neither a bzImage nor an ELF vmlinux" in out
+    assert "vdev run: KERNEL=/etc/passwd: neither a bzImage nor an ELF vmlinux" in out

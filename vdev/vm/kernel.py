@@ -421,10 +421,12 @@ def check_pair(kernel: str | None, kdir: str | None, default_image: Path,
                say: Say = print) -> GuestKernel:
     """Refuse, before QEMU starts, a pair whose modules would not load into the
     image or whose image QEMU cannot boot; one line says which and what to do."""
+    path = Path(kernel).expanduser() if kernel else default_image
     try:
-        image = inspect_image(Path(kernel).expanduser() if kernel else default_image)
+        image = inspect_image(path)
     except KernelImageError as exc:
-        raise KernelError(f"KERNEL={kernel}: {exc}" if kernel else str(exc)) from None
+        raise KernelError(f"KERNEL={kernel}: {str(exc).removeprefix(f'{path}: ')}" if kernel
+                          else str(exc)) from None
     if image.kind == "vmlinux" and not image.pvh:
         raise KernelError(
             f"KERNEL={kernel} is a vmlinux without the PVH ELF note, so QEMU cannot boot it: "
