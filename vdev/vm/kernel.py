@@ -350,6 +350,14 @@ def build_kernel(
 ) -> BuiltKernel:
     """Configure and build `ksrc` (into `out` when given) for the guest."""
     src = source_tree(ksrc)
+    own = project_fragment()
+    theirs = user_fragment(kconfig) if kconfig else []
+    needed = {o.name: o for o in own if o.required}
+    for o in theirs:
+        if o.name in needed and o.value != needed[o.name].value:
+            raise KernelError(f"KCONFIG={kconfig} sets {o.line()!r}, but the guest needs "
+                              f"{needed[o.name].line()}: {_first_sentence(needed[o.name].why)}")
+    options = own + theirs
     build = Path(out).expanduser().resolve() if out else src
     tree = KernelTree(build, src)
     if tree.out_of_tree:
@@ -359,14 +367,6 @@ def build_kernel(
         if build.is_relative_to(src):
             raise KernelError(f"O={out} is inside KSRC={ksrc}: put the build directory elsewhere")
         build.mkdir(parents=True, exist_ok=True)
-    own = project_fragment()
-    theirs = user_fragment(kconfig) if kconfig else []
-    needed = {o.name: o for o in own if o.required}
-    for o in theirs:
-        if o.name in needed and o.value != needed[o.name].value:
-            raise KernelError(f"KCONFIG={kconfig} sets {o.line()!r}, but the guest needs "
-                              f"{needed[o.name].line()}: {_first_sentence(needed[o.name].why)}")
-    options = own + theirs
     config = tree.config()
     if llvm:
         toolchain = llvm_toolchain(llvm)
