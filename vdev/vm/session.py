@@ -35,6 +35,7 @@ class ServerProcess:
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 20.0) -> ServerProcess:
+        self.socket.parent.mkdir(parents=True, exist_ok=True)
         if self.socket.exists():
             self.socket.unlink()
         logf = self.log.open("wb")
@@ -67,6 +68,13 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        # The socket's private directory (socket_path) goes with the server.
+        self.socket.unlink(missing_ok=True)
+        if self.socket.parent.name.startswith("vdev-"):
+            try:
+                self.socket.parent.rmdir()
+            except OSError:
+                pass  # not empty: something else lives there
         return self.proc.returncode
 
     def log_text(self) -> str:
