@@ -7,6 +7,7 @@ directory so a failure can be read afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -71,10 +72,8 @@ class ServerProcess:
         # The socket's private directory (socket_path) goes with the server.
         self.socket.unlink(missing_ok=True)
         if self.socket.parent.name.startswith("vdev-"):
-            try:
+            with contextlib.suppress(OSError):  # not empty: something else lives there
                 self.socket.parent.rmdir()
-            except OSError:
-                pass  # not empty: something else lives there
         return self.proc.returncode
 
     def log_text(self) -> str:
