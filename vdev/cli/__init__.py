@@ -340,7 +340,7 @@ def _guest_profile(command: str, name_or_path: str | None) -> str | None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     profile = _guest_profile("run", args.profile)
-    from vdev.vm.demo import KernelSource, RunOptions, run_demo
+    from vdev.vm.demo import REFUSED, KernelSource, RunOptions, run_demo
     from vdev.vm.env import REPO
     from vdev.vm.initramfs import AdditionError, plan_additions
 
@@ -363,6 +363,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("vdev run: interrupted; servers and QEMU stopped", file=sys.stderr)
         return 130
+    if rc == REFUSED:  # nothing ran: the workdir still holds an earlier run
+        return rc
     from vdev.cli.trace import write_sequence
 
     write_sequence(workdir)

@@ -151,6 +151,10 @@ def connect_script(exp: Expected) -> bytes:
     )
 
 
+# run_demo's exit status when nothing was started (bad environment, kernel or pair).
+REFUSED = 2
+
+
 @dataclass(frozen=True)
 class RunOptions:
     """What a kernel developer changes about a run (docs/kernel-developers.md)."""
@@ -192,7 +196,7 @@ def run_demo(profile_path: str | None = None, workdir: Path | None = None,
             env = env.with_kernel(str(built.image), str(built.tree.build))
     except VmEnvError as exc:
         _print(f"vdev run: {exc}")
-        return 2
+        return REFUSED
     accel = choose_accel(env)
     _print(f"vdev run: QEMU {env.qemu_version()}, guest kernel {env.kernel}, accel={accel}")
     if env.kdir_override:
