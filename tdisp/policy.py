@@ -1,19 +1,21 @@
 """Profile-configurable TDISP behaviour: the points where implementations disagree.
 
 STOP_INTERFACE_REQUEST accepted in (docs/protocols.md §8.1):
-  * PCIe 6.2 Table 11-3: every state
+  * PCIe 6.x Table 11-3: CONFIG_UNLOCKED, CONFIG_LOCKED, RUN and ERROR ("move TDI to
+    CONFIG_UNLOCKED, if not already in CONFIG_UNLOCKED")
   * spdm-emu's sample device: every state but CONFIG_UNLOCKED
   * spdm-rs's example device: RUN only
-  Default: every state.  STOP's effect (CONFIG_UNLOCKED) is harmless in
-  CONFIG_UNLOCKED, and it lets a TSM tear down unconditionally (Linux's disconnect
-  path).
 
-REQ_MSGS_SUPPORTED bit convention (docs/protocols.md §8.2):
-  * BIT_N_IS_0x80_PLUS_N: PCIe 6.2 Table 11-9 (bit index = request code - 80h), current
-    tee-io-validator: GET_VERSION..STOP = 0xFE
-  * BIT_N_IS_0x81_PLUS_N: spdm-emu's and spdm-rs's sample devices: 0x7F
-  Default: 0x81+n, which disagrees with the specification; the named profiles keep
-  their conventions until that is settled.
+REQ_MSGS_SUPPORTED bit numbering (docs/protocols.md §8.2):
+  * CODE_MINUS_0x80: PCIe 6.x Table 11-9, "the bit index corresponds to the message code
+    defined in Table 11-3 minus 80h": GET_TDISP_VERSION (81h) is bit 1, the seven
+    required requests give byte 0 = 0xFE.  Current tee-io-validator and Caliptra agree.
+  * CODE_MINUS_0x81: spdm-rs's example device and spdm-emu's sample device before
+    DMTF/spdm-emu#413 (which moved it to 0xFE): byte 0 = 0x7F.
+
+The presets: `default` and `tee-io-validator` follow the specification on both points;
+`spdm-emu` and `spdm-rs` reproduce those devices, quirks included, so a requester can be
+tested against them.
 
 Other switches: whether LOCK demands IDE keys (default on, §11.3.8) and also that they
 are active (K_SET_GO; default off: the spec text says "configured"), the optional
@@ -34,8 +36,11 @@ U, L, R, E = TdiState.CONFIG_UNLOCKED, TdiState.CONFIG_LOCKED, TdiState.RUN, Tdi
 
 
 class ReqMsgsConvention(enum.Enum):
-    BIT_N_IS_0x81_PLUS_N = 0x81
-    BIT_N_IS_0x80_PLUS_N = 0x80
+    """Which request code bit n of REQ_MSGS_SUPPORTED stands for (the value is the
+    code of bit 0)."""
+
+    CODE_MINUS_0x80 = 0x80  # PCIe 6.x Table 11-9
+    CODE_MINUS_0x81 = 0x81  # spdm-rs, spdm-emu before DMTF/spdm-emu#413
 
 
 #: TDISP_CAPABILITIES REQ_MSGS_SUPPORTED: a 128-bit little-endian bitmap (§11.3.8).
@@ -55,7 +60,7 @@ def req_msgs_bitmap(codes: set[int], convention: ReqMsgsConvention) -> bytes:
 class TdispPolicy:
     name: str = "default"
     stop_states: frozenset[TdiState] = frozenset({U, L, R, E})
-    req_msgs_convention: ReqMsgsConvention = ReqMsgsConvention.BIT_N_IS_0x81_PLUS_N
+    req_msgs_convention: ReqMsgsConvention = ReqMsgsConvention.CODE_MINUS_0x80
     lock_requires_ide_keys: bool = True
     lock_requires_key_set_go: bool = False
     bind_p2p_supported: bool = False
@@ -102,11 +107,13 @@ class TdispPolicy:
         if name in ("default", "tee-io-validator"):
             return base
         if name == "spdm-emu":
-            return replace(
-                base,
-                stop_states=frozenset({L, R, E}),
-                req_msgs_convention=ReqMsgsConvention.BIT_N_IS_0x80_PLUS_N,
-            )
+            # library/pci_tdisp_device_lib_sample: pci_tdisp_device_stop_interface()
+            # refuses CONFIG_UNLOCKED; pci_tdisp_device_context.c sets 0x7F.
+            return replace(base, stop_states=frozenset({L, R, E}),
+                           req_msgs_convention=ReqMsgsConvention.CODE_MINUS_0x81)
         if name == "spdm-rs":
-            return replace(base, stop_states=frozenset({R}))
+            # test/spdm-responder-emu/src/spdm_device_tdisp_example.rs: STOP only from
+            # RUN, req_msgs_supported[0] = 0x7f.
+            return replace(base, stop_states=frozenset({R}),
+                           req_msgs_convention=ReqMsgsConvention.CODE_MINUS_0x81)
         raise ValueError(f"unknown TDISP profile {name!r}")

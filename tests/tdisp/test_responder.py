@@ -94,35 +94,51 @@ def test_happy_path(rig: Rig) -> None:
 
 def test_capabilities_match_tee_io_validator(rig: Rig) -> None:
     caps = rig.req.parse_capabilities(rig.send(rig.req.get_capabilities(tsm_caps=0)))
-    bits = int.from_bytes(caps.req_msgs_supported[:2], "little")
     assert caps.dsm_caps == 0
-    assert bits & 0x007F == 0x007F and bits & 0xF800 == 0
-    assert caps.req_msgs_supported[2:] == bytes(14)
     assert caps.lock_interface_flags_supported & 0xFFE0 == 0
     assert caps.dev_addr_width >= 52
     assert caps.num_req_this > 0 and caps.num_req_all > 0
     assert rig.tdisp.tsm_caps == 0
 
 
-def test_req_msgs_convention_spdm_emu() -> None:
-    rig = make_rig(TdispPolicy.profile("spdm-emu"))
-    caps = rig.req.parse_capabilities(rig.send(rig.req.get_capabilities()))
-    assert caps.req_msgs_supported[:2] == bytes([0xFE, 0x00])
+# PCIe 6.x Table 11-9: "the bit index corresponds to the message code defined in Table
+# 11-3 minus 80h".  The seven required requests are 81h..87h, bits 1..7.
+SPEC_REQ_MSGS = bytes([0xFE]) + bytes(15)
+# spdm-rs's example device and spdm-emu's sample device before DMTF/spdm-emu#413 count
+# from 81h: bits 0..6.
+CODE_MINUS_81_REQ_MSGS = bytes([0x7F]) + bytes(15)
+
+
+@pytest.mark.parametrize(("preset", "expected"), [
+    ("default", SPEC_REQ_MSGS),
+    ("tee-io-validator", SPEC_REQ_MSGS),
+    ("spdm-emu", CODE_MINUS_81_REQ_MSGS),
+    ("spdm-rs", CODE_MINUS_81_REQ_MSGS),
+])
+def test_req_msgs_supported_bytes(preset: str, expected: bytes) -> None:
+    rig = make_rig(TdispPolicy.profile(preset))
+    # The VDM payload is ProtocolID (1 = TDISP) then the TDISP message; TDISP_CAPABILITIES
+    # (Table 11-9): 16-byte header, DSM_CAPS u32 at 16, REQ_MSGS_SUPPORTED[16] at 20.
+    msg = rig.send(rig.req.get_capabilities())[1:]
+    assert msg[:2] == bytes([0x10, 0x02])
+    assert msg[20:36] == expected
 
 
 def test_req_msgs_includes_optional_messages() -> None:
     policy = TdispPolicy(bind_p2p_supported=True, set_mmio_attribute_supported=True)
     rig = make_rig(policy, vendor_handler=lambda r: VdmResponse(r.interface_id))
-    caps = rig.req.parse_capabilities(rig.send(rig.req.get_capabilities()))
-    assert int.from_bytes(caps.req_msgs_supported[:2], "little") == 0x07FF
+    raw = rig.send(rig.req.get_capabilities())
+    # 81h..8Bh -> bits 1..11.
+    assert raw[21:23] == (0x0FFE).to_bytes(2, "little")
+    caps = rig.req.parse_capabilities(raw)
     assert caps.lock_interface_flags_supported & LockFlags.BIND_P2P
     policy2 = TdispPolicy(
-        req_msgs_convention=ReqMsgsConvention.BIT_N_IS_0x80_PLUS_N, bind_p2p_supported=True
+        req_msgs_convention=ReqMsgsConvention.CODE_MINUS_0x81, bind_p2p_supported=True
     )
-    caps2 = make_rig(policy2).req.parse_capabilities(
-        make_rig(policy2).send(rig.req.get_capabilities())
-    )
-    assert int.from_bytes(caps2.req_msgs_supported[:2], "little") == 0x03FE
+    rig2 = make_rig(policy2)
+    raw2 = rig2.send(rig2.req.get_capabilities())
+    # 81h..89h -> bits 0..8.
+    assert raw2[21:23] == (0x01FF).to_bytes(2, "little")
 
 
 # ---- LOCK -------------------------------------------------------------------------------
@@ -252,7 +268,8 @@ def test_start_from_other_session(rig: Rig) -> None:
 
 @pytest.mark.parametrize(
     ("profile", "ok_in"),
-    [("default", {U, L, R, E}), ("spdm-emu", {L, R, E}), ("spdm-rs", {R})],
+    [("default", {U, L, R, E}), ("tee-io-validator", {U, L, R, E}),
+     ("spdm-emu", {L, R, E}), ("spdm-rs", {R})],
 )
 def test_stop_per_profile(profile: str, ok_in: set[TdiState]) -> None:
     for start_state in (U, L, R, E):

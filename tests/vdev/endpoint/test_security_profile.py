@@ -79,13 +79,18 @@ def test_requester_id_reaches_idekm_and_tdisp(state_dir: Path) -> None:
         other.parse_version(host.vdm(other.get_version()))
 
 
-def test_spdm_emu_policy_uses_its_req_msgs_convention(state_dir: Path) -> None:
-    host = make_host(state_dir, tdisp_policy="spdm-emu")
+@pytest.mark.parametrize(("policy", "byte0"), [
+    ("default", 0xFE),  # PCIe 6.x Table 11-9: bit n = request code 80h + n
+    ("spdm-emu", 0x7F),  # spdm-emu's sample device: bit n = 81h + n
+])
+def test_profile_tdisp_policy_sets_req_msgs_supported(state_dir: Path, policy: str,
+                                                      byte0: int) -> None:
+    host = make_host(state_dir, tdisp_policy=policy)
     host.authenticate()
     host.open_session()
     req = TdispRequester(host.interface_id())
     caps = req.parse_capabilities(host.vdm(req.get_capabilities()))
-    assert caps.req_msgs_supported[0] == 0xFE
+    assert caps.req_msgs_supported == bytes([byte0]) + bytes(15)
 
 
 def test_get_version_ending_the_lock_session_is_an_error(state_dir: Path) -> None:
