@@ -159,6 +159,18 @@ class RspCap(enum.IntFlag):
     LARGE_RESP = 1 << 31
 
 
+# The CAPABILITIES flag bits each version defines (DSP0274 1.0: bits 5:0; 1.1 adds the
+# session bits through PUB_KEY_ID, bit 16; 1.2 adds CHUNK..CERT_INSTALL_RESET, bits 21:17;
+# 1.3 adds EP_INFO..SET_KEY_PAIR_RESET, bits 30:22).  A responder answering in an older
+# version clears the bits that version does not have.
+_RSP_CAP_BITS = {0x10: 0x3F, 0x11: 0x1FFFF, 0x12: 0x3FFFFF, 0x13: 0x7FFFFFFF}
+
+
+def rsp_caps_for_version(caps: int, version: int) -> int:
+    """`caps` limited to the flags `version` defines."""
+    return caps & _RSP_CAP_BITS.get(version, 0xFFFFFFFF)
+
+
 MEAS_CAP_MASK = RspCap.MEAS_NO_SIG | RspCap.MEAS_SIG
 PSK_CAP_MASK = 3 << 10
 

@@ -11,6 +11,7 @@ the SPDM ERROR code (DSP0274 ERROR, "ErrorCode and ErrorData") on the class.
     |   +-- CertificateError       the certificate chain does not validate
     |   +-- ErrorResponse          the responder answered ERROR (`code` is the received one)
     +-- RecordError                a DSP0277 record cannot be decoded or authenticated
+    +-- ForeignPayload             an authenticated record carries another protocol
     +-- MessageFormatError         bytes do not match the message declaration
     +-- OpaqueError                malformed OpaqueData (DSP0274 "General opaque data")
     +-- CryptoError                an algorithm or key the crypto layer cannot use
@@ -140,6 +141,21 @@ class RecordError(SpdmError):
     """A secured-message record could not be authenticated or decoded (DSP0277)."""
 
     code = ErrorCode.DECRYPT_ERROR
+
+
+class ForeignPayload(SpdmError):
+    """An authenticated DSP0277 record whose application data is not an SPDM message:
+    over MCTP the secured payload is an MCTP message of any type (DSP0277 protects
+    application data, not only SPDM), e.g. PLDM (type 0x01).  The record itself was
+    fine, so the session and its sequence numbers stand; the responder answers, inside
+    the session, that it does not support the request."""
+
+    code = ErrorCode.UNSUPPORTED_REQUEST
+
+    def __init__(self, message_type: int | None) -> None:
+        self.message_type = message_type
+        what = "empty" if message_type is None else f"message type {message_type:#04x}"
+        super().__init__(f"secured application data is not SPDM ({what})")
 
 
 class MessageFormatError(SpdmError):

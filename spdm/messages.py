@@ -9,7 +9,6 @@ to `decode` / `encode`:
     dhe_size           D, ExchangeData size of the negotiated DHE group
     meas_summary_size  H, or 0 when MeasurementSummaryHashType was 0
     verify_size        H, or 0 when the message carries no VerifyData (handshake in the clear)
-    meas_signed        1 when a signed MEASUREMENTS was requested (layout differs in 1.0)
     multi_key          1 on an SPDM 1.3 multi-key connection (DIGESTS carries key info)
 """
 
@@ -246,8 +245,9 @@ Measurements = Struct(
     "number_of_blocks" / Int8ul,
     "record_length" / Rebuild(Int24ul, len_(this.record)),
     "record" / Bytes(this.record_length),
-    # Nonce is always present from 1.1 on; SPDM 1.0 carries it only in signed responses.
-    "nonce" / Opt((this.version >= 0x11) | (this._params.meas_signed != 0), Bytes(32)),
+    # Nonce has no condition in any version's "Successful MEASUREMENTS response" table
+    # (DSP0274 1.0 through 1.3): a 1.0 response without a signature carries it too.
+    "nonce" / Bytes(32),
     "opaque_length" / Rebuild(Int16ul, len_(this.opaque)),
     "opaque" / Bytes(this.opaque_length),
     "requester_context" / Opt(_v(0x13), Bytes(8)),
@@ -440,7 +440,6 @@ _DEFAULT_PARAMS = {
     "dhe_size": 0,
     "meas_summary_size": 0,
     "verify_size": 0,
-    "meas_signed": 0,  # SPDM 1.0 MEASUREMENTS: Nonce only in signed responses
     "multi_key": 0,  # SPDM 1.3 multi-key connection (extra DIGESTS fields)
 }
 

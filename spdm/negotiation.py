@@ -54,27 +54,49 @@ class ConnectionInfo:
         return self.version >= 0x12 and bool(self.algorithms.other_params & 0x2)
 
 
-def check_requester_caps(version: int, flags: int, dts: int | None, max_size: int | None) -> str:
-    """Return a reason string when GET_CAPABILITIES flags are inconsistent, '' when fine.
+def check_requester_caps(version: int, flags: int, dts: int | None, max_size: int | None,
+                         param1: int = 0) -> str:
+    """Return a reason string when GET_CAPABILITIES is inconsistent, '' when fine.
 
-    Rules from DSP0274 1.2 Table 'Requester flag fields' (also libspdm_rsp_capabilities.c).
+    DSP0274 1.3 Table 13 "Flag fields definitions for the Requester", the paragraph after
+    Table 14 ("if a Responder detects an illegal capability flag combination reported by
+    the Requester, it shall issue ERROR InvalidRequest"; its example is ENCRYPT_CAP set
+    with KEY_EX_CAP and PSK_CAP clear), and GET_CAPABILITIES Table 11 (DataTransferSize,
+    MaxSPDMmsgSize, Param1).  Rules tied to one version apply to that version only
+    (libspdm_rsp_capabilities.c draws the same lines).
     """
     key_ex = flags & ReqCap.KEY_EX
     psk = flags & PSK_CAP_MASK
+    cert_or_key = flags & (ReqCap.CERT | ReqCap.PUB_KEY_ID)
     if psk == PSK_CAP_MASK or psk == (2 << 10):
-        return "PSK_CAP value reserved for a requester"
+        return "PSK_CAP 10b/11b is reserved for a Requester"
     if (key_ex or psk) and not flags & (ReqCap.ENCRYPT | ReqCap.MAC):
         return "KEY_EX/PSK without ENCRYPT or MAC"
     if not (key_ex or psk) and flags & (
         ReqCap.ENCRYPT | ReqCap.MAC | ReqCap.HANDSHAKE_IN_THE_CLEAR | ReqCap.HBEAT | ReqCap.KEY_UPD
     ):
         return "session capabilities without KEY_EX or PSK"
-    if flags & ReqCap.CERT and flags & ReqCap.PUB_KEY_ID:
-        return "CERT and PUB_KEY_ID both set"
-    if flags & (ReqCap.CHAL | ReqCap.MUT_AUTH) and not flags & (ReqCap.CERT | ReqCap.PUB_KEY_ID):
-        return "CHAL/MUT_AUTH without CERT or PUB_KEY_ID"
     if flags & ReqCap.HANDSHAKE_IN_THE_CLEAR and not key_ex:
         return "HANDSHAKE_IN_THE_CLEAR without KEY_EX"
+    if flags & ReqCap.CERT and flags & ReqCap.PUB_KEY_ID:
+        return "CERT and PUB_KEY_ID both set"
+    if flags & (ReqCap.CHAL | ReqCap.MUT_AUTH) and not cert_or_key:
+        return "CHAL/MUT_AUTH without CERT or PUB_KEY_ID"
+    if version == 0x11 and flags & ReqCap.MUT_AUTH and not flags & ReqCap.ENCAP:
+        # SPDM 1.1 mutual authentication runs over the encapsulated flow only.
+        return "MUT_AUTH without ENCAP (SPDM 1.1)"
+    if version >= 0x13:
+        if flags & ReqCap.EP_INFO_NO_SIG and flags & ReqCap.EP_INFO_SIG:
+            return "EP_INFO_CAP 11b is reserved"
+        multi_key = flags & (ReqCap.MULTI_KEY_ONLY | ReqCap.MULTI_KEY_NEG)
+        if multi_key == ReqCap.MULTI_KEY_ONLY | ReqCap.MULTI_KEY_NEG:
+            return "MULTI_KEY_CAP 11b is reserved"
+        if multi_key and flags & ReqCap.PUB_KEY_ID:
+            return "MULTI_KEY_CAP with PUB_KEY_ID"
+        if flags & ReqCap.EVENT and not (key_ex or psk):
+            return "EVENT_CAP without KEY_EX or PSK (events travel in sessions)"
+        if param1 & 0x01 and not flags & ReqCap.CHUNK:
+            return "Param1 bit 0 (Supported Algorithms) without CHUNK_CAP"
     if version >= 0x12 and dts is not None and max_size is not None:
         if dts < MIN_DATA_TRANSFER_SIZE_12:
             return "DataTransferSize below MinDataTransferSize"
@@ -82,6 +104,4 @@ def check_requester_caps(version: int, flags: int, dts: int | None, max_size: in
             return "DataTransferSize larger than MaxSPDMmsgSize"
         if not flags & ReqCap.CHUNK and dts != max_size:
             return "DataTransferSize != MaxSPDMmsgSize without CHUNK_CAP"
-    if version < 0x13 and flags & 0xFFC0_0000:
-        pass  # bits defined by later versions are ignored, not rejected
     return ""

@@ -51,11 +51,13 @@ from spdm.codes import (
     ReqCap,
     Rsp,
     RspCap,
+    rsp_caps_for_version,
     version_from_entry,
 )
 from spdm.errors import (
     CertificateError,
     ErrorResponse,
+    ForeignPayload,
     PeerError,
     RecordAuthenticationError,
     RecordError,
@@ -340,6 +342,8 @@ class Requester:
             plaintext = session.open(raw, from_requester=False)
         except RecordError as exc:
             raise RecordAuthenticationError(f"cannot authenticate response record: {exc}") from exc
+        except ForeignPayload as exc:
+            raise _fail(f"response record: {exc}") from exc
         self._observe("response", session, plaintext)
         return plaintext
 
@@ -442,9 +446,8 @@ class Requester:
 
     def _get_capabilities(self) -> Gen:
         v = self.conn.version
-        caps = self.config.capabilities
-        if v < V12:
-            caps &= 0xFFFF
+        # The flags this version defines (the bit layout is shared with the responder's).
+        caps = rsp_caps_for_version(self.config.capabilities, v)
         fields: dict[str, Any] = {"version": v, "ct_exponent": self.config.ct_exponent,
                                   "flags": caps}
         if v >= V12:
@@ -674,7 +677,7 @@ class Requester:
         resp = yield from self._exchange(req, sess, expect=Rsp.MEASUREMENTS)
         a = self.conn.algorithms
         sig_size = a.sig_size if signed else 0
-        msg = self._decode(Measurements, resp, sig_size=sig_size, meas_signed=int(signed))
+        msg = self._decode(Measurements, resp, sig_size=sig_size)
         resp = msg.raw
         if v >= V13 and msg.requester_context != ctx:
             raise _fail("RequesterContext not echoed")
@@ -989,13 +992,15 @@ class Requester:
             resp = ack.raw
             if ack.param1 != op or ack.param2 != tag or ack.version != self.conn.version:
                 raise _fail("KEY_UPDATE_ACK does not echo operation/tag")
-        except (RecordError, PeerError) as exc:
+        except (RecordError, ForeignPayload, PeerError) as exc:
             # Restore the old response key, as libspdm does when the ACK fails.
             sess.rsp_keys = saved[0]
             sess.rsp_prot.key, sess.rsp_prot.iv, sess.rsp_prot.seq = saved[1:]
             if isinstance(exc, RecordError):
                 raise RecordAuthenticationError(
                     f"cannot authenticate KEY_UPDATE_ACK: {exc}") from exc
+            if isinstance(exc, ForeignPayload):
+                raise _fail(f"KEY_UPDATE_ACK record: {exc}") from exc
             raise
         if op in (KEY_UPDATE_UPDATE_KEY, KEY_UPDATE_UPDATE_ALL_KEYS):
             sess.update_req_keys()

@@ -49,12 +49,14 @@ from spdm.codes import (
     ReqCap,
     Rsp,
     RspCap,
+    rsp_caps_for_version,
     version_entry,
 )
 from spdm.errors import (
     Busy,
     CertificateError,
     DecryptError,
+    ForeignPayload,
     InvalidRequest,
     RecordError,
     RequestTooLarge,
@@ -377,6 +379,12 @@ class Responder:
                                       else ErrorCode.SESSION_REQUIRED)
         try:
             plaintext = session.open(payload, from_requester=True)
+        except ForeignPayload as exc:
+            # Not a decryption failure: the session stays (DecryptError is for records
+            # that fail authentication).  There is no SPDM request to name in ErrorData.
+            out = session.seal(self._error_msg(exc.code, 0), from_requester=False)
+            self._run_after_send()
+            return 2, out
         except RecordError:
             # DSP0274 ERROR clause: DecryptError; the responder terminates the session.
             if self.config.terminate_session_on_decrypt_error:
@@ -438,13 +446,24 @@ class Responder:
         if self._handshake_clear_session is session:
             self._handshake_clear_session = None
 
-    def _error_version(self) -> int:
+    def _error_version(self, hdr: Any = None) -> int:
+        """SPDMVersion of an ERROR (DSP0274 "SPDM version"): the negotiated version, 1.0
+        before one is agreed and for GET_VERSION.  A GET_CAPABILITIES that selects a
+        supported version is refused in that version: the version is accepted before the
+        fields are judged; only an unsupported version gets VersionMismatch in 1.0."""
+        if hdr is not None:
+            if hdr.code == Req.GET_VERSION:
+                return V10
+            if (hdr.code == Req.GET_CAPABILITIES and self.state == ConnState.AFTER_VERSION
+                    and hdr.version in self._common_versions()):
+                return int(hdr.version)
         return self.conn.version or V10
 
-    def _error_msg(self, code: int, data: int = 0, extended: bytes = b"") -> bytes:
+    def _error_msg(self, code: int, data: int = 0, extended: bytes = b"", *,
+                   version: int | None = None) -> bytes:
         return encode(
             Error,
-            {"version": self._error_version(), "param1": code, "param2": data,
+            {"version": version or self._error_version(), "param1": code, "param2": data,
              "extended": extended},
         )
 
@@ -460,6 +479,7 @@ class Responder:
             hdr = header(request)
         except MessageFormatError:
             return self._error_msg(ErrorCode.INVALID_REQUEST)
+        version = self._error_version(hdr)
         try:
             resp = self._dispatch(request, hdr, session)
         except SpdmError as exc:
@@ -467,7 +487,7 @@ class Responder:
             # code, InvalidRequest for a malformed message, Unspecified as the last
             # resort (e.g. a crypto failure), which never escapes the engine.
             self._after_send.clear()
-            return self._error_msg(exc.code, exc.data, exc.extended)
+            return self._error_msg(exc.code, exc.data, exc.extended, version=version)
         return self._maybe_large(resp, hdr.code)
 
     def _maybe_large(self, resp: bytes, code: int, overhead: int = 0) -> bytes:
@@ -613,22 +633,22 @@ class Responder:
         flags = msg.flags or 0
         if version >= V11:
             reason = check_requester_caps(
-                version, flags, msg.data_transfer_size, msg.max_spdm_msg_size
+                version, flags, msg.data_transfer_size, msg.max_spdm_msg_size, msg.param1
             )
             if reason:
                 raise InvalidRequest(reason)
             if msg.ct_exponent > 31:
                 raise InvalidRequest("CTExponent too large")
+        if version >= V13 and msg.param1 & 0x01 and not self._caps() & RspCap.CHUNK:
+            # DSP0274 1.3 GET_CAPABILITIES: the Supported Algorithms extended capability
+            # needs the large message transfer mechanism on both sides.
+            raise InvalidRequest("Supported Algorithms requested but CHUNK_CAP is 0")
         self.conn.version = version
         self.conn.req_caps = flags
         self.conn.req_ct_exponent = msg.ct_exponent or 0
         self.conn.req_data_transfer_size = msg.data_transfer_size or 0
         self.conn.req_max_msg_size = msg.max_spdm_msg_size or 0
-        caps = self._caps()
-        if version < V12:
-            caps &= 0xFFFF  # CHUNK and later bits are defined from 1.2 on
-        if version < V11:
-            caps &= 0x3F
+        caps = rsp_caps_for_version(self._caps(), version)
         self.conn.rsp_caps = caps
         self.conn.rsp_ct_exponent = self.config.ct_exponent
         fields: dict[str, Any] = {
@@ -875,7 +895,7 @@ class Responder:
             "requester_context": msg.requester_context,
             "signature": b"",
         }
-        unsigned = encode(Measurements, fields, sig_size=0, meas_signed=int(signed))
+        unsigned = encode(Measurements, fields, sig_size=0)
         m = session.transcript.m if session is not None else self.transcript.m
         m += request + unsigned
         if not signed:

@@ -32,7 +32,7 @@ from construct import ConstructError, Struct, this
 from spdm import crypto
 from spdm.algorithms import AEAD_TAG_SIZE
 from spdm.compiled import Bytes, GreedyBytes, Int16ul, Int32ul, compiled
-from spdm.errors import RecordError
+from spdm.errors import ForeignPayload, RecordError
 
 #: The record header, which is also the AAD (DSP0277 "Secured Message format"); the
 #: SeqNum field is as long as the transport binding says (0 bytes for PCI DOE).
@@ -207,6 +207,7 @@ def decode_record(
     inner = transport.inner_header
     if inner:
         if not plaintext.startswith(inner):
-            raise RecordError(f"application data does not start with {inner.hex()}")
+            # Authenticated (the sequence number is consumed) but another protocol.
+            raise ForeignPayload(plaintext[0] if plaintext else None)
         plaintext = plaintext[len(inner) :]
     return plaintext

@@ -35,7 +35,6 @@ params = st.fixed_dictionaries({
     "dhe_size": st.sampled_from([0, 64, 96]),
     "meas_summary_size": st.sampled_from([0, 32]),
     "verify_size": st.sampled_from([0, 32]),
-    "meas_signed": st.integers(0, 1),
     "multi_key": st.integers(0, 1),
     "seq_num_size": st.sampled_from([0, 2, 8]),
     "label_size": st.sampled_from([0, 3, 11]),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import struct
 from collections.abc import Callable
@@ -9,13 +10,15 @@ from collections.abc import Callable
 import pytest
 
 from spdm.algorithms import Aead
-from spdm.errors import RecordError
+from spdm.errors import ForeignPayload, RecordError
+from spdm.identity import DeviceIdentity
 from spdm.secured_message import (
     MCTP_TRANSPORT,
     RecordProtection,
     decode_record,
     encode_record,
 )
+from tests.helpers.spdm_harness import make_link
 
 
 def _pair() -> tuple[RecordProtection, RecordProtection]:
@@ -124,3 +127,34 @@ def test_mctp_record_without_the_inner_type_is_rejected() -> None:
     rec = encode_record(tx, 1, b"\x13\xe8\x00\x00")  # DOE binding: no 0x05, no seq field
     with pytest.raises(RecordError):
         decode_record(rx, 1, rec, transport=MCTP_TRANSPORT)
+
+
+def test_mctp_record_of_another_message_type_is_foreign_not_undecryptable() -> None:
+    tx, rx = _pair()
+    raw_mctp = dataclasses.replace(MCTP_TRANSPORT, inner_header=b"")
+    rec = encode_record(tx, 1, b"\x01\x80\x00\x02", transport=raw_mctp, random=os.urandom)
+    with pytest.raises(ForeignPayload) as exc:
+        decode_record(rx, 1, rec, transport=MCTP_TRANSPORT)
+    assert exc.value.message_type == 0x01
+    assert rx.seq == 1  # authenticated: the sequence number was consumed
+
+
+def test_authenticated_non_spdm_record_keeps_the_session(p384_identity: DeviceIdentity) -> None:
+    """An MCTP secured record that authenticates but carries another message type (PLDM,
+    0x01) is not a decryption failure: the reply is an SPDM ERROR UnsupportedRequest
+    inside the session, and the session goes on (DSP0277 protects any application
+    data; DecryptError is for records that fail authentication)."""
+    mctp = {"transport": MCTP_TRANSPORT}
+    link = make_link(p384_identity, rsp=dict(mctp), req=dict(mctp))
+    link.connect()
+    sid = link.session()
+    sess = link.requester.sessions[sid]
+    raw_mctp = dataclasses.replace(MCTP_TRANSPORT, inner_header=b"")
+    pldm = b"\x01\x80\x00\x02"  # MCTP type 1 (PLDM): a GetTID request
+    record = encode_record(sess.req_prot, sid, pldm, transport=raw_mctp, random=os.urandom)
+    kind, reply = link.responder.handle_doe(2, record)
+    assert kind == 2
+    assert decode_record(sess.rsp_prot, sid, reply, transport=MCTP_TRANSPORT) == bytes(
+        [0x13, 0x7F, 0x07, 0x00])
+    assert sid in link.responder.sessions
+    link.run(link.requester.heartbeat(sid))  # both directions still in step

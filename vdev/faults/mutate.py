@@ -146,8 +146,7 @@ def _spdm_params(request: bytes, response: bytes, alg: NegotiatedAlgorithms
         summary = h
     if code == Rsp.MEASUREMENTS:
         signed = len(request) >= 4 and request[2] & m.MEAS_ATTR_SIGNATURE
-        return [{**base, "meas_signed": int(bool(signed)),
-                 "sig_size": alg.sig_size if signed else 0}]
+        return [{**base, "sig_size": alg.sig_size if signed else 0}]
     # ResponderVerifyData is absent when the handshake is in the clear.
     return [{**base, "meas_summary_size": summary, "verify_size": v} for v in (h, 0)]
 
