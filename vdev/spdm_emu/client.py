@@ -8,7 +8,10 @@
 `doe_exchange(type, payload)` carries one SPDM (type 1) or secured SPDM (type 2)
 message: wrapped in a DOE object for PCI_DOE, behind MCTP message type 0x05 / 0x06 for
 MCTP, bare for NONE (plaintext only).  Frames are written in one sendall() with
-TCP_NODELAY set, and replies are assembled from partial reads.
+TCP_NODELAY set, replies are assembled from partial reads, and TCP_QUICKACK is re-armed
+after every read: a responder that writes a frame in several send() calls without
+TCP_NODELAY (spdm-emu, QEMU) otherwise waits out our delayed ACK between its writes
+(vdev.spdm_emu.tcp).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from vdev.spdm_emu.frame import (
     TransportType,
 )
 from vdev.spdm_emu.mctp import MctpMessageType
+from vdev.spdm_emu.tcp import rearm_quickack, set_nodelay
 
 
 class SpdmEmuClient:
@@ -54,7 +58,8 @@ class SpdmEmuClient:
                 raise ValueError(f"unknown transport {transport!r}") from None
         self.transport = TransportType(transport)
         self.sock = socket.create_connection((host, port), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        set_nodelay(self.sock)
+        rearm_quickack(self.sock)
         self._decoder = FrameDecoder()
         self._frames: list[Frame] = []
 
@@ -69,6 +74,7 @@ class SpdmEmuClient:
             data = self.sock.recv(0x10000)
             if not data:
                 raise ConnectionError("spdm-emu server closed the connection")
+            rearm_quickack(self.sock)
             self._frames += self._decoder.feed(data)
         return self._frames.pop(0)
 

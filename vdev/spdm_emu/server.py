@@ -7,9 +7,9 @@ Socket behaviour (docs/protocols.md §9.4): frames are assembled from partial re
 C side writes the header words and the payload in separate send() calls), every reply
 frame goes out in a single write, and TCP_NODELAY is set on accepted sockets so no
 reply waits out Nagle plus the peer's delayed ACK; TCP_QUICKACK is re-armed after each
-read for peers that do not set TCP_NODELAY themselves.  A reply larger than QEMU's
-0x1200-byte spdm-socket buffer is logged as an error (QEMU would reject it); the
-device's DataTransferSize keeps the standard flow below it.
+read for peers that do not set TCP_NODELAY themselves (vdev.spdm_emu.tcp).  A reply
+larger than QEMU's 0x1200-byte spdm-socket buffer is logged as an error (QEMU would
+reject it); the device's DataTransferSize keeps the standard flow below it.
 """
 
 from __future__ import annotations
@@ -17,25 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 
 from vdev.spdm_emu.connection import Action, SpdmDevice, SpdmEmuResponder
 from vdev.spdm_emu.frame import QEMU_MAX_PAYLOAD, FrameDecoder, FrameError, TransportType
+from vdev.spdm_emu.tcp import rearm_quickack, set_nodelay
 
 log = logging.getLogger(__name__)
 
 READ_SIZE = 0x10000
-
-
-def _quickack(writer: asyncio.StreamWriter) -> None:
-    """Re-arm TCP_QUICKACK (Linux clears it again after a while): peers that write the
-    header words and payload in separate send() calls without TCP_NODELAY (spdm-emu,
-    QEMU's spdm-socket.c) otherwise wait for our delayed ACK before sending the rest."""
-    quickack = getattr(socket, "TCP_QUICKACK", None)
-    sock = writer.get_extra_info("socket")
-    if quickack is not None and sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, quickack, 1)
 
 
 class SpdmEmuServer:
@@ -95,7 +84,7 @@ class SpdmEmuServer:
             peer = writer.get_extra_info("peername")
             sock = writer.get_extra_info("socket")
             if sock is not None:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                set_nodelay(sock)
             log.info("spdm-emu connection from %s", peer)
             try:
                 await self._serve(reader, writer)
@@ -114,7 +103,7 @@ class SpdmEmuServer:
             data = await reader.read(READ_SIZE)
             if not data:
                 return
-            _quickack(writer)
+            rearm_quickack(writer.get_extra_info("socket"))
             try:
                 frames = decoder.feed(data)
             except FrameError as exc:
