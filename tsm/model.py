@@ -97,6 +97,9 @@ SESSION_LOST_ERRORS = frozenset(
 
 Authentication = Literal["measurements", "challenge", "both"]
 
+# The Stream ID keyed when QUERY_RESP's IDE registers read all zeros (see _query_port).
+AUTO_STREAM_ID = 0
+
 
 @dataclass
 class TsmConfig:
@@ -509,11 +512,20 @@ class TsmModel:
               f"{q.bus:02x}:{q.dev_func >> 3:02x}.{q.dev_func & 7} segment {q.segment}")
         if self._stream_id is None:
             ids = selective_stream_ids(q.registers)
-            if not ids:
+            if ids:
+                self._stream_id = ids[0]
+                p.log(f"using Stream ID {self._stream_id} configured in selective stream 0")
+            elif not any(q.registers):
+                # A responder without a modelled IDE capability (spdm-emu's sample device)
+                # returns an all-zero register block: no host configured anything, and
+                # 0 is what an unconfigured selective stream's SEL_CTL Stream ID reads.
+                self._stream_id = AUTO_STREAM_ID
+                p.log(f"IDE registers in QUERY_RESP read all zeros (no Stream ID "
+                      f"configured): keying Stream ID {AUTO_STREAM_ID}; set stream_id "
+                      f"(--stream-id) to choose another")
+            else:
                 raise TsmStateError("no selective IDE stream in QUERY_RESP to take the "
                                     "Stream ID from (configure stream_id)")
-            self._stream_id = ids[0]
-            p.log(f"using Stream ID {self._stream_id} configured in selective stream 0")
 
     def _program_stream(self, p: Progress, key_set: int) -> Gen:
         """KEY_PROG x6, K_SET_GO x6 on the device, mirrored on the root port."""

@@ -338,6 +338,29 @@ def test_stream_id_taken_from_the_host_configuration() -> None:
     assert lock is not None and lock.params.default_stream_id == 1
 
 
+def test_stream_id_chosen_when_the_ide_registers_read_all_zeros() -> None:
+    """A responder whose QUERY_RESP register block is all zeros (spdm-emu's sample device
+    models no IDE capability): the TSM keys Stream ID 0 by itself and says so."""
+    dev = make_device()
+    dev.target.registers = (0,) * 7
+    tsm = make_tsm(stream_id=None)
+    done = ok(tsm.connect(), dev)
+    assert done.evidence["ide"]["stream_id"] == 0
+    events = [x["event"] for x in done.evidence["log"]]
+    assert any("read all zeros" in e and "keying Stream ID 0" in e for e in events)
+    assert {stream for _port, stream, *_ in dev.target.keys} == {0}
+    ok(tsm.lock(0), dev)
+    lock = dev.tdisp.tdi(0x100).lock
+    assert lock is not None and lock.params.default_stream_id == 0
+
+
+def test_registers_without_selective_ide_still_refused() -> None:
+    dev = make_device()
+    dev.target.registers = (0x0000_0001, 0, 0, 0)  # Link IDE only
+    done = drive(make_tsm(stream_id=None).connect(), dev)
+    assert not done.ok and "no selective IDE stream" in done.reason
+
+
 def test_refused_key_mid_stream_unwinds_programmed_keys() -> None:
     dev = make_device()
     acked: list[int] = []

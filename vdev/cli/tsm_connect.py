@@ -64,7 +64,8 @@ def add_connect_parser(tsm_subparsers: Any) -> argparse.ArgumentParser:
                    help="MMIO_REPORTING_OFFSET for LOCK (default 0)")
     c.add_argument("--stream-id", default="auto", metavar="ID|auto",
                    help="IDE Stream ID to key; auto (default): the ID the host configured in "
-                   "the device's first selective stream, as QUERY_RESP reports it")
+                   "the device's first selective stream, as QUERY_RESP reports it, or 0 "
+                   "when the IDE registers there read all zeros (the log says so)")
     c.add_argument("--transport", default="pci_doe", choices=["pci_doe", "mctp"],
                    help="spdm-emu transport (default pci_doe)")
     c.add_argument("--lock", action="store_true", help="TDISP LOCK + interface report")
