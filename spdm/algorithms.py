@@ -1,6 +1,10 @@
 """Algorithm identifiers, sizes and DSP0274 negotiation selection rules.
 
-Bit values: DSP0274 1.2/1.3 Tables 'NEGOTIATE_ALGORITHMS' / 'ALGORITHMS' (libspdm spdm.h).
+Bit values: DSP0274 1.2-1.4 Tables 'NEGOTIATE_ALGORITHMS' / 'ALGORITHMS' (libspdm spdm.h).
+SPDM 1.4 adds the post-quantum fields (DSP0274 1.4 §10.4): PqcAsymAlgo beside
+BaseAsymAlgo, and the ReqPqcAsymAlg (AlgType 6) and KEMAlg (AlgType 7) AlgStructs beside
+ReqBaseAsymAlg and DHE.  A connection then signs with exactly one of BaseAsym / PqcAsym
+and exchanges keys with exactly one of DHE / KEM.
 """
 
 from __future__ import annotations
@@ -67,13 +71,43 @@ class KeySchedule(enum.IntFlag):
     SPDM = 0x1
 
 
+class PqcAsym(enum.IntFlag):
+    """PqcAsymAlgo / ReqPqcAsymAlg (DSP0274 1.4): ML-DSA (FIPS 204), SLH-DSA (FIPS 205)."""
+
+    ML_DSA_44 = 0x1
+    ML_DSA_65 = 0x2
+    ML_DSA_87 = 0x4
+    SLH_DSA_SHA2_128S = 0x8
+    SLH_DSA_SHAKE_128S = 0x10
+    SLH_DSA_SHA2_128F = 0x20
+    SLH_DSA_SHAKE_128F = 0x40
+    SLH_DSA_SHA2_192S = 0x80
+    SLH_DSA_SHAKE_192S = 0x100
+    SLH_DSA_SHA2_192F = 0x200
+    SLH_DSA_SHAKE_192F = 0x400
+    SLH_DSA_SHA2_256S = 0x800
+    SLH_DSA_SHAKE_256S = 0x1000
+    SLH_DSA_SHA2_256F = 0x2000
+    SLH_DSA_SHAKE_256F = 0x4000
+
+
+class Kem(enum.IntFlag):
+    """KEMAlg (DSP0274 1.4): ML-KEM (FIPS 203)."""
+
+    ML_KEM_512 = 0x1
+    ML_KEM_768 = 0x2
+    ML_KEM_1024 = 0x4
+
+
 class AlgType(enum.IntEnum):
-    """AlgStruct AlgType (DSP0274 Table 'Algorithm request structure')."""
+    """AlgStruct AlgType (DSP0274 Table 'Algorithm request structure'; 6 and 7 from 1.4)."""
 
     DHE = 2
     AEAD = 3
     REQ_BASE_ASYM = 4
     KEY_SCHEDULE = 5
+    REQ_PQC_ASYM = 6
+    KEM = 7
 
 
 # Sizes in bytes -------------------------------------------------------------------------
@@ -91,6 +125,33 @@ ASYM_SIG_SIZE: dict[int, int] = {
     BaseAsym.EDDSA_25519: 64,
     BaseAsym.EDDSA_448: 114,
 }
+
+# FIPS 204 Table 2 (signature bytes); FIPS 205 Table 2 for SLH-DSA, listed for decoding
+# other implementations' messages (we cannot sign or verify SLH-DSA: see docs/protocols.md).
+PQC_SIG_SIZE: dict[int, int] = {
+    PqcAsym.ML_DSA_44: 2420,
+    PqcAsym.ML_DSA_65: 3309,
+    PqcAsym.ML_DSA_87: 4627,
+    PqcAsym.SLH_DSA_SHA2_128S: 7856,
+    PqcAsym.SLH_DSA_SHAKE_128S: 7856,
+    PqcAsym.SLH_DSA_SHA2_128F: 17088,
+    PqcAsym.SLH_DSA_SHAKE_128F: 17088,
+    PqcAsym.SLH_DSA_SHA2_192S: 16224,
+    PqcAsym.SLH_DSA_SHAKE_192S: 16224,
+    PqcAsym.SLH_DSA_SHA2_192F: 35664,
+    PqcAsym.SLH_DSA_SHAKE_192F: 35664,
+    PqcAsym.SLH_DSA_SHA2_256S: 29792,
+    PqcAsym.SLH_DSA_SHAKE_256S: 29792,
+    PqcAsym.SLH_DSA_SHA2_256F: 49856,
+    PqcAsym.SLH_DSA_SHAKE_256F: 49856,
+}
+
+# FIPS 203 Table 3: the encapsulation key the requester sends in KEY_EXCHANGE and the
+# ciphertext the responder returns in KEY_EXCHANGE_RSP (DSP0274 1.4 KEY_EXCHANGE).
+KEM_ENCAP_KEY_SIZE: dict[int, int] = {Kem.ML_KEM_512: 800, Kem.ML_KEM_768: 1184,
+                                      Kem.ML_KEM_1024: 1568}
+KEM_CIPHERTEXT_SIZE: dict[int, int] = {Kem.ML_KEM_512: 768, Kem.ML_KEM_768: 1088,
+                                       Kem.ML_KEM_1024: 1568}
 
 HASH_SIZE: dict[int, int] = {BaseHash.SHA_256: 32, BaseHash.SHA_384: 48, BaseHash.SHA_512: 64}
 
@@ -148,6 +209,10 @@ SUPPORTED_DHE: tuple[int, ...] = (
     Dhe.FFDHE_2048,
     Dhe.FFDHE_4096,
 )
+# ML-DSA-44/65/87 and ML-KEM-768/1024 are what `cryptography` (OpenSSL 3.5+) provides;
+# ML-KEM-512 and SLH-DSA are not available to us, so we never offer or select them.
+SUPPORTED_PQC_ASYM: tuple[int, ...] = (PqcAsym.ML_DSA_87, PqcAsym.ML_DSA_65, PqcAsym.ML_DSA_44)
+SUPPORTED_KEM: tuple[int, ...] = (Kem.ML_KEM_1024, Kem.ML_KEM_768)
 SUPPORTED_AEAD: tuple[int, ...] = (
     Aead.AES_256_GCM,
     Aead.AES_128_GCM,
@@ -209,19 +274,52 @@ class NegotiatedAlgorithms:
     aead: int = 0
     req_base_asym: int = 0
     key_schedule: int = 0
+    # SPDM 1.4: at most one of base_asym / pqc_asym, dhe / kem, req_base_asym /
+    # req_pqc_asym is non-zero (DSP0274 1.4 ALGORITHMS).
+    pqc_asym: int = 0
+    kem: int = 0
+    req_pqc_asym: int = 0
 
     def names(self) -> dict[str, str | None]:
         """The selected algorithms by name (None where nothing was selected), for
-        logs, evidence and status reports."""
+        logs, evidence and status reports.  `asym` and `key_exchange` name whichever
+        family was selected (classical or post-quantum)."""
         return {
+            "asym": self.asym_name,
+            "key_exchange": self.key_exchange_name,
             "base_asym": algorithm_name(BaseAsym, self.base_asym),
+            "pqc_asym": algorithm_name(PqcAsym, self.pqc_asym),
             "base_hash": algorithm_name(BaseHash, self.base_hash),
             "meas_hash": algorithm_name(MeasHash, self.meas_hash),
             "dhe": algorithm_name(Dhe, self.dhe),
+            "kem": algorithm_name(Kem, self.kem),
             "aead": algorithm_name(Aead, self.aead),
             "req_base_asym": algorithm_name(BaseAsym, self.req_base_asym),
+            "req_pqc_asym": algorithm_name(PqcAsym, self.req_pqc_asym),
             "key_schedule": algorithm_name(KeySchedule, self.key_schedule),
         }
+
+    @property
+    def asym_name(self) -> str | None:
+        """The responder's signature algorithm, whichever family it is from."""
+        if self.pqc_asym:
+            return algorithm_name(PqcAsym, self.pqc_asym)
+        return algorithm_name(BaseAsym, self.base_asym)
+
+    @property
+    def key_exchange_name(self) -> str | None:
+        if self.kem:
+            return algorithm_name(Kem, self.kem)
+        return algorithm_name(Dhe, self.dhe)
+
+    @property
+    def signer(self) -> int:
+        """The responder's signature algorithm as an `Asym` key (`asym_key`)."""
+        return asym_key(self.base_asym, self.pqc_asym)
+
+    @property
+    def req_signer(self) -> int:
+        return asym_key(self.req_base_asym, self.req_pqc_asym)
 
     @property
     def hash_size(self) -> int:
@@ -229,14 +327,28 @@ class NegotiatedAlgorithms:
 
     @property
     def sig_size(self) -> int:
-        return ASYM_SIG_SIZE.get(self.base_asym, 0)
+        return signature_size(self.signer)
 
     @property
     def req_sig_size(self) -> int:
-        return ASYM_SIG_SIZE.get(self.req_base_asym, 0)
+        return signature_size(self.req_signer)
 
     @property
     def dhe_size(self) -> int:
+        return DHE_SIZE.get(self.dhe, 0)
+
+    @property
+    def req_exchange_size(self) -> int:
+        """KEY_EXCHANGE ExchangeData: the KEM encapsulation key, or the DHE share."""
+        if self.kem:
+            return KEM_ENCAP_KEY_SIZE.get(self.kem, 0)
+        return DHE_SIZE.get(self.dhe, 0)
+
+    @property
+    def rsp_exchange_size(self) -> int:
+        """KEY_EXCHANGE_RSP ExchangeData: the KEM ciphertext, or the DHE share."""
+        if self.kem:
+            return KEM_CIPHERTEXT_SIZE.get(self.kem, 0)
         return DHE_SIZE.get(self.dhe, 0)
 
     @property
@@ -246,3 +358,29 @@ class NegotiatedAlgorithms:
     @property
     def aead_key_size(self) -> int:
         return AEAD_KEY_SIZE.get(self.aead, 0)
+
+
+# One namespace for "the signature algorithm" across both families: a classical BaseAsym
+# bit as is, a PqcAsym bit shifted above them.  The wire keeps the two fields apart; the
+# crypto layer and identities only need to know which single algorithm signs.
+PQC_SHIFT = 32
+
+
+def asym_key(base_asym: int, pqc_asym: int = 0) -> int:
+    """The single signature algorithm of a (BaseAsym, PqcAsym) selection."""
+    return pqc_asym << PQC_SHIFT if pqc_asym else base_asym
+
+
+def split_asym(key: int) -> tuple[int, int]:
+    """`asym_key` backwards: (BaseAsym bits, PqcAsym bits)."""
+    return key & ((1 << PQC_SHIFT) - 1), key >> PQC_SHIFT
+
+
+def signature_size(key: int) -> int:
+    base, pqc = split_asym(key)
+    return PQC_SIG_SIZE.get(pqc, 0) if pqc else ASYM_SIG_SIZE.get(base, 0)
+
+
+def asym_key_name(key: int) -> str | None:
+    base, pqc = split_asym(key)
+    return algorithm_name(PqcAsym, pqc) if pqc else algorithm_name(BaseAsym, base)

@@ -1,4 +1,4 @@
-"""SPDM numeric constants (DSP0274 1.2/1.3 tables; libspdm industry_standard/spdm.h)."""
+"""SPDM numeric constants (DSP0274 1.2-1.4 tables; libspdm industry_standard/spdm.h)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ V10 = 0x10
 V11 = 0x11
 V12 = 0x12
 V13 = 0x13
-SUPPORTED_VERSIONS: tuple[int, ...] = (V10, V11, V12, V13)
+V14 = 0x14
+SUPPORTED_VERSIONS: tuple[int, ...] = (V10, V11, V12, V13, V14)
 
 
 def version_entry(version: int) -> int:

@@ -3,6 +3,21 @@
 Encodings follow libspdm doc/crypto_endianness.md for SPDM 1.2+: ECDSA signatures are r||s
 big-endian, each of the curve's coordinate size; RSA signatures big-endian; ECDHE
 ExchangeData X||Y big-endian; FFDHE public values big-endian padded to the prime size.
+
+SPDM 1.4 post-quantum algorithms: ML-DSA (FIPS 204) signatures are the raw FIPS 204
+encoding, computed over the same 100-byte prefix || Hash(transcript) as every 1.2+
+signature, with the prefix's context string ("responder-key_exchange_rsp signing", ...)
+also passed as the ML-DSA context string ctx (DSP0274 1.4 §15, as libspdm does); ML-KEM
+(FIPS 203) ExchangeData is the raw encapsulation key (KEY_EXCHANGE) and ciphertext
+(KEY_EXCHANGE_RSP), and the 32-byte shared secret takes the DHE secret's place in the key
+schedule.
+
+Randomness: ECDSA uses RFC 6979 nonces and ECDHE/FFDHE/ML-KEM key pairs are derived from
+the caller's random source (ML-KEM from a 64-byte FIPS 203 seed), so classical suites
+reproduce byte for byte.  Two things `cryptography` does not let us inject: ML-DSA
+signing is hedged (OpenSSL draws rnd, FIPS 204 Algorithm 2) and ML-KEM encapsulation
+draws its message m inside OpenSSL (FIPS 203 Algorithm 17) -- so a responder's
+ML-DSA signatures and KEM ciphertexts differ between seeded runs, like RSASSA-PSS salts.
 """
 
 from __future__ import annotations
@@ -14,25 +29,51 @@ from functools import cache
 
 from cryptography.exceptions import InvalidSignature, InvalidTag, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import (
+    ec,
+    ed448,
+    ed25519,
+    mldsa,
+    mlkem,
+    padding,
+    rsa,
+)
 from cryptography.hazmat.primitives.asymmetric.utils import (
     decode_dss_signature,
     encode_dss_signature,
 )
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
-from spdm.algorithms import AEAD_KEY_SIZE, BaseAsym, BaseHash, Dhe, MeasHash
+from spdm.algorithms import (
+    AEAD_KEY_SIZE,
+    KEM_CIPHERTEXT_SIZE,
+    KEM_ENCAP_KEY_SIZE,
+    BaseAsym,
+    BaseHash,
+    Dhe,
+    Kem,
+    MeasHash,
+    PqcAsym,
+    asym_key,
+    split_asym,
+)
 from spdm.algorithms import Aead as AeadAlg
 from spdm.errors import CryptoError as CryptoError  # re-exported: raised here
 
+MlDsaPrivateKey = (
+    mldsa.MLDSA44PrivateKey | mldsa.MLDSA65PrivateKey | mldsa.MLDSA87PrivateKey
+)
+MlDsaPublicKey = mldsa.MLDSA44PublicKey | mldsa.MLDSA65PublicKey | mldsa.MLDSA87PublicKey
 PrivateKey = (
     ec.EllipticCurvePrivateKey
     | rsa.RSAPrivateKey
     | ed25519.Ed25519PrivateKey
     | ed448.Ed448PrivateKey
+    | MlDsaPrivateKey
 )
 PublicKey = (
     ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey | ed448.Ed448PublicKey
+    | MlDsaPublicKey
 )
 
 _HASHLIB: dict[int, str] = {
@@ -110,8 +151,25 @@ _RSA: dict[int, tuple[int, bool]] = {
 }
 
 
+# PqcAsymAlgo bit -> the ML-DSA key classes of that parameter set.
+_MLDSA: dict[int, tuple[type[MlDsaPrivateKey], type[MlDsaPublicKey]]] = {
+    PqcAsym.ML_DSA_44: (mldsa.MLDSA44PrivateKey, mldsa.MLDSA44PublicKey),
+    PqcAsym.ML_DSA_65: (mldsa.MLDSA65PrivateKey, mldsa.MLDSA65PublicKey),
+    PqcAsym.ML_DSA_87: (mldsa.MLDSA87PrivateKey, mldsa.MLDSA87PublicKey),
+}
+
+
 def key_matches_asym(key: PublicKey | PrivateKey, asym: int) -> bool:
-    """Whether a key can produce signatures of the negotiated BaseAsymAlgo."""
+    """Whether a key can produce signatures of the negotiated signature algorithm, given
+    as `spdm.algorithms.asym_key` (a BaseAsymAlgo bit, or a PqcAsymAlgo bit shifted)."""
+    base, pqc = split_asym(asym)
+    if pqc:
+        classes = _MLDSA.get(pqc)
+        return classes is not None and isinstance(key, classes)
+    return _classical_matches(key, base)
+
+
+def _classical_matches(key: PublicKey | PrivateKey, asym: int) -> bool:
     if asym in _EC_CURVES:
         curve_cls, _ = _EC_CURVES[asym]
         return isinstance(key, ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey) and (
@@ -128,11 +186,15 @@ def key_matches_asym(key: PublicKey | PrivateKey, asym: int) -> bool:
 
 
 def asym_capabilities_of_key(key: PublicKey | PrivateKey) -> int:
-    """All BaseAsymAlgo bits a key can serve."""
+    """All signature algorithms a key can serve, as `asym_key` bits (BaseAsymAlgo bits,
+    PqcAsymAlgo bits shifted by `spdm.algorithms.PQC_SHIFT`)."""
     mask = 0
     for bit in list(_EC_CURVES) + list(_RSA) + [BaseAsym.EDDSA_25519, BaseAsym.EDDSA_448]:
-        if key_matches_asym(key, bit):
+        if _classical_matches(key, bit):
             mask |= int(bit)
+    for pqc in _MLDSA:
+        if key_matches_asym(key, asym_key(0, pqc)):
+            mask |= asym_key(0, pqc)
     return mask
 
 
@@ -157,10 +219,16 @@ def _rsa_padding(pss: bool, h: hashes.HashAlgorithm) -> padding.AsymmetricPaddin
     return padding.PKCS1v15()
 
 
-def sign(asym: int, base_hash: int, key: PrivateKey, message: bytes) -> bytes:
-    """Sign *message* (already prefixed per DSP0274 §'Signature generation')."""
+def sign(asym: int, base_hash: int, key: PrivateKey, message: bytes,
+         context: bytes = b"") -> bytes:
+    """Sign *message* (already prefixed per DSP0274 §'Signature generation').  `asym` is
+    an `asym_key`; `context` is the signing context string, which ML-DSA also takes as its
+    own context (DSP0274 1.4 §15)."""
     if not key_matches_asym(key, asym):
-        raise CryptoError("private key does not match negotiated BaseAsymAlgo")
+        raise CryptoError("private key does not match the negotiated signature algorithm")
+    if isinstance(key, mldsa.MLDSA44PrivateKey | mldsa.MLDSA65PrivateKey
+                  | mldsa.MLDSA87PrivateKey):
+        return key.sign(message, context)
     if asym in _EC_CURVES:
         assert isinstance(key, ec.EllipticCurvePrivateKey)
         _, size = _EC_CURVES[asym]
@@ -178,10 +246,15 @@ def sign(asym: int, base_hash: int, key: PrivateKey, message: bytes) -> bytes:
     raise CryptoError(f"unsupported asym 0x{asym:x}")
 
 
-def verify(asym: int, base_hash: int, key: PublicKey, message: bytes, signature: bytes) -> bool:
+def verify(asym: int, base_hash: int, key: PublicKey, message: bytes, signature: bytes,
+           context: bytes = b"") -> bool:
     if not key_matches_asym(key, asym):
         return False
     try:
+        if isinstance(key, mldsa.MLDSA44PublicKey | mldsa.MLDSA65PublicKey
+                      | mldsa.MLDSA87PublicKey):
+            key.verify(signature, message, context)
+            return True
         if asym in _EC_CURVES:
             assert isinstance(key, ec.EllipticCurvePublicKey)
             _, size = _EC_CURVES[asym]
@@ -334,6 +407,56 @@ class DheKey:
         if not 1 < y < p - 1:
             raise CryptoError("FFDHE public value out of range")
         return pow(y, self._ff_x, p).to_bytes(bits // 8, "big")
+
+
+# KEM (DSP0274 1.4 KEY_EXCHANGE with KEMAlg) ---------------------------------------------
+
+_MLKEM: dict[int, tuple[type[mlkem.MLKEM768PrivateKey | mlkem.MLKEM1024PrivateKey],
+                        type[mlkem.MLKEM768PublicKey | mlkem.MLKEM1024PublicKey]]] = {
+    Kem.ML_KEM_768: (mlkem.MLKEM768PrivateKey, mlkem.MLKEM768PublicKey),
+    Kem.ML_KEM_1024: (mlkem.MLKEM1024PrivateKey, mlkem.MLKEM1024PublicKey),
+}
+MLKEM_SEED_SIZE = 64  # FIPS 203 ML-KEM.KeyGen_internal(d, z): two 32-byte seeds
+
+
+class KemKey:
+    """The requester's ephemeral ML-KEM key pair: KEY_EXCHANGE carries its encapsulation
+    key, KEY_EXCHANGE_RSP the responder's ciphertext, which only this key decapsulates.
+    Derived from 64 bytes of the caller's random source (FIPS 203 seed d || z)."""
+
+    def __init__(self, kem: int, random: Callable[[int], bytes]) -> None:
+        classes = _MLKEM.get(kem)
+        if classes is None:
+            raise CryptoError(f"unsupported KEM 0x{kem:x}")
+        self.kem = kem
+        self._key = classes[0].from_seed_bytes(random(MLKEM_SEED_SIZE))
+
+    def exchange_data(self) -> bytes:
+        return self._key.public_key().public_bytes_raw()
+
+    def shared_secret(self, ciphertext: bytes) -> bytes:
+        if len(ciphertext) != KEM_CIPHERTEXT_SIZE[self.kem]:
+            raise CryptoError("bad KEM ciphertext length")
+        try:
+            return self._key.decapsulate(ciphertext)
+        except ValueError as exc:
+            raise CryptoError(f"KEM decapsulation failed: {exc}") from exc
+
+
+def kem_encapsulate(kem: int, encap_key: bytes) -> tuple[bytes, bytes]:
+    """Responder side: (shared secret, ciphertext) for the requester's encapsulation key.
+    FIPS 203 §7.2's input check (the key's length and its coefficients modulo q) is
+    OpenSSL's: a bad key raises CryptoError."""
+    classes = _MLKEM.get(kem)
+    if classes is None:
+        raise CryptoError(f"unsupported KEM 0x{kem:x}")
+    if len(encap_key) != KEM_ENCAP_KEY_SIZE[kem]:
+        raise CryptoError("bad KEM encapsulation key length")
+    try:
+        shared, ciphertext = classes[1].from_public_bytes(encap_key).encapsulate()
+    except ValueError as exc:
+        raise CryptoError(f"invalid KEM encapsulation key: {exc}") from exc
+    return shared, ciphertext
 
 
 # AEAD --------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Device identity: certificate chains and keys for SPDM slots (DSP0274 1.2
-GET_DIGESTS/GET_CERTIFICATE and Annex 'Leaf certificate requirements').
+GET_DIGESTS/GET_CERTIFICATE and Annex 'Leaf certificate requirements'); classical keys or,
+for SPDM 1.4, ML-DSA-44/65/87.
 
 Generated chains are root CA -> intermediate CA -> device leaf. The leaf carries:
   * KeyUsage digitalSignature (critical), BasicConstraints CA:FALSE;
@@ -25,7 +26,7 @@ from pathlib import Path
 from construct import Bytes, GreedyBytes, Int16ul, Struct, this
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, mldsa, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from spdm import crypto, der
@@ -42,7 +43,15 @@ OID_SPDM_EXTENSION = OID_DMTF_SPDM + ".6"
 OID_CMA_SAN = "2.23.147"  # PCI-SIG CMA otherName
 
 KEY_TYPES = ("ecdsa-p384", "ecdsa-p256", "ecdsa-p521", "rsa-2048", "rsa-3072", "rsa-4096",
-             "ed25519", "ed448")
+             "ed25519", "ed448", "mldsa-44", "mldsa-65", "mldsa-87")
+
+# ML-DSA (FIPS 204) key types: SPDM 1.4 PqcAsymAlgo identities.  Certificates are signed
+# with ML-DSA too (RFC 9881 / X.509 id-ml-dsa-*), so a whole chain is post-quantum.
+_MLDSA_KEYS: dict[str, type[crypto.MlDsaPrivateKey]] = {
+    "mldsa-44": mldsa.MLDSA44PrivateKey,
+    "mldsa-65": mldsa.MLDSA65PrivateKey,
+    "mldsa-87": mldsa.MLDSA87PrivateKey,
+}
 
 
 def generate_key(key_type: str) -> PrivateKey:
@@ -58,6 +67,8 @@ def generate_key(key_type: str) -> PrivateKey:
         return ed25519.Ed25519PrivateKey.generate()
     if key_type == "ed448":
         return ed448.Ed448PrivateKey.generate()
+    if key_type in _MLDSA_KEYS:
+        return _MLDSA_KEYS[key_type].generate()
     raise ValueError(f"unknown key type {key_type!r}")
 
 
@@ -313,7 +324,10 @@ def load_private_key(data: bytes) -> PrivateKey:
         ec.EllipticCurvePrivateKey
         | rsa.RSAPrivateKey
         | ed25519.Ed25519PrivateKey
-        | ed448.Ed448PrivateKey,
+        | ed448.Ed448PrivateKey
+        | mldsa.MLDSA44PrivateKey
+        | mldsa.MLDSA65PrivateKey
+        | mldsa.MLDSA87PrivateKey,
     ):
         raise ValueError("unsupported private key type")
     return key

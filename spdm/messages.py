@@ -1,4 +1,4 @@
-"""SPDM message wire formats as `construct` declarations (DSP0274 1.2/1.3 'SPDM messages' clause).
+"""SPDM message wire formats as `construct` declarations (DSP0274 1.2-1.4 'SPDM messages' clause).
 
 Each message is declared once and used for both parsing and building. Fields whose size
 depends on negotiated state read it from the construct context, passed as keyword arguments
@@ -6,7 +6,8 @@ to `decode` / `encode`:
 
     hash_size          H, size of the negotiated BaseHashAlgo digest
     sig_size           S, signature size of the signer of this message (0 when unsigned)
-    dhe_size           D, ExchangeData size of the negotiated DHE group
+    exchange_size      ExchangeData size of this KEY_EXCHANGE(_RSP): the DHE share, or with a
+                       1.4 KEM the encapsulation key (request) / ciphertext (response)
     meas_summary_size  H, or 0 when MeasurementSummaryHashType was 0
     verify_size        H, or 0 when the message carries no VerifyData (handshake in the clear)
     multi_key          1 on an SPDM 1.3 multi-key connection (DIGESTS carries key info)
@@ -22,6 +23,7 @@ from construct import (
     Default,
     ExprMixin,
     If,
+    IfThenElse,
     Rebuild,
     Struct,
     len_,
@@ -142,7 +144,9 @@ NegotiateAlgorithms = Struct(
     "other_params" / Default(Int8ul, 0),
     "base_asym" / Int32ul,
     "base_hash" / Int32ul,
-    "reserved1" / Default(Bytes(12), bytes(12)),
+    # DSP0274 1.4 §10.4 PqcAsymAlgo; reserved (zero, ignored) before 1.4.
+    "pqc_asym" / Default(Int32ul, 0),
+    "reserved1" / Default(Bytes(8), bytes(8)),
     "ext_asym_count" / Interpreted(Rebuild(Int8ul, lambda c: len(c.get("ext_asym") or []))),
     "ext_hash_count" / Interpreted(Rebuild(Int8ul, lambda c: len(c.get("ext_hash") or []))),
     "reserved2" / Default(Int8ul, 0),
@@ -166,7 +170,9 @@ Algorithms = Struct(
     "meas_hash_algo" / Int32ul,
     "base_asym_sel" / Int32ul,
     "base_hash_sel" / Int32ul,
-    "reserved1" / Default(Bytes(11), bytes(11)),
+    # DSP0274 1.4 §10.4 PqcAsymSel; reserved before 1.4.
+    "pqc_asym_sel" / Default(Int32ul, 0),
+    "reserved1" / Default(Bytes(7), bytes(7)),
     "mel_spec_sel" / Default(Int8ul, 0),
     "ext_asym_sel_count"
     / Interpreted(Rebuild(Int8ul, lambda c: len(c.get("ext_asym_sel") or []))),
@@ -276,7 +282,7 @@ KeyExchange = Struct(
     "session_policy" / Default(Int8ul, 0),
     "reserved" / Default(Int8ul, 0),
     "random" / Bytes(32),
-    "exchange_data" / Bytes(this._params.dhe_size),
+    "exchange_data" / Bytes(this._params.exchange_size),
     "opaque_length" / Rebuild(Int16ul, len_(this.opaque)),
     "opaque" / Bytes(this.opaque_length),
 )
@@ -287,7 +293,7 @@ KeyExchangeRsp = Struct(
     "mut_auth_requested" / Default(Int8ul, 0),
     "req_slot_id_param" / Default(Int8ul, 0),
     "random" / Bytes(32),
-    "exchange_data" / Bytes(this._params.dhe_size),
+    "exchange_data" / Bytes(this._params.exchange_size),
     "meas_summary_hash" / Bytes(this._params.meas_summary_size),
     "opaque_length" / Rebuild(Int16ul, len_(this.opaque)),
     "opaque" / Bytes(this.opaque_length),
@@ -297,14 +303,21 @@ KeyExchangeRsp = Struct(
 
 FINISH_ATTR_SIGNATURE = 0x01
 
+# DSP0274 1.4 §10.15/§10.16: FINISH and FINISH_RSP (and PSK_FINISH / PSK_FINISH_RSP) carry
+# OpaqueDataLength u16 and OpaqueData after the header; the signature and the VerifyData
+# cover them like the rest of the message before them.
 Finish = Struct(
     *_hdr(Req.FINISH),  # param1 bit0 signature present, param2 ReqSlotID
+    "opaque_length" / Opt(_v(0x14), Rebuild(Int16ul, len_(this.opaque))),
+    "opaque" / Opt(_v(0x14), Bytes(this.opaque_length)),
     "signature" / Bytes(this._params.sig_size),
     "verify_data" / Bytes(this._params.hash_size),
 )
 
 FinishRsp = Struct(
     *_hdr(Rsp.FINISH_RSP),
+    "opaque_length" / Opt(_v(0x14), Rebuild(Int16ul, len_(this.opaque))),
+    "opaque" / Opt(_v(0x14), Bytes(this.opaque_length)),
     "verify_data" / Bytes(this._params.verify_size),
 )
 
@@ -333,9 +346,15 @@ PskExchangeRsp = Struct(
 
 PskFinish = Struct(
     *_hdr(Req.PSK_FINISH),
+    "opaque_length" / Opt(_v(0x14), Rebuild(Int16ul, len_(this.opaque))),
+    "opaque" / Opt(_v(0x14), Bytes(this.opaque_length)),
     "verify_data" / Bytes(this._params.hash_size),
 )
-PskFinishRsp = Struct(*_hdr(Rsp.PSK_FINISH_RSP))
+PskFinishRsp = Struct(
+    *_hdr(Rsp.PSK_FINISH_RSP),
+    "opaque_length" / Opt(_v(0x14), Rebuild(Int16ul, len_(this.opaque))),
+    "opaque" / Opt(_v(0x14), Bytes(this.opaque_length)),
+)
 
 Heartbeat = Struct(*_hdr(Req.HEARTBEAT))
 HeartbeatAck = Struct(*_hdr(Rsp.HEARTBEAT_ACK))
@@ -365,40 +384,54 @@ VendorDefinedResponse = Struct(
 )
 
 # --- Chunking (DSP0274 1.2 CHUNK_SEND / CHUNK_GET) ------------------------------------------------
+#
+# DSP0274 1.4 widens ChunkSeqNo to u32 in all four messages: in CHUNK_SEND and
+# CHUNK_RESPONSE it takes the place of the u16 + reserved u16 (the offsets after it are
+# unchanged); CHUNK_GET and CHUNK_SEND_ACK grow by two bytes.
 
 CHUNK_ATTR_LAST = 0x01
 CHUNK_ACK_EARLY_ERROR = 0x01
 
+
+def _chunk_seq() -> Any:
+    return IfThenElse(_v(0x14), Int32ul, Int16ul)
+
+
 ChunkSend = Struct(
     *_hdr(Req.CHUNK_SEND),  # param1 attributes, param2 handle
-    "chunk_seq_no" / Int16ul,
-    "reserved" / Default(Int16ul, 0),
+    "chunk_seq_no" / _chunk_seq(),
+    "reserved" / Opt(this.version < 0x14, Default(Int16ul, 0)),
     "chunk_size" / Rebuild(Int32ul, len_(this.chunk)),
     "large_message_size" / Opt(this.chunk_seq_no == 0, Int32ul),
     "chunk" / Bytes(this.chunk_size),
 )
 
 ChunkSendAck = Struct(
-    *_hdr(Rsp.CHUNK_SEND_ACK),
-    "chunk_seq_no" / Int16ul,
+    *_hdr(Rsp.CHUNK_SEND_ACK),  # param1 bit0 EarlyErrorDetected, param2 handle
+    "chunk_seq_no" / _chunk_seq(),
     "response" / GreedyBytes,
 )
 
-ChunkGet = Struct(*_hdr(Req.CHUNK_GET), "chunk_seq_no" / Int16ul)
+ChunkGet = Struct(*_hdr(Req.CHUNK_GET), "chunk_seq_no" / _chunk_seq())
 
 ChunkResponse = Struct(
     *_hdr(Rsp.CHUNK_RESPONSE),
-    "chunk_seq_no" / Int16ul,
-    "reserved" / Default(Int16ul, 0),
+    "chunk_seq_no" / _chunk_seq(),
+    "reserved" / Opt(this.version < 0x14, Default(Int16ul, 0)),
     "chunk_size" / Rebuild(Int32ul, len_(this.chunk)),
     "large_message_size" / Opt(this.chunk_seq_no == 0, Int32ul),
     "chunk" / Bytes(this.chunk_size),
 )
 
-# CHUNK_SEND fixed part and CHUNK_RESPONSE fixed part sizes (for DataTransferSize maths).
+# CHUNK_SEND and CHUNK_RESPONSE fixed parts (without LargeMessageSize, 4 more bytes in the
+# first chunk), for the DataTransferSize arithmetic; the same size in every version.
 CHUNK_SEND_HEADER_SIZE = 12
 CHUNK_RESPONSE_HEADER_SIZE = 12
-CHUNK_SEND_ACK_HEADER_SIZE = 6
+
+
+def chunk_send_ack_header_size(version: int) -> int:
+    """CHUNK_SEND_ACK before the embedded response: 6 bytes, 8 from SPDM 1.4."""
+    return 8 if version >= 0x14 else 6
 
 # --- Encapsulated (mutual auth) -------------------------------------------------------------
 
@@ -437,7 +470,7 @@ ResponseTooLargeData = Struct("response_size" / Int32ul)
 _DEFAULT_PARAMS = {
     "hash_size": 0,
     "sig_size": 0,
-    "dhe_size": 0,
+    "exchange_size": 0,
     "meas_summary_size": 0,
     "verify_size": 0,
     "multi_key": 0,  # SPDM 1.3 multi-key connection (extra DIGESTS fields)

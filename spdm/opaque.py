@@ -50,6 +50,8 @@ SECURED_VERSION_10 = 0x1000
 SECURED_VERSION_11 = 0x1100
 SECURED_VERSION_12 = 0x1200
 DEFAULT_SECURED_VERSIONS = (SECURED_VERSION_10, SECURED_VERSION_11, SECURED_VERSION_12)
+# DSP0274 "OpaqueDataLength": at most 1024 bytes in every message that carries OpaqueData.
+MAX_OPAQUE_SIZE = 1024
 
 Element = Struct(
     "id" / Default(Int8ul, 0),
@@ -109,6 +111,16 @@ def build_version_selection(version: int, *, fmt1: bool = True) -> bytes:
                                 "selected": version, "count": None, "versions": None,
                                 "rest": []})
     return _wrap(data, fmt1)
+
+
+def parse_general(opaque: bytes, *, fmt1: bool = True) -> list[tuple[int, bytes, bytes]]:
+    """The (registry ID, vendor ID, data) of each element of general opaque data (DSP0274
+    'General opaque data format'); OpaqueError when the bytes do not follow it."""
+    try:
+        parsed = (Fmt1 if fmt1 else Fmt0).parse(opaque)
+    except ConstructError as exc:
+        raise OpaqueError(f"malformed opaque data: {exc}") from exc
+    return [(el.id, bytes(el.vendor_id), bytes(el.data)) for el in parsed.elements]
 
 
 def _sm_elements(opaque: bytes, fmt1: bool) -> list[object]:

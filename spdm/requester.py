@@ -46,6 +46,7 @@ from spdm.codes import (
     V11,
     V12,
     V13,
+    V14,
     ErrorCode,
     Req,
     ReqCap,
@@ -88,6 +89,7 @@ from spdm.messages import (
     EndSession,
     EndSessionAck,
     Error,
+    Finish,
     FinishRsp,
     GetCapabilities,
     GetCertificate,
@@ -117,7 +119,6 @@ from spdm.messages import (
     decode,
     encode,
     header,
-    message_header,
 )
 from spdm.negotiation import ConnectionInfo
 from spdm.secured_message import DOE_TRANSPORT, TransportParams, peek_session_id
@@ -156,13 +157,18 @@ class Outgoing:
 
 @dataclass
 class AlgorithmOffer:
-    """What NEGOTIATE_ALGORITHMS offers, as bit masks of each field (DSP0274)."""
+    """What NEGOTIATE_ALGORITHMS offers, as bit masks of each field (DSP0274).  The
+    post-quantum fields (PqcAsymAlgo, KEMAlg, ReqPqcAsymAlg) go on the wire from SPDM 1.4
+    on (DSP0274 1.4 §10.4); the responder then picks one family of each pair."""
 
     base_asym: int = alg.mask_of(alg.SUPPORTED_ASYM)
     base_hash: int = alg.mask_of(alg.SUPPORTED_HASH)
     dhe: int = alg.mask_of(alg.SUPPORTED_DHE)
     aead: int = alg.mask_of(alg.SUPPORTED_AEAD)
     req_base_asym: int = alg.mask_of(alg.SUPPORTED_ASYM)
+    pqc_asym: int = alg.mask_of(alg.SUPPORTED_PQC_ASYM)
+    kem: int = alg.mask_of(alg.SUPPORTED_KEM)
+    req_pqc_asym: int = alg.mask_of(alg.SUPPORTED_PQC_ASYM)
 
 
 @dataclass
@@ -171,7 +177,7 @@ class RequesterConfig:
     `spdm.hooks.RequesterHooks`, given to the Requester beside this."""
 
     # -- GET_VERSION / GET_CAPABILITIES / NEGOTIATE_ALGORITHMS
-    versions: Sequence[int] = (V10, V11, V12, V13)
+    versions: Sequence[int] = (V10, V11, V12, V13, V14)
     capabilities: int = int(DEFAULT_REQ_CAPS)
     ct_exponent: int = 12
     data_transfer_size: int = 4096
@@ -484,21 +490,32 @@ class Requester:
         offer = c.algorithms
         structs = []
         session_caps = c.capabilities & (ReqCap.KEY_EX | ReqCap.PSK)
+        key_ex = bool(c.capabilities & ReqCap.KEY_EX)
+        mut_auth = bool(c.capabilities & ReqCap.MUT_AUTH) and c.identity is not None
+        own = c.identity.asym_mask() if mut_auth and c.identity is not None else 0
+        pq = v >= V14
+        # AlgStructs in ascending AlgType (DSP0274 §10.4); 6 and 7 exist from 1.4 on.
         if v >= V11:
             if session_caps:
-                if c.capabilities & ReqCap.KEY_EX:
+                if key_ex:
                     structs.append({"alg_type": AlgType.DHE, "supported": offer.dhe})
                 structs.append({"alg_type": AlgType.AEAD, "supported": offer.aead})
-            if c.capabilities & ReqCap.MUT_AUTH and c.identity is not None:
+            if mut_auth and offer.req_base_asym & own & 0xFFFF:
                 structs.append({"alg_type": AlgType.REQ_BASE_ASYM,
-                                "supported": offer.req_base_asym & c.identity.asym_mask() & 0xFFFF})
+                                "supported": offer.req_base_asym & own & 0xFFFF})
             if session_caps:
                 structs.append({"alg_type": AlgType.KEY_SCHEDULE,
                                 "supported": int(alg.KeySchedule.SPDM)})
+            req_pqc = offer.req_pqc_asym & (own >> alg.PQC_SHIFT) & 0xFFFF
+            if pq and mut_auth and req_pqc:
+                structs.append({"alg_type": AlgType.REQ_PQC_ASYM, "supported": req_pqc})
+            if pq and key_ex and offer.kem:
+                structs.append({"alg_type": AlgType.KEM, "supported": offer.kem})
         req = encode(NegotiateAlgorithms, {
             "version": v, "param1": len(structs), "meas_spec": MEAS_SPEC_DMTF,
             "other_params": c.other_params if v >= V12 else 0,
-            "base_asym": offer.base_asym, "base_hash": offer.base_hash, "alg_structs": structs,
+            "base_asym": offer.base_asym, "base_hash": offer.base_hash,
+            "pqc_asym": offer.pqc_asym if pq else 0, "alg_structs": structs,
         })
         resp = yield from self._exchange(req, expect=Rsp.ALGORITHMS)
         msg = self._decode(Algorithms, resp)
@@ -509,8 +526,17 @@ class Requester:
         if not alg.check_selected(msg.base_hash_sel, offer.base_hash):
             raise _fail("BaseHashSel invalid")
         needs_asym = rsp_caps & (RspCap.CERT | RspCap.CHAL | RspCap.MEAS_SIG | RspCap.KEY_EX)
-        if not alg.check_selected(msg.base_asym_sel, offer.base_asym, allow_zero=not needs_asym):
+        pqc_sel = msg.pqc_asym_sel if v >= V14 else 0  # reserved before 1.4
+        if not alg.check_selected(msg.base_asym_sel, offer.base_asym, allow_zero=True):
             raise _fail("BaseAsymSel invalid")
+        if not alg.check_selected(pqc_sel, offer.pqc_asym, allow_zero=True):
+            raise _fail("PqcAsymSel invalid")
+        # DSP0274 1.4 §10.4: one signature algorithm, from either family, when the
+        # responder signs at all.
+        if msg.base_asym_sel and pqc_sel:
+            raise _fail("both BaseAsymSel and PqcAsymSel selected")
+        if needs_asym and not (msg.base_asym_sel or pqc_sel):
+            raise _fail("no signature algorithm selected (BaseAsymSel/PqcAsymSel)")
         if rsp_caps & MEAS_CAP_MASK:
             if msg.meas_spec_sel != MEAS_SPEC_DMTF:
                 raise _fail("MeasurementSpecificationSel invalid")
@@ -530,16 +556,22 @@ class Requester:
             if not alg.check_selected(s.supported, offered[s.alg_type], allow_zero=True):
                 raise _fail(f"AlgStruct {s.alg_type} selection invalid")
             sel[s.alg_type] = s.supported
+        dhe, kem = sel.get(AlgType.DHE, 0), sel.get(AlgType.KEM, 0)
+        if dhe and kem:
+            raise _fail("both a DHE group and a KEM selected")
         if self.conn.both(ReqCap.KEY_EX, RspCap.KEY_EX) and not (
-            sel.get(AlgType.DHE) and sel.get(AlgType.AEAD)
+            (dhe or kem) and sel.get(AlgType.AEAD)
         ):
-            raise _fail("KEY_EX negotiated without DHE/AEAD selection")
+            raise _fail("KEY_EX negotiated without DHE/KEM and AEAD selection")
+        if sel.get(AlgType.REQ_BASE_ASYM) and sel.get(AlgType.REQ_PQC_ASYM):
+            raise _fail("both ReqBaseAsymAlg and ReqPqcAsymAlg selected")
         self.conn.algorithms = NegotiatedAlgorithms(
             meas_spec=msg.meas_spec_sel, other_params=msg.other_params_sel,
             meas_hash=msg.meas_hash_algo, base_asym=msg.base_asym_sel,
-            base_hash=msg.base_hash_sel, dhe=sel.get(AlgType.DHE, 0),
+            base_hash=msg.base_hash_sel, dhe=dhe,
             aead=sel.get(AlgType.AEAD, 0), req_base_asym=sel.get(AlgType.REQ_BASE_ASYM, 0),
-            key_schedule=sel.get(AlgType.KEY_SCHEDULE, 0),
+            key_schedule=sel.get(AlgType.KEY_SCHEDULE, 0), pqc_asym=pqc_sel, kem=kem,
+            req_pqc_asym=sel.get(AlgType.REQ_PQC_ASYM, 0),
         )
         self.transcript.vca += req + resp
         return self.conn.algorithms
@@ -608,7 +640,7 @@ class Requester:
         if slot in self.digests and crypto.digest(a.base_hash, data) != self.digests[slot]:
             raise CertificateError("certificate chain does not match its DIGESTS entry")
         self.leaf_keys[slot] = verify_chain(
-            data, self.config.trust_anchors, a.base_hash, a.base_asym, now=self.config.now(),
+            data, self.config.trust_anchors, a.base_hash, a.signer, now=self.config.now(),
             policy=self.config.cert_policy,
         )
         self.cert_chains[slot] = data
@@ -623,7 +655,7 @@ class Requester:
     def _verify_sig(self, slot: int, context: bytes, transcript: bytes, sig: bytes) -> None:
         a = self.conn.algorithms
         m = crypto.message_to_sign(self.conn.version, a.base_hash, context, transcript)
-        if not crypto.verify(a.base_asym, a.base_hash, self._leaf(slot), m, sig):
+        if not crypto.verify(a.signer, a.base_hash, self._leaf(slot), m, sig, context):
             raise VerificationError("signature verification failed")
 
     def challenge(self, slot: int = 0, meas_summary: int = MEAS_SUMMARY_NONE) -> Operation:
@@ -745,20 +777,24 @@ class Requester:
         a = self.conn.algorithms
         v = self.conn.version
         req_sid = self._new_req_session_id()
-        dhe = crypto.DheKey(a.dhe, self.config.random)
+        # DSP0274 1.4: with a KEM the requester sends an ephemeral encapsulation key and
+        # decapsulates the responder's ciphertext; the secret feeds the same key schedule.
+        share: crypto.DheKey | crypto.KemKey = (
+            crypto.KemKey(a.kem, self.config.random) if a.kem
+            else crypto.DheKey(a.dhe, self.config.random))
         req = encode(KeyExchange, {
             "version": v, "param1": meas_summary, "param2": slot,
             "req_session_id": req_sid, "session_policy": policy if v >= V12 else 0,
-            "random": self.config.random(32), "exchange_data": dhe.exchange_data(),
+            "random": self.config.random(32), "exchange_data": share.exchange_data(),
             "opaque": opaque.build_supported_versions(tuple(self.config.secured_versions),
                                                       fmt1=self.conn.opaque_fmt1),
-        }, dhe_size=a.dhe_size)
+        }, exchange_size=a.req_exchange_size)
         resp = yield from self._exchange(req, expect=Rsp.KEY_EXCHANGE_RSP)
         hs_clear = self.conn.handshake_in_clear
         verify_size = 0 if hs_clear else a.hash_size
         ms = a.hash_size if meas_summary else 0
-        msg = self._decode(KeyExchangeRsp, resp, dhe_size=a.dhe_size, meas_summary_size=ms,
-                           sig_size=a.sig_size, verify_size=verify_size)
+        msg = self._decode(KeyExchangeRsp, resp, exchange_size=a.rsp_exchange_size,
+                           meas_summary_size=ms, sig_size=a.sig_size, verify_size=verify_size)
         resp = msg.raw
         secured_version = self._check_version_selection(bytes(msg.opaque))
         sid = (msg.rsp_session_id << 16) | req_sid
@@ -792,7 +828,7 @@ class Requester:
                          msg.signature)
         sess.transcript.k += msg.signature
         try:
-            shared = dhe.shared_secret(bytes(msg.exchange_data))
+            shared = share.shared_secret(bytes(msg.exchange_data))
         except crypto.CryptoError as exc:
             raise _fail(str(exc)) from exc
         th1 = crypto.digest(a.base_hash, sess.transcript.th_k())
@@ -881,13 +917,17 @@ class Requester:
         v = self.conn.version
         sig = b""
         param1 = FINISH_ATTR_SIGNATURE if sess.mut_auth else 0
-        # The header is signed and MACed before the message around it exists.
-        hdr = message_header(v, Req.FINISH, param1, sess.req_slot_id if sess.mut_auth else 0)
+        # The header (with 1.4's empty OpaqueData) is signed and MACed before the message
+        # around it exists (DSP0274 1.4 §10.15).
+        hdr = encode(Finish, {"version": v, "param1": param1,
+                              "param2": sess.req_slot_id if sess.mut_auth else 0,
+                              "opaque": b"", "signature": b"", "verify_data": b""})
         if sess.mut_auth:
             assert self.config.identity is not None
             m = crypto.message_to_sign(v, a.base_hash, crypto.CTX_FINISH,
                                        sess.transcript.th() + hdr)
-            sig = crypto.sign(a.req_base_asym, a.base_hash, self.config.identity.key, m)
+            sig = crypto.sign(a.req_signer, a.base_hash, self.config.identity.key, m,
+                              crypto.CTX_FINISH)
         verify = sess.hmac_th(sess.req_finished_key, sess.transcript.th() + hdr + sig)
         req = hdr + sig + verify
         resp = yield from self._exchange(req, sess, expect=Rsp.FINISH_RSP,
@@ -897,7 +937,8 @@ class Requester:
         msg = self._decode(FinishRsp, resp, verify_size=vsize)
         resp = msg.raw
         if sess.handshake_in_clear:
-            expected = sess.hmac_th(sess.rsp_finished_key, sess.transcript.th() + resp[:4])
+            expected = sess.hmac_th(sess.rsp_finished_key,
+                                    sess.transcript.th() + resp[: len(resp) - vsize])
             if not crypto.hmac_compare(expected, msg.verify_data):
                 raise VerificationError("FINISH_RSP ResponderVerifyData mismatch")
         sess.transcript.f += resp
@@ -940,9 +981,9 @@ class Requester:
         if not self.conn.rsp_caps & RspCap.PSK_WITH_CONTEXT:
             sess.install_data_keys(crypto.digest(a.base_hash, sess.transcript.th()))
             return sid
-        hdr = message_header(v, Req.PSK_FINISH)
+        hdr = encode(PskFinish, {"version": v, "opaque": b"", "verify_data": b""})
         verify = sess.hmac_th(sess.req_finished_key, sess.transcript.th() + hdr)
-        fin = encode(PskFinish, {"version": v, "verify_data": verify}, hash_size=a.hash_size)
+        fin = hdr + verify
         resp2 = yield from self._exchange(fin, sess, expect=Rsp.PSK_FINISH_RSP)
         resp2 = self._decode(PskFinishRsp, resp2).raw
         sess.transcript.f += fin + resp2

@@ -1,4 +1,4 @@
-"""Sans-IO SPDM responder (DSP0274 1.0–1.3, DSP0277 secured messages over PCI DOE).
+"""Sans-IO SPDM responder (DSP0274 1.0–1.4, DSP0277 secured messages over PCI DOE).
 
 Usage by a DOE transport adapter:
 
@@ -44,6 +44,7 @@ from spdm.codes import (
     V11,
     V12,
     V13,
+    V14,
     ErrorCode,
     Req,
     ReqCap,
@@ -74,7 +75,6 @@ from spdm.measurements import Measurement, MeasurementProvider, block_bytes, sum
 from spdm.messages import (
     CHUNK_ATTR_LAST,
     CHUNK_RESPONSE_HEADER_SIZE,
-    CHUNK_SEND_ACK_HEADER_SIZE,
     FINISH_ATTR_SIGNATURE,
     MEAS_ATTR_RAW_BIT_STREAM,
     MEAS_ATTR_SIGNATURE,
@@ -122,6 +122,7 @@ from spdm.messages import (
     VendorDefinedRequest,
     VendorDefinedResponse,
     Version,
+    chunk_send_ack_header_size,
     decode,
     encode,
     header,
@@ -174,7 +175,12 @@ VendorHandler = Callable[[bytes, VendorRequestContext], bytes]
 @dataclass
 class AlgorithmPriorities:
     """The responder's choice per NEGOTIATE_ALGORITHMS field: the first algorithm in each
-    sequence that the requester also offers wins (DSP0274 ALGORITHMS)."""
+    sequence that the requester also offers wins (DSP0274 ALGORITHMS).
+
+    SPDM 1.4 pairs: a connection signs with BaseAsym or PqcAsym and exchanges keys with
+    DHE or KEM, never both (DSP0274 1.4 §10.4).  When the requester offers a usable
+    algorithm of both families, `pqc_first` says which family wins (libspdm's
+    `pqc_first` does the same); an empty sequence never selects from that family."""
 
     asym: Sequence[int] = alg.SUPPORTED_ASYM
     hash: Sequence[int] = alg.SUPPORTED_HASH
@@ -182,6 +188,16 @@ class AlgorithmPriorities:
     dhe: Sequence[int] = alg.SUPPORTED_DHE
     aead: Sequence[int] = alg.SUPPORTED_AEAD
     req_asym: Sequence[int] = alg.SUPPORTED_ASYM
+    pqc_asym: Sequence[int] = alg.SUPPORTED_PQC_ASYM
+    kem: Sequence[int] = alg.SUPPORTED_KEM
+    req_pqc_asym: Sequence[int] = alg.SUPPORTED_PQC_ASYM
+    pqc_first: bool = False
+
+    def pick(self, classical: int, pqc: int) -> tuple[int, int]:
+        """Of one selection per family, keep one (`pqc_first` decides a tie)."""
+        if classical and pqc:
+            return (0, pqc) if self.pqc_first else (classical, 0)
+        return classical, pqc
 
 
 @dataclass
@@ -190,7 +206,7 @@ class ResponderConfig:
     they are `spdm.hooks.ResponderHooks`, given to the Responder beside this."""
 
     # -- GET_VERSION / GET_CAPABILITIES / NEGOTIATE_ALGORITHMS
-    versions: Sequence[int] = (V10, V11, V12, V13)
+    versions: Sequence[int] = (V10, V11, V12, V13, V14)
     capabilities: int = int(DEFAULT_RSP_CAPS)
     ct_exponent: int = 12
     # DOE replies to QEMU must fit in 4608 bytes with DOE header and record overhead.
@@ -666,6 +682,8 @@ class Responder:
         return resp
 
     def _slot_asym_mask(self) -> int:
+        """The signature algorithms every provisioned slot can sign with, as
+        `spdm.algorithms.asym_key` bits (classical in the low 32, ML-DSA above)."""
         mask = -1
         for ident in self.config.slots.slots.values():
             mask &= ident.asym_mask()
@@ -682,10 +700,12 @@ class Responder:
         if len(msg.ext_asym) + len(msg.ext_hash) > 20:
             raise InvalidRequest("too many extended algorithms")
         seen: list[int] = []
+        # AlgType 6 (ReqPqcAsymAlg) and 7 (KEMAlg) exist from 1.4 on (DSP0274 1.4 §10.4).
+        known = (2, 3, 4, 5, 6, 7) if version >= V14 else (2, 3, 4, 5)
         for s in msg.alg_structs:
             if s.alg_count >> 4 != 2:
                 raise InvalidRequest("AlgStruct fixed algorithm count must be 2")
-            if s.alg_type not in (2, 3, 4, 5) or (seen and s.alg_type <= seen[-1]):
+            if s.alg_type not in known or (seen and s.alg_type <= seen[-1]):
                 raise InvalidRequest("AlgStructs out of order, duplicated or unknown")
             seen.append(s.alg_type)
         caps = self.conn.rsp_caps
@@ -694,9 +714,13 @@ class Responder:
         meas_spec = MEAS_SPEC_DMTF if caps & MEAS_CAP_MASK and msg.meas_spec & 1 else 0
         meas_hash = alg.select(alg.mask_of(self.config.algorithms.meas_hash),
                                self.config.algorithms.meas_hash) if meas_spec else 0
-        asym_ok = msg.base_asym & self._slot_asym_mask()
-        base_asym = alg.select(asym_ok, self.config.algorithms.asym)
-        base_hash = alg.select(msg.base_hash, self.config.algorithms.hash)
+        pr = self.config.algorithms
+        pq = version >= V14
+        slot_mask = self._slot_asym_mask()
+        base_asym, pqc_asym = pr.pick(
+            alg.select(msg.base_asym & slot_mask & 0xFFFF_FFFF, pr.asym),
+            alg.select(msg.pqc_asym & (slot_mask >> alg.PQC_SHIFT), pr.pqc_asym) if pq else 0)
+        base_hash = alg.select(msg.base_hash, pr.hash)
         if not base_hash:
             raise InvalidRequest("no common hash algorithm")
         other = 0
@@ -712,22 +736,25 @@ class Responder:
         key_ex = self.conn.both(ReqCap.KEY_EX, RspCap.KEY_EX)
         psk = bool(self.conn.req_caps & ReqCap.PSK) and bool(
             caps & (RspCap.PSK | RspCap.PSK_WITH_CONTEXT))
-        dhe = aead = ks = req_asym = 0
+        dhe = kem = aead = ks = req_asym = req_pqc = 0
         if key_ex:
-            dhe = alg.select(structs.get(AlgType.DHE, 0), self.config.algorithms.dhe)
+            dhe, kem = pr.pick(alg.select(structs.get(AlgType.DHE, 0), pr.dhe),
+                               alg.select(structs.get(AlgType.KEM, 0), pr.kem))
         if key_ex or psk:
-            aead = alg.select(structs.get(AlgType.AEAD, 0), self.config.algorithms.aead)
+            aead = alg.select(structs.get(AlgType.AEAD, 0), pr.aead)
             ks = structs.get(AlgType.KEY_SCHEDULE, 0) & alg.KeySchedule.SPDM
         if self.conn.both(ReqCap.MUT_AUTH, RspCap.MUT_AUTH):
-            req_asym = alg.select(structs.get(AlgType.REQ_BASE_ASYM, 0),
-                                  self.config.algorithms.req_asym)
+            req_asym, req_pqc = pr.pick(
+                alg.select(structs.get(AlgType.REQ_BASE_ASYM, 0), pr.req_asym),
+                alg.select(structs.get(AlgType.REQ_PQC_ASYM, 0), pr.req_pqc_asym))
         self.conn.algorithms = NegotiatedAlgorithms(
             meas_spec=meas_spec, other_params=other, meas_hash=meas_hash,
             base_asym=base_asym, base_hash=base_hash, dhe=dhe, aead=aead,
-            req_base_asym=req_asym, key_schedule=ks,
+            req_base_asym=req_asym, key_schedule=ks, pqc_asym=pqc_asym, kem=kem,
+            req_pqc_asym=req_pqc,
         )
         sel = {AlgType.DHE: dhe, AlgType.AEAD: aead, AlgType.REQ_BASE_ASYM: req_asym,
-               AlgType.KEY_SCHEDULE: ks}
+               AlgType.KEY_SCHEDULE: ks, AlgType.REQ_PQC_ASYM: req_pqc, AlgType.KEM: kem}
         out_structs = [{"alg_type": t, "supported": sel[AlgType(t)]} for t in seen]
         resp = encode(
             Algorithms,
@@ -735,7 +762,7 @@ class Responder:
                 "version": version, "param1": len(out_structs), "meas_spec_sel": meas_spec,
                 "other_params_sel": other, "meas_hash_algo": meas_hash,
                 "base_asym_sel": base_asym, "base_hash_sel": base_hash,
-                "alg_structs": out_structs,
+                "pqc_asym_sel": pqc_asym, "alg_structs": out_structs,
             },
         )
         self.transcript.vca += request + resp
@@ -758,10 +785,10 @@ class Responder:
         if ident is None:
             raise InvalidRequest(f"slot {slot} not provisioned")
         a = self.conn.algorithms
-        if not crypto.key_matches_asym(ident.key, a.base_asym):
-            raise UnexpectedRequest("no usable BaseAsymAlgo negotiated for this slot")
+        if not crypto.key_matches_asym(ident.key, a.signer):
+            raise UnexpectedRequest("no usable BaseAsymAlgo/PqcAsymAlgo negotiated for this slot")
         msg = crypto.message_to_sign(self.conn.version, a.base_hash, context, transcript)
-        return crypto.sign(a.base_asym, a.base_hash, ident.key, msg)
+        return crypto.sign(a.signer, a.base_hash, ident.key, msg, context)
 
     def _get_digests(self, request: bytes, hdr: Any, session: Session | None) -> bytes:
         self._require_cap(Req.GET_DIGESTS, RspCap.CERT)
@@ -906,6 +933,20 @@ class Responder:
 
     # ---- sessions ----------------------------------------------------------------------------
 
+    def _check_opaque(self, opaque_data: bytes | None) -> None:
+        """SPDM 1.4 FINISH / PSK_FINISH OpaqueData: we define no element to act on, but
+        with OpaqueDataFmt1 it must still be well-formed general opaque data (DSP0274 1.4
+        §10.15, 'General opaque data format'); OpaqueDataFmt0 leaves it free-form."""
+        if not opaque_data:
+            return
+        if len(opaque_data) > opaque.MAX_OPAQUE_SIZE:
+            raise InvalidRequest("OpaqueData longer than 1024 bytes")
+        if self.conn.opaque_fmt1:
+            try:
+                opaque.parse_general(opaque_data, fmt1=True)
+            except opaque.OpaqueError as exc:
+                raise InvalidRequest(f"malformed OpaqueData: {exc}") from exc
+
     def _select_secured_version(self, opaque_data: bytes) -> int:
         fmt1 = self.conn.opaque_fmt1
         try:
@@ -958,9 +999,9 @@ class Responder:
     def _key_exchange(self, request: bytes, hdr: Any, session: Session | None) -> bytes:
         self._require_cap(Req.KEY_EXCHANGE, RspCap.KEY_EX, ReqCap.KEY_EX)
         a = self.conn.algorithms
-        if not a.dhe or not a.aead:
-            raise UnexpectedRequest("no DHE/AEAD negotiated")
-        msg = self._decode(KeyExchange, request, dhe_size=a.dhe_size)
+        if not (a.dhe or a.kem) or not a.aead:
+            raise UnexpectedRequest("no DHE/KEM and AEAD negotiated")
+        msg = self._decode(KeyExchange, request, exchange_size=a.req_exchange_size)
         request = msg.raw
         slot = msg.param2
         if slot >= MAX_SLOTS or self.config.slots.get(slot) is None:
@@ -969,8 +1010,14 @@ class Responder:
         self._check_session_limit()
         secured_version = self._select_secured_version(msg.opaque)
         try:
-            dhe = crypto.DheKey(a.dhe, self.config.random)
-            shared = dhe.shared_secret(msg.exchange_data)
+            if a.kem:
+                # DSP0274 1.4 KEY_EXCHANGE: encapsulate to the requester's key; the
+                # ciphertext is this response's ExchangeData.
+                shared, exchange_data = crypto.kem_encapsulate(a.kem, msg.exchange_data)
+            else:
+                dhe = crypto.DheKey(a.dhe, self.config.random)
+                shared = dhe.shared_secret(msg.exchange_data)
+                exchange_data = dhe.exchange_data()
         except crypto.CryptoError as exc:
             raise InvalidRequest(str(exc)) from exc
         cert_hash = crypto.digest(a.base_hash, self._chain(slot))
@@ -1003,14 +1050,14 @@ class Responder:
             "mut_auth_requested": mut,
             "req_slot_id_param": 0,
             "random": self.config.random(32),
-            "exchange_data": dhe.exchange_data(),
+            "exchange_data": exchange_data,
             "meas_summary_hash": summary,
             "opaque": opaque.build_version_selection(secured_version,
                                                      fmt1=self.conn.opaque_fmt1),
             "signature": b"",
             "verify_data": b"",
         }
-        partial = encode(KeyExchangeRsp, fields, dhe_size=a.dhe_size,
+        partial = encode(KeyExchangeRsp, fields, exchange_size=a.rsp_exchange_size,
                          meas_summary_size=len(summary))
         sess.transcript.k += request + partial
         sig = self._sign(slot, crypto.CTX_KEY_EXCHANGE_RSP, sess.transcript.th_k())
@@ -1033,25 +1080,29 @@ class Responder:
         sig_present = bool(hdr.param1 & FINISH_ATTR_SIGNATURE)
         if sig_present != bool(session.mut_auth):
             raise InvalidRequest("FINISH signature presence disagrees with MutAuthRequested")
-        msg = self._decode(Finish, request, hash_size=a.hash_size,
-                     sig_size=a.req_sig_size if sig_present else 0)
+        sig_size = a.req_sig_size if sig_present else 0
+        msg = self._decode(Finish, request, hash_size=a.hash_size, sig_size=sig_size)
         request = msg.raw
+        self._check_opaque(msg.opaque)
         th = session.transcript.th()
         if session.encap is not None and not session.encap.done:
             raise UnexpectedRequest("FINISH before the encapsulated flow completed")
         if sig_present and hdr.param2 != session.req_slot_id:
             raise InvalidRequest("FINISH ReqSlotID differs from the negotiated slot")
+        # Header (and from 1.4 OpaqueDataLength/OpaqueData): what is signed, then MACed
+        # with the signature (DSP0274 1.4 §10.15).
+        before_sig = request[: len(request) - sig_size - a.hash_size]
         if sig_present:
-            signed = th + request[:4]
+            signed = th + before_sig
             m = crypto.message_to_sign(session.version, a.base_hash, crypto.CTX_FINISH, signed)
-            if not crypto.verify(a.req_base_asym, a.base_hash, session.req_public_key, m,
-                                 msg.signature):
+            if not crypto.verify(a.req_signer, a.base_hash, session.req_public_key, m,
+                                 msg.signature, crypto.CTX_FINISH):
                 raise DecryptError("FINISH signature invalid")
-        expected = session.hmac_th(session.req_finished_key, th + request[:4] + msg.signature)
+        expected = session.hmac_th(session.req_finished_key, th + before_sig + msg.signature)
         if not crypto.hmac_compare(expected, msg.verify_data):
             raise DecryptError("RequesterVerifyData mismatch")
         session.transcript.f += request
-        fields = {"version": self.conn.version, "verify_data": b""}
+        fields = {"version": self.conn.version, "opaque": b"", "verify_data": b""}
         verify_size = 0
         if session.handshake_in_clear:
             hdr_bytes = encode(FinishRsp, fields)
@@ -1118,12 +1169,13 @@ class Responder:
         a = self.conn.algorithms
         msg = self._decode(PskFinish, request, hash_size=a.hash_size)
         request = msg.raw
+        self._check_opaque(msg.opaque)
         expected = session.hmac_th(session.req_finished_key,
-                                   session.transcript.th() + request[:4])
+                                   session.transcript.th() + request[: -a.hash_size])
         if not crypto.hmac_compare(expected, msg.verify_data):
             raise DecryptError("RequesterVerifyData mismatch")
         session.transcript.f += request
-        resp = encode(PskFinishRsp, {"version": self.conn.version})
+        resp = encode(PskFinishRsp, {"version": self.conn.version, "opaque": b""})
         session.transcript.f += resp
         th2 = crypto.digest(a.base_hash, session.transcript.th())
         self._after_send.append(lambda: self._establish(session, th2))
@@ -1269,7 +1321,7 @@ class Responder:
             raise InvalidRequest("requester chain does not match its digest")
         try:
             session.req_public_key = verify_chain(
-                chain, self.config.requester_trust_anchors, a.base_hash, a.req_base_asym,
+                chain, self.config.requester_trust_anchors, a.base_hash, a.req_signer,
                 now=self.config.now(),
                 policy=CertPolicy(role_eku=OID_EKU_REQUESTER_AUTH,
                                   other_role_eku=OID_EKU_RESPONDER_AUTH),
@@ -1327,7 +1379,8 @@ class Responder:
                 embedded = self._dispatch_large(large, h, session)
             except SpdmError as exc:
                 embedded = self._error_msg(exc.code, exc.data, exc.extended)
-            embedded = self._maybe_large(embedded, 0, overhead=CHUNK_SEND_ACK_HEADER_SIZE)
+            embedded = self._maybe_large(
+                embedded, 0, overhead=chunk_send_ack_header_size(self.conn.version))
         return encode(
             ChunkSendAck,
             {"version": self.conn.version, "param2": st.handle,

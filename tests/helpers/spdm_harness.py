@@ -69,3 +69,11 @@ def identity_for(key_type: str, **kw: object) -> DeviceIdentity:
     if key not in _IDENTITIES:
         _IDENTITIES[key] = generate_identity(IdentityParams(key_type=key_type, **kw))  # type: ignore[arg-type]
     return _IDENTITIES[key]
+
+
+def make_link_13(identity: DeviceIdentity, *, rsp: dict[str, Any] | None = None,
+                 **kw: Any) -> Link:
+    """A link whose responder stops at SPDM 1.3: for tests that hand-build 1.3 messages
+    (the 1.4 layouts of FINISH, CHUNK_* and NEGOTIATE_ALGORITHMS differ)."""
+    return make_link(identity, rsp={"versions": (0x10, 0x11, 0x12, 0x13), **(rsp or {})},
+                     **kw)

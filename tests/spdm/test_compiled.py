@@ -32,7 +32,7 @@ FORMATS.update(RecordHeader=RecordHeader, RecordSessionId=RecordSessionId,
 params = st.fixed_dictionaries({
     "hash_size": st.sampled_from([0, 32, 48]),
     "sig_size": st.sampled_from([0, 64, 96]),
-    "dhe_size": st.sampled_from([0, 64, 96]),
+    "exchange_size": st.sampled_from([0, 64, 96]),
     "meas_summary_size": st.sampled_from([0, 32]),
     "verify_size": st.sampled_from([0, 32]),
     "multi_key": st.integers(0, 1),

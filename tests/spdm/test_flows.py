@@ -110,7 +110,7 @@ def test_mac_only_session(p384_identity: DeviceIdentity) -> None:
     assert link.responder.sessions[sid].mac_only
     link.run(link.requester.heartbeat(sid))
     # The heartbeat request is visible in the clear inside the record.
-    assert bytes([0x13, 0xE8, 0, 0]) in link.log[-1][1]
+    assert bytes([link.requester.version, 0xE8, 0, 0]) in link.log[-1][1]
 
 
 def test_vendor_defined_dispatch(p384_identity: DeviceIdentity) -> None:
@@ -149,7 +149,7 @@ def test_evidence(p384_identity: DeviceIdentity) -> None:
     link.connect()
     link.run(link.requester.get_measurements())
     ev = link.requester.evidence()
-    assert ev["version"] == 0x13 and 0 in ev["cert_chains"] and len(ev["measurements"]) == 7
+    assert ev["version"] == 0x14 and 0 in ev["cert_chains"] and len(ev["measurements"]) == 7
 
 
 def test_linux_cma_like_requester(p384_identity: DeviceIdentity) -> None:
@@ -250,7 +250,7 @@ def test_heartbeat_period_enforced(p384_identity: DeviceIdentity) -> None:
 
 
 def test_slot_size_requested_13(p384_identity: DeviceIdentity) -> None:
-    link = make_link(p384_identity)
+    link = make_link(p384_identity, req={"versions": (0x13,)})
     link.connect()
     resp = link.responder.handle(bytes([0x13, 0x82, 0, 1, 0, 0, 0, 0]))
     assert resp[1] == 0x02 and resp[4:6] == b"\x00\x00"

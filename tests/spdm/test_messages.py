@@ -72,7 +72,7 @@ def test_key_exchange_rsp_roundtrip() -> None:
         "exchange_data": b"x" * 96, "meas_summary_hash": b"m" * 48, "opaque": b"op",
         "signature": b"s" * 96, "verify_data": b"v" * 48,
     }
-    ctx = {"dhe_size": 96, "meas_summary_size": 48, "sig_size": 96, "verify_size": 48}
+    ctx = {"exchange_size": 96, "meas_summary_size": 48, "sig_size": 96, "verify_size": 48}
     data = m.encode(m.KeyExchangeRsp, fields, **ctx)
     assert len(data) == 4 + 4 + 32 + 96 + 48 + 2 + 2 + 96 + 48
     p = m.decode(m.KeyExchangeRsp, data, **ctx)

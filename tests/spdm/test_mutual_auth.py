@@ -104,7 +104,9 @@ def test_encapsulated_out_of_order(p384_identity: DeviceIdentity) -> None:
     sid = next(iter(link.responder.sessions))
     sess = link.requester.sessions[sid]
     sess.req_prot.seq = 0  # the pending GET_ENCAPSULATED_REQUEST was sealed but never sent
-    fin = bytes([0x13, 0xE5, 1, 0]) + bytes(96 + 48)
+    v = link.requester.version
+    # DSP0274 1.4 §10.15: OpaqueDataLength (here 0) follows the header from 1.4 on.
+    fin = bytes([v, 0xE5, 1, 0]) + (bytes(2) if v >= 0x14 else b"") + bytes(96 + 48)
     kind, rec = link.responder.handle_doe(2, sess.seal(fin, from_requester=True))
     reply = sess.open(rec, from_requester=False)
     assert reply[1] == 0x7F and reply[2] == 0x04  # UnexpectedRequest before the flow ran

@@ -14,7 +14,8 @@ from spdm.errors import ErrorResponse, PeerError
 from spdm.identity import DeviceIdentity
 from spdm.requester import Outgoing
 from spdm.responder import Responder
-from tests.helpers.spdm_harness import Link, make_link
+from tests.helpers.spdm_harness import Link
+from tests.helpers.spdm_harness import make_link_13 as make_link
 
 V = 0x13
 
@@ -86,7 +87,7 @@ NEGOTIATED_CASES: list[tuple[str, bytes, int]] = [
     ("vendor truncated", bytes([V, 0xFE, 0, 0, 3, 0, 2, 1]), ErrorCode.INVALID_REQUEST),
     ("key exchange bad point", m.encode(m.KeyExchange, {
         "version": V, "param2": 0, "req_session_id": 1, "random": bytes(32),
-        "exchange_data": b"\x01" * 96, "opaque": b""}, dhe_size=96),
+        "exchange_data": b"\x01" * 96, "opaque": b""}, exchange_size=96),
      ErrorCode.INVALID_REQUEST),
     ("key exchange truncated", bytes([V, Req.KEY_EXCHANGE, 0, 0, 1, 0, 0, 0]) + bytes(40),
      ErrorCode.INVALID_REQUEST),
@@ -172,7 +173,7 @@ def test_vca_errors(p384_identity: DeviceIdentity, name: str, requests: list[byt
 
 def test_vca_ok_exact_version_response(p384_identity: DeviceIdentity) -> None:
     rsp = Responder()
-    assert rsp.handle(_gv()) == bytes.fromhex("1004000000040010001100120013")
+    assert rsp.handle(_gv()) == bytes.fromhex("10040000000500100011001200130014")
     caps = rsp.handle(_gc(flags=0x6))
     assert caps[:2] == bytes([V, 0x61]) and len(caps) == 20
     algs = rsp.handle(_na())

@@ -10,7 +10,7 @@ from spdm.errors import ErrorResponse
 from spdm.hooks import ResponderHooks
 from spdm.identity import DeviceIdentity
 from spdm.requester import DEFAULT_REQ_CAPS
-from tests.helpers.spdm_harness import make_link
+from tests.helpers.spdm_harness import make_link_13 as make_link
 
 
 def test_large_response_via_chunk_get(p384_identity: DeviceIdentity) -> None:

@@ -137,7 +137,7 @@ def _spdm_params(request: bytes, response: bytes, alg: NegotiatedAlgorithms
                  ) -> list[dict[str, Any]]:
     """Candidate construct parameters for parsing `response` (the request decides some)."""
     h = alg.hash_size
-    base = {"hash_size": h, "sig_size": alg.sig_size, "dhe_size": alg.dhe_size}
+    base = {"hash_size": h, "sig_size": alg.sig_size, "exchange_size": alg.rsp_exchange_size}
     code = response[1]
     summary = 0
     if len(request) >= 4 and code == Rsp.CHALLENGE_AUTH and request[3]:
