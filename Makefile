@@ -15,7 +15,8 @@
 # KSRC=~/linux [O=...] (build, then run), select your own kernel;
 # QEMU=path/to/qemu-system-x86_64 your own QEMU.  make run also takes
 # APPEND="args", QUIET=0, INITRAMFS_ADD="files", VTSM=0
-# (docs/kernel-developers.md).
+# (docs/kernel-developers.md).  PROFILE=NAME|FILE: the device profile of make run /
+# make vm (e.g. PROFILE=pqc: SPDM 1.4, ML-DSA-87 identity, ML-KEM-1024 sessions).
 
 PYTHON ?= python3
 VENV := .venv
@@ -51,7 +52,8 @@ KERNEL_BUILD_ARGS = $(if $(O),--out "$(O)") $(if $(KCONFIG),--kconfig "$(KCONFIG
 	$(if $(LLVM),--llvm "$(LLVM)") $(if $(JOBS),--jobs "$(JOBS)")
 RUN_ARGS = $(if $(KSRC),--ksrc "$(KSRC)" $(KERNEL_BUILD_ARGS)) \
 	$(if $(APPEND),--append "$(APPEND)") $(if $(filter 0,$(QUIET)),--no-quiet) \
-	$(foreach f,$(INITRAMFS_ADD),--initramfs-add "$(f)") $(if $(filter 0,$(VTSM)),--no-vtsm)
+	$(foreach f,$(INITRAMFS_ADD),--initramfs-add "$(f)") $(if $(filter 0,$(VTSM)),--no-vtsm) \
+	$(if $(PROFILE),--profile "$(PROFILE)")
 
 run: venv vm-env
 	$(PY) -m vdev.cli run $(RUN_ARGS)
@@ -61,7 +63,7 @@ kernel: venv
 	@$(PY) -m vdev.cli kernel build "$(KSRC)" $(KERNEL_BUILD_ARGS)
 
 vm: venv vm-env
-	$(PY) -m vdev.cli vm
+	$(PY) -m vdev.cli vm $(if $(PROFILE),--profile "$(PROFILE)")
 
 lint: venv
 	$(VENV)/bin/ruff check vdev spdm tdisp tsm tests guest-tests bench fuzz

@@ -72,6 +72,20 @@ def generate_key(key_type: str) -> PrivateKey:
     raise ValueError(f"unknown key type {key_type!r}")
 
 
+def key_type_of(key: PrivateKey) -> str:
+    """The `KEY_TYPES` name of a private key (the inverse of `generate_key`)."""
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return f"ecdsa-p{key.curve.key_size}"
+    if isinstance(key, rsa.RSAPrivateKey):
+        return f"rsa-{key.key_size}"
+    if isinstance(key, ed448.Ed448PrivateKey):
+        return "ed448"
+    for name, cls in _MLDSA_KEYS.items():
+        if isinstance(key, cls):
+            return name
+    return "ed25519"
+
+
 def _sig_hash(key: PrivateKey) -> hashes.HashAlgorithm | None:
     if isinstance(key, ec.EllipticCurvePrivateKey):
         return {256: hashes.SHA256(), 384: hashes.SHA384()}.get(key.curve.key_size, hashes.SHA512())

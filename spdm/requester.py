@@ -313,7 +313,10 @@ class Requester:
                 resp = yield from self._roundtrip(msg, session, clear)
                 continue
             if code == ErrorCode.LARGE_RESPONSE and self.conn.chunking:
-                handle = decode(LargeResponseData, err.extended).handle
+                # ExtendedErrorData is the 1-byte Handle; over DOE the object's padding
+                # to a DWORD follows it (docs/protocols.md §2).
+                handle = decode(LargeResponseData, bytes(err.extended),
+                                dword_padding=len(resp) % 4 == 0).handle
                 resp = yield from self._chunk_get(handle, session, clear)
                 continue
             raise ErrorResponse(code, err.param2, bytes(err.extended))

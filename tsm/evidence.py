@@ -63,9 +63,11 @@ def flag_names(cls: type[enum.IntFlag], value: int) -> list[str]:
 
 def algorithms(a: Any) -> dict[str, Any]:
     names = a.names()
+    # `asym` / `key_exchange` name whichever family signed and exchanged keys (SPDM 1.4:
+    # ML-DSA / ML-KEM or the classical BaseAsym / DHE); the per-field names follow.
     return {
-        **{k: names[k] for k in ("base_asym", "base_hash", "meas_hash", "dhe", "aead",
-                                 "key_schedule")},
+        **{k: names[k] for k in ("asym", "key_exchange", "base_asym", "pqc_asym", "base_hash",
+                                 "meas_hash", "dhe", "kem", "aead", "key_schedule")},
         "meas_spec": a.meas_spec,
         "other_params": a.other_params,
     }

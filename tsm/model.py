@@ -438,8 +438,8 @@ class TsmModel:
         yield from self._spdm(p, "GET_VERSION/GET_CAPABILITIES/NEGOTIATE_ALGORITHMS",
                               req.init_connection)
         algs = ev.algorithms(req.algorithms)
-        p.log(f"SPDM {ev.spdm_version(req.version)}: {algs['base_asym']}, {algs['base_hash']},"
-              f" {algs['dhe']}, {algs['aead']}")
+        p.log(f"SPDM {ev.spdm_version(req.version)}: {algs['asym']}, {algs['base_hash']},"
+              f" {algs['key_exchange']}, {algs['aead']}")
         caps = req.conn.rsp_caps
         missing = [f.name for f in (RspCap.CERT, RspCap.KEY_EX, RspCap.ENCRYPT, RspCap.MAC)
                    if not caps & f]

@@ -12,6 +12,7 @@ import pytest
 
 from spdm.secured_message import DOE_TRANSPORT, MCTP_TRANSPORT
 from vdev.endpoint.tee_device import TeeDevice
+from vdev.profiles import DeviceProfile
 from vdev.spdm_emu.client import SpdmEmuClient
 from vdev.spdm_emu.frame import TransportType
 from vdev.spdm_emu.server import SpdmEmuServer
@@ -37,9 +38,10 @@ def emu_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("emu-identity")
 
 
-def start_server(state_dir: Path, transport: TransportType) -> tuple[EmuHandle, Callable[[], None]]:
+def start_server(state_dir: Path, transport: TransportType,
+                 profile: DeviceProfile | None = None) -> tuple[EmuHandle, Callable[[], None]]:
     params = MCTP_TRANSPORT if transport == TransportType.MCTP else DOE_TRANSPORT
-    device = TeeDevice(state_dir=state_dir, spdm_transport=params)
+    device = TeeDevice(profile, state_dir=state_dir, spdm_transport=params)
     loop = asyncio.new_event_loop()
     server = SpdmEmuServer(device, transport, "127.0.0.1", 0)
     started = threading.Event()

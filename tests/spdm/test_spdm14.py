@@ -259,3 +259,22 @@ def test_mldsa_identity_chain(key_type: str) -> None:
     san = ident.leaf.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME)
     assert any(n.type_id.dotted_string == "2.23.147" for n in san.value)
     assert crypto.asym_capabilities_of_key(ident.key) >> 32
+
+
+def test_large_response_through_dword_padded_doe_objects() -> None:
+    """Over DOE every reply is padded to a DWORD (PCIe 6.x §6.30.1): ERROR LargeResponse
+    (4-byte header + 1-byte Handle) arrives as 8 bytes and the chunks with padding; the
+    requester still reassembles the 4.6 KB signed MEASUREMENTS of an ML-DSA-87 device."""
+    link = _suite_link("mldsa-87", Kem.ML_KEM_1024)
+
+    def padded(out: Outgoing) -> bytes:
+        reply = link.transport(out)
+        return reply + bytes(-len(reply) % 4)
+
+    r = link.requester
+    r.run(r.init_connection(), padded)
+    r.run(r.get_digests(), padded)
+    r.run(r.get_certificate(0), padded)
+    assert r.run(r.get_measurements(0xFF, signed=True), padded)
+    assert any(q[1] == 0x86 for _, q, _ in link.log)  # it did go through CHUNK_GET
+    assert r.run(r.key_exchange(), padded)

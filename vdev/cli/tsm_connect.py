@@ -220,8 +220,8 @@ def render(e: dict[str, Any], tsm: TsmModel | None = None) -> str:
     s = e["spdm"]
     if s["version"]:
         a = s["algorithms"] or {}
-        lines.append(f"  SPDM {s['version']}: {a.get('base_asym')}, {a.get('base_hash')}, "
-                     f"{a.get('dhe')}, {a.get('aead')}; authenticated by "
+        lines.append(f"  SPDM {s['version']}: {a.get('asym')}, {a.get('base_hash')}, "
+                     f"{a.get('key_exchange')}, {a.get('aead')}; authenticated by "
                      f"{s['authentication'] or '-'}")
         lines.append(f"  session {s['session_id'] or '-'} ({s['session_state'] or 'none'})")
     for c in e["certificates"]:

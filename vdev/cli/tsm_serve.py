@@ -93,8 +93,8 @@ def evidence_summary(op: Op, ev: dict[str, Any]) -> list[str]:
     out: list[str] = []
     if name == "CONNECT" and spdm.get("version"):
         a = spdm.get("algorithms") or {}
-        out.append(f"SPDM {spdm['version']}: {a.get('base_asym')} / {a.get('base_hash')} / "
-                   f"{a.get('dhe')} / {a.get('aead')}, authenticated by "
+        out.append(f"SPDM {spdm['version']}: {a.get('asym')} / {a.get('base_hash')} / "
+                   f"{a.get('key_exchange')} / {a.get('aead')}, authenticated by "
                    f"{spdm.get('authentication')}")
         certs = ev.get("certificates") or []
         if certs:

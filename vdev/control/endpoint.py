@@ -31,8 +31,9 @@ FAULT_KINDS = (DOE_DELAY, *RULE_KINDS)  # the rest: vdev.faults rules
 
 def algorithms_json(a: NegotiatedAlgorithms) -> dict[str, Any]:
     names = a.names()
-    return {k: names[k] for k in ("base_asym", "base_hash", "meas_hash", "dhe", "aead",
-                                  "req_base_asym")}
+    return {k: names[k] for k in ("asym", "key_exchange", "base_asym", "pqc_asym", "base_hash",
+                                  "meas_hash", "dhe", "kem", "aead", "req_base_asym",
+                                  "req_pqc_asym")}
 
 
 def certificate_json(cert: x509.Certificate) -> dict[str, Any]:

@@ -169,6 +169,9 @@ class TeeDevice(TeeIoEndpoint):
                                or alg.SUPPORTED_MEAS_HASH),
                     dhe=p.algorithm_priority("spdm_dhe") or alg.SUPPORTED_DHE,
                     aead=p.algorithm_priority("spdm_aead") or alg.SUPPORTED_AEAD,
+                    pqc_asym=p.algorithm_priority("spdm_pqc_asym") or alg.SUPPORTED_PQC_ASYM,
+                    kem=p.algorithm_priority("spdm_kem") or alg.SUPPORTED_KEM,
+                    pqc_first=p.spdm_pqc_first,
                 ),
                 data_transfer_size=p.spdm_data_transfer_size,
                 slots=CertSlots({0: identity}),
@@ -242,7 +245,7 @@ class TeeDevice(TeeIoEndpoint):
     def _session_established(self, session_id: int) -> None:
         names = self.responder.algorithms.names()
         log.info("SPDM session %#010x established (%s)", session_id,
-                 "/".join(str(names[k]) for k in ("base_asym", "base_hash", "dhe", "aead")))
+                 "/".join(str(names[k]) for k in ("asym", "base_hash", "key_exchange", "aead")))
 
     @staticmethod
     def _log_ide_state(stream: Any, old: Any, new: Any) -> None:

@@ -32,10 +32,13 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-
 from spdm.codes import Req, Rsp
-from spdm.identity import CertSlots, DeviceIdentity, IdentityParams, generate_identity
+from spdm.identity import (
+    CertSlots,
+    IdentityParams,
+    generate_identity,
+    key_type_of,
+)
 from spdm.measurements import Measurement
 from tdisp.messages import GetDeviceInterfaceReport, decode_vdm
 from vdev.doe.data_object import DOE_TYPE_CMA_SPDM, DOE_TYPE_SECURED_CMA_SPDM, DoeProtocolId
@@ -68,15 +71,6 @@ def _reply_name(doe_type: int, reply: bytes, request: str) -> str:
     if len(reply) >= 2 and reply[1] in Rsp._value2member_map_:
         return Rsp(reply[1]).name
     return f"response to {request}"
-
-
-def _key_type(identity: DeviceIdentity) -> str:
-    key = identity.key
-    if isinstance(key, ec.EllipticCurvePrivateKey):
-        return f"ecdsa-p{key.curve.key_size}"
-    if isinstance(key, rsa.RSAPrivateKey):
-        return f"rsa-{key.key_size}"
-    return "ed25519"
 
 
 class FaultInjector:
@@ -401,7 +395,7 @@ class FaultInjector:
     def _impostor_slots(self) -> CertSlots:
         if self._impostor is None:
             own = self.device.identity
-            other = generate_identity(IdentityParams(key_type=_key_type(own),
+            other = generate_identity(IdentityParams(key_type=key_type_of(own.key),
                                                      common_name="vdev impostor"))
             self._impostor = CertSlots({slot: other for slot in self._slots.slots})
         return self._impostor

@@ -16,9 +16,9 @@ Security knobs (SPDM / TDISP, used by `vdev.endpoint.tee_device`):
 
   spdm_versions           "1.2,1.3"     SPDM versions offered in VERSION; TEE-IO needs
                                         >= 1.2 (tee-io-validator spdm_test.md), allowed
-                                        1.0..1.3
+                                        1.0..1.4 (1.4: post-quantum algorithms)
   identity_key_type       "ecdsa-p384"  key type of the generated identity chain
-                                        (spdm.identity.KEY_TYPES)
+                                        (spdm.identity.KEY_TYPES; mldsa-44/65/87 need 1.4)
   tdisp_policy            "default"     tdisp.policy.TdispPolicy.profile name: default,
                                         tee-io-validator, spdm-emu, spdm-rs
   firmware_version        "vdev 0.1.0"  measured as the VERSION block (raw string)
@@ -47,6 +47,11 @@ Security knobs (SPDM / TDISP, used by `vdev.endpoint.tee_device`):
   spdm_dhe, spdm_aead                   BaseHash, MeasHash, Dhe, Aead); "" = everything
                                         we implement in our default order.  spdm_asym
                                         must include the identity key's algorithm
+  spdm_pqc_asym, spdm_kem ""            SPDM 1.4 priority lists: PqcAsym names
+                                        (ML_DSA_87,ML_DSA_65,ML_DSA_44) and Kem names
+                                        (ML_KEM_1024,ML_KEM_768); "" = both we implement
+  spdm_pqc_first          false         when the requester offers both families, select
+                                        ML-KEM over DHE (and ML-DSA over BaseAsym)
   description             ""            free text; shown by `vdev ctl status`
 
 Sections: a file may group keys under ``[pci]``, ``[doe]``, ``[ide]``, ``[spdm]``,
@@ -76,18 +81,28 @@ from pathlib import Path
 from typing import Any
 
 # Pure enum modules: no crypto stack is imported by loading a profile.
-from spdm.algorithms import Aead, BaseAsym, BaseHash, Dhe, MeasHash
+from spdm.algorithms import (
+    SUPPORTED_KEM,
+    SUPPORTED_PQC_ASYM,
+    Aead,
+    BaseAsym,
+    BaseHash,
+    Dhe,
+    Kem,
+    MeasHash,
+    PqcAsym,
+)
 from spdm.codes import RspCap
 
 PLACEHOLDER_VENDOR_ID = 0x1DED
 PLACEHOLDER_DEVICE_ID = 0x7E10
 
 MIN_BAR0_SIZE = 0x4000
-SPDM_VERSION_NAMES = {"1.0": 0x10, "1.1": 0x11, "1.2": 0x12, "1.3": 0x13}
+SPDM_VERSION_NAMES = {"1.0": 0x10, "1.1": 0x11, "1.2": 0x12, "1.3": 0x13, "1.4": 0x14}
 TDISP_POLICY_NAMES = ("default", "tee-io-validator", "spdm-emu", "spdm-rs")
 # Same list as spdm.identity.KEY_TYPES; repeated so profiles load without the crypto stack.
 IDENTITY_KEY_TYPES = ("ecdsa-p384", "ecdsa-p256", "ecdsa-p521", "rsa-2048", "rsa-3072",
-                      "rsa-4096", "ed25519", "ed448")
+                      "rsa-4096", "ed25519", "ed448", "mldsa-44", "mldsa-65", "mldsa-87")
 MIN_DATA_TRANSFER_SIZE = 42  # DSP0274 1.2 MinDataTransferSize
 MAX_DATA_TRANSFER_SIZE = 4096
 MSIX_TABLE_OFFSET = 0x1000  # BAR0 layout, see vdev.endpoint.registers
@@ -101,7 +116,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "doe": ("doe_max_object_dw", "doe_interrupt_vector"),
     "ide": ("ide_selective_streams", "ide_address_associations", "ide_link_streams"),
     "spdm": ("spdm_versions", "spdm_data_transfer_size", "spdm_capabilities", "spdm_asym",
-             "spdm_hash", "spdm_meas_hash", "spdm_dhe", "spdm_aead"),
+             "spdm_hash", "spdm_meas_hash", "spdm_dhe", "spdm_aead", "spdm_pqc_asym",
+             "spdm_kem", "spdm_pqc_first"),
     "identity": ("identity_key_type",),
     "tdisp": ("tdisp_policy",),
     "measurements": ("firmware_version", "firmware_digest"),
@@ -120,7 +136,12 @@ _SESSION_CAPS = (RspCap.ENCRYPT | RspCap.MAC | RspCap.HBEAT | RspCap.KEY_UPD
                  | RspCap.HANDSHAKE_IN_THE_CLEAR)
 _ALG_KEYS: dict[str, type[Any]] = {
     "spdm_asym": BaseAsym, "spdm_hash": BaseHash, "spdm_meas_hash": MeasHash,
-    "spdm_dhe": Dhe, "spdm_aead": Aead,
+    "spdm_dhe": Dhe, "spdm_aead": Aead, "spdm_pqc_asym": PqcAsym, "spdm_kem": Kem,
+}
+# Post-quantum names DSP0274 1.4 defines that `cryptography` cannot compute (ML-KEM-512,
+# SLH-DSA): a profile naming them is refused rather than advertising what we cannot do.
+_IMPLEMENTED: dict[str, tuple[int, ...]] = {
+    "spdm_pqc_asym": SUPPORTED_PQC_ASYM, "spdm_kem": SUPPORTED_KEM,
 }
 # The BaseAsym values a key of each identity_key_type can sign with.
 _KEY_TYPE_ASYM: dict[str, tuple[str, ...]] = {
@@ -129,6 +150,10 @@ _KEY_TYPE_ASYM: dict[str, tuple[str, ...]] = {
     "rsa-2048": ("RSASSA_2048", "RSAPSS_2048"), "rsa-3072": ("RSASSA_3072", "RSAPSS_3072"),
     "rsa-4096": ("RSASSA_4096", "RSAPSS_4096"),
     "ed25519": ("EDDSA_25519",), "ed448": ("EDDSA_448",),
+}
+# ML-DSA identities sign with a PqcAsym algorithm (SPDM 1.4).
+_KEY_TYPE_PQC: dict[str, str] = {
+    "mldsa-44": "ML_DSA_44", "mldsa-65": "ML_DSA_65", "mldsa-87": "ML_DSA_87",
 }
 
 
@@ -189,6 +214,9 @@ class DeviceProfile:
     spdm_meas_hash: str = ""
     spdm_dhe: str = ""
     spdm_aead: str = ""
+    spdm_pqc_asym: str = ""
+    spdm_kem: str = ""
+    spdm_pqc_first: bool = False
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -255,6 +283,21 @@ class DeviceProfile:
         self._check_capabilities(caps)
         for key in _ALG_KEYS:
             self.algorithm_priority(key)  # raises on unknown names
+        pqc = _KEY_TYPE_PQC.get(self.identity_key_type)
+        if pqc is not None:
+            # DSP0274 1.4 §10.4: PqcAsymAlgo exists from 1.4 on; without it the device
+            # could offer no algorithm its key signs with.
+            if "1.4" not in [v.strip() for v in self.spdm_versions.split(",")]:
+                raise ProfileError(
+                    "spdm_versions", f"{self.spdm_versions!r} lacks 1.4, which an "
+                    f"identity_key_type {self.identity_key_type!r} (ML-DSA) needs")
+            names = [n.strip() for n in self.spdm_pqc_asym.split(",") if n.strip()]
+            if names and pqc not in names:
+                raise ProfileError(
+                    "spdm_pqc_asym", f"{self.spdm_pqc_asym!r} does not include the identity "
+                    f"key's algorithm ({pqc} for identity_key_type "
+                    f"{self.identity_key_type!r})")
+            return
         asym = self.spdm_asym and [n.strip() for n in self.spdm_asym.split(",")]
         if asym and not set(asym) & set(_KEY_TYPE_ASYM[self.identity_key_type]):
             raise ProfileError(
@@ -303,7 +346,8 @@ class DeviceProfile:
         return value
 
     def algorithm_priority(self, key: str) -> tuple[int, ...] | None:
-        """The priority list for one of spdm_asym/hash/meas_hash/dhe/aead; None = default."""
+        """The priority list for one of spdm_asym/hash/meas_hash/dhe/aead/pqc_asym/kem;
+        None = default."""
         text = getattr(self, key).strip()
         if not text:
             return None
@@ -316,6 +360,9 @@ class DeviceProfile:
                                    f"{', '.join(cls.__members__)}")
             if int(member) in out:
                 raise ProfileError(key, f"{name!r} listed twice")
+            if key in _IMPLEMENTED and int(member) not in _IMPLEMENTED[key]:
+                raise ProfileError(key, f"{name!r} is not implemented here (`cryptography` "
+                                   f"provides {', '.join(cls(v).name for v in _IMPLEMENTED[key])})")
             out.append(int(member))
         return tuple(out)
 

@@ -20,7 +20,18 @@ from typing import Any
 from construct import ConstructError, Struct
 
 from spdm import messages as m
-from spdm.algorithms import Aead, AlgType, BaseAsym, BaseHash, Dhe, MeasHash
+from spdm.algorithms import (
+    Aead,
+    AlgType,
+    BaseAsym,
+    BaseHash,
+    Dhe,
+    Kem,
+    MeasHash,
+    PqcAsym,
+    asym_key,
+    asym_key_name,
+)
 from spdm.codes import ErrorCode, Req, ReqCap, Rsp, RspCap
 from tdisp import idekm_messages as ik
 from tdisp import messages as tm
@@ -89,8 +100,12 @@ def _version(v: int) -> str:
 
 class Decoder:
     def __init__(self) -> None:
-        self.asym = 0
+        self.asym = 0  # spdm.algorithms.asym_key: BaseAsym, or PqcAsym (SPDM 1.4) shifted
         self.hash = 0
+        self.kem = 0
+        # Large messages being reassembled from CHUNK_SEND / CHUNK_RESPONSE, by
+        # (message name, handle), decoded whole once the last chunk is seen.
+        self._chunks: dict[tuple[str, int], bytearray] = {}
         self._last_request: tuple[int, int, int] | None = None  # (code, param1, param2)
         self._pending_req_sid: int | None = None
 
@@ -158,20 +173,28 @@ class Decoder:
                 text += f" dts={c.data_transfer_size} max_msg={c.max_spdm_msg_size}"
         elif name == "ALGORITHMS":
             a = _parse(m.Algorithms, msg)
-            self.asym, self.hash = int(a.base_asym_sel), int(a.base_hash_sel)
-            dhe = aead = 0
-            for s in a.alg_structs:
-                if s.alg_type == AlgType.DHE:
-                    dhe = int(s.supported)
-                elif s.alg_type == AlgType.AEAD:
-                    aead = int(s.supported)
-            text += (f" asym={_flags(BaseAsym, self.asym)} hash={_flags(BaseHash, self.hash)}"
+            pq = int(h.version) >= 0x14  # PqcAsymSel and AlgTypes 6/7: DSP0274 1.4 §10.4
+            pqc = int(a.pqc_asym_sel) if pq else 0
+            self.asym, self.hash = asym_key(int(a.base_asym_sel), pqc), int(a.base_hash_sel)
+            sel = {int(s.alg_type): int(s.supported) for s in a.alg_structs}
+            self.kem = sel.get(AlgType.KEM, 0) if pq else 0
+            exchange = (f"kem={_flags(Kem, self.kem)}" if self.kem
+                        else f"dhe={_flags(Dhe, sel.get(AlgType.DHE, 0))}")
+            text += (f" asym={asym_key_name(self.asym) or 0} hash={_flags(BaseHash, self.hash)}"
                      f" meas_hash={_flags(MeasHash, int(a.meas_hash_algo))}"
-                     f" dhe={_flags(Dhe, dhe)} aead={_flags(Aead, aead)}")
+                     f" {exchange} aead={_flags(Aead, sel.get(AlgType.AEAD, 0))}")
+            if sel.get(AlgType.REQ_PQC_ASYM):
+                text += f" req_asym={_flags(PqcAsym, sel[AlgType.REQ_PQC_ASYM])}"
         elif name == "NEGOTIATE_ALGORITHMS":
-            a = _parse(_prefix(m.NegotiateAlgorithms, "base_hash"), msg)
+            a = _parse(_prefix(m.NegotiateAlgorithms, "pqc_asym"), msg)
             text += (f" asym={_flags(BaseAsym, int(a.base_asym))}"
                      f" hash={_flags(BaseHash, int(a.base_hash))}")
+            if int(h.version) >= 0x14:
+                b = _parse(m.NegotiateAlgorithms, msg)
+                kem = {int(s.alg_type): int(s.supported) for s in b.alg_structs}.get(AlgType.KEM)
+                text += f" pqc_asym={_flags(PqcAsym, int(a.pqc_asym))}"
+                if kem:
+                    text += f" kem={_flags(Kem, kem)}"
         elif name == "DIGESTS":
             text += f" slots={p2:#04x}"
         elif name == "GET_CERTIFICATE":
@@ -192,11 +215,13 @@ class Decoder:
             c = _parse(_prefix(m.Measurements, "number_of_blocks"), msg)
             text += f" blocks={c.number_of_blocks}"
             if last and last[0] == 0xE0 and last[1] & m.MEAS_ATTR_SIGNATURE:
-                text += f" sig={_flags(BaseAsym, self.asym)}"
+                text += f" sig={self._sig()}"
         elif name == "KEY_EXCHANGE":
             k = _parse(_prefix(m.KeyExchange, "req_session_id"), msg)
             self._pending_req_sid = int(k.req_session_id)
             text += f" slot={p2} req_session={k.req_session_id:#06x} meas_summary={p1}"
+            if self.kem:
+                text += f" kem={_flags(Kem, self.kem)} encap_key={len(msg) - 40}B+opaque"
         elif name in ("KEY_EXCHANGE_RSP", "PSK_EXCHANGE_RSP"):
             fmt = m.KeyExchangeRsp if name == "KEY_EXCHANGE_RSP" else m.PskExchangeRsp
             k = _parse(_prefix(fmt, "rsp_session_id"), msg)
@@ -207,7 +232,7 @@ class Decoder:
             if name == "KEY_EXCHANGE_RSP":
                 slot = last[2] if last and last[0] == 0xE4 else 0
                 text = f"{name} slot={slot}" + text[len(name):]
-                text += f" sig={_flags(BaseAsym, self.asym)}"
+                text += f" sig={self._sig()}"
                 mut = msg[6] if len(msg) > 6 else 0
                 if mut:
                     text += f" mut_auth={mut:#x}"
@@ -217,6 +242,35 @@ class Decoder:
             k = _parse(_prefix(m.PskExchange, "req_session_id"), msg)
             self._pending_req_sid = int(k.req_session_id)
             text += f" req_session={k.req_session_id:#06x}"
+        elif name in ("CHUNK_SEND", "CHUNK_RESPONSE"):
+            fmt = m.ChunkSend if name == "CHUNK_SEND" else m.ChunkResponse
+            c = _parse(_prefix(fmt, "chunk_size"), msg)
+            text += f" handle={p2} seq={c.chunk_seq_no} size={c.chunk_size}"
+            start = 12
+            if c.chunk_seq_no == 0 and len(msg) >= 16:
+                text += f" large_message={int.from_bytes(msg[12:16], 'little')}"
+                start = 16
+                self._chunks[(name, p2)] = bytearray()
+            buf = self._chunks.get((name, p2))
+            if buf is not None:
+                buf += msg[start : start + int(c.chunk_size)]
+            if p1 & m.CHUNK_ATTR_LAST:
+                text += " last"
+                whole = self._chunks.pop((name, p2), None)
+                if whole:
+                    inner = self.spdm(bytes(whole), session=session)
+                    text += f": {inner.text}"
+                    state = inner.state
+        elif name in ("CHUNK_GET", "CHUNK_SEND_ACK"):
+            fmt = m.ChunkGet if name == "CHUNK_GET" else m.ChunkSendAck
+            c = _parse(_prefix(fmt, "chunk_seq_no"), msg)
+            text += f" handle={p2} seq={c.chunk_seq_no}"
+            if name == "CHUNK_SEND_ACK":
+                rest = msg[m.chunk_send_ack_header_size(int(h.version)):]
+                if p1 & m.CHUNK_ACK_EARLY_ERROR:
+                    text += " early_error"
+                if len(rest) >= 2:
+                    text += f" response={_code_name(rest[1])} ({len(rest)}B)"
         elif name in ("FINISH_RSP", "PSK_FINISH_RSP") and session is not None:
             state = f"session {session:#010x} ESTABLISHED"
         elif name == "END_SESSION_ACK" and session is not None:
@@ -234,6 +288,9 @@ class Decoder:
         if session is not None:
             sid = session
         return Summary("spdm", name, text + extra, session=sid, state=state)
+
+    def _sig(self) -> str:
+        return asym_key_name(self.asym) or "0"
 
     def _vendor(self, msg: bytes, name: str, session: int | None) -> Summary:
         try:

@@ -195,9 +195,9 @@ def connect_checks(
         f"authenticated={v('authenticated')!r} dsm={v('tsm_dsm')!r}")
     spdm = ev.get("spdm") or {}
     algs = spdm.get("algorithms") or {}
-    add("SPDM negotiated", bool(spdm.get("version")) and bool(algs.get("base_asym")),
-        f"SPDM {spdm.get('version')} {algs.get('base_asym')}/{algs.get('base_hash')}/"
-        f"{algs.get('dhe')}/{algs.get('aead')}")
+    add("SPDM negotiated", bool(spdm.get("version")) and bool(algs.get("asym")),
+        f"SPDM {spdm.get('version')} {algs.get('asym')}/{algs.get('base_hash')}/"
+        f"{algs.get('key_exchange')}/{algs.get('aead')}")
     certs = ev.get("certificates") or []
     add("device certificate verified", bool(certs),
         f"leaf {certs[-1].get('subject')}" if certs else "no certificates in evidence")
