@@ -217,6 +217,9 @@ Certificate = Struct(
     "cert_chain" / Bytes(this.portion_length),
 )
 
+# The fixed part of CERTIFICATE before CertChain (header, PortionLength, RemainderLength).
+CERTIFICATE_HEADER_SIZE = 8
+
 Challenge = Struct(
     *_hdr(Req.CHALLENGE),  # param1 = SlotID, param2 = MeasurementSummaryHashType
     "nonce" / Bytes(32),

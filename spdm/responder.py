@@ -60,6 +60,7 @@ from spdm.errors import (
     ForeignPayload,
     InvalidRequest,
     RecordError,
+    RequestRefused,
     RequestTooLarge,
     SessionLimitExceeded,
     SessionRequired,
@@ -73,6 +74,8 @@ from spdm.identity import OID_EKU_REQUESTER_AUTH, OID_EKU_RESPONDER_AUTH, CertSl
 from spdm.key_schedule import KeySchedule
 from spdm.measurements import Measurement, MeasurementProvider, block_bytes, summary_hash
 from spdm.messages import (
+    CERTIFICATE_HEADER_SIZE,
+    CHUNK_ACK_EARLY_ERROR,
     CHUNK_ATTR_LAST,
     CHUNK_RESPONSE_HEADER_SIZE,
     FINISH_ATTR_SIGNATURE,
@@ -131,6 +134,7 @@ from spdm.negotiation import ConnectionInfo, check_requester_caps
 from spdm.secured_message import DOE_TRANSPORT, TransportParams, peek_session_id
 from spdm.session import Session
 from spdm.state import (
+    CHUNK_REQUESTS,
     NOT_IN_SESSION,
     SESSION_ONLY_REQUESTS,
     ConnState,
@@ -496,6 +500,7 @@ class Responder:
         except MessageFormatError:
             return self._error_msg(ErrorCode.INVALID_REQUEST)
         version = self._error_version(hdr)
+        before = set(self.sessions)
         try:
             resp = self._dispatch(request, hdr, session)
         except SpdmError as exc:
@@ -503,8 +508,18 @@ class Responder:
             # code, InvalidRequest for a malformed message, Unspecified as the last
             # resort (e.g. a crypto failure), which never escapes the engine.
             self._after_send.clear()
+            self._forget_new_sessions(before)
             return self._error_msg(exc.code, exc.data, exc.extended, version=version)
-        return self._maybe_large(resp, hdr.code)
+        out = self._maybe_large(resp, hdr.code)
+        if out is not resp and out[2] == ErrorCode.RESPONSE_TOO_LARGE:
+            # The response never goes out (ResponseTooLarge): a session its
+            # KEY_EXCHANGE / PSK_EXCHANGE created must not linger half-open.
+            self._forget_new_sessions(before)
+        return out
+
+    def _forget_new_sessions(self, before: set[int]) -> None:
+        for sid in set(self.sessions) - before:
+            self._drop_session(self.sessions[sid])
 
     def _maybe_large(self, resp: bytes, code: int, overhead: int = 0) -> bytes:
         """DSP0274 1.2 CHUNK_GET: a response above the requester's DataTransferSize is delivered
@@ -584,7 +599,7 @@ class Responder:
                           self.authenticated)
 
         resp = handler(request, hdr, session)
-        if session is None and next_conn is not None:
+        if session is None and next_conn is not None and req not in CHUNK_REQUESTS:
             self.state = next_conn
         if (
             self.hooks.not_ready is not None
@@ -825,7 +840,7 @@ class Responder:
             raise InvalidRequest("Offset beyond the certificate chain")
         portion = min(msg.length, len(chain) - msg.offset)
         if self.conn.version >= V12 and self.conn.req_data_transfer_size and not self.conn.chunking:
-            portion = min(portion, self.conn.req_data_transfer_size - 8)
+            portion = min(portion, self.conn.req_data_transfer_size - CERTIFICATE_HEADER_SIZE)
         data = chain[msg.offset : msg.offset + portion]
         resp = encode(
             Certificate,
@@ -1339,18 +1354,26 @@ class Responder:
     # ---- chunking (DSP0274 1.2 CHUNK_SEND / CHUNK_GET) -------------------------------------------
 
     def _chunk_send(self, request: bytes, hdr: Any, session: Session | None) -> bytes:
+        """DSP0274 1.2+ CHUNK_SEND.  A chunk that breaks the sequence is answered with
+        CHUNK_SEND_ACK EarlyErrorDetected carrying the ERROR, and the transfer is dropped
+        (DSP0274 CHUNK_SEND_ACK, as libspdm's responder does); LargeMessageSize above our
+        MaxSPDMmsgSize is ERROR RequestTooLarge there.  An error in the reassembled
+        request itself is the ordinary response inside the last CHUNK_SEND_ACK."""
         if not self.conn.chunking:
             raise UnsupportedRequest(Req.CHUNK_SEND)
+        msg = self._decode(ChunkSend, request)  # malformed: a plain ERROR InvalidRequest
+        request = msg.raw
         try:
-            msg = self._decode(ChunkSend, request)
-            request = msg.raw
             st = self._send_chunks
-            dts = self.config.data_transfer_size
             if msg.chunk_seq_no == 0:
                 if st is not None:
                     raise InvalidRequest("new chunk sequence while one is in progress")
-                if not dts < msg.large_message_size <= self.config.max_spdm_msg_size:
-                    raise InvalidRequest("bad LargeMessageSize")
+                if msg.large_message_size > self.config.max_spdm_msg_size:
+                    raise RequestTooLarge(
+                        f"LargeMessageSize {msg.large_message_size} above MaxSPDMmsgSize "
+                        f"{self.config.max_spdm_msg_size}")
+                if msg.large_message_size <= self.config.data_transfer_size:
+                    raise InvalidRequest("LargeMessageSize fits DataTransferSize")
                 st = _ChunkSendState(msg.param2, 0, msg.large_message_size, bytearray())
                 self._send_chunks = st
             elif st is None or msg.param2 != st.handle or msg.chunk_seq_no != st.expected_seq:
@@ -1366,21 +1389,30 @@ class Responder:
                 raise InvalidRequest("last chunk before LargeMessageSize reached")
             if not last and len(st.data) == st.large_size:
                 raise InvalidRequest("LargeMessageSize reached without LastChunk")
-        except SpdmError:
+        except RequestRefused as exc:
             self._send_chunks = None
-            raise
+            return encode(ChunkSendAck, {
+                "version": self.conn.version, "param1": CHUNK_ACK_EARLY_ERROR,
+                "param2": msg.param2, "chunk_seq_no": msg.chunk_seq_no,
+                "response": self._error_msg(exc.code, exc.data, exc.extended)})
         embedded = b""
         if last:
             self._send_chunks = None
             large = bytes(st.data)
             self._dword_padding = False  # the reassembled message is exact
+            before = set(self.sessions)
             try:
                 h = header(large)
                 embedded = self._dispatch_large(large, h, session)
             except SpdmError as exc:
+                self._after_send.clear()
+                self._forget_new_sessions(before)
                 embedded = self._error_msg(exc.code, exc.data, exc.extended)
-            embedded = self._maybe_large(
+            out = self._maybe_large(
                 embedded, 0, overhead=chunk_send_ack_header_size(self.conn.version))
+            if out is not embedded and out[2] == ErrorCode.RESPONSE_TOO_LARGE:
+                self._forget_new_sessions(before)
+            embedded = out
         return encode(
             ChunkSendAck,
             {"version": self.conn.version, "param2": st.handle,

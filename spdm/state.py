@@ -46,7 +46,14 @@ CONNECTION_TRANSITIONS: dict[tuple[ConnState, Req], ConnState] = {
     (ConnState.AFTER_VERSION, Req.GET_CAPABILITIES): ConnState.AFTER_CAPABILITIES,
     (ConnState.AFTER_CAPABILITIES, Req.NEGOTIATE_ALGORITHMS): ConnState.NEGOTIATED,
     **{(ConnState.NEGOTIATED, r): ConnState.NEGOTIATED for r in _NEGOTIATED_REQUESTS},
+    # Chunking is agreed in GET_CAPABILITIES, so a NEGOTIATE_ALGORITHMS above the
+    # responder's DataTransferSize (SPDM 1.4 with PQC AlgStructs at MinDataTransferSize)
+    # already travels in CHUNK_SEND.  The chunk messages change no state themselves: the
+    # request they carry does.
+    (ConnState.AFTER_CAPABILITIES, Req.CHUNK_SEND): ConnState.AFTER_CAPABILITIES,
+    (ConnState.AFTER_CAPABILITIES, Req.CHUNK_GET): ConnState.AFTER_CAPABILITIES,
 }
+CHUNK_REQUESTS = frozenset({Req.CHUNK_SEND, Req.CHUNK_GET})
 
 # Requests only meaningful inside a session (record or, for FINISH with
 # HANDSHAKE_IN_THE_CLEAR, the session named by the last KEY_EXCHANGE).
@@ -86,6 +93,10 @@ SESSION_TRANSITIONS: dict[tuple[SessionState, Req], SessionState] = {
     # Encapsulated mutual-auth flow runs during the handshake (DSP0274 GET_ENCAPSULATED_REQUEST).
     (SessionState.HANDSHAKING, Req.GET_ENCAPSULATED_REQUEST): SessionState.HANDSHAKING,
     (SessionState.HANDSHAKING, Req.DELIVER_ENCAPSULATED_RESPONSE): SessionState.HANDSHAKING,
+    # A FINISH carrying an ML-DSA signature, or a large encapsulated response, may need
+    # CHUNK_SEND / CHUNK_GET before the session is established.
+    (SessionState.HANDSHAKING, Req.CHUNK_SEND): SessionState.HANDSHAKING,
+    (SessionState.HANDSHAKING, Req.CHUNK_GET): SessionState.HANDSHAKING,
     **{(SessionState.ESTABLISHED, r): SessionState.ESTABLISHED for r in _ESTABLISHED_REQUESTS},
     (SessionState.ESTABLISHED, Req.END_SESSION): SessionState.ENDED,
 }

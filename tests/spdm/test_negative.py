@@ -21,6 +21,10 @@ V = 0x13
 
 
 def _err(resp: bytes) -> int:
+    """The ERROR code of a response; a broken CHUNK_SEND transfer is answered with
+    CHUNK_SEND_ACK EarlyErrorDetected carrying the ERROR after its 6-byte (1.3) header."""
+    if resp[1] == 0x05 and resp[2] & 1:
+        resp = resp[6:]
     assert resp[1] == 0x7F, f"expected ERROR, got {resp.hex()}"
     return resp[2]
 

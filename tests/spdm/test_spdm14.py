@@ -237,6 +237,7 @@ def test_chunk_get_14_sequence_number_is_u32() -> None:
     link = _suite_link("mldsa-87", Kem.ML_KEM_1024)
     link.requester.config.data_transfer_size = 1024
     link.connect()
+    link.run(link.requester.get_certificate(0, portion=0xFFFF))  # 22.8 KB in one response
     gets = [q for _, q, _ in link.log if q[1] == 0x86]
     responses = [r for _, q, r in link.log if q[1] == 0x86]
     assert gets and all(len(q) == 8 for q in gets)

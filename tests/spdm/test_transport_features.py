@@ -16,9 +16,12 @@ from tests.helpers.spdm_harness import make_link_13 as make_link
 def test_large_response_via_chunk_get(p384_identity: DeviceIdentity) -> None:
     link = make_link(p384_identity, req={"data_transfer_size": 256})
     link.connect()
-    codes = [entry[1][1] for entry in link.log]
-    assert Req.CHUNK_GET in codes
+    # GET_CERTIFICATE asks for portions that fit 256 bytes: no chunking needed there...
+    assert all(len(a) <= 256 for _, q, a in link.log if q[1] == Req.GET_CERTIFICATE)
     assert link.requester.cert_chains[0] == p384_identity.spdm_chain(0x2)
+    big = link.run(link.requester.get_certificate(0, portion=0x400))  # ...unless asked
+    assert big == p384_identity.spdm_chain(0x2)
+    assert Req.CHUNK_GET in [entry[1][1] for entry in link.log]
     # Signed measurements (> 256 bytes) inside a session also come back chunked.
     sid = link.session()
     blocks = link.run(link.requester.get_measurements(session_id=sid))
@@ -68,12 +71,19 @@ def _chunk(seq: int, chunk: bytes, *, handle: int = 1, last: bool = False,
 )
 def test_chunk_send_errors(p384_identity: DeviceIdentity, name: str,
                            sequence: list[bytes]) -> None:
+    """A chunk that breaks the transfer: CHUNK_SEND_ACK with EarlyErrorDetected (param1
+    bit 0) echoing handle and ChunkSeqNo, the ERROR as ResponseToLargeRequest (DSP0274
+    1.2 CHUNK_SEND_ACK); LargeMessageSize above MaxSPDMmsgSize is RequestTooLarge."""
     link = make_link(p384_identity, rsp={"data_transfer_size": 64})
     link.connect()
     resp = b""
     for req in sequence:
         resp = link.responder.handle(req)
-    assert resp[1] == 0x7F and resp[2] == ErrorCode.INVALID_REQUEST
+    assert resp[:2] == bytes([0x13, 0x05]) and resp[2] & 1
+    assert resp[3] == sequence[-1][3] and resp[4:6] == sequence[-1][4:6]
+    code = ErrorCode.REQUEST_TOO_LARGE if name == "too large for max" else \
+        ErrorCode.INVALID_REQUEST
+    assert resp[6:8] == bytes([0x13, 0x7F]) and resp[8] == code
     link.run(link.requester.get_digests())
     link.session()  # a correct chunked request works afterwards
 
