@@ -55,6 +55,8 @@ TARGETS = [
      ("spdm_handshake", "in_process", "P-384/SHA-384/AES-256-GCM", "p50_ms"), 15.0, "ms"),
     ("TSM connect-to-RUN in-process", ("tsm", "connect_to_run", "total_ms"), None, "ms"),
     ("guest connect-to-RUN", ("guest", "connect_to_run_s"), 3.0, "s"),
+    ("guest connect-to-RUN, ML-DSA-87 + ML-KEM-1024 (profile pqc), first connect",
+     ("guest_suites", "ML-DSA-87/ML-KEM-1024 (pqc)", "connect_to_run_s"), 1.0, "s"),
     ("vdev serve RSS", ("vfio_user", "server_rss_mb"), 60.0, "MB"),
     ("config access / blocking-server floor, C client, same CPU",
      ("config_access", "ratio_to_floor"), 1.3, "x"),
@@ -93,9 +95,9 @@ def _dig(report: dict[str, Any], path: tuple[str, ...]) -> Any:
 
 def main() -> int:
     from bench.config_access import interpreter, run_config_access
-    from bench.guest_bench import bench_guest_connect
+    from bench.guest_bench import bench_guest_connect, bench_guest_suites
     from bench.guest_doe import bench_guest_doe
-    from bench.spdm_bench import bench_in_process, bench_socket
+    from bench.spdm_bench import bench_in_process, bench_socket, message_sizes
     from bench.tsm_connect import bench_connect_to_run
 
     report: dict[str, Any] = {
@@ -112,6 +114,7 @@ def main() -> int:
         report["spdm_handshake"] = {
             "in_process": bench_in_process(),
             "spdm_emu_socket": bench_socket(Path(tmp)),
+            "message_sizes": message_sizes(),
         }
     tsm = bench_connect_to_run(rounds=5)
     report["tsm"] = {"connect_to_run": {
@@ -119,6 +122,7 @@ def main() -> int:
     }}
     report["tsm"]["connect_to_run"]["total_ms"] = report["tsm"]["connect_to_run"].pop("total")
     report["guest"] = bench_guest_connect()
+    report["guest_suites"] = bench_guest_suites()
     _doe_floor(report)
     access = report["config_access"]
     report["guest_doe"] = bench_guest_doe(

@@ -124,6 +124,11 @@ class TsmConfig:
     mmio_reporting_offset: int = 0
     lock_flags: int | None = None  # None: NO_FW_UPDATE|LOCK_MSIX as far as supported
     report_chunk: int = 0x400
+    # The SPDM requester's DataTransferSize / MaxSPDMmsgSize (DSP0274 GET_CAPABILITIES):
+    # a response above DataTransferSize comes in CHUNK_GET exchanges of at most that
+    # size, which bounds each DOE exchange the guest carries (docs/protocols.md §12.4).
+    spdm_data_transfer_size: int = 4096
+    spdm_max_msg_size: int = 65536
     max_log_events: int = 2000  # evidence step log keeps the most recent (long-lived TSMs)
     # SPDM transport binding of the secured messages (DSP0277): DOE, or MCTP (DSP0275).
     transport: TransportParams = field(default_factory=lambda: DOE_TRANSPORT)
@@ -366,6 +371,9 @@ class TsmModel:
             now=lambda: datetime.datetime.fromtimestamp(clock(), datetime.UTC),
             random=self.config.random,
             transport=self.config.transport,
+            data_transfer_size=self.config.spdm_data_transfer_size,
+            max_spdm_msg_size=max(self.config.spdm_max_msg_size,
+                                  self.config.spdm_data_transfer_size),
         )
 
     def _abandon(self, reason: str) -> None:

@@ -69,6 +69,21 @@ local base_hash = {
     [0x10] = "SHA3_384", [0x20] = "SHA3_512", [0x40] = "SM3_256",
 }
 
+-- SPDM 1.4 (DSP0274 1.4 §10.4): PqcAsymAlgo / PqcAsymSel and the KEMAlg AlgStruct.
+local pqc_asym = {
+    [0x1] = "ML_DSA_44", [0x2] = "ML_DSA_65", [0x4] = "ML_DSA_87",
+    [0x8] = "SLH_DSA_SHA2_128S", [0x10] = "SLH_DSA_SHAKE_128S", [0x20] = "SLH_DSA_SHA2_128F",
+    [0x40] = "SLH_DSA_SHAKE_128F", [0x80] = "SLH_DSA_SHA2_192S", [0x100] = "SLH_DSA_SHAKE_192S",
+    [0x200] = "SLH_DSA_SHA2_192F", [0x400] = "SLH_DSA_SHAKE_192F",
+    [0x800] = "SLH_DSA_SHA2_256S", [0x1000] = "SLH_DSA_SHAKE_256S",
+    [0x2000] = "SLH_DSA_SHA2_256F", [0x4000] = "SLH_DSA_SHAKE_256F",
+}
+local kem_alg = { [0x1] = "ML_KEM_512", [0x2] = "ML_KEM_768", [0x4] = "ML_KEM_1024" }
+local dhe_group = {
+    [0x1] = "FFDHE_2048", [0x2] = "FFDHE_3072", [0x4] = "FFDHE_4096", [0x8] = "SECP256R1",
+    [0x10] = "SECP384R1", [0x20] = "SECP521R1", [0x40] = "SM2_P256",
+}
+
 local pcisig_protocols = { [0] = "IDE_KM", [1] = "TDISP" }
 
 local idekm_objects = {
@@ -148,6 +163,14 @@ local f = {
     cap_flags = ProtoField.uint32("spdm.capabilities", "Flags", base.HEX),
     asym_sel = ProtoField.string("spdm.base_asym_sel", "BaseAsymSel"),
     hash_sel = ProtoField.string("spdm.base_hash_sel", "BaseHashSel"),
+    pqc_asym_sel = ProtoField.string("spdm.pqc_asym_sel", "PqcAsymSel"),
+    dhe_sel = ProtoField.string("spdm.dhe_sel", "DHE"),
+    kem_sel = ProtoField.string("spdm.kem_sel", "KEMAlg"),
+    chunk_handle = ProtoField.uint8("spdm.chunk.handle", "Handle"),
+    chunk_seq = ProtoField.uint32("spdm.chunk.seq_no", "ChunkSeqNo"),
+    chunk_size = ProtoField.uint32("spdm.chunk.size", "ChunkSize"),
+    chunk_large = ProtoField.uint32("spdm.chunk.large_message_size", "LargeMessageSize"),
+    chunk_last = ProtoField.bool("spdm.chunk.last", "LastChunk"),
     slot = ProtoField.uint8("spdm.slot_id", "SlotID"),
     offset = ProtoField.uint16("spdm.offset", "Offset", base.HEX),
     length = ProtoField.uint16("spdm.length", "Length", base.HEX),
@@ -218,6 +241,8 @@ local f = {
 p_doe.fields = { f.doe_vendor, f.doe_type, f.doe_length, f.doe_index, f.doe_version,
                  f.doe_next, f.doe_proto_vendor, f.doe_proto_type }
 p_spdm.fields = { f.version, f.code, f.name, f.param1, f.param2, f.version_entry,
+                  f.pqc_asym_sel, f.dhe_sel, f.kem_sel, f.chunk_handle, f.chunk_seq,
+                  f.chunk_size, f.chunk_large, f.chunk_last,
                   f.ct_exponent, f.cap_flags, f.asym_sel, f.hash_sel, f.slot, f.offset,
                   f.length, f.portion, f.remainder, f.blocks, f.req_session, f.rsp_session,
                   f.session, f.error, f.error_data, f.standard_id, f.vendor_id,
@@ -241,10 +266,16 @@ local frame_comment = Field.new("frame.comment")
 -- second pass (Wireshark re-dissects on every click) shows the same thing.
 local pending_req_session = nil
 local session_of_frame = {}
+-- CHUNK_SEND / CHUNK_RESPONSE reassembly (first pass): the chunks so far per
+-- (code, handle), and for the frame carrying the last chunk the whole large message.
+local chunks = {}
+local large_of_frame = {}
 
 function p_doe.init()
     pending_req_session = nil
     session_of_frame = {}
+    chunks = {}
+    large_of_frame = {}
 end
 
 -- ---- TDISP -------------------------------------------------------------------------------
@@ -419,7 +450,71 @@ local function dissect_spdm(buf, pinfo, tree, prefix, session)
         local hash = flag_names(base_hash, buf(16, 4):le_uint())
         t:add(f.asym_sel, buf(12, 4), asym)
         t:add(f.hash_sel, buf(16, 4), hash)
+        local v14 = buf(0, 1):uint() >= 0x14
+        if v14 and len >= 24 and buf(20, 4):le_uint() ~= 0 then  -- PqcAsymSel (1.4)
+            asym = flag_names(pqc_asym, buf(20, 4):le_uint())
+            t:add(f.pqc_asym_sel, buf(20, 4), asym)
+        end
         info = info .. " asym=" .. asym .. " hash=" .. hash
+        if len >= 36 then  -- AlgStructs after the extended algorithms
+            local at = 36 + 4 * (buf(32, 1):uint() + buf(33, 1):uint())
+            for _ = 1, buf(2, 1):uint() do
+                if at + 4 > len then break end
+                local atype, sel = buf(at, 1):uint(), buf(at + 2, 2):le_uint()
+                if atype == 2 and sel ~= 0 then
+                    t:add(f.dhe_sel, buf(at + 2, 2), flag_names(dhe_group, sel))
+                    info = info .. " dhe=" .. flag_names(dhe_group, sel)
+                elseif atype == 7 and sel ~= 0 and v14 then
+                    t:add(f.kem_sel, buf(at + 2, 2), flag_names(kem_alg, sel))
+                    info = info .. " kem=" .. flag_names(kem_alg, sel)
+                end
+                at = at + 4 + 4 * band(buf(at + 1, 1):uint(), 0xF)
+            end
+        end
+    elseif (code == 0x85 or code == 0x06) and len >= 12 then  -- CHUNK_SEND / CHUNK_RESPONSE
+        -- DSP0274 1.4: ChunkSeqNo u32; before, u16 then reserved u16.  Same offsets after.
+        local v14 = buf(0, 1):uint() >= 0x14
+        local seq = v14 and buf(4, 4):le_uint() or buf(4, 2):le_uint()
+        local handle, size = buf(3, 1):uint(), buf(8, 4):le_uint()
+        local last = band(buf(2, 1):uint(), 1) ~= 0
+        t:add(f.chunk_handle, buf(3, 1))
+        t:add(f.chunk_seq, v14 and buf(4, 4) or buf(4, 2), seq)
+        t:add_le(f.chunk_size, buf(8, 4))
+        t:add(f.chunk_last, buf(2, 1), last)
+        local start = 12
+        local key = code * 256 + handle
+        if seq == 0 and len >= 16 then
+            t:add_le(f.chunk_large, buf(12, 4))
+            start = 16
+            if not pinfo.visited then chunks[key] = ByteArray.new() end
+        end
+        info = string.format("%s handle=%d seq=%d size=%d%s", info, handle, seq, size,
+                             last and " last" or "")
+        if not pinfo.visited and chunks[key] and start + size <= len then
+            chunks[key]:append(buf(start, size):bytes())
+            if last then
+                large_of_frame[pinfo.number] = chunks[key]
+                chunks[key] = nil
+            end
+        end
+        local whole = large_of_frame[pinfo.number]
+        if whole then
+            -- The large message the chunks carried, dissected as one SPDM message.
+            dissect_spdm(whole:tvb("Reassembled SPDM message"), pinfo, tree,
+                         prefix .. info .. ": ", session)
+            return
+        end
+    elseif (code == 0x86 or code == 0x05) and len >= 6 then  -- CHUNK_GET / CHUNK_SEND_ACK
+        local v14 = buf(0, 1):uint() >= 0x14
+        t:add(f.chunk_handle, buf(3, 1))
+        t:add(f.chunk_seq, v14 and buf(4, 4) or buf(4, 2),
+              v14 and len >= 8 and buf(4, 4):le_uint() or buf(4, 2):le_uint())
+        info = string.format("%s handle=%d", info, buf(3, 1):uint())
+        local hdr = (code == 0x05 and v14) and 8 or 6
+        if code == 0x05 and len >= hdr + 4 then  -- the response to the large request
+            dissect_spdm(buf(hdr):tvb(), pinfo, tree, prefix .. info .. ": ", session)
+            return
+        end
     elseif code == 0x82 and len >= 8 then  -- GET_CERTIFICATE
         t:add(f.slot, buf(2, 1), band(buf(2, 1):uint(), 0xF))
         t:add_le(f.offset, buf(4, 2))

@@ -21,6 +21,7 @@ from tsm.model import TsmConfig, TsmModel
 from tsm.operations import TsmOperation
 from tsm.reference_values import PolicyError
 from vdev.cli.tsm_inputs import reference_values, trust_anchors
+from vdev.cli.tsm_serve import add_spdm_size_argument, spdm_data_transfer_size
 
 DESCRIPTION = """\
 Connects to a device over DMTF's spdm-emu socket protocol (`vdev spdm-emu`, or libspdm's
@@ -68,6 +69,7 @@ def add_connect_parser(tsm_subparsers: Any) -> argparse.ArgumentParser:
                    "when the IDE registers there read all zeros (the log says so)")
     c.add_argument("--transport", default="pci_doe", choices=["pci_doe", "mctp"],
                    help="spdm-emu transport (default pci_doe)")
+    add_spdm_size_argument(c)
     c.add_argument("--lock", action="store_true", help="TDISP LOCK + interface report")
     c.add_argument("--start", action="store_true", help="START after LOCK (implies --lock)")
     c.add_argument("--stop", action="store_true", help="STOP the TDI at the end")
@@ -138,6 +140,8 @@ def cmd_connect(args: argparse.Namespace, client_factory: ClientFactory | None =
         clock=time.time, stream_id=stream_id, mmio_reporting_offset=args.mmio_offset,
         # DSP0275: over MCTP the secured payload carries the MCTP message type too.
         transport=MCTP_TRANSPORT if args.transport == "mctp" else DOE_TRANSPORT,
+        spdm_data_transfer_size=spdm_data_transfer_size("vdev tsm connect",
+                                                        args.spdm_data_transfer_size),
     )
     tsm = TsmModel(device, config, tracer.spdm_hooks() if tracer is not None else None)
     tsm.listeners.append(lambda phase, text: print(f"  [{phase}] {text}", file=log, flush=True))

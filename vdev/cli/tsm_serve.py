@@ -26,6 +26,7 @@ from typing import Any
 from spdm.hooks import RequesterHooks
 from tsm.mailbox_backend import mailbox_backend
 from tsm.mailbox_protocol import Done, Op, TargetFunction, TsmBackend
+from tsm.model import TsmConfig
 from vdev.tsm_mailbox.backend import Exchange, ScriptedBackend, load_scripts
 
 log = logging.getLogger("vdev.tsm")
@@ -41,11 +42,27 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--evidence", help="write the TSM's evidence (JSON) here after every operation")
     p.add_argument("--control", metavar="PATH", help="serve the JSON control socket here "
                    "(vdev ctl --socket PATH status|evidence|mailbox)")
+    add_spdm_size_argument(p)
     p.add_argument("--scripted", help=argparse.SUPPRESS)
     p.add_argument("--record", help=argparse.SUPPRESS)
     from vdev.cli.trace import add_trace_arguments
 
     add_trace_arguments(p)  # --trace FILE, --trace-format, --pcap FILE, --log-secrets
+
+
+def add_spdm_size_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--spdm-data-transfer-size", metavar="BYTES", type=int, default=4096,
+                   help="the TSM's SPDM DataTransferSize, 42..65536 (default 4096): larger "
+                   "responses (PQC certificates, signatures) come in CHUNK_GET exchanges of at "
+                   "most this size, so it bounds each DOE exchange")
+
+
+def spdm_data_transfer_size(command: str, value: int) -> int:
+    # DSP0274 1.2 MinDataTransferSize; above 64 KiB a DOE exchange carried by the guest
+    # approaches Linux's 1 s DOE timeout under TCG (docs/linux-pci-tsm.md §7.2).
+    if not 42 <= value <= 65536:
+        raise SystemExit(f"{command}: --spdm-data-transfer-size {value} not in 42..65536")
+    return value
 
 
 def _scripted_backend(script: str, record: str | None) -> ScriptedBackend:
@@ -127,7 +144,7 @@ def evidence_summary(op: Op, ev: dict[str, Any]) -> list[str]:
 def _model_backend(
     trust_anchor: str | None, policy: str | None, evidence: str | None = None,
     keep: Callable[[Op, TargetFunction, dict[str, Any]], None] | None = None,
-    spdm_hooks: RequesterHooks | None = None,
+    spdm_hooks: RequesterHooks | None = None, data_transfer_size: int = 4096,
 ) -> TsmBackend:
     if not trust_anchor:
         raise SystemExit("vdev tsm serve: --trust-anchor FILE is required")
@@ -138,6 +155,8 @@ def _model_backend(
     if policy:
         reference_values("vdev tsm serve", policy)
     return mailbox_backend(Path(trust_anchor), Path(policy) if policy else None,
+                           TsmConfig(trust_anchors=(),
+                                     spdm_data_transfer_size=data_transfer_size),
                            on_done=_evidence_writer(evidence, keep), spdm_hooks=spdm_hooks)
 
 
@@ -156,7 +175,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     else:
         backend = _model_backend(args.trust_anchor, args.policy, args.evidence,
                                  keeper.note if keeper else None,
-                                 tracer.spdm_hooks() if tracer is not None else None)
+                                 tracer.spdm_hooks() if tracer is not None else None,
+                                 spdm_data_transfer_size("vdev tsm serve",
+                                                         args.spdm_data_transfer_size))
     if tracer is not None:
         from vdev.trace.attach import TracedBackend
 

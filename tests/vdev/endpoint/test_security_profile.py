@@ -23,7 +23,7 @@ from vdev.profiles import DeviceProfile, ProfileError
 @pytest.mark.parametrize(
     ("key", "value"),
     [
-        ("spdm_versions", "1.2,1.4"),
+        ("spdm_versions", "1.2,1.5"),
         ("spdm_versions", ""),
         ("identity_key_type", "dsa-1024"),
         ("tdisp_policy", "lenient"),
