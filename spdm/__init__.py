@@ -1,11 +1,14 @@
-"""Sans-IO SPDM 1.0–1.3 engines (DMTF DSP0274) with DSP0277 secured messages for PCI DOE.
+"""Sans-IO SPDM 1.0–1.4 engines (DMTF DSP0274) with DSP0277 secured messages for PCI DOE;
+1.4 with the post-quantum algorithms ML-DSA-44/65/87 (identities) and ML-KEM-768/1024
+(key exchange), see docs/protocols.md §12.
 
 Modules, one concept each:
 
     codes            request/response/error codes, capability flags, constants
     messages         construct declarations for every message (parse and build)
     algorithms       algorithm bit values, sizes, selection rules
-    crypto           signatures, DHE, AEAD, HKDF, the 1.2+ signing prefix
+    crypto           signatures (ECDSA, RSA, EdDSA, ML-DSA), DHE, ML-KEM, AEAD, HKDF,
+                     the 1.2+ signing prefix
     transcript       VCA, B/C (M1/M2), L1/L2, session TH bookkeeping
     key_schedule     DSP0274 key schedule (extract / derive_secret steps)
     secured_message  DSP0277 record protection (key, IV, sequence-number nonce rule)
