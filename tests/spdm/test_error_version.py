@@ -83,7 +83,7 @@ def test_mut_auth_without_encap_is_legal_from_1_2(p384_identity: DeviceIdentity)
     assert resp[:2] == bytes([0x12, 0x61])
 
 
-@pytest.mark.parametrize("bad", [0x14, 0x20, 0x0F, 0x00])
+@pytest.mark.parametrize("bad", [0x15, 0x20, 0x0F, 0x00])
 def test_unsupported_version_is_version_mismatch_in_1_0(p384_identity: DeviceIdentity,
                                                         bad: int) -> None:
     rsp = fresh(p384_identity)

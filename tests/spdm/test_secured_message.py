@@ -155,6 +155,6 @@ def test_authenticated_non_spdm_record_keeps_the_session(p384_identity: DeviceId
     kind, reply = link.responder.handle_doe(2, record)
     assert kind == 2
     assert decode_record(sess.rsp_prot, sid, reply, transport=MCTP_TRANSPORT) == bytes(
-        [0x13, 0x7F, 0x07, 0x00])
+        [link.requester.version, 0x7F, 0x07, 0x00])
     assert sid in link.responder.sessions
     link.run(link.requester.heartbeat(sid))  # both directions still in step
