@@ -15,6 +15,7 @@ the SPDM ERROR code (DSP0274 ERROR, "ErrorCode and ErrorData") on the class.
     +-- MessageFormatError         bytes do not match the message declaration
     +-- OpaqueError                malformed OpaqueData (DSP0274 "General opaque data")
     +-- CryptoError                an algorithm or key the crypto layer cannot use
+    +-- PskFormatError             a provisioned PSK entry does not parse (spdm.psk)
 
 A responder turns whatever escapes a request handler into an ERROR message with
 `exc.code`, a class attribute (and the instance's ErrorData / ExtendedErrorData): the
@@ -172,3 +173,8 @@ class OpaqueError(SpdmError):
 
 class CryptoError(SpdmError):
     """An algorithm, key or value the crypto layer cannot use."""
+
+
+class PskFormatError(SpdmError, ValueError):
+    """A PSK entry (spdm.psk) that does not parse; the message names the entry, never
+    the key."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +22,9 @@ from cryptography import x509
 
 from spdm import algorithms as alg
 from spdm import crypto, opaque
+from spdm import psk as psk_mod
 from spdm.algorithms import AlgType, NegotiatedAlgorithms
+from spdm.capabilities import Provisioning, exercisable
 from spdm.cert_verify import CertPolicy, system_time, verify_chain
 from spdm.codes import (
     KEY_UPDATE_UPDATE_ALL_KEYS,
@@ -228,7 +230,8 @@ class ResponderConfig:
     requester_chain_der: Sequence[bytes] = ()
     requester_trust_anchors: Sequence[x509.Certificate] = ()
     # -- sessions
-    psk_lookup: Callable[[bytes], bytes | None] | None = None  # PSKHint -> PSK
+    # PSKHint -> PSK (spdm.psk); the empty hint is the PSK for a PSK_EXCHANGE without one.
+    psks: Mapping[bytes, bytes] = field(default_factory=dict)
     psk_salt: bytes | None = None
     heartbeat_period: int = 0
     max_sessions: int = 4
@@ -391,7 +394,7 @@ class Responder:
         except RecordError:
             return 1, self._error_msg(ErrorCode.INVALID_REQUEST)
         session = self.sessions.get(sid)
-        if session is not None and self._heartbeat_expired(session):
+        if session is not None and self._heartbeat_expired(session, touch=False):
             self._drop_session(session)
             session = None
         if session is None or session.req_prot is None:
@@ -402,6 +405,7 @@ class Responder:
         except ForeignPayload as exc:
             # Not a decryption failure: the session stays (DecryptError is for records
             # that fail authentication).  There is no SPDM request to name in ErrorData.
+            self._heartbeat_expired(session, touch=True)
             out = session.seal(self._error_msg(exc.code, 0), from_requester=False)
             self._run_after_send()
             return 2, out
@@ -410,6 +414,8 @@ class Responder:
             if self.config.terminate_session_on_decrypt_error:
                 self._drop_session(session)
             return 1, self._error_msg(ErrorCode.DECRYPT_ERROR)
+        # Only a record that authenticates counts as the peer being alive.
+        self._heartbeat_expired(session, touch=True)
         observe = self.hooks.message_observer
         if observe is not None:
             observe("request", session.session_id, plaintext)
@@ -431,14 +437,41 @@ class Responder:
         messages.decode), which is stripped before the message enters any transcript."""
         return decode(fmt, request, dword_padding=self._dword_padding, **params)
 
-    def _heartbeat_expired(self, session: Session) -> bool:
+    def _heartbeat_expired(self, session: Session, *, touch: bool = True) -> bool:
+        """DSP0274 HEARTBEAT: a session with a HeartbeatPeriod that hears nothing for
+        twice that long is over.  `touch`: this check is a message arriving on it."""
         clock = self.config.monotonic
         if clock is None or not session.heartbeat_period:
             return False
         now = clock()
         last = session.last_activity if session.last_activity is not None else now
-        session.last_activity = now
+        if touch:
+            session.last_activity = now
         return now - last > 2 * session.heartbeat_period
+
+    def idle_sessions(self) -> list[Session]:
+        """Sessions silent for longer than twice their HeartbeatPeriod."""
+        return [s for s in self.sessions.values() if self._heartbeat_expired(s, touch=False)]
+
+    def expire_idle_sessions(self) -> list[int]:
+        """End every session that has been silent for twice its HeartbeatPeriod (the
+        device's timer calls this; a message on an expired session finds it gone too).
+        Returns the ids of the sessions ended."""
+        ended = self.idle_sessions()
+        for session in ended:
+            self._drop_session(session)
+        return [s.session_id for s in ended]
+
+    def next_heartbeat_deadline(self) -> float | None:
+        """Seconds until the first session with a HeartbeatPeriod may expire, or None."""
+        clock = self.config.monotonic
+        if clock is None:
+            return None
+        now = clock()
+        waits = [s.last_activity + 2 * s.heartbeat_period - now
+                 for s in self.sessions.values()
+                 if s.heartbeat_period and s.last_activity is not None]
+        return max(min(waits), 0.0) if waits else None
 
     def _reveal(self, label: str, secret: bytes) -> None:
         if self.hooks.secret_sink is not None:
@@ -629,11 +662,30 @@ class Responder:
     def _common_versions(self) -> list[int]:
         return [v for v in self.config.versions if v in SUPPORTED_VERSIONS]
 
+    def provisioning(self) -> Provisioning:
+        """What this responder was given, for the capability rules (spdm.capabilities)."""
+        c = self.config
+        keys = {id(ident.key) for ident in c.slots.slots.values()}
+        return Provisioning(
+            slots=len(c.slots.slots), key_pairs=len(keys),
+            measurements=c.measurements is not None, psks=len(c.psks),
+            heartbeat_period=c.heartbeat_period,
+            mutual_auth=c.mut_auth and bool(c.requester_chain_der
+                                            or c.requester_trust_anchors),
+        )
+
+    @property
+    def capabilities(self) -> int:
+        """The CAPABILITIES flags this responder sends (before the per-version mask): the
+        configured ones it can exercise (spdm.capabilities)."""
+        return self.config.capabilities & exercisable(self.provisioning())
+
     def _caps(self) -> int:
-        return self.config.capabilities
+        return self.capabilities
 
     def _require_cap(self, req: Req, rsp_flag: int, req_flag: int = 0) -> None:
-        if not self._caps() & rsp_flag:
+        # What this connection was told, not what the device could do in another version.
+        if not self.conn.rsp_caps & rsp_flag:
             raise UnsupportedRequest(req)
         if req_flag and not self.conn.req_caps & req_flag:
             raise UnexpectedRequest(f"requester did not advertise capability for {req.name}")
@@ -1145,13 +1197,13 @@ class Responder:
         request = msg.raw
         summary = self._meas_summary(msg.param1)
         self._check_session_limit()
-        psk = self.config.psk_lookup(msg.psk_hint) if self.config.psk_lookup else None
+        psk = self.config.psks.get(bytes(msg.psk_hint))
         if not psk:
-            raise InvalidRequest("unknown PSK hint")
+            raise InvalidRequest(f"no PSK for hint {psk_mod.describe_hint(bytes(msg.psk_hint))}")
         secured_version = self._select_secured_version(msg.opaque)
         sess = self._new_session(msg.req_session_id, b"", True, secured_version)
         sess.heartbeat_period = self._heartbeat_period()
-        with_context = bool(self._caps() & RspCap.PSK_WITH_CONTEXT)
+        with_context = bool(self.conn.rsp_caps & RspCap.PSK_WITH_CONTEXT)
         fields = {
             "version": self.conn.version,
             "param1": sess.heartbeat_period,

@@ -51,7 +51,8 @@ def make_link(
     rargs: dict[str, Any] = {
         "slots": CertSlots({0: identity}),
         "measurements": lambda: default_measurements(),
-        "psk_lookup": lambda hint: {b"hint": b"p" * 32}.get(hint),
+        "psks": {b"hint": b"p" * 32},
+        "heartbeat_period": 60,
     }
     rargs.update(rsp or {})
     rcfg = ResponderConfig(**rargs)

@@ -1,0 +1,116 @@
+"""Which CAPABILITIES flags a responder can back with what it was given.
+
+DSP0274 1.3 Table 14: a flag says the Responder "shall support" the messages behind it,
+so a flag may only be sent when those messages can succeed.  `exercisable(p)` is the set
+of flags the provisioned material makes possible; the responder sends the flags it was
+configured with *and* can exercise, and `missing(p, wanted)` says why a wanted flag
+cannot be sent (a profile asking for PSK_CAP without a PSK is refused at start with
+that reason, not quietly advertised).
+
+The rules, flag by flag:
+
+    CERT, CHAL              a certificate slot is provisioned (no raw public keys here)
+    MEAS_NO_SIG, MEAS_FRESH measurements are provided (asked for on every request)
+    MEAS_SIG                measurements and a slot to sign with
+    KEY_EX                  a slot to sign KEY_EXCHANGE_RSP with
+    PSK, PSK_WITH_CONTEXT   at least one pre-shared key
+    ENCRYPT, MAC, KEY_UPD   a way to open a session (KEY_EX or PSK)
+    HBEAT                   a session and a HeartbeatPeriod above 0
+    HANDSHAKE_IN_THE_CLEAR  KEY_EX
+    MUT_AUTH, ENCAP         mutual authentication configured (a requester chain or
+                            trust anchors to verify one fetched with encapsulated requests)
+    CHUNK                   nothing (a transfer mechanism)
+    SET_CERT                a certificate store to write to
+    CSR                     SET_CERT and a key to issue the CSR for
+    EP_INFO_NO_SIG          endpoint information is provided; EP_INFO_SIG also a slot
+    MEL                     a measurement extension log is provided
+    CACHE, ALIAS_CERT, CERT_INSTALL_RESET, EVENT, MULTI_KEY_ONLY, MULTI_KEY_NEG,
+    GET_KEY_PAIR_INFO, SET_KEY_PAIR_INFO, SET_KEY_PAIR_RESET, PUB_KEY_ID
+                            never: this responder implements none of them
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from spdm.codes import RspCap
+
+#: Flags no provisioning makes possible here (the features are not implemented).
+NEVER = (RspCap.CACHE | RspCap.ALIAS_CERT | RspCap.CERT_INSTALL_RESET | RspCap.EVENT
+         | RspCap.MULTI_KEY_ONLY | RspCap.MULTI_KEY_NEG | RspCap.GET_KEY_PAIR_INFO
+         | RspCap.SET_KEY_PAIR_INFO | RspCap.SET_KEY_PAIR_RESET | RspCap.PUB_KEY_ID)
+
+#: Flags that only describe a mechanism: nothing has to be provisioned for them.
+MECHANISMS = RspCap.CHUNK | RspCap.LARGE_RESP
+
+
+@dataclass(frozen=True)
+class Provisioning:
+    """What a responder was given, as far as the capability flags care."""
+
+    slots: int = 0  # provisioned certificate slots
+    key_pairs: int = 0  # distinct asymmetric key pairs behind them
+    measurements: bool = False
+    psks: int = 0
+    heartbeat_period: int = 0
+    mutual_auth: bool = False
+    certificate_store: bool = False
+    endpoint_info: bool = False
+    mel: bool = False
+
+
+def _rules(p: Provisioning) -> dict[RspCap, str | None]:
+    """flag -> None when exercisable, else the reason it is not."""
+    cert = p.slots > 0
+    no_slot = None if cert else "no certificate slot is provisioned"
+    session = None if cert or p.psks else "no session can be opened (no slot, no PSK)"
+    no_meas = None if p.measurements else "no measurements are provided"
+    return {
+        RspCap.CERT: no_slot,
+        RspCap.CHAL: no_slot,
+        RspCap.MEAS_NO_SIG: no_meas,
+        RspCap.MEAS_FRESH: no_meas,
+        RspCap.MEAS_SIG: no_meas or no_slot,
+        RspCap.KEY_EX: no_slot,
+        RspCap.PSK: None if p.psks else "no pre-shared key is provisioned",
+        RspCap.PSK_WITH_CONTEXT: None if p.psks else "no pre-shared key is provisioned",
+        RspCap.ENCRYPT: session,
+        RspCap.MAC: session,
+        RspCap.KEY_UPD: session,
+        RspCap.HBEAT: session or (None if p.heartbeat_period
+                                  else "the heartbeat period is 0"),
+        RspCap.HANDSHAKE_IN_THE_CLEAR: no_slot,
+        RspCap.MUT_AUTH: None if p.mutual_auth else "mutual authentication is not configured",
+        RspCap.ENCAP: None if p.mutual_auth else "mutual authentication is not configured",
+        RspCap.SET_CERT: None if p.certificate_store else "no certificate store to write to",
+        RspCap.CSR: (None if p.certificate_store and p.key_pairs
+                     else "no certificate store or no key to issue a CSR for"),
+        RspCap.EP_INFO_NO_SIG: None if p.endpoint_info else "no endpoint information",
+        RspCap.EP_INFO_SIG: (None if p.endpoint_info and cert
+                             else "no endpoint information or no slot to sign it"),
+        RspCap.MEL: (None if p.mel and p.measurements
+                     else "no measurement extension log is provided"),
+    }
+
+
+def exercisable(p: Provisioning) -> int:
+    """Every flag the provisioned material can back."""
+    flags = int(MECHANISMS)
+    for flag, reason in _rules(p).items():
+        if reason is None:
+            flags |= flag
+    return flags
+
+
+def missing(p: Provisioning, wanted: int) -> dict[str, str]:
+    """The wanted flags that cannot be sent: flag name -> why."""
+    out: dict[str, str] = {}
+    rules = _rules(p)
+    for flag in RspCap:
+        if not wanted & flag or flag & MECHANISMS:
+            continue
+        if flag & NEVER:
+            out[str(flag.name)] = "not implemented by this responder"
+        elif rules.get(flag) is not None:
+            out[str(flag.name)] = str(rules[flag])
+    return out
