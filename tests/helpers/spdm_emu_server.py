@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,12 +39,13 @@ def emu_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("emu-identity")
 
 
-def start_server(state_dir: Path, transport: TransportType,
-                 profile: DeviceProfile | None = None) -> tuple[EmuHandle, Callable[[], None]]:
+def start_server(state_dir: Path, transport: TransportType, profile: DeviceProfile | None = None,
+                 **device: Any) -> tuple[EmuHandle, Callable[[], None]]:
+    """`device`: further TeeDevice arguments (psks=...)."""
     params = MCTP_TRANSPORT if transport == TransportType.MCTP else DOE_TRANSPORT
-    device = TeeDevice(profile, state_dir=state_dir, spdm_transport=params)
+    tee = TeeDevice(profile, state_dir=state_dir, spdm_transport=params, **device)
     loop = asyncio.new_event_loop()
-    server = SpdmEmuServer(device, transport, "127.0.0.1", 0)
+    server = SpdmEmuServer(tee, transport, "127.0.0.1", 0)
     started = threading.Event()
     stop: list[asyncio.Event] = []
 
@@ -68,7 +70,7 @@ def start_server(state_dir: Path, transport: TransportType,
             loop.call_soon_threadsafe(stop[0].set)
         thread.join(5)
 
-    return EmuHandle(device, server, thread, transport), shutdown
+    return EmuHandle(tee, server, thread, transport), shutdown
 
 
 @pytest.fixture(params=[TransportType.PCI_DOE])

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from spdm.codes import RspCap
+from vdev.cli.psk_file import read_psk_file
 from vdev.profiles import DeviceProfile, ProfileError, load_profile, resolve_profile
 from vdev.vfio_user import event_loop
 
@@ -128,13 +129,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if multi:
         install_label_filter()
     label_of: list[str | None] = list(labels) if labels else [None]
+    psks = read_psk_file("vdev serve", args.psk_file)
     devices: list[TeeDevice] = []
     try:
         for i, state_dir in enumerate(state_dirs):
             with device_label(label_of[i] if multi else None):
-                devices.append(TeeDevice(profile, state_dir=state_dir))
+                devices.append(TeeDevice(profile, state_dir=state_dir, psks=psks))
     except (OSError, IdentityError) as exc:
         raise SystemExit(f"vdev serve: device identity: {exc}") from None
+    except ProfileError as exc:
+        raise SystemExit(f"vdev serve: {exc}") from None
     _trace_devices(args, devices, labels)
     if plan is not None and plan.rules:
         # After tracing: the injector wraps spdm_message, so the trace shows the wire.
@@ -271,15 +275,19 @@ def cmd_spdm_emu(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             raise SystemExit(f"vdev: cannot load the identity: {exc}") from None
     transport = TRANSPORT_NAMES[args.transport]
+    psks = read_psk_file("vdev spdm-emu", args.psk_file)
     try:
         device = TeeDevice(
             profile,
             state_dir=args.state_dir,
             identity=identity,
             spdm_transport=MCTP_TRANSPORT if transport == TransportType.MCTP else DOE_TRANSPORT,
+            psks=psks,
         )
     except (OSError, IdentityError) as exc:
         raise SystemExit(f"vdev spdm-emu: device identity: {exc}") from None
+    except ProfileError as exc:
+        raise SystemExit(f"vdev spdm-emu: {exc}") from None
     from vdev.cli.trace import trace_device
 
     served = trace_device(args, device, doe_wire=transport == TransportType.PCI_DOE)
@@ -295,6 +303,7 @@ def cmd_spdm_emu(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        device.defer_later = loop.call_later  # the heartbeat watchdog's timer
         server = SpdmEmuServer(served, transport, args.host, args.port)
         await server.start()
         control = await start_control(args.control, device_control(
@@ -409,7 +418,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how many SPDM / secured-SPDM DOE responses --doe-delay-ms "
                    "applies to, counted from the first (default 0: none)")
     _add_fault_arguments(s)
+    from vdev.cli.psk_file import add_psk_argument
     from vdev.cli.trace import add_trace_arguments, add_trace_parser
+
+    add_psk_argument(s, "device")
 
     add_trace_arguments(s)
     s.set_defaults(func=cmd_serve)
@@ -426,6 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--cert-chain", help="certificate chain (PEM/DER) instead of the generated one")
     e.add_argument("--key", help="private key of the chain's leaf (PEM/DER)")
     _add_fault_arguments(e, doe=False)
+    add_psk_argument(e, "device")
     add_trace_arguments(e)
     e.set_defaults(func=cmd_spdm_emu)
 

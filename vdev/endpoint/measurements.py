@@ -10,8 +10,9 @@ values are always those of the device *now*.
                              verifier compares against its reference manifest
   index 2  HARDWARE_CONFIG   the live configuration image (below); sent as its digest
                              under MeasurementHashAlgo, or raw when the requester asks
-  index 3  FIRMWARE_CONFIG   the profile (every knob, canonical JSON): what the
-                             "firmware" was built/configured with
+  index 3  FIRMWARE_CONFIG   the profile (every knob but the PSKs, whose hints stand in
+                             for them; canonical JSON): what the "firmware" was
+                             built/configured with
   index 4  VERSION           `firmware_version`, raw (DSP0274: version strings are raw)
 
 Configuration image: for every config-space register software can write (RW mask not
@@ -58,8 +59,15 @@ def configuration_image(config: ConfigSpace) -> bytes:
     return bytes(out)
 
 
+#: Profile keys that hold secrets: never part of a measurement, which a requester may
+#: read as a raw bit stream.  The PSK hints are measured instead of the PSKs.
+SECRET_KEYS = frozenset({"spdm_psks"})
+
+
 def profile_image(profile: DeviceProfile) -> bytes:
-    return json.dumps(dataclasses.asdict(profile), sort_keys=True).encode()
+    fields = {k: v for k, v in dataclasses.asdict(profile).items() if k not in SECRET_KEYS}
+    fields["spdm_psk_hints"] = sorted(h.hex() for h in profile.spdm_psk_table)
+    return json.dumps(fields, sort_keys=True).encode()
 
 
 class DeviceMeasurements:

@@ -53,13 +53,16 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from spdm import algorithms as alg
+from spdm.capabilities import NEVER, missing
 from spdm.hooks import ResponderHooks
 from spdm.identity import CertSlots, DeviceIdentity
+from spdm.psk import describe_hint, hints
 from spdm.responder import (
     AlgorithmPriorities,
     Responder,
@@ -89,7 +92,7 @@ from vdev.endpoint.measurements import DeviceMeasurements
 from vdev.endpoint.tdi_enforcement import TdiEnforcement
 from vdev.pci.device_api import RegionIndex
 from vdev.pci.msix_cap import MSIX_ENTRY_SIZE
-from vdev.profiles import DeviceProfile
+from vdev.profiles import DeviceProfile, ProfileError
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +123,8 @@ class TeeDevice(TeeIoEndpoint):
         spdm_transport: TransportParams = DOE_TRANSPORT,
         random_bytes: Callable[[int], bytes] = secrets.token_bytes,
         defer_later: DeferLater | None = None,
+        psks: Mapping[bytes, bytes] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(profile, defer_later=defer_later)
         p = self.profile
@@ -141,6 +146,7 @@ class TeeDevice(TeeIoEndpoint):
         # attached at start.
         self.fault_observers: list[Callable[[str], None]] = []
         self.measurements = DeviceMeasurements(p, self.config)
+        self._watchdog_armed = False
 
         self.ide_target = EndpointIdeTarget(
             self.ide, self.config, bus=p.bus, dev_func=p.devfn, segment=p.segment
@@ -156,12 +162,23 @@ class TeeDevice(TeeIoEndpoint):
         self.vdm = PciSigVdmDispatcher(self.idekm, self.tdisp)
         self._vdm_handler = self.vdm.spdm_handler()
 
+        # PSKs: the profile's, then those handed in (--psk-file); a hint in both is an
+        # error rather than one silently winning.
+        table = dict(p.spdm_psk_table)
+        for hint, key in (psks or {}).items():
+            if hint in table:
+                raise ProfileError("spdm_psks", f"hint {describe_hint(hint)} is also in the "
+                                   "PSK file")
+            table[hint] = key
         # Capabilities and algorithm priorities from the profile; an algorithm list the
         # profile leaves empty keeps the responder's default (everything we implement).
         self.responder = Responder(
             ResponderConfig(
                 versions=p.spdm_version_list,
                 capabilities=p.spdm_capability_flags,
+                heartbeat_period=p.spdm_heartbeat_period,
+                psks=table,
+                monotonic=clock,
                 algorithms=AlgorithmPriorities(
                     asym=p.algorithm_priority("spdm_asym") or alg.SUPPORTED_ASYM,
                     hash=p.algorithm_priority("spdm_hash") or alg.SUPPORTED_HASH,
@@ -182,6 +199,7 @@ class TeeDevice(TeeIoEndpoint):
             ResponderHooks(on_session_end=self._session_ended,
                            on_session_established=self._session_established),
         )
+        self._check_capabilities()
         self.responder.register_vendor_handler(
             STANDARD_ID_PCISIG, PCISIG_VENDOR_ID_BYTES, self._vendor_defined
         )
@@ -197,6 +215,23 @@ class TeeDevice(TeeIoEndpoint):
         # Device-side events at INFO, so `vdev serve`'s log narrates a connect.
         self.ide.observers.append(self._log_ide_state)
         self.tdi.machine.observers.append(self._log_tdi_state)
+
+    def _check_capabilities(self) -> None:
+        """A profile that names its CAPABILITIES flags gets exactly those, or a clear
+        refusal: a flag the provisioning cannot back is never sent (spdm.capabilities)."""
+        p = self.profile
+        rsp = self.responder
+        if p.spdm_capabilities_listed:
+            gaps = missing(rsp.provisioning(), p.spdm_capability_flags)
+            if gaps:
+                raise ProfileError("spdm_capabilities", "; ".join(
+                    f"{flag}: {why}" for flag, why in gaps.items()))
+        dropped = p.spdm_capability_flags & ~rsp.capabilities & ~NEVER
+        if dropped:
+            log.info("SPDM capabilities not sent, nothing backs them: %s", ", ".join(
+                f"{flag} ({why})" for flag, why in missing(rsp.provisioning(), dropped).items()))
+        if rsp.config.psks:
+            log.info("PSK hints provisioned: %s", ", ".join(hints(rsp.config.psks)))
 
     # ---- the TDI -----------------------------------------------------------------
 
@@ -244,8 +279,33 @@ class TeeDevice(TeeIoEndpoint):
 
     def _session_established(self, session_id: int) -> None:
         names = self.responder.algorithms.names()
-        log.info("SPDM session %#010x established (%s)", session_id,
-                 "/".join(str(names[k]) for k in ("asym", "base_hash", "key_exchange", "aead")))
+        session = self.responder.sessions.get(session_id)
+        period = session.heartbeat_period if session is not None else 0
+        log.info("SPDM session %#010x established (%s)%s", session_id,
+                 "/".join(str(names[k]) for k in ("asym", "base_hash", "key_exchange", "aead")),
+                 f", HeartbeatPeriod {period} s" if period else "")
+        if period:
+            self._arm_heartbeat_watchdog()
+
+    def _arm_heartbeat_watchdog(self) -> None:
+        """End sessions whose requester fell silent for twice the HeartbeatPeriod even
+        while nothing else arrives (DSP0274 HEARTBEAT); the TDIs locked over them go to
+        ERROR through on_session_end.  Needs the server's timer (defer_later)."""
+        if self._watchdog_armed or self.defer_later is None:
+            return
+        wait = self.responder.next_heartbeat_deadline()
+        if wait is None:
+            return
+        self._watchdog_armed = True
+        self.defer_later(wait + 0.05, self._heartbeat_watchdog)
+
+    def _heartbeat_watchdog(self) -> None:
+        self._watchdog_armed = False
+        for session in self.responder.idle_sessions():
+            log.warning("SPDM session %#010x: no message for twice its HeartbeatPeriod "
+                        "(%d s): ending it", session.session_id, 2 * session.heartbeat_period)
+        self.responder.expire_idle_sessions()
+        self._arm_heartbeat_watchdog()
 
     @staticmethod
     def _log_ide_state(stream: Any, old: Any, new: Any) -> None:

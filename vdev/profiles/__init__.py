@@ -38,10 +38,20 @@ Security knobs (SPDM / TDISP, used by `vdev.endpoint.tee_device`):
                                         (see vdev.endpoint.tdi_enforcement for why the default
                                         keeps them)
   spdm_capabilities       "default"     responder CAPABILITIES flags: "default" (the
-                                        TEE-IO set, spdm.responder.DEFAULT_RSP_CAPS) or a
-                                        comma-separated list of spdm.codes.RspCap names
-                                        (CERT,CHAL,MEAS_SIG,...); checked against DSP0274's
-                                        responder flag rules
+                                        TEE-IO set, spdm.responder.DEFAULT_RSP_CAPS, as far
+                                        as what is provisioned backs it), "all" (every flag
+                                        the provisioned material backs) or a comma-separated
+                                        list of spdm.codes.RspCap names (CERT,CHAL,...),
+                                        checked against DSP0274's responder flag rules and,
+                                        when the device is built, against what is
+                                        provisioned (spdm.capabilities)
+  spdm_heartbeat_period   60            HeartbeatPeriod in seconds (0..255) sent in
+                                        KEY_EXCHANGE_RSP/PSK_EXCHANGE_RSP when the requester
+                                        also sets HBEAT_CAP; a session silent for twice that
+                                        is ended.  0: no HBEAT_CAP
+  spdm_psks               ""            pre-shared keys, "HINT=KEY,..." (spdm.psk; text
+                                        or hex:...); PSK_CAP only with one.  Prefer
+                                        --psk-file for real keys
   spdm_asym, spdm_hash,   ""            algorithm priority lists, strongest first, as
   spdm_meas_hash,                       comma-separated spdm.algorithms names (BaseAsym,
   spdm_dhe, spdm_aead                   BaseHash, MeasHash, Dhe, Aead); "" = everything
@@ -80,7 +90,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# Pure enum modules: no crypto stack is imported by loading a profile.
+# Pure modules (enums, rules, text parsing): loading a profile imports no crypto stack.
+from spdm import psk
 from spdm.algorithms import (
     SUPPORTED_KEM,
     SUPPORTED_PQC_ASYM,
@@ -92,7 +103,9 @@ from spdm.algorithms import (
     MeasHash,
     PqcAsym,
 )
+from spdm.capabilities import NEVER
 from spdm.codes import RspCap
+from spdm.errors import PskFormatError
 
 PLACEHOLDER_VENDOR_ID = 0x1DED
 PLACEHOLDER_DEVICE_ID = 0x7E10
@@ -115,7 +128,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
             "devfn", "segment"),
     "doe": ("doe_max_object_dw", "doe_interrupt_vector"),
     "ide": ("ide_selective_streams", "ide_address_associations", "ide_link_streams"),
-    "spdm": ("spdm_versions", "spdm_data_transfer_size", "spdm_capabilities", "spdm_asym",
+    "spdm": ("spdm_versions", "spdm_data_transfer_size", "spdm_capabilities",
+             "spdm_heartbeat_period", "spdm_psks", "spdm_asym",
              "spdm_hash", "spdm_meas_hash", "spdm_dhe", "spdm_aead", "spdm_pqc_asym",
              "spdm_kem", "spdm_pqc_first"),
     "identity": ("identity_key_type",),
@@ -131,6 +145,12 @@ DEFAULT_SPDM_CAPABILITIES = (
     | RspCap.MAC | RspCap.KEY_EX | RspCap.PSK_WITH_CONTEXT | RspCap.HBEAT | RspCap.KEY_UPD
     | RspCap.CHUNK
 )
+# "all": every flag, one value of each 2-bit field (PSK_CAP 10b, MEAS_CAP 10b, EP_INFO_CAP
+# 10b, MULTI_KEY_CAP 10b), minus what this responder never implements; the device then
+# keeps what its provisioning backs (spdm.capabilities).
+ALL_SPDM_CAPABILITIES = int(
+    (sum(RspCap) & ~(RspCap.PSK | RspCap.MEAS_NO_SIG | RspCap.EP_INFO_NO_SIG
+                     | RspCap.MULTI_KEY_ONLY)) & ~NEVER)
 # Flags that only make sense with a session (DSP0274 1.2 'Responder flag fields').
 _SESSION_CAPS = (RspCap.ENCRYPT | RspCap.MAC | RspCap.HBEAT | RspCap.KEY_UPD
                  | RspCap.HANDSHAKE_IN_THE_CLEAR)
@@ -209,6 +229,8 @@ class DeviceProfile:
     segment: int = 0x00
     flr_ends_spdm_sessions: bool = False
     spdm_capabilities: str = "default"
+    spdm_heartbeat_period: int = 60
+    spdm_psks: str = ""
     spdm_asym: str = ""
     spdm_hash: str = ""
     spdm_meas_hash: str = ""
@@ -240,6 +262,7 @@ class DeviceProfile:
         self._check_range("ide_link_streams", 0, 8)
         self._check_range("spdm_data_transfer_size", MIN_DATA_TRANSFER_SIZE,
                           MAX_DATA_TRANSFER_SIZE)
+        self._check_range("spdm_heartbeat_period", 0, 255)
         self._check_range("bus", 0, 0xFF)
         self._check_range("devfn", 0, 0xFF)
         self._check_range("segment", 0, 0xFF)
@@ -281,6 +304,7 @@ class DeviceProfile:
                                    f"{len(digest)} bytes; expected a SHA-256/384/512 digest")
         caps = self.spdm_capability_flags  # raises on unknown names
         self._check_capabilities(caps)
+        _ = self.spdm_psk_table  # raises on a malformed entry
         for key in _ALG_KEYS:
             self.algorithm_priority(key)  # raises on unknown names
         pqc = _KEY_TYPE_PQC.get(self.identity_key_type)
@@ -331,17 +355,34 @@ class DeviceProfile:
              "certificate chain (TEE-IO, Linux CMA)")
 
     @property
+    def spdm_capabilities_listed(self) -> bool:
+        """The profile names its flags (rather than "default"/"all"): each one must be
+        backed by what the device is given, or the device refuses to start."""
+        return self.spdm_capabilities.strip() not in ("default", "all")
+
+    @property
+    def spdm_psk_table(self) -> dict[bytes, bytes]:
+        """`spdm_psks` as hint -> PSK."""
+        try:
+            return psk.parse_list(self.spdm_psks, "spdm_psks") if self.spdm_psks else {}
+        except PskFormatError as exc:
+            raise ProfileError("spdm_psks", str(exc)) from None
+
+    @property
     def spdm_capability_flags(self) -> int:
         """`spdm_capabilities` as the CAPABILITIES Flags value."""
         if self.spdm_capabilities.strip() == "default":
             return int(DEFAULT_SPDM_CAPABILITIES)
+        if self.spdm_capabilities.strip() == "all":
+            return ALL_SPDM_CAPABILITIES
         value = 0
         for name in (n.strip() for n in self.spdm_capabilities.split(",")):
             flag = RspCap.__members__.get(name.upper().removesuffix("_CAP"))
             if flag is None:
                 raise ProfileError("spdm_capabilities",
                                    f"{name!r} is not a responder capability flag (one of "
-                                   f"{', '.join(RspCap.__members__)}, or \"default\")")
+                                   f"{', '.join(RspCap.__members__)}, \"default\" or "
+                                   f"\"all\")")
             value |= flag
         return value
 

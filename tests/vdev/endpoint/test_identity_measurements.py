@@ -82,3 +82,12 @@ def test_profile_firmware_digest_is_measured(state_dir: Path) -> None:
     host = mailbox_host(device)
     host.authenticate()
     assert measurements(host)[INDEX_FIRMWARE] == digest
+
+
+def test_the_profile_measurement_never_holds_a_psk() -> None:
+    from vdev.endpoint.measurements import profile_image
+    from vdev.profiles import load_profile
+
+    image = profile_image(load_profile("spdm-emu-defaults"))
+    assert b"TestPskData" not in image and b"TestPskData".hex().encode() not in image
+    assert b"TestPskHint\0".hex().encode() in image  # the hint stands in for it

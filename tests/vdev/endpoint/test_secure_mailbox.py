@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from spdm.codes import ReqCap
 from spdm.requester import Outgoing, Requester, RequesterConfig
@@ -70,3 +73,32 @@ def test_linux_cma_like_authentication(state_dir: Path) -> None:
     host.run(r.get_certificate(0))
     host.run(r.challenge(0))
     assert r.version == 0x13
+
+
+def test_heartbeat_watchdog_ends_a_silent_session_and_errors_its_tdi(state_dir: Path) -> None:
+    """The device's timer ends a session silent for twice its HeartbeatPeriod even when
+    nothing else arrives, and the TDI locked over it goes to ERROR (PCIe 6.x §11.4.5)."""
+    now = [500.0]
+    timers: list[tuple[float, Callable[[], None]]] = []
+    device = TeeDevice(DeviceProfile(spdm_heartbeat_period=3), state_dir=state_dir,
+                       clock=lambda: now[0],
+                       defer_later=lambda delay, fn: timers.append((now[0] + delay, fn)))
+    host = mailbox_host(device)
+    host.requester.config.capabilities |= ReqCap.HBEAT
+    host.to_run()
+    sid = host.session_id
+    assert sid is not None and device.responder.sessions[sid].heartbeat_period == 3
+    assert tdi_state(device) == TdiState.RUN
+    assert len(timers) == 1 and timers[0][0] == pytest.approx(506.05)
+    now[0] = 504.0
+    host.run(host.requester.heartbeat(sid))  # traffic at 504 s moves the deadline
+    due, fire = timers.pop()
+    now[0] = due
+    fire()  # 506.05: the session is still fresh; the watchdog re-arms for 510 s
+    assert sid in device.responder.sessions and len(timers) == 1
+    due, fire = timers.pop()
+    now[0] = due
+    fire()
+    assert sid not in device.responder.sessions
+    assert tdi_state(device) == TdiState.ERROR
+    assert timers == []  # nothing left to watch

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from spdm.codes import V12, V13
+from spdm.codes import V12, V13, RspCap
 from spdm.errors import PeerError
 from spdm.requester import Requester, RequesterConfig
 from tdisp.codes import TdiState
@@ -99,3 +99,31 @@ def test_get_version_ending_the_lock_session_is_an_error(state_dir: Path) -> Non
     assert tdi_state(host.device) == TdiState.RUN
     host.run(host.requester.get_version())  # resets the connection: all sessions end
     assert tdi_state(host.device) == TdiState.ERROR
+
+
+def test_listed_capability_without_its_provisioning_is_refused(state_dir: Path) -> None:
+    """A profile that names PSK_WITH_CONTEXT (or HBEAT) gets it only with a PSK (or a
+    period): never advertised without the means to exercise it."""
+    listed = "CERT,CHAL,MEAS_SIG,ENCRYPT,MAC,KEY_EX,PSK_WITH_CONTEXT,HBEAT"
+    with pytest.raises(ProfileError) as exc:
+        TeeDevice(DeviceProfile(spdm_capabilities=listed, spdm_heartbeat_period=0),
+                  state_dir=state_dir)
+    assert "PSK_WITH_CONTEXT: no pre-shared key is provisioned" in str(exc.value)
+    assert "HBEAT: the heartbeat period is 0" in str(exc.value)
+    ok = TeeDevice(DeviceProfile(spdm_capabilities=listed),
+                   state_dir=state_dir, psks={b"h": b"k" * 32})
+    assert ok.responder.capabilities & (RspCap.PSK_WITH_CONTEXT | RspCap.HBEAT) == (
+        RspCap.PSK_WITH_CONTEXT | RspCap.HBEAT)
+
+
+def test_default_capabilities_follow_the_provisioning(state_dir: Path) -> None:
+    plain = TeeDevice(DeviceProfile(), state_dir=state_dir)
+    assert not plain.responder.capabilities & (RspCap.PSK | RspCap.PSK_WITH_CONTEXT)
+    assert plain.responder.capabilities & RspCap.HBEAT  # the default period is 60 s
+    quiet = TeeDevice(DeviceProfile(spdm_heartbeat_period=0), state_dir=state_dir)
+    assert not quiet.responder.capabilities & RspCap.HBEAT
+    keyed = TeeDevice(DeviceProfile(spdm_psks="a=hex:" + "11" * 32), state_dir=state_dir)
+    assert keyed.responder.capabilities & RspCap.PSK_WITH_CONTEXT
+    with pytest.raises(ProfileError, match="also in the PSK file"):
+        TeeDevice(DeviceProfile(spdm_psks="a=hex:" + "11" * 32), state_dir=state_dir,
+                  psks={b"a": b"k" * 32})
