@@ -42,20 +42,21 @@ import datetime
 import errno
 import os
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from cryptography import x509
 
 from spdm.codes import ErrorCode as SpdmErrorCode
-from spdm.codes import RspCap
+from spdm.codes import ReqCap, RspCap
 from spdm.errors import (
     ErrorResponse,
     PeerError,
 )
 from spdm.hooks import RequesterHooks
-from spdm.requester import Operation, Requester, RequesterConfig
+from spdm.psk import describe_hint
+from spdm.requester import DEFAULT_REQ_CAPS, Operation, Requester, RequesterConfig
 from spdm.secured_message import DOE_TRANSPORT, TransportParams
 from tdisp.codes import LockFlags, TdiState
 from tdisp.device_interface import InterfaceId
@@ -132,6 +133,18 @@ class TsmConfig:
     max_log_events: int = 2000  # evidence step log keeps the most recent (long-lived TSMs)
     # SPDM transport binding of the secured messages (DSP0277): DOE, or MCTP (DSP0275).
     transport: TransportParams = field(default_factory=lambda: DOE_TRANSPORT)
+    # HBEAT_CAP: the TSM keeps the session alive with HEARTBEAT within the device's
+    # HeartbeatPeriod.  Off by default: behind the mailbox the TSM only speaks when the
+    # guest carries a DOE exchange, so it could not keep that promise while the guest is
+    # idle (with it off, DSP0274 has the device send HeartbeatPeriod 0: no timeout).
+    heartbeat: bool = False
+    # HANDSHAKE_IN_THE_CLEAR_CAP: KEY_EXCHANGE_RSP..FINISH_RSP in the clear when the
+    # device does the same (DSP0274 KEY_EXCHANGE).
+    handshake_in_the_clear: bool = False
+    # Open the session with PSK_EXCHANGE (and PSK_FINISH when the device sends a context)
+    # using the PSK of this hint instead of KEY_EXCHANGE; `psks` maps hints to keys.
+    psk_hint: bytes | None = None
+    psks: Mapping[bytes, bytes] = field(default_factory=dict, repr=False)
 
 
 @dataclass
@@ -365,15 +378,22 @@ class TsmModel:
         self._stream_id: int | None = self.config.stream_id
 
     def _requester_config(self) -> RequesterConfig:
-        clock = self.config.clock
+        c = self.config
+        clock = c.clock
+        caps = int(DEFAULT_REQ_CAPS)
+        if not c.heartbeat:
+            caps &= ~ReqCap.HBEAT
+        if c.handshake_in_the_clear:
+            caps |= ReqCap.HANDSHAKE_IN_THE_CLEAR
         return RequesterConfig(
-            trust_anchors=list(self.config.trust_anchors),
+            capabilities=caps,
+            trust_anchors=list(c.trust_anchors),
             now=lambda: datetime.datetime.fromtimestamp(clock(), datetime.UTC),
-            random=self.config.random,
-            transport=self.config.transport,
-            data_transfer_size=self.config.spdm_data_transfer_size,
-            max_spdm_msg_size=max(self.config.spdm_max_msg_size,
-                                  self.config.spdm_data_transfer_size),
+            random=c.random,
+            transport=c.transport,
+            data_transfer_size=c.spdm_data_transfer_size,
+            max_spdm_msg_size=max(c.spdm_max_msg_size, c.spdm_data_transfer_size),
+            psk=dict(c.psks),
         )
 
     def _abandon(self, reason: str) -> None:
@@ -448,6 +468,78 @@ class TsmModel:
         algs = ev.algorithms(req.algorithms)
         p.log(f"SPDM {ev.spdm_version(req.version)}: {algs['asym']}, {algs['base_hash']},"
               f" {algs['key_exchange']}, {algs['aead']}")
+        if c.psk_hint is not None:
+            yield from self._psk_session(p)
+        else:
+            yield from self._certificate_session(p)
+
+        p.enter("ide_km")
+        try:
+            yield from self._query_port(p)
+            yield from self._program_stream(p, c.key_set)
+        except Exception as exc:
+            if not isinstance(exc, TransportFailure) and not self._session_lost(exc):
+                # Unwind what this connect set up on the device (keys, session) so a
+                # refused connect leaves nothing behind; the failure keeps its step.
+                step = p.step
+                yield from self._unwind(p)
+                p.step = step
+            raise
+        p.log(f"IDE stream {self._stream_id} key set {c.key_set}: both ends Secure"
+              if self.root_port.secure else "IDE stream not secure")
+        return f"0x{self._session_id:08x}"
+
+    def _check_policy(self, p: Progress, what: str) -> None:
+        c = self.config
+        if c.reference_values is None:
+            return
+        p.step = "measurement policy"
+        if not self._blocks:
+            raise PolicyViolation(f"reference values configured but no {what}")
+        self._verdicts, failure = c.reference_values.evaluate(self._blocks)
+        if failure:
+            raise PolicyViolation(failure)
+        p.log(f"measurement policy: {len(self._verdicts)} checks passed")
+
+    def _established(self, p: Progress, sid: int, how: str) -> None:
+        self._session_id = sid
+        self.state = "connected"
+        self._last_session = sid
+        self._session_state = "established"
+        p.log(f"secured session 0x{sid:08x} established ({how})")
+
+    def _psk_session(self, p: Progress) -> Gen:
+        """PSK_EXCHANGE (+ PSK_FINISH), then the measurements inside the session: the PSK
+        is the mutual credential, and DSP0274 PSK_EXCHANGE advises against mixing in
+        signed responses that nothing binds to the PSK_EXCHANGE_RSP sender."""
+        c = self.config
+        req = self._req
+        caps = req.conn.rsp_caps
+        hint = c.psk_hint
+        assert hint is not None
+        if not caps & (RspCap.PSK | RspCap.PSK_WITH_CONTEXT):
+            raise TsmStateError("device does not support PSK sessions (PSK_CAP 00b)")
+        if hint not in c.psks:
+            raise TsmStateError(f"no PSK for hint {describe_hint(hint)}")
+        p.enter("session")
+        sid = yield from self._spdm(p, "PSK_EXCHANGE/PSK_FINISH",
+                                    lambda: req.psk_exchange(hint))
+        self._established(p, sid, f"PSK, hint {describe_hint(hint)}")
+        methods = ["psk"]
+        if caps & (RspCap.MEAS_NO_SIG | RspCap.MEAS_SIG):
+            p.enter("authentication")
+            blocks = yield from self._spdm(
+                p, "GET_MEASUREMENTS",
+                lambda: req.get_measurements(0xFF, signed=False, session_id=sid))
+            self._blocks = list(blocks)
+            methods.append("measurements-in-session")
+            p.log(f"{len(self._blocks)} measurement blocks read inside the PSK session")
+        self._auth_done = "+".join(methods)
+        self._check_policy(p, "measurements (the device has none)")
+
+    def _certificate_session(self, p: Progress) -> Gen:
+        c = self.config
+        req = self._req
         caps = req.conn.rsp_caps
         missing = [f.name for f in (RspCap.CERT, RspCap.KEY_EX, RspCap.ENCRYPT, RspCap.MAC)
                    if not caps & f]
@@ -476,38 +568,13 @@ class TsmModel:
             methods.append("signed-measurements")
             p.log(f"{len(self._blocks)} signed measurement blocks verified")
         self._auth_done = "+".join(methods)
-        if c.reference_values is not None:
-            p.step = "measurement policy"
-            if not self._blocks:
-                raise PolicyViolation("reference values configured but no signed measurements")
-            self._verdicts, failure = c.reference_values.evaluate(self._blocks)
-            if failure:
-                raise PolicyViolation(failure)
-            p.log(f"measurement policy: {len(self._verdicts)} checks passed")
+        self._check_policy(p, "signed measurements")
 
         p.enter("session")
-        self._session_id = yield from self._spdm(p, "KEY_EXCHANGE/FINISH",
-                                                 lambda: req.key_exchange(c.cert_slot))
-        self.state = "connected"
-        self._last_session = self._session_id
-        self._session_state = "established"
-        p.log(f"secured session 0x{self._session_id:08x} established")
-
-        p.enter("ide_km")
-        try:
-            yield from self._query_port(p)
-            yield from self._program_stream(p, c.key_set)
-        except Exception as exc:
-            if not isinstance(exc, TransportFailure) and not self._session_lost(exc):
-                # Unwind what this connect set up on the device (keys, session) so a
-                # refused connect leaves nothing behind; the failure keeps its step.
-                step = p.step
-                yield from self._unwind(p)
-                p.step = step
-            raise
-        p.log(f"IDE stream {self._stream_id} key set {c.key_set}: both ends Secure"
-              if self.root_port.secure else "IDE stream not secure")
-        return f"0x{self._session_id:08x}"
+        sid = yield from self._spdm(p, "KEY_EXCHANGE/FINISH",
+                                    lambda: req.key_exchange(c.cert_slot))
+        self._established(p, sid, "in the clear handshake" if req.conn.handshake_in_clear
+                          else "KEY_EXCHANGE")
 
     def _query_port(self, p: Progress) -> Gen:
         """IDE_KM QUERY (§6.33.3); settles the Stream ID when taken from the host."""
@@ -724,6 +791,9 @@ class TsmModel:
 
     def _heartbeat(self, p: Progress) -> Gen:
         sid = self._require_session()
+        if not self.config.heartbeat:
+            raise TsmStateError("heartbeat is off: this TSM did not advertise HBEAT_CAP "
+                                "(TsmConfig.heartbeat)")
         p.enter("session")
         yield from self._spdm(p, "HEARTBEAT", lambda: self._req.heartbeat(sid))
         return True

@@ -97,13 +97,15 @@ def make_device(
     ident: DeviceIdentity | None = None, *, idekm_policy: IdeKmPolicy | None = None,
     measurements: Callable[[], Any] | None = None,
     random: Callable[[int], bytes] = os.urandom, transport: TransportParams = DOE_TRANSPORT,
+    **config: Any,
 ) -> Device:
+    """`config`: further ResponderConfig fields (capabilities, psks, ...)."""
     ident = ident or identity()
-    rsp = Responder(ResponderConfig(
-        slots=CertSlots({0: ident}),
-        measurements=measurements or (lambda: default_measurements()),
-        random=random, transport=transport,
-    ))
+    rsp = Responder(ResponderConfig(**{
+        "slots": CertSlots({0: ident}),
+        "measurements": measurements or (lambda: default_measurements()),
+        "random": random, "transport": transport, "heartbeat_period": 30, **config,
+    }))
     # IDE Capability (Selective IDE + IDE_KM, one selective stream), IDE Control, then the
     # selective stream block: SEL_CAP (no address blocks), SEL_CTL with Stream ID 1 in
     # bits 31:24, SEL_STS, RID association 1/2 — as QUERY_RESP reports them.

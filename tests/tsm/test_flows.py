@@ -8,8 +8,10 @@ from typing import Any
 
 import pytest
 
+from spdm.codes import RspCap
 from spdm.crypto import meas_digest
 from spdm.measurements import default_measurements
+from spdm.responder import DEFAULT_RSP_CAPS
 from tdisp.codes import TdiState
 from tdisp.idekm_responder import IdeKmPolicy
 from tests.helpers.tsm_rig import (
@@ -45,7 +47,7 @@ def connect_to_run(dev: Device, **kw: Any) -> Any:
 
 def test_connect_lock_report_start_stop_disconnect() -> None:
     dev = make_device()
-    tsm = make_tsm(reference_values=reference_values(), policy_file="ref.toml")
+    tsm = make_tsm(heartbeat=True, reference_values=reference_values(), policy_file="ref.toml")
     done = ok(tsm.connect(), dev)
     assert done.value == f"0x{tsm.session_id:08x}"
     assert set(dev.responder.sessions) == {tsm.session_id}
@@ -240,7 +242,7 @@ def test_responder_reset_mid_flow_then_reconnect() -> None:
 
 def test_end_session_from_under_the_tsm() -> None:
     dev = make_device()
-    tsm = connect_to_run(dev)
+    tsm = connect_to_run(dev, heartbeat=True)
     sid = tsm.session_id
     assert sid is not None
     dev.responder.sessions.pop(sid)  # the device ends the session on its own
@@ -411,7 +413,7 @@ def test_ide_key_refresh_switches_key_sets_on_both_ends() -> None:
 
 def test_step_log_is_bounded() -> None:
     dev = make_device()
-    tsm = make_tsm(max_log_events=5)
+    tsm = make_tsm(max_log_events=5, heartbeat=True)
     ok(tsm.connect(), dev)
     for _ in range(3):
         ok(tsm.heartbeat(), dev)
@@ -443,3 +445,73 @@ def test_disconnect_after_the_device_lost_its_keys_still_ends_the_session() -> N
     assert done.evidence["spdm"]["session_id"] == f"0x{sid:08x}"
     slots = done.evidence["ide"]["device"]["slots"]
     assert slots and all(s["state"] == "lost" for s in slots)
+
+
+# ---- session kinds: heartbeat, PSK, handshake in the clear ------------------------------
+
+
+def test_heartbeat_period_only_when_the_tsm_keeps_it() -> None:
+    """HeartbeatPeriod is 0 unless both ends set HBEAT_CAP (DSP0274 KEY_EXCHANGE_RSP);
+    the TSM sets it only when it can send HEARTBEAT on its own."""
+    dev = make_device()
+    quiet = connect_to_run(dev)
+    assert quiet.evidence()["spdm"]["heartbeat_period"] == 0
+    refused = drive(quiet.heartbeat(), dev)
+    assert not refused.ok and "did not advertise HBEAT_CAP" in refused.reason
+    beating = connect_to_run(make_device(), heartbeat=True)
+    assert beating.evidence()["spdm"]["heartbeat_period"] == 30
+
+
+PSK = {b"tsm-hint": bytes(range(32))}
+
+
+def test_psk_session_connects_locks_and_runs() -> None:
+    dev = make_device(psks=PSK)
+    tsm = make_tsm(psk_hint=b"tsm-hint", psks=PSK, reference_values=reference_values())
+    done = ok(tsm.connect(), dev)
+    spdm = done.evidence["spdm"]
+    assert spdm["authentication"] == "psk+measurements-in-session"
+    assert dev.responder.sessions[tsm.session_id].psk
+    assert all(v["verdict"] == "match" for v in done.evidence["policy"]["verdicts"])
+    events = [x["event"] for x in done.evidence["log"]]
+    assert any("PSK, hint 'tsm-hint'" in e for e in events)
+    assert all(bytes(range(32)).hex() not in e for e in events)  # the PSK is never logged
+    ok(tsm.lock(0), dev)
+    ok(tsm.report(0, EXPECTED), dev)
+    ok(tsm.start(0), dev)
+    assert dev.tdi_state == "RUN"
+    ok(tsm.key_update(), dev)
+    ok(tsm.disconnect(), dev)
+    assert dev.responder.sessions == {}
+
+
+def test_psk_session_refused_cleanly() -> None:
+    no_psk = drive(make_tsm(psk_hint=b"tsm-hint", psks=PSK).connect(), make_device())
+    assert not no_psk.ok and "does not support PSK sessions" in no_psk.reason
+    unknown = drive(make_tsm(psk_hint=b"other", psks=PSK).connect(), make_device(psks=PSK))
+    assert not unknown.ok and "no PSK for hint 'other'" in unknown.reason
+    wrong = drive(make_tsm(psk_hint=b"tsm-hint", psks={b"tsm-hint": b"x" * 32}).connect(),
+                  make_device(psks=PSK))
+    assert not wrong.ok and "PSK_EXCHANGE" in wrong.reason
+
+
+def test_handshake_in_the_clear_connects_and_runs() -> None:
+    caps = int(DEFAULT_RSP_CAPS | RspCap.HANDSHAKE_IN_THE_CLEAR)
+    dev = make_device(capabilities=caps)
+    kinds: list[int] = []
+    inner = dev.doe_exchange
+
+    def record(doe_type: int, payload: bytes) -> bytes:
+        kinds.append(doe_type)
+        return inner(doe_type, payload)
+
+    dev.doe_exchange = record  # type: ignore[method-assign]
+    tsm = make_tsm(handshake_in_the_clear=True)
+    done = ok(tsm.connect(), dev)
+    assert any("in the clear handshake" in x["event"] for x in done.evidence["log"])
+    assert dev.responder.sessions[tsm.session_id].handshake_in_clear
+    # KEY_EXCHANGE, then FINISH in the clear (DOE type 1); type 2 only after FINISH_RSP.
+    first_secured = kinds.index(2)
+    assert kinds[first_secured - 2:first_secured] == [1, 1]
+    ok(tsm.lock(0), dev)
+    ok(tsm.disconnect(), dev)

@@ -14,12 +14,15 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol, TextIO
 
+from spdm import psk
+from spdm.errors import PskFormatError
 from spdm.secured_message import DOE_TRANSPORT, MCTP_TRANSPORT
 from tsm.device_ref import DeviceRef, ExpectedBar
 from tsm.mailbox_protocol import Done
 from tsm.model import TsmConfig, TsmModel
 from tsm.operations import TsmOperation
 from tsm.reference_values import PolicyError
+from vdev.cli.psk_file import add_psk_argument, read_psk_file
 from vdev.cli.tsm_inputs import reference_values, trust_anchors
 from vdev.cli.tsm_serve import add_spdm_size_argument, spdm_data_transfer_size
 
@@ -70,6 +73,20 @@ def add_connect_parser(tsm_subparsers: Any) -> argparse.ArgumentParser:
     c.add_argument("--transport", default="pci_doe", choices=["pci_doe", "mctp"],
                    help="spdm-emu transport (default pci_doe)")
     add_spdm_size_argument(c)
+    c.add_argument("--slot", type=int, default=0, metavar="N", help="certificate slot to "
+                   "authenticate and open the session with (0..7, default 0)")
+    add_psk_argument(c, "TSM")
+    c.add_argument("--psk-hint", metavar="HINT", help="open the session with PSK_EXCHANGE "
+                   "using the PSK of this hint from --psk-file (text, or hex:...; '' for "
+                   "none) instead of KEY_EXCHANGE; the PSK itself is never printed")
+    c.add_argument("--handshake-in-clear", action="store_true", help="set "
+                   "HANDSHAKE_IN_THE_CLEAR_CAP: KEY_EXCHANGE_RSP..FINISH_RSP unencrypted "
+                   "when the device supports it too")
+    c.add_argument("--heartbeat", type=int, default=0, metavar="N", help="set HBEAT_CAP "
+                   "(the device then sends its HeartbeatPeriod) and send N HEARTBEATs "
+                   "after connecting")
+    c.add_argument("--key-update", action="store_true", help="KEY_UPDATE (UpdateAllKeys, "
+                   "then VerifyNewKey) of the session after connecting")
     c.add_argument("--lock", action="store_true", help="TDISP LOCK + interface report")
     c.add_argument("--start", action="store_true", help="START after LOCK (implies --lock)")
     c.add_argument("--stop", action="store_true", help="STOP the TDI at the end")
@@ -134,10 +151,29 @@ def cmd_connect(args: argparse.Namespace, client_factory: ClientFactory | None =
         stream_id = None if args.stream_id == "auto" else int(args.stream_id, 0)
     except (OSError, ValueError, PolicyError) as exc:
         raise SystemExit(f"vdev tsm connect: {exc}") from None
+    if not 0 <= args.slot <= 7:
+        raise SystemExit(f"vdev tsm connect: --slot {args.slot}: a slot is 0..7")
+    if args.heartbeat < 0:
+        raise SystemExit("vdev tsm connect: --heartbeat must not be negative")
+    psks = read_psk_file("vdev tsm connect", args.psk_file)
+    hint = None
+    if args.psk_hint is not None:
+        if not psks:
+            raise SystemExit("vdev tsm connect: --psk-hint needs --psk-file")
+        try:
+            hint = psk.parse_hint(args.psk_hint)
+        except PskFormatError as exc:
+            raise SystemExit(f"vdev tsm connect: {exc}") from None
+        if hint not in psks:
+            raise SystemExit(f"vdev tsm connect: --psk-hint {psk.describe_hint(hint)} is not "
+                             f"in --psk-file {args.psk_file} (it has "
+                             f"{', '.join(psk.hints(psks))})")
     tracer = _tracer(args)
     config = TsmConfig(
         trust_anchors=anchors, reference_values=refs, policy_file=args.policy,
         clock=time.time, stream_id=stream_id, mmio_reporting_offset=args.mmio_offset,
+        cert_slot=args.slot, psk_hint=hint, psks=psks, heartbeat=args.heartbeat > 0,
+        handshake_in_the_clear=args.handshake_in_clear,
         # DSP0275: over MCTP the secured payload carries the MCTP message type too.
         transport=MCTP_TRANSPORT if args.transport == "mctp" else DOE_TRANSPORT,
         spdm_data_transfer_size=spdm_data_transfer_size("vdev tsm connect",
@@ -163,6 +199,9 @@ def cmd_connect(args: argparse.Namespace, client_factory: ClientFactory | None =
                               doe=getattr(args, "transport", "pci_doe") == "pci_doe")
 
     plan: list[tuple[str, Callable[[], TsmOperation]]] = [("connect", tsm.connect)]
+    plan += [("heartbeat", tsm.heartbeat)] * args.heartbeat
+    if args.key_update:
+        plan.append(("key update", tsm.key_update))
     tdi = device.function
     if args.lock or args.start:
         plan.append(("lock", lambda: tsm.lock(tdi, expected_mmio=bars or None)))
