@@ -122,7 +122,7 @@ def main() -> int:
     }}
     report["tsm"]["connect_to_run"]["total_ms"] = report["tsm"]["connect_to_run"].pop("total")
     report["guest"] = bench_guest_connect()
-    report["guest_suites"] = bench_guest_suites()
+    report["guest_suites"] = bench_guest_suites(report["config_access"].get("cpu"))
     _doe_floor(report)
     access = report["config_access"]
     report["guest_doe"] = bench_guest_doe(

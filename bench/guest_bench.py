@@ -8,6 +8,7 @@ differences are the DOE exchanges and config-space accesses a step took.
 
 from __future__ import annotations
 
+import os
 import re
 import tempfile
 from pathlib import Path
@@ -43,14 +44,30 @@ def _delta(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
 
 
 def bench_guest_connect(profile: Path | None = None, *, rounds: int = 1,
-                        tsm_data_transfer_size: int | None = None) -> dict[str, Any]:
+                        tsm_data_transfer_size: int | None = None,
+                        cpu: int | None = None) -> dict[str, Any]:
     """Boot the guest once and time `rounds` connect -> RUN -> disconnect cycles with the
     device on `profile` (default: the built-in one).  The first connect is a TSM's first
-    sight of the device; later ones repeat the same exchanges on warm processes."""
+    sight of the device; later ones repeat the same exchanges on warm processes.  `cpu`
+    pins both servers, QEMU and all its threads to that CPU (docs/benchmarks.md §3: a
+    round trip across vCPUs costs about twice one on a single vCPU)."""
     try:
         env = find_env()
     except VmEnvError as exc:
         return {"skipped": str(exc)}
+    saved = os.sched_getaffinity(0)
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})  # inherited by the servers and QEMU
+    try:
+        out = _boot_and_connect(env, profile, rounds, tsm_data_transfer_size)
+    finally:
+        os.sched_setaffinity(0, saved)
+    out["pinned_cpu"] = cpu
+    return out
+
+
+def _boot_and_connect(env: Any, profile: Path | None, rounds: int,
+                      tsm_data_transfer_size: int | None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="vdev-bench-guest-") as tmp:
         work = Path(tmp)
         identity = work / "identity"
@@ -120,7 +137,8 @@ GUEST_SUITES: dict[str, str] = {
 }
 
 
-def bench_guest_suites(rounds: int = 3) -> dict[str, Any]:
+def bench_guest_suites(cpu: int | None, rounds: int = 3) -> dict[str, Any]:
+    """Every suite pinned to `cpu`; the `pqc` suite also unpinned, for comparison."""
     from vdev.profiles import resolve_profile
 
     out: dict[str, Any] = {}
@@ -133,5 +151,8 @@ def bench_guest_suites(rounds: int = 3) -> dict[str, Any]:
                 profile.write_text(spec)
             else:
                 profile = resolve_profile(spec)
-            out[name] = bench_guest_connect(profile, rounds=rounds)
+            out[name] = bench_guest_connect(profile, rounds=rounds, cpu=cpu)
+        if cpu is not None:
+            out["ML-DSA-87/ML-KEM-1024 (pqc), unpinned"] = bench_guest_connect(
+                resolve_profile("pqc"), rounds=rounds)
     return out

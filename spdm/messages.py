@@ -515,6 +515,16 @@ def encode(fmt: Any, fields: dict[str, Any], **params: int) -> bytes:
     return out
 
 
+def compile_declarations() -> int:
+    """Compile every message declaration now rather than on first use (≈ 2 ms each,
+    docs/benchmarks.md §4): a server calls this before it listens, so the first connect
+    after start does not pay for it.  Returns how many declarations there are."""
+    fmts = [obj for obj in globals().values() if isinstance(obj, Struct)]
+    for fmt in fmts:
+        compiled(fmt)
+    return len(fmts)
+
+
 def header(data: bytes) -> Any:
     if len(data) < HEADER_SIZE:
         raise MessageFormatError("message shorter than the SPDM header")

@@ -24,6 +24,7 @@ import signal
 from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
+from spdm import messages as spdm_messages
 from vdev.control.core import ControlCore
 from vdev.control.server import start_control
 from vdev.pci.device_api import VfioUserDevice
@@ -132,6 +133,7 @@ def serve_devices_until_signalled(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         devices = make_devices(loop)
+        spdm_messages.compile_declarations()  # before listening: not in the first connect
         if len(devices) != len(socket_paths):
             raise ValueError(f"{len(devices)} devices for {len(socket_paths)} sockets")
         control = None
