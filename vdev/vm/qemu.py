@@ -29,10 +29,15 @@ DMESG = "@@DMESG "
 
 @dataclass(frozen=True)
 class VfioUserAttach:
-    """One vfio-user device, each placed behind its own PCIe root port."""
+    """One vfio-user device, each placed behind its own PCIe root port.
+
+    `root_port` adds options to that root port, e.g. "x-ide-streams=4" for
+    the patched QEMU's IDE capability (qemu/README.md).
+    """
 
     socket: Path
     id: str = "vu0"
+    root_port: str = ""
 
 
 @dataclass
@@ -117,8 +122,9 @@ def qemu_command(spec: VmSpec, accel: str) -> list[str]:
     ]
     for n, dev in enumerate(spec.devices, start=1):
         rp = f"rp{n}"
+        rp_opts = f",{dev.root_port}" if dev.root_port else ""
         argv += [
-            "-device", f"pcie-root-port,id={rp},bus=pcie.0,chassis={n},slot={n}",
+            "-device", f"pcie-root-port,id={rp},bus=pcie.0,chassis={n},slot={n}{rp_opts}",
             "-device", json.dumps({
                 "driver": "vfio-user-pci", "id": dev.id, "bus": rp, "addr": "0x0",
                 # Only the JSON form of the socket property works (docs/vfio-user-qemu.md §9).

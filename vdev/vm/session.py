@@ -116,7 +116,8 @@ class GuestRun:
     workdir: Path
     scripts: dict[str, bytes] = field(default_factory=dict)
     modules: Sequence[str] = ()
-    devices: Sequence[Path] = ()
+    # Sockets of vfio-user servers, or VfioUserAttach for root port options.
+    devices: Sequence[Path | VfioUserAttach] = ()
     append: str = ""
     quiet: bool = True
     additions: Sequence[Addition] = ()  # the user's files (--initramfs-add)
@@ -138,7 +139,11 @@ class GuestRun:
         return VmSpec(
             env=self.env, initrd=initrd, append=self.append, quiet=self.quiet,
             timeout=self.timeout,
-            devices=[VfioUserAttach(sock, id=f"vu{i}") for i, sock in enumerate(self.devices)],
+            devices=[
+                VfioUserAttach(d.socket, id=f"vu{i}", root_port=d.root_port)
+                if isinstance(d, VfioUserAttach) else VfioUserAttach(d, id=f"vu{i}")
+                for i, d in enumerate(self.devices)
+            ],
         )
 
     def boot(self, on_line: Callable[[str], None] | None = None) -> VmResult:

@@ -27,6 +27,17 @@ def test_device_behind_root_port_with_json_socket(tmp_path: Path) -> None:
     assert json.loads(devs[3])["bus"] == "rp2"
 
 
+def test_root_port_options_reach_only_their_port(tmp_path: Path) -> None:
+    spec = VmSpec(env=VmEnv(tmp_path, qemu_override=Path("/usr/bin/qemu-x")),
+                  initrd=tmp_path / "i.gz",
+                  devices=[VfioUserAttach(Path("/tmp/a.sock"), root_port="x-ide-streams=4"),
+                           VfioUserAttach(Path("/tmp/b.sock"), id="vu1")])
+    argv = qemu_command(spec, "tcg")
+    devs = [argv[i + 1] for i, a in enumerate(argv) if a == "-device"]
+    assert devs[0] == "pcie-root-port,id=rp1,bus=pcie.0,chassis=1,slot=1,x-ide-streams=4"
+    assert devs[2] == "pcie-root-port,id=rp2,bus=pcie.0,chassis=2,slot=2"
+
+
 def test_console_records() -> None:
     res = VmResult(accel="tcg", returncode=0, timed_out=False, seconds=1.0, argv=[],
                    console=["noise\n", "@@VDEV boot 7.3.4\r\n", "x@@VDEV doe_features a b\n",
