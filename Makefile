@@ -7,6 +7,8 @@
 #   make bench   benchmarks, JSON to stdout and bench/results/
 #   make vm-env  build the cached trixie root (QEMU 11, Linux 7.3.4)
 #   make lock    re-resolve the dependency versions into constraints.txt
+#   make qemu    build the patched QEMU (IDE on the root port, qemu/README.md)
+#                into the cache and print its path
 #
 #   make kernel KSRC=~/linux [O=dir] [KCONFIG=frag] [LLVM=1]
 #                configure (guest/kernel.config) and build your kernel tree
@@ -24,7 +26,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export KERNEL KDIR QEMU
 
-.PHONY: all run vm test lint unit guest bench vm-env venv clean fuzz fuzz-atheris tools lock kernel
+.PHONY: all run vm test lint unit guest bench vm-env venv clean fuzz fuzz-atheris tools lock kernel qemu
 
 all: test
 
@@ -55,6 +57,10 @@ RUN_ARGS = $(if $(KSRC),--ksrc "$(KSRC)" $(KERNEL_BUILD_ARGS)) \
 	$(foreach f,$(INITRAMFS_ADD),--initramfs-add "$(f)") $(if $(filter 0,$(VTSM)),--no-vtsm) \
 	$(if $(PROFILE),--profile "$(PROFILE)")
 
+# Installs the host packages the build needs with apt-get, naming each and why.
+qemu: venv vm-env
+	@$(PY) -m vdev.vm.qemu_build
+
 run: venv vm-env
 	$(PY) -m vdev.cli run $(RUN_ARGS)
 
@@ -72,7 +78,7 @@ lint: venv
 unit: venv
 	$(VENV)/bin/pytest -q tests
 
-guest: venv vm-env
+guest: venv vm-env qemu
 	VDEV_REQUIRE_GUEST=1 $(VENV)/bin/pytest -q guest-tests
 
 # Host tools some tests drive: tshark (Debian's package) runs the Wireshark dissector in
@@ -84,7 +90,7 @@ tools:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tshark >/dev/null; }
 
 # pytest exits 5 when it collected no tests; make treats that as the failure it is.
-test: venv vm-env tools lint
+test: venv vm-env tools qemu lint
 	VDEV_REQUIRE_GUEST=1 VDEV_REQUIRE_TOOLS=1 $(VENV)/bin/pytest -q --timeout=600 tests guest-tests
 
 # Hypothesis fuzz tests with the long budget (make test runs them with the short "ci" one).
