@@ -44,3 +44,25 @@ class ConfigDump:
             caps.setdefault(hdr & 0xFFFF, off)
             off, seen = (hdr >> 20) & 0xFFC, seen + 1
         return caps
+
+    def ide_selective_controls(self) -> list[int] | None:
+        """Selective IDE Stream Control register of each stream of the IDE
+        extended capability (ID 0x30), or None without one.  Block layout of
+        PCIe r6.2 §7.9.26: Link IDE blocks (8 bytes per TC) after the IDE
+        Control register, then per stream 20 bytes plus 12 per address
+        association block."""
+        off = self.ext_capabilities().get(0x30)
+        if off is None:
+            return None
+        cap = self.u32(off + 4)
+        if not cap & 0x2:
+            return []
+        nr_link = ((cap >> 13) & 0x7) + 1 if cap & 0x1 else 0
+        pos = off + 0x0C + 8 * nr_link
+        controls = []
+        for _ in range(((cap >> 16) & 0xFF) + 1):
+            if pos + 20 > len(self.raw):
+                break
+            controls.append(self.u32(pos + 4))
+            pos += 20 + 12 * (self.u32(pos) & 0xF)
+        return controls
