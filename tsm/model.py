@@ -83,7 +83,7 @@ from tsm.mailbox_protocol import DoeRequest, Done
 from tsm.operations import OpGen, Progress, TsmOperation
 from tsm.reference_values import ReferenceValues
 from tsm.report_check import check_report
-from tsm.root_port import RootPortIde
+from tsm.root_port import PlatformRootPort, RootPortIde
 
 # SPDM errors after which the responder no longer has our session (DSP0274 §10.10):
 # the record could not be attributed/decrypted, or the responder wants a new connection.
@@ -145,6 +145,8 @@ class TsmConfig:
     # using the PSK of this hint instead of KEY_EXCHANGE; `psks` maps hints to keys.
     psk_hint: bytes | None = None
     psks: Mapping[bytes, bytes] = field(default_factory=dict, repr=False)
+    # A real root port the key operations also go to (tsm.root_port.PlatformRootPort).
+    root_port: PlatformRootPort | None = None
 
 
 @dataclass
@@ -188,7 +190,7 @@ class TsmModel:
         self.state: Literal["idle", "connected"] = "idle"
         self.last_error: str | None = None
         self.listeners: list[Callable[[str, str], None]] = []  # (phase, text) step log
-        self.root_port = RootPortIde(config.clock)
+        self.root_port = RootPortIde(config.clock, platform=config.root_port)
         self.tdis: dict[int, TdiRecord] = {}
         self._events: list[tuple[float, str, str]] = []
         self._active: TsmOperation | None = None
