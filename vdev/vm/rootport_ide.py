@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
-from vdev.vm.qmp import QmpClient
+from vdev.vm.qmp import QmpClient, QmpConnectionError, QmpError
 
 
 class KeyOp(enum.StrEnum):
@@ -160,3 +161,87 @@ class RootPortIde:
         if not isinstance(reply, dict):
             raise ValueError(f"x-query-pcie-ide returned {reply!r}")
         return parse_state(reply)
+
+
+class KeySlotLike(Protocol):
+    """A root-port key slot as the TSM model names it (tsm.root_port.RpSlot)."""
+
+    @property
+    def tx(self) -> bool: ...
+
+    @property
+    def sub_stream(self) -> int: ...
+
+    @property
+    def key_set(self) -> int: ...
+
+
+_SUB_STREAMS = (SubStream.PR, SubStream.NPR, SubStream.CPL)  # IDE_KM encoding 0, 1, 2
+
+
+class QmpRootPortKeys:
+    """The TSM model's platform root port (tsm.root_port.PlatformRootPort) in a
+    patched QEMU, reached over its QMP socket.
+
+    QEMU creates the socket after the TSM server starts, so the connection is made
+    on first use, and made again once if QEMU went away in between (a server that
+    outlives one guest).  `snapshot` never raises: it is evidence.
+    """
+
+    def __init__(self, qmp_path: Path, port_id: str, timeout: float = 30.0) -> None:
+        self.qmp_path = qmp_path
+        self.port_id = port_id
+        self.timeout = timeout
+        self._qmp: QmpClient | None = None
+
+    def _port(self) -> RootPortIde:
+        if self._qmp is None:
+            qmp = QmpClient(self.qmp_path, self.timeout)
+            qmp.connect()
+            self._qmp = qmp
+        return RootPortIde(self._qmp, self.port_id)
+
+    def _call(self, op: KeyOp, stream_id: int, key_set: int,
+              slot: KeySlotLike | None = None) -> None:
+        kw: dict[str, Any] = {}
+        if slot is not None:
+            kw = {"direction": Direction.TX if slot.tx else Direction.RX,
+                  "sub_stream": _SUB_STREAMS[slot.sub_stream]}
+        try:
+            self._port().key(op, stream_id, key_set, **kw)
+        except QmpConnectionError:
+            self.close()
+            self._port().key(op, stream_id, key_set, **kw)
+
+    def key_prog(self, stream_id: int, slot: KeySlotLike) -> None:
+        self._call(KeyOp.KEY_PROG, stream_id, slot.key_set, slot)
+
+    def k_set_go(self, stream_id: int, slot: KeySlotLike) -> None:
+        self._call(KeyOp.K_SET_GO, stream_id, slot.key_set, slot)
+
+    def k_set_stop(self, stream_id: int, key_set: int) -> None:
+        self._call(KeyOp.K_SET_STOP, stream_id, key_set)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The port's streams in use and its rule checker's findings."""
+        out: dict[str, Any] = {"port": self.port_id}
+        try:
+            state = self._port().state()
+        except (QmpConnectionError, QmpError, OSError, ValueError, KeyError) as exc:
+            self.close()
+            out["error"] = str(exc)
+            return out
+        out["streams"] = [
+            {"index": s.index, "stream_id": s.stream_id, "enabled": s.enabled,
+             "state": str(s.state), "rid": f"{s.rid_base:04x}..{s.rid_limit:04x}"
+             if s.rid_valid else None}
+            for s in state.streams if s.enabled or s.rid_valid or s.key_stream_id is not None
+        ]
+        out["violations"] = [{"rule": v.rule, "message": v.message} for v in state.violations]
+        out["violations_total"] = state.violations_total
+        return out
+
+    def close(self) -> None:
+        if self._qmp is not None:
+            self._qmp.close()
+            self._qmp = None

@@ -18,7 +18,14 @@ from typing import Any
 import pytest
 
 from vdev.vm.qmp import QmpClient, QmpConnectionError, QmpError
-from vdev.vm.rootport_ide import Direction, KeyOp, RootPortIde, StreamState, SubStream
+from vdev.vm.rootport_ide import (
+    Direction,
+    KeyOp,
+    QmpRootPortKeys,
+    RootPortIde,
+    StreamState,
+    SubStream,
+)
 
 GREETING = {"QMP": {"version": {"qemu": {"major": 10, "minor": 2, "micro": 2}},
                     "capabilities": ["oob"]}}
@@ -30,6 +37,7 @@ class FakeQmp:
 
     def __init__(self, path: Path, handler: Handler, greeting: bytes | None = None) -> None:
         self.requests: list[dict[str, Any]] = []
+        self.connections = 0
         self.handler = handler
         self.greeting = greeting if greeting is not None else json.dumps(GREETING).encode() + b"\n"
         self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -39,25 +47,35 @@ class FakeQmp:
         self.thread.start()
 
     def _serve(self) -> None:
-        conn, _ = self.server.accept()
-        with conn:
-            conn.sendall(self.greeting)
-            buf = b""
-            while True:
-                data = conn.recv(4096)
-                if not data:
-                    return
-                buf += data
-                while b"\n" in buf:
-                    line, _, buf = buf.partition(b"\n")
-                    req = json.loads(line)
-                    self.requests.append(req)
-                    for out in self.handler(req):
-                        if out == b"CLOSE":
-                            return
-                        conn.sendall(out)
+        """Serve connections one after the other until closed."""
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            self.connections += 1
+            with conn:
+                self._talk(conn)
+
+    def _talk(self, conn: socket.socket) -> None:
+        conn.sendall(self.greeting)
+        buf = b""
+        while True:
+            data = conn.recv(4096)
+            if not data:
+                return
+            buf += data
+            while b"\n" in buf:
+                line, _, buf = buf.partition(b"\n")
+                req = json.loads(line)
+                self.requests.append(req)
+                for out in self.handler(req):
+                    if out == b"CLOSE":
+                        return
+                    conn.sendall(out)
 
     def close(self) -> None:
+        self.server.shutdown(socket.SHUT_RDWR)
         self.server.close()
         self.thread.join(timeout=5)
 
@@ -213,3 +231,60 @@ def test_root_port_state_is_parsed(sock: Path, serve: Callable[..., FakeQmp]) ->
     assert first.stream_index is None and second.stream_index == 1
     assert str(second).startswith("enable-before-keys: stream 1 enabled")
     assert state.violations_total == 6
+
+
+class Slot:
+    """A key slot as the TSM model hands it over (tsm.root_port.RpSlot)."""
+
+    def __init__(self, tx: bool, sub_stream: int, key_set: int) -> None:
+        self.tx, self.sub_stream, self.key_set = tx, sub_stream, key_set
+
+
+def test_tsm_key_operations_become_x_pcie_ide_key(
+    sock: Path, serve: Callable[..., FakeQmp]
+) -> None:
+    server = serve(ok())
+    keys = QmpRootPortKeys(sock, "rp1")
+    assert server.connections == 0  # connects on first use, when QEMU is up
+    keys.key_prog(1, Slot(True, 1, 0))
+    keys.k_set_go(1, Slot(False, 2, 0))
+    keys.k_set_stop(1, 1)
+    keys.close()
+    sent = [r.get("arguments") for r in server.requests if r["execute"] == "x-pcie-ide-key"]
+    base = {"id": "rp1", "stream-id": 1}
+    assert sent == [
+        {**base, "operation": "key-prog", "key-set": 0, "direction": "tx", "sub-stream": "npr"},
+        {**base, "operation": "k-set-go", "key-set": 0, "direction": "rx", "sub-stream": "cpl"},
+        {**base, "operation": "k-set-stop", "key-set": 1},
+    ]
+
+
+def test_a_new_qemu_is_reconnected_once(sock: Path, serve: Callable[..., FakeQmp]) -> None:
+    calls = {"n": 0}
+
+    def handler(req: dict[str, Any]) -> list[bytes]:
+        if req["execute"] == "x-pcie-ide-key":
+            calls["n"] += 1
+            if calls["n"] == 2:
+                return [b"CLOSE"]  # the first QEMU went away mid-command
+        return ok()(req)
+
+    server = serve(handler)
+    keys = QmpRootPortKeys(sock, "rp1")
+    keys.k_set_stop(1, 0)
+    keys.k_set_stop(1, 0)
+    assert server.connections == 2 and calls["n"] == 3
+    keys.close()
+
+
+def test_snapshot_is_the_ports_view_and_never_raises(
+    sock: Path, serve: Callable[..., FakeQmp]
+) -> None:
+    assert QmpRootPortKeys(sock, "rp1").snapshot()["error"].startswith("cannot connect")
+    serve(ok(QUERY_REPLY))
+    snap = QmpRootPortKeys(sock, "rp1").snapshot()
+    assert snap["streams"] == [{"index": 1, "stream_id": 7, "enabled": True,
+                                "state": "secure", "rid": "0100..0100"}]
+    assert [v["rule"] for v in snap["violations"]] == [
+        "key-for-unconfigured-stream", "enable-before-keys"]
+    assert snap["violations_total"] == 6
