@@ -23,6 +23,7 @@ import enum
 import errno
 import logging
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from tsm.mailbox_protocol import (
     TSM_OPS,
@@ -97,6 +98,13 @@ Defer = Callable[[Callable[[], None]], None]
 DeferLater = Callable[[float, Callable[[], None]], None]
 """Runs a callable after some seconds (e.g. `loop.call_later`); None: no waiting."""
 
+Offload = Callable[[Callable[[], Any], Callable[[Any], None]], None]
+"""`offload(call, then)`: runs `call` away from the event loop, one call at a time in
+submission order, then `then(result)` on the event loop.  Every backend call goes
+through it when set, so a backend that blocks (e.g. on QEMU's QMP, which QEMU cannot
+serve while a vCPU waits for this very server) never stalls the mailbox: the guest
+keeps reading STATUS=BUSY meanwhile."""
+
 MAX_DELAY_US = 5_000_000  # longer than any sane RDT; the guest's step timeout is 10 s
 
 EXT_CAP_ID_DSN = 0x0003
@@ -154,10 +162,12 @@ class TsmMailboxDevice:
 
     def __init__(self, backend: TsmBackend, defer: Defer | None = None,
                  serial: int = 0x5654_534D_0000_0001,
-                 defer_later: DeferLater | None = None) -> None:
+                 defer_later: DeferLater | None = None,
+                 offload: Offload | None = None) -> None:
         self.backend = backend
         self.defer = defer
         self.defer_later = defer_later
+        self.offload = offload
         self._irq: IrqSink | None = None
         self._dma: DmaAccess | None = None
         self._in = bytearray(WINDOW_SIZE)
@@ -304,14 +314,21 @@ class TsmMailboxDevice:
         self._generation += 1
         generation = self._generation
 
-        def run() -> None:
+        def finish(action: Action) -> None:
             if generation != self._generation:
-                return  # dropped by an error, abort or reset meanwhile
-            action = self._call_backend(call)
+                return  # dropped while the backend worked
             if isinstance(action, DoeRequest) and action.delay_us and self.defer_later:
                 self._publish_later(generation, action)
             else:
                 self._publish(action)
+
+        def run() -> None:
+            if generation != self._generation:
+                return  # dropped by an error, abort or reset meanwhile
+            if self.offload is None:
+                finish(self._call_backend(call))
+            else:
+                self.offload(lambda: self._call_backend(call), finish)
 
         if self.defer is None:
             run()
@@ -399,7 +416,10 @@ class TsmMailboxDevice:
         self._generation += 1
         if self._op is not None:
             self._op = None
-            self._backend_abort()
+            if self.offload is None:
+                self._backend_abort()
+            else:  # after the step the backend may still be working on
+                self.offload(self._backend_abort, lambda _none: None)
 
     def _backend_abort(self) -> None:
         try:
