@@ -6,6 +6,14 @@ serves the mailbox with the real TSM model behind it:
 `tsm.mailbox_backend(trust_anchor, policy, config, on_done)`, a
 `tsm.mailbox_protocol.TsmBackend` over the model's operations.
 
+  --root-port-qmp PATH [--root-port ID]
+
+also programs the root port of the patched QEMU (qemu/README.md): every
+key operation on the root port's end of the stream goes to pcie-root-port ID
+(default rp1) over the QMP socket PATH, and the evidence carries that port's
+view (stream state, rule violations).  Backend steps then run in a worker
+thread, because QEMU cannot answer QMP while a vCPU waits for this server.
+
 Test-only (hidden from --help): `--scripted FILE` replays a JSON script
 (`backend.load_scripts`) instead, and `--record FILE` appends every DOE
 exchange the scripted backend saw as one JSON line, so a guest test can
@@ -20,6 +28,7 @@ import json
 import logging
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +36,7 @@ from spdm.hooks import RequesterHooks
 from tsm.mailbox_backend import mailbox_backend
 from tsm.mailbox_protocol import Done, Op, TargetFunction, TsmBackend
 from tsm.model import TsmConfig
+from tsm.root_port import PlatformRootPort
 from vdev.tsm_mailbox.backend import Exchange, ScriptedBackend, load_scripts
 
 log = logging.getLogger("vdev.tsm")
@@ -43,6 +53,11 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--control", metavar="PATH", help="serve the JSON control socket here "
                    "(vdev ctl --socket PATH status|evidence|mailbox)")
     add_spdm_size_argument(p)
+    p.add_argument("--root-port-qmp", metavar="PATH",
+                   help="QMP socket of a QEMU built with `make qemu`: program the IDE keys "
+                   "of its root port too")
+    p.add_argument("--root-port", metavar="ID", default="rp1",
+                   help="device id of that root port (default rp1)")
     p.add_argument("--scripted", help=argparse.SUPPRESS)
     p.add_argument("--record", help=argparse.SUPPRESS)
     from vdev.cli.trace import add_trace_arguments
@@ -145,6 +160,7 @@ def _model_backend(
     trust_anchor: str | None, policy: str | None, evidence: str | None = None,
     keep: Callable[[Op, TargetFunction, dict[str, Any]], None] | None = None,
     spdm_hooks: RequesterHooks | None = None, data_transfer_size: int = 4096,
+    root_port: PlatformRootPort | None = None,
 ) -> TsmBackend:
     if not trust_anchor:
         raise SystemExit("vdev tsm serve: --trust-anchor FILE is required")
@@ -154,9 +170,9 @@ def _model_backend(
     trust_anchors("vdev tsm serve", trust_anchor)
     if policy:
         reference_values("vdev tsm serve", policy)
-    return mailbox_backend(Path(trust_anchor), Path(policy) if policy else None,
-                           TsmConfig(trust_anchors=(),
-                                     spdm_data_transfer_size=data_transfer_size),
+    config = TsmConfig(trust_anchors=(), spdm_data_transfer_size=data_transfer_size,
+                       root_port=root_port)
+    return mailbox_backend(Path(trust_anchor), Path(policy) if policy else None, config,
                            on_done=_evidence_writer(evidence, keep), spdm_hooks=spdm_hooks)
 
 
@@ -170,6 +186,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     tracer = tracer_from_args(args, "tsm")
     keeper = None if args.scripted else EvidenceKeeper()
+    root_port = None
+    if getattr(args, "root_port_qmp", None):
+        from vdev.vm.rootport_ide import QmpRootPortKeys
+
+        root_port = QmpRootPortKeys(Path(args.root_port_qmp), args.root_port)
     if args.scripted:
         backend: TsmBackend = _scripted_backend(args.scripted, args.record)
     else:
@@ -177,7 +198,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                  keeper.note if keeper else None,
                                  tracer.spdm_hooks() if tracer is not None else None,
                                  spdm_data_transfer_size("vdev tsm serve",
-                                                         args.spdm_data_transfer_size))
+                                                         args.spdm_data_transfer_size),
+                                 root_port)
     if tracer is not None:
         from vdev.trace.attach import TracedBackend
 
@@ -192,7 +214,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         def defer_later(seconds: float, step: Callable[[], None]) -> None:
             loop.call_later(seconds, step)
 
-        device = TsmMailboxDevice(backend, defer=defer, defer_later=defer_later)
+        worker = ThreadPoolExecutor(1, thread_name_prefix="tsm-backend")
+
+        def in_worker(call: Callable[[], Any], then: Callable[[Any], None]) -> None:
+            loop.run_in_executor(worker, call).add_done_callback(
+                lambda done: then(done.result()))
+
+        device = TsmMailboxDevice(backend, defer=defer, defer_later=defer_later,
+                                  offload=in_worker if root_port is not None else None)
         log.info("TSM mailbox %s backend", kind)
         return device
 
