@@ -23,7 +23,7 @@ from tdisp.flows import IdeKeySetup, TdispConnection, drive, ide_key_setup, tdis
 from tdisp.vendor_defined import PCISIG_VENDOR_ID_BYTES, STANDARD_ID_PCISIG
 from vdev.endpoint.tee_device import TeeDevice
 from vdev.pci.header import BAR_BASE, CMD_MASTER, CMD_MEMORY, COMMAND
-from vdev.pci.ide_cap import CTL_EN, SEL_CTL, SEL_STS
+from vdev.pci.ide_cap import CTL_EN, SEL_CTL, SEL_RID_1, SEL_RID_2, SEL_STS
 
 BAR0_ADDRESS = 0x1_2345_0000  # above 4 GiB, so both BAR dwords matter
 STREAM_ID = 1
@@ -102,7 +102,10 @@ class SecureHost:
         self.cfg.write(BAR_BASE + 4, 4, address >> 32)
         self.cfg.write(COMMAND, 2, self.cfg.read(COMMAND, 2) | CMD_MEMORY | CMD_MASTER)
 
-    def setup_stream(self, stream_id: int = STREAM_ID) -> None:
+    def setup_stream(self, stream_id: int = STREAM_ID, partner_rid: int = 0x0008) -> None:
+        """pci_ide_stream_setup(): the partner's RID association (V set), then the ID."""
+        self.cfg.write(sel_offset(self.device, SEL_RID_1), 4, partner_rid << 8)
+        self.cfg.write(sel_offset(self.device, SEL_RID_2), 4, partner_rid << 8 | 1)
         self.cfg.write(sel_offset(self.device, SEL_CTL), 4, stream_id << 24)
 
     def enable_stream(self, stream_id: int = STREAM_ID) -> None:

@@ -71,7 +71,8 @@ class DeviceControl:
             "doe": Command(self.doe, "DOE mailbox state, protocols and access counters"),
             "sessions": Command(self.sessions, "SPDM connection and sessions"),
             "tdi": Command(self.tdi, "TDI states and transition history"),
-            "ide": Command(self.ide, "IDE selective streams: state and key-slot flags"),
+            "ide": Command(self.ide, "IDE selective streams: state, key-slot flags and the "
+                           "violations of IDE programming rules the device saw"),
         }, role="device")
 
     # ---- commands --------------------------------------------------------------
@@ -88,6 +89,7 @@ class DeviceControl:
             "transport": self.transport(),
             "spdm": self.sessions({}),
             "ide": self.ide({}),
+            "ide_rules": self.device.ide_rules.to_json(),
             "tdi": self.tdi({}),
             "doe": self.doe({}),
             "faults": self.faults({}),
@@ -246,6 +248,9 @@ class DeviceControl:
                 "enabled": stream.enabled,
                 "state": stream.state.name,
                 "key_sets": key_sets,
+                # The rule checker's findings on this stream (vdev.pci.ide_rules).
+                "violations": [v.to_json() for v in
+                               self.device.ide_rules.for_stream(stream.index)],
             })
         return out
 

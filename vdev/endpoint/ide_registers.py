@@ -22,6 +22,7 @@ from tdisp.ide_target import IdePortInfo
 from tdisp.idekm_messages import KpAckStatus
 from vdev.pci.config_space import ConfigSpace
 from vdev.pci.ide_cap import IdeCap, KeyDirection, SelectiveStream, SubStream
+from vdev.pci.ide_rules import IdeRuleChecker
 
 ENDPOINT_PORT_INDEX = 0
 
@@ -37,12 +38,14 @@ class EndpointIdeTarget:
         bus: int = 0x01,
         dev_func: int = 0x00,
         segment: int = 0x00,
+        rules: IdeRuleChecker | None = None,
     ) -> None:
         self.ide = ide
         self.config = config
         self.bus = bus
         self.dev_func = dev_func
         self.segment = segment
+        self.rules = rules
 
     def _stream(self, port_index: int, stream_id: int) -> SelectiveStream | None:
         if port_index != ENDPOINT_PORT_INDEX:
@@ -77,6 +80,8 @@ class EndpointIdeTarget:
         ifv: bytes,
     ) -> KpAckStatus:
         stream = self._stream(port_index, stream_id)
+        if stream is None and port_index == ENDPOINT_PORT_INDEX and self.rules is not None:
+            self.rules.unconfigured_stream("KEY_PROG", stream_id)
         if stream is None or sub_stream not in SubStream.__members__.values():
             return KpAckStatus.UNSPECIFIED_FAILURE
         stream.program_key(key_set, _direction(direction_tx), SubStream(sub_stream), key, ifv)
@@ -86,6 +91,8 @@ class EndpointIdeTarget:
         self, port_index: int, stream_id: int, key_set: int, direction_tx: bool, sub_stream: int
     ) -> bool:
         stream = self._stream(port_index, stream_id)
+        if stream is None and port_index == ENDPOINT_PORT_INDEX and self.rules is not None:
+            self.rules.unconfigured_stream("K_SET_GO", stream_id)
         if stream is None or sub_stream not in SubStream.__members__.values():
             return False
         return stream.go(key_set, _direction(direction_tx), SubStream(sub_stream))

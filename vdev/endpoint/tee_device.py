@@ -91,6 +91,7 @@ from vdev.endpoint.identity_store import load_or_generate
 from vdev.endpoint.measurements import DeviceMeasurements
 from vdev.endpoint.tdi_enforcement import TdiEnforcement
 from vdev.pci.device_api import RegionIndex
+from vdev.pci.ide_rules import IdeRuleChecker
 from vdev.pci.msix_cap import MSIX_ENTRY_SIZE
 from vdev.profiles import DeviceProfile, ProfileError
 
@@ -148,8 +149,10 @@ class TeeDevice(TeeIoEndpoint):
         self.measurements = DeviceMeasurements(p, self.config)
         self._watchdog_armed = False
 
+        self.ide_rules = IdeRuleChecker(self.ide)
         self.ide_target = EndpointIdeTarget(
-            self.ide, self.config, bus=p.bus, dev_func=p.devfn, segment=p.segment
+            self.ide, self.config, bus=p.bus, dev_func=p.devfn, segment=p.segment,
+            rules=self.ide_rules,
         )
         self.idekm = IdeKmResponder(self.ide_target)
         self.interface = DeviceInterface(interface_id(p), bars=self.live_bars)

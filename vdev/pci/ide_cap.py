@@ -15,19 +15,26 @@ Layout (offsets from the capability; docs/linux-pci-tsm.md §8, drivers/pci/ide.
     +0x08 SEL_STS   state b3:0 (0 Insecure, 2 Secure), RO
     +0x0C RID assoc 1   RID limit b23:8
     +0x10 RID assoc 2   valid b0, RID base b23:8, segment base b31:24
-    +0x14 + 12*k    address association block k: ADDR1 (valid b0, limit
-                    low b19:8, base low b31:20), ADDR2 limit upper, ADDR3 base upper
+    +0x14 + 12*k    address association block k: ADDR1 (valid b0, base
+                    low b19:8, limit low b31:20), ADDR2 limit upper, ADDR3 base upper
 
 The kernel writes the reserved Stream ID 255 into SEL_CTL/LINK_CTL b31:24
 of every non-enabled stream at boot; those bits are RW.
 
-Stream state (PCIe r6.0 §6.33 IDE stream states, simplified to what SEL_STS shows):
-a selective stream is SECURE exactly when SEL_CTL.EN is 1 and, for all six
+Stream state (PCIe r6.2 §6.33 IDE stream states, as SEL_STS shows them): a
+selective stream is SECURE exactly when SEL_CTL.EN is 1 and, for all six
 (direction, sub-stream) slots, a key set has been made active by K_SET_GO and
 that key set's key for the slot is programmed.  The IDE_KM responder (another
 module) drives `program_key`, `go`, `stop`; this module only keeps the truth.
 Disabling the stream (EN 1 -> 0), K_SET_STOP of an active key set, and
 reset drop the stream out of SECURE; disable and reset also invalidate keys.
+It is FAIL_INSECURE (1000b), until software clears EN, after being enabled with
+the V bit of its RID association clear (§7.9.26.5.2 requires that transition)
+or after the key set in use was replaced while enabled (the partner still has
+the old key, so the next TLP fails its integrity check).
+
+Key operations are announced to `key_observers` before they take effect, so a
+rule checker (vdev.pci.ide_rules) sees the state they change.
 """
 
 from __future__ import annotations
@@ -84,10 +91,11 @@ MAX_ADDRESS_ASSOCIATIONS = 15
 
 
 class IdeStreamState(enum.IntEnum):
-    """SEL_STS bits 3:0 (PCIe r6.0 §7.9.26, Linux PCI_IDE_SEL_STS_STATUS)."""
+    """SEL_STS bits 3:0 (PCIe r6.2 §7.9.26.5.3, Linux PCI_IDE_SEL_STS_STATE)."""
 
     INSECURE = 0
     SECURE = 2
+    FAIL_INSECURE = 8
 
 
 class KeyDirection(enum.IntEnum):
@@ -126,6 +134,10 @@ ControlObserver = Callable[["SelectiveStream", int, int], None]
 """Called as ``observer(stream, old_sel_ctl, new_sel_ctl)`` after every SEL_CTL write
 (before the state observers hear about a resulting state change)."""
 
+KeyObserver = Callable[["SelectiveStream", str, int, "KeyDirection", "SubStream"], None]
+"""Called as ``observer(stream, op, key_set, direction, sub_stream)`` before a key
+operation (op "key_prog", "k_set_go" or "k_set_stop") takes effect."""
+
 
 class SelectiveStream:
     """One Selective IDE Stream register block and its key state."""
@@ -136,14 +148,19 @@ class SelectiveStream:
         nr_assoc: int,
         observers: list[StateObserver],
         control_observers: list[ControlObserver] | None = None,
+        key_observers: list[KeyObserver] | None = None,
     ) -> None:
         self.index = index
         self.nr_assoc = nr_assoc
         self._observers = observers
         self._control_observers = control_observers if control_observers is not None else []
+        self._key_observers = key_observers if key_observers is not None else []
         self._last_control = 0
+        self._failed = False
         self.offset = -1
         self.ctl: Register | None = None
+        self.rid1: Register | None = None
+        self.rid2: Register | None = None
         self._keys: dict[tuple[int, KeyDirection, SubStream], KeyMaterial] = {}
         self._active: dict[tuple[KeyDirection, SubStream], int] = {}
         self._was_enabled = False
@@ -164,14 +181,16 @@ class SelectiveStream:
             rw=SEL_CTL_RW,
             on_write=self._ctl_written,
         )
+        self.rid1 = Register(f"IDE_SEL{self.index}_RID1", base + SEL_RID_1, 4, rw=RID_1_RW)
+        self.rid2 = Register(f"IDE_SEL{self.index}_RID2", base + SEL_RID_2, 4, rw=RID_2_RW)
         regs = [
             Register(f"IDE_SEL{self.index}_CAP", base + SEL_CAP, 4, reset=self.nr_assoc),
             self.ctl,
             Register(
                 f"IDE_SEL{self.index}_STS", base + SEL_STS, 4, on_read=lambda: int(self.state)
             ),
-            Register(f"IDE_SEL{self.index}_RID1", base + SEL_RID_1, 4, rw=RID_1_RW),
-            Register(f"IDE_SEL{self.index}_RID2", base + SEL_RID_2, 4, rw=RID_2_RW),
+            self.rid1,
+            self.rid2,
         ]
         for k in range(self.nr_assoc):
             addr = base + SEL_ADDR_1 + IDE_ADDR_BLOCK_SIZE * k
@@ -195,6 +214,17 @@ class SelectiveStream:
     def stream_id(self) -> int:
         return (self.control & CTL_ID) >> 24
 
+    @property
+    def rid_valid(self) -> bool:
+        return self.rid2 is not None and bool(self.rid2.value & 0x1)
+
+    @property
+    def rid_range(self) -> tuple[int, int]:
+        """RID association (base, limit)."""
+        base = (self.rid2.value >> 8) & 0xFFFF if self.rid2 is not None else 0
+        limit = (self.rid1.value >> 8) & 0xFFFF if self.rid1 is not None else 0
+        return base, limit
+
     def _ctl_written(self, _value: int, _be: int) -> None:
         old, self._last_control = self._last_control, self.control
         for observer in self._control_observers:
@@ -202,8 +232,16 @@ class SelectiveStream:
         enabled = self.enabled
         if self._was_enabled and not enabled:
             self._drop_keys()  # disabling a stream invalidates its keys
+            self._failed = False
+        elif enabled and not self._was_enabled and not self.rid_valid:
+            self._failed = True  # §7.9.26.5.2: enabled with V clear -> Fail_Insecure
         self._was_enabled = enabled
         self._notify()
+
+    def _announce(self, op: str, key_set: int, direction: KeyDirection,
+                  sub_stream: SubStream) -> None:
+        for observer in self._key_observers:
+            observer(self, op, key_set, direction, sub_stream)
 
     # ---- key state (driven by IDE_KM) -----------------------------------
 
@@ -217,9 +255,11 @@ class SelectiveStream:
     ) -> None:
         """KEY_PROG: store the key for one slot of `key_set`."""
         _check_key_set(key_set)
-        self._keys[(key_set, KeyDirection(direction), SubStream(sub_stream))] = KeyMaterial(
-            bytes(key), bytes(ifv)
-        )
+        direction, sub_stream = KeyDirection(direction), SubStream(sub_stream)
+        self._announce("key_prog", key_set, direction, sub_stream)
+        if self.enabled and self._active.get((direction, sub_stream)) == key_set:
+            self._failed = True  # the key in use changed under the partner's feet
+        self._keys[(key_set, direction, sub_stream)] = KeyMaterial(bytes(key), bytes(ifv))
         self._notify()
 
     def key(self, key_set: int, direction: KeyDirection, sub_stream: SubStream) -> KeyMaterial:
@@ -233,6 +273,7 @@ class SelectiveStream:
         """K_SET_GO for one slot.  False (and no change) if that slot has no key."""
         _check_key_set(key_set)
         slot = (KeyDirection(direction), SubStream(sub_stream))
+        self._announce("k_set_go", key_set, *slot)
         if (key_set, *slot) not in self._keys:
             return False
         self._active[slot] = key_set
@@ -243,6 +284,7 @@ class SelectiveStream:
         """K_SET_STOP for one slot: forget that key; if it was active, the slot stops."""
         _check_key_set(key_set)
         slot = (KeyDirection(direction), SubStream(sub_stream))
+        self._announce("k_set_stop", key_set, *slot)
         self._keys.pop((key_set, *slot), None)
         if self._active.get(slot) == key_set:
             del self._active[slot]
@@ -251,15 +293,19 @@ class SelectiveStream:
     def active_key_set(self, direction: KeyDirection, sub_stream: SubStream) -> int | None:
         return self._active.get((direction, sub_stream))
 
+    def missing_slots(self) -> list[tuple[KeyDirection, SubStream]]:
+        """Slots without an active key set that holds a key."""
+        return [slot for slot in SLOTS
+                if self._active.get(slot) is None
+                or (self._active[slot], *slot) not in self._keys]
+
     @property
     def state(self) -> IdeStreamState:
         if not self.enabled:
             return IdeStreamState.INSECURE
-        for slot in SLOTS:
-            key_set = self._active.get(slot)
-            if key_set is None or (key_set, *slot) not in self._keys:
-                return IdeStreamState.INSECURE
-        return IdeStreamState.SECURE
+        if self._failed:
+            return IdeStreamState.FAIL_INSECURE
+        return IdeStreamState.INSECURE if self.missing_slots() else IdeStreamState.SECURE
 
     def _drop_keys(self) -> None:
         self._keys.clear()
@@ -275,6 +321,7 @@ class SelectiveStream:
     def reset(self) -> None:
         """After the registers were reset (FLR): keys gone, stream INSECURE."""
         self._drop_keys()
+        self._failed = False
         self._was_enabled = self.enabled
         self._last_control = self.control
         self._notify()
@@ -309,8 +356,10 @@ class IdeCap(ExtCapability):
         self.tee_limited = tee_limited
         self.observers: list[StateObserver] = []
         self.control_observers: list[ControlObserver] = []
+        self.key_observers: list[KeyObserver] = []
         self.streams = tuple(
-            SelectiveStream(i, address_associations, self.observers, self.control_observers)
+            SelectiveStream(i, address_associations, self.observers, self.control_observers,
+                            self.key_observers)
             for i in range(selective_streams)
         )
 

@@ -94,6 +94,11 @@ def attach_device(tracer: Tracer, device: Any) -> None:
 
     device.ide.observers.append(ide)
 
+    def ide_rule(v: Any) -> None:
+        tracer.state(f"IDE rule violation {v.rule}: {v.message}", msg="IDE", error=True)
+
+    device.ide_rules.observers.append(ide_rule)
+
 
 class TracedDevice:
     """What `vdev spdm-emu` serves when tracing: the device, its exchanges traced."""

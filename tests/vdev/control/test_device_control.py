@@ -166,3 +166,15 @@ def test_doe_view(state_dir: Path) -> None:
     assert doe["state"] == "IDLE"
     assert doe["protocols"] == ["0001:00", "0001:01", "0001:02"]
     assert doe["counters"]["doe_exchanges"] == 0
+
+
+def test_ide_shows_the_rule_checkers_findings(state_dir: Path) -> None:
+    device, host, core = _to_run(state_dir)
+    assert _call(core, "ide")[0]["violations"] == []
+    assert _call(core, "status")["ide_rules"] == {"violations": [], "violations_total": 0}
+    # The host rewrites the Stream ID of the enabled stream (a TDI in RUN goes to ERROR too).
+    host.enable_stream(stream_id=9)
+    [v] = _call(core, "ide")[0]["violations"]
+    assert v["rule"] == "stream-id-changed-while-enabled" and v["stream_index"] == 0
+    assert "changed from 1 to 9" in v["message"]
+    assert _call(core, "status")["ide_rules"]["violations_total"] == 1

@@ -108,6 +108,7 @@ def prime_state(ep: TeeIoEndpoint, cfg: Cfg) -> LinuxDoe:
     for d, s in SLOTS:
         stream.program_key(0, d, s, bytes(32))
         stream.go(0, d, s)
+    cfg.write(stream.offset + 0x10, 0x0008 << 8 | 1)  # RID association, V set
     cfg.write(stream.offset + 4, (9 << 24) | 1)
     assert stream.state is IdeStreamState.SECURE
     ep.msix.state.set_pending(1)

@@ -51,6 +51,7 @@ def test_key_programming_drives_sel_sts() -> None:
             )
             assert target.key_set_go(0, 7, 0, tx, sub)
     assert not target.key_set_go(0, 7, 1, True, 0)  # key set 1 has no key
+    cfg.write(stream.offset + 0x10, 0x0008 << 8 | 1)  # pci_ide_stream_setup: RID, V
     cfg.write(stream.offset + 4, (7 << 24) | 1)  # pci_ide_stream_enable
     assert cfg.read(stream.offset + 8) & 0xF == IdeStreamState.SECURE
     target.key_set_stop(0, 7, 0, False, 2)

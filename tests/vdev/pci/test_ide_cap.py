@@ -39,7 +39,14 @@ class Setup:
         self.changes: list[tuple[int, IdeStreamState, IdeStreamState]] = []
         self.ep.ide.observers.append(lambda s, old, new: self.changes.append((s.index, old, new)))
 
+    def associate(self, rid: int = 0x0008) -> None:
+        """What pci_ide_stream_setup() writes: RID range of the partner, V set."""
+        self.cfg.write(self.stream.offset + 0x0C, rid << 8)
+        self.cfg.write(self.stream.offset + 0x10, rid << 8 | 1)
+
     def enable(self, stream_id: int = 5) -> None:
+        if not self.stream.rid_valid:
+            self.associate()
         self.cfg.write(self.ctl, (stream_id << 24) | 1)
 
     def disable(self) -> None:
@@ -174,3 +181,40 @@ def test_bad_key_set_rejected(s: Setup) -> None:
         IdeCap(selective_streams=0)
     with pytest.raises(ValueError):
         IdeCap(address_associations=16)
+
+
+def test_enabled_without_rid_association_fails_until_disabled(s: Setup) -> None:
+    """PCIe r6.2 §7.9.26.5.2: Enable with the V bit clear -> Fail_Insecure."""
+    program_all(s.stream, 0)
+    go_all(s.stream, 0)
+    s.cfg.write(s.ctl, (5 << 24) | 1)
+    assert s.state == IdeStreamState.FAIL_INSECURE
+    s.associate()  # too late: the failure sticks while enabled
+    assert s.state == IdeStreamState.FAIL_INSECURE
+    s.disable()
+    assert s.state == IdeStreamState.INSECURE
+    program_all(s.stream, 0)
+    go_all(s.stream, 0)
+    s.enable()
+    assert s.state == IdeStreamState.SECURE
+
+
+def test_replacing_the_key_in_use_fails_the_stream_refreshing_does_not(s: Setup) -> None:
+    program_all(s.stream, 0)
+    go_all(s.stream, 0)
+    s.enable()
+    program_all(s.stream, 1)  # the idle key set: a refresh
+    go_all(s.stream, 1)
+    assert s.state == IdeStreamState.SECURE
+    s.stream.program_key(1, KeyDirection.TX, SubStream.CPL, KEY, IFV)  # the set in use
+    assert s.state == IdeStreamState.FAIL_INSECURE
+
+
+def test_key_observers_see_operations_before_they_apply(s: Setup) -> None:
+    seen: list[tuple[str, int, int | None]] = []
+    s.ep.ide.key_observers.append(lambda st, op, ks, d, sub: seen.append(
+        (op, ks, st.active_key_set(d, sub))))
+    s.stream.program_key(0, KeyDirection.RX, SubStream.PR, KEY, IFV)
+    s.stream.go(0, KeyDirection.RX, SubStream.PR)
+    s.stream.stop(0, KeyDirection.RX, SubStream.PR)
+    assert seen == [("key_prog", 0, None), ("k_set_go", 0, None), ("k_set_stop", 0, 0)]
