@@ -29,19 +29,30 @@
  *   tdi_report (ro, binary) the last TDI's interface report, fetched with
  *                    pci_tsm_guest_req(INFO) -> REPORT when read at offset 0
  *   tdi_status (ro)  the TSM's STATUS text (JSON) for the last TDI
+ *   ide_stream (ro)  how the last connect set up IDE: "BDF pci_ide streamH.R.E",
+ *                    "BDF direct" (Root Port without IDE) or "none"
  * These never run inside ops->connect: that holds pci_tsm_rwsem for write.
  *
  * Every mailbox step waits for the completion interrupt with a timeout and
  * polls STATUS as a fallback, so a TSM that dies mid-operation costs the
  * caller -ETIMEDOUT (or -EIO once the device reads all-ones), never a hang.
  *
- * IDE: around CONNECT the driver programs the endpoint's first Selective IDE
- * stream directly (Stream ID before, enable after, reserved ID 255 again on
- * disconnect), because the kernel's pci_ide helpers need an IDE-capable Root
- * Port that QEMU does not model; keys travel over IDE_KM inside the relayed
- * secured SPDM, like in sev-dev-tsm.c.
+ * IDE: when the Root Port above the endpoint has an IDE capability (the
+ * patched QEMU of qemu/README.md), the stream is the kernel's own, set up
+ * like sev-dev-tsm.c does: pci_ide_stream_alloc(), the Stream ID, register
+ * (the streamH.R.E link), setup of endpoint and Root Port, then CONNECT,
+ * during which the TSM programs the keys of both ends (IDE_KM for the
+ * endpoint, the platform for the Root Port), then enable, endpoint first.
+ * Disconnect runs DISCONNECT, then pci_ide_stream_release() (disable, Root
+ * Port first, teardown, unregister).  Without an IDE-capable Root Port the
+ * kernel ignores the endpoint's capability, and the driver programs the
+ * endpoint's first Selective IDE stream directly (Stream ID before CONNECT,
+ * enable after, reserved ID 255 again on disconnect).  Keys travel over
+ * IDE_KM inside the relayed secured SPDM, like in sev-dev-tsm.c.
  *
- * Parameters: step_timeout_ms (default 10000), ide_stream_id (default 1).
+ * Parameters: step_timeout_ms (default 10000), ide_stream_id (default 1),
+ * ide_rp_first (default off: enable the Root Port's end first, the wrong
+ * order, so that the checkers can be seen naming it).
  */
 #include <linux/bitfield.h>
 #include <linux/completion.h>
@@ -53,6 +64,7 @@
 #include <linux/module.h>
 #include <linux/mutex.h>
 #include <linux/pci.h>
+#include <linux/pci-ide.h>
 #include <linux/pci-tsm.h>
 #include <linux/slab.h>
 #include <linux/sockptr.h>
@@ -120,6 +132,11 @@ static unsigned int ide_stream_id = 1;
 module_param(ide_stream_id, uint, 0444);
 MODULE_PARM_DESC(ide_stream_id, "IDE Stream ID of the default selective stream (0-254)");
 
+static bool ide_rp_first;
+module_param(ide_rp_first, bool, 0644);
+MODULE_PARM_DESC(ide_rp_first,
+		 "enable the Root Port's IDE stream before the endpoint's (wrong order, for testing)");
+
 static unsigned int step_timeout_ms = 10000;
 module_param(step_timeout_ms, uint, 0644);
 MODULE_PARM_DESC(step_timeout_ms, "longest wait for one mailbox step (ms)");
@@ -147,12 +164,19 @@ struct vtsm {
 	const char *tdi_state;
 	void *report;
 	size_t report_len;
+	char ide_stream[64];		/* how the last connect set up IDE */
 };
 
 /* struct pci_tsm_pf0 wrapper for every DSM this TSM connects. */
 struct vtsm_dsm {
 	struct pci_tsm_pf0 pf0;
+	struct pci_ide *ide;		/* the stream, when the kernel's pci_ide runs it */
 };
+
+static struct vtsm_dsm *vtsm_dsm_of(struct pci_dev *pdev)
+{
+	return container_of(pdev->tsm, struct vtsm_dsm, pf0.base_tsm);
+}
 
 struct vtsm_tdi {
 	struct pci_tdi tdi;
@@ -414,16 +438,94 @@ static void vtsm_link_remove(struct pci_tsm *tsm)
 {
 	struct vtsm_dsm *dsm = container_of(tsm, struct vtsm_dsm, pf0.base_tsm);
 
+	if (dsm->ide)
+		pci_ide_stream_release(dsm->ide);
 	pci_tsm_pf0_destructor(&dsm->pf0);
 	kfree(dsm);
 }
 
+static void vtsm_note_ide(struct pci_dev *pdev, const char *fmt, ...)
+{
+	struct vtsm *vt = vtsm_of(pdev);
+	va_list args;
+
+	guard(mutex)(&vt->sysfs_lock);
+	va_start(args, fmt);
+	vsnprintf(vt->ide_stream, sizeof(vt->ide_stream), fmt, args);
+	va_end(args);
+}
+
+/*
+ * The kernel's own stream: both partners set up with pci_ide before CONNECT,
+ * so that the Stream ID is in place when the TSM programs the keys of both
+ * ends (PCIe r6.2 6.33.3).  The endpoint's stream is its default stream, as
+ * in sev-dev-tsm.c.
+ */
+static int vtsm_pci_ide_setup(struct pci_dev *pdev, struct vtsm_dsm *dsm)
+{
+	struct pci_dev *rp = pcie_find_root_port(pdev);
+	struct pci_ide *ide;
+	int rc;
+
+	if (ide_stream_id >= PCI_IDE_RESERVED_STREAM_ID) {
+		pci_err(pdev, "vtsm: ide_stream_id %u is reserved\n", ide_stream_id);
+		return -EINVAL;
+	}
+	ide = pci_ide_stream_alloc(pdev);
+	if (!ide) {
+		pci_err(pdev, "vtsm: no free IDE stream on %s or its host bridge\n",
+			pci_name(rp));
+		return -EBUSY;
+	}
+	ide->stream_id = ide_stream_id;
+	ide->partner[PCI_IDE_EP].default_stream = 1;
+	rc = pci_ide_stream_register(ide);
+	if (rc) {
+		pci_ide_stream_free(ide);
+		return rc;
+	}
+	pci_ide_stream_setup(pdev, ide);
+	pci_ide_stream_setup(rp, ide);
+	dsm->ide = ide;
+	pci_info(pdev, "vtsm: IDE %s (Stream ID %d) set up with pci_ide on %s and %s\n",
+		 ide->name, ide->stream_id, pci_name(pdev), pci_name(rp));
+	return 0;
+}
+
+/* Endpoint first (sev-dev-tsm.c's order); each must read Secure right away. */
+static int vtsm_pci_ide_enable(struct pci_dev *pdev, struct pci_ide *ide)
+{
+	struct pci_dev *rp = pcie_find_root_port(pdev);
+	struct pci_dev *first = ide_rp_first ? rp : pdev;
+	struct pci_dev *second = ide_rp_first ? pdev : rp;
+	struct pci_dev *failed = first;
+	int rc;
+
+	if (ide_rp_first)
+		pci_warn(pdev, "vtsm: enabling IDE %s on the Root Port first (ide_rp_first)\n",
+			 ide->name);
+	rc = pci_ide_stream_enable(first, ide);
+	if (!rc) {
+		failed = second;
+		rc = pci_ide_stream_enable(second, ide);
+	}
+	if (rc) {
+		pci_err(pdev, "vtsm: IDE %s did not become Secure on %s: %d\n",
+			ide->name, pci_name(failed), rc);
+		return rc;
+	}
+	pci_info(pdev, "vtsm: IDE %s Secure on %s and %s\n", ide->name,
+		 pci_name(pdev), pci_name(rp));
+	return 0;
+}
+
 /*
  * The endpoint half of the default Selective IDE stream, written directly:
- * pci_ide_stream_setup() needs a Root Port with IDE, which QEMU's root ports
- * lack, so pdev->ide_cap stays 0 (docs/linux-pci-tsm.md §8).  Like
- * sev-dev-tsm.c's streams_setup(), the host programs the Stream ID before
- * the TSM programs keys over IDE_KM, and enables the stream afterwards.
+ * without a Root Port that has IDE the kernel ignores the endpoint's IDE
+ * capability (pdev->ide_cap stays 0, docs/linux-pci-tsm.md §8), so
+ * pci_ide_stream_setup() cannot be used.  Like sev-dev-tsm.c's
+ * streams_setup(), the host programs the Stream ID before the TSM programs
+ * keys over IDE_KM, and enables the stream afterwards.
  */
 static int vtsm_ide_sel_ctl(struct pci_dev *pdev)
 {
@@ -444,16 +546,26 @@ static int vtsm_ide_sel_ctl(struct pci_dev *pdev)
 static void vtsm_ide_setup(struct pci_dev *pdev)
 {
 	int ctl = vtsm_ide_sel_ctl(pdev);
+	struct pci_dev *rp = pcie_find_root_port(pdev);
+	int block = ctl - PCI_IDE_SEL_CTL;
+	u16 rid = rp ? pci_dev_id(rp) : 0;
 
 	if (ide_stream_id >= PCI_IDE_SEL_CTL_ID_MAX) {
 		pci_warn(pdev, "vtsm: ide_stream_id %u is reserved, IDE left alone\n",
 			 ide_stream_id);
 		return;
 	}
-	if (ctl)
-		pci_write_config_dword(pdev, ctl,
-				       FIELD_PREP(PCI_IDE_SEL_CTL_ID, ide_stream_id) |
-				       PCI_IDE_SEL_CTL_DEFAULT);
+	if (!ctl)
+		return;
+	/* The partner is the Root Port: its RID, V set (PCIe r6.2 7.9.26.5.4) */
+	pci_write_config_dword(pdev, block + PCI_IDE_SEL_RID_1,
+			       FIELD_PREP(PCI_IDE_SEL_RID_1_LIMIT, rid));
+	pci_write_config_dword(pdev, block + PCI_IDE_SEL_RID_2,
+			       FIELD_PREP(PCI_IDE_SEL_RID_2_VALID, 1) |
+			       FIELD_PREP(PCI_IDE_SEL_RID_2_BASE, rid));
+	pci_write_config_dword(pdev, ctl,
+			       FIELD_PREP(PCI_IDE_SEL_CTL_ID, ide_stream_id) |
+			       PCI_IDE_SEL_CTL_DEFAULT);
 }
 
 static void vtsm_ide_enable(struct pci_dev *pdev)
@@ -474,17 +586,54 @@ static void vtsm_ide_enable(struct pci_dev *pdev)
 static void vtsm_ide_teardown(struct pci_dev *pdev)
 {
 	int ctl = vtsm_ide_sel_ctl(pdev);
+	int block = ctl - PCI_IDE_SEL_CTL;
 
-	if (ctl)
-		pci_write_config_dword(pdev, ctl,
-				       FIELD_PREP(PCI_IDE_SEL_CTL_ID,
-						  PCI_IDE_SEL_CTL_ID_MAX));
+	if (!ctl)
+		return;
+	pci_write_config_dword(pdev, ctl,
+			       FIELD_PREP(PCI_IDE_SEL_CTL_ID, PCI_IDE_SEL_CTL_ID_MAX));
+	pci_write_config_dword(pdev, block + PCI_IDE_SEL_RID_2, 0);
+	pci_write_config_dword(pdev, block + PCI_IDE_SEL_RID_1, 0);
+}
+
+static bool vtsm_root_port_has_ide(struct pci_dev *pdev)
+{
+	struct pci_dev *rp = pcie_find_root_port(pdev);
+
+	return pdev->ide_cap && rp && rp->ide_cap;
+}
+
+static int vtsm_connect_pci_ide(struct pci_dev *pdev, struct vtsm_dsm *dsm)
+{
+	struct vtsm *vt = vtsm_of(pdev);
+	int rc;
+
+	rc = vtsm_pci_ide_setup(pdev, dsm);
+	if (rc)
+		return rc;
+	rc = vtsm_op(vt, VTSM_OP_CONNECT, pdev, pdev, NULL, 0, NULL);
+	if (!rc) {
+		rc = vtsm_pci_ide_enable(pdev, dsm->ide);
+		if (rc)		/* the TSM ends the session and stops the keys */
+			vtsm_op(vt, VTSM_OP_DISCONNECT, pdev, pdev, NULL, 0, NULL);
+	}
+	if (rc) {
+		pci_ide_stream_release(dsm->ide);
+		dsm->ide = NULL;
+		return rc;
+	}
+	vtsm_note_ide(pdev, "%s pci_ide %s", pci_name(pdev), dsm->ide->name);
+	return 0;
 }
 
 static int vtsm_link_connect(struct pci_dev *pdev)
 {
 	int rc;
 
+	if (vtsm_root_port_has_ide(pdev))
+		return vtsm_connect_pci_ide(pdev, vtsm_dsm_of(pdev));
+
+	pci_info(pdev, "vtsm: no IDE on the Root Port, programming the endpoint's stream\n");
 	vtsm_ide_setup(pdev);
 	rc = vtsm_op(vtsm_of(pdev), VTSM_OP_CONNECT, pdev, pdev, NULL, 0, NULL);
 	if (rc) {
@@ -492,13 +641,23 @@ static int vtsm_link_connect(struct pci_dev *pdev)
 		return rc;
 	}
 	vtsm_ide_enable(pdev);
+	vtsm_note_ide(pdev, "%s direct", pci_name(pdev));
 	return 0;
 }
 
 static void vtsm_link_disconnect(struct pci_dev *pdev)
 {
+	struct vtsm_dsm *dsm = vtsm_dsm_of(pdev);
+
 	vtsm_op(vtsm_of(pdev), VTSM_OP_DISCONNECT, pdev, pdev, NULL, 0, NULL);
-	vtsm_ide_teardown(pdev);
+	if (dsm->ide) {
+		/* disable (Root Port first), teardown, unregister, free */
+		pci_ide_stream_release(dsm->ide);
+		dsm->ide = NULL;
+	} else {
+		vtsm_ide_teardown(pdev);
+	}
+	vtsm_note_ide(pdev, "none");
 }
 
 static struct pci_tdi *vtsm_link_bind(struct pci_dev *pdev, struct kvm *kvm,
@@ -682,6 +841,17 @@ static ssize_t tdi_state_show(struct device *dev, struct device_attribute *attr,
 }
 static DEVICE_ATTR_RO(tdi_state);
 
+/* "BDF pci_ide streamH.R.E", "BDF direct" or "none": IDE of the last connect. */
+static ssize_t ide_stream_show(struct device *dev, struct device_attribute *attr,
+			       char *buf)
+{
+	struct vtsm *vt = dev_get_drvdata(dev);
+
+	guard(mutex)(&vt->sysfs_lock);
+	return sysfs_emit(buf, "%s\n", vt->ide_stream);
+}
+static DEVICE_ATTR_RO(ide_stream);
+
 /* INFO guest request for the last TDI; the DONE data lands in @out. */
 static ssize_t vtsm_tdi_info(struct vtsm *vt, u32 op, void *out, size_t size)
 {
@@ -736,6 +906,7 @@ static struct attribute *vtsm_attrs[] = {
 	&dev_attr_tdi_stop.attr,
 	&dev_attr_tdi_state.attr,
 	&dev_attr_tdi_status.attr,
+	&dev_attr_ide_stream.attr,
 	NULL,
 };
 
@@ -834,6 +1005,7 @@ static int vtsm_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 		return -ENOMEM;
 	vt->pdev = pdev;
 	vt->tdi_state = "none";
+	strscpy(vt->ide_stream, "none");
 	init_completion(&vt->step_done);
 	mutex_init(&vt->mbox_lock);
 	mutex_init(&vt->sysfs_lock);
