@@ -17,8 +17,10 @@
 # KSRC=~/linux [O=...] (build, then run), select your own kernel;
 # QEMU=path/to/qemu-system-x86_64 your own QEMU.  make run also takes
 # APPEND="args", QUIET=0, INITRAMFS_ADD="files", VTSM=0
-# (docs/kernel-developers.md).  PROFILE=NAME|FILE: the device profile of make run /
-# make vm (e.g. PROFILE=pqc: SPDM 1.4, ML-DSA-87 identity, ML-KEM-1024 sessions).
+# (docs/kernel-developers.md); PROFILE=NAME|FILE: the device profile of make run /
+# make vm (e.g. PROFILE=pqc: SPDM 1.4, ML-DSA-87 identity, ML-KEM-1024 sessions);
+# QEMU_IDE=1: the patched QEMU (built first), whose root port has an IDE capability,
+# so the kernel's own pci_ide runs the IDE stream.
 
 PYTHON ?= python3
 VENV := .venv
@@ -55,13 +57,13 @@ KERNEL_BUILD_ARGS = $(if $(O),--out "$(O)") $(if $(KCONFIG),--kconfig "$(KCONFIG
 RUN_ARGS = $(if $(KSRC),--ksrc "$(KSRC)" $(KERNEL_BUILD_ARGS)) \
 	$(if $(APPEND),--append "$(APPEND)") $(if $(filter 0,$(QUIET)),--no-quiet) \
 	$(foreach f,$(INITRAMFS_ADD),--initramfs-add "$(f)") $(if $(filter 0,$(VTSM)),--no-vtsm) \
-	$(if $(PROFILE),--profile "$(PROFILE)")
+	$(if $(PROFILE),--profile "$(PROFILE)") $(if $(QEMU_IDE),--qemu-ide)
 
 # Installs the host packages the build needs with apt-get, naming each and why.
 qemu: venv vm-env
 	@$(PY) -m vdev.vm.qemu_build
 
-run: venv vm-env
+run: venv vm-env $(if $(QEMU_IDE),qemu)
 	$(PY) -m vdev.cli run $(RUN_ARGS)
 
 kernel: venv

@@ -50,7 +50,7 @@ def test_added_program_data_append_and_no_quiet(vm_env: VmEnv, tmp_path: Path) -
     ktap = (RUN_DIR / "results.ktap").read_text()
     assert ("    KTAP version 1\n    1..2\n    ok 1 endpoint 0000:01:00.0\n    ok 2 data\n"
             "  ok 1 90-mine.sh\n") in ktap
-    assert ktap.endswith("ok 4 added\n# Totals: pass:38 fail:0 skip:0 total:38\n"), ktap[-400:]
+    assert ktap.endswith("ok 4 added\n# Totals: pass:40 fail:0 skip:0 total:40\n"), ktap[-400:]
 
 
 def test_first_failure_insmod(vm_env: VmEnv, tmp_path: Path) -> None:
@@ -61,7 +61,7 @@ def test_first_failure_insmod(vm_env: VmEnv, tmp_path: Path) -> None:
     assert re.search(r"^ FIRST FAILURE +insmod: /modules/add/broken.ko: invalid module format",
                      out, re.M), out[-2000:]
     # the failure is named once; the project's own checks still held
-    assert re.search(r"37 of 38 checks held; 1 not evaluated after the first failure: FAILED",
+    assert re.search(r"39 of 40 checks held; 1 not evaluated after the first failure: FAILED",
                      out)
     assert "not ok 1 first failure # ERROR insmod: /modules/add/broken.ko" in \
         (RUN_DIR / "results.ktap").read_text()

@@ -8,6 +8,16 @@ w() {
 	r "$1" "$? ${msg:-ok}"
 }
 rd() { cat "$1" 2>/dev/null | tr '\n' ' ' | sed 's/ *$//'; }
+# IDE as the kernel sees it: the host bridge's stream pool and streamH.R.E links,
+# and both ends' config space (the host decodes the stream registers).
+RP=/sys/bus/pci/devices/$(basename "$(readlink -f $E/..)")
+HB=$(readlink -f $RP/..)
+ide() {
+	r "ide_avail_$1" "$(rd $HB/available_secure_streams)"
+	r "ide_links_$1" "$(ls $HB | grep '^stream' | tr '\n' ' ' | sed 's/ *$//')"
+	r "ep_config_$1" "$(od -An -v -tx1 -N 4096 $E/config | tr -d ' \n')"
+	r "rp_config_$1" "$(od -An -v -tx1 -N 4096 $RP/config | tr -d ' \n')"
+}
 
 # The endpoint's own driver enables memory decode and bus mastering before
 # the TDI is locked: changing them while LOCKED or RUN is a TDISP violation.
@@ -16,7 +26,10 @@ insmod /modules/vdevtest.ko 2>/dev/null
 insmod /modules/vtsm.ko && r vtsm_insmod ok
 r tsm_class "$(ls /sys/class/tsm 2>/dev/null | tr '\n' ' ' | sed 's/ *$//')"
 r tsm_parent "$(readlink -f /sys/class/tsm/tsm0 2>/dev/null)"
+ide before
 w connect tsm0 $E/tsm/connect
+r ide_stream "$(rd $M/ide_stream)"
+ide connected
 r tsm_connect "$(rd $E/tsm/connect)"
 r authenticated "$(rd $E/authenticated)"
 r tsm_dsm "$(rd $E/tsm/dsm)"
@@ -40,5 +53,6 @@ r tdi_state_stopped "$(rd $M/tdi_state)"
 r tsm_bound_after_stop "$(rd $E/tsm/bound)"
 w disconnect tsm0 $E/tsm/disconnect
 r authenticated_after "$(rd $E/authenticated)"
+ide after
 rmmod vtsm && r vtsm_rmmod ok
 rmmod vdevtest && r vdevtest_rmmod ok

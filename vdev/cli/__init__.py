@@ -363,7 +363,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     source = KernelSource(args.ksrc, args.out, args.kconfig, args.llvm, args.jobs) \
         if args.ksrc else None
     options = RunOptions(append=args.append or "", quiet=not args.no_quiet,
-                         additions=additions, vtsm=not args.no_vtsm)
+                         additions=additions, vtsm=not args.no_vtsm,
+                         qemu_ide=args.qemu_ide)
     workdir = Path(args.workdir) if args.workdir else REPO / "out" / "run"
     try:
         # Always traced: the traces and pcaps are the run's record, and the picture of it.
@@ -468,6 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(repeatable)")
     r.add_argument("--no-vtsm", action="store_true", help="leave vtsm.ko out (your kernel "
                    "brings its own TSM driver) and report what the kernel did")
+    r.add_argument("--qemu-ide", action="store_true", help="use the patched QEMU whose root "
+                   "port has an IDE capability (make qemu), so the kernel's pci_ide runs the "
+                   "stream and the TSM programs the root port over QMP")
     r.set_defaults(func=cmd_run)
 
     v = sub.add_parser("vm", help="boot the guest with the device and give a shell")

@@ -166,6 +166,10 @@ class ConnectExpected:
     ep: str
     mb: str
     id_value: int
+    # The root port has an IDE capability (the patched QEMU): the kernel's pci_ide
+    # runs the stream, not vtsm's direct programming.
+    root_port_ide: bool = False
+    ide_stream_id: int = 1
 
 
 def _rc_ok(v: str | None) -> bool:
@@ -211,9 +215,7 @@ def connect_checks(
            if verdicts else "none (no policy)"))
     add("SPDM session", spdm.get("session_id") is not None,
         f"session {spdm.get('session_id')} ({spdm.get('session_state')} after disconnect)")
-    secure = [line for line in res.dmesg if "IDE stream" in line and "state 2" in line]
-    add("IDE stream SECURE", bool(secure), secure[0].split("] ", 1)[-1] if secure else
-        "no 'IDE stream ... state 2' in dmesg")
+    out += ide_checks(res, exp, ev)
     add("TDISP LOCK", _rc_ok(v("tdi_lock")) and v("tsm_bound") == "tsm0"
         and (v("tdi_state_locked") or "").endswith("LOCKED"),
         f"lock {v('tdi_lock')}; bound={v('tsm_bound')!r}; {v('tdi_state_locked')}")
@@ -271,4 +273,66 @@ def kernel_tsm_checks(res: VmResult) -> list[Check]:
     lines = [line.split("] ", 1)[-1] for line in res.values("kdmesg")]
     info("kernel log (TSM, IDE, DOE, SPDM)",
          " | ".join(lines[:4]) + (f" (+{len(lines) - 4} more)" if len(lines) > 4 else ""))
+    return out
+
+
+# QEMU's trace line for a rule violation of the patched root port (-trace pcie_ide_*).
+QEMU_IDE_VIOLATION = re.compile(r"pcie_ide_violation (.*)")
+
+
+def ide_checks(res: VmResult, exp: ConnectExpected, ev: dict[str, Any]) -> list[Check]:
+    """The IDE stream of the connect flow, from both ends' registers as the guest
+    read them (`connect.sh`: before, while connected, after disconnect)."""
+    v = res.value
+    out: list[Check] = []
+    sid = exp.ide_stream_id
+    path = v("ide_stream") or ""
+    if not exp.root_port_ide:
+        secure = [line for line in res.dmesg if "IDE stream" in line and "state 2" in line]
+        out.append(Check("IDE path", path == f"{exp.ep} direct",
+                         f"{path!r}: vtsm programs the endpoint (root port without IDE)"))
+        out.append(Check("IDE stream SECURE", bool(secure),
+                         secure[0].split("] ", 1)[-1] if secure
+                         else "no 'IDE stream ... state 2' in dmesg"))
+        return out
+
+    links = v("ide_links_connected") or ""
+    out.append(Check("IDE path", path.startswith(f"{exp.ep} pci_ide stream"),
+                     f"{path!r}: the kernel's pci_ide set the stream up on both ends"))
+    states = {}
+    for end in ("ep", "rp"):
+        for when in ("connected", "after"):
+            dump = v(f"{end}_config_{when}")
+            states[end, when] = ConfigDump(dump).ide_stream_state(sid) if dump else None
+    out.append(Check(
+        "IDE stream SECURE",
+        states["ep", "connected"] == 2 and states["rp", "connected"] == 2,
+        f"Stream ID {sid}: endpoint state {states['ep', 'connected']}, root port state "
+        f"{states['rp', 'connected']} (2 = Secure)"))
+    try:
+        before, during, after = (int(v(f"ide_avail_{w}") or "")
+                                 for w in ("before", "connected", "after"))
+    except ValueError:
+        before = during = after = -1
+    out.append(Check(
+        "IDE stream registered",
+        bool(links) and path.endswith(links) and during == before - 1 and after == before
+        and not v("ide_links_after"),
+        f"{links or 'no streamH.R.E link'} under the host bridge; available_secure_streams "
+        f"{before} -> {during} -> {after}"))
+    torn = states["ep", "after"] is None and states["rp", "after"] is None
+    out.append(Check(
+        "IDE torn down", torn,
+        f"after disconnect no enabled stream with Stream ID {sid} on either end" if torn
+        else f"still enabled after disconnect: endpoint state {states['ep', 'after']}, "
+             f"root port state {states['rp', 'after']}"))
+    # QEMU traces every violation; the TSM's evidence has the port's own list too.
+    traced = [m.group(1).strip() for line in res.console
+              if (m := QEMU_IDE_VIOLATION.search(line))]
+    platform = ((ev.get("ide") or {}).get("root_port") or {}).get("platform") or {}
+    found = traced + [f"{x.get('rule')}: {x.get('message')}"
+                      for x in platform.get("violations") or []
+                      if not any(str(x.get("message")) in t for t in traced)]
+    out.append(Check("IDE rules (root port checker)", not found,
+                     "; ".join(found) if found else "no violation recorded"))
     return out

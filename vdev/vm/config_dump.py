@@ -45,12 +45,11 @@ class ConfigDump:
             off, seen = (hdr >> 20) & 0xFFC, seen + 1
         return caps
 
-    def ide_selective_controls(self) -> list[int] | None:
-        """Selective IDE Stream Control register of each stream of the IDE
-        extended capability (ID 0x30), or None without one.  Block layout of
-        PCIe r6.2 §7.9.26: Link IDE blocks (8 bytes per TC) after the IDE
-        Control register, then per stream 20 bytes plus 12 per address
-        association block."""
+    def ide_selective_blocks(self) -> list[int] | None:
+        """Offsets of the Selective IDE Stream register blocks of the IDE extended
+        capability (ID 0x30), or None without one.  Layout of PCIe r6.2 §7.9.26:
+        Link IDE blocks (8 bytes per TC) after the IDE Control register, then per
+        stream 20 bytes plus 12 per address association block."""
         off = self.ext_capabilities().get(0x30)
         if off is None:
             return None
@@ -59,10 +58,24 @@ class ConfigDump:
             return []
         nr_link = ((cap >> 13) & 0x7) + 1 if cap & 0x1 else 0
         pos = off + 0x0C + 8 * nr_link
-        controls = []
+        blocks = []
         for _ in range(((cap >> 16) & 0xFF) + 1):
             if pos + 20 > len(self.raw):
                 break
-            controls.append(self.u32(pos + 4))
+            blocks.append(pos)
             pos += 20 + 12 * (self.u32(pos) & 0xF)
-        return controls
+        return blocks
+
+    def ide_selective_controls(self) -> list[int] | None:
+        """Selective IDE Stream Control register of each stream."""
+        blocks = self.ide_selective_blocks()
+        return None if blocks is None else [self.u32(b + 4) for b in blocks]
+
+    def ide_stream_state(self, stream_id: int) -> int | None:
+        """State (Selective IDE Stream Status bits 3:0) of the enabled stream with
+        `stream_id`, or None if no enabled stream has it."""
+        for b in self.ide_selective_blocks() or []:
+            ctl = self.u32(b + 4)
+            if ctl & 1 and ctl >> 24 == stream_id:
+                return self.u32(b + 8) & 0xF
+        return None

@@ -7,6 +7,8 @@ one-screen summary.  Its exit status is 0 only if every check held.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -30,7 +32,7 @@ from vdev.vm.checks import (
 )
 from vdev.vm.env import REPO, VmEnv, VmEnvError, find_env
 from vdev.vm.initramfs import Addition
-from vdev.vm.qemu import MARK, VmResult, choose_accel, qemu_command
+from vdev.vm.qemu import MARK, VfioUserAttach, VmResult, choose_accel, qemu_command
 from vdev.vm.report import RunReport, run_first_failure, script_checks, user_scripts
 from vdev.vm.session import (
     GuestRun,
@@ -39,11 +41,14 @@ from vdev.vm.session import (
     device_server,
     root_anchor,
     script,
+    socket_path,
     tsm_mailbox_server,
 )
 
 BDF = "0000:01:00.0"  # the endpoint, behind the first root port
 MAILBOX_BDF = "0000:02:00.0"  # the TSM mailbox, behind the second
+# The endpoint's root port in the patched QEMU (qemu/README.md).
+ROOT_PORT_IDE = "x-ide-streams=4"
 
 # What the narration prints for each guest record, as it arrives.
 _NARRATE = {
@@ -60,6 +65,8 @@ _NARRATE = {
     "vtsm_insmod": "vtsm.ko loaded (link TSM over the mailbox)",
     "tsm_class": "/sys/class/tsm: {v}",
     "connect": "echo tsm0 > tsm/connect: {v}",
+    "ide_stream": "IDE set up by: {v}",
+    "ide_links_connected": "IDE streams under the host bridge: {v}",
     "authenticated": "authenticated: {v}",
     "tsm_dsm": "tsm/dsm: {v}",
     "tdi_lock": "TDISP LOCK (tdi_lock): {v}",
@@ -163,6 +170,7 @@ class RunOptions:
     quiet: bool = True  # False drops `quiet` from the command line
     additions: tuple[Addition, ...] = ()  # --initramfs-add files
     vtsm: bool = True  # False: leave vtsm.ko out, report what the kernel did
+    qemu_ide: bool = False  # the patched QEMU: the root port has an IDE capability
 
 
 @dataclass(frozen=True)
@@ -181,7 +189,9 @@ def run_demo(profile_path: str | None = None, workdir: Path | None = None,
              source: KernelSource | None = None) -> int:
     """The main job: device + TSM + real guest, connect to RUN and back, summary.
     `trace`: both servers write a decoded trace and a pcap into the workdir (vdev.trace).
-    `source`: build that kernel tree first and boot it (KERNEL=/KDIR= otherwise)."""
+    `source`: build that kernel tree first and boot it (KERNEL=/KDIR= otherwise).
+    `options.qemu_ide`: the patched QEMU (qemu/README.md, built if missing), whose root
+    port has an IDE capability, so that the kernel's own pci_ide runs the stream."""
     from vdev.vm.kernel import build_kernel
 
     workdir = workdir or REPO / "out" / "run"
@@ -197,10 +207,23 @@ def run_demo(profile_path: str | None = None, workdir: Path | None = None,
     except VmEnvError as exc:
         _print(f"vdev run: {exc}")
         return REFUSED
+    patched = None
+    if options.qemu_ide:
+        from vdev.vm.qemu_build import QemuBuildError, ensure_qemu
+
+        try:
+            patched = ensure_qemu()
+        except (QemuBuildError, OSError) as exc:
+            _print(f"vdev run: building the patched QEMU failed: {exc}")
+            return REFUSED
+        env = dataclasses.replace(env, qemu_override=patched)
     accel = choose_accel(env)
     _print(f"vdev run: QEMU {env.qemu_version()}, guest kernel {env.kernel}, accel={accel}")
     if env.kdir_override:
         _print(f"          guest modules built against {env.kdir_override}")
+    if patched:
+        _print(f"          root port with an IDE capability ({ROOT_PORT_IDE}); "
+               "the TSM programs its keys over QMP")
     _print(f"          logs and evidence in {workdir}")
     report, result = connect_report(env, workdir, profile_path, narrate=True, trace=trace,
                                     options=options)
@@ -230,7 +253,11 @@ def connect_report(
     foundation and connect scripts (or, without vtsm, the script that looks
     at what the kernel's own TSM did), then the user's programs; the run's
     report, also written as KTAP to workdir/results.ktap.  Used by `make run`
-    and the guest tests."""
+    and the guest tests.
+
+    `options.qemu_ide`: `env` runs the patched QEMU; the endpoint's root port gets an
+    IDE capability, the TSM programs its keys over QMP, and QEMU traces the root
+    port's IDE events (state changes, rule violations) into the console log."""
     profile = DeviceProfile.from_toml(profile_path) if profile_path else DeviceProfile()
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
@@ -252,18 +279,32 @@ def connect_report(
             followers.append(LogFollower(srv.log, tag))
             followers[-1].start()
 
+    qemu_args: list[str] = []
+    root_port = ""
+    tsm_extra: list[str] = []
+    qmp: Path | None = None
+    if options.qemu_ide:
+        qmp = socket_path("qmp")
+        qemu_args = ["-qmp", f"unix:{qmp},server=on,wait=off", "-trace", "pcie_ide_*"]
+        root_port = ROOT_PORT_IDE
+        tsm_extra = ["--root-port-qmp", str(qmp), "--root-port", "rp1"]
+
     def finish() -> None:
         for follower in followers:
             follower.stop()
         for srv in servers:
             srv.stop()
-
+        if qmp is not None:  # QEMU's socket and its private directory (socket_path)
+            qmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                qmp.parent.rmdir()
     try:
         servers.append(device.start())
         follow(device, "device")
         anchor = root_anchor(identity, workdir / "trust-anchor.pem")
         tsm = tsm_mailbox_server(workdir, ["--trust-anchor", str(anchor),
-                                           "--evidence", str(evidence_file), *traced("tsm")])
+                                           "--evidence", str(evidence_file), *traced("tsm"),
+                                           *tsm_extra])
         servers.append(tsm.start())
         follow(tsm, "tsm")
     except ServerError as exc:
@@ -277,10 +318,12 @@ def connect_report(
         {"60-kernel-tsm.sh": script("kernel-tsm.sh", EP=exp.bdf, MB=MAILBOX_BDF)}
     modules = ["vdevtest", "vtsm"] if options.vtsm else ["vdevtest"]
     run = GuestRun(
-        env=env, workdir=workdir, modules=modules, devices=[device.socket, tsm.socket],
+        env=env, workdir=workdir, modules=modules,
+        devices=[VfioUserAttach(device.socket, root_port=root_port), tsm.socket],
         scripts={"50-foundation.sh": foundation_script(exp), **flow},
         append=options.append, quiet=options.quiet, additions=options.additions,
         user_env={"EP": exp.bdf, "MB": MAILBOX_BDF},
+        qemu_args=qemu_args,
     )
     result: VmResult | None = None
     try:
@@ -303,10 +346,16 @@ def connect_report(
     groups = [("foundation", foundation_checks(result, exp))]
     if options.vtsm:
         groups.append(("connect", connect_checks(
-            result, ConnectExpected(ep=exp.bdf, mb=MAILBOX_BDF, id_value=exp.id_value),
+            result, ConnectExpected(ep=exp.bdf, mb=MAILBOX_BDF, id_value=exp.id_value,
+                                    root_port_ide=options.qemu_ide),
             evidence)))
     else:
         groups.append(("kernel TSM", kernel_tsm_checks(result)))
+    rule_lines = [line.split("IDE rule violation ", 1)[1]
+                  for line in device.log_text().splitlines() if "IDE rule violation " in line]
+    groups[-1][1].append(Check("IDE rules (endpoint checker)", not rule_lines,
+                               "; ".join(rule_lines) if rule_lines
+                               else "no violation recorded"))
     health = []
     for srv in servers:
         text = srv.log_text()

@@ -50,6 +50,7 @@ class VmSpec:
     quiet: bool = True  # `quiet` on the kernel command line (False: the whole boot log)
     accel: str = "auto"
     timeout: float = 240.0
+    qemu_args: list[str] = field(default_factory=list)  # e.g. -qmp, -trace
 
 
 @dataclass
@@ -131,6 +132,7 @@ def qemu_command(spec: VmSpec, accel: str) -> list[str]:
                 "socket": {"type": "unix", "path": str(dev.socket)}, "rombar": 0,
             }),
         ]
+    argv += spec.qemu_args
     # VDEV_QEMU_ARGS appends extra QEMU options, e.g. "-trace vfio_msi*".
     argv += shlex.split(os.environ.get("VDEV_QEMU_ARGS", ""))
     return argv

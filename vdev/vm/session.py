@@ -123,6 +123,7 @@ class GuestRun:
     additions: Sequence[Addition] = ()  # the user's files (--initramfs-add)
     user_env: dict[str, str] = field(default_factory=dict)  # for the added programs
     timeout: float = 240.0
+    qemu_args: Sequence[str] = ()
 
     def prepare(self) -> VmSpec:
         """Build the modules and the initramfs; the VmSpec that boots them."""
@@ -139,6 +140,7 @@ class GuestRun:
         return VmSpec(
             env=self.env, initrd=initrd, append=self.append, quiet=self.quiet,
             timeout=self.timeout,
+            qemu_args=list(self.qemu_args),
             devices=[
                 VfioUserAttach(d.socket, id=f"vu{i}", root_port=d.root_port)
                 if isinstance(d, VfioUserAttach) else VfioUserAttach(d, id=f"vu{i}")

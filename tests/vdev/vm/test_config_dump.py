@@ -25,6 +25,17 @@ def test_selective_stream_controls_behind_link_blocks() -> None:
         0x13C: 0, 0x140: 0xFF000000,                  # stream 1 at 0x11C + 32
     })
     assert d.ide_selective_controls() == [0x05000001, 0xFF000000]
+    assert d.ide_selective_blocks() == [0x11C, 0x13C]
+
+
+def test_state_of_the_enabled_stream_with_an_id() -> None:
+    d = dump({
+        0x100: 0x30 | 1 << 16, 0x104: 0x2 | 1 << 16,  # 2 streams, no Link IDE
+        0x110: 0x07000000, 0x114: 0x0,                # stream 0: ID 7, not enabled
+        0x124: 0x07000001, 0x128: 0x2,                # stream 1: ID 7, enabled, Secure
+    })
+    assert d.ide_stream_state(7) == 2
+    assert d.ide_stream_state(8) is None
 
 
 def test_no_ide_capability() -> None:
