@@ -156,7 +156,7 @@ def test_root_port_enabled_first_is_named_by_the_root_port_checker(cycles: Cycle
     assert v("connect_rp_first") == "0 ok" and v("disconnect_rp_first") == "0 ok"
     assert cycles.state("ep", "connected_rp_first") == 2
     assert cycles.state("rp", "connected_rp_first") == 2
-    traced = [m.group(1) for line in cycles.res.console
+    traced = [m.group(1) for line in cycles.res.stderr
               if (m := QEMU_IDE_VIOLATION.search(line))]
     assert len(traced) == 1, traced
     assert "partner-not-enabled" in traced[0]

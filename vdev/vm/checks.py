@@ -276,7 +276,8 @@ def kernel_tsm_checks(res: VmResult) -> list[Check]:
     return out
 
 
-# QEMU's trace line for a rule violation of the patched root port (-trace pcie_ide_*).
+# QEMU's trace line (on its stderr) for a rule violation of the patched root port
+# (-trace pcie_ide_*).
 QEMU_IDE_VIOLATION = re.compile(r"pcie_ide_violation (.*)")
 
 
@@ -327,7 +328,7 @@ def ide_checks(res: VmResult, exp: ConnectExpected, ev: dict[str, Any]) -> list[
         else f"still enabled after disconnect: endpoint state {states['ep', 'after']}, "
              f"root port state {states['rp', 'after']}"))
     # QEMU traces every violation; the TSM's evidence has the port's own list too.
-    traced = [m.group(1).strip() for line in res.console
+    traced = [m.group(1).strip() for line in res.stderr
               if (m := QEMU_IDE_VIOLATION.search(line))]
     platform = ((ev.get("ide") or {}).get("root_port") or {}).get("platform") or {}
     found = traced + [f"{x.get('rule')}: {x.get('message')}"

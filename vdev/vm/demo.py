@@ -257,7 +257,7 @@ def connect_report(
 
     `options.qemu_ide`: `env` runs the patched QEMU; the endpoint's root port gets an
     IDE capability, the TSM programs its keys over QMP, and QEMU traces the root
-    port's IDE events (state changes, rule violations) into the console log."""
+    port's IDE events (state changes, rule violations) on its stderr."""
     profile = DeviceProfile.from_toml(profile_path) if profile_path else DeviceProfile()
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
