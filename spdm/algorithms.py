@@ -279,6 +279,8 @@ class NegotiatedAlgorithms:
     pqc_asym: int = 0
     kem: int = 0
     req_pqc_asym: int = 0
+    # DSP0274 1.3 MELspecificationSel (DMTF = 1), 0 when no MEL specification was agreed.
+    mel_spec: int = 0
 
     def names(self) -> dict[str, str | None]:
         """The selected algorithms by name (None where nothing was selected), for

@@ -21,11 +21,14 @@ The rules, flag by flag:
                             trust anchors to verify one fetched with encapsulated requests)
     CHUNK                   nothing (a transfer mechanism)
     SET_CERT                a certificate store to write to
-    CSR                     SET_CERT and a key to issue the CSR for
+    CSR                     SET_CERT and keys a CSR can be issued for
     EP_INFO_NO_SIG          endpoint information is provided; EP_INFO_SIG also a slot
     MEL                     a measurement extension log is provided
-    CACHE, ALIAS_CERT, CERT_INSTALL_RESET, EVENT, MULTI_KEY_ONLY, MULTI_KEY_NEG,
-    GET_KEY_PAIR_INFO, SET_KEY_PAIR_INFO, SET_KEY_PAIR_RESET, PUB_KEY_ID
+    GET_KEY_PAIR_INFO       a key pair (SPDM 1.3 only: 1.4 changed KEY_PAIR_INFO)
+    MULTI_KEY_NEG           more than one key pair (and GET_KEY_PAIR_INFO, DSP0274 1.3
+                            Table 14); negotiated per connection, never MULTI_KEY_ONLY
+    CACHE, ALIAS_CERT, CERT_INSTALL_RESET, EVENT, MULTI_KEY_ONLY, SET_KEY_PAIR_INFO,
+    SET_KEY_PAIR_RESET, PUB_KEY_ID
                             never: this responder implements none of them
 """
 
@@ -33,12 +36,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from spdm.codes import RspCap
+from spdm.codes import RspCap, rsp_caps_for_version
 
 #: Flags no provisioning makes possible here (the features are not implemented).
 NEVER = (RspCap.CACHE | RspCap.ALIAS_CERT | RspCap.CERT_INSTALL_RESET | RspCap.EVENT
-         | RspCap.MULTI_KEY_ONLY | RspCap.MULTI_KEY_NEG | RspCap.GET_KEY_PAIR_INFO
-         | RspCap.SET_KEY_PAIR_INFO | RspCap.SET_KEY_PAIR_RESET | RspCap.PUB_KEY_ID)
+         | RspCap.MULTI_KEY_ONLY | RspCap.SET_KEY_PAIR_INFO | RspCap.SET_KEY_PAIR_RESET
+         | RspCap.PUB_KEY_ID)
 
 #: Flags that only describe a mechanism: nothing has to be provisioned for them.
 MECHANISMS = RspCap.CHUNK | RspCap.LARGE_RESP
@@ -55,6 +58,7 @@ class Provisioning:
     heartbeat_period: int = 0
     mutual_auth: bool = False
     certificate_store: bool = False
+    csr: bool = False  # a CSR can be issued for every key pair
     endpoint_info: bool = False
     mel: bool = False
 
@@ -83,13 +87,16 @@ def _rules(p: Provisioning) -> dict[RspCap, str | None]:
         RspCap.MUT_AUTH: None if p.mutual_auth else "mutual authentication is not configured",
         RspCap.ENCAP: None if p.mutual_auth else "mutual authentication is not configured",
         RspCap.SET_CERT: None if p.certificate_store else "no certificate store to write to",
-        RspCap.CSR: (None if p.certificate_store and p.key_pairs
+        RspCap.CSR: (None if p.certificate_store and p.csr
                      else "no certificate store or no key to issue a CSR for"),
         RspCap.EP_INFO_NO_SIG: None if p.endpoint_info else "no endpoint information",
         RspCap.EP_INFO_SIG: (None if p.endpoint_info and cert
                              else "no endpoint information or no slot to sign it"),
         RspCap.MEL: (None if p.mel and p.measurements
                      else "no measurement extension log is provided"),
+        RspCap.GET_KEY_PAIR_INFO: None if p.key_pairs else "no key pair is provisioned",
+        RspCap.MULTI_KEY_NEG: (None if p.key_pairs > 1
+                               else "fewer than two key pairs are provisioned"),
     }
 
 
@@ -113,4 +120,18 @@ def missing(p: Provisioning, wanted: int) -> dict[str, str]:
             out[str(flag.name)] = "not implemented by this responder"
         elif rules.get(flag) is not None:
             out[str(flag.name)] = str(rules[flag])
+    return out
+
+
+#: Flags whose messages this responder speaks only in the 1.3 layout.
+_V13_ONLY = RspCap.GET_KEY_PAIR_INFO | RspCap.MULTI_KEY_NEG
+
+
+def caps_for_version(caps: int, version: int) -> int:
+    """The CAPABILITIES flags sent in `version`: those the version defines
+    (`spdm.codes.rsp_caps_for_version`), without the ones whose messages we speak only
+    in another version's layout (KEY_PAIR_INFO gained post-quantum fields in 1.4)."""
+    out = rsp_caps_for_version(caps, version)
+    if version >= 0x14:
+        out &= ~_V13_ONLY
     return out

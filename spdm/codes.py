@@ -46,6 +46,10 @@ class Req(enum.IntEnum):
     GET_CSR = 0xED
     SET_CERTIFICATE = 0xEE
     GET_MEL = 0xEF
+    SUBSCRIBE_EVENT_TYPES = 0xF0
+    SEND_EVENT = 0xF1
+    GET_KEY_PAIR_INFO = 0xFC
+    SET_KEY_PAIR_INFO = 0xFD
     VENDOR_DEFINED_REQUEST = 0xFE
     RESPOND_IF_READY = 0xFF
 
@@ -57,8 +61,10 @@ class Rsp(enum.IntEnum):
     VERSION = 0x04
     CHUNK_SEND_ACK = 0x05
     CHUNK_RESPONSE = 0x06
+    ENDPOINT_INFO = 0x07
     MEASUREMENTS = 0x60
     CAPABILITIES = 0x61
+    SUPPORTED_EVENT_TYPES = 0x62
     ALGORITHMS = 0x63
     KEY_EXCHANGE_RSP = 0x64
     FINISH_RSP = 0x65
@@ -69,6 +75,13 @@ class Rsp(enum.IntEnum):
     ENCAPSULATED_REQUEST = 0x6A
     ENCAPSULATED_RESPONSE_ACK = 0x6B
     END_SESSION_ACK = 0x6C
+    CSR = 0x6D
+    SET_CERTIFICATE_RSP = 0x6E
+    MEASUREMENT_EXTENSION_LOG = 0x6F
+    SUBSCRIBE_EVENT_TYPES_ACK = 0x70
+    EVENT_ACK = 0x71
+    KEY_PAIR_INFO = 0x7C
+    SET_KEY_PAIR_INFO_ACK = 0x7D
     VENDOR_DEFINED_RESPONSE = 0x7E
     ERROR = 0x7F
 
@@ -184,6 +197,56 @@ OPAQUE_FMT_0 = 0x1
 OPAQUE_FMT_1 = 0x2
 OPAQUE_FMT_MASK = 0xF
 MULTI_KEY_CONN = 0x10
+
+# MELspecification / MELspecificationSel (DSP0274 1.3 NEGOTIATE_ALGORITHMS byte 31): DMTF
+MEL_SPEC_DMTF = 0x01
+
+
+class KeyUsage(enum.IntFlag):
+    """KeyUsageMask (DSP0274 1.3 DIGESTS / KEY_PAIR_INFO): what a key pair may sign."""
+
+    KEY_EX = 0x0001
+    CHALLENGE = 0x0002
+    MEASUREMENT = 0x0004
+    ENDPOINT_INFO = 0x0008
+    STANDARDS_KEY = 0x4000
+    VENDOR_KEY = 0x8000
+
+
+class CertModel(enum.IntEnum):
+    """CertificateInfo / CertModel (DSP0274 1.3 DIGESTS, CERTIFICATE Param2, GET_CSR and
+    SET_CERTIFICATE attributes)."""
+
+    NONE = 0
+    DEVICE_CERT = 1
+    ALIAS_CERT = 2
+    GENERIC_CERT = 3
+
+
+class KeyPairCap(enum.IntFlag):
+    """KEY_PAIR_INFO Capabilities (DSP0274 1.3 'Key pair capabilities')."""
+
+    GEN_KEY = 0x01
+    ERASABLE = 0x02
+    CERT_ASSOC = 0x04
+    KEY_USAGE = 0x08
+    ASYM_ALGO = 0x10
+    SHAREABLE = 0x20
+
+
+class KeyPairAsym(enum.IntFlag):
+    """KEY_PAIR_INFO AsymAlgoCapabilities / CurrentAsymAlgo bits (DSP0274 1.3)."""
+
+    RSA2048 = 0x001
+    RSA3072 = 0x002
+    RSA4096 = 0x004
+    ECC256 = 0x008
+    ECC384 = 0x010
+    ECC521 = 0x020
+    SM2 = 0x040
+    ED25519 = 0x080
+    ED448 = 0x100
+
 
 # Measurement summary hash types (CHALLENGE / KEY_EXCHANGE / PSK_EXCHANGE Param)
 MEAS_SUMMARY_NONE = 0x00

@@ -62,3 +62,34 @@ def sequence(*items: bytes) -> bytes:
 
 def utf8_string(s: str) -> bytes:
     return tlv(0x0C, s.encode())
+
+
+def read_len(data: bytes, pos: int) -> tuple[int, int]:
+    """(length, position of the content) of the DER length field at `pos`."""
+    return _read_len(data, pos)
+
+
+def sequence_body(data: bytes) -> bytes:
+    """The content of the DER SEQUENCE that `data` is exactly."""
+    if not data or data[0] != 0x30:
+        raise ValueError("expected a DER SEQUENCE")
+    length, body = _read_len(data, 1)
+    if body + length != len(data):
+        raise ValueError("DER SEQUENCE length does not match")
+    return data[body:]
+
+
+def decode_oid(body: bytes) -> str:
+    """Dotted form of an OBJECT IDENTIFIER's content octets."""
+    if not body or body[-1] & 0x80:
+        raise ValueError("malformed OBJECT IDENTIFIER")
+    parts: list[int] = []
+    value = 0
+    for byte in body:
+        value = (value << 7) | (byte & 0x7F)
+        if not byte & 0x80:
+            parts.append(value)
+            value = 0
+    first = parts[0]
+    head = [min(first // 40, 2), first - 40 * min(first // 40, 2)]
+    return ".".join(str(p) for p in head + parts[1:])

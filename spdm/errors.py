@@ -16,6 +16,7 @@ the SPDM ERROR code (DSP0274 ERROR, "ErrorCode and ErrorData") on the class.
     +-- OpaqueError                malformed OpaqueData (DSP0274 "General opaque data")
     +-- CryptoError                an algorithm or key the crypto layer cannot use
     +-- PskFormatError             a provisioned PSK entry does not parse (spdm.psk)
+    +-- RequesterInfoError         GET_CSR RequesterInfo that does not parse
 
 A responder turns whatever escapes a request handler into an ERROR message with
 `exc.code`, a class attribute (and the instance's ErrorData / ExtendedErrorData): the
@@ -100,6 +101,12 @@ class RequestTooLarge(RequestRefused):
     code = ErrorCode.REQUEST_TOO_LARGE
 
 
+class OperationFailed(RequestRefused):
+    """1.3: the request was well-formed but the operation could not be carried out."""
+
+    code = ErrorCode.OPERATION_FAILED
+
+
 class VersionMismatch(RequestRefused):
     code = ErrorCode.VERSION_MISMATCH
 
@@ -178,3 +185,9 @@ class CryptoError(SpdmError):
 class PskFormatError(SpdmError, ValueError):
     """A PSK entry (spdm.psk) that does not parse; the message names the entry, never
     the key."""
+
+
+class RequesterInfoError(SpdmError, ValueError):
+    """GET_CSR RequesterInfo that is not a DER CertificationRequestInfo (spdm.provisioning)."""
+
+    code = ErrorCode.INVALID_REQUEST

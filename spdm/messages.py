@@ -468,6 +468,78 @@ LargeResponseData = Struct("handle" / Int8ul)
 ResponseTooLargeData = Struct("response_size" / Int32ul)
 
 
+# --- Provisioning and device information (DSP0274 1.2 GET_CSR / SET_CERTIFICATE, 1.3 ---
+# GET_KEY_PAIR_INFO, GET_MEASUREMENT_EXTENSION_LOG, GET_ENDPOINT_INFO)
+
+# 1.3: param1 KeyPairID, param2 RequestAttributes (bits 2:0 CertModel, 5:3 CSRTrackingTag,
+# bit 7 Overwrite); both reserved in 1.2.
+GetCsr = Struct(
+    *_hdr(Req.GET_CSR),
+    "requester_info_length" / Rebuild(Int16ul, len_(this.requester_info)),
+    "opaque_length" / Rebuild(Int16ul, len_(this.opaque)),
+    "requester_info" / Bytes(this.requester_info_length),
+    "opaque" / Bytes(this.opaque_length),
+)
+
+Csr = Struct(
+    *_hdr(Rsp.CSR),
+    "csr_length" / Rebuild(Int16ul, len_(this.csr)),
+    "reserved" / Default(Int16ul, 0),
+    "csr" / Bytes(this.csr_length),
+)
+
+# param1: bits 3:0 SlotID, (1.3) bits 6:4 CertModel, bit 7 Erase; param2 (1.3) KeyPairID.
+# The body is an SPDM certificate chain (Length, Reserved, RootHash, certificates), absent
+# when erasing.
+SetCertificate = Struct(*_hdr(Req.SET_CERTIFICATE), "cert_chain" / GreedyBytes)
+SetCertificateRsp = Struct(*_hdr(Rsp.SET_CERTIFICATE_RSP))  # param1 bits 3:0 SlotID
+
+GetKeyPairInfo = Struct(*_hdr(Req.GET_KEY_PAIR_INFO), "key_pair_id" / Int8ul)
+
+KeyPairInfo = Struct(
+    *_hdr(Rsp.KEY_PAIR_INFO),
+    "total_key_pairs" / Int8ul,
+    "key_pair_id" / Int8ul,
+    "capabilities" / Int16ul,
+    "key_usage_capabilities" / Int16ul,
+    "current_key_usage" / Int16ul,
+    "asym_algo_capabilities" / Int32ul,
+    "current_asym_algo" / Int32ul,
+    "public_key_info_len" / Rebuild(Int16ul, len_(this.public_key_info)),
+    "assoc_cert_slot_mask" / Int8ul,
+    "public_key_info" / Bytes(this.public_key_info_len),
+)
+
+GetMel = Struct(*_hdr(Req.GET_MEL), "offset" / Int32ul, "length" / Int32ul)
+
+MeasurementExtensionLog = Struct(
+    *_hdr(Rsp.MEASUREMENT_EXTENSION_LOG),
+    "portion_length" / Rebuild(Int32ul, len_(this.mel)),
+    "remainder_length" / Int32ul,
+    "mel" / Bytes(this.portion_length),
+)
+
+EP_INFO_SUBCODE_DEVICE_CLASS_IDENTIFIER = 0x01
+EP_INFO_ATTR_SIGNATURE = 0x01
+
+# param1 SubCode, param2 bits 3:0 SlotID (used when a signature is requested).
+GetEndpointInfo = Struct(
+    *_hdr(Req.GET_ENDPOINT_INFO),
+    "request_attributes" / Int8ul,
+    "reserved" / Default(Bytes(3), bytes(3)),
+    "nonce" / Opt((this.request_attributes & EP_INFO_ATTR_SIGNATURE) != 0, Bytes(32)),
+)
+
+# sig_size > 0 when the request asked for a signature: then the Nonce is present too.
+EndpointInfo = Struct(
+    *_hdr(Rsp.ENDPOINT_INFO),  # param2 bits 3:0 SlotID
+    "reserved" / Default(Int32ul, 0),
+    "nonce" / Opt(this._params.sig_size > 0, Bytes(32)),
+    "ep_info_length" / Rebuild(Int32ul, len_(this.ep_info)),
+    "ep_info" / Bytes(this.ep_info_length),
+    "signature" / Bytes(this._params.sig_size),
+)
+
 # --- Helpers ---------------------------------------------------------------------------------
 
 _DEFAULT_PARAMS = {

@@ -21,6 +21,10 @@ class ConnectionInfo:
     rsp_data_transfer_size: int = 0
     rsp_max_msg_size: int = 0
     algorithms: NegotiatedAlgorithms = field(default_factory=NegotiatedAlgorithms)
+    # DSP0274 1.3 "Multiple asymmetric key negotiation": the responder uses several key
+    # pairs on this connection (MULTI_KEY_CAP 01b, or 10b and the requester set
+    # ResponderMultiKeyConn, bit 4 of NEGOTIATE_ALGORITHMS OtherParamsSupport).
+    multi_key_conn_rsp: bool = False
 
     def both(self, req_flag: int, rsp_flag: int) -> bool:
         return bool(self.req_caps & req_flag) and bool(self.rsp_caps & rsp_flag)
@@ -40,14 +44,17 @@ class ConnectionInfo:
 
     @property
     def multi_key(self) -> bool:
-        """DSP0274 1.3: the connection is multi-key when the responder is MULTI_KEY_CAP=01b
-        (only), or 10b (negotiated) and MultiKeyConn was selected in ALGORITHMS."""
-        if self.version < 0x13:
-            return False
+        """MULTI_KEY_CONN_RSP: DIGESTS carries key information, the slots of every key
+        pair can be used, and TH includes the DIGESTS response (DSP0274 1.3)."""
+        return self.version >= 0x13 and self.multi_key_conn_rsp
+
+    def resolve_multi_key(self, requested: bool) -> bool:
+        """MULTI_KEY_CONN_RSP from the responder's MULTI_KEY_CAP and the requester's
+        ResponderMultiKeyConn bit; both ends compute it the same way."""
         mk = self.rsp_caps & (RspCap.MULTI_KEY_ONLY | RspCap.MULTI_KEY_NEG)
-        if mk == RspCap.MULTI_KEY_ONLY:
-            return True
-        return mk == RspCap.MULTI_KEY_NEG and bool(self.algorithms.other_params & 0x10)
+        self.multi_key_conn_rsp = self.version >= 0x13 and (
+            mk == RspCap.MULTI_KEY_ONLY or (mk == RspCap.MULTI_KEY_NEG and requested))
+        return self.multi_key_conn_rsp
 
     @property
     def opaque_fmt1(self) -> bool:

@@ -28,6 +28,7 @@ from cryptography import x509
 
 from spdm import algorithms as alg
 from spdm import crypto, opaque
+from spdm import req_provisioning as req_prov
 from spdm.algorithms import AlgType, NegotiatedAlgorithms
 from spdm.cert_verify import CertPolicy, system_time, verify_chain
 from spdm.codes import (
@@ -37,6 +38,8 @@ from spdm.codes import (
     MEAS_CAP_MASK,
     MEAS_SPEC_DMTF,
     MEAS_SUMMARY_NONE,
+    MEL_SPEC_DMTF,
+    MULTI_KEY_CONN,
     MUT_AUTH_REQUESTED,
     MUT_AUTH_WITH_ENCAP_REQUEST,
     OPAQUE_FMT_1,
@@ -186,6 +189,10 @@ class RequesterConfig:
     max_spdm_msg_size: int = 65536
     algorithms: AlgorithmOffer = field(default_factory=AlgorithmOffer)
     other_params: int = OPAQUE_FMT_1
+    # 1.3: ask for a multi-key connection (ResponderMultiKeyConn, OtherParamsSupport bit
+    # 4): with a MULTI_KEY_CAP 10b responder every slot's key can be used, and DIGESTS
+    # says which key pair and usages each slot has.
+    multi_key: bool = False
     busy_retries: int = 3
     # -- authenticating the responder
     trust_anchors: Sequence[x509.Certificate] = ()
@@ -244,6 +251,10 @@ class Requester:
         self.authenticated = False  # a CHALLENGE completed on this connection
         self.sessions: dict[int, Session] = {}
         self.digests: dict[int, bytes] = {}
+        # 1.3 DIGESTS: SupportedSlotMask, and on a multi-key connection per slot
+        # (KeyPairID, CertificateInfo, KeyUsageMask).
+        self.supported_slot_mask = 0
+        self.slot_key_info: dict[int, tuple[int, int, int]] = {}
         self.cert_chains: dict[int, bytes] = {}
         self.leaf_keys: dict[int, crypto.PublicKey] = {}
         self.measurements: dict[int, ParsedBlock] = {}
@@ -525,7 +536,9 @@ class Requester:
                 structs.append({"alg_type": AlgType.KEM, "supported": offer.kem})
         req = encode(NegotiateAlgorithms, {
             "version": v, "param1": len(structs), "meas_spec": MEAS_SPEC_DMTF,
-            "other_params": c.other_params if v >= V12 else 0,
+            "other_params": ((c.other_params | (MULTI_KEY_CONN if c.multi_key and v >= V13
+                                                else 0)) if v >= V12 else 0),
+            "mel_spec": MEL_SPEC_DMTF if v >= V13 else 0,
             "base_asym": offer.base_asym, "base_hash": offer.base_hash,
             "pqc_asym": offer.pqc_asym if pq else 0, "alg_structs": structs,
         })
@@ -560,6 +573,9 @@ class Requester:
             raise _fail("MeasurementHashAlgo without MEAS_CAP")
         if v >= V12 and msg.other_params_sel & ~c.other_params & 0x0F:
             raise _fail("OtherParamsSel not offered")
+        mel_spec = msg.mel_spec_sel if v >= V13 else 0
+        if mel_spec & ~MEL_SPEC_DMTF or (mel_spec and not rsp_caps & RspCap.MEL):
+            raise _fail("MELspecificationSel not offered, or without MEL_CAP")
         offered = {s["alg_type"]: s["supported"] for s in structs}
         sel: dict[int, int] = {}
         for s in msg.alg_structs:
@@ -583,8 +599,9 @@ class Requester:
             base_hash=msg.base_hash_sel, dhe=dhe,
             aead=sel.get(AlgType.AEAD, 0), req_base_asym=sel.get(AlgType.REQ_BASE_ASYM, 0),
             key_schedule=sel.get(AlgType.KEY_SCHEDULE, 0), pqc_asym=pqc_sel, kem=kem,
-            req_pqc_asym=sel.get(AlgType.REQ_PQC_ASYM, 0),
+            req_pqc_asym=sel.get(AlgType.REQ_PQC_ASYM, 0), mel_spec=mel_spec,
         )
+        self.conn.resolve_multi_key(c.multi_key)
         self.transcript.vca += req + resp
         return self.conn.algorithms
 
@@ -619,8 +636,17 @@ class Requester:
         resp = msg.raw
         slots = [s for s in range(8) if msg.param2 & (1 << s)]
         self.digests = {s: bytes(d) for s, d in zip(slots, msg.digests, strict=True)}
+        if self.conn.version >= V13:
+            self.supported_slot_mask = msg.param1
+        if self.conn.multi_key:
+            self.slot_key_info = {
+                s: (kp, ci, usage) for s, kp, ci, usage in zip(
+                    slots, msg.key_pair_ids, msg.cert_infos, msg.key_usage_masks,
+                    strict=True)}
         if sess is None:
             self.transcript.b += req + resp
+            if self.conn.multi_key:
+                self.transcript.d = bytearray(resp)
         return dict(self.digests)
 
     def get_certificate(self, slot: int = 0, session_id: int | None = None,
@@ -759,6 +785,38 @@ class Requester:
             self.measurements[b.index] = b
         return blocks
 
+    # ---- provisioning and device information (spdm.req_provisioning) ---------------------
+
+    def get_key_pair_info(self, key_pair_id: int, session_id: int | None = None) -> Operation:
+        """GET_KEY_PAIR_INFO (1.3): a `KeyPairInfoResult`."""
+        return Operation(req_prov.get_key_pair_info(self, key_pair_id, session_id))
+
+    def get_csr(self, requester_info: bytes = b"", *, opaque: bytes = b"",
+                key_pair_id: int = 0, cert_model: int = 0,
+                session_id: int | None = None) -> Operation:
+        """GET_CSR (1.2): the DER CSR.  `key_pair_id` / `cert_model` on a 1.3 multi-key
+        connection (0 otherwise)."""
+        return Operation(req_prov.get_csr(self, requester_info, opaque, key_pair_id,
+                                          cert_model, session_id))
+
+    def set_certificate(self, slot: int, certs_der: Sequence[bytes] = (), *,
+                        key_pair_id: int = 0, cert_model: int = 0, erase: bool = False,
+                        session_id: int | None = None) -> Operation:
+        """SET_CERTIFICATE (1.2): install `certs_der` (root first) in `slot`, or (1.3)
+        erase it."""
+        return Operation(req_prov.set_certificate(self, slot, certs_der, key_pair_id,
+                                                  cert_model, erase, session_id))
+
+    def get_mel(self, session_id: int | None = None, portion: int | None = None) -> Operation:
+        """GET_MEASUREMENT_EXTENSION_LOG (1.3): the whole MEL."""
+        return Operation(req_prov.get_mel(self, session_id, portion))
+
+    def get_endpoint_info(self, *, signed: bool = False, slot: int = 0,
+                          session_id: int | None = None) -> Operation:
+        """GET_ENDPOINT_INFO (1.3): the DeviceClassIdentifier EPInfo, signature checked
+        when `signed`."""
+        return Operation(req_prov.get_endpoint_info(self, signed, slot, session_id))
+
     # ---- sessions ----------------------------------------------------------------------------
 
     def _new_req_session_id(self) -> int:
@@ -769,9 +827,12 @@ class Requester:
     def _make_session(self, session_id: int, cert_hash: bytes, psk: bool,
                       secured_version: int) -> Session:
         a = self.conn.algorithms
+        # TH of a KEY_EXCHANGE session includes D on a multi-key connection.
+        prefix = (bytes(self.transcript.vca) if psk
+                  else self.transcript.th_prefix(self.conn.multi_key))
         return Session(
             session_id=session_id, version=self.conn.version, algorithms=a,
-            transcript=SessionTranscript(bytes(self.transcript.vca), cert_hash),
+            transcript=SessionTranscript(prefix, cert_hash),
             key_schedule=KeySchedule(self.conn.version, a.base_hash, a.aead),
             psk=psk, mac_only=self.conn.mac_only,
             handshake_in_clear=self.conn.handshake_in_clear and not psk,

@@ -23,8 +23,9 @@ from cryptography import x509
 from spdm import algorithms as alg
 from spdm import crypto, opaque
 from spdm import psk as psk_mod
+from spdm import rsp_provisioning as prov_handlers
 from spdm.algorithms import AlgType, NegotiatedAlgorithms
-from spdm.capabilities import Provisioning, exercisable
+from spdm.capabilities import Provisioning, caps_for_version, exercisable
 from spdm.cert_verify import CertPolicy, system_time, verify_chain
 from spdm.codes import (
     KEY_UPDATE_UPDATE_ALL_KEYS,
@@ -36,6 +37,7 @@ from spdm.codes import (
     MEAS_SUMMARY_ALL,
     MEAS_SUMMARY_NONE,
     MEAS_SUMMARY_TCB,
+    MEL_SPEC_DMTF,
     MULTI_KEY_CONN,
     MUT_AUTH_REQUESTED,
     MUT_AUTH_WITH_ENCAP_REQUEST,
@@ -48,11 +50,11 @@ from spdm.codes import (
     V13,
     V14,
     ErrorCode,
+    KeyUsage,
     Req,
     ReqCap,
     Rsp,
     RspCap,
-    rsp_caps_for_version,
     version_entry,
 )
 from spdm.errors import (
@@ -133,6 +135,14 @@ from spdm.messages import (
     header,
 )
 from spdm.negotiation import ConnectionInfo, check_requester_caps
+from spdm.provisioning import (
+    CertificateStore,
+    KeyPair,
+    can_issue_csr,
+    derive_key_pairs,
+    key_pair_of,
+    visible_slots,
+)
 from spdm.secured_message import DOE_TRANSPORT, TransportParams, peek_session_id
 from spdm.session import Session
 from spdm.state import (
@@ -223,6 +233,18 @@ class ResponderConfig:
     # -- identity and evidence: certificate slots, measurements
     slots: CertSlots = field(default_factory=CertSlots)
     measurements: MeasurementProvider | None = None
+    # -- provisioning (spdm.provisioning): key pairs (empty: one per distinct slot key),
+    # CertificateInfo per slot (DeviceCert when absent), where SET_CERTIFICATE writes
+    # (None: no SET_CERT_CAP / CSR_CAP), whether slots other than 0 may be written outside
+    # a session (a trusted environment, e.g. manufacturing).
+    key_pairs: Sequence[KeyPair] = ()
+    slot_models: Mapping[int, int] = field(default_factory=dict)
+    certificate_store: CertificateStore | None = None
+    set_certificate_outside_session: bool = False
+    # -- device information (1.3): the DMTF measurement extension log and the
+    # GET_ENDPOINT_INFO DeviceClassIdentifier (None: no MEL_CAP / EP_INFO_CAP).
+    mel: Callable[[], bytes] | None = None
+    endpoint_info: bytes | None = None
     # -- mutual authentication: requested only when set AND the requester advertised
     # MUT_AUTH_CAP (docs/protocols.md §8.3).  The requester's chain must be known
     # beforehand (basic flow, MutAuthRequested bit 0); SPDM chain bytes are built per hash.
@@ -321,7 +343,16 @@ class Responder:
             Req.CHUNK_GET: self._chunk_get,
             Req.GET_ENCAPSULATED_REQUEST: self._get_encapsulated_request,
             Req.DELIVER_ENCAPSULATED_RESPONSE: self._deliver_encapsulated_response,
+            Req.GET_KEY_PAIR_INFO: lambda r, h, s: prov_handlers.get_key_pair_info(self, r, h, s),
+            Req.GET_CSR: lambda r, h, s: prov_handlers.get_csr(self, r, h, s),
+            Req.SET_CERTIFICATE: lambda r, h, s: prov_handlers.set_certificate(self, r, h, s),
+            Req.GET_MEL: lambda r, h, s: prov_handlers.get_mel(self, r, h, s),
+            Req.GET_ENDPOINT_INFO: lambda r, h, s: prov_handlers.get_endpoint_info(self, r, h, s),
         }
+        self.slot_models: dict[int, int] = dict(self.config.slot_models)
+        self._key_pairs: list[KeyPair] | None = None
+        self._key_pairs_stamp: tuple[tuple[int, int], ...] = ()
+        self._csr_ok: bool | None = None
         self._next_rsp_session = 0xFF00
         self.reset()
 
@@ -606,6 +637,11 @@ class Responder:
         ):
             raise RequestTooLarge()
 
+        handler = self._handlers.get(req)
+        if handler is None:
+            # A request this responder does not implement is unsupported in any state.
+            raise UnsupportedRequest(req)
+
         next_conn: ConnState | None = self.state
         if session is not None:
             if req in NOT_IN_SESSION:
@@ -621,9 +657,6 @@ class Responder:
             if next_conn is None:
                 raise UnexpectedRequest(f"{req.name} in state {self.state.value}")
 
-        handler = self._handlers.get(req)
-        if handler is None:
-            raise UnsupportedRequest(req)
         if self.hooks.busy is not None and req not in NO_DELAY_REQUESTS and self.hooks.busy(req):
             raise Busy()
 
@@ -665,14 +698,54 @@ class Responder:
     def provisioning(self) -> Provisioning:
         """What this responder was given, for the capability rules (spdm.capabilities)."""
         c = self.config
-        keys = {id(ident.key) for ident in c.slots.slots.values()}
+        pairs = self.key_pairs()
+        if self._csr_ok is None:
+            self._csr_ok = bool(pairs) and all(can_issue_csr(kp.key) for kp in pairs)
         return Provisioning(
-            slots=len(c.slots.slots), key_pairs=len(keys),
+            slots=len(c.slots.slots), key_pairs=len(pairs),
             measurements=c.measurements is not None, psks=len(c.psks),
             heartbeat_period=c.heartbeat_period,
             mutual_auth=c.mut_auth and bool(c.requester_chain_der
                                             or c.requester_trust_anchors),
+            certificate_store=c.certificate_store is not None,
+            csr=c.certificate_store is not None and self._csr_ok,
+            endpoint_info=c.endpoint_info is not None, mel=c.mel is not None,
         )
+
+    # ---- slots and key pairs (spdm.provisioning) ---------------------------------------
+
+    def key_pairs(self) -> list[KeyPair]:
+        """KeyPairID - 1 -> key pair: the configured ones, else one per distinct key of
+        the slots as they are now (a device that must keep a key pair whose slots were
+        all erased configures its key pairs)."""
+        if self.config.key_pairs:
+            return list(self.config.key_pairs)
+        slots = self.config.slots.slots
+        stamp = tuple(sorted((s, id(ident.key)) for s, ident in slots.items()))
+        if self._key_pairs is None or self._key_pairs_stamp != stamp:
+            self._key_pairs = derive_key_pairs(self.config.slots)
+            self._key_pairs_stamp = stamp
+        return self._key_pairs
+
+    def visible_slots(self) -> dict[int, Any]:
+        """The slots this connection may use (spdm.provisioning.visible_slots)."""
+        return visible_slots(self.config.slots, self.key_pairs(), self.conn.multi_key)
+
+    def slot_for(self, slot: int, usage: int = 0) -> Any:
+        """The identity in a slot this connection may use for `usage` (a KeyUsage bit):
+        InvalidRequest for a slot that is empty, out of range or hidden on this
+        connection, or whose key may not sign this (multi-key connections; libspdm
+        answers InvalidRequest for a KeyUsageMask without the usage)."""
+        if not 0 <= slot < MAX_SLOTS:
+            raise InvalidRequest(f"SlotID {slot}")
+        ident = self.visible_slots().get(slot)
+        if ident is None:
+            raise InvalidRequest(f"slot {slot} not provisioned")
+        if usage and self.conn.multi_key:
+            kp = key_pair_of(self.key_pairs(), ident)
+            if kp is None or not kp.current_usage & usage:
+                raise InvalidRequest(f"the key of slot {slot} may not be used for this")
+        return ident
 
     @property
     def capabilities(self) -> int:
@@ -731,7 +804,7 @@ class Responder:
         self.conn.req_ct_exponent = msg.ct_exponent or 0
         self.conn.req_data_transfer_size = msg.data_transfer_size or 0
         self.conn.req_max_msg_size = msg.max_spdm_msg_size or 0
-        caps = rsp_caps_for_version(self._caps(), version)
+        caps = caps_for_version(self._caps(), version)
         self.conn.rsp_caps = caps
         self.conn.rsp_ct_exponent = self.config.ct_exponent
         fields: dict[str, Any] = {
@@ -796,8 +869,17 @@ class Responder:
                 other = OPAQUE_FMT_1
             elif msg.other_params & OPAQUE_FMT_0:
                 other = OPAQUE_FMT_0
-            if version >= V13 and msg.other_params & MULTI_KEY_CONN:
-                other |= 0  # multi-key connections are not supported; leave the bit clear
+            # Bit 4 of the selection is RequesterMultiKeyConnSel (DSP0274 1.3 Table 21),
+            # about the requester's keys: set when it can only do multi-key (01b), which
+            # our mutual authentication does not use.  The requester's bit 4
+            # (ResponderMultiKeyConn) decides whether this connection is multi-key for us.
+            if version >= V13 and (self.conn.req_caps & (ReqCap.MULTI_KEY_ONLY
+                                                         | ReqCap.MULTI_KEY_NEG)
+                                   == ReqCap.MULTI_KEY_ONLY):
+                other |= MULTI_KEY_CONN
+        self.conn.resolve_multi_key(bool(msg.other_params & MULTI_KEY_CONN))
+        mel_spec = (MEL_SPEC_DMTF if version >= V13 and caps & RspCap.MEL
+                    and msg.mel_spec & MEL_SPEC_DMTF else 0)
         # Session algorithms are selected only when both sides can open sessions (as
         # libspdm does); otherwise the AlgStruct is echoed with nothing selected.
         key_ex = self.conn.both(ReqCap.KEY_EX, RspCap.KEY_EX)
@@ -818,7 +900,7 @@ class Responder:
             meas_spec=meas_spec, other_params=other, meas_hash=meas_hash,
             base_asym=base_asym, base_hash=base_hash, dhe=dhe, aead=aead,
             req_base_asym=req_asym, key_schedule=ks, pqc_asym=pqc_asym, kem=kem,
-            req_pqc_asym=req_pqc,
+            req_pqc_asym=req_pqc, mel_spec=mel_spec,
         )
         sel = {AlgType.DHE: dhe, AlgType.AEAD: aead, AlgType.REQ_BASE_ASYM: req_asym,
                AlgType.KEY_SCHEDULE: ks, AlgType.REQ_PQC_ASYM: req_pqc, AlgType.KEM: kem}
@@ -828,6 +910,7 @@ class Responder:
             {
                 "version": version, "param1": len(out_structs), "meas_spec_sel": meas_spec,
                 "other_params_sel": other, "meas_hash_algo": meas_hash,
+                "mel_spec_sel": mel_spec,
                 "base_asym_sel": base_asym, "base_hash_sel": base_hash,
                 "pqc_asym_sel": pqc_asym, "alg_structs": out_structs,
             },
@@ -841,16 +924,11 @@ class Responder:
     def _h(self) -> int:
         return self.conn.algorithms.hash_size
 
-    def _chain(self, slot: int) -> bytes:
-        ident = self.config.slots.get(slot)
-        if ident is None:
-            raise InvalidRequest(f"slot {slot} not provisioned")
-        return ident.spdm_chain(self.conn.algorithms.base_hash)
+    def _chain(self, slot: int, usage: int = 0) -> bytes:
+        return self.slot_for(slot, usage).spdm_chain(self.conn.algorithms.base_hash)  # type: ignore[no-any-return]
 
     def _sign(self, slot: int, context: bytes, transcript: bytes) -> bytes:
-        ident = self.config.slots.get(slot)
-        if ident is None:
-            raise InvalidRequest(f"slot {slot} not provisioned")
+        ident = self.slot_for(slot)
         a = self.conn.algorithms
         if not crypto.key_matches_asym(ident.key, a.signer):
             raise UnexpectedRequest("no usable BaseAsymAlgo/PqcAsymAlgo negotiated for this slot")
@@ -860,17 +938,30 @@ class Responder:
     def _get_digests(self, request: bytes, hdr: Any, session: Session | None) -> bytes:
         self._require_cap(Req.GET_DIGESTS, RspCap.CERT)
         request = self._decode(GetDigests, request).raw
-        slots = sorted(self.config.slots.slots)
-        digests = [crypto.digest(self.conn.algorithms.base_hash, self._chain(s)) for s in slots]
-        mask = self.config.slots.mask
-        resp = encode(
-            Digests,
-            {"version": self.conn.version, "param1": mask if self.conn.version >= V13 else 0,
-             "param2": mask, "digests": digests},
-            hash_size=self._h,
-        )
+        visible = self.visible_slots()
+        slots = sorted(visible)
+        h = self.conn.algorithms.base_hash
+        digests = [crypto.digest(h, visible[s].spdm_chain(h)) for s in slots]
+        mask = sum(1 << s for s in slots)
+        # 1.3: Param1 SupportedSlotMask (slots that exist: all eight when SET_CERTIFICATE
+        # can fill them), Param2 ProvisionedSlotMask.
+        supported = 0xFF if self.conn.rsp_caps & RspCap.SET_CERT else mask
+        fields: dict[str, Any] = {
+            "version": self.conn.version,
+            "param1": supported if self.conn.version >= V13 else 0,
+            "param2": mask, "digests": digests}
+        multi = self.conn.multi_key
+        if multi:
+            pairs = self.key_pairs()
+            kps = [key_pair_of(pairs, visible[s]) for s in slots]
+            fields["key_pair_ids"] = [kp.key_pair_id if kp else 0 for kp in kps]
+            fields["cert_infos"] = [self.slot_models.get(s, 1) for s in slots]
+            fields["key_usage_masks"] = [kp.current_usage if kp else 0 for kp in kps]
+        resp = encode(Digests, fields, hash_size=self._h, multi_key=int(multi))
         if session is None:
             self.transcript.b += request + resp
+            if multi:
+                self.transcript.d = bytearray(resp)
         return resp
 
     def _get_certificate(self, request: bytes, hdr: Any, session: Session | None) -> bytes:
@@ -881,9 +972,12 @@ class Responder:
         if msg.param1 & 0xF0 or slot >= MAX_SLOTS:
             raise InvalidRequest("bad SlotID")
         chain = self._chain(slot)
+        # 1.3 Param2 of CERTIFICATE: the slot's CertificateInfo on a multi-key connection.
+        cert_info = self.slot_models.get(slot, 1) if self.conn.multi_key else 0
         if self.conn.version >= V13 and msg.param2 & 0x1:
             # SlotSizeRequested (1.3): no data, RemainderLength = size of the chain.
             resp = encode(Certificate, {"version": self.conn.version, "param1": slot,
+                                        "param2": cert_info,
                                         "cert_chain": b"", "remainder_length": len(chain)})
             if session is None:
                 self.transcript.b += request + resp
@@ -896,8 +990,8 @@ class Responder:
         data = chain[msg.offset : msg.offset + portion]
         resp = encode(
             Certificate,
-            {"version": self.conn.version, "param1": slot, "cert_chain": data,
-             "remainder_length": len(chain) - msg.offset - portion},
+            {"version": self.conn.version, "param1": slot, "param2": cert_info,
+             "cert_chain": data, "remainder_length": len(chain) - msg.offset - portion},
         )
         if session is None:
             self.transcript.b += request + resp
@@ -923,13 +1017,13 @@ class Responder:
         slot = msg.param1
         if slot >= MAX_SLOTS:
             raise InvalidRequest("bad SlotID")
-        chain = self._chain(slot)
+        chain = self._chain(slot, KeyUsage.CHALLENGE)
         a = self.conn.algorithms
         summary = self._meas_summary(msg.param2)
         fields = {
             "version": self.conn.version,
             "param1": slot,
-            "param2": self.config.slots.mask,
+            "param2": sum(1 << s for s in self.visible_slots()),
             "cert_chain_hash": crypto.digest(a.base_hash, chain),
             "nonce": self.config.random(32),
             "meas_summary_hash": summary,
@@ -961,8 +1055,10 @@ class Responder:
             pass  # reserved attribute bits are ignored (forward compatibility)
         slot_param = msg.slot_id or 0  # absent in SPDM 1.0 (slot 0 implied)
         slot = slot_param & 0x0F
-        if signed and (slot_param & 0xF0 or self.config.slots.get(slot) is None):
-            raise InvalidRequest("bad SlotIDParam")
+        if signed:
+            if slot_param & 0xF0:
+                raise InvalidRequest("bad SlotIDParam")
+            self.slot_for(slot, KeyUsage.MEASUREMENT)
         a = self.conn.algorithms
         meas = sorted(self._measurements(), key=lambda m: m.index)
         op = msg.param2
@@ -1039,7 +1135,7 @@ class Responder:
             raise SessionLimitExceeded()
 
     def _new_session(self, req_session_id: int, cert_hash: bytes, psk: bool,
-                     secured_version: int) -> Session:
+                     secured_version: int, th_prefix: bytes | None = None) -> Session:
         a = self.conn.algorithms
         sid = self._new_session_id(req_session_id)
         ks = KeySchedule(self.conn.version, a.base_hash, a.aead, psk_salt=self.config.psk_salt)
@@ -1047,7 +1143,8 @@ class Responder:
             session_id=sid,
             version=self.conn.version,
             algorithms=a,
-            transcript=SessionTranscript(bytes(self.transcript.vca), cert_hash),
+            transcript=SessionTranscript(
+                bytes(self.transcript.vca) if th_prefix is None else th_prefix, cert_hash),
             key_schedule=ks,
             psk=psk,
             mac_only=self.conn.mac_only,
@@ -1071,8 +1168,7 @@ class Responder:
         msg = self._decode(KeyExchange, request, exchange_size=a.req_exchange_size)
         request = msg.raw
         slot = msg.param2
-        if slot >= MAX_SLOTS or self.config.slots.get(slot) is None:
-            raise InvalidRequest("bad SlotID")
+        self.slot_for(slot, KeyUsage.KEY_EX)
         summary = self._meas_summary(msg.param1)
         self._check_session_limit()
         secured_version = self._select_secured_version(msg.opaque)
@@ -1088,7 +1184,8 @@ class Responder:
         except crypto.CryptoError as exc:
             raise InvalidRequest(str(exc)) from exc
         cert_hash = crypto.digest(a.base_hash, self._chain(slot))
-        sess = self._new_session(msg.req_session_id, cert_hash, False, secured_version)
+        sess = self._new_session(msg.req_session_id, cert_hash, False, secured_version,
+                                 th_prefix=self.transcript.th_prefix(self.conn.multi_key))
         mut = 0
         # Mutual authentication only when configured AND the requester advertised
         # MUT_AUTH_CAP (docs/protocols.md §8.3). With ENCAP_CAP on both sides the

@@ -25,6 +25,15 @@ class SessionState(enum.Enum):
     ENDED = "ended"
 
 
+# DSP0274 1.3 Table 6: allowed in and outside sessions, once negotiated.
+_PROVISIONING = (
+    Req.GET_CSR,
+    Req.SET_CERTIFICATE,
+    Req.GET_KEY_PAIR_INFO,
+    Req.GET_MEL,
+    Req.GET_ENDPOINT_INFO,
+)
+
 # Requests that operate on an already negotiated connection (DSP0274 'Connection' behaviour).
 _NEGOTIATED_REQUESTS = (
     Req.GET_DIGESTS,
@@ -38,6 +47,7 @@ _NEGOTIATED_REQUESTS = (
     Req.CHUNK_GET,
     Req.GET_ENCAPSULATED_REQUEST,
     Req.DELIVER_ENCAPSULATED_RESPONSE,
+    *_PROVISIONING,
 )
 
 CONNECTION_TRANSITIONS: dict[tuple[ConnState, Req], ConnState] = {
@@ -85,6 +95,7 @@ _ESTABLISHED_REQUESTS = (
     Req.CHUNK_GET,
     Req.GET_ENCAPSULATED_REQUEST,
     Req.DELIVER_ENCAPSULATED_RESPONSE,
+    *_PROVISIONING,
 )
 
 SESSION_TRANSITIONS: dict[tuple[SessionState, Req], SessionState] = {

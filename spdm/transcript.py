@@ -7,7 +7,9 @@ C     = CHALLENGE || CHALLENGE_AUTH without the signature
 M1/M2 = VCA || B || C                                     (CHALLENGE_AUTH signature)
 L1/L2 = [VCA if 1.2+] || GET_MEASUREMENTS/MEASUREMENTS ... (last one without signature)
 K     = KEY_EXCHANGE || KEY_EXCHANGE_RSP ...
-TH    = VCA || Hash(CertChain) || K [|| Hash(ReqCertChain)] || F
+D     = the last DIGESTS response outside a session, on a 1.3 multi-key connection
+TH    = VCA || [D] || Hash(CertChain) || K [|| Hash(ReqCertChain)] || F
+        (D in TH of KEY_EXCHANGE sessions when MULTI_KEY_CONN_RSP: DSP0274 1.3)
 """
 
 from __future__ import annotations
@@ -24,12 +26,20 @@ class ConnectionTranscript:
     c: bytearray = field(default_factory=bytearray)
     # L1/L2 outside a session; sessions keep their own.
     m: bytearray = field(default_factory=bytearray)
+    # The last DIGESTS response of a multi-key connection (message D).
+    d: bytearray = field(default_factory=bytearray)
 
     def reset(self) -> None:
         """GET_VERSION restarts the connection (DSP0274 GET_VERSION)."""
         self.vca.clear()
         self.reset_auth()
         self.m.clear()
+        self.d.clear()
+
+    def th_prefix(self, multi_key: bool) -> bytes:
+        """What a KEY_EXCHANGE session's TH starts with: VCA, and D on a multi-key
+        connection."""
+        return bytes(self.vca + self.d) if multi_key else bytes(self.vca)
 
     def reset_auth(self) -> None:
         self.b.clear()
@@ -78,6 +88,11 @@ _RESETS_M1M2 = frozenset(
         Req.GET_ENCAPSULATED_REQUEST,
         Req.DELIVER_ENCAPSULATED_RESPONSE,
         Req.END_SESSION,
+        Req.GET_CSR,
+        Req.SET_CERTIFICATE,
+        Req.GET_KEY_PAIR_INFO,
+        Req.GET_MEL,
+        Req.GET_ENDPOINT_INFO,
     }
 )
 # Transport helpers that never end a run.

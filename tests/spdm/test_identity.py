@@ -12,7 +12,8 @@ from cryptography.hazmat.primitives import serialization
 
 from spdm.algorithms import BaseAsym, BaseHash
 from spdm.cert_verify import CertPolicy, verify_chain
-from spdm.errors import CertificateError
+from spdm.codes import V12, V13, RspCap
+from spdm.errors import CertificateError, ErrorResponse
 from spdm.identity import (
     OID_CMA_SAN,
     OID_SPDM_EXTENSION,
@@ -25,6 +26,7 @@ from spdm.identity import (
     spdm_cert_chain,
     split_spdm_cert_chain,
 )
+from spdm.responder import DEFAULT_RSP_CAPS
 from tests.helpers.spdm_harness import identity_for, make_link
 
 
@@ -100,12 +102,28 @@ def test_slots() -> None:
 
 
 def test_multi_slot_flow() -> None:
+    """Two slots with their own keys: a connection that is not multi-key sees only slot
+    0's key (one key per algorithm before SPDM 1.3 multi-key), a multi-key one both."""
     a, b = identity_for("ecdsa-p384"), generate_identity()
-    link = make_link(a, req={"trust_anchors": [a.root, b.root]})
+    caps = int(DEFAULT_RSP_CAPS | RspCap.MULTI_KEY_NEG | RspCap.GET_KEY_PAIR_INFO)
+    # Multi-key in the 1.3 layout (spdm.capabilities.caps_for_version).
+    rsp = {"capabilities": caps, "versions": (V12, V13)}
+    single = make_link(a, rsp=rsp,
+                       req={"trust_anchors": [a.root, b.root]})
+    single.responder.config.slots = CertSlots({0: a, 2: b})
+    single.run(single.requester.init_connection())
+    assert sorted(single.run(single.requester.get_digests())) == [0]
+    with pytest.raises(ErrorResponse):
+        single.run(single.requester.get_certificate(2))
+
+    link = make_link(a, rsp=rsp,
+                     req={"trust_anchors": [a.root, b.root], "multi_key": True})
     link.responder.config.slots = CertSlots({0: a, 2: b})
     link.run(link.requester.init_connection())
+    assert link.requester.conn.multi_key and link.responder.conn.multi_key
     digests = link.run(link.requester.get_digests())
     assert sorted(digests) == [0, 2]
+    assert link.requester.slot_key_info == {0: (1, 1, 0x0F), 2: (2, 1, 0x0F)}
     link.run(link.requester.get_certificate(2))
     link.run(link.requester.challenge(2))
     link.run(link.requester.get_measurements(slot=2))
