@@ -315,6 +315,11 @@ def _write_key(path: Path, key: PrivateKey) -> None:
     os.chmod(path, 0o600)
 
 
+def write_private_key(path: Path, key: PrivateKey) -> None:
+    """A PKCS #8 PEM private key file, created mode 0600."""
+    _write_key(path, key)
+
+
 def save_identity(identity: DeviceIdentity, directory: Path) -> None:
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     (directory / "chain.pem").write_bytes(

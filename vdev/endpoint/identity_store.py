@@ -347,8 +347,198 @@ def list_identities(state_root: Path | str | None = None) -> list[tuple[str, Pat
     found = []
     with contextlib.suppress(OSError):
         for chain in sorted(root.glob("*/slot*/chain.pem")) + sorted(root.glob("slot*/chain.pem")):
-            if ".new-" in chain.parent.name or ".replaced-" in chain.parent.name:
+            if any(m in chain.parent.name for m in (".new-", ".replaced-", ".erased-")):
                 continue
             name = chain.parent.parent.name if chain.parent.parent != root else "."
             found.append((name, chain.parent))
     return found
+
+
+# ---- several slots, key pairs, SET_CERTIFICATE -------------------------------------------
+#
+#   <identity>/slot<N>/        N = 1..identity_slots-1: generated like slot 0's leaf, with a
+#                              key of its own, under slot 0's intermediate CA (one trust
+#                              anchor for every slot); params.json says "slot": N.
+#                              Or installed by SET_CERTIFICATE: chain.pem, leaf.key (the
+#                              key pair's key) and params.json {"installed": ...}.
+#   <identity>/keys/<K>.key    key pair K (DSP0274 1.3 KeyPairID), 0600: a slot's key is
+#                              the key pair whose public key its leaf carries, so a key
+#                              pair outlives the slots that use it (SET_CERTIFICATE can
+#                              install a new chain for it, erase can empty its slot).
+#   slot<N>.replaced-<time>/   what SET_CERTIFICATE replaced; slot<N>.erased-<time>/ what
+#                              it erased: nothing a user had is deleted.
+
+KEYS_DIR = "keys"
+
+
+@dataclass
+class DeviceSlots:
+    """Every certificate slot of one identity and the key pairs behind them."""
+
+    slots: dict[int, DeviceIdentity]
+    models: dict[int, int]
+    key_pairs: list[Any]  # private keys; index = KeyPairID - 1
+    slot_dirs: dict[int, Path]
+    generated: list[int] = dataclasses.field(default_factory=list)
+
+
+def _stamp() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+
+
+def _spki(key: Any) -> bytes:
+    from spdm.provisioning import spki
+
+    return spki(key)
+
+
+def _load_key_pairs(keys_dir: Path) -> list[Any]:
+    from spdm.identity import load_private_key
+
+    found: dict[int, Any] = {}
+    if keys_dir.is_dir():
+        for path in keys_dir.glob("*.key"):
+            if path.stem.isdigit():
+                try:
+                    found[int(path.stem)] = load_private_key(path.read_bytes())
+                except (OSError, ValueError, TypeError) as exc:
+                    raise IdentityError(f"{path}: the key does not load ({exc})") from None
+    ids = sorted(found)
+    if ids != list(range(1, len(ids) + 1)):
+        raise IdentityError(f"{keys_dir}: key pairs {ids} are not numbered 1..N; vdev does "
+                            "not renumber them: restore the missing ones or move the "
+                            "directory away")
+    return [found[i] for i in ids]
+
+
+def _add_key_pair(keys_dir: Path, key_pairs: list[Any], key: Any) -> int:
+    """Record `key` as the next key pair (a new file, never over an existing one)."""
+    from spdm.identity import write_private_key
+
+    keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = keys_dir / f"{len(key_pairs) + 1}.key"
+    if path.exists():
+        raise IdentityError(f"{path} exists but is not a loaded key pair")
+    write_private_key(path, key)
+    key_pairs.append(key)
+    return len(key_pairs)
+
+
+def _key_pair_id(key_pairs: list[Any], key: Any) -> int | None:
+    wanted = _spki(key)
+    return next((i + 1 for i, k in enumerate(key_pairs) if _spki(k) == wanted), None)
+
+
+def _generate_slot(loc: IdentityLocation, params: IdentityParams, primary: DeviceIdentity,
+                   slot: int) -> DeviceIdentity:
+    """Slot `slot`: a new key and a leaf for it under slot 0's intermediate CA."""
+    if len(primary.certs) != 3 or len(primary.ca_keys) != 2:
+        raise IdentityError(f"{loc.slot_dir}: generating slot {slot} needs slot 0's "
+                            "generated three-certificate chain with intermediate.key")
+    now = datetime.datetime.now(datetime.UTC)
+    key = generate_key(params.key_type)
+    leaf = build_leaf(dataclasses.replace(params, common_name=f"{params.common_name} slot "
+                                          f"{slot}"),
+                      key, primary.certs[1], primary.ca_keys[1],
+                      now - datetime.timedelta(days=1),
+                      now + datetime.timedelta(days=params.validity_days))
+    return DeviceIdentity([*primary.certs[:2], leaf], key)
+
+
+def _write_slot(slot_dir: Path, ident: DeviceIdentity, meta: dict[str, Any]) -> None:
+    """A complete slot directory, built beside `slot_dir` and renamed into place."""
+    from cryptography.hazmat.primitives import serialization as ser
+
+    from spdm.identity import write_private_key
+
+    slot_dir.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{slot_dir.name}.new-", dir=slot_dir.parent))
+    try:
+        (tmp / "chain.pem").write_bytes(
+            b"".join(c.public_bytes(ser.Encoding.PEM) for c in ident.certs))
+        (tmp / "root.pem").write_bytes(ident.certs[0].public_bytes(ser.Encoding.PEM))
+        (tmp / "leaf.pem").write_bytes(ident.certs[-1].public_bytes(ser.Encoding.PEM))
+        write_private_key(tmp / "leaf.key", ident.key)
+        (tmp / PARAMS_FILE).write_text(json.dumps(meta, sort_keys=True, indent=1) + "\n")
+        os.rename(tmp, slot_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def load_device_slots(profile: DeviceProfile, state_root: Path | str | None,
+                      primary: Loaded, *, key_pairs: bool) -> DeviceSlots:
+    """Slot 0 (`primary`), the profile's further generated slots (identity_slots), and
+    every slot SET_CERTIFICATE installed.  With `key_pairs`, the key pairs are kept
+    under keys/ (created from the slots' keys the first time)."""
+    loc = IdentityLocation.of(profile, state_root)
+    params = identity_params(profile)
+    slots = {0: primary.identity}
+    dirs = {0: primary.slot_dir}
+    models: dict[int, int] = {}
+    generated: list[int] = []
+    for n in range(1, 8):
+        sloc = IdentityLocation.of(profile, state_root, n)
+        if sloc.slot_dir.exists() and present_files(sloc.slot_dir):
+            stored = _stored_params(sloc.slot_dir) or {}
+            installed = "installed" in stored
+            ident = load_slot(sloc, params, check_params=not installed)
+            if not installed and ident.certs[0] != primary.identity.certs[0]:
+                raise IdentityError(
+                    f"{sloc.slot_dir} was issued under another root than slot 0's "
+                    f"({primary.slot_dir}): move it away to have it generated again under "
+                    "the current root")
+            slots[n], dirs[n] = ident, sloc.slot_dir
+            if "cert_model" in stored:
+                models[n] = int(stored["cert_model"])
+        elif n < profile.identity_slots:
+            ident = _generate_slot(loc, params, primary.identity, n)
+            meta = {**dataclasses.asdict(params), "slot": n}
+            _write_slot(sloc.slot_dir, ident, meta)
+            slots[n], dirs[n] = ident, sloc.slot_dir
+            generated.append(n)
+    pairs: list[Any] = []
+    if key_pairs:
+        keys_dir = loc.identity_dir / KEYS_DIR
+        pairs = _load_key_pairs(keys_dir)
+        for n in sorted(slots):
+            if _key_pair_id(pairs, slots[n].key) is None:
+                _add_key_pair(keys_dir, pairs, slots[n].key)
+    return DeviceSlots(slots, models, pairs, dirs, generated)
+
+
+class FileCertificateStore:
+    """spdm.provisioning.CertificateStore over the identity directory: SET_CERTIFICATE
+    writes slot<N>/ anew and keeps what was there as slot<N>.replaced-<time>/ (erase:
+    slot<N>.erased-<time>/).  Slot 0 of a legacy location is left where it is and the
+    new one written in the current layout (which `locate` then prefers)."""
+
+    def __init__(self, profile: DeviceProfile, state_root: Path | str | None) -> None:
+        self.profile = profile
+        self.state_root = state_root
+
+    def _move_away(self, slot: int, why: str) -> Path | None:
+        slot_dir = IdentityLocation.of(self.profile, self.state_root, slot).slot_dir
+        if not slot_dir.exists():
+            return None
+        kept = slot_dir.with_name(f"{slot_dir.name}.{why}-{_stamp()}")
+        os.rename(slot_dir, kept)
+        return kept
+
+    def install(self, slot: int, certs: Any, key_pair: Any, model: int) -> DeviceIdentity:
+        ident = DeviceIdentity(list(certs), key_pair.key)
+        slot_dir = IdentityLocation.of(self.profile, self.state_root, slot).slot_dir
+        meta = {"installed": _stamp(), "key_pair_id": key_pair.key_pair_id,
+                "cert_model": model}
+        tmp_name = slot_dir.with_name(f".{slot_dir.name}.install-{_stamp()}")
+        _write_slot(tmp_name, ident, meta)
+        try:
+            self._move_away(slot, "replaced")
+            os.rename(tmp_name, slot_dir)
+        except BaseException:
+            shutil.rmtree(tmp_name, ignore_errors=True)
+            raise
+        return ident
+
+    def erase(self, slot: int) -> None:
+        self._move_away(slot, "erased")

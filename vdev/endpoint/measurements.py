@@ -15,6 +15,19 @@ values are always those of the device *now*.
                              built/configured with
   index 4  VERSION           `firmware_version`, raw (DSP0274: version strings are raw)
 
+With `measurement_record = "extended"` (the `full` profile) also:
+
+  index 5  IMMUTABLE_ROM     the boot ROM image (names the vendor and device), as digest
+  index 6  SECURE_VERSION    `firmware_svn`, u64 little-endian, raw
+  index 7  HASH_EXTEND       with `measurement_log`: the extend of the boot log's entries
+                             (spdm.mel.extend), raw; the log is GET_MEL's
+  0xFD     MANIFEST          a JSON manifest naming every block above, as digest
+  0xFE     DEVICE_MODE       OperationalMode/DeviceMode capabilities and state (normal
+                             operation, no debug), raw (DSP0274 'Device mode field')
+
+The boot log (DMTF MEL): one entry per boot stage -- ROM, firmware, firmware
+configuration -- each the SHA-384 of that stage, extending measurement 7.
+
 Configuration image: for every config-space register software can write (RW mask not
 zero) and whose value is plain storage (no model read hook: DOE mailbox data and IDE
 stream status are live state, not configuration), the record
@@ -30,11 +43,19 @@ cannot change (identity registers are covered by the certificate's CMA SAN).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 
 from construct import Int8ul, Int16ul, Int64ul, Struct
 
-from spdm.measurements import Measurement, MeasurementType
+from spdm import mel
+from spdm.measurements import (
+    INDEX_DEVICE_MODE,
+    INDEX_MANIFEST,
+    DeviceMode,
+    Measurement,
+    MeasurementType,
+)
 from vdev.pci.config_space import ConfigSpace
 from vdev.profiles import DeviceProfile
 
@@ -42,6 +63,9 @@ INDEX_FIRMWARE = 1
 INDEX_HARDWARE_CONFIG = 2
 INDEX_FIRMWARE_CONFIG = 3
 INDEX_VERSION = 4
+INDEX_ROM = 5
+INDEX_SVN = 6
+INDEX_LOG = 7
 
 #: One record of the configuration image: a software-writable register's offset, size
 #: and writable bits.
@@ -77,7 +101,55 @@ class DeviceMeasurements:
         self.profile = profile
         self.config = config
 
+    def rom_image(self) -> bytes:
+        p = self.profile
+        return f"vdev boot rom {p.vendor_id:04x}:{p.device_id:04x}".encode()
+
+    def log_entries(self) -> list[mel.MelEntry]:
+        """The boot log: each stage's SHA-384, extending measurement 7."""
+        p = self.profile
+        stages = [(MeasurementType.IMMUTABLE_ROM, self.rom_image()),
+                  (MeasurementType.MUTABLE_FIRMWARE, p.firmware_digest_bytes),
+                  (MeasurementType.FIRMWARE_CONFIG, profile_image(p))]
+        return [mel.MelEntry(i, INDEX_LOG, int(t), hashlib.sha384(v).digest())
+                for i, (t, v) in enumerate(stages)]
+
+    def log(self) -> bytes:
+        """GET_MEL's DMTF measurement extension log."""
+        return mel.build_mel(self.log_entries())
+
     def __call__(self) -> list[Measurement]:
+        blocks = self.standard()
+        if self.profile.measurement_record == "extended":
+            blocks += self.extended()
+        return blocks
+
+    def extended(self) -> list[Measurement]:
+        p = self.profile
+        out = [
+            Measurement(INDEX_ROM, MeasurementType.IMMUTABLE_ROM, self.rom_image()),
+            Measurement(INDEX_SVN, MeasurementType.SECURE_VERSION,
+                        p.firmware_svn.to_bytes(8, "little"), raw_only=True),
+        ]
+        if p.measurement_log:
+            out.append(Measurement(INDEX_LOG, MeasurementType.HASH_EXTEND,
+                                   mel.extend(self.log_entries(), INDEX_LOG), raw_only=True))
+        names = {b.index: b.type.name for b in [*self.standard(), *out]}
+        manifest = json.dumps({"device": f"{p.vendor_id:04x}:{p.device_id:04x}",
+                               "blocks": {str(k): v for k, v in sorted(names.items())}},
+                              sort_keys=True).encode()
+        out.append(Measurement(INDEX_MANIFEST, MeasurementType.MANIFEST, manifest,
+                               tcb=False))
+        # Normal operational mode (capable of normal and recovery), no debug ever.
+        out.append(Measurement(INDEX_DEVICE_MODE, MeasurementType.DEVICE_MODE,
+                               DeviceMode.build({"operational_mode_capabilities": 0x0C,
+                                                 "operational_mode_state": 0x04,
+                                                 "device_mode_capabilities": 0,
+                                                 "device_mode_state": 0}),
+                               raw_only=True))
+        return out
+
+    def standard(self) -> list[Measurement]:
         p = self.profile
         return [
             Measurement(INDEX_FIRMWARE, MeasurementType.MUTABLE_FIRMWARE,

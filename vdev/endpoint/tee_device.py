@@ -62,6 +62,8 @@ from spdm import algorithms as alg
 from spdm.capabilities import NEVER, missing
 from spdm.hooks import ResponderHooks
 from spdm.identity import CertSlots, DeviceIdentity
+from spdm.mel import pci_class_identifier
+from spdm.provisioning import KeyPair
 from spdm.psk import describe_hint, hints
 from spdm.responder import (
     AlgorithmPriorities,
@@ -87,7 +89,11 @@ from vdev.doe.data_object import (
 )
 from vdev.endpoint.function import DeferLater, TeeIoEndpoint
 from vdev.endpoint.ide_registers import EndpointIdeTarget
-from vdev.endpoint.identity_store import load_or_generate
+from vdev.endpoint.identity_store import (
+    FileCertificateStore,
+    load_device_slots,
+    load_or_generate,
+)
 from vdev.endpoint.measurements import DeviceMeasurements
 from vdev.endpoint.tdi_enforcement import TdiEnforcement
 from vdev.pci.device_api import RegionIndex
@@ -132,13 +138,31 @@ class TeeDevice(TeeIoEndpoint):
         # Where slot 0's chain lives (its root.pem is the trust anchor); None when the
         # identity was handed in.
         self.identity_dir: Path | None = None
+        slots: dict[int, DeviceIdentity] = {}
+        slot_models: dict[int, int] = {}
+        key_pairs: list[KeyPair] = []
+        store: FileCertificateStore | None = None
         if identity is None:
             loaded = load_or_generate(p, state_dir)
             identity, self.identity_dir = loaded.identity, loaded.slot_dir
             log.info("device identity %s in %s (trust anchor %s)",
                      "generated" if loaded.created else "loaded", loaded.slot_dir,
                      loaded.trust_anchor)
+            if p.identity_slots > 1 or p.identity_writable:
+                found = load_device_slots(p, state_dir, loaded, key_pairs=True)
+                slots, slot_models = found.slots, found.models
+                key_pairs = [KeyPair(i + 1, k) for i, k in enumerate(found.key_pairs)]
+                if p.identity_writable:
+                    store = FileCertificateStore(p, state_dir)
+                log.info("certificate slots %s (%s generated now), %d key pairs%s",
+                         ",".join(map(str, sorted(slots))),
+                         ",".join(map(str, found.generated)) or "none", len(key_pairs),
+                         ", writable by SET_CERTIFICATE" if store else "")
+        elif p.identity_slots > 1 or p.identity_writable:
+            raise ProfileError("identity_slots", "further slots and SET_CERTIFICATE need the "
+                               "identity in the state directory, not one handed in")
         self.identity = identity
+        slots = slots or {0: identity}
         # Seconds the spdm-emu server waits before its next reply (a delay fault on the
         # socket path, which has no DOE mailbox to hold a response in).
         self.socket_reply_delay = 0.0
@@ -194,8 +218,15 @@ class TeeDevice(TeeIoEndpoint):
                     pqc_first=p.spdm_pqc_first,
                 ),
                 data_transfer_size=p.spdm_data_transfer_size,
-                slots=CertSlots({0: identity}),
+                slots=CertSlots(slots),
+                slot_models=slot_models,
+                key_pairs=key_pairs,
+                certificate_store=store,
                 measurements=self.measurements,
+                mel=self.measurements.log if p.measurement_log else None,
+                endpoint_info=pci_class_identifier(
+                    p.vendor_id, p.device_id, p.subsystem_vendor_id, p.subsystem_id,
+                    p.class_code, p.revision) if p.endpoint_info else None,
                 transport=spdm_transport,
                 random=random_bytes,
             ),

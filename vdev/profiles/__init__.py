@@ -52,6 +52,19 @@ Security knobs (SPDM / TDISP, used by `vdev.endpoint.tee_device`):
   spdm_psks               ""            pre-shared keys, "HINT=KEY,..." (spdm.psk; text
                                         or hex:...); PSK_CAP only with one.  Prefer
                                         --psk-file for real keys
+  identity_slots          1             certificate slots 0..N-1 generated, each with a
+                                        key of its own under slot 0's intermediate (one
+                                        trust anchor); SPDM 1.3 multi-key connections see
+                                        them all, others only slot 0's key
+  identity_writable       false         SET_CERTIFICATE may write the slots (kept in the
+                                        state directory) and GET_CSR issues CSRs
+  measurement_record      "standard"    "extended" adds immutable ROM, SVN, hash-extend
+                                        (MEL), manifest and device-mode blocks
+  measurement_log         false         the measurement extension log (GET_MEL); needs
+                                        the extended record
+  firmware_svn            1             the secure version number block (extended record)
+  endpoint_info           false         GET_ENDPOINT_INFO DeviceClassIdentifier from the
+                                        PCI IDs
   spdm_asym, spdm_hash,   ""            algorithm priority lists, strongest first, as
   spdm_meas_hash,                       comma-separated spdm.algorithms names (BaseAsym,
   spdm_dhe, spdm_aead                   BaseHash, MeasHash, Dhe, Aead); "" = everything
@@ -122,6 +135,9 @@ MSIX_TABLE_OFFSET = 0x1000  # BAR0 layout, see vdev.endpoint.registers
 PROFILES_DIR = Path(__file__).parent
 
 # Which keys a section may hold (sections only group; key names stay flat).
+#: measurement_record values (vdev.endpoint.measurements).
+MEASUREMENT_RECORDS = ("standard", "extended")
+
 SECTIONS: dict[str, tuple[str, ...]] = {
     "pci": ("vendor_id", "device_id", "subsystem_vendor_id", "subsystem_id", "class_code",
             "revision", "interrupt_pin", "bar0_size", "msix_vectors", "tee_io", "bus",
@@ -132,9 +148,10 @@ SECTIONS: dict[str, tuple[str, ...]] = {
              "spdm_heartbeat_period", "spdm_psks", "spdm_asym",
              "spdm_hash", "spdm_meas_hash", "spdm_dhe", "spdm_aead", "spdm_pqc_asym",
              "spdm_kem", "spdm_pqc_first"),
-    "identity": ("identity_key_type",),
+    "identity": ("identity_key_type", "identity_slots", "identity_writable"),
     "tdisp": ("tdisp_policy",),
-    "measurements": ("firmware_version", "firmware_digest"),
+    "measurements": ("firmware_version", "firmware_digest", "measurement_record",
+                     "measurement_log", "firmware_svn", "endpoint_info"),
     "reset": ("flr_ends_spdm_sessions",),
 }
 
@@ -239,6 +256,12 @@ class DeviceProfile:
     spdm_pqc_asym: str = ""
     spdm_kem: str = ""
     spdm_pqc_first: bool = False
+    identity_slots: int = 1
+    identity_writable: bool = False
+    measurement_record: str = "standard"
+    measurement_log: bool = False
+    firmware_svn: int = 1
+    endpoint_info: bool = False
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -263,6 +286,15 @@ class DeviceProfile:
         self._check_range("spdm_data_transfer_size", MIN_DATA_TRANSFER_SIZE,
                           MAX_DATA_TRANSFER_SIZE)
         self._check_range("spdm_heartbeat_period", 0, 255)
+        self._check_range("identity_slots", 1, 8)
+        self._check_range("firmware_svn", 0, (1 << 64) - 1)
+        if self.measurement_record not in MEASUREMENT_RECORDS:
+            raise ProfileError("measurement_record", f"{self.measurement_record!r} not one "
+                               f"of {', '.join(MEASUREMENT_RECORDS)}")
+        if self.measurement_log and self.measurement_record != "extended":
+            raise ProfileError("measurement_log", "the log extends a hash-extend "
+                               "measurement, which only measurement_record = \"extended\" "
+                               "has")
         self._check_range("bus", 0, 0xFF)
         self._check_range("devfn", 0, 0xFF)
         self._check_range("segment", 0, 0xFF)

@@ -19,7 +19,7 @@ from vdev.vm.env import REPO
 def test_run_with_an_unknown_profile_names_the_shipped_ones() -> None:
     line = one_line_error(vdev("run", "--profile", "nosuch"), "vdev")
     assert "'nosuch' is neither a file nor a shipped profile" in line
-    assert "auth-only-spdm12, default, pqc, pqc-kem" in line
+    assert "auth-only-spdm12, default, full, pqc, pqc-kem" in line
 
 
 def test_run_with_a_badly_typed_profile_names_the_key(tmp_path: Path) -> None:

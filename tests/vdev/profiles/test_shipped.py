@@ -25,7 +25,7 @@ from vdev.profiles import (
     shipped_profiles,
 )
 
-SHIPPED = ("default", "auth-only-spdm12", "spdm-emu-defaults")
+SHIPPED = ("default", "auth-only-spdm12", "spdm-emu-defaults", "full")
 
 
 @pytest.fixture(scope="module")
