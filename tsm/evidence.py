@@ -17,6 +17,12 @@ null/empty until the step that fills them ran):
     certificates      [{"slot", "subject", "issuer", "serial", "not_before", "not_after",
                         "sha256", "sha384", "is_ca"}], root first
     measurements      [{"index", "type", "raw", "value"}]   (value hex, as reported)
+    device_info       null | {"multi_key": bool, "key_pairs": [{"key_pair_id",
+                       "capabilities", "key_usage": [names], "asym_algo": [names],
+                       "assoc_cert_slots": [slots], "public_key_info": hex}],
+                       "mel": {"entries": [{"mel_index", "meas_index", "type",
+                       "value"}]}, "endpoint_info": {"identifiers": [{"svh_id",
+                       "vendor_id", "sub_ids"}], "signed": bool}}  (what was read)
     policy            {"file": path | null, "verdicts": [{"index", "verdict", ...}]}
     ide               {"stream_id", "key_set", "port_index", "query": {...},
                        "device": {"slots": [{"direction","sub_stream","key_set","state"}]},
@@ -40,7 +46,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from spdm.codes import RspCap
+from spdm.codes import KeyPairAsym, KeyUsage, RspCap
 from spdm.identity import split_spdm_cert_chain
 from spdm.measurements import RAW_BIT_STREAM_FLAG, MeasurementType, ParsedBlock
 from tdisp.codes import PAGE_SIZE, InterfaceInfo, LockFlags, MmioAttr
@@ -120,6 +126,51 @@ def measurements(blocks: Iterable[ParsedBlock]) -> list[dict[str, Any]]:
             tname = f"0x{vtype:02x}"
         out.append({"index": b.index, "type": tname, "raw": b.is_raw, "value": b.value.hex()})
     return out
+
+
+def _type_name(vtype: int) -> str:
+    try:
+        return MeasurementType(vtype & ~RAW_BIT_STREAM_FLAG).name
+    except ValueError:
+        return f"0x{vtype:02x}"
+
+
+def key_pair(info: Any) -> dict[str, Any]:
+    """A KEY_PAIR_INFO (spdm.req_provisioning.KeyPairInfoResult)."""
+    return {
+        "key_pair_id": info.key_pair_id,
+        "capabilities": info.capabilities,
+        "key_usage": flag_names(KeyUsage, info.current_key_usage),
+        "key_usage_capabilities": flag_names(KeyUsage, info.key_usage_capabilities),
+        "asym_algo": flag_names(KeyPairAsym, info.current_asym_algo),
+        "assoc_cert_slots": [s for s in range(8) if info.assoc_cert_slot_mask & (1 << s)],
+        "public_key_info": info.public_key_info.hex(),
+    }
+
+
+def mel(data: bytes) -> dict[str, Any]:
+    """A DMTF measurement extension log (spdm.mel)."""
+    from spdm.mel import parse_mel
+
+    try:
+        entries = parse_mel(data)
+    except ValueError as exc:
+        return {"error": str(exc), "raw": data.hex()}
+    return {"entries": [{"mel_index": e.mel_index, "meas_index": e.meas_index,
+                         "type": _type_name(e.value_type), "value": e.value.hex()}
+                        for e in entries]}
+
+
+def endpoint_info(data: bytes) -> dict[str, Any]:
+    """A DeviceClassIdentifier EPInfo (spdm.mel)."""
+    from spdm.mel import parse_device_class_identifier
+
+    try:
+        ids = parse_device_class_identifier(data)
+    except ValueError as exc:
+        return {"error": str(exc), "raw": data.hex()}
+    return {"identifiers": [{"svh_id": i.svh_id, "vendor_id": i.vendor_id.hex(),
+                             "sub_ids": [x.hex() for x in i.sub_ids]} for i in ids]}
 
 
 def report(r: InterfaceReport) -> dict[str, Any]:

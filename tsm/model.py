@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import datetime
 import errno
+import functools
 import os
 import time
 from collections.abc import Callable, Generator, Mapping, Sequence
@@ -147,6 +148,9 @@ class TsmConfig:
     psks: Mapping[bytes, bytes] = field(default_factory=dict, repr=False)
     # A real root port the key operations also go to (tsm.root_port.PlatformRootPort).
     root_port: PlatformRootPort | None = None
+    # SPDM 1.3: ask for a multi-key connection (every slot's key usable, DIGESTS with
+    # key pair information; docs/protocols.md §3.6).
+    multi_key: bool = False
 
 
 @dataclass
@@ -198,8 +202,30 @@ class TsmModel:
 
     # ---- public operations ---------------------------------------------------------
 
-    def connect(self) -> TsmOperation:
-        return self._operation("connect", self._connect, connect=True)
+    def connect(self, *, ide: bool = True) -> TsmOperation:
+        """Authenticate, open a session and (unless `ide` is False: provisioning, device
+        information) key the IDE stream."""
+        return self._operation("connect", lambda p: self._connect(p, ide), connect=True)
+
+    def device_info(self) -> TsmOperation:
+        """Inside the session, whatever of KEY_PAIR_INFO (every key pair), the
+        measurement extension log and (signed, when it can be) the endpoint information
+        the device offers.  Value: the evidence's "device_info"."""
+        return self._operation("device_info", self._device_info)
+
+    def get_csr(self, *, key_pair_id: int = 0, cert_model: int = 0,
+                requester_info: bytes = b"") -> TsmOperation:
+        """GET_CSR inside the session.  Value: the DER CSR."""
+        return self._operation("get_csr", lambda p: self._get_csr(
+            p, key_pair_id, cert_model, requester_info))
+
+    def set_certificate(self, slot: int, chain_der: Sequence[bytes] = (), *,
+                        key_pair_id: int = 0, cert_model: int = 0,
+                        erase: bool = False) -> TsmOperation:
+        """SET_CERTIFICATE inside the session: install `chain_der` (root first) in
+        `slot`, or erase it; then read DIGESTS to see the slot as the device has it."""
+        return self._operation("set_certificate", lambda p: self._set_certificate(
+            p, slot, chain_der, key_pair_id, cert_model, erase))
 
     def lock(
         self,
@@ -280,6 +306,7 @@ class TsmModel:
             },
             "certificates": ev.certificates(self._chains, hsize) if hsize else [],
             "measurements": ev.measurements(self._blocks),
+            "device_info": self._info or None,
             "policy": {"file": self.config.policy_file, "verdicts": self._verdicts},
             "ide": {
                 "stream_id": self._stream_id,
@@ -378,6 +405,7 @@ class TsmModel:
         self._device_slots: dict[KeySlot, str] = {}
         self._key_set = self.config.key_set
         self._stream_id: int | None = self.config.stream_id
+        self._info: dict[str, Any] = {}
 
     def _requester_config(self) -> RequesterConfig:
         c = self.config
@@ -396,6 +424,7 @@ class TsmModel:
             data_transfer_size=c.spdm_data_transfer_size,
             max_spdm_msg_size=max(c.spdm_max_msg_size, c.spdm_data_transfer_size),
             psk=dict(c.psks),
+            multi_key=c.multi_key,
         )
 
     def _abandon(self, reason: str) -> None:
@@ -452,7 +481,7 @@ class TsmModel:
 
     # ---- connect -----------------------------------------------------------------
 
-    def _connect(self, p: Progress) -> Gen:
+    def _connect(self, p: Progress, ide: bool = True) -> Gen:
         c = self.config
         if self.state == "connected":
             # GET_VERSION resets the responder's connection and sessions (DSP0274
@@ -474,6 +503,9 @@ class TsmModel:
             yield from self._psk_session(p)
         else:
             yield from self._certificate_session(p)
+        if not ide:
+            p.log("no IDE stream keyed (SPDM session only)")
+            return f"0x{self._session_id:08x}"
 
         p.enter("ide_km")
         try:
@@ -788,6 +820,66 @@ class TsmModel:
                                                     t.get_state())))
         rec.move(state, self.config.clock(), "GET_DEVICE_INTERFACE_STATE")
         return state.name
+
+    # ---- provisioning and device information (docs/protocols.md §3.6, §3.7) ----------
+
+    def _device_info(self, p: Progress) -> Gen:
+        sid = self._require_session()
+        req = self._req
+        caps = req.conn.rsp_caps
+        info: dict[str, Any] = {"multi_key": req.conn.multi_key}
+        p.enter("device_info")
+        if caps & RspCap.GET_KEY_PAIR_INFO:
+            first = yield from self._spdm(p, "GET_KEY_PAIR_INFO",
+                                          lambda: req.get_key_pair_info(1, sid))
+            pairs = [first]
+            for kp in range(2, first.total_key_pairs + 1):
+                pairs.append((yield from self._spdm(
+                    p, "GET_KEY_PAIR_INFO", functools.partial(req.get_key_pair_info, kp,
+                                                              sid))))
+            info["key_pairs"] = [ev.key_pair(x) for x in pairs]
+            p.log(f"{len(pairs)} key pairs")
+        if caps & RspCap.MEL and req.algorithms.mel_spec:
+            log = yield from self._spdm(p, "GET_MEASUREMENT_EXTENSION_LOG",
+                                        lambda: req.get_mel(sid))
+            info["mel"] = ev.mel(log)
+            p.log(f"measurement extension log: {len(info['mel']['entries'])} entries")
+        if caps & (RspCap.EP_INFO_NO_SIG | RspCap.EP_INFO_SIG):
+            signed = bool(caps & RspCap.EP_INFO_SIG) and self.config.cert_slot in req.leaf_keys
+            slot = self.config.cert_slot
+            data = yield from self._spdm(p, "GET_ENDPOINT_INFO", lambda: req.get_endpoint_info(
+                signed=signed, slot=slot, session_id=sid))
+            info["endpoint_info"] = {**ev.endpoint_info(data), "signed": signed}
+            p.log("endpoint information" + (" (signature verified)" if signed else ""))
+        self._info = info
+        return info
+
+    def _get_csr(self, p: Progress, key_pair_id: int, cert_model: int,
+                 requester_info: bytes) -> Gen:
+        sid = self._require_session()
+        p.enter("provisioning")
+        csr: bytes = yield from self._spdm(p, "GET_CSR", lambda: self._req.get_csr(
+            requester_info, key_pair_id=key_pair_id, cert_model=cert_model, session_id=sid))
+        p.log(f"CSR of {len(csr)} bytes" + (f" for key pair {key_pair_id}"
+                                              if key_pair_id else ""))
+        return csr
+
+    def _set_certificate(self, p: Progress, slot: int, chain_der: Sequence[bytes],
+                         key_pair_id: int, cert_model: int, erase: bool) -> Gen:
+        sid = self._require_session()
+        req = self._req
+        p.enter("provisioning")
+        yield from self._spdm(p, "SET_CERTIFICATE", lambda: req.set_certificate(
+            slot, chain_der, key_pair_id=key_pair_id, cert_model=cert_model, erase=erase,
+            session_id=sid))
+        digests = yield from self._spdm(p, "GET_DIGESTS", lambda: req.get_digests(sid))
+        if erase:
+            p.log(f"slot {slot} erased; slots now {sorted(digests)}")
+            return sorted(digests)
+        if slot not in digests:
+            raise TsmStateError(f"SET_CERTIFICATE succeeded but DIGESTS lacks slot {slot}")
+        p.log(f"certificate chain installed in slot {slot}; slots now {sorted(digests)}")
+        return sorted(digests)
 
     # ---- session maintenance and teardown ------------------------------------------
 

@@ -496,6 +496,9 @@ def build_parser() -> argparse.ArgumentParser:
     from vdev.cli.tsm_connect import add_connect_parser
 
     add_connect_parser(tsm_sub)  # vdev tsm connect --spdm-emu HOST:PORT ...
+    from vdev.cli.tsm_provision import add_provision_parser
+
+    add_provision_parser(tsm_sub)  # vdev tsm provision csr|set-certificate|erase|info
     add_trace_parser(sub)  # vdev trace show FILE ...
 
     from vdev.cli.ctl import add_ctl_parser

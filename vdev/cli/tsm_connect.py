@@ -55,13 +55,7 @@ def add_connect_parser(tsm_subparsers: Any) -> argparse.ArgumentParser:
     c: argparse.ArgumentParser = tsm_subparsers.add_parser(
         "connect", help="authenticate and connect a device over the spdm-emu socket",
         description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    c.add_argument("--spdm-emu", required=True, metavar="HOST:PORT",
-                   help="spdm-emu responder (e.g. vdev spdm-emu, libspdm's spdm_responder_emu)")
-    c.add_argument("--trust-anchor", required=True, metavar="FILE",
-                   help="root certificate(s) to accept, PEM or DER")
-    c.add_argument("--policy", metavar="FILE", help="measurement reference values (TOML/JSON)")
-    c.add_argument("--device", default="0000:01:00.0", metavar="SSSS:BB:DD.F",
-                   help="the DSM / TDI routing ID used in INTERFACE_ID (default %(default)s)")
+    add_session_arguments(c)
     c.add_argument("--expect-bar", action="append", default=[], metavar="INDEX:BASE:SIZE",
                    help="a BAR as the host assigned it; the interface report must match")
     c.add_argument("--mmio-offset", type=lambda s: int(s, 0), default=0,
@@ -70,11 +64,42 @@ def add_connect_parser(tsm_subparsers: Any) -> argparse.ArgumentParser:
                    help="IDE Stream ID to key; auto (default): the ID the host configured in "
                    "the device's first selective stream, as QUERY_RESP reports it, or 0 "
                    "when the IDE registers there read all zeros (the log says so)")
+    c.add_argument("--heartbeat", type=int, default=0, metavar="N", help="set HBEAT_CAP "
+                   "(the device then sends its HeartbeatPeriod) and send N HEARTBEATs "
+                   "after connecting")
+    c.add_argument("--key-update", action="store_true", help="KEY_UPDATE (UpdateAllKeys, "
+                   "then VerifyNewKey) of the session after connecting")
+    c.add_argument("--device-info", action="store_true", help="read, inside the session, "
+                   "the key pair information, measurement extension log and endpoint "
+                   "information the device offers (evidence 'device_info')")
+    c.add_argument("--lock", action="store_true", help="TDISP LOCK + interface report")
+    c.add_argument("--start", action="store_true", help="START after LOCK (implies --lock)")
+    c.add_argument("--stop", action="store_true", help="STOP the TDI at the end")
+    c.add_argument("--no-disconnect", action="store_true",
+                   help="leave the session and keys in place at the end")
+    c.add_argument("--json", action="store_true", help="print the evidence as JSON")
+    add_tail_arguments(c)
+    c.set_defaults(func=cmd_connect)
+    return c
+
+
+def add_session_arguments(c: argparse.ArgumentParser) -> None:
+    """What `connect` and `provision` share: the responder, how to trust it, and how the
+    session is opened."""
+    c.add_argument("--spdm-emu", required=True, metavar="HOST:PORT",
+                   help="spdm-emu responder (e.g. vdev spdm-emu, libspdm's spdm_responder_emu)")
+    c.add_argument("--trust-anchor", required=True, metavar="FILE",
+                   help="root certificate(s) to accept, PEM or DER")
+    c.add_argument("--policy", metavar="FILE", help="measurement reference values (TOML/JSON)")
+    c.add_argument("--device", default="0000:01:00.0", metavar="SSSS:BB:DD.F",
+                   help="the DSM / TDI routing ID used in INTERFACE_ID (default %(default)s)")
     c.add_argument("--transport", default="pci_doe", choices=["pci_doe", "mctp"],
                    help="spdm-emu transport (default pci_doe)")
     add_spdm_size_argument(c)
     c.add_argument("--slot", type=int, default=0, metavar="N", help="certificate slot to "
                    "authenticate and open the session with (0..7, default 0)")
+    c.add_argument("--multi-key", action="store_true", help="ask for an SPDM 1.3 multi-key "
+                   "connection: every slot's key usable, DIGESTS with key pair information")
     add_psk_argument(c, "TSM")
     c.add_argument("--psk-hint", metavar="HINT", help="open the session with PSK_EXCHANGE "
                    "using the PSK of this hint from --psk-file (text, or hex:...; '' for "
@@ -82,24 +107,14 @@ def add_connect_parser(tsm_subparsers: Any) -> argparse.ArgumentParser:
     c.add_argument("--handshake-in-clear", action="store_true", help="set "
                    "HANDSHAKE_IN_THE_CLEAR_CAP: KEY_EXCHANGE_RSP..FINISH_RSP unencrypted "
                    "when the device supports it too")
-    c.add_argument("--heartbeat", type=int, default=0, metavar="N", help="set HBEAT_CAP "
-                   "(the device then sends its HeartbeatPeriod) and send N HEARTBEATs "
-                   "after connecting")
-    c.add_argument("--key-update", action="store_true", help="KEY_UPDATE (UpdateAllKeys, "
-                   "then VerifyNewKey) of the session after connecting")
-    c.add_argument("--lock", action="store_true", help="TDISP LOCK + interface report")
-    c.add_argument("--start", action="store_true", help="START after LOCK (implies --lock)")
-    c.add_argument("--stop", action="store_true", help="STOP the TDI at the end")
-    c.add_argument("--no-disconnect", action="store_true",
-                   help="leave the session and keys in place at the end")
+
+
+def add_tail_arguments(c: argparse.ArgumentParser) -> None:
     c.add_argument("--shutdown", action="store_true",
                    help="send SHUTDOWN to the spdm-emu server at the end (default CONTINUE)")
-    c.add_argument("--json", action="store_true", help="print the evidence as JSON")
     from vdev.cli.trace import add_trace_arguments  # the adapter layer, as the client is
 
     add_trace_arguments(c)  # --trace FILE, --trace-format, --pcap FILE, --log-secrets
-    c.set_defaults(func=cmd_connect)
-    return c
 
 
 def _host_port(text: str) -> tuple[str, int]:
@@ -139,69 +154,118 @@ def run(op: TsmOperation, client: DoeClient) -> Done:
     return op.result
 
 
-def cmd_connect(args: argparse.Namespace, client_factory: ClientFactory | None = None) -> int:
-    out: TextIO = sys.stdout
-    log: TextIO = sys.stderr if args.json else sys.stdout
+def prepare(args: argparse.Namespace, prog: str, log: TextIO,
+            **config: Any) -> tuple[TsmModel, DeviceRef, str, int]:
+    """The TSM model the session options describe (`config`: further TsmConfig fields),
+    with its step log going to `log`."""
     host, port = _host_port(args.spdm_emu)
     try:
         device = DeviceRef.parse(args.device)
-        bars = [ExpectedBar.parse(b) for b in args.expect_bar]
-        anchors = trust_anchors("vdev tsm connect", args.trust_anchor)
-        refs = reference_values("vdev tsm connect", args.policy) if args.policy else None
-        stream_id = None if args.stream_id == "auto" else int(args.stream_id, 0)
+        anchors = trust_anchors(prog, args.trust_anchor)
+        refs = reference_values(prog, args.policy) if args.policy else None
     except (OSError, ValueError, PolicyError) as exc:
-        raise SystemExit(f"vdev tsm connect: {exc}") from None
+        raise SystemExit(f"{prog}: {exc}") from None
     if not 0 <= args.slot <= 7:
-        raise SystemExit(f"vdev tsm connect: --slot {args.slot}: a slot is 0..7")
-    if args.heartbeat < 0:
-        raise SystemExit("vdev tsm connect: --heartbeat must not be negative")
-    psks = read_psk_file("vdev tsm connect", args.psk_file)
+        raise SystemExit(f"{prog}: --slot {args.slot}: a slot is 0..7")
+    psks = read_psk_file(prog, args.psk_file)
     hint = None
     if args.psk_hint is not None:
         if not psks:
-            raise SystemExit("vdev tsm connect: --psk-hint needs --psk-file")
+            raise SystemExit(f"{prog}: --psk-hint needs --psk-file")
         try:
             hint = psk.parse_hint(args.psk_hint)
         except PskFormatError as exc:
-            raise SystemExit(f"vdev tsm connect: {exc}") from None
+            raise SystemExit(f"{prog}: {exc}") from None
         if hint not in psks:
-            raise SystemExit(f"vdev tsm connect: --psk-hint {psk.describe_hint(hint)} is not "
+            raise SystemExit(f"{prog}: --psk-hint {psk.describe_hint(hint)} is not "
                              f"in --psk-file {args.psk_file} (it has "
                              f"{', '.join(psk.hints(psks))})")
     tracer = _tracer(args)
-    config = TsmConfig(
+    tsm_config = TsmConfig(
         trust_anchors=anchors, reference_values=refs, policy_file=args.policy,
-        clock=time.time, stream_id=stream_id, mmio_reporting_offset=args.mmio_offset,
-        cert_slot=args.slot, psk_hint=hint, psks=psks, heartbeat=args.heartbeat > 0,
-        handshake_in_the_clear=args.handshake_in_clear,
+        clock=time.time, cert_slot=args.slot, psk_hint=hint, psks=psks,
+        handshake_in_the_clear=args.handshake_in_clear, multi_key=args.multi_key,
         # DSP0275: over MCTP the secured payload carries the MCTP message type too.
         transport=MCTP_TRANSPORT if args.transport == "mctp" else DOE_TRANSPORT,
-        spdm_data_transfer_size=spdm_data_transfer_size("vdev tsm connect",
-                                                        args.spdm_data_transfer_size),
+        spdm_data_transfer_size=spdm_data_transfer_size(prog, args.spdm_data_transfer_size),
+        **config,
     )
-    tsm = TsmModel(device, config, tracer.spdm_hooks() if tracer is not None else None)
+    tsm = TsmModel(device, tsm_config, tracer.spdm_hooks() if tracer is not None else None)
     tsm.listeners.append(lambda phase, text: print(f"  [{phase}] {text}", file=log, flush=True))
     if tracer is not None:
         tsm.listeners.append(lambda phase, text: tracer.state(f"[{phase}] {text}",
                                                               msg="TSM_STEP", proto="tsm"))
+    tsm.tracer = tracer  # type: ignore[attr-defined]
+    return tsm, device, host, port
 
+
+def open_client(args: argparse.Namespace, tsm: TsmModel, host: str, port: int,
+                log: TextIO, client_factory: ClientFactory | None) -> DoeClient | None:
     factory = client_factory or _default_factory(args.transport)
-    print(f"vdev tsm: connecting to spdm-emu {host}:{port}, device {device}", file=log)
+    print(f"vdev tsm: connecting to spdm-emu {host}:{port}, device {tsm.device}", file=log)
     try:
         client = factory(host, port)
     except Exception as exc:
         print(f"vdev tsm: cannot reach {host}:{port}: {exc}", file=log)
-        return 1
+        return None
+    tracer = getattr(tsm, "tracer", None)
     if tracer is not None:
         from vdev.trace.attach import TracedClient
 
         client = TracedClient(client, tracer,
                               doe=getattr(args, "transport", "pci_doe") == "pci_doe")
+    return client
+
+
+def execute(plan: list[tuple[str, Callable[[], TsmOperation]]], tsm: TsmModel,
+            client: DoeClient, log: TextIO, *, disconnect: bool = True,
+            shutdown: bool = False) -> tuple[bool, dict[str, Any]]:
+    """Run the plan's operations in order (stopping at the first failure), then
+    disconnect.  Returns (failed, {step name: value})."""
+    failed = False
+    values: dict[str, Any] = {}
+    for name, make in plan:
+        print(f"- {name}", file=log, flush=True)
+        done = run(make(), client)
+        if not done.ok:
+            print(f"FAILED: {done.reason}", file=log, flush=True)
+            failed = True
+            break
+        values[name] = done.value
+    if tsm.state == "connected" and disconnect:
+        print("- disconnect", file=log, flush=True)
+        done = run(tsm.disconnect(), client)
+        if not done.ok:
+            print(f"FAILED: {done.reason}", file=log, flush=True)
+            failed = True
+    _close(client, shutdown)
+    return failed, values
+
+
+def cmd_connect(args: argparse.Namespace, client_factory: ClientFactory | None = None) -> int:
+    out: TextIO = sys.stdout
+    log: TextIO = sys.stderr if args.json else sys.stdout
+    prog = "vdev tsm connect"
+    try:
+        bars = [ExpectedBar.parse(b) for b in args.expect_bar]
+        stream_id = None if args.stream_id == "auto" else int(args.stream_id, 0)
+    except ValueError as exc:
+        raise SystemExit(f"{prog}: {exc}") from None
+    if args.heartbeat < 0:
+        raise SystemExit(f"{prog}: --heartbeat must not be negative")
+    tsm, device, host, port = prepare(args, prog, log, stream_id=stream_id,
+                                      mmio_reporting_offset=args.mmio_offset,
+                                      heartbeat=args.heartbeat > 0)
+    client = open_client(args, tsm, host, port, log, client_factory)
+    if client is None:
+        return 1
 
     plan: list[tuple[str, Callable[[], TsmOperation]]] = [("connect", tsm.connect)]
     plan += [("heartbeat", tsm.heartbeat)] * args.heartbeat
     if args.key_update:
         plan.append(("key update", tsm.key_update))
+    if args.device_info:
+        plan.append(("device info", tsm.device_info))
     tdi = device.function
     if args.lock or args.start:
         plan.append(("lock", lambda: tsm.lock(tdi, expected_mmio=bars or None)))
@@ -211,21 +275,8 @@ def cmd_connect(args: argparse.Namespace, client_factory: ClientFactory | None =
     if args.stop:
         plan.append(("stop", lambda: tsm.stop(tdi)))
 
-    failed = False
-    for name, make in plan:
-        print(f"- {name}", file=log, flush=True)
-        done = run(make(), client)
-        if not done.ok:
-            print(f"FAILED: {done.reason}", file=log, flush=True)
-            failed = True
-            break
-    if tsm.state == "connected" and not args.no_disconnect:
-        print("- disconnect", file=log, flush=True)
-        done = run(tsm.disconnect(), client)
-        if not done.ok:
-            print(f"FAILED: {done.reason}", file=log, flush=True)
-            failed = True
-    _close(client, args.shutdown)
+    failed, _ = execute(plan, tsm, client, log, disconnect=not args.no_disconnect,
+                        shutdown=args.shutdown)
 
     evidence = tsm.evidence()
     if args.json:
