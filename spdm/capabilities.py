@@ -126,12 +126,35 @@ def missing(p: Provisioning, wanted: int) -> dict[str, str]:
 #: Flags whose messages this responder speaks only in the 1.3 layout.
 _V13_ONLY = RspCap.GET_KEY_PAIR_INFO | RspCap.MULTI_KEY_NEG
 
+#: Flags that need a slot's key to be named in BaseAsymAlgo: certificates, signatures,
+#: signed handshakes and what builds on them (mutual authentication, provisioning of
+#: certificates and key pairs).
+_SIGNING = (RspCap.CERT | RspCap.CHAL | RspCap.MEAS_SIG | RspCap.KEY_EX
+            | RspCap.HANDSHAKE_IN_THE_CLEAR | RspCap.MUT_AUTH | RspCap.ENCAP
+            | RspCap.EP_INFO_SIG | RspCap.SET_CERT | RspCap.CSR | RspCap.GET_KEY_PAIR_INFO
+            | RspCap.MULTI_KEY_NEG)
+_SESSION = RspCap.ENCRYPT | RspCap.MAC | RspCap.KEY_UPD | RspCap.HBEAT
 
-def caps_for_version(caps: int, version: int) -> int:
+
+def caps_for_version(caps: int, version: int, *, classical_key: bool = True) -> int:
     """The CAPABILITIES flags sent in `version`: those the version defines
     (`spdm.codes.rsp_caps_for_version`), without the ones whose messages we speak only
-    in another version's layout (KEY_PAIR_INFO gained post-quantum fields in 1.4)."""
+    in another version's layout (KEY_PAIR_INFO gained post-quantum fields in 1.4).
+
+    `classical_key` False: no slot holds a key BaseAsymAlgo can name (ML-DSA only,
+    which DSP0274 1.4 §10.4 added as PqcAsymAlgo).  Before 1.4 such a device can sign
+    nothing, so it advertises none of the flags that promise a signature (DSP0274 1.3
+    Table 16 wants one BaseAsymSel bit behind them): measurements and endpoint
+    information stay, unsigned, and sessions only with a PSK."""
     out = rsp_caps_for_version(caps, version)
     if version >= 0x14:
         out &= ~_V13_ONLY
+    elif not classical_key:
+        if out & RspCap.MEAS_SIG:
+            out |= RspCap.MEAS_NO_SIG
+        if out & RspCap.EP_INFO_SIG:
+            out |= RspCap.EP_INFO_NO_SIG
+        out &= ~_SIGNING
+        if not out & (RspCap.PSK | RspCap.PSK_WITH_CONTEXT):
+            out &= ~_SESSION
     return out

@@ -804,7 +804,9 @@ class Responder:
         self.conn.req_ct_exponent = msg.ct_exponent or 0
         self.conn.req_data_transfer_size = msg.data_transfer_size or 0
         self.conn.req_max_msg_size = msg.max_spdm_msg_size or 0
-        caps = caps_for_version(self._caps(), version)
+        # Before 1.4 an ML-DSA slot cannot be named in BaseAsymAlgo (spdm.capabilities).
+        classical = not self.config.slots.slots or bool(self._slot_asym_mask() & 0xFFFF_FFFF)
+        caps = caps_for_version(self._caps(), version, classical_key=classical)
         self.conn.rsp_caps = caps
         self.conn.rsp_ct_exponent = self.config.ct_exponent
         fields: dict[str, Any] = {
