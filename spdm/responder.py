@@ -171,6 +171,16 @@ DEFAULT_RSP_CAPS = (
 )
 
 
+#: The CAPABILITIES flags behind each request that only a session carries.
+_SESSION_REQUEST_CAPS: dict[Req, int] = {
+    Req.FINISH: RspCap.KEY_EX,
+    Req.PSK_FINISH: RspCap.PSK | RspCap.PSK_WITH_CONTEXT,
+    Req.HEARTBEAT: RspCap.HBEAT,
+    Req.KEY_UPDATE: RspCap.KEY_UPD,
+    Req.END_SESSION: RspCap.KEY_EX | RspCap.PSK | RspCap.PSK_WITH_CONTEXT,
+}
+
+
 @dataclass(frozen=True)
 class VendorRequestContext:
     """What a VENDOR_DEFINED handler learns about the request's envelope."""
@@ -640,6 +650,13 @@ class Responder:
         handler = self._handlers.get(req)
         if handler is None:
             # A request this responder does not implement is unsupported in any state.
+            raise UnsupportedRequest(req)
+
+        gate = _SESSION_REQUEST_CAPS.get(req)
+        if gate is not None and not self.conn.rsp_caps & gate:
+            # A session request whose capability this connection was not given is not
+            # supported at all: UnsupportedRequest comes before SessionRequired (DSP0274
+            # 1.3 Table 58; a device without sessions never "requires" one).
             raise UnsupportedRequest(req)
 
         next_conn: ConnState | None = self.state
