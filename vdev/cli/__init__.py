@@ -36,6 +36,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -370,9 +371,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         # Always traced: the traces and pcaps are the run's record, and the picture of it.
         rc = run_demo(profile_path=profile, workdir=workdir, trace=True, options=options,
                       source=source)
-    except KeyboardInterrupt:
-        print("vdev run: interrupted; servers and QEMU stopped", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        print(f"vdev run: {what}; servers and QEMU stopped", file=sys.stderr)
+        return interrupted_status(exc)
     if rc == REFUSED:  # nothing ran: the workdir still holds an earlier run
         return rc
     from vdev.cli.trace import write_sequence
@@ -544,7 +546,45 @@ class UsageError(Exception):
 _USER_ERRORS = (UsageError, OSError, ValueError, OverflowError)
 EXIT_INTERNAL_ERROR = 70  # sysexits.h EX_SOFTWARE
 EXIT_SIGPIPE = 128 + signal.SIGPIPE  # what a shell reports for `... | head` in coreutils
-EXIT_INTERRUPTED = 128 + signal.SIGINT
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised in the main thread as Ctrl-C raises KeyboardInterrupt,
+    so every `finally` that stops a process we started or removes a file runs."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def interrupted_status(exc: KeyboardInterrupt) -> int:
+    """The exit status a shell reports for the signal that stopped us (130 for Ctrl-C)."""
+    return 128 + (exc.signum if isinstance(exc, Terminated) else signal.SIGINT)
+
+
+@contextlib.contextmanager
+def stopped_by_signals() -> Any:
+    """SIGINT, SIGTERM and SIGHUP stop the command through an exception, once: a second
+    signal is ignored so it cannot break off the cleanup the first one started.  The
+    handlers before are back afterwards (tests call main() in their own process)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signums = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def stop(signum: int, frame: object) -> None:
+        for s in signums:
+            signal.signal(s, signal.SIG_IGN)
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise Terminated(signum)
+
+    before = {s: signal.signal(s, stop) for s in signums}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
 
 
 def _command_name(args: argparse.Namespace) -> str:
@@ -578,13 +618,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     try:
-        rc: int = finish(name, args.func(args))
+        with stopped_by_signals():
+            rc: int = finish(name, args.func(args))
     except BrokenPipeError:
         _stdout_gone()
         return EXIT_SIGPIPE
-    except KeyboardInterrupt:
-        print(f"\n{name}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:
+        what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        print(f"\n{name}: {what}", file=sys.stderr)
+        return interrupted_status(exc)
     except _USER_ERRORS as exc:
         if debug:
             traceback.print_exc()

@@ -41,19 +41,24 @@ class ServerProcess:
             self.socket.unlink()
         logf = self.log.open("wb")
         cmd = [sys.executable, "-m", "vdev.cli", *self.argv]
+        # Its own process group: a Ctrl-C on the terminal reaches only us, and we stop
+        # the server (stop()) after QEMU, in order.
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-            cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}, process_group=0,
         )
         logf.close()
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.socket.exists():
-                return self
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        self.stop()
+        try:
+            while time.monotonic() < deadline:
+                if self.socket.exists():
+                    return self
+                if self.proc.poll() is not None:
+                    break
+                time.sleep(0.05)
+        finally:
+            if not self.socket.exists():
+                self.stop()
         raise ServerError(f"`vdev {' '.join(self.argv)}` did not listen:\n{self.log_tail()}")
 
     def alive(self) -> bool:
