@@ -4,6 +4,7 @@
 #   make run     device + guest, readable summary (the main job)
 #   make test    lint, type check, unit/protocol/guest tests
 #   make vm      boot the guest with the device attached and leave a shell
+#                (logs in out/vm/; CONTROL=, TRACE=, FAULT=, FAULT_PLAN=, KSRC=)
 #   make bench   benchmarks, JSON to stdout and bench/results/
 #   make vm-env  build the cached trixie root (QEMU 11, Linux 7.3.4)
 #   make lock    re-resolve the dependency versions into constraints.txt
@@ -20,7 +21,8 @@
 # (docs/kernel-developers.md); PROFILE=NAME|FILE: the device profile of make run /
 # make vm (e.g. PROFILE=pqc: SPDM 1.4, ML-DSA-87 identity, ML-KEM-1024 sessions);
 # QEMU_IDE=1: the patched QEMU (built first), whose root port has an IDE capability,
-# so the kernel's own pci_ide runs the IDE stream.
+# so the kernel's own pci_ide runs the IDE stream.  RUNDIR=dir: where make run / make vm
+# keep their logs (default out/run, out/vm).
 
 PYTHON ?= python3
 VENV := .venv
@@ -57,21 +59,31 @@ KERNEL_BUILD_ARGS = $(if $(O),--out "$(O)") $(if $(KCONFIG),--kconfig "$(KCONFIG
 RUN_ARGS = $(if $(KSRC),--ksrc "$(KSRC)" $(KERNEL_BUILD_ARGS)) \
 	$(if $(APPEND),--append "$(APPEND)") $(if $(filter 0,$(QUIET)),--no-quiet) \
 	$(foreach f,$(INITRAMFS_ADD),--initramfs-add "$(f)") $(if $(filter 0,$(VTSM)),--no-vtsm) \
-	$(if $(PROFILE),--profile "$(PROFILE)") $(if $(QEMU_IDE),--qemu-ide)
+	$(if $(PROFILE),--profile "$(PROFILE)") $(if $(QEMU_IDE),--qemu-ide) \
+	$(if $(RUNDIR),--workdir "$(RUNDIR)")
 
 # Installs the host packages the build needs with apt-get, naming each and why.
 qemu: venv vm-env
 	@$(PY) -m vdev.vm.qemu_build
 
+# exec: make's SIGTERM then reaches vdev, which stops QEMU and the servers (a shell
+# in between would die alone and leave them running).
 run: venv vm-env $(if $(QEMU_IDE),qemu)
-	$(PY) -m vdev.cli run $(RUN_ARGS)
+	exec $(PY) -m vdev.cli run $(RUN_ARGS)
 
 kernel: venv
 	@test -n "$(KSRC)" || { echo "make kernel: give the kernel source tree: make kernel KSRC=~/linux [O=dir] [KCONFIG=fragment] [LLVM=1]"; exit 2; }
 	@$(PY) -m vdev.cli kernel build "$(KSRC)" $(KERNEL_BUILD_ARGS)
 
+# make vm CONTROL=path TRACE=file FAULT="spec ..." FAULT_PLAN=file: the device server's
+# control socket, trace and faults, as vdev serve takes them (docs/faults.md §4).
+VM_ARGS = $(if $(KSRC),--ksrc "$(KSRC)" $(KERNEL_BUILD_ARGS)) \
+	$(if $(PROFILE),--profile "$(PROFILE)") $(if $(CONTROL),--control "$(CONTROL)") \
+	$(if $(TRACE),--trace "$(TRACE)") $(if $(FAULT_PLAN),--fault-plan "$(FAULT_PLAN)") \
+	$(foreach f,$(FAULT),--fault '$(f)') $(if $(RUNDIR),--workdir "$(RUNDIR)")
+
 vm: venv vm-env
-	$(PY) -m vdev.cli vm $(if $(PROFILE),--profile "$(PROFILE)")
+	exec $(PY) -m vdev.cli vm $(VM_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check vdev spdm tdisp tsm tests guest-tests bench fuzz

@@ -41,9 +41,20 @@ for t in /user-tests/*; do
 	r user_script_done "$(basename "$t") $?"
 done
 
-if [ -n "$(grep -o 'vdev.shell=1' /proc/cmdline)" ]; then
+if grep -q 'vdev.shell=1' /proc/cmdline; then
 	r shell ready
-	setsid cttyhack sh
+	# busybox poweroff, reboot and halt ask PID 1, this script, with USR2, TERM and
+	# USR1.  A trapped signal ends `wait` at once (a foreground command would run on),
+	# so the shell runs in the background with the console as its terminal.
+	trap 'kill -HUP $shell 2>/dev/null' USR1 USR2 TERM
+	setsid cttyhack sh </dev/console >/dev/console 2>&1 &
+	shell=$!
+	wait $shell
+	# The kernel log goes to the second serial port, a file on the host (make vm:
+	# out/vm/dmesg.log), not onto the terminal.
+	dmesg >/dev/ttyS1 2>/dev/null
+	r done 0
+	poweroff -f
 fi
 
 # Kernel log last, so a test can look for WARN/BUG/oops and DOE errors.

@@ -15,7 +15,8 @@
                                               configure and build your kernel for the guest
   vdev kernel check --kernel IMAGE --kdir DIR check a KERNEL/KDIR pair as run does
   vdev kernel fetch-debian DIR                Debian's linux-source-7.3, unpacked
-  vdev vm                                     device + guest, interactive shell
+  vdev vm [--control PATH] [--trace FILE] [--fault SPEC ...] [--ksrc DIR ...]
+                                              device + guest, interactive shell
   vdev tsm serve --socket PATH --trust-anchor FILE   the TSM mailbox device
   vdev tsm connect --spdm-emu HOST:PORT --trust-anchor FILE   TSM model over spdm-emu
   vdev trace show FILE [--protocol P] [--message NAME] [--session ID] [--errors]
@@ -350,7 +351,7 @@ def _guest_profile(command: str, name_or_path: str | None) -> str | None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     profile = _guest_profile("run", args.profile)
-    from vdev.vm.demo import REFUSED, KernelSource, RunOptions, run_demo
+    from vdev.vm.demo import REFUSED, RunOptions, run_demo
     from vdev.vm.env import REPO
     from vdev.vm.initramfs import AdditionError, plan_additions
 
@@ -358,11 +359,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         additions = tuple(plan_additions(args.initramfs_add or []))
     except AdditionError as exc:
         raise SystemExit(f"vdev run: {exc}") from None
-    if not args.ksrc and (args.out or args.kconfig or args.llvm):
-        raise SystemExit("vdev run: --out, --kconfig and --llvm go with --ksrc (O=, KCONFIG= "
-                         "and LLVM= with KSRC=)")
-    source = KernelSource(args.ksrc, args.out, args.kconfig, args.llvm, args.jobs) \
-        if args.ksrc else None
+    source = _kernel_source("run", args)
     options = RunOptions(append=args.append or "", quiet=not args.no_quiet,
                          additions=additions, vtsm=not args.no_vtsm,
                          qemu_ide=args.qemu_ide)
@@ -384,10 +381,39 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_vm(args: argparse.Namespace) -> int:
+    if not sys.stdin.isatty():
+        raise SystemExit("vdev vm: the guest shell needs a terminal on stdin; without one, "
+                         "`vdev run` boots the guest and reports")
     profile = _guest_profile("vm", args.profile)
-    from vdev.vm.demo import run_shell
+    _fault_plan(args, "vdev vm")  # checked before anything starts; the server reads it
+    from vdev.vm.demo import ShellOptions, run_shell
 
-    return run_shell(profile_path=profile)
+    source = _kernel_source("vm", args)
+    options = ShellOptions(control=args.control, trace=args.trace,
+                           trace_format=args.trace_format, pcap=args.pcap,
+                           faults=tuple(args.fault or ()), fault_plan=args.fault_plan)
+    return run_shell(profile_path=profile, options=options, source=source,
+                     workdir=Path(args.workdir) if args.workdir else None)
+
+
+def _kernel_source(command: str, args: argparse.Namespace) -> Any:
+    """`--ksrc DIR [--out DIR] [--kconfig FILE] [--llvm 1] [-j N]` (make KSRC=...)."""
+    from vdev.vm.demo import KernelSource
+
+    if not args.ksrc and (args.out or args.kconfig or args.llvm):
+        raise SystemExit(f"vdev {command}: --out, --kconfig and --llvm go with --ksrc (O=, "
+                         "KCONFIG= and LLVM= with KSRC=)")
+    return KernelSource(args.ksrc, args.out, args.kconfig, args.llvm, args.jobs) \
+        if args.ksrc else None
+
+
+def _add_kernel_source_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ksrc", metavar="DIR", help="build this kernel tree first (vdev kernel "
+                   "build) and boot it")
+    p.add_argument("--out", "-O", metavar="DIR", help="with --ksrc: build directory (O=)")
+    p.add_argument("--kconfig", metavar="FILE", help="with --ksrc: your config fragment")
+    p.add_argument("--llvm", metavar="1|-NN", help="with --ksrc: build with clang (LLVM=)")
+    p.add_argument("--jobs", "-j", type=int, metavar="N", help="with --ksrc: parallel jobs")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -456,12 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--workdir", help="where logs go (default out/run; emptied first)")
     # Both servers always write device.trace/.pcap and tsm.trace/.pcap (and sequence.md).
     r.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
-    r.add_argument("--ksrc", metavar="DIR", help="build this kernel tree first (vdev kernel "
-                   "build) and boot it")
-    r.add_argument("--out", "-O", metavar="DIR", help="with --ksrc: build directory (O=)")
-    r.add_argument("--kconfig", metavar="FILE", help="with --ksrc: your config fragment")
-    r.add_argument("--llvm", metavar="1|-NN", help="with --ksrc: build with clang (LLVM=)")
-    r.add_argument("--jobs", "-j", type=int, metavar="N", help="with --ksrc: parallel jobs")
+    _add_kernel_source_arguments(r)
     r.add_argument("--append", metavar="ARGS", help="extra kernel command-line arguments")
     r.add_argument("--no-quiet", action="store_true", help="drop `quiet` from the kernel "
                    "command line (the whole boot log in console.log)")
@@ -476,10 +497,26 @@ def build_parser() -> argparse.ArgumentParser:
                    "stream and the TSM programs the root port over QMP")
     r.set_defaults(func=cmd_run)
 
-    v = sub.add_parser("vm", help="boot the guest with the device and give a shell")
+    v = sub.add_parser("vm", help="boot the guest with the device and give a shell",
+                       description="device + TSM + a real Linux guest with vdevtest and vtsm "
+                       "loaded, its console on this terminal (`poweroff` or `exit` ends it, "
+                       "Ctrl-A X quits QEMU).  Logs, console, kernel log, evidence, both "
+                       "servers' traces and pcaps go to the workdir; the previous run's "
+                       "move to WORKDIR.prev.")
     v.add_argument("--profile", metavar="NAME|FILE", help="device profile: a shipped "
                    "profile's name (vdev/profiles/) or a TOML file (default: the built-in "
                    "endpoint)")
+    v.add_argument("--workdir", help="where logs go (default out/vm)")
+    v.add_argument("--control", metavar="PATH", help="the device server's control socket "
+                   "(vdev ctl --socket PATH ...; default WORKDIR/device.ctl)")
+    v.add_argument("--trace", metavar="FILE", help="the device server's trace (default "
+                   "WORKDIR/device.trace; the TSM's is WORKDIR/tsm.trace)")
+    v.add_argument("--trace-format", default="text", choices=["text", "json"],
+                   help="one line per event: readable text (default) or JSON lines")
+    v.add_argument("--pcap", metavar="FILE", help="the device server's pcap (default "
+                   "WORKDIR/device.pcap)")
+    _add_fault_arguments(v)
+    _add_kernel_source_arguments(v)
     v.set_defaults(func=cmd_vm)
 
     from vdev.cli.tsm_serve import add_serve_arguments

@@ -10,15 +10,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
+import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
+import termios
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from vdev.endpoint.registers import ID_MAGIC, REG_DOORBELL, REG_ID, REG_SCRATCH0
 from vdev.profiles import DeviceProfile
@@ -184,6 +185,22 @@ class KernelSource:
     jobs: int | None = None
 
 
+def guest_env(source: KernelSource | None) -> VmEnv:
+    """The VM environment, booting the user's kernel: KERNEL=/KDIR=, or the tree
+    `source` names, built first (make kernel)."""
+    from vdev.vm.kernel import build_kernel
+
+    env = find_env()
+    if source is None:
+        return env
+    if env.kernel_override or env.kdir_override:
+        raise VmEnvError("give KSRC= or KERNEL=/KDIR=, not both")
+    built = build_kernel(source.ksrc, source.out, kconfig=source.kconfig,
+                         llvm=source.llvm, jobs=source.jobs,
+                         say=lambda m: _print(f"[kernel] {m}"))
+    return env.with_kernel(str(built.image), str(built.tree.build))
+
+
 def run_demo(profile_path: str | None = None, workdir: Path | None = None,
              trace: bool = False, options: RunOptions = RunOptions(),
              source: KernelSource | None = None) -> int:
@@ -192,18 +209,9 @@ def run_demo(profile_path: str | None = None, workdir: Path | None = None,
     `source`: build that kernel tree first and boot it (KERNEL=/KDIR= otherwise).
     `options.qemu_ide`: the patched QEMU (qemu/README.md, built if missing), whose root
     port has an IDE capability, so that the kernel's own pci_ide runs the stream."""
-    from vdev.vm.kernel import build_kernel
-
     workdir = workdir or REPO / "out" / "run"
     try:
-        env = find_env()
-        if source is not None:
-            if env.kernel_override or env.kdir_override:
-                raise VmEnvError("give KSRC= or KERNEL=/KDIR=, not both")
-            built = build_kernel(source.ksrc, source.out, kconfig=source.kconfig,
-                                 llvm=source.llvm, jobs=source.jobs,
-                                 say=lambda m: _print(f"[kernel] {m}"))
-            env = env.with_kernel(str(built.image), str(built.tree.build))
+        env = guest_env(source)
     except VmEnvError as exc:
         _print(f"vdev run: {exc}")
         return REFUSED
@@ -373,37 +381,132 @@ def connect_report(
     return report, result
 
 
-def run_shell(profile_path: str | None = None) -> int:
+@dataclass(frozen=True)
+class ShellOptions:
+    """`make vm`'s device server options, as `vdev serve` takes them."""
+
+    control: str | None = None  # its control socket (default: device.ctl in the workdir)
+    trace: str | None = None  # its trace (default: device.trace in the workdir)
+    trace_format: str = "text"
+    pcap: str | None = None  # its pcap (default: device.pcap in the workdir)
+    faults: tuple[str, ...] = ()  # --fault SPEC
+    fault_plan: str | None = None  # --fault-plan FILE
+
+
+def keep_previous(workdir: Path) -> Path | None:
+    """Move the last run's logs out of the way (workdir.prev, replacing the one before
+    it); the path they went to, or None when there were none."""
+    if not workdir.exists() or not any(workdir.iterdir()):
+        return None
+    prev = workdir.with_name(workdir.name + ".prev")
+    shutil.rmtree(prev, ignore_errors=True)
+    workdir.rename(prev)
+    return prev
+
+
+def shell_banner(control: Path) -> bytes:
+    """What the guest prints before its shell: the devices, the flow, how to leave."""
+    return (
+        f"r device \"{BDF} is the TEE-IO endpoint, {MAILBOX_BDF} the TSM mailbox\"\n"
+        f"r try \"echo tsm0 > /sys/bus/pci/devices/{BDF}/tsm/connect, then "
+        f"echo {BDF} > /sys/bus/pci/devices/{MAILBOX_BDF}/tdi_lock "
+        "(also tdi_start, tdi_stop, tdi_state, tdi_report)\"\n"
+        f"r faults \"on the host: vdev ctl --socket {control} faults arm --fault ...\"\n"
+        "r leave \"poweroff (or exit) ends the VM; Ctrl-A X quits QEMU at once\"\n"
+    ).encode()
+
+
+def run_shell(profile_path: str | None = None, options: ShellOptions = ShellOptions(),
+              source: KernelSource | None = None, workdir: Path | None = None) -> int:
     """`make vm`: the device and the TSM mailbox attached, vdevtest and vtsm
-    loaded, the guest console on this terminal."""
-    env = find_env()
-    with tempfile.TemporaryDirectory(prefix="vdev-vm-") as tmp:
-        work = Path(tmp)
-        identity = work / "identity"
-        extra = ["--state-dir", str(identity)] + (["--profile", profile_path] if profile_path
-                                                  else [])
-        device = device_server(work, "device", extra=extra).start()
-        anchor = root_anchor(identity, work / "trust-anchor.pem")
-        tsm = tsm_mailbox_server(work, ["--trust-anchor", str(anchor),
-                                        "--evidence", str(work / "evidence.json")]).start()
-        hello = (
-            "insmod /modules/vdevtest.ko\n"
-            "insmod /modules/vtsm.ko\n"
-            f"r device \"{BDF} is the TEE-IO endpoint, {MAILBOX_BDF} the TSM mailbox\"\n"
-            f"r try \"echo tsm0 > /sys/bus/pci/devices/{BDF}/tsm/connect, then "
-            f"echo {BDF} > /sys/bus/pci/devices/{MAILBOX_BDF}/tdi_lock "
-            "(also tdi_start, tdi_stop, tdi_state, tdi_report)\"\n"
-        ).encode()
-        spec = GuestRun(env=env, workdir=work, modules=["vdevtest", "vtsm"],
-                        devices=[device.socket, tsm.socket],
+    loaded, the guest console on this terminal.  Logs, console, traces, pcaps and
+    evidence go to `workdir` (out/vm); the previous run's move to out/vm.prev."""
+    workdir = workdir or REPO / "out" / "vm"
+    try:
+        env = guest_env(source)
+    except VmEnvError as exc:
+        _print(f"vdev vm: {exc}")
+        return REFUSED
+    prev = keep_previous(workdir)
+    workdir.mkdir(parents=True)
+    if prev is not None:
+        _print(f"vdev vm: the previous run's logs are now in {prev}")
+    identity = workdir / "identity"
+    control = Path(options.control) if options.control else workdir / "device.ctl"
+    private_control = False
+    if options.control is None and len(bytes(control)) > 100:  # UNIX socket path limit
+        control, private_control = socket_path("device-ctl"), True
+    device_args = [
+        "--state-dir", str(identity), "--control", str(control),
+        "--trace", options.trace or str(workdir / "device.trace"),
+        "--trace-format", options.trace_format,
+        "--pcap", options.pcap or str(workdir / "device.pcap"),
+        *(["--profile", profile_path] if profile_path else []),
+        *(["--fault-plan", options.fault_plan] if options.fault_plan else []),
+        *[arg for spec in options.faults for arg in ("--fault", spec)],
+    ]
+    servers: list[ServerProcess] = []
+    saved_tty = _terminal_state()
+    try:
+        servers.append(device_server(workdir, "device", extra=device_args).start())
+        anchor = root_anchor(identity, workdir / "trust-anchor.pem")
+        servers.append(tsm_mailbox_server(workdir, [
+            "--trust-anchor", str(anchor), "--evidence", str(workdir / "evidence.json"),
+            "--trace", str(workdir / "tsm.trace"), "--pcap", str(workdir / "tsm.pcap"),
+        ]).start())
+        hello = b"insmod /modules/vdevtest.ko\ninsmod /modules/vtsm.ko\n" + shell_banner(control)
+        spec = GuestRun(env=env, workdir=workdir, modules=["vdevtest", "vtsm"],
+                        devices=[srv.socket for srv in servers],
                         scripts={"50-shell.sh": hello}, append="vdev.shell=1").prepare()
+        spec = dataclasses.replace(spec, terminal_logs=workdir)
         argv = qemu_command(spec, choose_accel(env))
-        # mon:stdio keeps Ctrl-A X available to quit QEMU.
-        argv[argv.index("-serial") + 1] = "mon:stdio"
-        print(f"vdev vm: device log {device.log}, TSM log {tsm.log}; Ctrl-A X quits QEMU",
-              file=sys.stderr)
+        (workdir / "qemu.cmdline").write_text(shlex.join(argv) + "\n")
+        _print(f"vdev vm: logs in {workdir}; device control socket {control}")
+        _print("vdev vm: `poweroff` (or `exit`) in the guest ends the VM; Ctrl-A X quits "
+               "QEMU at once")
+        rc = _run_on_terminal(argv)
+    except ServerError as exc:
+        _print(f"vdev vm: {exc}")
+        return 1
+    except VmEnvError as exc:
+        _print(f"vdev vm: {exc}")
+        return 1
+    finally:
+        _restore_terminal(saved_tty)
+        for srv in reversed(servers):
+            srv.stop()
+        if private_control:
+            control.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                control.parent.rmdir()
+    _print(f"vdev vm: QEMU exited ({rc}); logs in {workdir}")
+    return rc
+
+
+def _run_on_terminal(argv: list[str]) -> int:
+    """QEMU in the foreground on this terminal (it reads it, so it stays in our process
+    group); stopped with SIGTERM, so it puts the terminal back, if we are."""
+    proc = subprocess.Popen(argv)
+    try:
+        return proc.wait()
+    except BaseException:
+        proc.terminate()
         try:
-            return subprocess.call(argv, env=os.environ)
-        finally:
-            tsm.stop()
-            device.stop()
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise
+
+
+def _terminal_state() -> list[Any] | None:
+    with contextlib.suppress(termios.error, OSError):
+        return termios.tcgetattr(sys.stdin.fileno())
+    return None
+
+
+def _restore_terminal(state: list[Any] | None) -> None:
+    """QEMU leaves the terminal raw when it is killed; put it back as it was."""
+    if state is not None:
+        with contextlib.suppress(termios.error, OSError):
+            termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, state)

@@ -51,6 +51,10 @@ class VmSpec:
     accel: str = "auto"
     timeout: float = 240.0
     qemu_args: list[str] = field(default_factory=list)  # e.g. -qmp, -trace
+    # make vm: the console on this terminal (with QEMU's monitor, Ctrl-A X quits),
+    # logged to console.log in this directory; the guest's kernel log at power-off
+    # goes to its second serial port, dmesg.log there.
+    terminal_logs: Path | None = None
 
 
 @dataclass
@@ -105,6 +109,18 @@ def kernel_cmdline(spec: VmSpec) -> str:
                      *([spec.append] if spec.append else [])])
 
 
+def serial_ports(spec: VmSpec) -> list[str]:
+    """ttyS0 is the console: a pipe the host reads, or for make vm this terminal,
+    multiplexed with QEMU's monitor (signal=off: Ctrl-C goes to the guest) and logged;
+    ttyS1 then takes the kernel log the guest writes at power-off (guest/init.sh)."""
+    if spec.terminal_logs is None:
+        return ["-serial", "stdio"]
+    logs = spec.terminal_logs
+    return ["-chardev", f"stdio,id=console,mux=on,signal=off,logfile={logs / 'console.log'}",
+            "-serial", "chardev:console", "-monitor", "chardev:console",
+            "-serial", f"file:{logs / 'dmesg.log'}"]
+
+
 def qemu_command(spec: VmSpec, accel: str) -> list[str]:
     """The exact QEMU invocation (also what qemu-configs/ documents)."""
     mem = f"{spec.memory_mb}M"
@@ -119,7 +135,7 @@ def qemu_command(spec: VmSpec, accel: str) -> list[str]:
         "-accel", accel,
         "-cpu", "host" if accel == "kvm" else "max",
         "-nographic", "-nodefaults", "-no-reboot",
-        "-serial", "stdio",
+        *serial_ports(spec),
         "-kernel", str(spec.env.kernel),
         "-initrd", str(spec.initrd),
         "-append", kernel_cmdline(spec),

@@ -199,3 +199,13 @@ def test_spdm_emu_takes_faults_and_refuses_doe_delay() -> None:
     out = vdev("spdm-emu", "--port", "0", "--fault", "corrupt:KEY_EXCHANGE:field=sig")
     line = one_line_error(out, "vdev spdm-emu:")
     assert "KEY_EXCHANGE_RSP (the response to KEY_EXCHANGE) has no field 'sig'" in line
+
+
+def test_vm_without_a_terminal_refuses_before_starting_anything(tmp_path: Path) -> None:
+    """`vdev vm </dev/null` would boot a shell nobody can type into and wait forever."""
+    out = vdev("vm", "--workdir", tmp_path / "vm")
+    line = one_line_error(out, "vdev vm:")
+    assert line == "vdev vm: the guest shell needs a terminal on stdin; without one, " \
+        "`vdev run` boots the guest and reports"
+    assert out.returncode == 1
+    assert not (tmp_path / "vm").exists()
