@@ -2,8 +2,6 @@
 # writes so the device logs its activity counters at each step (first round).
 # The host prepends EP, MB, MARKER_OFF and ROUNDS: each round connects, locks,
 # reads the report, starts, then stops and disconnects again.
-E=/sys/bus/pci/devices/$EP
-M=/sys/bus/pci/devices/$MB
 up() { cut -d' ' -f1 /proc/uptime; }
 mark() { echo $MARKER_OFF > $E/mmio_addr && echo $1 > $E/mmio_data; }
 insmod /modules/vdevtest.ko

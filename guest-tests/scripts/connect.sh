@@ -1,13 +1,6 @@
 # The full connect flow `make run` shows, sourced by /init after foundation.sh.
 # The host prepends EP (endpoint BDF), MB (mailbox BDF), ID_OFF, SCRATCH_OFF
 # and DOORBELL_OFF.
-E=/sys/bus/pci/devices/$EP
-M=/sys/bus/pci/devices/$MB
-w() {
-	msg=$( { echo "$2" > "$3"; } 2>&1 )
-	r "$1" "$? ${msg:-ok}"
-}
-rd() { cat "$1" 2>/dev/null | tr '\n' ' ' | sed 's/ *$//'; }
 # IDE as the kernel sees it: the host bridge's stream pool and streamH.R.E links,
 # and both ends' config space (the host decodes the stream registers).
 RP=/sys/bus/pci/devices/$(basename "$(readlink -f $E/..)")

@@ -1,7 +1,5 @@
 # N connect/disconnect cycles through the kernel's PCI/TSM ABI, each to RUN
 # and back.  The host prepends EP, MB and N.
-E=/sys/bus/pci/devices/$EP
-M=/sys/bus/pci/devices/$MB
 avail() { awk '/MemAvailable/ {print $2}' /proc/meminfo; }
 slab() { awk '/^Slab:/ {print $2}' /proc/meminfo; }
 insmod /modules/vtsm.ko

@@ -4,7 +4,6 @@
 # N (config reads per timing), DOE_STATUS (its config offset), VCA (hex SPDM
 # requests that set up the connection), CERT (the GET_CERTIFICATE request) and
 # K (exchanges).
-E=/sys/bus/pci/devices/$EP
 mark() { echo $MARKER_OFF > $E/mmio_addr && echo $1 > $E/mmio_data; }
 insmod /modules/vdevtest.ko
 # One config access three ways: the DW at 0x100 (QEMU answers it from its own

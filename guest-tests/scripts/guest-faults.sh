@@ -4,21 +4,14 @@
 # waits $ARM_WAIT s.  Then a connect must fail with the step's errno, a second
 # connect must work (the fault is spent; device and TSM still usable) and is
 # disconnected.  The host prepends EP, STEPS and ARM_WAIT.
-E=/sys/bus/pci/devices/$EP
-rd() { cat "$1" 2>/dev/null | tr '\n' ' ' | sed 's/ *$//'; }
-w() {
-	msg=$( { echo tsm0 > "$2"; } 2>&1 )
-	r "$1" "$? ${msg:-ok}"
-}
-
 insmod /modules/vtsm.ko && r insmod ok
 for s in $STEPS; do
 	r arm "$s"
 	sleep "$ARM_WAIT"
-	w "fail_$s" $E/tsm/connect
+	w "fail_$s" tsm0 $E/tsm/connect
 	r "fail_${s}_authenticated" "$(rd $E/authenticated)"
-	w "clean_$s" $E/tsm/connect
+	w "clean_$s" tsm0 $E/tsm/connect
 	r "clean_${s}_authenticated" "$(rd $E/authenticated)"
-	w "disconnect_$s" $E/tsm/disconnect
+	w "disconnect_$s" tsm0 $E/tsm/disconnect
 done
 rmmod vtsm && r rmmod ok

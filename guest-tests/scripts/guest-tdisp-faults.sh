@@ -5,14 +5,6 @@
 # (vdev ctl tdi) at that point.  Every failure is followed by a clean path to RUN
 # (LOCK, REPORT, START, then STOP) in the same boot.  The host prepends EP, MB and
 # ARM_WAIT.
-E=/sys/bus/pci/devices/$EP
-M=/sys/bus/pci/devices/$MB
-rd() { cat "$1" 2>/dev/null | tr '\n' ' ' | sed 's/ *$//'; }
-# w KEY VALUE FILE: write VALUE to FILE and report "rc message".
-w() {
-	msg=$( { echo "$2" > "$3"; } 2>&1 )
-	r "$1" "$? ${msg:-ok}"
-}
 arm() { r arm "$1"; sleep "$ARM_WAIT"; }
 snap() { r tdi "$1"; sleep "$ARM_WAIT"; }
 # The interface report as hex (one REPORT through the TSM), or why it could not be read.

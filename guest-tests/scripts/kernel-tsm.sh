@@ -2,8 +2,6 @@
 # (`make run VTSM=0`: a kernel that brings its own TSM driver).  Sourced by
 # /init after foundation.sh; the host prepends EP (endpoint BDF) and MB
 # (TSM mailbox BDF).  Every TSM the kernel registered is tried once.
-E=/sys/bus/pci/devices/$EP
-rd() { cat "$1" 2>/dev/null | tr '\n' ' ' | sed 's/ *$//'; }
 
 r ktsm_class "$(ls /sys/class/tsm 2>/dev/null | tr '\n' ' ' | sed 's/ *$//')"
 for t in /sys/class/tsm/*; do

@@ -5,13 +5,6 @@
 # Round 1 to RUN, then wait for the host on the console: it checks both
 # devices over the control socket and SIGKILLs the other QEMU.  After "go",
 # MMIO again, STOP, disconnect, and round 2 to RUN and back.
-E=/sys/bus/pci/devices/$EP
-M=/sys/bus/pci/devices/$MB
-w() {
-	msg=$( { echo "$2" > "$3"; } 2>&1 )
-	r "$1" "$? ${msg:-ok}"
-}
-rd() { cat "$1" 2>/dev/null | tr '\n' ' ' | sed 's/ *$//'; }
 mmio() { echo "$1" > $E/mmio_addr && cat $E/mmio_data; }
 SCRATCH=$(sed -n 's/.*vdev\.scratch=\([0-9a-fx]*\).*/\1/p' /proc/cmdline)
 r scratch_value "$SCRATCH"

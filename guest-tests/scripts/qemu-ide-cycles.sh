@@ -3,13 +3,6 @@
 # round with the enable order reversed (vtsm ide_rp_first) for the checkers to
 # name.  Both ends' config space after each step; the host decodes the stream
 # registers.  The host prepends EP and MB.
-E=/sys/bus/pci/devices/$EP
-M=/sys/bus/pci/devices/$MB
-w() {
-	msg=$( { echo "$2" > "$3"; } 2>&1 )
-	r "$1" "$? ${msg:-ok}"
-}
-rd() { cat "$1" 2>/dev/null | tr '\n' ' ' | sed 's/ *$//'; }
 RP=/sys/bus/pci/devices/$(basename "$(readlink -f $E/..)")
 HB=$(readlink -f $RP/..)
 ide() {

@@ -1,8 +1,6 @@
 # A TSM that stops answering, then one that dies, in the middle of connect:
 # each connect must fail with an errno in bounded time, never hang, and the
 # module must unload cleanly.  The host prepends EP and MB.
-E=/sys/bus/pci/devices/$EP
-M=/sys/bus/pci/devices/$MB
 up() { cut -d' ' -f1 /proc/uptime; }
 connect() {
 	t0=$(up)

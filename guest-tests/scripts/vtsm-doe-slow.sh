@@ -1,10 +1,7 @@
 # The device holds its first SPDM DOE response back longer than pci_doe's
 # 1 s timeout (vdev serve --doe-delay-ms): the kernel aborts the mailbox and
 # the connect fails; the next connect must work.  The host prepends EP and MB.
-E=/sys/bus/pci/devices/$EP
-M=/sys/bus/pci/devices/$MB
 up() { cut -d' ' -f1 /proc/uptime; }
-rd() { cat "$1" 2>/dev/null | tr '\n' ' ' | sed 's/ *$//'; }
 connect() {
 	t0=$(up)
 	msg=$( { echo tsm0 > $E/tsm/connect; } 2>&1 )

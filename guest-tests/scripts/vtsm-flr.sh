@@ -2,13 +2,6 @@
 # to CONFIG_UNLOCKED (TDISP §11.2.4) and the TSM must see it through
 # GET_DEVICE_INTERFACE_STATE; STOP, disconnect and rmmod still work.  The host
 # prepends EP and MB.
-E=/sys/bus/pci/devices/$EP
-M=/sys/bus/pci/devices/$MB
-w() {
-	msg=$( { echo "$2" > "$3"; } 2>&1 )
-	r "$1" "$? ${msg:-ok}"
-}
-rd() { cat "$1" 2>/dev/null | tr '\n' ' ' | sed 's/ *$//'; }
 
 insmod /modules/vtsm.ko && r insmod ok
 w connect tsm0 $E/tsm/connect

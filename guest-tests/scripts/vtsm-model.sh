@@ -1,13 +1,5 @@
 # vtsm with the real TSM model (tsm) behind the mailbox: connect, TDISP
 # LOCK / REPORT / START / STOP, disconnect.  The host prepends EP and MB.
-E=/sys/bus/pci/devices/$EP
-M=/sys/bus/pci/devices/$MB
-w() {
-	msg=$( { echo "$2" > "$3"; } 2>&1 )
-	rc=$?
-	r "$1" "$rc ${msg:-ok}"
-}
-rd() { cat "$1" 2>/dev/null | tr '\n' ' ' | sed 's/ *$//'; }
 
 insmod /modules/vtsm.ko && r insmod ok
 w connect tsm0 $E/tsm/connect

@@ -2,12 +2,6 @@
 # device, tsm1's does.  Connect via tsm0 must be refused (EACCES, one dmesg
 # line with the reason), connect via tsm1 must work.  The host prepends EP,
 # MB0 and MB1.
-E=/sys/bus/pci/devices/$EP
-w() {
-	msg=$( { echo "$2" > "$3"; } 2>&1 )
-	r "$1" "$? ${msg:-ok}"
-}
-rd() { cat "$1" 2>/dev/null | tr '\n' ' ' | sed 's/ *$//'; }
 
 insmod /modules/vtsm.ko && r insmod ok
 r tsm_class "$(ls /sys/class/tsm 2>/dev/null | tr '\n' ' ' | sed 's/ *$//')"

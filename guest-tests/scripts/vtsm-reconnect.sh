@@ -1,13 +1,6 @@
 # Three full rounds in one boot against the TSM model: connect, LOCK, START
 # (RUN), STOP, disconnect.  Each round must get its own SPDM session and IDE
 # keys.  The host prepends EP and MB.
-E=/sys/bus/pci/devices/$EP
-M=/sys/bus/pci/devices/$MB
-w() {
-	msg=$( { echo "$2" > "$3"; } 2>&1 )
-	r "$1" "$? ${msg:-ok}"
-}
-rd() { cat "$1" 2>/dev/null | tr '\n' ' ' | sed 's/ *$//'; }
 
 insmod /modules/vtsm.ko && r insmod ok
 for i in 1 2 3; do

@@ -1,16 +1,7 @@
 # vtsm checks, sourced by /init.  The host prepends EP (the TEE-IO endpoint's
 # BDF) and MB (the TSM mailbox's BDF).  The mailbox server runs a scripted
 # backend: connect #1 ok, #2 fails with -EACCES, #3 ok (test_vtsm.py).
-E=/sys/bus/pci/devices/$EP
-M=/sys/bus/pci/devices/$MB
 
-# w KEY VALUE FILE: write VALUE to FILE and report "rc message".
-w() {
-	msg=$( { echo "$2" > "$3"; } 2>&1 )
-	rc=$?
-	r "$1" "$rc ${msg:-ok}"
-}
-rd() { cat "$1" 2>/dev/null | tr '\n' ' ' | sed 's/ *$//'; }
 lsw() { ls "$@" 2>/dev/null | tr '\n' ' ' | sed 's/ *$//'; }
 
 r ep_id "$(cat $E/vendor):$(cat $E/device)"

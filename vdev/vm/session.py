@@ -158,9 +158,11 @@ class GuestRun:
 
 
 def script(body_file: str, **variables: object) -> bytes:
-    """A guest test script from guest-tests/scripts with variables prepended."""
+    """A guest test script from guest-tests/scripts: the variables, then the helpers
+    every script shares (scripts/lib.sh: E, M, rd, w), then the script."""
+    scripts = GUEST_TESTS / "scripts"
     head = "".join(f"{k}={v}\n" for k, v in variables.items())
-    return (head + (GUEST_TESTS / "scripts" / body_file).read_text()).encode()
+    return (head + (scripts / "lib.sh").read_text() + (scripts / body_file).read_text()).encode()
 
 
 def root_anchor(identity_dir: Path, out: Path) -> Path:
