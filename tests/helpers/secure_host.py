@@ -23,7 +23,7 @@ from tdisp.flows import IdeKeySetup, TdispConnection, drive, ide_key_setup, tdis
 from tdisp.vendor_defined import PCISIG_VENDOR_ID_BYTES, STANDARD_ID_PCISIG
 from vdev.endpoint.tee_device import TeeDevice
 from vdev.pci.header import BAR_BASE, CMD_MASTER, CMD_MEMORY, COMMAND
-from vdev.pci.ide_cap import CTL_EN, SEL_CTL, SEL_RID_1, SEL_RID_2, SEL_STS
+from vdev.pci.ide_cap import CTL_EN, SEL_CTL, SEL_RID_1, SEL_RID_2, SEL_STS, IdeStreamState
 
 BAR0_ADDRESS = 0x1_2345_0000  # above 4 GiB, so both BAR dwords matter
 STREAM_ID = 1
@@ -129,12 +129,29 @@ class SecureHost:
     def interface_id(self) -> InterfaceId:
         return self.device.interface.interface_id
 
+    def secure_stream(self) -> IdeKeySetup:
+        """What Linux and the TSM do between a session and LOCK: BAR0 and decode on,
+        the stream set up, its keys programmed over IDE_KM, the stream enabled."""
+        self.program_bar0()
+        self.setup_stream()
+        keys = self.ide_keys()
+        self.enable_stream()
+        return keys
+
     def to_run(self) -> TdispConnection:
         """Everything up to a TDI in RUN over a fresh session."""
         self.authenticate()
         self.open_session()
-        self.program_bar0()
-        self.setup_stream()
-        self.ide_keys()
-        self.enable_stream()
+        self.secure_stream()
+        return self.tdisp_connect()
+
+    def full_flow(self) -> TdispConnection:
+        """to_run() with a HEARTBEAT and a KEY_UPDATE in the session, the IDE stream
+        checked Secure before the TDI is locked."""
+        self.authenticate()
+        sid = self.open_session()
+        self.run(self.requester.heartbeat(sid))
+        self.run(self.requester.key_update(sid))
+        self.secure_stream()
+        assert self.stream_status() == IdeStreamState.SECURE
         return self.tdisp_connect()

@@ -86,10 +86,7 @@ def full_flow(host: SecureHost, doe: DoeRequester, start: bool = True) -> None:
     if tdi_state(host) != TdiState.CONFIG_UNLOCKED:
         req = TdispRequester(host.interface_id())
         req.parse_stop(host.vdm(req.stop()))
-    host.program_bar0()
-    host.setup_stream()
-    host.ide_keys()
-    host.enable_stream()
+    host.secure_stream()
     conn = host.tdisp_connect(start=start)
     assert conn.state == (TdiState.RUN if start else TdiState.CONFIG_LOCKED)
 

@@ -35,10 +35,7 @@ def _to_run(state_dir: Path) -> tuple[TeeDevice, SecureHost, ControlCore]:
     host = mailbox_host(device)
     host.authenticate()
     host.open_session()
-    host.program_bar0()
-    host.setup_stream()
-    host.ide_keys()
-    host.enable_stream()
+    host.secure_stream()
     conn = host.tdisp_connect()
     assert conn.state == TdiState.RUN
     return device, host, core

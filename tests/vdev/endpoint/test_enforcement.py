@@ -22,10 +22,7 @@ def locked(state_dir: Path, **profile: object) -> SecureHost:
     host = make_host(state_dir, **profile)
     host.authenticate()
     host.open_session()
-    host.program_bar0()
-    host.setup_stream()
-    host.ide_keys()
-    host.enable_stream()
+    host.secure_stream()
     return host
 
 
@@ -164,8 +161,5 @@ def test_lock_after_flr_needs_the_ide_stream_again(running: SecureHost) -> None:
     assert host.stream_status() == IdeStreamState.INSECURE  # FLR reset the stream
     with pytest.raises(TdispErrorResponse, match="INVALID_REQUEST"):
         host.tdisp_connect()
-    host.program_bar0()
-    host.setup_stream()
-    host.ide_keys()
-    host.enable_stream()
+    host.secure_stream()
     assert host.tdisp_connect().state == TdiState.RUN

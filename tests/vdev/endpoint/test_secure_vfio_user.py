@@ -15,7 +15,6 @@ from vdev.doe.requester import DoeRequester
 from vdev.endpoint.tee_device import TeeDevice
 from vdev.pci.device_api import RegionIndex
 from vdev.pci.header import CMD_MEMORY, COMMAND
-from vdev.pci.ide_cap import IdeStreamState
 from vdev.vfio_user.client import VfioUserClient
 from vdev.vfio_user.threaded import serve_in_thread
 
@@ -49,16 +48,7 @@ def socket_host(device: TeeDevice, client: VfioUserClient) -> SecureHost:
 def test_full_flow_over_vfio_user(served: tuple[TeeDevice, VfioUserClient]) -> None:
     device, client = served
     host = socket_host(device, client)
-    host.authenticate()
-    sid = host.open_session()
-    host.run(host.requester.heartbeat(sid))
-    host.run(host.requester.key_update(sid))
-    host.program_bar0()
-    host.setup_stream()
-    host.ide_keys()
-    host.enable_stream()
-    assert host.stream_status() == IdeStreamState.SECURE
-    conn = host.tdisp_connect()
+    conn = host.full_flow()
     assert conn.state == TdiState.RUN
     assert min(r.first_page for r in conn.report.mmio_ranges) == BAR0_ADDRESS
     # Enforcement sees the forwarded Command write.
@@ -67,6 +57,6 @@ def test_full_flow_over_vfio_user(served: tuple[TeeDevice, VfioUserClient]) -> N
     # vfio-user DEVICE_RESET is an FLR: back to CONFIG_UNLOCKED.
     client.device_reset()
     assert tdi_state(device) == TdiState.CONFIG_UNLOCKED
-    host.run(host.requester.heartbeat(sid))
+    host.run(host.requester.heartbeat(host.session_id))
     host.end_session()
     assert not device.responder.sessions

@@ -7,7 +7,6 @@ from spdm.secured_message import MCTP_TRANSPORT
 from tdisp.codes import TdiState
 from tests.helpers.secure_host import BAR0_ADDRESS, ConfigPort, SecureHost, tdi_state
 from tests.helpers.spdm_emu_server import EmuHandle
-from vdev.pci.ide_cap import IdeStreamState
 from vdev.spdm_emu.frame import QEMU_MAX_PAYLOAD
 
 
@@ -19,16 +18,7 @@ def test_full_flow_over_pci_doe(emu: EmuHandle) -> None:
         # DOE objects), the way the host kernel would program it.
         host = SecureHost(device, ConfigPort.of_device(device), client.spdm_transport,
                           device.identity.root)
-        host.authenticate()
-        sid = host.open_session()
-        host.run(host.requester.heartbeat(sid))
-        host.run(host.requester.key_update(sid))
-        host.program_bar0()
-        host.setup_stream()
-        host.ide_keys()
-        host.enable_stream()
-        assert host.stream_status() == IdeStreamState.SECURE
-        conn = host.tdisp_connect()
+        conn = host.full_flow()
         assert conn.state == TdiState.RUN
         assert min(r.first_page for r in conn.report.mmio_ranges) == BAR0_ADDRESS
         host.end_session()
