@@ -22,7 +22,13 @@ from tdisp.idekm_messages import parse_idekm
 from tdisp.interface_report import InterfaceReport
 from tdisp.messages import TdispVersion, decode_vdm, expect
 from tests.fuzz.budget import examples
+from tests.fuzz.mutations import damaged
 from tests.helpers.tdisp_rig import Rig, make_rig
+
+
+def _damaged(msg: bytes) -> st.SearchStrategy[bytes]:
+    return damaged(msg, header=16, byte_weight=2)
+
 
 TDISP_ERROR = 0x7F
 
@@ -57,19 +63,6 @@ def _recorded() -> list[bytes]:
 FLOW = _recorded()
 
 
-@st.composite
-def _mutate(draw: st.DrawFn, msg: bytes) -> bytes:
-    b = bytearray(msg)
-    how = draw(st.sampled_from(["byte", "byte", "header", "truncate", "extend"]))
-    if how == "byte":
-        b[draw(st.integers(0, len(b) - 1))] = draw(st.integers(0, 255))
-    elif how == "header":
-        b[draw(st.integers(0, min(15, len(b) - 1)))] = draw(st.integers(0, 255))
-    elif how == "truncate":
-        b = b[: draw(st.integers(0, len(b) - 1))]
-    else:
-        b += draw(st.binary(min_size=1, max_size=24))
-    return bytes(b)
 
 
 def _check(req: bytes, rig: Rig) -> None:
@@ -100,7 +93,7 @@ def _recovers(rig: Rig) -> None:
 @given(st.data())
 def test_mutated_flow_request(data: st.DataObject) -> None:
     which = data.draw(st.integers(0, len(FLOW) - 1), label="which")
-    mutated = data.draw(_mutate(FLOW[which]), label="mutated")
+    mutated = data.draw(_damaged(FLOW[which]), label="mutated")
     rig = make_rig()
     for req in FLOW[:which]:
         rig.send(req)
@@ -113,7 +106,7 @@ def test_mutated_flow_request(data: st.DataObject) -> None:
 def test_mutated_request_sequences(steps: list[tuple[int, st.DataObject]]) -> None:
     rig = make_rig()
     for which, data in steps:
-        req = FLOW[which] if data.draw(st.booleans()) else data.draw(_mutate(FLOW[which]))
+        req = FLOW[which] if data.draw(st.booleans()) else data.draw(_damaged(FLOW[which]))
         _check(req, rig)
     _recovers(rig)
 
@@ -125,7 +118,7 @@ RESPONSES = [make_rig().send(req) for req in FLOW[:3]]  # QUERY_RESP, VERSION, C
 
 @examples(300)
 @given(st.one_of(st.binary(max_size=80),
-                 st.sampled_from(RESPONSES).flatmap(_mutate)))
+                 st.sampled_from(RESPONSES).flatmap(_damaged)))
 def test_requester_decoders_raise_only_protocol_errors(raw: bytes) -> None:
     """decode_vdm / parse_idekm / InterfaceReport.decode / expect: a well-defined result
     or TdispProtocolError (MalformedMessage, UnexpectedResponse, ...), nothing else."""

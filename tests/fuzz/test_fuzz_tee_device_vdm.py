@@ -20,10 +20,16 @@ from spdm.errors import ErrorResponse
 from tdisp.idekm_messages import parse_idekm
 from tdisp.messages import decode_vdm
 from tests.fuzz.budget import examples
+from tests.fuzz.mutations import damaged
 from tests.helpers.secure_host import ConfigPort, SecureHost
 from tests.helpers.vfio_host import full_flow
 from vdev.doe.requester import DoeRequester
 from vdev.endpoint.tee_device import TeeDevice
+
+
+def _damaged(msg: bytes) -> st.SearchStrategy[bytes]:
+    return damaged(msg, header=16)
+
 
 DOE_CAP = 0x100
 
@@ -55,19 +61,6 @@ def _recorded(device: TeeDevice) -> list[bytes]:
     return sent
 
 
-@st.composite
-def _mutate(draw: st.DrawFn, msg: bytes) -> bytes:
-    b = bytearray(msg)
-    how = draw(st.sampled_from(["byte", "header", "truncate", "extend"]))
-    if how == "byte":
-        b[draw(st.integers(0, len(b) - 1))] = draw(st.integers(0, 255))
-    elif how == "header":
-        b[draw(st.integers(0, min(15, len(b) - 1)))] = draw(st.integers(0, 255))
-    elif how == "truncate":
-        b = b[: draw(st.integers(0, len(b) - 1))]
-    else:
-        b += draw(st.binary(min_size=1, max_size=24))
-    return bytes(b)
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +77,7 @@ def test_mutated_vdm_in_a_session(device: TeeDevice, flow: list[bytes],
     host.authenticate()
     host.open_session()
     which = data.draw(st.integers(0, len(flow) - 1), label="which")
-    mutated = data.draw(_mutate(flow[which]), label="mutated")
+    mutated = data.draw(_damaged(flow[which]), label="mutated")
     for req in flow[:which]:
         with contextlib.suppress(ErrorResponse):  # e.g. START with a recorded (stale) nonce
             host.vdm(req)
