@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.vfio_user_c import build_c_client
+from bench.vfio_user_c import build_c_client, compile_c
 from vdev.pci.device_api import RegionIndex
 from vdev.vfio_user import wire
 from vdev.vfio_user.client import VfioUserClient
@@ -62,15 +62,7 @@ def interpreter() -> dict[str, Any]:
 
 def build_floor_server(workdir: Path) -> Path | str:
     """The compiled floor server, or why there is none."""
-    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if cc is None:
-        return "skipped: no C compiler (cc, gcc or clang) on PATH"
-    exe = workdir / "vfio_user_floor"
-    proc = subprocess.run([cc, "-O2", "-o", str(exe), str(FLOOR_SOURCE)], capture_output=True,
-                          text=True, check=False)
-    if proc.returncode != 0:
-        return f"skipped: {Path(cc).name} failed: {proc.stderr.strip()[:200]}"
-    return exe
+    return compile_c(FLOOR_SOURCE, workdir / "vfio_user_floor")
 
 
 @dataclass

@@ -29,7 +29,9 @@ from vdev.vm.session import (
 _MARKER = re.compile(r"guest marker (\d+): (.*)")
 
 
-def _markers(log: str) -> dict[int, dict[str, int]]:
+def guest_markers(log: str) -> dict[int, dict[str, int]]:
+    """The device log's "guest marker N: key=value ..." lines (the guest script's
+    writes to the marker register with the device's counters then), by N."""
     out: dict[int, dict[str, int]] = {}
     for line in log.splitlines():
         m = _MARKER.search(line)
@@ -93,7 +95,7 @@ def _boot_and_connect(env: Any, profile: Path | None, rounds: int,
                 tsm.stop()
         finally:
             dev.stop()
-        marks = _markers(dev.log_text())
+        marks = guest_markers(dev.log_text())
     connects, runs = [], []
     for i in range(1, rounds + 1):
         rc, t0, t1 = (res.value(f"bench_connect_{i}") or "1 0 0").split()

@@ -19,7 +19,6 @@ bench/config_access.py).  QEMU, its threads and the server run pinned to one CPU
 from __future__ import annotations
 
 import os
-import re
 import statistics
 import tempfile
 from pathlib import Path
@@ -31,6 +30,7 @@ from bench.doe_throughput import (
     PROFILE,
     _get_certificate,
 )
+from bench.guest_bench import guest_markers
 from spdm.algorithms import BaseAsym, BaseHash
 from spdm.requester import AlgorithmOffer, Outgoing, Requester, RequesterConfig
 from vdev.endpoint.registers import REG_MARKER
@@ -44,7 +44,6 @@ from vdev.vm.session import GuestRun, device_server, script
 OBJECT = 4096
 DOE_STATUS = 0x10C  # default profile: DOE capability at 0x100
 TARGET_RATIO = 1.5
-_MARKER = re.compile(r"guest marker (\d+): (.*)")
 
 
 def _vca_requests(profile_path: Path, state_dir: Path) -> tuple[list[bytes], int]:
@@ -62,16 +61,6 @@ def _vca_requests(profile_path: Path, state_dir: Path) -> tuple[list[bytes], int
 
     req.run(req.init_connection(), transport)
     return sent, req.conn.version
-
-
-def _markers(log: str) -> dict[int, dict[str, int]]:
-    out: dict[int, dict[str, int]] = {}
-    for line in log.splitlines():
-        m = _MARKER.search(line)
-        if m:
-            out[int(m.group(1))] = {k: int(v) for k, v in
-                                    (kv.split("=") for kv in m.group(2).split())}
-    return out
 
 
 def _per_access_ns(value: str | None) -> float | None:
@@ -117,7 +106,7 @@ def bench_guest_doe(cpu: int | None, floor_rtt_us: float | None = None,
                 dev.stop()
         finally:
             os.sched_setaffinity(0, saved)
-        marks = _markers(dev.log_text())
+        marks = guest_markers(dev.log_text())
     times = [int(x) for x in (res.value("doe_ns") or "").split()]
     rc = res.value("doe_rc")
     if len(times) < exchanges or not {1, 2} <= marks.keys() or rc is None or int(rc) <= 0:

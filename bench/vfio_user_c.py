@@ -24,17 +24,22 @@ SOURCE = Path(__file__).resolve().parent / "vfio_user_rtt.c"
 _MSG_ID = 0x4242
 
 
-def build_c_client(workdir: Path) -> Path | str:
-    """The compiled client, or why there is none."""
+def compile_c(source: Path, exe: Path) -> Path | str:
+    """`source` compiled with -O2 to `exe`, or (a string) why the benchmark that
+    needs it is skipped."""
     cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if cc is None:
         return "skipped: no C compiler (cc, gcc or clang) on PATH"
-    exe = workdir / "vfio_user_rtt"
-    proc = subprocess.run([cc, "-O2", "-o", str(exe), str(SOURCE)], capture_output=True,
+    proc = subprocess.run([cc, "-O2", "-o", str(exe), str(source)], capture_output=True,
                           text=True, check=False)
     if proc.returncode != 0:
         return f"skipped: {Path(cc).name} failed: {proc.stderr.strip()[:200]}"
     return exe
+
+
+def build_c_client(workdir: Path) -> Path | str:
+    """The compiled client, or why there is none."""
+    return compile_c(SOURCE, workdir / "vfio_user_rtt")
 
 
 def c_config_read(exe: Path, socket_path: str, n: int, warmup: int,
