@@ -136,23 +136,33 @@ def _ca_cert(
     not_after: datetime.datetime,
     path_len: int | None,
 ) -> x509.Certificate:
+    # KeyUsage keyCertSign and cRLSign only (RFC 5280 §4.2.1.3).
+    builder = _cert_builder(_name(subject), _name(issuer), key, not_before, not_after,
+                            x509.BasicConstraints(ca=True, path_length=path_len),
+                            x509.KeyUsage(False, False, False, False, False, True, True, False,
+                                          False))
+    return builder.sign(issuer_key, _sig_hash(issuer_key))  # type: ignore[arg-type]
+
+
+def _cert_builder(subject: x509.Name, issuer: x509.Name, key: PrivateKey,
+                  not_before: datetime.datetime, not_after: datetime.datetime,
+                  constraints: x509.BasicConstraints,
+                  usage: x509.KeyUsage) -> x509.CertificateBuilder:
+    """What every certificate of the chain has: names, key, a random serial, the
+    validity, critical BasicConstraints and KeyUsage, the SubjectKeyIdentifier."""
     pub = key.public_key()
-    builder = (
+    return (
         x509.CertificateBuilder()
-        .subject_name(_name(subject))
-        .issuer_name(_name(issuer))
+        .subject_name(subject)
+        .issuer_name(issuer)
         .public_key(pub)
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before)
         .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=path_len), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-            critical=True,
-        )
+        .add_extension(constraints, critical=True)
+        .add_extension(usage, critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(pub), critical=False)
     )
-    return builder.sign(issuer_key, _sig_hash(issuer_key))  # type: ignore[arg-type]
 
 
 def build_leaf(
@@ -163,22 +173,12 @@ def build_leaf(
     not_before: datetime.datetime,
     not_after: datetime.datetime,
 ) -> x509.Certificate:
-    pub = key.public_key()
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(f"{params.common_name} device"))
-        .issuer_name(issuer.subject)
-        .public_key(pub)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(True, False, False, False, False, False, False, False, False),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(pub), critical=False)
-    )
+    # KeyUsage digitalSignature only: the leaf signs SPDM transcripts.
+    builder = _cert_builder(_name(f"{params.common_name} device"), issuer.subject, key,
+                            not_before, not_after,
+                            x509.BasicConstraints(ca=False, path_length=None),
+                            x509.KeyUsage(True, False, False, False, False, False, False, False,
+                                          False))
     if params.include_spdm_oids:
         builder = builder.add_extension(
             x509.ExtendedKeyUsage(

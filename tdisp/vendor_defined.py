@@ -63,28 +63,18 @@ SpdmVendorDefined = Struct(
 
 def wrap_spdm_request(spdm_version: int, payload: bytes) -> bytes:
     """A complete SPDM VENDOR_DEFINED_REQUEST carrying a PCI-SIG VDM payload."""
-    out: bytes = SpdmVendorDefined.build(
-        {
-            "version": spdm_version,
-            "code": SPDM_VENDOR_DEFINED_REQUEST,
-            "param1": 0,
-            "param2": 0,
-            "body": {"payload": payload},
-        }
-    )
-    return out
+    return _wrap(spdm_version, SPDM_VENDOR_DEFINED_REQUEST, payload)
 
 
 def wrap_spdm_response(spdm_version: int, payload: bytes) -> bytes:
     """A complete SPDM VENDOR_DEFINED_RESPONSE carrying a PCI-SIG VDM payload."""
+    return _wrap(spdm_version, SPDM_VENDOR_DEFINED_RESPONSE, payload)
+
+
+def _wrap(spdm_version: int, code: int, payload: bytes) -> bytes:
     out: bytes = SpdmVendorDefined.build(
-        {
-            "version": spdm_version,
-            "code": SPDM_VENDOR_DEFINED_RESPONSE,
-            "param1": 0,
-            "param2": 0,
-            "body": {"payload": payload},
-        }
+        {"version": spdm_version, "code": code, "param1": 0, "param2": 0,
+         "body": {"payload": payload}}
     )
     return out
 

@@ -110,6 +110,15 @@ def describe(slot_dir: Path, ident: Any) -> dict[str, Any]:
     }
 
 
+def _existing(loc: IdentityLocation, params: Any) -> Path | None:
+    """The identity's slot directory if there is one, checked to load (a damaged one
+    raises IdentityError), else None."""
+    found = locate(loc, params)
+    if found is not None:
+        load_slot(loc, params, found)
+    return found
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     loc, params = _where(args)
     try:
@@ -136,9 +145,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_trust_anchor(args: argparse.Namespace) -> int:
     loc, params = _where(args)
     try:
-        found = locate(loc, params)
-        if found is not None:
-            load_slot(loc, params, found)
+        found = _existing(loc, params)
     except IdentityError as exc:
         return _fail(str(exc))
     if found is None:
@@ -166,9 +173,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     loc, params = _where(args)
     try:
-        found = locate(loc, params)
+        found = _existing(loc, params)
         if found is not None:
-            load_slot(loc, params, found)
             print(f"identity {loc.name} exists, kept: {found} (`vdev identity regenerate "
                   "--force` replaces it)")
             return 0

@@ -147,12 +147,7 @@ class Tracer:
             except OSError as exc:
                 self._lose("--pcap", self.pcap.out, exc)
                 self.pcap = None
-        if self.decrypted is not None:
-            try:
-                self.decrypted.wire(direction, obj, t)
-            except OSError as exc:
-                self._lose("--pcap-decrypted", self.decrypted.out.out, exc)
-                self.decrypted = None
+        self._to_decrypted(lambda pcap: pcap.wire(direction, obj, t))
         if self.out is None:
             return
         s = self.decoder.doe(obj, request=direction == REQ)
@@ -180,12 +175,7 @@ class Tracer:
     def secured(self, direction: str, session_id: int, plaintext: bytes) -> None:
         """The engines' `message_observer`: ("request" | "response", session, plaintext)."""
         d = REQ if direction == "request" else RSP
-        if self.decrypted is not None:
-            try:
-                self.decrypted.plaintext(d, session_id, plaintext)
-            except OSError as exc:
-                self._lose("--pcap-decrypted", self.decrypted.out.out, exc)
-                self.decrypted = None
+        self._to_decrypted(lambda pcap: pcap.plaintext(d, session_id, plaintext))
         if self.out is None:
             return
         self._emit(self.clock(), d, self.decoder.spdm(plaintext, session=session_id),
@@ -234,6 +224,17 @@ class Tracer:
             self.out = None
             return
         self.events += 1
+
+    def _to_decrypted(self, write: Callable[[DecryptedCapture], None]) -> None:
+        """`write` to the --pcap-decrypted writer, which is dropped (said once) when
+        its file fails."""
+        if self.decrypted is None:
+            return
+        try:
+            write(self.decrypted)
+        except OSError as exc:
+            self._lose("--pcap-decrypted", self.decrypted.out.out, exc)
+            self.decrypted = None
 
     def _lose(self, option: str, stream: Any, exc: OSError) -> None:
         text = f"{option} {getattr(stream, 'name', '?')}: {exc.strerror or exc}"
