@@ -11,7 +11,7 @@ import pytest
 from spdm.algorithms import Aead, BaseAsym, BaseHash, Kem, PqcAsym
 from spdm.requester import AlgorithmOffer, Outgoing, Requester, RequesterConfig
 from vdev.endpoint.tee_device import TeeDevice
-from vdev.profiles import DeviceProfile, ProfileError, load_profile, shipped_profiles
+from vdev.profiles import load_profile, shipped_profiles
 
 # profile -> (identity key type, PqcAsymSel, BaseAsymSel, KEMAlg, hash)
 EXPECTED = {
@@ -61,20 +61,3 @@ def test_classical_requester_cannot_use_the_pqc_device(state_root: Path) -> None
     with pytest.raises(Exception, match="no signature algorithm"):
         req.run(req.init_connection(),
                 lambda out: device.spdm_message(out.doe_type, out.data)[1])
-
-
-@pytest.mark.parametrize(("text", "key", "reason"), [
-    ('identity_key_type = "mldsa-65"\n', "spdm_versions", "lacks 1.4"),
-    ('spdm_versions = "1.4"\nidentity_key_type = "mldsa-65"\nspdm_pqc_asym = "ML_DSA_87"\n',
-     "spdm_pqc_asym", "identity key's algorithm"),
-    ('spdm_kem = "ML_KEM_512"\n', "spdm_kem", "not implemented"),
-    ('spdm_pqc_asym = "SLH_DSA_SHA2_128S"\n', "spdm_pqc_asym", "not implemented"),
-    ('spdm_kem = "X25519MLKEM768"\n', "spdm_kem", "is not one of"),
-    ('spdm_versions = "1.5"\n', "spdm_versions", "1.4"),
-    ('spdm_pqc_first = "yes"\n', "spdm_pqc_first", "expected bool"),
-])
-def test_bad_pqc_profiles(text: str, key: str, reason: str) -> None:
-    with pytest.raises(ProfileError) as info:
-        DeviceProfile.from_toml_string(text)
-    assert info.value.key == key
-    assert reason in info.value.reason
