@@ -510,7 +510,27 @@ KeyPairInfo = Struct(
     "public_key_info" / Bytes(this.public_key_info_len),
 )
 
-GetMel = Struct(*_hdr(Req.GET_MEL), "offset" / Int32ul, "length" / Int32ul)
+# Param1 Operation (SET_KEY_PAIR_INFO_OP_*); the Desired* fields follow a Reserved byte and
+# are absent for Erase.  The responder does not implement it (no SET_KEY_PAIR_INFO_CAP);
+# the trace decodes it from here.
+SET_KEY_PAIR_INFO_OP_CHANGE = 0
+SET_KEY_PAIR_INFO_OP_ERASE = 1
+SET_KEY_PAIR_INFO_OP_GENERATE = 2
+
+SetKeyPairInfo = Struct(
+    *_hdr(Req.SET_KEY_PAIR_INFO),
+    "key_pair_id" / Int8ul,
+    "desired" / Opt(this.param1 != SET_KEY_PAIR_INFO_OP_ERASE, Struct(
+        "reserved" / Default(Int8ul, 0),
+        "key_usage" / Int16ul,
+        "asym_algo" / Int32ul,
+        "assoc_cert_slot_mask" / Int8ul,
+    )),
+)
+SetKeyPairInfoAck = Struct(*_hdr(Rsp.SET_KEY_PAIR_INFO_ACK))
+
+GetMel = Struct(*_hdr(Req.GET_MEASUREMENT_EXTENSION_LOG), "offset" / Int32ul,
+                "length" / Int32ul)
 
 MeasurementExtensionLog = Struct(
     *_hdr(Rsp.MEASUREMENT_EXTENSION_LOG),

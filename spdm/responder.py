@@ -356,7 +356,8 @@ class Responder:
             Req.GET_KEY_PAIR_INFO: lambda r, h, s: prov_handlers.get_key_pair_info(self, r, h, s),
             Req.GET_CSR: lambda r, h, s: prov_handlers.get_csr(self, r, h, s),
             Req.SET_CERTIFICATE: lambda r, h, s: prov_handlers.set_certificate(self, r, h, s),
-            Req.GET_MEL: lambda r, h, s: prov_handlers.get_mel(self, r, h, s),
+            Req.GET_MEASUREMENT_EXTENSION_LOG:
+                lambda r, h, s: prov_handlers.get_mel(self, r, h, s),
             Req.GET_ENDPOINT_INFO: lambda r, h, s: prov_handlers.get_endpoint_info(self, r, h, s),
         }
         self.slot_models: dict[int, int] = dict(self.config.slot_models)

@@ -244,8 +244,8 @@ def _parse_chain(rsp: Responder, chain: bytes) -> list[x509.Certificate]:
 
 
 def get_mel(rsp: Responder, request: bytes, hdr: Any, session: Session | None) -> bytes:
-    _need_version(rsp, Req.GET_MEL, V13)
-    rsp._require_cap(Req.GET_MEL, RspCap.MEL)
+    _need_version(rsp, Req.GET_MEASUREMENT_EXTENSION_LOG, V13)
+    rsp._require_cap(Req.GET_MEASUREMENT_EXTENSION_LOG, RspCap.MEL)
     if rsp.conn.algorithms.mel_spec != MEL_SPEC_DMTF:
         raise UnexpectedRequest("no MEL specification negotiated")
     msg = rsp._decode(GetMel, request)

@@ -91,7 +91,7 @@ _RESETS_M1M2 = frozenset(
         Req.GET_CSR,
         Req.SET_CERTIFICATE,
         Req.GET_KEY_PAIR_INFO,
-        Req.GET_MEL,
+        Req.GET_MEASUREMENT_EXTENSION_LOG,
         Req.GET_ENDPOINT_INFO,
     }
 )

@@ -28,14 +28,20 @@ local MAC_SIZE = 16
 
 local doe_types = { [0] = "DISCOVERY", [1] = "SPDM", [2] = "SECURED_SPDM" }
 
+-- DSP0274 1.3 Table 4 (request codes) and Table 5 (response codes).
 local spdm_codes = {
     [0x01] = "DIGESTS", [0x02] = "CERTIFICATE", [0x03] = "CHALLENGE_AUTH",
     [0x04] = "VERSION", [0x05] = "CHUNK_SEND_ACK", [0x06] = "CHUNK_RESPONSE",
-    [0x60] = "MEASUREMENTS", [0x61] = "CAPABILITIES", [0x63] = "ALGORITHMS",
+    [0x07] = "ENDPOINT_INFO",
+    [0x60] = "MEASUREMENTS", [0x61] = "CAPABILITIES", [0x62] = "SUPPORTED_EVENT_TYPES",
+    [0x63] = "ALGORITHMS",
     [0x64] = "KEY_EXCHANGE_RSP", [0x65] = "FINISH_RSP", [0x66] = "PSK_EXCHANGE_RSP",
     [0x67] = "PSK_FINISH_RSP", [0x68] = "HEARTBEAT_ACK", [0x69] = "KEY_UPDATE_ACK",
     [0x6A] = "ENCAPSULATED_REQUEST", [0x6B] = "ENCAPSULATED_RESPONSE_ACK",
-    [0x6C] = "END_SESSION_ACK", [0x7E] = "VENDOR_DEFINED_RESPONSE", [0x7F] = "ERROR",
+    [0x6C] = "END_SESSION_ACK", [0x6D] = "CSR", [0x6E] = "SET_CERTIFICATE_RSP",
+    [0x6F] = "MEASUREMENT_EXTENSION_LOG", [0x70] = "SUBSCRIBE_EVENT_TYPES_ACK",
+    [0x71] = "EVENT_ACK", [0x7C] = "KEY_PAIR_INFO", [0x7D] = "SET_KEY_PAIR_INFO_ACK",
+    [0x7E] = "VENDOR_DEFINED_RESPONSE", [0x7F] = "ERROR",
     [0x81] = "GET_DIGESTS", [0x82] = "GET_CERTIFICATE", [0x83] = "CHALLENGE",
     [0x84] = "GET_VERSION", [0x85] = "CHUNK_SEND", [0x86] = "CHUNK_GET",
     [0x87] = "GET_ENDPOINT_INFO", [0xE0] = "GET_MEASUREMENTS", [0xE1] = "GET_CAPABILITIES",
@@ -44,7 +50,33 @@ local spdm_codes = {
     [0xE7] = "PSK_FINISH", [0xE8] = "HEARTBEAT", [0xE9] = "KEY_UPDATE",
     [0xEA] = "GET_ENCAPSULATED_REQUEST", [0xEB] = "DELIVER_ENCAPSULATED_RESPONSE",
     [0xEC] = "END_SESSION", [0xED] = "GET_CSR", [0xEE] = "SET_CERTIFICATE",
-    [0xEF] = "GET_MEL", [0xFE] = "VENDOR_DEFINED_REQUEST", [0xFF] = "RESPOND_IF_READY",
+    [0xEF] = "GET_MEASUREMENT_EXTENSION_LOG", [0xF0] = "SUBSCRIBE_EVENT_TYPES",
+    [0xF1] = "SEND_EVENT", [0xFC] = "GET_KEY_PAIR_INFO", [0xFD] = "SET_KEY_PAIR_INFO",
+    [0xFE] = "VENDOR_DEFINED_REQUEST", [0xFF] = "RESPOND_IF_READY",
+}
+
+-- KEY_UPDATE / KEY_UPDATE_ACK Param1 (DSP0274 KEY_UPDATE 'KeyOperation').
+local key_update_ops = { [1] = "UpdateKey", [2] = "UpdateAllKeys", [3] = "VerifyNewKey" }
+-- SET_KEY_PAIR_INFO Param1 (DSP0274 1.3 SET_KEY_PAIR_INFO 'Operation').
+local key_pair_ops = { [0] = "Change", [1] = "Erase", [2] = "Generate" }
+-- CertModel (DSP0274 1.3 'Certificate info'): DIGESTS, CERTIFICATE, GET_CSR, SET_CERTIFICATE.
+local cert_models = { [0] = "None", [1] = "DeviceCert", [2] = "AliasCert", [3] = "GenericCert" }
+-- GET_ENDPOINT_INFO Param1 (DSP0274 1.3 'SubCode').
+local ep_info_subcodes = { [1] = "DeviceClassIdentifier" }
+-- KEY_PAIR_INFO Capabilities, KeyUsageCapabilities / CurrentKeyUsage, AsymAlgoCapabilities /
+-- CurrentAsymAlgo (DSP0274 1.3 GET_KEY_PAIR_INFO clause).
+local key_pair_caps = {
+    [0x1] = "GenKey", [0x2] = "Erasable", [0x4] = "CertAssoc", [0x8] = "KeyUsage",
+    [0x10] = "AsymAlgo", [0x20] = "Shareable",
+}
+local key_usages = {
+    [0x1] = "KeyEx", [0x2] = "Challenge", [0x4] = "Measurement", [0x8] = "EndpointInfo",
+    [0x4000] = "StandardsKey", [0x8000] = "VendorKey",
+}
+local key_pair_asym = {
+    [0x1] = "RSA2048", [0x2] = "RSA3072", [0x4] = "RSA4096", [0x8] = "ECC256",
+    [0x10] = "ECC384", [0x20] = "ECC521", [0x40] = "SM2", [0x80] = "Ed25519",
+    [0x100] = "Ed448",
 }
 
 local spdm_errors = {
@@ -172,10 +204,49 @@ local f = {
     chunk_large = ProtoField.uint32("spdm.chunk.large_message_size", "LargeMessageSize"),
     chunk_last = ProtoField.bool("spdm.chunk.last", "LastChunk"),
     slot = ProtoField.uint8("spdm.slot_id", "SlotID"),
-    offset = ProtoField.uint16("spdm.offset", "Offset", base.HEX),
-    length = ProtoField.uint16("spdm.length", "Length", base.HEX),
-    portion = ProtoField.uint16("spdm.portion_length", "PortionLength", base.HEX),
-    remainder = ProtoField.uint16("spdm.remainder_length", "RemainderLength", base.HEX),
+    -- 16 bits in GET_CERTIFICATE / CERTIFICATE, 32 in the MEL messages.
+    offset = ProtoField.uint32("spdm.offset", "Offset", base.HEX),
+    length = ProtoField.uint32("spdm.length", "Length", base.HEX),
+    portion = ProtoField.uint32("spdm.portion_length", "PortionLength", base.HEX),
+    remainder = ProtoField.uint32("spdm.remainder_length", "RemainderLength", base.HEX),
+    meas_summary = ProtoField.uint8("spdm.meas_summary_type", "MeasurementSummaryHashType",
+                                    base.HEX),
+    heartbeat = ProtoField.uint8("spdm.heartbeat_period", "HeartbeatPeriod (s)"),
+    key_update_op = ProtoField.uint8("spdm.key_update.operation", "KeyOperation", base.DEC,
+                                     key_update_ops),
+    key_update_tag = ProtoField.uint8("spdm.key_update.tag", "Tag", base.HEX),
+    end_session_preserve = ProtoField.bool("spdm.end_session.preserve_negotiated_state",
+                                           "NegotiatedStatePreservationIndicator"),
+    psk_hint_length = ProtoField.uint16("spdm.psk.hint_length", "PSKHint length (P)"),
+    context_length = ProtoField.uint16("spdm.context_length", "Context length"),
+    opaque_length = ProtoField.uint16("spdm.opaque_length", "OpaqueDataLength"),
+    key_pair_id = ProtoField.uint8("spdm.key_pair_id", "KeyPairID"),
+    total_key_pairs = ProtoField.uint8("spdm.key_pair.total", "TotalKeyPairs"),
+    kp_caps = ProtoField.string("spdm.key_pair.capabilities", "Capabilities"),
+    kp_usage_caps = ProtoField.string("spdm.key_pair.key_usage_capabilities",
+                                      "KeyUsageCapabilities"),
+    kp_usage = ProtoField.string("spdm.key_pair.current_key_usage", "CurrentKeyUsage"),
+    kp_asym_caps = ProtoField.string("spdm.key_pair.asym_algo_capabilities",
+                                     "AsymAlgoCapabilities"),
+    kp_asym = ProtoField.string("spdm.key_pair.current_asym_algo", "CurrentAsymAlgo"),
+    kp_pubkey_len = ProtoField.uint16("spdm.key_pair.public_key_info_length",
+                                      "PublicKeyInfoLen"),
+    kp_slots = ProtoField.uint8("spdm.key_pair.assoc_cert_slot_mask", "AssocCertSlotMask",
+                                base.HEX),
+    kp_op = ProtoField.uint8("spdm.key_pair.operation", "Operation", base.DEC, key_pair_ops),
+    cert_model = ProtoField.uint8("spdm.cert_model", "CertModel", base.DEC, cert_models),
+    csr_tag = ProtoField.uint8("spdm.csr.tracking_tag", "CSRTrackingTag"),
+    csr_overwrite = ProtoField.bool("spdm.csr.overwrite", "Overwrite"),
+    csr_info_length = ProtoField.uint16("spdm.csr.requester_info_length",
+                                        "RequesterInfoLength"),
+    csr_length = ProtoField.uint16("spdm.csr.length", "CSRLength"),
+    cert_erase = ProtoField.bool("spdm.set_certificate.erase", "Erase"),
+    cert_chain_length = ProtoField.uint16("spdm.cert_chain_length", "CertChain Length"),
+    ep_subcode = ProtoField.uint8("spdm.endpoint_info.sub_code", "SubCode", base.HEX,
+                                  ep_info_subcodes),
+    ep_signed = ProtoField.bool("spdm.endpoint_info.signature_requested",
+                                "SignatureRequested"),
+    ep_length = ProtoField.uint32("spdm.endpoint_info.length", "EPInfoLength"),
     blocks = ProtoField.uint8("spdm.measurement_blocks", "NumberOfBlocks"),
     req_session = ProtoField.uint16("spdm.req_session_id", "ReqSessionID", base.HEX),
     rsp_session = ProtoField.uint16("spdm.rsp_session_id", "RspSessionID", base.HEX),
@@ -246,7 +317,13 @@ p_spdm.fields = { f.version, f.code, f.name, f.param1, f.param2, f.version_entry
                   f.ct_exponent, f.cap_flags, f.asym_sel, f.hash_sel, f.slot, f.offset,
                   f.length, f.portion, f.remainder, f.blocks, f.req_session, f.rsp_session,
                   f.session, f.error, f.error_data, f.standard_id, f.vendor_id,
-                  f.vendor_length, f.protocol_id }
+                  f.vendor_length, f.protocol_id, f.meas_summary, f.heartbeat,
+                  f.key_update_op, f.key_update_tag, f.end_session_preserve,
+                  f.psk_hint_length, f.context_length, f.opaque_length, f.key_pair_id,
+                  f.total_key_pairs, f.kp_caps, f.kp_usage_caps, f.kp_usage, f.kp_asym_caps,
+                  f.kp_asym, f.kp_pubkey_len, f.kp_slots, f.kp_op, f.cert_model, f.csr_tag,
+                  f.csr_overwrite, f.csr_info_length, f.csr_length, f.cert_erase,
+                  f.cert_chain_length, f.ep_subcode, f.ep_signed, f.ep_length }
 p_sec.fields = { f.sec_session, f.sec_length, f.sec_decrypted, f.sec_app_length, f.sec_data,
                  f.sec_mac }
 p_idekm.fields = { f.ide_object, f.ide_name, f.ide_port, f.ide_stream, f.ide_kss,
@@ -266,6 +343,12 @@ local frame_comment = Field.new("frame.comment")
 -- second pass (Wireshark re-dissects on every click) shows the same thing.
 local pending_req_session = nil
 local session_of_frame = {}
+-- The session whose handshake is under way, for FINISH / FINISH_RSP sent in the clear
+-- (HANDSHAKE_IN_THE_CLEAR_CAP): no record names it.
+local handshake_session = nil
+-- ENDPOINT_INFO carries a Nonce only when its request asked for a signature.
+local pending_ep_signed = false
+local ep_signed_of_frame = {}
 -- CHUNK_SEND / CHUNK_RESPONSE reassembly (first pass): the chunks so far per
 -- (code, handle), and for the frame carrying the last chunk the whole large message.
 local chunks = {}
@@ -274,6 +357,9 @@ local large_of_frame = {}
 function p_doe.init()
     pending_req_session = nil
     session_of_frame = {}
+    handshake_session = nil
+    pending_ep_signed = false
+    ep_signed_of_frame = {}
     chunks = {}
     large_of_frame = {}
 end
@@ -526,13 +612,30 @@ local function dissect_spdm(buf, pinfo, tree, prefix, session)
     elseif code == 0x60 and len >= 5 then  -- MEASUREMENTS
         t:add(f.blocks, buf(4, 1))
         info = info .. " blocks=" .. buf(4, 1):uint()
-    elseif code == 0xE4 and len >= 6 then  -- KEY_EXCHANGE
+    elseif (code == 0xE4 or code == 0xE6) and len >= 6 then  -- KEY_EXCHANGE, PSK_EXCHANGE
+        t:add(f.meas_summary, buf(2, 1))
         t:add_le(f.req_session, buf(4, 2))
+        if code == 0xE4 then
+            t:add(f.slot, buf(3, 1))
+            info = info .. " slot=" .. buf(3, 1):uint()
+        elseif len >= 12 then  -- P, R, OpaqueDataLength (DSP0274 1.3 Table 74)
+            t:add_le(f.psk_hint_length, buf(6, 2))
+            t:add_le(f.context_length, buf(8, 2))
+            t:add_le(f.opaque_length, buf(10, 2))
+            info = string.format("%s hint=%dB context=%dB", info, buf(6, 2):le_uint(),
+                                 buf(8, 2):le_uint())
+        end
         if not pinfo.visited then pending_req_session = buf(4, 2):le_uint() end
-    elseif code == 0x64 and len >= 6 then  -- KEY_EXCHANGE_RSP
+    elseif (code == 0x64 or code == 0x66) and len >= 6 then  -- KEY_EXCHANGE_RSP, PSK_..._RSP
+        t:add(f.heartbeat, buf(2, 1))
         t:add_le(f.rsp_session, buf(4, 2))
+        if code == 0x66 and len >= 12 then  -- Q, OpaqueDataLength (Table 75)
+            t:add_le(f.context_length, buf(8, 2))
+            t:add_le(f.opaque_length, buf(10, 2))
+        end
         if not pinfo.visited and pending_req_session then
             session_of_frame[pinfo.number] = buf(4, 2):le_uint() * 65536 + pending_req_session
+            handshake_session = session_of_frame[pinfo.number]
             pending_req_session = nil
         end
         local sid = session_of_frame[pinfo.number]
@@ -540,6 +643,114 @@ local function dissect_spdm(buf, pinfo, tree, prefix, session)
             t:add(f.session, sid):set_generated()
             info = info .. string.format(" session=0x%08x", sid)
         end
+        if buf(2, 1):uint() ~= 0 then
+            info = info .. " heartbeat=" .. buf(2, 1):uint() .. "s"
+        end
+    elseif (code == 0xE5 or code == 0x65) and not session then  -- FINISH(_RSP) in the clear
+        if not pinfo.visited then
+            session_of_frame[pinfo.number] = handshake_session
+            if code == 0x65 then handshake_session = nil end
+        end
+        local sid = session_of_frame[pinfo.number]
+        if sid then
+            t:add(f.session, sid):set_generated()
+            info = info .. string.format(" session=0x%08x (in the clear)", sid)
+        end
+    elseif code == 0xE9 or code == 0x69 then  -- KEY_UPDATE, KEY_UPDATE_ACK
+        local op = buf(2, 1):uint()
+        t:add(f.key_update_op, buf(2, 1))
+        t:add(f.key_update_tag, buf(3, 1))
+        info = string.format("%s %s tag=0x%02x", info, key_update_ops[op] or tostring(op),
+                             buf(3, 1):uint())
+    elseif code == 0xEC then  -- END_SESSION: Param1 bit 0
+        local preserve = band(buf(2, 1):uint(), 1) ~= 0
+        t:add(f.end_session_preserve, buf(2, 1), preserve)
+        if preserve then info = info .. " preserve-negotiated-state" end
+    elseif code == 0xED and len >= 8 then  -- GET_CSR
+        if buf(0, 1):uint() >= 0x13 then  -- Param1 KeyPairID, Param2 RequestAttributes
+            local attr = buf(3, 1):uint()
+            t:add(f.key_pair_id, buf(2, 1))
+            t:add(f.cert_model, buf(3, 1), band(attr, 7))
+            t:add(f.csr_tag, buf(3, 1), band(rshift(attr, 3), 7))
+            t:add(f.csr_overwrite, buf(3, 1), band(attr, 0x80) ~= 0)
+            info = string.format("%s key_pair=%d model=%s", info, buf(2, 1):uint(),
+                                 cert_models[band(attr, 7)] or tostring(band(attr, 7)))
+        end
+        t:add_le(f.csr_info_length, buf(4, 2))
+        t:add_le(f.opaque_length, buf(6, 2))
+    elseif code == 0x6D and len >= 6 then  -- CSR
+        t:add_le(f.csr_length, buf(4, 2))
+        info = info .. " " .. buf(4, 2):le_uint() .. " bytes"
+    elseif code == 0xEE or code == 0x6E then  -- SET_CERTIFICATE(_RSP): Param1 bits 3:0 SlotID
+        local p1 = buf(2, 1):uint()
+        t:add(f.slot, buf(2, 1), band(p1, 0xF))
+        info = info .. " slot=" .. band(p1, 0xF)
+        if code == 0xEE and buf(0, 1):uint() >= 0x13 then  -- 6:4 CertModel, 7 Erase; KeyPairID
+            t:add(f.cert_model, buf(2, 1), band(rshift(p1, 4), 7))
+            t:add(f.cert_erase, buf(2, 1), band(p1, 0x80) ~= 0)
+            t:add(f.key_pair_id, buf(3, 1))
+            if band(p1, 0x80) ~= 0 then info = info .. " erase" end
+        end
+        if code == 0xEE and len >= 6 then
+            t:add_le(f.cert_chain_length, buf(4, 2))
+        end
+    elseif code == 0xFC and len >= 5 then  -- GET_KEY_PAIR_INFO
+        t:add(f.key_pair_id, buf(4, 1))
+        info = info .. " key_pair=" .. buf(4, 1):uint()
+    elseif code == 0x7C and len >= 23 then  -- KEY_PAIR_INFO
+        t:add(f.total_key_pairs, buf(4, 1))
+        t:add(f.key_pair_id, buf(5, 1))
+        t:add(f.kp_caps, buf(6, 2), flag_names(key_pair_caps, buf(6, 2):le_uint()))
+        t:add(f.kp_usage_caps, buf(8, 2), flag_names(key_usages, buf(8, 2):le_uint()))
+        t:add(f.kp_usage, buf(10, 2), flag_names(key_usages, buf(10, 2):le_uint()))
+        t:add(f.kp_asym_caps, buf(12, 4), flag_names(key_pair_asym, buf(12, 4):le_uint()))
+        t:add(f.kp_asym, buf(16, 4), flag_names(key_pair_asym, buf(16, 4):le_uint()))
+        t:add_le(f.kp_pubkey_len, buf(20, 2))
+        t:add(f.kp_slots, buf(22, 1))
+        info = string.format("%s key_pair=%d/%d usage=%s slots=0x%02x", info,
+                             buf(5, 1):uint(), buf(4, 1):uint(),
+                             flag_names(key_usages, buf(10, 2):le_uint()), buf(22, 1):uint())
+    elseif code == 0xFD and len >= 5 then  -- SET_KEY_PAIR_INFO
+        t:add(f.kp_op, buf(2, 1))
+        t:add(f.key_pair_id, buf(4, 1))
+        if len >= 13 then  -- Reserved, DesiredKeyUsage, DesiredAsymAlgo, DesiredAssocCertSlotMask
+            t:add(f.kp_usage, buf(6, 2), flag_names(key_usages, buf(6, 2):le_uint()))
+            t:add(f.kp_asym, buf(8, 4), flag_names(key_pair_asym, buf(8, 4):le_uint()))
+            t:add(f.kp_slots, buf(12, 1))
+        end
+        info = string.format("%s %s key_pair=%d",
+                             info, key_pair_ops[buf(2, 1):uint()] or tostring(buf(2, 1):uint()),
+                             buf(4, 1):uint())
+    elseif code == 0xEF and len >= 12 then  -- GET_MEASUREMENT_EXTENSION_LOG
+        t:add_le(f.offset, buf(4, 4))
+        t:add_le(f.length, buf(8, 4))
+        info = string.format("%s offset=%d length=%d", info, buf(4, 4):le_uint(),
+                             buf(8, 4):le_uint())
+    elseif code == 0x6F and len >= 12 then  -- MEASUREMENT_EXTENSION_LOG
+        t:add_le(f.portion, buf(4, 4))
+        t:add_le(f.remainder, buf(8, 4))
+        info = string.format("%s portion=%d remainder=%d", info, buf(4, 4):le_uint(),
+                             buf(8, 4):le_uint())
+    elseif code == 0x87 and len >= 5 then  -- GET_ENDPOINT_INFO
+        local signed = band(buf(4, 1):uint(), 1) ~= 0
+        t:add(f.ep_subcode, buf(2, 1))
+        t:add(f.slot, buf(3, 1), band(buf(3, 1):uint(), 0xF))
+        t:add(f.ep_signed, buf(4, 1), signed)
+        if not pinfo.visited then pending_ep_signed = signed end
+        info = info .. " " .. (ep_info_subcodes[buf(2, 1):uint()] or "?")
+        if signed then info = info .. " signed slot=" .. band(buf(3, 1):uint(), 0xF) end
+    elseif code == 0x07 and len >= 8 then  -- ENDPOINT_INFO: Nonce only when signed
+        if not pinfo.visited then
+            ep_signed_of_frame[pinfo.number] = pending_ep_signed
+            pending_ep_signed = false
+        end
+        local at = ep_signed_of_frame[pinfo.number] and 40 or 8
+        t:add(f.slot, buf(3, 1), band(buf(3, 1):uint(), 0xF))
+        if len >= at + 4 then
+            t:add_le(f.ep_length, buf(at, 4))
+            info = info .. " " .. buf(at, 4):le_uint() .. " bytes"
+        end
+        if ep_signed_of_frame[pinfo.number] then info = info .. " signed" end
     elseif code == 0x7F then  -- ERROR
         t:add(f.error, buf(2, 1))
         t:add(f.error_data, buf(3, 1))

@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from tests.helpers.cli import vdev
@@ -169,3 +170,110 @@ def test_spdm14_algorithms_and_chunks(pqc_capture: Path) -> None:
                                     display="spdm.code == 0x64")
     info = tshark(pqc_capture, "-Y", "spdm.chunk.last == 1")
     assert "KEY_EXCHANGE_RSP" in info and "MEASUREMENTS" in info
+
+
+# ---- the newer messages, on the `full` profile (tests/helpers/full_captures.py) ----------
+
+def test_every_message_has_its_dsp0274_name(full_profile_captures: dict[str, Path]) -> None:
+    """DSP0274 1.3 Tables 4 and 5 name every code these commands put on the wire."""
+    names: set[str] = set()
+    for key in ("connect", "psk", "csr", "set_cert", "erase"):
+        names |= {r[0] for r in fields(full_profile_captures[key], "spdm.message",
+                                       display="spdm.code")}
+    assert not [n for n in names if n.startswith("0x")]
+    assert {"GET_KEY_PAIR_INFO", "KEY_PAIR_INFO", "GET_MEASUREMENT_EXTENSION_LOG",
+            "MEASUREMENT_EXTENSION_LOG", "GET_ENDPOINT_INFO", "ENDPOINT_INFO", "GET_CSR",
+            "CSR", "SET_CERTIFICATE", "SET_CERTIFICATE_RSP", "HEARTBEAT", "HEARTBEAT_ACK",
+            "KEY_UPDATE", "KEY_UPDATE_ACK", "PSK_EXCHANGE", "PSK_EXCHANGE_RSP", "PSK_FINISH",
+            "PSK_FINISH_RSP", "END_SESSION", "END_SESSION_ACK"} <= names
+
+
+def test_key_pair_info_mel_and_endpoint_info(full_profile_captures: dict[str, Path]) -> None:
+    cap = full_profile_captures["connect"]
+    assert fields(cap, "spdm.key_pair_id", display="spdm.code == 0xfc") == [
+        ["1"], ["2"], ["3"], ["4"]]
+    # Four slots with a P-384 key each, key pair N certifying slot N-1 (the profile).
+    info = fields(cap, "spdm.key_pair_id", "spdm.key_pair.total",
+                  "spdm.key_pair.current_key_usage", "spdm.key_pair.current_asym_algo",
+                  "spdm.key_pair.assoc_cert_slot_mask", "spdm.key_pair.public_key_info_length",
+                  "spdm_secured.app_data_length", display="spdm.code == 0x7c")
+    assert [r[:6] for r in info] == [
+        [str(n), "4", "KeyEx|Challenge|Measurement|EndpointInfo", "ECC384",
+         f"0x{1 << (n - 1):02x}", r[5]] for n, r in zip(range(1, 5), info, strict=True)]
+    assert all(int(r[6]) == 23 + int(r[5]) for r in info)  # fixed part + PublicKeyInfo
+    # GET_MEASUREMENT_EXTENSION_LOG Offset/Length and MEASUREMENT_EXTENSION_LOG
+    # PortionLength/RemainderLength, 32 bits each: the whole log in one portion.
+    assert fields(cap, "spdm.offset", display="spdm.code == 0xef") == [["0x00000000"]]
+    [[portion, remainder, app]] = fields(cap, "spdm.portion_length", "spdm.remainder_length",
+                                         "spdm_secured.app_data_length",
+                                         display="spdm.code == 0x6f")
+    assert remainder == "0x00000000" and int(portion, 16) == int(app) - 12 > 0
+    # The signed endpoint information of slot 1: the response carries the Nonce.
+    assert fields(cap, "spdm.endpoint_info.sub_code", "spdm.slot_id",
+                  "spdm.endpoint_info.signature_requested", display="spdm.code == 0x87") == [
+        ["0x01", "1", "1"]]
+    [[slot, length, app]] = fields(cap, "spdm.slot_id", "spdm.endpoint_info.length",
+                                   "spdm_secured.app_data_length", display="spdm.code == 0x07")
+    assert slot == "1" and int(app) == 8 + 32 + 4 + int(length) + 96  # ECDSA P-384
+
+
+def test_csr_and_set_certificate(full_profile_captures: dict[str, Path]) -> None:
+    caps = full_profile_captures
+    csr = x509.load_pem_x509_csr(caps["csr_pem"].read_bytes())
+    der = csr.public_bytes(serialization.Encoding.DER)
+    [[key_pair, model, info_length]] = fields(
+        caps["csr"], "spdm.key_pair_id", "spdm.cert_model", "spdm.csr.requester_info_length",
+        display="spdm.code == 0xed")
+    assert (key_pair, model) == ("2", "3") and int(info_length) > 0  # GenericCert
+    assert fields(caps["csr"], "spdm.csr.length", display="spdm.code == 0x6d") == [
+        [str(len(der))]]
+    chain = x509.load_pem_x509_certificates(caps["chain_pem"].read_bytes())
+    chain_length = 4 + 48 + sum(len(c.public_bytes(serialization.Encoding.DER))
+                                for c in chain)  # Length, Reserved, SHA-384 RootHash
+    assert fields(caps["set_cert"], "spdm.slot_id", "spdm.cert_model",
+                  "spdm.set_certificate.erase", "spdm.key_pair_id", "spdm.cert_chain_length",
+                  display="spdm.code == 0xee") == [["5", "3", "0", "2", str(chain_length)]]
+    assert fields(caps["set_cert"], "spdm.slot_id", display="spdm.code == 0x6e") == [["5"]]
+    assert fields(caps["erase"], "spdm.slot_id", "spdm.set_certificate.erase",
+                  "spdm.cert_chain_length", display="spdm.code == 0xee") == [["5", "1", ""]]
+
+
+def test_session_messages(full_profile_captures: dict[str, Path]) -> None:
+    """HEARTBEAT, KEY_UPDATE (operation names, the tag echoed), END_SESSION, the
+    HeartbeatPeriod of KEY_EXCHANGE_RSP / PSK_EXCHANGE_RSP, PSK_EXCHANGE's lengths and the
+    session ID built from PSK_EXCHANGE(_RSP)."""
+    caps = full_profile_captures
+    for key, rsp in (("connect", "0x64"), ("psk", "0x66")):
+        [[period, sid]] = fields(caps[key], "spdm.heartbeat_period", "spdm.session_id",
+                                 display=f"spdm.code == {rsp}")
+        assert period == "10"  # spdm_heartbeat_period in the profile
+        names = fields(caps[key], "spdm.message", "spdm_secured.session_id",
+                       display="spdm_secured")
+        assert {r[1] for r in names} == {sid}
+        seq = [r[0] for r in names]
+        i = seq.index("HEARTBEAT")
+        assert seq[i:i + 6] == ["HEARTBEAT", "HEARTBEAT_ACK", "KEY_UPDATE", "KEY_UPDATE_ACK",
+                                "KEY_UPDATE", "KEY_UPDATE_ACK"]
+        assert seq[-2:] == ["END_SESSION", "END_SESSION_ACK"]
+        updates = fields(caps[key], "spdm.key_update.operation", "spdm.key_update.tag",
+                         display="spdm.code == 0xe9 || spdm.code == 0x69")
+        assert [r[0] for r in updates] == ["2", "2", "3", "3"]  # UpdateAllKeys, VerifyNewKey
+        assert updates[0][1] == updates[1][1] and updates[2][1] == updates[3][1]
+        assert "KeyOperation: UpdateAllKeys (2)" in tshark(caps[key], "-V", "-Y",
+                                                            "spdm.code == 0x69")
+        if key == "connect":  # handshake in the clear: FINISH(_RSP) outside any record
+            assert fields(caps[key], "spdm.message", "spdm.session_id",
+                          display="(spdm.code == 0xe5 || spdm.code == 0x65) && "
+                                  "!spdm_secured") == [["FINISH", sid], ["FINISH_RSP", sid]]
+    [[hint, context, req_sid]] = fields(caps["psk"], "spdm.psk.hint_length",
+                                        "spdm.context_length", "spdm.req_session_id",
+                                        display="spdm.code == 0xe6")
+    assert hint == str(len("vdev-full-test-psk")) and int(context) >= 32
+    [[rsp_sid, rsp_context, sid]] = fields(caps["psk"], "spdm.rsp_session_id",
+                                           "spdm.context_length", "spdm.session_id",
+                                           display="spdm.code == 0x66")
+    assert int(sid, 16) == int(rsp_sid, 16) << 16 | int(req_sid, 16)
+    assert int(rsp_context) >= 32  # PSK_CAP 10b: a ResponderContext
+    assert [r[0] for r in fields(caps["psk"], "spdm_secured.session_id",
+                                 display="spdm.code == 0xe7 || spdm.code == 0x67")] == [sid,
+                                                                                         sid]

@@ -20,7 +20,8 @@ With `measurement_record = "extended"` (the `full` profile) also:
   index 5  IMMUTABLE_ROM     the boot ROM image (names the vendor and device), as digest
   index 6  SECURE_VERSION    `firmware_svn`, u64 little-endian, raw
   index 7  HASH_EXTEND       with `measurement_log`: the extend of the boot log's entries
-                             (spdm.mel.extend), raw; the log is GET_MEL's
+                             (spdm.mel.extend), raw; GET_MEASUREMENT_EXTENSION_LOG
+                             returns the log
   0xFD     MANIFEST          a JSON manifest naming every block above, as digest
   0xFE     DEVICE_MODE       OperationalMode/DeviceMode capabilities and state (normal
                              operation, no debug), raw (DSP0274 'Device mode field')
@@ -115,7 +116,7 @@ class DeviceMeasurements:
                 for i, (t, v) in enumerate(stages)]
 
     def log(self) -> bytes:
-        """GET_MEL's DMTF measurement extension log."""
+        """GET_MEASUREMENT_EXTENSION_LOG's DMTF measurement extension log."""
         return mel.build_mel(self.log_entries())
 
     def __call__(self) -> list[Measurement]:

@@ -60,8 +60,9 @@ Security knobs (SPDM / TDISP, used by `vdev.endpoint.tee_device`):
                                         state directory) and GET_CSR issues CSRs
   measurement_record      "standard"    "extended" adds immutable ROM, SVN, hash-extend
                                         (MEL), manifest and device-mode blocks
-  measurement_log         false         the measurement extension log (GET_MEL); needs
-                                        the extended record
+  measurement_log         false         the measurement extension log
+                                        (GET_MEASUREMENT_EXTENSION_LOG); needs the
+                                        extended record
   firmware_svn            1             the secure version number block (extended record)
   endpoint_info           false         GET_ENDPOINT_INFO DeviceClassIdentifier from the
                                         PCI IDs

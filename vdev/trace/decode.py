@@ -31,8 +31,19 @@ from spdm.algorithms import (
     PqcAsym,
     asym_key,
     asym_key_name,
+    signature_size,
 )
-from spdm.codes import ErrorCode, Req, ReqCap, Rsp, RspCap
+from spdm.codes import (
+    CertModel,
+    ErrorCode,
+    KeyPairAsym,
+    KeyPairCap,
+    KeyUsage,
+    Req,
+    ReqCap,
+    Rsp,
+    RspCap,
+)
 from tdisp import idekm_messages as ik
 from tdisp import messages as tm
 from tdisp.codes import LockFlags, RequestCode, ResponseCode, TdiState, error_name
@@ -51,6 +62,9 @@ from vdev.doe.data_object import (
 # with RESPOND_IF_READY / CHUNK_GET).
 _FLOW_CONTROL = {ErrorCode.RESPONSE_NOT_READY, ErrorCode.LARGE_RESPONSE}
 _KEY_UPDATE_OPS = {1: "UpdateKey", 2: "UpdateAllKeys", 3: "VerifyNewKey"}
+_KEY_PAIR_OPS = {m.SET_KEY_PAIR_INFO_OP_CHANGE: "Change", m.SET_KEY_PAIR_INFO_OP_ERASE: "Erase",
+                 m.SET_KEY_PAIR_INFO_OP_GENERATE: "Generate"}
+_EP_INFO_SUBCODES = {m.EP_INFO_SUBCODE_DEVICE_CLASS_IDENTIFIER: "DeviceClassIdentifier"}
 
 
 @dataclass(frozen=True)
@@ -108,6 +122,10 @@ class Decoder:
         self._chunks: dict[tuple[str, int], bytearray] = {}
         self._last_request: tuple[int, int, int] | None = None  # (code, param1, param2)
         self._pending_req_sid: int | None = None
+        # The session whose handshake is under way: FINISH / FINISH_RSP in the clear
+        # (HANDSHAKE_IN_THE_CLEAR) belong to it though no record names it.
+        self._handshake_sid: int | None = None
+        self._endpoint_info_signed = False  # the last GET_ENDPOINT_INFO asked for a signature
 
     # ---- DOE --------------------------------------------------------------------------
 
@@ -227,8 +245,12 @@ class Decoder:
             k = _parse(_prefix(fmt, "rsp_session_id"), msg)
             if self._pending_req_sid is not None:
                 sid = (int(k.rsp_session_id) << 16) | self._pending_req_sid
+                self._handshake_sid = sid
                 text += f" session={sid:#010x}"
                 state = f"session {sid:#010x} HANDSHAKE"
+            if name == "PSK_EXCHANGE_RSP":
+                c = _parse(_prefix(m.PskExchangeRsp, "context_length"), msg)
+                text += f" context={c.context_length}B"
             if name == "KEY_EXCHANGE_RSP":
                 slot = last[2] if last and last[0] == 0xE4 else 0
                 text = f"{name} slot={slot}" + text[len(name):]
@@ -239,9 +261,10 @@ class Decoder:
             if p1:
                 text += f" heartbeat={p1}s"
         elif name == "PSK_EXCHANGE":
-            k = _parse(_prefix(m.PskExchange, "req_session_id"), msg)
+            k = _parse(_prefix(m.PskExchange, "opaque_length"), msg)
             self._pending_req_sid = int(k.req_session_id)
-            text += f" req_session={k.req_session_id:#06x}"
+            text += (f" req_session={k.req_session_id:#06x} meas_summary={p1}"
+                     f" hint={k.psk_hint_length}B context={k.context_length}B")
         elif name in ("CHUNK_SEND", "CHUNK_RESPONSE"):
             fmt = m.ChunkSend if name == "CHUNK_SEND" else m.ChunkResponse
             c = _parse(_prefix(fmt, "chunk_size"), msg)
@@ -271,12 +294,19 @@ class Decoder:
                     text += " early_error"
                 if len(rest) >= 2:
                     text += f" response={_code_name(rest[1])} ({len(rest)}B)"
-        elif name in ("FINISH_RSP", "PSK_FINISH_RSP") and session is not None:
-            state = f"session {session:#010x} ESTABLISHED"
+        elif name in ("FINISH", "FINISH_RSP", "PSK_FINISH", "PSK_FINISH_RSP"):
+            session = self._handshake_sid if session is None else session
+            if name.endswith("_RSP") and session is not None:
+                state = f"session {session:#010x} ESTABLISHED"
+                self._handshake_sid = None
         elif name == "END_SESSION_ACK" and session is not None:
             state = f"session {session:#010x} ENDED"
+        elif name == "END_SESSION" and p1 & 1:
+            text += " preserve_negotiated_state"
         elif name in ("KEY_UPDATE", "KEY_UPDATE_ACK"):
             text += f" op={_KEY_UPDATE_OPS.get(p1, hex(p1))} tag={p2:#x}"
+        elif name in _PROVISIONING:
+            text += self._provisioning(name, msg, int(h.version), p1, p2)
         elif name == "RESPOND_IF_READY":
             text += f" for={_code_name(p1)} token={p2}"
         elif name in ("VENDOR_DEFINED_REQUEST", "VENDOR_DEFINED_RESPONSE"):
@@ -288,6 +318,63 @@ class Decoder:
         if session is not None:
             sid = session
         return Summary("spdm", name, text + extra, session=sid, state=state)
+
+    def _provisioning(self, name: str, msg: bytes, version: int, p1: int, p2: int) -> str:
+        """The fields of DSP0274 1.2/1.3's provisioning and device-information messages."""
+        if name == "GET_CSR":
+            c = _parse(m.GetCsr, msg)
+            out = ""
+            if version >= 0x13:  # Param1 KeyPairID, Param2 CertModel / CSRTrackingTag
+                out += (f" key_pair={p1} model={_name(CertModel, p2 & 7)}"
+                        f" tracking_tag={(p2 >> 3) & 7}{' overwrite' if p2 & 0x80 else ''}")
+            return out + (f" requester_info={c.requester_info_length}B"
+                          f" opaque={c.opaque_length}B")
+        if name == "CSR":
+            return f" csr={_parse(m.Csr, msg).csr_length}B"
+        if name == "SET_CERTIFICATE":
+            out = f" slot={p1 & 0xF}"
+            if version >= 0x13:  # Param1 bits 6:4 CertModel, bit 7 Erase; Param2 KeyPairID
+                out += f" model={_name(CertModel, (p1 >> 4) & 7)} key_pair={p2}"
+                if p1 & 0x80:
+                    return out + " erase"
+            chain = _parse(m.SetCertificate, msg).cert_chain
+            return out + f" chain={int.from_bytes(chain[:2], 'little')}B"
+        if name == "SET_CERTIFICATE_RSP":
+            return f" slot={p1 & 0xF}"
+        if name == "GET_KEY_PAIR_INFO":
+            return f" key_pair={_parse(m.GetKeyPairInfo, msg).key_pair_id}"
+        if name == "KEY_PAIR_INFO":
+            k = _parse(m.KeyPairInfo, msg)
+            return (f" key_pair={k.key_pair_id}/{k.total_key_pairs}"
+                    f" caps={_flags(KeyPairCap, k.capabilities)}"
+                    f" usage={_flags(KeyUsage, k.current_key_usage)}"
+                    f" asym={_flags(KeyPairAsym, k.current_asym_algo)}"
+                    f" slots={k.assoc_cert_slot_mask:#04x} public_key={k.public_key_info_len}B")
+        if name == "SET_KEY_PAIR_INFO":
+            k = _parse(m.SetKeyPairInfo, msg)
+            out = f" op={_KEY_PAIR_OPS.get(p1, hex(p1))} key_pair={k.key_pair_id}"
+            if k.desired is not None:
+                out += (f" usage={_flags(KeyUsage, k.desired.key_usage)}"
+                        f" asym={_flags(KeyPairAsym, k.desired.asym_algo)}"
+                        f" slots={k.desired.assoc_cert_slot_mask:#04x}")
+            return out
+        if name == "GET_MEASUREMENT_EXTENSION_LOG":
+            g = _parse(m.GetMel, msg)
+            return f" offset={g.offset} length={g.length}"
+        if name == "MEASUREMENT_EXTENSION_LOG":
+            g = _parse(m.MeasurementExtensionLog, msg)
+            return f" portion={g.portion_length} remainder={g.remainder_length}"
+        if name == "GET_ENDPOINT_INFO":
+            g = _parse(m.GetEndpointInfo, msg)
+            self._endpoint_info_signed = bool(g.request_attributes & m.EP_INFO_ATTR_SIGNATURE)
+            out = f" {_EP_INFO_SUBCODES.get(p1, hex(p1))}"
+            return out + (f" signed slot={p2 & 0xF}" if self._endpoint_info_signed else "")
+        if name == "ENDPOINT_INFO":
+            signed, self._endpoint_info_signed = self._endpoint_info_signed, False
+            e = m.EndpointInfo.parse(msg, sig_size=signature_size(self.asym) if signed else 0)
+            out = f" ep_info={e.ep_info_length}B"
+            return out + (f" slot={p2 & 0xF} sig={self._sig()}" if signed else "")
+        return ""
 
     def _sig(self) -> str:
         return asym_key_name(self.asym) or "0"
@@ -307,6 +394,11 @@ class Decoder:
         if payload[0] == ProtocolId.TDISP:
             return _tdisp(payload, session)
         return Summary("spdm", name, f"{name} PCI-SIG protocol {payload[0]:#x}", session=session)
+
+
+_PROVISIONING = {"GET_CSR", "CSR", "SET_CERTIFICATE", "SET_CERTIFICATE_RSP", "GET_KEY_PAIR_INFO",
+                 "KEY_PAIR_INFO", "SET_KEY_PAIR_INFO", "GET_MEASUREMENT_EXTENSION_LOG",
+                 "MEASUREMENT_EXTENSION_LOG", "GET_ENDPOINT_INFO", "ENDPOINT_INFO"}
 
 
 def _doe_name(data_object_type: int) -> str:
