@@ -13,8 +13,11 @@ Steps, each followed by a clean LOCK -> REPORT -> START to RUN and STOP:
   lock_busy        TDISP_ERROR BUSY to LOCK: bind fails EBUSY, device TDI CONFIG_UNLOCKED
   report_mismatch  the report's first MMIO range one page above BAR0: vtsm's LOCK gave
                    the TSM the guest's BARs (mailbox protocol 1.1), so REPORT fails
-                   EACCES naming the misplaced range, START after it fails EINVAL (no
-                   accepted report), the device's TDI stays CONFIG_LOCKED; unbind
+                   EACCES naming the misplaced range, START after it fails EACCES (the
+                   report stays rejected), the device's TDI stays CONFIG_LOCKED and
+                   tdi_state says so; unbind
+  start_report_mismatch  the same report read by START itself (LOCK then START): START
+                   fails EACCES at the report check, no START_INTERFACE_REQUEST is sent
   wrong_nonce      LOCK_INTERFACE_RESPONSE nonce inverted: START fails EACCES (device
                    TDISP_ERROR INVALID_NONCE), the device's TDI stays CONFIG_LOCKED
   state_replay     the GET_DEVICE_INTERFACE_STATE after START answered with the stale
@@ -25,7 +28,9 @@ Steps, each followed by a clean LOCK -> REPORT -> START to RUN and STOP:
                    CONFIG_UNLOCKED), disconnect, reconnect, RUN again
 
 Every LOCK carries the guest's BARs, so every clean path's REPORT is checked too.
-Afterwards every rule fired exactly once, there is one vtsm failure line per failed
+tdi_state after each failure names the TDI's real state: CONFIG_UNLOCKED after the
+refused LOCK, CONFIG_LOCKED after a refused START, ERROR only for the TDI the device
+put into ERROR.  Afterwards every rule fired exactly once, there is one vtsm failure line per failed
 operation with the errno and the TSM's reason, and the guest's dmesg has no WARN/BUG/oops.
 """
 
@@ -81,8 +86,13 @@ STEPS = [
         Failure("report", errno.EACCES, "report failed at report check: interface report "
                 "does not match the host's BARs: BAR0: range at {moved} where {bar0} was "
                 "expected"),
-        Failure("start", errno.EINVAL, "start failed at START_INTERFACE_REQUEST: TDI "
-                "01:00.0: no accepted interface report"))),
+        Failure("start", errno.EACCES, "start failed at START_INTERFACE_REQUEST: TDI "
+                "01:00.0: its interface report was rejected (mismatch: BAR0: range at "
+                "{moved} where {bar0} was expected"))),
+    Step("start_report_mismatch", {"kind": "report_mismatch"}, (
+        Failure("start", errno.EACCES, "start failed at report check: interface report "
+                "does not match the host's BARs: BAR0: range at {moved} where {bar0} was "
+                "expected"),)),
     Step("wrong_nonce", {"kind": "wrong_nonce"}, (
         Failure("start", errno.EACCES, "start failed at START_INTERFACE_REQUEST: device "
                 "answered TDISP_ERROR INVALID_NONCE (0x102)"),)),
@@ -192,26 +202,39 @@ def test_tdisp_steps_fail_with_the_errno_of_each_fault(vm_env: VmEnv, workdir: P
     # lock_busy: bind refused, not bound, the device never locked the TDI.
     failed("fail_lock_busy", errno.EBUSY)
     assert v("fail_lock_busy_bound") == ""
-    assert v("fail_lock_busy_state") == f"{EP} ERROR"  # vtsm's note of a failed step
+    assert v("fail_lock_busy_state") == f"{EP} CONFIG_UNLOCKED"  # a refusal moves nothing
     assert host.tdi["lock_busy"]["state"] == "CONFIG_UNLOCKED", host.tdi["lock_busy"]
     to_run("clean_lock_busy")
 
     # report_mismatch: LOCK told the TSM where the guest's BAR0 is, so the report with
-    # BAR0 one page higher is refused (reading tdi_report fails EACCES), START
-    # without an accepted report too; the TDI stays bound and CONFIG_LOCKED.
+    # BAR0 one page higher is refused (reading tdi_report fails EACCES), START after
+    # it too; the TDI stays bound and CONFIG_LOCKED.
     assert v("mismatch_lock") == "0 ok"
     failed("fail_report_mismatch", errno.EACCES)
-    failed("fail_mismatch_start", errno.EINVAL)
+    failed("fail_mismatch_start", errno.EACCES)
+    assert v("fail_mismatch_state") == f"{EP} CONFIG_LOCKED"
     assert v("fail_mismatch_bound") == "tsm0"
     assert v("fail_mismatch_status") == '{"value":"CONFIG_LOCKED"}'
     assert host.tdi["report_mismatch"]["state"] == "CONFIG_LOCKED", host.tdi["report_mismatch"]
     assert v("mismatch_stop") == "0 ok"
     to_run("clean_report_mismatch")
 
+    # start_report_mismatch: START read the report itself and refused it.
+    assert v("start_mismatch_lock") == "0 ok"
+    failed("fail_start_mismatch", errno.EACCES)
+    assert v("fail_start_mismatch_state") == f"{EP} CONFIG_LOCKED"
+    assert v("fail_start_mismatch_bound") == "tsm0"
+    mismatch = host.tdi["start_report_mismatch"]
+    assert mismatch["state"] == "CONFIG_LOCKED", mismatch
+    assert mismatch["lock"]["start_nonce_pending"] is True, mismatch  # START never sent
+    assert v("start_mismatch_stop") == "0 ok"
+    to_run("clean_start_mismatch")
+
     # wrong_nonce: START refused; the TDI stays bound and CONFIG_LOCKED on the device.
     assert v("wrong_nonce_lock") == "0 ok"
     assert first_mmio_page(v("wrong_nonce_report") or "") == bar0
     failed("fail_wrong_nonce", errno.EACCES)
+    assert v("fail_wrong_nonce_state") == f"{EP} CONFIG_LOCKED"
     assert v("fail_wrong_nonce_bound") == "tsm0"
     assert v("fail_wrong_nonce_status") == '{"value":"CONFIG_LOCKED"}'
     nonce = host.tdi["wrong_nonce"]
@@ -232,6 +255,7 @@ def test_tdisp_steps_fail_with_the_errno_of_each_fault(vm_env: VmEnv, workdir: P
     # tdi_error: START refused, the device's TDI is ERROR; STOP, reconnect, RUN.
     assert v("tdi_error_lock") == "0 ok"
     failed("fail_tdi_error", errno.EIO)
+    assert v("fail_tdi_error_state") == f"{EP} ERROR"  # the TSM read it back
     assert v("fail_tdi_error_status") == '{"value":"ERROR"}'
     assert host.tdi["tdi_error"]["state"] == "ERROR", host.tdi["tdi_error"]
     assert v("tdi_error_stop") == "0 ok"

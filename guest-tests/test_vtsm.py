@@ -120,12 +120,12 @@ def test_vtsm_connect_lock_report_disconnect(
     # TDISP steps through the mailbox attributes; tsm/bound follows bind/unbind.
     assert v("tdi_lock") == "0 ok"
     assert v("bound_after_lock") == "tsm0"
-    assert v("tdi_state_locked") == f"{EP} LOCKED"
+    assert v("tdi_state_locked") == f"{EP} CONFIG_LOCKED"
     assert v("tdi_report") == REPORT
     assert v("tdi_status") == STATUS_JSON
     assert v("tdi_start") == "0 ok" and v("tdi_state_run") == f"{EP} RUN"
     assert v("tdi_stop") == "0 ok" and v("bound_after_stop") == ""
-    assert v("tdi_state_stopped") == f"{EP} UNLOCKED"
+    assert v("tdi_state_stopped") == f"{EP} CONFIG_UNLOCKED"
     assert "No such device or address" in (v("tdi_start_unbound") or "")  # not bound: ENXIO
     assert "No such device" in (v("tdi_lock_bad_bdf") or "")
 

@@ -14,8 +14,8 @@ function 0 of that device, the DSM whose DOE mailbox carries SPDM for all its fu
 
 `mmio` (mailbox protocol 1.1): the TDI's memory BARs as the guest sees them, given with
 LOCK.  They become the lock's expected MMIO ranges (`TsmModel.lock(expected_mmio=...)`):
-the REPORT that follows is checked against them (a mismatch fails with -EACCES,
-ReportMismatch) and START is refused until a report was accepted.  A LOCK without `mmio`
+the report is checked against them (a mismatch fails with -EACCES, ReportMismatch),
+by a REPORT or by START, which reads it when nobody did since LOCK.  A LOCK without `mmio`
 (a 1.0 guest) leaves the report unchecked, like `vdev tsm connect` without `--expect-bar`.
 """
 

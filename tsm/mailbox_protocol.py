@@ -17,7 +17,7 @@ back is declared here, once, and both sides use these types:
     while isinstance(action, DoeRequest):
         ... the guest runs the DOE exchange ...
         action = backend.doe_response(payload)        # or transport_error(-errno)
-    action is Done(errno, reason, value, evidence)
+    action is Done(errno, reason, value, evidence, tdi_state)
 
 `Done.errno` is 0 for success, else a negative Linux errno that the guest driver returns
 from its PCI/TSM op (e.g. -EACCES for a rejected certificate chain, -EIO for a broken
@@ -36,6 +36,7 @@ from typing import Any, Protocol
 
 from construct import Bytes, GreedyRange, Int8ul, Int64ul, Struct
 
+from tdisp.codes import TdiState
 from tsm.errors import TsmError
 
 
@@ -172,12 +173,16 @@ class Done:
     model's choice: `tsm.errors.errno_of`).  `value` is operation-specific (the raw
     interface report for REPORT, the TDI state for STATUS), None when failed.
     `evidence` is the TSM model's evidence document at completion (JSON-serialisable,
-    never key material), None from a backend without one."""
+    never key material), None from a backend without one.  `tdi_state`: for an operation
+    on a TDI (LOCK, START, STOP, REPORT, STATUS), its TDISP state as the TSM last read it
+    from the device, after the operation and whether or not it succeeded; None when the
+    TSM does not know it (never read, or not a TDI operation)."""
 
     errno: int
     reason: str
     value: object = None
     evidence: Mapping[str, Any] | None = field(default=None, repr=False)
+    tdi_state: TdiState | None = None
 
     @property
     def ok(self) -> bool:

@@ -23,10 +23,12 @@ connect (PCIe 6.2 §6.31 CMA/SPDM, §6.33 IDE_KM):
                     stream with fresh random keys, mirrored into the root-port model,
                     then K_SET_GO on both ends
 TDISP (PCIe 6.2 §11.3), per TDI: lock (VERSION, CAPABILITIES once, LOCK), report
-(portions, checked against the host's BARs), start (nonce from LOCK; refused until an
-acceptable report was fetched), stop; disconnect (STOP of locked TDIs, K_SET_STOP,
-root-port teardown, END_SESSION); heartbeat, key_update (SPDM session keys);
-ide_key_refresh (IDE keys into the other key set, K_SET_GO, retire the old set); status.
+(portions, checked against the host's BARs), start (nonce from LOCK; reads and checks the
+report itself when none was read since LOCK, refused after a rejected one), stop; after a
+TDISP_ERROR to LOCK/START/STOP the TDI's state is read back; disconnect (STOP of locked
+TDIs, K_SET_STOP, root-port teardown, END_SESSION); heartbeat, key_update (SPDM session
+keys); ide_key_refresh (IDE keys into the other key set, K_SET_GO, retire the old set);
+status.
 
 Failures: a device refusal after the session exists (KP_ACK status, TDISP_ERROR, ...)
 during connect is unwound (K_SET_STOP of what was programmed, END_SESSION); a lost
@@ -61,7 +63,7 @@ from spdm.requester import DEFAULT_REQ_CAPS, Operation, Requester, RequesterConf
 from spdm.secured_message import DOE_TRANSPORT, TransportParams
 from tdisp.codes import LockFlags, TdiState
 from tdisp.device_interface import InterfaceId
-from tdisp.errors import TdispProtocolError
+from tdisp.errors import TdispErrorResponse, TdispProtocolError
 from tdisp.idekm_messages import IFV_SIZE, INITIAL_IFV, KEY_SIZE, KeySlot, QueryResp, SubStream
 from tdisp.interface_report import InterfaceReport
 from tdisp.messages import TdispCapabilities
@@ -234,7 +236,8 @@ class TsmModel:
         expected_mmio: Sequence[ExpectedBar] | None = None,
     ) -> TsmOperation:
         rec = self._tdi(tdi)
-        return self._operation("lock", lambda p: self._lock(p, rec, flags, expected_mmio))
+        return self._operation("lock", lambda p: self._lock(p, rec, flags, expected_mmio),
+                               tdi=rec)
 
     def report(
         self, tdi: InterfaceId | int = 0, expected_mmio: Sequence[ExpectedBar] | None = None,
@@ -243,20 +246,21 @@ class TsmModel:
         """Fetch and check the interface report; value: the decoded report (dict), or with
         `raw` the DEVICE_INTERFACE_REPORT bytes (§11.3.11) as the device sent them."""
         rec = self._tdi(tdi)
-        return self._operation("report", lambda p: self._report(p, rec, expected_mmio, raw))
+        return self._operation("report", lambda p: self._report(p, rec, expected_mmio, raw),
+                               tdi=rec)
 
     def start(self, tdi: InterfaceId | int = 0) -> TsmOperation:
         rec = self._tdi(tdi)
-        return self._operation("start", lambda p: self._start(p, rec))
+        return self._operation("start", lambda p: self._start(p, rec), tdi=rec)
 
     def stop(self, tdi: InterfaceId | int = 0) -> TsmOperation:
         rec = self._tdi(tdi)
-        return self._operation("stop", lambda p: self._stop(p, rec))
+        return self._operation("stop", lambda p: self._stop(p, rec), tdi=rec)
 
     def status(self, tdi: InterfaceId | int | None = None) -> TsmOperation:
         """GET_DEVICE_INTERFACE_STATE of a TDI; without one, no exchange at all."""
         rec = self._tdi(tdi) if tdi is not None else None
-        return self._operation("status", lambda p: self._status(p, rec))
+        return self._operation("status", lambda p: self._status(p, rec), tdi=rec)
 
     def heartbeat(self) -> TsmOperation:
         return self._operation("heartbeat", self._heartbeat)
@@ -346,8 +350,11 @@ class TsmModel:
     # ---- operation plumbing ------------------------------------------------------
 
     def _operation(
-        self, name: str, body: Callable[[Progress], OpGen], *, connect: bool = False
+        self, name: str, body: Callable[[Progress], OpGen], *, connect: bool = False,
+        tdi: TdiRecord | None = None,
     ) -> TsmOperation:
+        """`tdi`: the TDI the operation is about; its state as the TSM last saw it after
+        the operation, failed or not, goes into the result (`Done.tdi_state`)."""
         p = Progress(self.config.clock, events=self._events, listeners=self.listeners)
         if self._active is not None and not self._active.done:
             busy = TsmStateError(f"operation {self._active.name!r} is still in progress")
@@ -359,7 +366,8 @@ class TsmModel:
             return TsmOperation(
                 name, refused(p), p,
                 lambda _e, _v: Done(-errno.EBUSY, f"{name}: {busy}",
-                                    evidence=self.evidence()),
+                                    evidence=self.evidence(),
+                                    tdi_state=tdi.state if tdi else None),
             )
 
         def finish(error: BaseException | None, value: Any) -> Done:
@@ -368,7 +376,8 @@ class TsmModel:
                 del self._events[:excess]
             if error is None:
                 p.log(f"{name}: ok")
-                return Done(0, "", value, self.evidence())
+                return Done(0, "", value, self.evidence(),
+                            tdi_state=tdi.state if tdi else None)
             where = f" at {p.step}" if p.step else ""
             reason = f"{name} failed{where}: {describe(error)}"
             self.last_error = reason
@@ -377,7 +386,8 @@ class TsmModel:
             elif self._session_lost(error):
                 self._abandon(f"SPDM session lost ({describe(error)})")
             p.log(reason)
-            return Done(errno_of(error), reason, evidence=self.evidence())
+            return Done(errno_of(error), reason, evidence=self.evidence(),
+                        tdi_state=tdi.state if tdi else None)
 
         op = TsmOperation(name, body(p), p, finish)
         self._active = op
@@ -730,8 +740,8 @@ class TsmModel:
         if flags is None:
             flags = int(LockFlags.NO_FW_UPDATE | LockFlags.LOCK_MSIX) & supported
         offset = self.config.mmio_reporting_offset
-        nonce = t.parse_lock((yield from self._vdm(
-            p, "LOCK_INTERFACE_REQUEST", t.lock(flags, stream_id, offset))))
+        nonce = yield from self._tdisp_request(
+            p, rec, t, "LOCK_INTERFACE_REQUEST", t.lock(flags, stream_id, offset), t.parse_lock)
         rec.nonce = nonce
         rec.lock_flags = flags
         rec.mmio_reporting_offset = offset
@@ -744,6 +754,30 @@ class TsmModel:
         p.log(f"TDI {rec.interface_id}: CONFIG_LOCKED (flags {ev.lock_flags(flags)}, "
               f"default stream {stream_id})")
         return rec.state.name if rec.state else None
+
+    def _tdisp_request(self, p: Progress, rec: TdiRecord, t: TdispRequester, step: str,
+                       payload: bytes, parse: Callable[[bytes], Any]) -> Gen:
+        """A TDISP request that moves the TDI.  When the device refuses it (TDISP_ERROR,
+        §11.3.17: the request changes nothing), read the TDI's state, so that what the
+        TSM reports is where the device's TDI is, not where the request meant it to be
+        (a refused START of a TDI the device has put into ERROR, for instance)."""
+        response = yield from self._vdm(p, step, payload)
+        try:
+            return parse(response)
+        except TdispErrorResponse as refusal:
+            try:
+                state = t.parse_state((yield from self._vdm(
+                    p, "GET_DEVICE_INTERFACE_STATE", t.get_state())))
+            except Exception as exc:
+                p.log(f"TDI {rec.interface_id}: state after the refused {step} not read: "
+                      f"{describe(exc)}")
+                if self._session_lost(exc):
+                    raise exc from refusal
+            else:
+                rec.move(state, self.config.clock(), f"GET_DEVICE_INTERFACE_STATE after "
+                         f"{step} was refused")
+            p.step = step
+            raise
 
     def _report(
         self, p: Progress, rec: TdiRecord, expected: Sequence[ExpectedBar] | None, raw: bool
@@ -779,14 +813,21 @@ class TsmModel:
         p.enter("tdisp", "START_INTERFACE_REQUEST")
         if rec.nonce is None:
             raise TsmStateError(f"TDI {rec.interface_id} is not locked by this TSM")
-        if not rec.report_ok:
-            # The TSM vouches for the TDI's configuration at START; §11.3 has it review
-            # the interface report of the locked TDI first.
-            raise TsmStateError(f"TDI {rec.interface_id}: no accepted interface report "
-                                "(run report first)")
+        # The TSM vouches for the TDI's configuration at START; §11.3 has it review the
+        # interface report of the locked TDI first.  START reads and checks the report
+        # itself when nobody has since the LOCK, so that lock-then-start works as it
+        # does for a kernel's bind-then-accept; a report already rejected stays
+        # rejected (the TDI is locked: the device cannot have fixed it since).
+        if rec.report is None:
+            yield from self._report(p, rec, None, raw=False)
+            p.enter("tdisp", "START_INTERFACE_REQUEST")
+        elif not rec.report_ok:
+            raise ReportMismatch(f"TDI {rec.interface_id}: its interface report was "
+                                 f"rejected ({rec.report_check}); STOP and LOCK again")
         t = TdispRequester(rec.interface_id)
         nonce, rec.nonce = rec.nonce, None  # single use (§11.3.8)
-        t.parse_start((yield from self._vdm(p, "START_INTERFACE_REQUEST", t.start(nonce))))
+        yield from self._tdisp_request(p, rec, t, "START_INTERFACE_REQUEST", t.start(nonce),
+                                       t.parse_start)
         state = t.parse_state((yield from self._vdm(p, "GET_DEVICE_INTERFACE_STATE",
                                                     t.get_state())))
         rec.move(state, self.config.clock(), "START_INTERFACE_RESPONSE")
@@ -799,7 +840,8 @@ class TsmModel:
         self._require_session()
         p.enter("tdisp", "STOP_INTERFACE_REQUEST")
         t = TdispRequester(rec.interface_id)
-        t.parse_stop((yield from self._vdm(p, "STOP_INTERFACE_REQUEST", t.stop())))
+        yield from self._tdisp_request(p, rec, t, "STOP_INTERFACE_REQUEST", t.stop(),
+                                       t.parse_stop)
         rec.locked_by = None
         rec.nonce = None
         rec.report_ok = False

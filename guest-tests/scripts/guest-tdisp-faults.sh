@@ -64,23 +64,37 @@ snap lock_busy
 to_run clean_lock_busy
 
 # DEVICE_INTERFACE_REPORT with the first MMIO range one page higher.  vtsm's LOCK told
-# the TSM where BAR0 is (mailbox 1.1), so REPORT is refused (EACCES) and START with it
-# (no accepted report); the device's TDI stays CONFIG_LOCKED.  Unbind, then to RUN.
+# the TSM where BAR0 is (mailbox 1.1), so REPORT is refused (EACCES) and START after it
+# too (the report stays rejected); the device's TDI stays CONFIG_LOCKED, and tdi_state
+# says so.  Unbind, then to RUN.
 arm report_mismatch
 w mismatch_lock $EP $M/tdi_lock
 refused fail_report_mismatch
 w fail_mismatch_start $EP $M/tdi_start
+r fail_mismatch_state "$(rd $M/tdi_state)"
 r fail_mismatch_bound "$(rd $E/tsm/bound)"
 r fail_mismatch_status "$(rd $M/tdi_status)"
 snap report_mismatch
 w mismatch_stop $EP $M/tdi_stop
 to_run clean_report_mismatch
 
+# The same report, read by START itself (nothing read it since LOCK): START fails
+# EACCES at the report check, before any START_INTERFACE_REQUEST.
+arm start_report_mismatch
+w start_mismatch_lock $EP $M/tdi_lock
+w fail_start_mismatch $EP $M/tdi_start
+r fail_start_mismatch_state "$(rd $M/tdi_state)"
+r fail_start_mismatch_bound "$(rd $E/tsm/bound)"
+snap start_report_mismatch
+w start_mismatch_stop $EP $M/tdi_stop
+to_run clean_start_mismatch
+
 # LOCK_INTERFACE_RESPONSE with a START_INTERFACE_NONCE the device never issued.
 arm wrong_nonce
 w wrong_nonce_lock $EP $M/tdi_lock
 report wrong_nonce_report
 w fail_wrong_nonce $EP $M/tdi_start
+r fail_wrong_nonce_state "$(rd $M/tdi_state)"
 r fail_wrong_nonce_bound "$(rd $E/tsm/bound)"
 r fail_wrong_nonce_status "$(rd $M/tdi_status)"
 snap wrong_nonce
@@ -105,6 +119,7 @@ arm tdi_error
 w tdi_error_lock $EP $M/tdi_lock
 report tdi_error_report
 w fail_tdi_error $EP $M/tdi_start
+r fail_tdi_error_state "$(rd $M/tdi_state)"
 r fail_tdi_error_status "$(rd $M/tdi_status)"
 snap tdi_error
 w tdi_error_stop $EP $M/tdi_stop

@@ -17,15 +17,19 @@
  * START (state change scope) and REPORT/STATUS (info scope).
  *
  * LOCK (mailbox 1.1 and later) carries the TDI's memory BARs, so the TSM
- * checks the interface report against the addresses this kernel assigned:
- * a report that disagrees fails REPORT with -EACCES and START stays
- * refused.  A 1.0 mailbox gets LOCK without data (report unchecked).
+ * checks the interface report against the addresses this kernel assigned.
+ * START is the accept step: the TSM reads and checks the report itself when
+ * nobody read it since LOCK, so LOCK then START is the whole flow; a report
+ * that disagrees fails START (or an earlier REPORT) with -EACCES and the TDI
+ * stays CONFIG_LOCKED.  A 1.0 mailbox gets LOCK without data (unchecked).
  *
  * sysfs on the mailbox device (each drives one operation, serialised):
  *   tdi_lock   (wo)  BDF: pci_tsm_bind() with a host cookie -> LOCK
  *   tdi_start  (wo)  BDF: pci_tsm_guest_req(STATE_CHANGE) -> START
  *   tdi_stop   (wo)  BDF: pci_tsm_unbind() -> STOP
- *   tdi_state  (ro)  "BDF STATE" of the last TDI operation, or "none"
+ *   tdi_state  (ro)  "BDF STATE" of the last TDI: its TDISP state as the TSM
+ *                    last read it (mailbox 1.2 TDI_STATE) after the last TDI
+ *                    operation, refused or not; "unknown" or "none"
  *   tdi_report (ro, binary) the last TDI's interface report, fetched with
  *                    pci_tsm_guest_req(INFO) -> REPORT when read at offset 0
  *   tdi_status (ro)  the TSM's STATUS text (JSON) for the last TDI
@@ -87,6 +91,7 @@
 #define VTSM_REG_ERROR		0x034
 #define VTSM_REG_REASON_LEN	0x038
 #define VTSM_REG_IRQ_CTRL	0x03c
+#define VTSM_REG_TDI_STATE	0x044
 #define VTSM_REASON		0x100
 #define VTSM_IN_WINDOW		0x100000
 #define VTSM_OUT_WINDOW		0x200000
@@ -94,6 +99,7 @@
 #define VTSM_ID_MAGIC		0x4d535456	/* "VTSM" */
 #define VTSM_VERSION(maj, min)	((maj) << 16 | (min))
 #define VTSM_VERSION_LOCK_BARS	VTSM_VERSION(1, 1)	/* LOCK takes BAR records */
+#define VTSM_VERSION_TDI_STATE	VTSM_VERSION(1, 2)	/* the TDI_STATE register */
 #define VTSM_DOORBELL_RING	1
 #define VTSM_IRQ_COMPLETION	BIT(0)
 #define VTSM_REASON_MAX		256
@@ -126,6 +132,20 @@ enum vtsm_status {
 	VTSM_DOE_REQUEST = 2,
 	VTSM_DONE = 3,
 	VTSM_ERROR = 4,
+};
+
+/*
+ * A TDI's TDISP state: TDI_STATE of DEVICE_INTERFACE_STATE (PCIe r6.2 11.3.13),
+ * which the mailbox's TDI_STATE register (1.2) reports with DONE of every TDI
+ * operation, refused or not; UNKNOWN when the TSM does not know it.
+ */
+enum vtsm_tdi_state {
+	VTSM_TDI_CONFIG_UNLOCKED = 0,
+	VTSM_TDI_CONFIG_LOCKED = 1,
+	VTSM_TDI_RUN = 2,
+	VTSM_TDI_ERROR = 3,
+	VTSM_TDI_UNKNOWN = 0xff,
+	VTSM_TDI_NOT_ASKED = 0x100,	/* driver only: no TDI operation reached the TSM */
 };
 
 static unsigned int ide_stream_id = 1;
@@ -161,7 +181,9 @@ struct vtsm {
 	void *rsp;			/* the device's DOE response */
 	struct mutex sysfs_lock;	/* serialises tdi_* attributes */
 	struct pci_dev *tdi;		/* last TDI (reference held) */
-	const char *tdi_state;
+	int tdi_state;			/* its enum vtsm_tdi_state */
+	int said_state;			/* TDI_STATE of the last TDI operation's DONE, */
+	u32 said_target;		/* for this TARGET (both under mbox_lock) */
 	void *report;
 	size_t report_len;
 	char ide_stream[64];		/* how the last connect set up IDE */
@@ -200,6 +222,27 @@ static const char *vtsm_op_name(u32 op)
 	case VTSM_OP_STATUS: return "status";
 	default: return "?";
 	}
+}
+
+static const char *vtsm_tdi_state_name(int state)
+{
+	switch (state) {
+	case VTSM_TDI_CONFIG_UNLOCKED: return "CONFIG_UNLOCKED";
+	case VTSM_TDI_CONFIG_LOCKED: return "CONFIG_LOCKED";
+	case VTSM_TDI_RUN: return "RUN";
+	case VTSM_TDI_ERROR: return "ERROR";
+	default: return "unknown";
+	}
+}
+
+static bool vtsm_tdi_state_known(int state)
+{
+	return state >= VTSM_TDI_CONFIG_UNLOCKED && state <= VTSM_TDI_ERROR;
+}
+
+static bool vtsm_is_tdi_op(u32 op)
+{
+	return op >= VTSM_OP_LOCK && op <= VTSM_OP_STATUS;
 }
 
 static struct vtsm *vtsm_of_tsm_dev(struct tsm_dev *tsm_dev)
@@ -297,6 +340,19 @@ static int vtsm_carry_doe(struct vtsm *vt, struct pci_dev *dsm)
 	return vtsm_ring(vt, VTSM_OP_DOE_RESPONSE);
 }
 
+/* What the TSM says of the TDI after a TDI operation (caller holds mbox_lock). */
+static void vtsm_read_tdi_state(struct vtsm *vt, u32 op, struct pci_dev *target)
+{
+	u32 state = VTSM_TDI_UNKNOWN;
+
+	if (!vtsm_is_tdi_op(op))
+		return;
+	if (vt->version >= VTSM_VERSION_TDI_STATE)
+		state = readl(vt->bar + VTSM_REG_TDI_STATE);
+	vt->said_state = vtsm_tdi_state_known(state) ? state : VTSM_TDI_UNKNOWN;
+	vt->said_target = vtsm_target(target);
+}
+
 static int vtsm_collect_done(struct vtsm *vt, struct vtsm_result *res,
 			     void *data, size_t size)
 {
@@ -367,6 +423,7 @@ static int vtsm_run(struct vtsm *vt, u32 op, struct pci_dev *target,
 
 	switch (status) {
 	case VTSM_DONE:
+		vtsm_read_tdi_state(vt, op, target);
 		return vtsm_collect_done(vt, res, data, size);
 	case VTSM_ERROR:
 		vtsm_read_reason(vt, res);
@@ -761,16 +818,45 @@ static struct pci_dev *vtsm_parse_bdf(const char *buf)
 	return pci_get_domain_bus_and_slot(dom, bus, PCI_DEVFN(dev, fn));
 }
 
-/* Remember the TDI the last operation was about (sysfs_lock held). */
-static void vtsm_note_tdi(struct vtsm *vt, struct pci_dev *pdev,
-			  const char *state)
+/* Before a TDI operation: nothing said yet (sysfs_lock held). */
+static void vtsm_tdi_ask(struct vtsm *vt)
 {
+	guard(mutex)(&vt->mbox_lock);
+	vt->said_state = VTSM_TDI_NOT_ASKED;
+}
+
+/*
+ * After a TDI operation on @pdev (sysfs_lock held): remember the TDI and where it
+ * is.  The TSM's word (TDI_STATE) wins; a TSM that does not say (mailbox 1.1, a
+ * scripted TSM) leaves the state a successful step implies.  A refused request
+ * changes no TDISP state (PCIe r6.2 11.3.17), so a failure alone never moves it,
+ * least of all to ERROR.
+ */
+static void vtsm_note_tdi(struct vtsm *vt, struct pci_dev *pdev, u32 op, int rc)
+{
+	int said;
+
+	scoped_guard(mutex, &vt->mbox_lock)
+		said = vt->said_target == vtsm_target(pdev) ? vt->said_state :
+		       VTSM_TDI_NOT_ASKED;
 	if (vt->tdi != pdev) {
 		pci_dev_put(vt->tdi);
 		vt->tdi = pci_dev_get(pdev);
 		vt->report_len = 0;
+		vt->tdi_state = VTSM_TDI_UNKNOWN;
 	}
-	vt->tdi_state = state;
+	if (vtsm_tdi_state_known(said)) {
+		vt->tdi_state = said;
+		return;
+	}
+	if (said == VTSM_TDI_NOT_ASKED || rc)
+		return;
+	if (op == VTSM_OP_LOCK)
+		vt->tdi_state = VTSM_TDI_CONFIG_LOCKED;
+	else if (op == VTSM_OP_START)
+		vt->tdi_state = VTSM_TDI_RUN;
+	else if (op == VTSM_OP_STOP)
+		vt->tdi_state = VTSM_TDI_CONFIG_UNLOCKED;
 }
 
 static ssize_t vtsm_tdi_step(struct device *dev, const char *buf, size_t count,
@@ -784,10 +870,10 @@ static ssize_t vtsm_tdi_step(struct device *dev, const char *buf, size_t count,
 		return -ENODEV;
 
 	guard(mutex)(&vt->sysfs_lock);
+	vtsm_tdi_ask(vt);
 	switch (op) {
 	case VTSM_OP_LOCK:
 		rc = pci_tsm_bind(pdev, VTSM_HOST_KVM, vtsm_target(pdev));
-		vtsm_note_tdi(vt, pdev, rc ? "ERROR" : "LOCKED");
 		break;
 	case VTSM_OP_START: {
 		u64 code = 0;
@@ -795,15 +881,14 @@ static ssize_t vtsm_tdi_step(struct device *dev, const char *buf, size_t count,
 		rc = pci_tsm_guest_req(pdev, PCI_TSM_REQ_STATE_CHANGE,
 				       KERNEL_SOCKPTR(&op), sizeof(op),
 				       KERNEL_SOCKPTR(NULL), 0, &code);
-		vtsm_note_tdi(vt, pdev, rc < 0 ? "ERROR" : "RUN");
 		break;
 	}
 	default:
 		pci_tsm_unbind(pdev);
 		rc = 0;
-		vtsm_note_tdi(vt, pdev, "UNLOCKED");
 		break;
 	}
+	vtsm_note_tdi(vt, pdev, op, rc);
 	return rc < 0 ? rc : count;
 }
 
@@ -837,7 +922,8 @@ static ssize_t tdi_state_show(struct device *dev, struct device_attribute *attr,
 	guard(mutex)(&vt->sysfs_lock);
 	if (!vt->tdi)
 		return sysfs_emit(buf, "none\n");
-	return sysfs_emit(buf, "%s %s\n", pci_name(vt->tdi), vt->tdi_state);
+	return sysfs_emit(buf, "%s %s\n", pci_name(vt->tdi),
+			  vtsm_tdi_state_name(vt->tdi_state));
 }
 static DEVICE_ATTR_RO(tdi_state);
 
@@ -856,11 +942,15 @@ static DEVICE_ATTR_RO(ide_stream);
 static ssize_t vtsm_tdi_info(struct vtsm *vt, u32 op, void *out, size_t size)
 {
 	u64 code = 0;
+	ssize_t rc;
 
 	if (!vt->tdi)
 		return -ENXIO;
-	return pci_tsm_guest_req(vt->tdi, PCI_TSM_REQ_INFO, KERNEL_SOCKPTR(&op),
-				 sizeof(op), KERNEL_SOCKPTR(out), size, &code);
+	vtsm_tdi_ask(vt);
+	rc = pci_tsm_guest_req(vt->tdi, PCI_TSM_REQ_INFO, KERNEL_SOCKPTR(&op),
+			       sizeof(op), KERNEL_SOCKPTR(out), size, &code);
+	vtsm_note_tdi(vt, vt->tdi, op, rc < 0 ? rc : 0);
+	return rc;
 }
 
 static ssize_t tdi_status_show(struct device *dev,
@@ -1004,7 +1094,8 @@ static int vtsm_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	if (!vt)
 		return -ENOMEM;
 	vt->pdev = pdev;
-	vt->tdi_state = "none";
+	vt->tdi_state = VTSM_TDI_UNKNOWN;
+	vt->said_state = VTSM_TDI_NOT_ASKED;
 	strscpy(vt->ide_stream, "none");
 	init_completion(&vt->step_done);
 	mutex_init(&vt->mbox_lock);

@@ -27,6 +27,7 @@ from vdev.tsm_mailbox.protocol import (
     REG_RESULT,
     REG_STATUS,
     REG_TARGET,
+    REG_TDI_STATE,
     Status,
     pack_target,
     to_s32,
@@ -43,6 +44,7 @@ class Outcome:
     reason: str = ""
     data: bytes = b""
     error: int = 0
+    tdi_state: int = 0xFF  # TDI_STATE (1.2)
 
 
 class MailboxDriver:
@@ -91,7 +93,8 @@ class MailboxDriver:
         status = Status(self.rd32(REG_STATUS))
         reason = self.read(REASON_OFFSET, self.rd32(REG_REASON_LEN)).decode()
         data = self.read(OUT_WINDOW, self.rd32(REG_OUT_LEN)) if status == Status.DONE else b""
-        return Outcome(status, to_s32(self.rd32(REG_RESULT)), reason, data, self.rd32(REG_ERROR))
+        return Outcome(status, to_s32(self.rd32(REG_RESULT)), reason, data, self.rd32(REG_ERROR),
+                       self.rd32(REG_TDI_STATE))
 
     def run(self, op: Op, doe: Callable[[int, bytes], bytes], data: bytes = b"") -> Outcome:
         """One whole operation on 0000:01:00.0, answering DOE requests with `doe(type, payload)`."""

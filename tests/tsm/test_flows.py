@@ -3,6 +3,7 @@ failures a TSM must report clearly without becoming unusable."""
 
 from __future__ import annotations
 
+import errno
 import json
 from typing import Any
 
@@ -16,6 +17,7 @@ from tdisp.codes import TdiState
 from tdisp.idekm_responder import IdeKmPolicy
 from tests.helpers.tsm_rig import (
     EXPECTED,
+    TDI_ID,
     Device,
     drive,
     identity,
@@ -167,13 +169,78 @@ def test_report_disagreeing_with_bars_fails_and_start_is_refused() -> None:
     assert "interface report does not match the host's BARs: BAR0: report covers " in done.reason
     assert "(16 pages), expected 0xfe000000-0xfe01ffff (32 pages)" in done.reason
     assert done.evidence["tdis"]["01:00.0"]["report_check"].startswith("mismatch: BAR0")
+    exchanges = dev.exchanges
     done = drive(tsm.start(0), dev)
-    assert not done.ok and "no accepted interface report" in done.reason
-    assert dev.tdi_state == "CONFIG_LOCKED"
+    # A rejected report stays rejected: START sends nothing and says why.
+    assert done.errno == -errno.EACCES and dev.exchanges == exchanges
+    assert "start failed at START_INTERFACE_REQUEST: TDI 01:00.0: its interface report " \
+        "was rejected (mismatch: BAR0: report covers" in done.reason
+    assert done.reason.endswith("; STOP and LOCK again")
+    assert dev.tdi_state == "CONFIG_LOCKED" and done.tdi_state == TdiState.CONFIG_LOCKED
     # The session is intact: a report against the right BARs is accepted, START works.
     ok(tsm.report(0, EXPECTED), dev)
     ok(tsm.start(0), dev)
     assert dev.tdi_state == "RUN"
+
+
+def test_start_reads_and_checks_the_report_when_nobody_did() -> None:
+    """LOCK then START is the whole flow: START fetches the interface report, checks it
+    against the BARs LOCK was given, then starts (PCIe 6.2 §11.3: the TSM reviews the
+    report of the locked TDI before START)."""
+    dev = make_device()
+    tsm = make_tsm()
+    ok(tsm.connect(), dev)
+    ok(tsm.lock(0, expected_mmio=EXPECTED), dev)
+    seen: list[str] = []
+    tsm.listeners.append(lambda _phase, text: seen.append(text))
+    done = ok(tsm.start(0), dev)
+    assert dev.tdi_state == "RUN" and done.value == "RUN" and done.tdi_state == TdiState.RUN
+    assert seen[:3] == ["TDI 01:00.0: interface report, 1 portion(s), 5 MMIO ranges",
+                        "report check: matches 2 expected BAR(s)", "TDI 01:00.0: RUN"], seen
+    tdi = done.evidence["tdis"]["01:00.0"]
+    assert tdi["report_check"] == "matches 2 expected BAR(s)"
+    assert {r["range_id"] for r in tdi["report"]["mmio_ranges"]} == {0, 2}
+
+
+def test_start_refuses_a_report_it_reads_that_misses_the_bars() -> None:
+    dev = make_device()
+    tsm = make_tsm()
+    ok(tsm.connect(), dev)
+    moved = [ExpectedBar(0, 0xFE10_0000, 0x1_0000), EXPECTED[1]]
+    ok(tsm.lock(0, expected_mmio=moved), dev)
+    done = drive(tsm.start(0), dev)
+    assert done.errno == -errno.EACCES
+    assert done.reason.startswith("start failed at report check: interface report does not "
+                                  "match the host's BARs: BAR0: range at 0xfe000000 where "
+                                  "0xfe100000 was expected"), done.reason
+    assert dev.tdi_state == "CONFIG_LOCKED" and done.tdi_state == TdiState.CONFIG_LOCKED
+    # No START_INTERFACE_REQUEST reached the device: its nonce is still unused.
+    assert dev.tdisp.tdi(TDI_ID).history[-1].event.name == "LOCK"
+
+
+def test_a_refused_tdisp_request_reports_where_the_tdi_really_is() -> None:
+    """A TDISP_ERROR changes no state (§11.3.17): the TSM reads the state back, so the
+    result names CONFIG_LOCKED for a refused LOCK of a locked TDI, and ERROR only for a
+    TDI the device really put into ERROR."""
+    dev = make_device()
+    tsm = make_tsm()
+    ok(tsm.connect(), dev)
+    ok(tsm.lock(0), dev)
+    done = drive(tsm.lock(0), dev)
+    assert done.errno == -errno.EIO and "INVALID_INTERFACE_STATE" in done.reason
+    assert done.reason.startswith("lock failed at LOCK_INTERFACE_REQUEST: "), done.reason
+    assert done.tdi_state == TdiState.CONFIG_LOCKED
+    ok(tsm.report(0, EXPECTED), dev)
+    dev.tdisp.tdi(TDI_ID).config_violation("test: BAR0 written while locked")
+    done = drive(tsm.start(0), dev)
+    assert not done.ok and "INVALID_INTERFACE_STATE" in done.reason
+    assert done.reason.startswith("start failed at START_INTERFACE_REQUEST: "), done.reason
+    assert done.tdi_state == TdiState.ERROR
+    history = done.evidence["tdis"]["01:00.0"]["history"]
+    assert history[-1]["state"] == "ERROR"
+    assert history[-1]["reason"] == ("GET_DEVICE_INTERFACE_STATE after "
+                                     "START_INTERFACE_REQUEST was refused")
+    assert ok(tsm.stop(0), dev).tdi_state == TdiState.CONFIG_UNLOCKED
 
 
 def test_report_with_unknown_range_id_and_moved_bar() -> None:

@@ -146,7 +146,11 @@ def evidence_summary(op: Op, ev: dict[str, Any]) -> list[str]:
                    f"root port end {rp.get('state')}")
     for dsm, tdi in (ev.get("tdis") or {}).items():
         if name in ("LOCK", "START", "STOP", "REPORT"):
-            out.append(f"TDI {dsm}: {tdi.get('state')}")
+            check = tdi.get("report_check")
+            # START checks the report itself when nobody read it since LOCK.
+            said = f"; interface report {check}" if check and name in ("START", "REPORT") \
+                else ""
+            out.append(f"TDI {dsm}: {tdi.get('state')}{said}")
             report = tdi.get("report")
             if name == "REPORT" and isinstance(report, dict):
                 for r in report.get("mmio_ranges") or []:

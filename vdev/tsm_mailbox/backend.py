@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tdisp.codes import TdiState
 from tsm.mailbox_protocol import (
     TSM_OPS,
     Action,
@@ -138,14 +139,21 @@ class ScriptedBackend:
 
 
 def _done_from_json(obj: Mapping[str, Any]) -> Done:
+    """`{"status", "reason", "data_hex" | "data_text", "tdi_state"}`, all optional;
+    `tdi_state` is a TDISP state name (what the mailbox's TDI_STATE register reads)."""
     data = bytes.fromhex(obj.get("data_hex", "")) + obj.get("data_text", "").encode()
-    return Done(int(obj.get("status", 0)), str(obj.get("reason", "scripted")), data or None)
+    state = obj.get("tdi_state")
+    if state is not None and state not in TdiState.__members__:
+        raise ValueError(f"tdi_state {state!r} is not one of {', '.join(TdiState.__members__)}")
+    return Done(int(obj.get("status", 0)), str(obj.get("reason", "scripted")), data or None,
+                tdi_state=TdiState[state] if state is not None else None)
 
 
 def load_scripts(path: str | Path) -> dict[Op, list[Script]]:
     """A script file: JSON {op name: [run, ...]}, each run
     {"requests": [{"type": 1, "hex": "1084...", "delay_us": 0}],
-     "done": {"status": 0, "reason": "...", "data_hex": "..", "data_text": ".."}}.
+     "done": {"status": 0, "reason": "...", "data_hex": "..", "data_text": "..",
+              "tdi_state": "CONFIG_LOCKED"}}.
     A single run may be given without the list."""
     raw = json.loads(Path(path).read_text())
     if not isinstance(raw, dict):

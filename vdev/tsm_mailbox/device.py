@@ -23,6 +23,7 @@ import enum
 import errno
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from tsm.mailbox_protocol import (
@@ -81,8 +82,10 @@ from vdev.tsm_mailbox.protocol import (
     REG_RESULT,
     REG_STATUS,
     REG_TARGET,
+    REG_TDI_STATE,
     REG_VERSION,
     REG_WINDOW_SIZE,
+    TDI_STATE_UNKNOWN,
     WINDOW_SIZE,
     ErrorCode,
     Status,
@@ -151,6 +154,14 @@ class DsnCap(ExtCapability):
         ]
 
 
+def _outcome(done: Done) -> str:
+    """How an operation ended, for the log: "status 0", "status -13 EACCES (reason)"."""
+    status = f"status {done.errno}"
+    if not done.ok:
+        status += f" {errno.errorcode.get(-done.errno, '?')}"
+    return f"{status} ({done.reason})" if done.reason else status
+
+
 def _clip_reason(text: str) -> bytes:
     """UTF-8 reason, cut to REASON_MAX bytes on a character boundary, one line."""
     raw = " ".join(text.split()).encode()
@@ -196,6 +207,7 @@ class TsmMailboxDevice:
         self._result = self._ro("RESULT", REG_RESULT)
         self._error = self._ro("ERROR", REG_ERROR)
         self._reason_len = self._ro("REASON_LEN", REG_REASON_LEN)
+        self._tdi_state = Register("TDI_STATE", REG_TDI_STATE, 4, reset=TDI_STATE_UNKNOWN)
         self._op_reg = Register("OP", REG_OP, 4, rw=0xFFFF_FFFF)
         self._target_reg = Register("TARGET", REG_TARGET, 4, rw=0xFFFF_FFFF)
         self._in_len = Register("IN_LEN", REG_IN_LEN, 4, rw=0xFFFF_FFFF)
@@ -209,7 +221,7 @@ class TsmMailboxDevice:
             self._op_reg, self._target_reg, self._in_len, self._in_rc,
             Register("DOORBELL", REG_DOORBELL, 4, on_write=self._doorbell),
             self._status, self._out_type, self._out_len, self._result, self._error,
-            self._reason_len, self._irq_ctrl,
+            self._reason_len, self._irq_ctrl, self._tdi_state,
             Register("COMPLETIONS", REG_COMPLETIONS, 4, on_read=lambda: self.completions),
         ])
 
@@ -371,10 +383,11 @@ class TsmMailboxDevice:
     def _checked_done(self, done: Done) -> Done:
         if not -MAX_ERRNO <= done.errno <= 0:
             log.error("TSM errno %r is not 0 or a -errno; reporting -EIO", done.errno)
-            return Done(-errno.EIO, done.reason, done.value, done.evidence)
+            return replace(done, errno=-errno.EIO)
         if len(done_data(done)) > WINDOW_SIZE:
-            return Done(-errno.E2BIG,
-                        f"TSM result of {len(done_data(done))} bytes exceeds the window")
+            return replace(done, errno=-errno.E2BIG, value=None, evidence=None,
+                           reason=f"TSM result of {len(done_data(done))} bytes exceeds "
+                                  "the window")
         return done
 
     def _publish(self, action: Action) -> None:
@@ -387,9 +400,11 @@ class TsmMailboxDevice:
             self._set_out(done_data(action))
             self._result.value = action.errno & 0xFFFF_FFFF
             self._set_reason(action.reason)
+            self._tdi_state.value = (TDI_STATE_UNKNOWN if action.tdi_state is None
+                                     else int(action.tdi_state))
             self._status.value = Status.DONE
-            log.info("TSM %s %s done: status %d (%s)", self._op.name if self._op else "?",
-                     self._target, action.errno, self.reason)
+            log.info("TSM %s %s done: %s", self._op.name if self._op else "?",
+                     self._target, _outcome(action))
             self._op = None
         self._complete()
 

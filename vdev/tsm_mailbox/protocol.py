@@ -11,7 +11,7 @@ any access size works (bytes are assembled from the registers they cover).
 
   Offset    Name         Access  Meaning
   0x0000    ID           RO      0x4D535456, the bytes "VTSM" in memory order
-  0x0004    VERSION      RO      protocol version, major << 16 | minor (1.1)
+  0x0004    VERSION      RO      protocol version, major << 16 | minor (1.2)
   0x0008    WINDOW_SIZE  RO      bytes in each data window (0x100000)
   0x000C    REASON_MAX   RO      bytes in the REASON area (256)
   0x0010    OP           RW      operation the next doorbell runs (tsm.mailbox_protocol.Op)
@@ -28,6 +28,8 @@ any access size works (bytes are assembled from the registers they cover).
   0x0038    REASON_LEN   RO      bytes of UTF-8 text in REASON
   0x003C    IRQ_CTRL     RW      bit 0: raise MSI-X vector 0 on every completion
   0x0040    COMPLETIONS  RO      doorbells answered so far (wraps at 2^32)
+  0x0044    TDI_STATE    RO      DONE (1.2): the TARGET TDI's TDISP state as the TSM last
+                                 read it from the device (tdisp.codes.TdiState), or 0xFF
   0x0100    REASON       RO      256 bytes: DONE reason or ERROR message (not NUL terminated)
   0x1000    MSI-X table  --      one vector, emulated by QEMU
   0x2000    MSI-X PBA    RO
@@ -59,6 +61,15 @@ Operation flow (one TSM operation):
   guest: IN=response, IN_LEN, IN_RC=0, OP=DOE_RESPONSE, ring
                                           -> STATUS=DOE_REQUEST ... or DONE(RESULT, REASON, OUT)
 
+TDI_STATE (version 1.2).  With DONE of LOCK, START, STOP, REPORT or STATUS the
+TSM says where the TDI is, whether the operation succeeded or was refused:
+0 CONFIG_UNLOCKED, 1 CONFIG_LOCKED, 2 RUN, 3 ERROR (the TDI_STATE encoding of
+DEVICE_INTERFACE_STATE, PCIe 6.2 §11.3.13), 0xFF when the TSM does not know (it
+never read the state, or the operation is not about a TDI).  A refused request
+changes no TDISP state (§11.3.17), so a driver must not infer ERROR from a
+failed operation; this register is the TSM's word, including the ERROR a
+device really is in.
+
 LOCK data (version 1.1).  With OP=LOCK the guest may describe the TDI's
 memory BARs as it sees them, so the TSM can check the interface report
 against them (PCIe 6.2 §11.3.11: each MMIO range's Range ID names a BAR,
@@ -73,8 +84,9 @@ holds IN_LEN / 24 `LockBarRecord`s (tsm.mailbox_protocol):
 
 at most one record per BAR, at most 6 records, base + size within 2^64.
 The TSM then refuses (REPORT: RESULT -EACCES, REASON naming the range) a
-report whose MMIO ranges do not tile exactly those BARs, and START without
-an accepted report.  IN_LEN=0 is version 1.0's LOCK: no expectations, the
+report whose MMIO ranges do not tile exactly those BARs; START reads and
+checks the report itself when nobody read it since LOCK, and fails -EACCES
+too when the report was refused.  IN_LEN=0 is version 1.0's LOCK: no expectations, the
 report is not checked.  A malformed list is a guest mistake (ERROR
 BAD_LENGTH or BAD_DATA, no LOCK is sent).  Other TSM operations take no
 data (IN_LEN must be 0).  Because every doorbell clears IN_LEN, a 1.0
@@ -110,9 +122,13 @@ MAILBOX_CLASS_CODE = 0x088000
 MAILBOX_REVISION = 0x01
 
 ID_MAGIC = int.from_bytes(b"VTSM", "little")
-PROTOCOL_VERSION = 0x0001_0001
+PROTOCOL_VERSION = 0x0001_0002
 #: The first version whose LOCK takes BAR records in IN.
 VERSION_LOCK_BARS = 0x0001_0001
+#: The first version with the TDI_STATE register.
+VERSION_TDI_STATE = 0x0001_0002
+#: TDI_STATE when the TSM does not know the TDI's state.
+TDI_STATE_UNKNOWN = 0xFF
 
 # ---- BAR0 layout -----------------------------------------------------------
 
@@ -136,6 +152,7 @@ REG_ERROR = 0x034
 REG_REASON_LEN = 0x038
 REG_IRQ_CTRL = 0x03C
 REG_COMPLETIONS = 0x040
+REG_TDI_STATE = 0x044
 REASON_OFFSET = 0x100
 REASON_MAX = 256
 

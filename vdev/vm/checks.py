@@ -217,7 +217,7 @@ def connect_checks(
         f"session {spdm.get('session_id')} ({spdm.get('session_state')} after disconnect)")
     out += ide_checks(res, exp, ev)
     add("TDISP LOCK", _rc_ok(v("tdi_lock")) and v("tsm_bound") == "tsm0"
-        and (v("tdi_state_locked") or "").endswith("LOCKED"),
+        and (v("tdi_state_locked") or "").endswith(" CONFIG_LOCKED"),
         f"lock {v('tdi_lock')}; bound={v('tsm_bound')!r}; {v('tdi_state_locked')}")
     report_ok, report_detail = False, "no report"
     try:
@@ -231,7 +231,7 @@ def connect_checks(
     except (ValueError, Exception) as exc:  # noqa: BLE001 - any decode failure is the finding
         report_detail = f"undecodable: {exc}"
     add("interface report matches BAR0", report_ok, report_detail)
-    add("START -> RUN", _rc_ok(v("tdi_start")) and (v("tdi_state_run") or "").endswith("RUN"),
+    add("START -> RUN", _rc_ok(v("tdi_start")) and (v("tdi_state_run") or "").endswith(" RUN"),
         f"start {v('tdi_start')}; {v('tdi_state_run')}")
     irqs = (v("run_irqs") or "").split()
     add("MMIO in RUN", _hex(v("run_id_reg")) == exp.id_value

@@ -404,13 +404,24 @@ def keep_previous(workdir: Path) -> Path | None:
     return prev
 
 
+#: The commands the guest's banner offers, in order: connect, LOCK, START (which has the
+#: TSM check the interface report), the state; the README and docs/guest.md §2 show the
+#: same lines and test_vm_shell.py types them.
+SHELL_FLOW = (
+    f"echo tsm0 > /sys/bus/pci/devices/{BDF}/tsm/connect",
+    f"echo {BDF} > /sys/bus/pci/devices/{MAILBOX_BDF}/tdi_lock",
+    f"echo {BDF} > /sys/bus/pci/devices/{MAILBOX_BDF}/tdi_start",
+    f"cat /sys/bus/pci/devices/{MAILBOX_BDF}/tdi_state",
+)
+
+
 def shell_banner(control: Path) -> bytes:
     """What the guest prints before its shell: the devices, the flow, how to leave."""
+    flow = "".join(f"r try \"{line}\"\n" for line in SHELL_FLOW)
     return (
         f"r device \"{BDF} is the TEE-IO endpoint, {MAILBOX_BDF} the TSM mailbox\"\n"
-        f"r try \"echo tsm0 > /sys/bus/pci/devices/{BDF}/tsm/connect, then "
-        f"echo {BDF} > /sys/bus/pci/devices/{MAILBOX_BDF}/tdi_lock "
-        "(also tdi_start, tdi_stop, tdi_state, tdi_report)\"\n"
+        + flow
+        + "r more \"tdi_stop, tdi_report, tdi_status, tsm/disconnect: docs/guest.md section 2\"\n"
         f"r faults \"on the host: vdev ctl --socket {control} faults arm --fault ...\"\n"
         "r leave \"poweroff (or exit) ends the VM; Ctrl-A X quits QEMU at once\"\n"
     ).encode()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tdisp.codes import TdiState
 from tests.helpers.mailbox_driver import MailboxDriver
 from tsm.mailbox_protocol import Action, DoeRequest, Done, Op, TargetFunction
 from vdev.endpoint.function import spdm_unsupported_placeholder
@@ -41,7 +42,9 @@ from vdev.tsm_mailbox.protocol import (
     REG_IN_LEN,
     REG_IRQ_CTRL,
     REG_STATUS,
+    REG_TDI_STATE,
     REG_WINDOW_SIZE,
+    TDI_STATE_UNKNOWN,
     WINDOW_SIZE,
     ErrorCode,
     Status,
@@ -188,6 +191,26 @@ def test_done_data_reaches_the_out_window_and_stale_bytes_are_cleared() -> None:
     assert drv.run(Op.REPORT, endpoint_doe).data == b"R" * 64
     assert drv.run(Op.STATUS, endpoint_doe).data == b'{"state":"RUN"}'
     assert dev.region_read(RegionIndex.BAR0, OUT_WINDOW + 15, 64) == bytes(64)
+
+
+def test_tdi_state_register_is_what_the_tsm_says_of_the_tdi() -> None:
+    """TDI_STATE (1.2): the TDISP state the backend reports with DONE, failed or not;
+    0xFF when it does not say (not a TDI operation, or unknown)."""
+    backend = ScriptedBackend({
+        Op.CONNECT: [CONNECT_SCRIPT],
+        Op.LOCK: [Script((), Done(0, "locked", tdi_state=TdiState.CONFIG_LOCKED))],
+        Op.START: [Script((), Done(-errno.EACCES, "refused", tdi_state=TdiState.ERROR))],
+        Op.STOP: [Script((), Done(0, "stopped"))],
+    })
+    dev, drv, _ = make(backend)
+    assert drv.rd32(REG_TDI_STATE) == TDI_STATE_UNKNOWN == 0xFF
+    assert drv.run(Op.LOCK, endpoint_doe).tdi_state == 1
+    out = drv.run(Op.START, endpoint_doe)
+    assert (out.result, out.tdi_state) == (-errno.EACCES, 3)
+    assert drv.run(Op.STOP, endpoint_doe).tdi_state == 0xFF
+    assert drv.run(Op.CONNECT, endpoint_doe).tdi_state == 0xFF
+    drv.wr32(REG_TDI_STATE, 2)  # read-only
+    assert drv.rd32(REG_TDI_STATE) == 0xFF
 
 
 def test_transport_error_ends_the_operation_with_that_errno() -> None:
@@ -388,6 +411,11 @@ def test_load_scripts(tmp_path: Path) -> None:
     assert scripts[Op.CONNECT][0].requests == (DoeRequest(1, GET_VERSION),)
     assert scripts[Op.CONNECT][1].done == Done(-13, "no")
     assert scripts[Op.REPORT][0].done.value == b"REPORT"
+    f.write_text(json.dumps({"start": {"done": {"status": -5, "tdi_state": "ERROR"}}}))
+    assert load_scripts(f)[Op.START][0].done.tdi_state == TdiState.ERROR
+    f.write_text(json.dumps({"start": {"done": {"tdi_state": "LOCKED"}}}))
+    with pytest.raises(ValueError, match="tdi_state 'LOCKED' is not one of CONFIG_UNLOCKED"):
+        load_scripts(f)
     f.write_text(json.dumps({"frobnicate": []}))
     with pytest.raises(ValueError, match="unknown operation"):
         load_scripts(f)

@@ -2,9 +2,10 @@
 
 The records are validated by the device (malformed -> STATUS=ERROR, nothing started),
 passed to the backend as `mmio=`, and with the real TSM model behind the mailbox they
-become the lock's expected MMIO ranges: a report that disagrees is refused with -EACCES
-and START after it with -EINVAL.  IN_LEN=0 keeps 1.0's unchecked LOCK, and a 1.0
-driver's stale IN_LEN (left from its last DOE response) is never read as LOCK data.
+become the lock's expected MMIO ranges: a report that disagrees is refused with -EACCES,
+whether a REPORT or START (which reads the report when nobody did since LOCK) fetched
+it, and START after a refused report with -EACCES too.  IN_LEN=0 keeps 1.0's unchecked
+LOCK, and a 1.0 driver's stale IN_LEN (left from its last DOE response) is never read as LOCK data.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from tdisp.codes import TdiState
 from tdisp.interface_report import InterfaceReport
 from tests.helpers.tsm_rig import EXPECTED, identity, make_device
 from tests.vdev.tsm_mailbox.test_device import (
@@ -44,6 +46,7 @@ from vdev.tsm_mailbox.protocol import (
     REG_IN_LEN,
     REG_VERSION,
     VERSION_LOCK_BARS,
+    VERSION_TDI_STATE,
     ErrorCode,
     Status,
 )
@@ -102,9 +105,10 @@ def test_parse_refuses_malformed_records(name: str, raw: bytes, code: ErrorCode,
 # ---- the device ----------------------------------------------------------------------
 
 
-def test_version_is_1_1() -> None:
+def test_version_is_1_2_with_lock_bars_since_1_1() -> None:
     _, drv, _ = make()
-    assert drv.rd32(REG_VERSION) == VERSION_LOCK_BARS == 0x0001_0001
+    assert drv.rd32(REG_VERSION) == VERSION_TDI_STATE == 0x0001_0002
+    assert VERSION_LOCK_BARS == 0x0001_0001
 
 
 def test_lock_records_reach_the_backend_and_in_len_is_consumed() -> None:
@@ -234,14 +238,41 @@ def test_model_refuses_a_report_that_misses_the_guests_bars(anchor: Path) -> Non
     assert "interface report does not match the host's BARs" in report.reason
     assert "BAR0" in report.reason
     start = drv.run(Op.START, device.doe_exchange)
-    assert start.result == -errno.EINVAL and "no accepted interface report" in start.reason
-    assert device.tdi_state == "CONFIG_LOCKED"
+    assert start.result == -errno.EACCES and "interface report was rejected" in start.reason
+    assert device.tdi_state == "CONFIG_LOCKED" and start.tdi_state == TdiState.CONFIG_LOCKED
     # The clean path: STOP, LOCK with the right BARs, REPORT, START.
     assert drv.run(Op.STOP, device.doe_exchange).result == 0
     assert drv.run(Op.LOCK, device.doe_exchange, build_lock_bars(GOOD)).result == 0
     assert drv.run(Op.REPORT, device.doe_exchange).result == 0
     assert drv.run(Op.START, device.doe_exchange).result == 0
     assert device.tdi_state == "RUN"
+
+
+def test_model_start_checks_the_report_itself(anchor: Path) -> None:
+    """LOCK then START, nothing between: START reads the report, checks it against the
+    guest's BARs and starts; TDI_STATE says RUN."""
+    drv, device = _model_mailbox(anchor)
+    lock = drv.run(Op.LOCK, device.doe_exchange, build_lock_bars(GOOD))
+    assert lock.result == 0 and lock.tdi_state == TdiState.CONFIG_LOCKED
+    start = drv.run(Op.START, device.doe_exchange)
+    assert start.result == 0 and start.tdi_state == TdiState.RUN, start
+    assert device.tdi_state == "RUN"
+
+
+def test_model_start_refuses_a_report_it_reads_that_misses_the_guests_bars(
+        anchor: Path) -> None:
+    drv, device = _model_mailbox(anchor)
+    moved = (LockBar(0, GOOD[0].base + 0x1000, GOOD[0].size), GOOD[1])
+    assert drv.run(Op.LOCK, device.doe_exchange, build_lock_bars(moved)).result == 0
+    start = drv.run(Op.START, device.doe_exchange)
+    assert start.result == -errno.EACCES, start
+    assert start.reason.startswith("start failed at report check: interface report does "
+                                   "not match the host's BARs: BAR0"), start.reason
+    assert device.tdi_state == "CONFIG_LOCKED" and start.tdi_state == TdiState.CONFIG_LOCKED
+    # STATUS asks the device; TDI_STATE and the data agree.
+    status = drv.run(Op.STATUS, device.doe_exchange)
+    assert status.data == b'{"value":"CONFIG_LOCKED"}'
+    assert status.tdi_state == TdiState.CONFIG_LOCKED
 
 
 def test_model_lock_without_bars_leaves_the_report_unchecked(anchor: Path) -> None:
