@@ -33,6 +33,7 @@ from vdev.vm.checks import (
 )
 from vdev.vm.env import REPO, VmEnv, VmEnvError, find_env
 from vdev.vm.initramfs import Addition
+from vdev.vm.narration import NARRATOR
 from vdev.vm.qemu import MARK, VfioUserAttach, VmResult, choose_accel, qemu_command
 from vdev.vm.report import RunReport, run_first_failure, script_checks, user_scripts
 from vdev.vm.session import (
@@ -101,7 +102,7 @@ def foundation_script(exp: Expected) -> bytes:
 
 
 def _print(msg: str) -> None:
-    print(msg, flush=True)
+    NARRATOR.say(msg)
 
 
 def _narrate(line: str) -> None:
