@@ -43,6 +43,11 @@ class Session:
     req_keys: DirectionKeys | None = None
     rsp_keys: DirectionKeys | None = None
     req_prot: RecordProtection | None = None  # requester -> responder direction
+    # The request direction's protection before the last KEY_UPDATE, kept until a record
+    # authenticates under the new key: the KEY_UPDATE_ACK can be lost, and the Requester
+    # then retries under the old key (DSP0274 KEY_UPDATE; libspdm keeps a backup key the
+    # same way).
+    req_prot_retired: RecordProtection | None = None
     rsp_prot: RecordProtection | None = None  # responder -> requester direction
     req_finished_key: bytes = b""
     rsp_finished_key: bytes = b""
@@ -87,6 +92,9 @@ class Session:
 
     def update_req_keys(self) -> None:
         assert self.req_keys is not None and self.req_prot is not None
+        old = self.req_prot
+        self.req_prot_retired = RecordProtection(old.aead, old.key, old.iv, old.seq,
+                                                 little_endian=old.little_endian)
         self.req_keys = self.key_schedule.updated(self.req_keys)
         self.req_prot.rekey(self.req_keys.key, self.req_keys.iv)
 
@@ -108,5 +116,21 @@ class Session:
         prot = self.req_prot if from_requester else self.rsp_prot
         if prot is None:
             raise RecordError("session has no keys yet")
-        return decode_record(prot, self.session_id, record, encrypt=not self.mac_only,
-                             transport=self.transport)
+        try:
+            message = decode_record(prot, self.session_id, record,
+                                    encrypt=not self.mac_only, transport=self.transport)
+        except RecordError:
+            retired = self.req_prot_retired if from_requester else None
+            if retired is None:
+                raise
+            # A retry under the key before KEY_UPDATE; if that fails too, the record is
+            # bad under either key.
+            try:
+                return decode_record(retired, self.session_id, record,
+                                     encrypt=not self.mac_only, transport=self.transport)
+            except RecordError:
+                pass
+            raise
+        if from_requester:
+            self.req_prot_retired = None  # the new key is in use: the old one is gone
+        return message
