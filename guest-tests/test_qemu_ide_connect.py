@@ -55,7 +55,7 @@ def test_make_run_flow_on_the_kernels_pci_ide(patched_env: VmEnv, workdir: Path)
     assert not failed, "\n".join(failed)
     by_name = {c.name: c.detail for c in checks}
     assert by_name["IDE path"].startswith(f"'{EP} pci_ide {STREAM}'")
-    assert "endpoint state 2, root port state 2" in by_name["IDE stream SECURE"]
+    assert "endpoint SECURE (2), root port SECURE (2)" in by_name["IDE stream SECURE"]
     assert "256 -> 255 -> 256" in by_name["IDE stream registered"]
     assert {"IDE torn down", "IDE rules (root port checker)",
             "IDE rules (endpoint checker)", "TDISP LOCK", "START -> RUN"} <= by_name.keys()

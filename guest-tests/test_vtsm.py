@@ -279,7 +279,7 @@ def test_vtsm_with_the_tsm_model_reaches_run(vm_env: VmEnv, workdir: Path) -> No
     res, log = _boot_with_model(vm_env, workdir, "device")
     v = res.value
     assert v("connect") == "0 ok" and v("authenticated") == "tsm0"
-    assert any("vtsm: IDE stream 1 enabled, state 2" in line for line in res.dmesg), \
+    assert any("vtsm: IDE stream 1 enabled: Secure (state 2)" in line for line in res.dmesg), \
         "the endpoint's IDE stream did not reach SECURE"
     assert v("tdi_lock") == "0 ok" and v("bound") == "tsm0"
     assert int(v("report_bytes") or "0") > 16

@@ -134,7 +134,8 @@ def test_reconnect_three_times_gets_a_fresh_session_each_time(
     assert v("rmmod") == "ok"
 
     # The IDE stream reached SECURE on every connect, in the guest and in the device.
-    secure = [line for line in s.res.dmesg if "vtsm: IDE stream 1 enabled, state 2" in line]
+    secure = [line for line in s.res.dmesg
+              if "vtsm: IDE stream 1 enabled: Secure (state 2)" in line]
     assert len(secure) == 3, s.res.dmesg[-30:]
     dev = s.device_log()
     assert len(_lines(dev, r"IDE selective stream 0 \(id 1\): \w+ -> SECURE")) == 3, dev
@@ -265,7 +266,7 @@ def test_doe_response_after_the_kernel_timeout_fails_one_connect_only(
 
     assert v("connect_again") == "0 ok" and v("connect_again_authenticated") == "tsm0"
     assert float(v("connect_again_seconds") or "99") < 10
-    assert any("vtsm: IDE stream 1 enabled, state 2" in line for line in s.res.dmesg)
+    assert any("vtsm: IDE stream 1 enabled: Secure (state 2)" in line for line in s.res.dmesg)
     assert v("disconnect") == "0 ok" and v("authenticated_after") == ""
     assert v("rmmod") == "ok"
 

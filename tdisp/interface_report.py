@@ -113,15 +113,21 @@ class InterfaceReport:
             f"LNR Control 0x{self.lnr_control:04x}, TPH Control 0x{self.tph_control:08x}",
             f"{len(self.mmio_ranges)} MMIO range(s):",
         ]
-        for r in self.mmio_ranges:
+        for n, r in enumerate(self.mmio_ranges, 1):
             end = (r.first_page + r.number_of_pages * PAGE_SIZE - 1) & _U64
             lines.append(
-                f"  id {r.range_id}: 0x{r.first_page:016x}-0x{end:016x} "
+                f"  {n}. range ID {r.range_id}: 0x{r.first_page:016x}-0x{end:016x} "
                 f"({r.number_of_pages} page{'s' if r.number_of_pages != 1 else ''}) "
-                f"[{_flag_names(MmioAttr, r.range_attributes) or 'TEE'}]"
+                f"[{mmio_attributes(r.range_attributes)}]"
             )
         lines.append(f"device-specific info: {len(self.device_specific_info)} bytes")
         return "\n".join(lines)
+
+
+def mmio_attributes(value: int) -> str:
+    """An MMIO range's attributes by name ("MSIX_TABLE", "NON_TEE|UPDATABLE"); "TEE"
+    for a range with none set (§11.3.11: a TEE range, neither MSI-X nor non-TEE)."""
+    return _flag_names(MmioAttr, value) or "TEE"
 
 
 def _flag_names(flags: type[InterfaceInfo] | type[MmioAttr], value: int) -> str:

@@ -155,6 +155,11 @@ class TsmConfig:
     multi_key: bool = False
 
 
+def _flag_text(flags: int) -> str:
+    """LOCK_INTERFACE flags as a log line says them: "NO_FW_UPDATE|LOCK_MSIX"."""
+    return "|".join(ev.lock_flags(flags)) or "none"
+
+
 @dataclass
 class TdiRecord:
     """What the TSM knows of one TDI.  `nonce` is a secret shared with the device for
@@ -728,7 +733,7 @@ class TsmModel:
             rec.capabilities = t.parse_capabilities(
                 (yield from self._vdm(p, "GET_TDISP_CAPABILITIES", t.get_capabilities())))
             p.log(f"TDI {rec.interface_id}: TDISP 1.0, lock flags supported "
-                  f"{ev.lock_flags(rec.capabilities.lock_interface_flags_supported)}")
+                  f"{_flag_text(rec.capabilities.lock_interface_flags_supported)}")
         # The state before LOCK, for the evidence's history; LOCK is sent regardless so
         # a device refusing it reports its own TDISP_ERROR (§11.3.8).
         state = t.parse_state((yield from self._vdm(p, "GET_DEVICE_INTERFACE_STATE",
@@ -751,7 +756,7 @@ class TsmModel:
         rec.expected = tuple(expected) if expected is not None else None
         rec.move(TdiState.CONFIG_LOCKED, self.config.clock(), "LOCK_INTERFACE_RESPONSE")
         rec.locked_by = self._session_id
-        p.log(f"TDI {rec.interface_id}: CONFIG_LOCKED (flags {ev.lock_flags(flags)}, "
+        p.log(f"TDI {rec.interface_id}: CONFIG_LOCKED (flags {_flag_text(flags)}, "
               f"default stream {stream_id})")
         return rec.state.name if rec.state else None
 

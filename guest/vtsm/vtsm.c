@@ -625,18 +625,32 @@ static void vtsm_ide_setup(struct pci_dev *pdev)
 			       PCI_IDE_SEL_CTL_DEFAULT);
 }
 
+/* Fail_Insecure (1000b), which pci_regs.h does not name (PCIe r6.2 7.9.26.5.3) */
+#define VTSM_IDE_STATE_FAIL_INSECURE	8
+
+static const char *vtsm_ide_state_name(u32 state)
+{
+	switch (state) {
+	case PCI_IDE_SEL_STS_STATE_INSECURE: return "Insecure";
+	case PCI_IDE_SEL_STS_STATE_SECURE: return "Secure";
+	case VTSM_IDE_STATE_FAIL_INSECURE: return "Fail_Insecure";
+	default: return "reserved";
+	}
+}
+
 static void vtsm_ide_enable(struct pci_dev *pdev)
 {
 	int ctl = vtsm_ide_sel_ctl(pdev);
-	u32 val, sts;
+	u32 val, sts, state;
 
 	if (!ctl)
 		return;
 	pci_read_config_dword(pdev, ctl, &val);
 	pci_write_config_dword(pdev, ctl, val | PCI_IDE_SEL_CTL_EN);
 	pci_read_config_dword(pdev, ctl - PCI_IDE_SEL_CTL + PCI_IDE_SEL_STS, &sts);
-	pci_info(pdev, "vtsm: IDE stream %u enabled, state %lu\n", ide_stream_id,
-		 FIELD_GET(PCI_IDE_SEL_STS_STATE, sts));
+	state = FIELD_GET(PCI_IDE_SEL_STS_STATE, sts);
+	pci_info(pdev, "vtsm: IDE stream %u enabled: %s (state %u)\n", ide_stream_id,
+		 vtsm_ide_state_name(state), state);
 }
 
 /* Back to what pci_ide_init() leaves in an unused stream: reserved ID 255. */

@@ -153,10 +153,13 @@ def evidence_summary(op: Op, ev: dict[str, Any]) -> list[str]:
             out.append(f"TDI {dsm}: {tdi.get('state')}{said}")
             report = tdi.get("report")
             if name == "REPORT" and isinstance(report, dict):
-                for r in report.get("mmio_ranges") or []:
+                ranges = report.get("mmio_ranges") or []
+                # Several ranges share a Range ID (the BAR they lie in): number them.
+                for n, r in enumerate(ranges, 1):
                     addr = int(r.get("first_page", "0"), 16)  # byte address + offset
-                    out.append(f"  MMIO range {r.get('range_id')}: {addr:#x} "
-                               f"+{int(r.get('size', 0)):#x} {'/'.join(r.get('attributes') or [])}")
+                    out.append(f"  MMIO range {n} of {len(ranges)} (range ID "
+                               f"{r.get('range_id')}): {addr:#x} +{int(r.get('size', 0)):#x} "
+                               f"{'|'.join(r.get('attributes') or [])}")
     return out
 
 

@@ -58,14 +58,16 @@ def _msg_of(summary: str, proto: str) -> str:
 
 def event_from_text(line: str) -> dict[str, Any] | None:
     """One line `Event.to_text` wrote, or None.  The text form has no time stamp with a
-    date ("t") and no error column: the error flag is recovered from the words."""
+    date, so the event has "time" (HH:MM:SS.ffffff) and no "t" (seconds since the
+    epoch, which JSON traces and pcaps carry); it has no error column either: the error
+    flag is recovered from the words."""
     mt = _TEXT.match(line)
     if mt is None or mt["arrow"] not in _DIRS:
         return None
     summary = mt["summary"]
     error = bool(_ERROR_WORDS.search(summary)) and not any(
         w in summary for w in ("RESPONSE_NOT_READY", "LARGE_RESPONSE"))
-    return {"t": None, "time": mt["time"], "side": mt["side"], "dir": _DIRS[mt["arrow"]],
+    return {"time": mt["time"], "side": mt["side"], "dir": _DIRS[mt["arrow"]],
             "proto": mt["proto"], "msg": _msg_of(summary, mt["proto"]), "summary": summary,
             "session": mt["session"], "secured": bool(mt["secured"]), "error": error,
             "state": mt["state"] or (summary if mt["arrow"] == "==" else None)}

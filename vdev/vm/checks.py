@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from vdev.pci.ide_cap import IdeStreamState
 from vdev.vm.config_dump import ConfigDump
 from vdev.vm.qemu import VmResult
 
@@ -179,7 +180,7 @@ def _rc_ok(v: str | None) -> bool:
 def connect_checks(
     res: VmResult, exp: ConnectExpected, evidence: dict[str, Any] | None
 ) -> list[Check]:
-    from tdisp.interface_report import InterfaceReport
+    from tdisp.interface_report import InterfaceReport, mmio_attributes
 
     out: list[Check] = []
 
@@ -223,11 +224,13 @@ def connect_checks(
     try:
         rep = InterfaceReport.decode(bytes.fromhex(v("report_hex") or ""))
         bar0 = int((v("ep_bar0") or "0 0").split()[0], 16)
-        ranges = [(r.first_page, r.number_of_pages) for r in rep.mmio_ranges]
-        report_ok = any(first == bar0 for first, _ in ranges)
-        report_detail = "; ".join(
-            line.strip() for line in rep.render().splitlines() if "id " in line
-        ) + f" (guest BAR0 {bar0:#x})"
+        ranges = rep.mmio_ranges
+        report_ok = any(r.first_page == bar0 for r in ranges)
+        first = f"{ranges[0].first_page:#x}" if ranges else "nowhere"
+        report_detail = (
+            f"{len(ranges)} MMIO ranges from {first} (guest BAR0 {bar0:#x}): "
+            + ", ".join(f"{r.number_of_pages} page{'s' if r.number_of_pages != 1 else ''} "
+                        f"{mmio_attributes(r.range_attributes)}" for r in ranges))
     except (ValueError, Exception) as exc:  # noqa: BLE001 - any decode failure is the finding
         report_detail = f"undecodable: {exc}"
     add("interface report matches BAR0", report_ok, report_detail)
@@ -281,6 +284,17 @@ def kernel_tsm_checks(res: VmResult) -> list[Check]:
 QEMU_IDE_VIOLATION = re.compile(r"pcie_ide_violation (.*)")
 
 
+def ide_state_name(state: int | None) -> str:
+    """A Selective IDE Stream State as the spec names it (PCIe 6.2 §7.9.26.5.3), or "not
+    enabled" for a stream the guest did not find enabled."""
+    if state is None:
+        return "not enabled"
+    try:
+        return f"{IdeStreamState(state).name} ({state})"
+    except ValueError:
+        return f"reserved state {state}"
+
+
 def ide_checks(res: VmResult, exp: ConnectExpected, ev: dict[str, Any]) -> list[Check]:
     """The IDE stream of the connect flow, from both ends' registers as the guest
     read them (`connect.sh`: before, while connected, after disconnect)."""
@@ -289,12 +303,12 @@ def ide_checks(res: VmResult, exp: ConnectExpected, ev: dict[str, Any]) -> list[
     sid = exp.ide_stream_id
     path = v("ide_stream") or ""
     if not exp.root_port_ide:
-        secure = [line for line in res.dmesg if "IDE stream" in line and "state 2" in line]
+        secure = [line for line in res.dmesg if "IDE stream" in line and "enabled: Secure" in line]
         out.append(Check("IDE path", path == f"{exp.ep} direct",
                          f"{path!r}: vtsm programs the endpoint (root port without IDE)"))
         out.append(Check("IDE stream SECURE", bool(secure),
                          secure[0].split("] ", 1)[-1] if secure
-                         else "no 'IDE stream ... state 2' in dmesg"))
+                         else "no 'vtsm: IDE stream ... enabled: Secure' in dmesg"))
         return out
 
     links = v("ide_links_connected") or ""
@@ -308,8 +322,8 @@ def ide_checks(res: VmResult, exp: ConnectExpected, ev: dict[str, Any]) -> list[
     out.append(Check(
         "IDE stream SECURE",
         states["ep", "connected"] == 2 and states["rp", "connected"] == 2,
-        f"Stream ID {sid}: endpoint state {states['ep', 'connected']}, root port state "
-        f"{states['rp', 'connected']} (2 = Secure)"))
+        f"Stream ID {sid}: endpoint {ide_state_name(states['ep', 'connected'])}, root port "
+        f"{ide_state_name(states['rp', 'connected'])}"))
     try:
         before, during, after = (int(v(f"ide_avail_{w}") or "")
                                  for w in ("before", "connected", "after"))
@@ -325,8 +339,8 @@ def ide_checks(res: VmResult, exp: ConnectExpected, ev: dict[str, Any]) -> list[
     out.append(Check(
         "IDE torn down", torn,
         f"after disconnect no enabled stream with Stream ID {sid} on either end" if torn
-        else f"still enabled after disconnect: endpoint state {states['ep', 'after']}, "
-             f"root port state {states['rp', 'after']}"))
+        else f"still enabled after disconnect: endpoint {ide_state_name(states['ep', 'after'])}, "
+             f"root port {ide_state_name(states['rp', 'after'])}"))
     # QEMU traces every violation; the TSM's evidence has the port's own list too.
     traced = [m.group(1).strip() for line in res.stderr
               if (m := QEMU_IDE_VIOLATION.search(line))]

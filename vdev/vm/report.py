@@ -9,6 +9,8 @@ first with its own message and the checks that failed after it are marked
 
 from __future__ import annotations
 
+import shutil
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +19,18 @@ from vdev.vm.checks import Check
 from vdev.vm.first_failure import FirstFailure, first_failure
 from vdev.vm.ktap import KtapTest, script_test, write
 from vdev.vm.qemu import MARK, VmResult
+
+#: The narrowest terminal the summary is laid out for.
+SUMMARY_WIDTH = 80
+
+
+def _wrapped(head: str, text: str, columns: int) -> list[str]:
+    """`head` then `text`, wrapped to `columns` - 1 with the continuation lines under
+    the text's first column; words longer than a line (paths) stay whole."""
+    body = textwrap.wrap(text, max(columns - 1 - len(head), 20),
+                         break_long_words=False, break_on_hyphens=False) or [""]
+    pad = " " * len(head)
+    return [f"{head}{body[0]}".rstrip(), *(f"{pad}{line}" for line in body[1:])]
 
 
 def run_first_failure(res: VmResult) -> FirstFailure | None:
@@ -100,25 +114,38 @@ class RunReport:
     def write_ktap(self, path: Path) -> Path:
         return write(path, self.ktap())
 
-    def print_summary(self, accel: str, workdir: Path, say: Callable[[str], None]) -> bool:
+    def print_summary(self, accel: str, workdir: Path, say: Callable[[str], None],
+                      columns: int | None = None) -> bool:
+        """The summary, no line wider than the terminal (`columns`; at least
+        SUMMARY_WIDTH, the terminal's width by default) where it can be helped: a long
+        detail wraps under its own column (a path is never cut)."""
+        if columns is None:
+            columns = shutil.get_terminal_size((SUMMARY_WIDTH, 24)).columns
+        columns = max(columns, SUMMARY_WIDTH)
         checks = self.checks
         shown = [c for c in checks if c.ok or self.first is None]
         width = max([len(c.name) for c in shown] + [13])
+        rule = SUMMARY_WIDTH - 2
+
+        def row(head: str, text: str) -> None:
+            for line in _wrapped(head, text, columns):
+                say(line)
+
         say("")
-        say("=" * 78)
-        say(f" vdev summary (QEMU accel={accel}; logs in {workdir})")
-        say("-" * 78)
+        say("=" * rule)
+        row(" ", f"vdev summary (QEMU accel={accel}; logs in {workdir})")
+        say("-" * rule)
         if self.first is not None:
-            say(f" {'FIRST FAILURE':<{width + 6}}  {self.first}")
-            say("-" * 78)
+            row(f" {'FIRST FAILURE':<{width + 6}}  ", str(self.first))
+            say("-" * rule)
         for c in shown:
             label = "INFO" if c.info else "PASS" if c.ok else "FAIL"
-            say(f" {label}  {c.name:<{width}}  {c.detail}")
-        say("-" * 78)
+            row(f" {label}  {c.name:<{width}}  ", c.detail)
+        say("-" * rule)
         passed = sum(c.ok for c in checks)
         skipped = len(checks) - len(shown)
         tail = f"; {skipped} not evaluated after the first failure" if skipped else ""
-        say(f" {passed} of {len(checks)} checks held{tail}: {'OK' if self.ok else 'FAILED'}")
-        say(f" KTAP: {workdir / 'results.ktap'}")
-        say("=" * 78)
+        row(" ", f"{passed} of {len(checks)} checks held{tail}: {'OK' if self.ok else 'FAILED'}")
+        row(" ", f"KTAP: {workdir / 'results.ktap'}")
+        say("=" * rule)
         return self.ok

@@ -91,6 +91,11 @@ def test_readable_report_and_transport_failure(anchor: Path,
     out, _ = capsys.readouterr()
     assert "MMIO range(s):" in out and "MSIX_TABLE" in out
     assert "report check: not checked: no expected MMIO ranges supplied" in out
+    # Flags and ranges read as a person writes them, not as Python reprs.
+    assert "lock flags supported NO_FW_UPDATE|SYSTEM_CACHE_LINE_SIZE|LOCK_MSIX" in out
+    assert "CONFIG_LOCKED (flags NO_FW_UPDATE|LOCK_MSIX, default stream" in out
+    assert "  2. range ID 0: " in out and "[MSIX_TABLE]" in out
+    assert "['" not in out and "']" not in out, out
     dev = make_device()
     rc = cmd_connect(args, client_factory=lambda h, p: StandInClient(dev, fail_at=12))
     out, _ = capsys.readouterr()

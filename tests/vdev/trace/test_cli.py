@@ -8,6 +8,7 @@ import argparse
 import asyncio
 import io
 import json
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -193,6 +194,13 @@ def test_show_filters(trace_file: tuple[Path, str], capsys: pytest.CaptureFixtur
     assert _show(capsys, str(path), "--errors") == []
     as_json = _show(capsys, str(path), "--message", "LOCK_INTERFACE_REQUEST", "--json")
     assert json.loads(as_json[0])["summary"].startswith("TDISP LOCK_INTERFACE_REQUEST")
+    # Every event has a time; none has a "t" it does not know (a text trace has no date).
+    for line in _show(capsys, str(path), "--json"):
+        ev = json.loads(line)
+        if path.suffix == ".text":
+            assert "t" not in ev and re.fullmatch(r"\d\d:\d\d:\d\d\.\d{6}", ev["time"]), ev
+        else:
+            assert isinstance(ev["t"], float) and ev["t"] > 1.6e9, ev
 
 
 def test_show_errors(state_dir: Path, tmp_path: Path,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -167,6 +168,20 @@ def test_done_failure_carries_errno_and_reason() -> None:
     out = drv.run(Op.CONNECT, endpoint_doe)
     assert out.status == Status.DONE
     assert out.result == -errno.EACCES and out.reason == "certificate chain not trusted"
+
+
+def test_the_log_line_of_a_finished_operation(caplog: pytest.LogCaptureFixture) -> None:
+    """"done: status 0" when the TSM gave no reason (never "status 0 ()"); a failure names
+    its errno."""
+    backend = ScriptedBackend({Op.CONNECT: [Script((), Done(0, "")), FAIL_SCRIPT]})
+    _, drv, _ = make(backend)
+    with caplog.at_level(logging.INFO, logger="vdev.tsm_mailbox.device"):
+        drv.run(Op.CONNECT, endpoint_doe)
+        drv.run(Op.CONNECT, endpoint_doe)
+    done = [r.getMessage() for r in caplog.records if " done: " in r.getMessage()]
+    assert done == ["TSM CONNECT 0000:01:00.0 done: status 0",
+                    "TSM CONNECT 0000:01:00.0 done: status -13 EACCES (certificate chain "
+                    "not trusted)"]
 
 
 def test_scripts_are_consumed_in_order_and_the_last_repeats() -> None:

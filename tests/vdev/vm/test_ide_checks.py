@@ -51,7 +51,7 @@ def test_a_clean_stream_passes_every_check() -> None:
     got = checks(guest_run())
     assert all(ok for ok, _ in got.values()), got
     assert "256 -> 255 -> 256" in got["IDE stream registered"][1]
-    assert got["IDE stream SECURE"][1].endswith("root port state 2 (2 = Secure)")
+    assert got["IDE stream SECURE"][1] == "Stream ID 1: endpoint SECURE (2), root port SECURE (2)"
 
 
 def test_a_violation_on_qemus_stderr_fails_the_root_port_checker() -> None:
@@ -74,4 +74,4 @@ def test_the_evidence_names_violations_the_trace_did_not_show() -> None:
 
 def test_a_root_port_still_enabled_after_disconnect_is_not_torn_down() -> None:
     ok, detail = checks(guest_run(rp_after=1))["IDE torn down"]
-    assert not ok and "root port state 2" in detail
+    assert not ok and "root port SECURE (2)" in detail
