@@ -363,7 +363,7 @@ Heartbeat = Struct(*_hdr(Req.HEARTBEAT))
 HeartbeatAck = Struct(*_hdr(Rsp.HEARTBEAT_ACK))
 KeyUpdate = Struct(*_hdr(Req.KEY_UPDATE))  # param1 operation, param2 tag
 KeyUpdateAck = Struct(*_hdr(Rsp.KEY_UPDATE_ACK))
-EndSession = Struct(*_hdr(Req.END_SESSION))  # param1 bit0 preserve state
+EndSession = Struct(*_hdr(Req.END_SESSION))  # param1 bit 0 Negotiated State Clearing
 EndSessionAck = Struct(*_hdr(Rsp.END_SESSION_ACK))
 
 # --- Vendor defined -------------------------------------------------------------------------

@@ -1135,12 +1135,14 @@ class Requester:
                     raise _fail("KEY_UPDATE_ACK does not echo operation/tag")
         return True
 
-    def end_session(self, session_id: int, preserve_state: bool = False) -> Operation:
-        return Operation(self._end_session(session_id, preserve_state))
+    def end_session(self, session_id: int, clear_negotiated_state: bool = False) -> Operation:
+        """END_SESSION; `clear_negotiated_state` sets Param1 bit 0, the Negotiated State
+        Clearing Indicator (a CACHE_CAP responder then forgets the VCA it kept)."""
+        return Operation(self._end_session(session_id, clear_negotiated_state))
 
-    def _end_session(self, session_id: int, preserve: bool) -> Gen:
+    def _end_session(self, session_id: int, clear: bool) -> Gen:
         yield from self._simple(session_id, EndSession, EndSessionAck, Rsp.END_SESSION_ACK,
-                                1 if preserve else 0, 0)
+                                1 if clear else 0, 0)
         sess = self.sessions.pop(session_id)
         sess.state = SessionState.ENDED
         return True

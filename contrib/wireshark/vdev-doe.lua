@@ -215,8 +215,8 @@ local f = {
     key_update_op = ProtoField.uint8("spdm.key_update.operation", "KeyOperation", base.DEC,
                                      key_update_ops),
     key_update_tag = ProtoField.uint8("spdm.key_update.tag", "Tag", base.HEX),
-    end_session_preserve = ProtoField.bool("spdm.end_session.preserve_negotiated_state",
-                                           "NegotiatedStatePreservationIndicator"),
+    end_session_clear = ProtoField.bool("spdm.end_session.clear_negotiated_state",
+                                        "NegotiatedStateClearingIndicator"),
     psk_hint_length = ProtoField.uint16("spdm.psk.hint_length", "PSKHint length (P)"),
     context_length = ProtoField.uint16("spdm.context_length", "Context length"),
     opaque_length = ProtoField.uint16("spdm.opaque_length", "OpaqueDataLength"),
@@ -318,7 +318,7 @@ p_spdm.fields = { f.version, f.code, f.name, f.param1, f.param2, f.version_entry
                   f.length, f.portion, f.remainder, f.blocks, f.req_session, f.rsp_session,
                   f.session, f.error, f.error_data, f.standard_id, f.vendor_id,
                   f.vendor_length, f.protocol_id, f.meas_summary, f.heartbeat,
-                  f.key_update_op, f.key_update_tag, f.end_session_preserve,
+                  f.key_update_op, f.key_update_tag, f.end_session_clear,
                   f.psk_hint_length, f.context_length, f.opaque_length, f.key_pair_id,
                   f.total_key_pairs, f.kp_caps, f.kp_usage_caps, f.kp_usage, f.kp_asym_caps,
                   f.kp_asym, f.kp_pubkey_len, f.kp_slots, f.kp_op, f.cert_model, f.csr_tag,
@@ -662,10 +662,10 @@ local function dissect_spdm(buf, pinfo, tree, prefix, session)
         t:add(f.key_update_tag, buf(3, 1))
         info = string.format("%s %s tag=0x%02x", info, key_update_ops[op] or tostring(op),
                              buf(3, 1):uint())
-    elseif code == 0xEC then  -- END_SESSION: Param1 bit 0
-        local preserve = band(buf(2, 1):uint(), 1) ~= 0
-        t:add(f.end_session_preserve, buf(2, 1), preserve)
-        if preserve then info = info .. " preserve-negotiated-state" end
+    elseif code == 0xEC then  -- END_SESSION: Param1 bit 0, Negotiated State Clearing
+        local clear = band(buf(2, 1):uint(), 1) ~= 0
+        t:add(f.end_session_clear, buf(2, 1), clear)
+        if clear then info = info .. " clear-negotiated-state" end
     elseif code == 0xED and len >= 8 then  -- GET_CSR
         if buf(0, 1):uint() >= 0x13 then  -- Param1 KeyPairID, Param2 RequestAttributes
             local attr = buf(3, 1):uint()

@@ -302,7 +302,7 @@ class Decoder:
         elif name == "END_SESSION_ACK" and session is not None:
             state = f"session {session:#010x} ENDED"
         elif name == "END_SESSION" and p1 & 1:
-            text += " preserve_negotiated_state"
+            text += " clear_negotiated_state"
         elif name in ("KEY_UPDATE", "KEY_UPDATE_ACK"):
             text += f" op={_KEY_UPDATE_OPS.get(p1, hex(p1))} tag={p2:#x}"
         elif name in _PROVISIONING:
