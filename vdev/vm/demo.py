@@ -405,6 +405,10 @@ def keep_previous(workdir: Path) -> Path | None:
     return prev
 
 
+#: What makes the guest's /init give a shell instead of powering off (guest/init.sh);
+#: qemu-configs/tee-io.sh passes it too.
+SHELL_APPEND = "vdev.shell=1"
+
 #: The commands the guest's banner offers, in order: connect, LOCK, START (which has the
 #: TSM check the interface report), the state; the README and docs/guest.md §2 show the
 #: same lines and test_vm_shell.py types them.
@@ -469,7 +473,7 @@ def run_shell(profile_path: str | None = None, options: ShellOptions = ShellOpti
         hello = b"insmod /modules/vdevtest.ko\ninsmod /modules/vtsm.ko\n" + shell_banner(control)
         spec = GuestRun(env=env, workdir=workdir, modules=["vdevtest", "vtsm"],
                         devices=[srv.socket for srv in servers],
-                        scripts={"50-shell.sh": hello}, append="vdev.shell=1").prepare()
+                        scripts={"50-shell.sh": hello}, append=SHELL_APPEND).prepare()
         spec = dataclasses.replace(spec, terminal_logs=workdir)
         argv = qemu_command(spec, choose_accel(env))
         (workdir / "qemu.cmdline").write_text(shlex.join(argv) + "\n")

@@ -149,7 +149,7 @@ def qemu_command(spec: VmSpec, accel: str) -> list[str]:
                 "driver": "vfio-user-pci", "id": dev.id, "bus": rp, "addr": "0x0",
                 # Only the JSON form of the socket property works (docs/vfio-user-qemu.md §9).
                 "socket": {"type": "unix", "path": str(dev.socket)}, "rombar": 0,
-            }),
+            }, separators=(",", ":")),
         ]
     argv += spec.qemu_args
     # VDEV_QEMU_ARGS appends extra QEMU options, e.g. "-trace vfio_msi*".
