@@ -64,7 +64,7 @@ RUN_ARGS = $(if $(KSRC),--ksrc "$(KSRC)" $(KERNEL_BUILD_ARGS)) \
 
 # Installs the host packages the build needs with apt-get, naming each and why.
 qemu: venv vm-env
-	@$(PY) -m vdev.vm.qemu_build
+	@$(PY) -m vdev.cli qemu build
 
 # exec: make's SIGTERM then reaches vdev, which stops QEMU and the servers (a shell
 # in between would die alone and leave them running).

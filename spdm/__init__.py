@@ -28,12 +28,12 @@ Modules, one concept each:
 
 Quick start (in process):
 
-    from spdm.identity import CertSlots, load_or_create
+    from spdm.identity import CertSlots, generate_identity
     from spdm.measurements import default_measurements
     from spdm.responder import Responder, ResponderConfig
     from spdm.requester import Requester, RequesterConfig
 
-    ident = load_or_create("state/identity")
+    ident = generate_identity()      # in memory; vdev keeps one on disk (vdev identity)
     rsp = Responder(ResponderConfig(slots=CertSlots({0: ident}),
                                     measurements=default_measurements))
     req = Requester(RequesterConfig(trust_anchors=[ident.root]))

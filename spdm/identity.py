@@ -15,9 +15,7 @@ This module does file I/O (the state directory); protocol engines only receive o
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -391,44 +389,6 @@ def load_identity(directory: Path) -> DeviceIdentity:
         if (directory / n).exists()
     ]
     return DeviceIdentity(certs, key, ca_keys)
-
-
-def load_or_create(
-    state_dir: Path | str, params: IdentityParams | None = None, *, slot: int = 0
-) -> DeviceIdentity:
-    """Generate on first use into `state_dir/slot<N>/`, reuse afterwards.
-
-    The parameters used are recorded in `params.json`. When later runs ask for different
-    parameters (e.g. another Vendor/Device ID for the CMA SAN), only the leaf is re-issued
-    under the stored intermediate so the root, the user's trust anchor, stays the same;
-    a different key type regenerates the whole chain.
-    """
-    if not 0 <= slot < MAX_SLOTS:
-        raise ValueError("slot must be 0..7")
-    params = params or IdentityParams()
-    directory = Path(state_dir) / f"slot{slot}"
-    wanted = json.dumps(dataclasses.asdict(params), sort_keys=True)
-    stamp = directory / "params.json"
-    if (directory / "chain.pem").exists() and (directory / "leaf.key").exists():
-        ident = load_identity(directory)
-        stored = stamp.read_text() if stamp.exists() else wanted
-        if stored == wanted:
-            return ident
-        old = json.loads(stored)
-        if old.get("key_type") == params.key_type and len(ident.ca_keys) == 2:
-            now = datetime.datetime.now(datetime.UTC)
-            leaf_key = generate_key(params.key_type)
-            leaf = build_leaf(params, leaf_key, ident.certs[1], ident.ca_keys[1],
-                              now - datetime.timedelta(days=1),
-                              now + datetime.timedelta(days=params.validity_days))
-            ident = DeviceIdentity([*ident.certs[:2], leaf], leaf_key, ident.ca_keys)
-            save_identity(ident, directory)
-            stamp.write_text(wanted)
-            return ident
-    ident = generate_identity(params)
-    save_identity(ident, directory)
-    stamp.write_text(wanted)
-    return ident
 
 
 @dataclass

@@ -22,7 +22,8 @@ from spdm.identity import (
     IdentityParams,
     generate_identity,
     import_identity,
-    load_or_create,
+    load_identity,
+    save_identity,
     spdm_cert_chain,
     split_spdm_cert_chain,
 )
@@ -58,21 +59,19 @@ def test_spdm_chain_format(p384_identity: DeviceIdentity) -> None:
     assert root_hash == hashlib.sha384(ders[0]).digest()
 
 
-def test_state_dir_reuse_and_modes(tmp_path: Path) -> None:
+def test_saved_identity_loads_back_with_private_modes(tmp_path: Path) -> None:
     params = IdentityParams(key_type="ecdsa-p256", vendor_id=0x8086, device_id=0x0B25,
                             class_code=0x010802, revision=0x02)
-    first = load_or_create(tmp_path, params)
-    mode = stat.S_IMODE((tmp_path / "slot0" / "leaf.key").stat().st_mode)
-    assert mode == 0o600
-    for name in ("root.key", "intermediate.key"):
+    first = generate_identity(params)
+    save_identity(first, tmp_path / "slot0")
+    for name in ("leaf.key", "root.key", "intermediate.key"):
         assert stat.S_IMODE((tmp_path / "slot0" / name).stat().st_mode) == 0o600
-    second = load_or_create(tmp_path, params)
-    assert second.chain_der() == first.chain_der()
+    assert stat.S_IMODE((tmp_path / "slot0").stat().st_mode) == 0o700
+    second = load_identity(tmp_path / "slot0")
+    assert second.chain_der() == first.chain_der() and len(second.ca_keys) == 2
     san = second.leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert b"Vendor=8086:Device=0b25:CC=010802:REV=02" in san.get_values_for_type(
         x509.OtherName)[0].value
-    with pytest.raises(ValueError):
-        load_or_create(tmp_path, params, slot=8)
 
 
 def test_import_pem_and_der(tmp_path: Path, p256_identity: DeviceIdentity) -> None:
@@ -201,13 +200,3 @@ def test_requester_rejects_untrusted_chain(p384_identity: DeviceIdentity) -> Non
         link.run(link.requester.get_certificate())
 
 
-def test_changed_params_reissue_leaf_only(tmp_path: Path) -> None:
-    a = load_or_create(tmp_path, IdentityParams(key_type="ecdsa-p256", device_id=0x1111))
-    b = load_or_create(tmp_path, IdentityParams(key_type="ecdsa-p256", device_id=0x2222))
-    assert a.root == b.root and a.certs[1] == b.certs[1] and a.leaf != b.leaf
-    san = b.leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert b"Device=2222" in san.get_values_for_type(x509.OtherName)[0].value
-    verify_chain(b.spdm_chain(BaseHash.SHA_256), [a.root], BaseHash.SHA_256,
-                 BaseAsym.ECDSA_P256)
-    c = load_or_create(tmp_path, IdentityParams(key_type="ecdsa-p384"))
-    assert c.root != a.root

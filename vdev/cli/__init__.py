@@ -549,6 +549,9 @@ def build_parser() -> argparse.ArgumentParser:
     from vdev.cli.kernel import add_kernel_parser
 
     add_kernel_parser(sub)  # vdev kernel build|check|fetch-debian
+    from vdev.cli.qemu import add_qemu_parser
+
+    add_qemu_parser(sub)  # vdev qemu build
     accept_after_subcommands(p, "--log-level", choices=["debug", "info", "warning", "error"],
                              help="as before the command (default info)")
     return p
@@ -626,7 +629,8 @@ def stopped_by_signals() -> Any:
 
 def _command_name(args: argparse.Namespace) -> str:
     words = [getattr(args, k, None) for k in ("command", "tsm_command", "trace_command",
-                                              "identity_command")]
+                                              "identity_command", "kernel_command",
+                                              "qemu_command")]
     return " ".join(["vdev", *(w for w in words if w)])
 
 

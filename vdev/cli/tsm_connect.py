@@ -351,13 +351,9 @@ def render(e: dict[str, Any], tsm: TsmModel | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:  # `python -m vdev.cli.tsm_connect connect ...`
-    p = argparse.ArgumentParser(prog="tsm")
-    add_connect_parser(p.add_subparsers(dest="cmd", required=True))
-    args = p.parse_args(argv)
-    rc: int = args.func(args)
-    return rc
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m vdev.cli.tsm_connect connect ...` is `vdev tsm connect ...`, through the
+    # command line's guard (one line for an error, cleanup on Ctrl-C and SIGTERM).
+    from vdev.cli import main
+
+    sys.exit(main(["tsm", *sys.argv[1:]]))

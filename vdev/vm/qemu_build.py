@@ -22,7 +22,6 @@ rebuilds incrementally in the same build tree.
 
 from __future__ import annotations
 
-import argparse
 import fcntl
 import json
 import os
@@ -36,7 +35,6 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 
 from vdev.vm.debian_archive import Archive, ArchiveError, file_sha256, host_mirror
 from vdev.vm.env import REPO, VmEnvError, cache_dir, find_env
@@ -512,33 +510,6 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
-def _on_sigterm(_signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="make qemu", description="Build the patched QEMU (qemu/README.md) into the cache "
-        "and print its path.")
-    parser.add_argument("--check", action="store_true",
-                        help="run the series' qtests even if the build is cached")
-    parser.add_argument("--jobs", "-j", type=int, default=None,
-                        help="parallel compile jobs (default: all CPUs, niced)")
-    args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    try:
-        binary = ensure_qemu(jobs=args.jobs, check=args.check)
-    except KeyboardInterrupt:
-        _children.kill_all()
-        say("interrupted; partial results removed")
-        return 130
-    except (QemuBuildError, OSError) as exc:
-        _children.kill_all()
-        say(f"error: {exc}")
-        return 1
-    print(binary)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def stop_children() -> None:
+    """Stop every build process still running (the build was interrupted or failed)."""
+    _children.kill_all()

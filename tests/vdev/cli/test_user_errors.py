@@ -209,3 +209,75 @@ def test_vm_without_a_terminal_refuses_before_starting_anything(tmp_path: Path) 
         "`vdev run` boots the guest and reports"
     assert out.returncode == 1
     assert not (tmp_path / "vm").exists()
+
+
+def test_tsm_connect_as_a_module_goes_through_the_guard(tmp_path: Path) -> None:
+    """`python -m vdev.cli.tsm_connect connect ...` is `vdev tsm connect ...`: a Ctrl-C
+    while the device does not answer is one line and exit 130, never a traceback."""
+    import signal
+    import socket
+    import time
+
+    anchor = tmp_path / "root.pem"
+    from spdm.identity import generate_identity
+
+    anchor.write_bytes(generate_identity().root.public_bytes(serialization.Encoding.PEM))
+    with socket.socket() as mute:  # accepts, never answers
+        mute.bind(("127.0.0.1", 0))
+        mute.listen()
+        port = mute.getsockname()[1]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vdev.cli.tsm_connect", "connect", "--spdm-emu",
+             f"127.0.0.1:{port}", "--trust-anchor", str(anchor)],
+            cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True)
+        conn, _ = mute.accept()
+        with conn:
+            time.sleep(0.5)  # inside the first exchange
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, (out, err)
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == \
+        "vdev tsm connect: interrupted", err
+    bad = subprocess.run([sys.executable, "-m", "vdev.cli.tsm_connect", "connect",
+                          "--spdm-emu", "127.0.0.1:1", "--trust-anchor", str(tmp_path)],
+                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    one_line_error(bad, "vdev tsm connect:")
+
+
+@pytest.mark.parametrize("failure, status, line", [
+    (RuntimeError("boom"), 70, "vdev qemu build: internal error: RuntimeError: boom"),
+    (KeyboardInterrupt(), 130, "vdev qemu build: interrupted"),
+    (OSError(28, "No space left on device"), 1, "vdev qemu build: [Errno 28] No space left"),
+])
+def test_make_qemu_goes_through_the_guard_and_stops_its_children(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        failure: BaseException, status: int, line: str) -> None:
+    import vdev.cli as cli
+    from vdev.vm import qemu_build
+
+    stopped: list[bool] = []
+
+    def fails(**_kw: object) -> Path:
+        raise failure
+
+    monkeypatch.setattr(qemu_build, "ensure_qemu", fails)
+    monkeypatch.setattr(qemu_build, "stop_children", lambda: stopped.append(True))
+    assert cli.main(["qemu", "build"]) == status
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(line), err
+    assert stopped == [True]
+
+
+def test_make_qemu_says_what_failed_in_one_line(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import vdev.cli as cli
+    from vdev.vm import qemu_build
+
+    def fails(**_kw: object) -> Path:
+        raise qemu_build.QemuBuildError("apt-get failed: no network")
+
+    monkeypatch.setattr(qemu_build, "ensure_qemu", fails)
+    monkeypatch.setattr(qemu_build, "stop_children", lambda: None)
+    assert cli.main(["qemu", "build"]) == 1
+    assert capsys.readouterr().err == "vdev qemu build: apt-get failed: no network\n"

@@ -4,6 +4,8 @@ stops the server with a message saying how to regenerate on purpose."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import stat
 from pathlib import Path
@@ -122,10 +124,13 @@ def test_two_devices_generating_at_once_end_with_one_identity(tmp_path: Path) ->
 
 
 def test_earlier_layout_is_used_in_place_when_it_matches(tmp_path: Path) -> None:
-    from spdm.identity import load_or_create
-
     old = tmp_path / "1ded-7e10"
-    load_or_create(old, identity_params(P384))  # what earlier versions wrote
+    # What earlier versions wrote: the chain and keys in slot0/, beside what they were
+    # issued for.
+    params = identity_params(P384)
+    save_identity(generate_identity(params), old / "slot0")
+    (old / "slot0" / "params.json").write_text(
+        json.dumps(dataclasses.asdict(params), sort_keys=True))
     before = snapshot(old)
     loaded = load_or_generate(P384, tmp_path)
     assert loaded.slot_dir == old / "slot0" and not loaded.created

@@ -90,24 +90,25 @@ def test_not_root_gets_the_apt_command(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_failure_is_one_line_without_traceback(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    proc = subprocess.run(
-        [sys.executable, "-m", "vdev.vm.qemu_build"], capture_output=True, text=True,
+    proc = subprocess.run(  # what `make qemu` runs
+        [sys.executable, "-m", "vdev.cli", "qemu", "build"], capture_output=True, text=True,
         cwd=REPO, env={**os.environ, "VDEV_CACHE": str(blocker / "cache")}, timeout=60,
     )
     assert proc.returncode == 1
     assert proc.stdout == ""
-    assert proc.stderr.startswith("[qemu] error: ") and proc.stderr.count("\n") == 1
-    assert "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("vdev qemu build: ") and proc.stderr.count("\n") == 1, \
+        proc.stderr
+    assert "Not a directory" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_sigterm_stops_the_running_step_and_its_children(tmp_path: Path) -> None:
     pidfile = tmp_path / "child.pid"
     code = (
-        "import signal, sys\n"
+        "from vdev.cli import stopped_by_signals\n"
         "from vdev.vm import qemu_build as q\n"
-        "signal.signal(signal.SIGTERM, q._on_sigterm)\n"
         "try:\n"
-        f"    q.run(['sh', '-c', 'sleep 60 & echo $! > {pidfile}; wait'], what='step')\n"
+        "    with stopped_by_signals():  # as vdev qemu build runs it\n"
+        f"        q.run(['sh', '-c', 'sleep 60 & echo $! > {pidfile}; wait'], what='step')\n"
         "except KeyboardInterrupt:\n"
         "    print('interrupted')\n"
     )
