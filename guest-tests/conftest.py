@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,6 +50,18 @@ def workdir(request: pytest.FixtureRequest) -> Iterator[Path]:
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir(parents=True)
     yield d
+
+
+@pytest.fixture(autouse=True)
+def private_tmp(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Every temporary directory a guest test makes (its sockets' short private
+    directories: vdev.vm.session.socket_path), and its servers', goes into one of its
+    own, removed afterwards: a test leaves nothing in /tmp."""
+    tmp = Path(tempfile.mkdtemp(prefix="vdev-t-"))  # short: UNIX socket paths go there
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    yield tmp
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -64,10 +64,10 @@ def _load_profile(path: str | None) -> DeviceProfile:
     """`--profile`: a TOML file or the name of a shipped profile (vdev/profiles/)."""
     try:
         return load_profile(path)
-    except FileNotFoundError as exc:
-        raise SystemExit(f"vdev: {exc}") from None
+    except FileNotFoundError as exc:  # worded by main() under the command's name
+        raise UsageError(str(exc)) from None
     except ProfileError as exc:
-        raise SystemExit(f"vdev: bad profile {path}: {exc}") from None
+        raise UsageError(f"bad profile {path}: {exc}") from None
 
 
 def tcp_port(text: str) -> int:

@@ -17,8 +17,9 @@ from vdev.vm.env import REPO
 
 
 def test_run_with_an_unknown_profile_names_the_shipped_ones() -> None:
-    line = one_line_error(vdev("run", "--profile", "nosuch"), "vdev")
-    assert "'nosuch' is neither a file nor a shipped profile" in line
+    line = one_line_error(vdev("run", "--profile", "nosuch"), "vdev run:")
+    assert line.startswith("vdev run: profile 'nosuch' is neither a file nor a shipped "
+                           "profile"), line
     assert "auth-only-spdm12, default, full, pqc, pqc-kem" in line
 
 
@@ -26,9 +27,9 @@ def test_run_with_a_badly_typed_profile_names_the_key(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text('msix_vectors = "lots"\n')
     out = vdev("run", "--profile", bad)
-    line = one_line_error(out, "vdev")
-    assert line == f"vdev: bad profile {bad}: profile key 'msix_vectors': expected int, " \
-        "got 'lots'"
+    line = one_line_error(out, "vdev run:")
+    assert line == f"vdev run: bad profile {bad}: profile key 'msix_vectors': expected " \
+        "int, got 'lots'"
     assert out.returncode == 1
 
 
