@@ -53,10 +53,14 @@ def workdir(request: pytest.FixtureRequest) -> Iterator[Path]:
 
 
 @pytest.fixture(autouse=True)
-def private_tmp(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def private_tmp(monkeypatch: pytest.MonkeyPatch,
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Every temporary directory a guest test makes (its sockets' short private
     directories: vdev.vm.session.socket_path), and its servers', goes into one of its
     own, removed afterwards: a test leaves nothing in /tmp."""
+    # pytest's own base directory (tmp_path) is fixed before TMPDIR changes: made
+    # later, it would land in this test's directory and go with it.
+    tmp_path_factory.getbasetemp()
     tmp = Path(tempfile.mkdtemp(prefix="vdev-t-"))  # short: UNIX socket paths go there
     monkeypatch.setattr(tempfile, "tempdir", str(tmp))
     monkeypatch.setenv("TMPDIR", str(tmp))

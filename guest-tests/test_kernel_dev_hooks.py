@@ -18,9 +18,11 @@ RUN_DIR = REPO / "out" / "run"
 def make_run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
     clean = {k: v for k, v in os.environ.items()
              if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "KERNEL", "KDIR")}
+    # A wide "terminal" (the summary wraps long rows at COLUMNS), so that each row
+    # the tests look for is on one line.
     proc = subprocess.run(["make", "--no-print-directory", "run", *args], cwd=REPO,
-                          env={**clean, **(env or {})}, capture_output=True, text=True,
-                          timeout=600)
+                          env={**clean, "COLUMNS": "300", **(env or {})},
+                          capture_output=True, text=True, timeout=600)
     out = proc.stdout + proc.stderr
     assert "Traceback" not in out, out[-3000:]
     return proc.returncode, out
