@@ -8,8 +8,14 @@ KSRC=`.  The refusals a developer meets before QEMU starts are asserted
 with their messages.  Everything goes through `make`, verbatim as
 docs/kernel-developers.md shows it.
 
-Cache: $VDEV_CACHE/linux-7.3/{src,obj,tree} plus a `version` stamp; a warm
-run finds both builds done and kbuild compiles nothing (asserted).
+The same source is also built with clang (`LLVM=-19`: Debian 12's newest
+clang that Linux 7.3 accepts, which wants LLVM 17.0.1 or later) into a
+third O= tree, and the connect flow runs on it with the guest modules built
+by that clang, found from the tree's .config without LLVM= being repeated.
+
+Cache: $VDEV_CACHE/linux-7.3/{src,obj,obj-clang,tree} plus a `version`
+stamp; a warm run finds the builds done and kbuild compiles nothing
+(asserted for obj).
 """
 
 from __future__ import annotations
@@ -180,3 +186,43 @@ def test_make_kernel_names_a_required_option_it_cannot_set(trees: Trees, tmp_pat
                          "attributes, pci_tsm_doe_transfer() and the link-TSM ops vtsm "
                          "registers")
     assert not (tmp_path / "obj").exists()
+
+
+CLANG = "-19"
+
+
+@pytest.fixture(scope="session")
+def clang_obj(trees: Trees) -> Path:
+    """The source built with clang into its own O= tree (clang, lld and llvm
+    installed by `make kernel` when missing)."""
+    obj = trees.src.parent / "obj-clang"
+    started = time.monotonic()
+    out = _make_kernel(f"KSRC={trees.src}", f"O={obj}", f"LLVM={CLANG}")
+    print(f"make kernel (clang) took {time.monotonic() - started:.0f} s", file=sys.stderr)
+    assert f"compiler clang{CLANG} (LLVM={CLANG})" in out, out[-2000:]
+    assert f"[kernel] KDIR     {obj}" in out
+    return obj
+
+
+@pytest.mark.timeout(1800)  # a cold cache installs clang and builds the tree first
+def test_run_on_a_clang_build(clang_obj: Path) -> None:
+    cfg = (clang_obj / ".config").read_text()
+    assert "CONFIG_CC_IS_CLANG=y" in cfg and "CONFIG_LD_IS_LLD=y" in cfg
+    # LLVM= is not repeated: the tree's .config says which clang built it
+    out = _run_ok(f"KERNEL={clang_obj}/arch/x86/boot/bzImage", f"KDIR={clang_obj}")
+    assert f"against {clang_obj} with clang{CLANG} (LLVM={CLANG}), booting" in out
+    for module in ("vtsm", "vdevtest"):
+        build = REPO / "out" / "run" / "modules" / module
+        assert f"M={build} LLVM={CLANG} modules" in (build / "build.log").read_text()
+        # the compiler's own stamp in the module's .comment section
+        assert b"clang version 19." in (build / f"{module}.ko").read_bytes()
+
+
+@pytest.mark.timeout(1800)
+def test_a_toolchain_that_did_not_build_the_tree_is_refused_before_boot(
+        trees: Trees, clang_obj: Path) -> None:
+    out = _refused(f"KERNEL={trees.tree}/arch/x86/boot/bzImage", f"KDIR={trees.tree}",
+                   f"LLVM={CLANG}")
+    assert f"vdev run: LLVM={CLANG} given, but the tree was configured with 'gcc" in out
+    out = _refused(f"KERNEL={clang_obj}/arch/x86/boot/bzImage", f"KDIR={clang_obj}", "LLVM=-16")
+    assert "vdev run: LLVM=-16 given, but the tree was built with 'Debian clang version 19." in out

@@ -105,6 +105,17 @@ def _print(msg: str) -> None:
     NARRATOR.say(msg)
 
 
+def _with_compiler(kdir: Path) -> str:
+    """' with clang-19 (LLVM=-19)': the compiler the modules are built with;
+    nothing when it cannot be told (the build then says why)."""
+    from vdev.vm.kernel import KernelError, KernelTree, module_toolchain
+
+    try:
+        return f" with {module_toolchain(KernelTree.at(kdir)).describe}"
+    except KernelError:
+        return ""
+
+
 def _narrate(line: str) -> None:
     i = line.find(MARK)
     if i < 0:
@@ -337,7 +348,8 @@ def connect_report(
     result: VmResult | None = None
     try:
         if narrate:
-            where = f"against {env.kdir_override}" if env.kdir_override else "in the VM root"
+            where = f"against {env.kdir_override}{_with_compiler(env.kdir_override)}" \
+                if env.kdir_override else "in the VM root"
             _print(f"  [guest]  building {', '.join(m + '.ko' for m in modules)} {where}, "
                    "booting")
         result = run.boot(on_line=_narrate if narrate else None)

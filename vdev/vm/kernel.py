@@ -165,6 +165,10 @@ def tree_toolchain(config: dict[str, str], llvm: str | None = None) -> Toolchain
             tc = llvm_toolchain(v)
             if _version_line(tc.describe.split()[0]) == want:
                 return tc
+        if llvm:
+            raise KernelError(f"LLVM={llvm} given, but the tree was built with {want!r}: drop "
+                              "LLVM= to use the clang that prints that version, or rebuild the "
+                              f"tree with LLVM={llvm}")
         raise KernelError(f"the tree was built with {want!r}, and no clang on PATH prints that "
                           "version: install it (or pass LLVM=-NN for clang-NN)")
     if llvm:
@@ -321,12 +325,34 @@ def _run_make(argv: list[str], what: str, quiet: bool) -> None:
 
 
 def first_error(output: str) -> str:
-    """The first line of a make/compiler log that says what went wrong."""
+    """The first line of a make/compiler log that says what went wrong.
+
+    kbuild's own refusals come as a banner of `***` lines (a compiler too old
+    or unsupported, a missing tool): those are joined into one line.  make's
+    `make[N]: *** [...] Error N` lines only say that a recipe failed, so they
+    are the last resort."""
     lines = output.splitlines()
-    for pattern in (r"\berror:", r"\*\*\*", r"ERROR:", r"[Ee]rror"):
+    for line in lines:
+        if re.search(r"\berror:", line):
+            return line.strip()
+    banner: list[str] = []
+    for line in lines:
+        if line.startswith("***"):
+            text = line.strip("* \t")
+            if text:
+                banner.append(re.sub(r"\s{2,}", " ", text))
+        elif banner:
+            break
+    if banner:
+        return " ".join(banner)
+    recipe = re.compile(r"^make(\[\d+\])?: \*\*\*")
+    for pattern in (r"ERROR:", r"[Ee]rror", r"\*\*\*"):
         for line in lines:
-            if re.search(pattern, line):
+            if re.search(pattern, line) and not recipe.match(line):
                 return line.strip()
+    for line in lines:
+        if recipe.match(line):
+            return line.strip()
     return lines[-1].strip() if lines else "no output"
 
 
@@ -450,15 +476,22 @@ def check_pair(kernel: str | None, kdir: str | None, default_image: Path,
                 f"KERNEL={kernel} is release {image.release} but KDIR={kdir} is {release}: "
                 "modules built there would not load into that kernel; point both at one build")
         check_config(tree, project_fragment(), say)
+        module_toolchain(tree)  # a compiler that can build its modules is on this host
     return GuestKernel(image, tree)
 
 
 # ---- guest modules against the user's tree -----------------------------------------------
 
 
+def module_toolchain(tree: KernelTree) -> Toolchain:
+    """The compiler a module for `tree` is built with: the tree's own (LLVM= from
+    the environment picks among clangs)."""
+    return tree_toolchain(tree.config(), os.environ.get("LLVM") or None)
+
+
 def build_module_on_host(src: Path, out: Path, tree: KernelTree) -> Path:
     """Build an out-of-tree module with the compiler that built `tree`; the .ko."""
-    toolchain = tree_toolchain(tree.config(), os.environ.get("LLVM") or None)
+    toolchain = module_toolchain(tree)
     shutil.rmtree(out, ignore_errors=True)
     shutil.copytree(src, out)
     argv = ["make", "-C", str(tree.build), f"M={out}", *toolchain.make_vars, "modules"]

@@ -4,6 +4,7 @@ on hand-made trees and images (no kernel build)."""
 from __future__ import annotations
 
 import struct
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from vdev.vm.kernel import (
     KernelTree,
     build_kernel,
     check_pair,
+    first_error,
     gcc_toolchain,
     llvm_toolchain,
     project_fragment,
@@ -24,15 +26,25 @@ from vdev.vm.kernel import (
 PVH = [(b"Xen", 18, struct.pack("<I", 0x1000000))]
 
 
-def fake_tree(root: Path, release: str, *, drop: str | None = None, o_of: Path | None = None
-              ) -> Path:
+def host_gcc() -> str:
+    """The first line of this host's `gcc --version`: what kbuild records as
+    CONFIG_CC_VERSION_TEXT for a tree built here."""
+    return subprocess.run(["gcc", "--version"], capture_output=True, text=True,
+                          check=True).stdout.splitlines()[0]
+
+
+def fake_tree(root: Path, release: str, *, drop: str | None = None, o_of: Path | None = None,
+              cc: str | None = None, clang: bool = False) -> Path:
     """A built tree as far as the checks look: Makefile, .config with the
-    fragment's options (minus `drop`), include/config/kernel.release."""
+    fragment's options (minus `drop`) and the compiler that configured it
+    (this host's gcc unless `cc`), include/config/kernel.release."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "Makefile").write_text("# kbuild\n")
     if o_of is not None:
         (root / "source").symlink_to(o_of)
     lines = [o.line() for o in project_fragment() if o.name != drop]
+    lines += [f'CONFIG_CC_VERSION_TEXT="{cc or host_gcc()}"',
+              "CONFIG_CC_IS_CLANG=y" if clang else "CONFIG_CC_IS_GCC=y"]
     (root / ".config").write_text("\n".join(lines) + "\n")
     (root / "include" / "config").mkdir(parents=True)
     (root / "include" / "config" / "kernel.release").write_text(release + "\n")
@@ -106,11 +118,29 @@ def test_kdir_checks(tmp_path: Path) -> None:
         check_pair(str(bz(tmp_path / "b", "1.0")), str(unbuilt), tmp_path / "d")
 
 
-def test_toolchain_from_the_trees_config() -> None:
-    import subprocess
+def test_a_pair_whose_modules_no_compiler_here_can_build_is_refused_before_booting(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    image = bz(tmp_path / "bzImage", "7.3.4-dev")
+    gcc_tree = fake_tree(tmp_path / "gcc", "7.3.4-dev")
+    monkeypatch.setenv("LLVM", "-19")
+    with pytest.raises(KernelError, match=r"LLVM=-19 given, but the tree was configured with "
+                       r"'.*gcc.*': drop LLVM= or reconfigure"):
+        check_pair(str(image), str(gcc_tree), tmp_path / "d")
+    monkeypatch.delenv("LLVM")
+    assert check_pair(str(image), str(gcc_tree), tmp_path / "d").tree is not None
+    clang_tree = fake_tree(tmp_path / "clang", "7.3.4-dev", clang=True,
+                           cc="Debian clang version 99.0.0 (1)")
+    with pytest.raises(KernelError, match=r"built with 'Debian clang version 99\.0\.0 \(1\)', "
+                       r"and no clang on PATH prints that version"):
+        check_pair(str(image), str(clang_tree), tmp_path / "d")
+    monkeypatch.setenv("LLVM", "-98")
+    with pytest.raises(KernelError, match=r"LLVM=-98 given, but the tree was built with "
+                       r"'Debian clang version 99\.0\.0 \(1\)': drop LLVM="):
+        check_pair(str(image), str(clang_tree), tmp_path / "d")
 
-    first = subprocess.run(["gcc", "--version"], capture_output=True, text=True).stdout
-    text = first.splitlines()[0]
+
+def test_toolchain_from_the_trees_config() -> None:
+    text = host_gcc()
     assert tree_toolchain({"CONFIG_CC_VERSION_TEXT": f'"{text}"'}) == gcc_toolchain("gcc")
     with pytest.raises(KernelError, match=r"built with 'gcc-99 \(Nowhere\) 99\.0'.*gcc-99"):
         tree_toolchain({"CONFIG_CC_VERSION_TEXT": '"gcc-99 (Nowhere) 99.0"'})
@@ -120,6 +150,36 @@ def test_toolchain_from_the_trees_config() -> None:
     assert llvm_toolchain("-19").packages == ("clang-19", "lld-19", "llvm-19")
     with pytest.raises(KernelError, match="use LLVM=1 or a version suffix"):
         llvm_toolchain("yes")
+
+
+# kbuild's output for `make LLVM=-16 tinyconfig` on Linux 7.3 (minimum LLVM 17.0.1).
+TOO_OLD = """\
+  HOSTLD  scripts/kconfig/conf
+***
+*** C compiler is too old.
+***   Your Clang version:    16.0.6
+***   Minimum Clang version: 17.0.1
+***
+scripts/Kconfig.include:45: Sorry, this C compiler is not supported.
+make[5]: *** [/src/scripts/kconfig/Makefile:85: allnoconfig] Error 1
+make[1]: *** [/src/Makefile:260: __sub-make] Error 2
+make: *** [Makefile:260: __sub-make] Error 2
+"""
+
+
+def test_first_error_says_what_went_wrong() -> None:
+    assert first_error(TOO_OLD) == ("C compiler is too old. Your Clang version: 16.0.6 "
+                                    "Minimum Clang version: 17.0.1")
+    compiler = "  CC [M]  vtsm.o\nvtsm.c:12:3: error: 'x' undeclared\nmake[2]: *** [x] Error 1\n"
+    assert first_error(compiler) == "vtsm.c:12:3: error: 'x' undeclared"
+    modpost = ("  MODPOST Module.symvers\nERROR: modpost: \"pci_ide_x\" [vtsm.ko] undefined!\n"
+               "make[2]: *** [scripts/Makefile.modpost:147: Module.symvers] Error 1\n")
+    assert first_error(modpost) == 'ERROR: modpost: "pci_ide_x" [vtsm.ko] undefined!'
+    # only make's own lines: the innermost recipe that failed
+    assert first_error("make[1]: *** [a] Error 2\nmake: *** [b] Error 2\n") == \
+        "make[1]: *** [a] Error 2"
+    assert first_error("all\nfine\nlast words\n") == "last words"
+    assert first_error("") == "no output"
 
 
 def test_build_refusals_before_anything_runs(tmp_path: Path) -> None:
