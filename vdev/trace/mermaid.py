@@ -1,4 +1,4 @@
-"""A trace as a Mermaid sequence diagram (https://mermaid.js.org/syntax/sequenceDiagram.html):
+"""A trace as a Mermaid sequence diagram (Mermaid's sequenceDiagram syntax):
 the requester (the TSM, through the host's DOE mailbox) and the device, one arrow per
 message, and the state changes as notes on the side they happened.
 
