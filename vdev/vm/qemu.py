@@ -179,15 +179,22 @@ def run_vm(
             stderr=subprocess.PIPE, text=True, errors="replace", process_group=0,
         )
         lock = threading.Lock()
+        interrupted = threading.Event()  # what is left is drained, not narrated
+
+        def record(lines: list[str], line: str, logged: str) -> None:
+            # A reader may still hold a line when an interrupted run closes the
+            # log on its way out; that line is kept in memory, not written.
+            with lock:
+                lines.append(line)
+                if not log.closed:
+                    log.write(logged)
+                    log.flush()
 
         def pump() -> None:
             assert proc.stdout is not None
             for line in proc.stdout:
-                with lock:
-                    console.append(line)
-                    log.write(line)
-                    log.flush()
-                if on_line:
+                record(console, line, line)
+                if on_line and not interrupted.is_set():
                     on_line(line.rstrip("\r\n"))
 
         def pump_stderr() -> None:
@@ -195,10 +202,7 @@ def run_vm(
             # failure of a run is often one of them) and are logged marked.
             assert proc.stderr is not None
             for line in proc.stderr:
-                with lock:
-                    stderr.append(line)
-                    log.write("# qemu stderr: " + line)
-                    log.flush()
+                record(stderr, line, "# qemu stderr: " + line)
 
         readers = [threading.Thread(target=pump, daemon=True),
                    threading.Thread(target=pump_stderr, daemon=True)]
@@ -212,13 +216,18 @@ def run_vm(
             proc.kill()
             proc.wait()
         except BaseException:  # Ctrl-C, SIGTERM: QEMU goes with us
+            interrupted.set()
             proc.kill()
             proc.wait()
             raise
-        for reader in readers:
-            reader.join(timeout=5)
+        finally:
+            # The readers finish the pipes QEMU leaves behind before the log closes.
+            for reader in readers:
+                if reader.is_alive():
+                    reader.join(timeout=5)
         if timed_out:
-            log.write(f"\n# QEMU killed after {spec.timeout:.0f} s timeout\n")
+            with lock:
+                log.write(f"\n# QEMU killed after {spec.timeout:.0f} s timeout\n")
     return VmResult(
         accel=accel, returncode=proc.returncode, timed_out=timed_out,
         seconds=time.monotonic() - start, console=console, argv=argv, stderr=stderr,

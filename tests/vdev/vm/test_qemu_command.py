@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import signal
+import threading
+import time
 from pathlib import Path
 
+import pytest
+
 from vdev.vm.env import VmEnv
-from vdev.vm.qemu import VfioUserAttach, VmResult, VmSpec, qemu_command
+from vdev.vm.qemu import VfioUserAttach, VmResult, VmSpec, qemu_command, run_vm
 
 
 def test_device_behind_root_port_with_json_socket(tmp_path: Path) -> None:
@@ -46,3 +51,43 @@ def test_console_records() -> None:
     assert res.value("doe_features") == "a b"
     assert res.dmesg == ["[ 1.0] hello"]
     assert res.completed
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_an_interrupted_boot_leaves_the_console_readers_nothing_to_trip_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C during a boot: QEMU is killed and the log closes with the run, while a
+    reader may still be draining what QEMU printed. No reader may fail on the closed
+    log (that printed a thread traceback under `make run`'s interrupted line)."""
+    qemu = tmp_path / "qemu"
+    qemu.write_text("#!/bin/sh\nwhile :; do seq 1 2000; echo err >&2; done\n")
+    qemu.chmod(0o755)
+    spec = VmSpec(env=VmEnv(tmp_path, qemu_override=qemu), initrd=tmp_path / "i.gz",
+                  accel="tcg", timeout=60)
+    failures: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: failures.append(args.exc_value))
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise _Interrupted
+
+    never = threading.Event()
+
+    def slow(_: str) -> None:
+        never.wait(0.0005)
+
+    old = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 0.3)
+    try:
+        with pytest.raises(_Interrupted):
+            # A slow console hook keeps the stdout reader behind QEMU's output, so
+            # it still holds lines when the run is interrupted.
+            run_vm(spec, tmp_path / "console.log", on_line=slow)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    time.sleep(0.2)  # any reader still running would now hit the closed log
+    assert failures == []
+    assert (tmp_path / "console.log").read_text().count("\n2000\n") >= 1
