@@ -30,6 +30,7 @@ from spdm.identity import CertSlots, DeviceIdentity, IdentityParams, generate_id
 from spdm.measurements import default_measurements
 from spdm.requester import AlgorithmOffer, Outgoing, Requester, RequesterConfig
 from spdm.responder import Responder, ResponderConfig
+from vdev.profiles import DeviceProfile
 from vdev.vm.env import REPO
 
 SETS: dict[str, dict[str, Any]] = {
@@ -66,6 +67,18 @@ def _requester(alg: dict[str, Any], anchors: list[x509.Certificate]) -> Requeste
     )))
 
 
+HEARTBEAT_PERIOD_S = DeviceProfile().spdm_heartbeat_period
+
+
+def _responder(identity: DeviceIdentity) -> Responder:
+    """The device side of `handshake`.  HEARTBEAT is part of it, so HBEAT_CAP is
+    advertised with the device profile's default period (0 would mean no heartbeat,
+    and HEARTBEAT would be refused as unsupported)."""
+    return Responder(ResponderConfig(slots=CertSlots({0: identity}),
+                                     measurements=default_measurements,
+                                     heartbeat_period=HEARTBEAT_PERIOD_S))
+
+
 def handshake(req: Requester, transport: Any) -> None:
     req.run(req.init_connection(), transport)
     req.run(req.get_digests(), transport)
@@ -79,8 +92,7 @@ def handshake(req: Requester, transport: Any) -> None:
 
 
 def _in_process_round(alg: dict[str, Any], identity: DeviceIdentity) -> None:
-    rsp = Responder(ResponderConfig(slots=CertSlots({0: identity}),
-                                    measurements=default_measurements))
+    rsp = _responder(identity)
     req = _requester(alg, [identity.root])
 
     def transport(out: Outgoing) -> bytes:
@@ -163,8 +175,7 @@ def message_sizes() -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, alg in SETS.items():
         identity = generate_identity(IdentityParams(key_type=alg["key_type"]))
-        rsp = Responder(ResponderConfig(slots=CertSlots({0: identity}),
-                                        measurements=default_measurements))
+        rsp = _responder(identity)
         req = _requester(alg, [identity.root])
         wire: list[tuple[bytes, bytes]] = []
 

@@ -97,3 +97,13 @@ def test_c_doe_client_moves_4_kib_objects(tmp_path: Path) -> None:
     c = out["same_cpu"]["4KiB_c_client"]
     assert c["config_accesses_per_exchange"] == 2057 and c["ms_per_exchange"] > 0
     assert out["same_cpu"]["64B_c_client"]["config_accesses_per_exchange"] == 41
+
+
+def test_the_benchmarked_handshake_runs_to_the_end() -> None:
+    """Every step of `make bench`'s handshake (HEARTBEAT included) is one the
+    responder it benchmarks accepts."""
+    from bench.spdm_bench import _IDENTITIES, SETS, _in_process_round
+    from spdm.identity import IdentityParams, generate_identity
+
+    identity = generate_identity(IdentityParams(key_type=_IDENTITIES["P-256"][0]))
+    _in_process_round(SETS["P-256/SHA-256/AES-128-GCM"], identity)
