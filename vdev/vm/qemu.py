@@ -32,12 +32,15 @@ class VfioUserAttach:
     """One vfio-user device, each placed behind its own PCIe root port.
 
     `root_port` adds options to that root port, e.g. "x-ide-streams=4" for
-    the patched QEMU's IDE capability (qemu/README.md).
+    the patched QEMU's IDE capability (qemu/README.md).  `post_config_writes`
+    sets that QEMU's x-post-config-writes: config space writes are sent without
+    waiting for the reply (stock QEMU has no such property).
     """
 
     socket: Path
     id: str = "vu0"
     root_port: str = ""
+    post_config_writes: bool = False
 
 
 @dataclass
@@ -149,6 +152,7 @@ def qemu_command(spec: VmSpec, accel: str) -> list[str]:
                 "driver": "vfio-user-pci", "id": dev.id, "bus": rp, "addr": "0x0",
                 # Only the JSON form of the socket property works (docs/vfio-user-qemu.md §9).
                 "socket": {"type": "unix", "path": str(dev.socket)}, "rombar": 0,
+                **({"x-post-config-writes": True} if dev.post_config_writes else {}),
             }, separators=(",", ":")),
         ]
     argv += spec.qemu_args

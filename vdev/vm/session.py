@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from vdev.vm.env import GUEST, GUEST_TESTS, REPO, VmEnv, build_module
@@ -147,7 +147,7 @@ class GuestRun:
             timeout=self.timeout,
             qemu_args=list(self.qemu_args),
             devices=[
-                VfioUserAttach(d.socket, id=f"vu{i}", root_port=d.root_port)
+                replace(d, id=f"vu{i}")
                 if isinstance(d, VfioUserAttach) else VfioUserAttach(d, id=f"vu{i}")
                 for i, d in enumerate(self.devices)
             ],

@@ -43,6 +43,16 @@ def test_root_port_options_reach_only_their_port(tmp_path: Path) -> None:
     assert devs[2] == "pcie-root-port,id=rp2,bus=pcie.0,chassis=2,slot=2"
 
 
+def test_posted_config_writes_only_where_asked(tmp_path: Path) -> None:
+    spec = VmSpec(env=VmEnv(tmp_path, qemu_override=Path("/usr/bin/qemu-x")),
+                  initrd=tmp_path / "i.gz",
+                  devices=[VfioUserAttach(Path("/tmp/a.sock"), post_config_writes=True),
+                           VfioUserAttach(Path("/tmp/b.sock"), id="vu1")])
+    devs = [json.loads(a) for a in qemu_command(spec, "tcg") if a.startswith("{")]
+    assert devs[0]["x-post-config-writes"] is True
+    assert "x-post-config-writes" not in devs[1]  # stock QEMU would refuse the property
+
+
 def test_console_records() -> None:
     res = VmResult(accel="tcg", returncode=0, timed_out=False, seconds=1.0, argv=[],
                    console=["noise\n", "@@VDEV boot 7.3.4\r\n", "x@@VDEV doe_features a b\n",
