@@ -64,6 +64,9 @@ TARGETS = [
      ("doe_throughput", "same_cpu", "4KiB_c_client", "ratio_to_floor_side_by_side"), 1.5, "x"),
     ("4 KiB DOE exchange / round-trip floor, from the guest, same CPU",
      ("guest_doe", "ratio_to_floor"), 1.5, "x"),
+    ("the same, make qemu's QEMU: inline receive + x-post-config-writes",
+     ("guest_doe_qemu_series", "inline_receive_posted_config_writes", "ratio_to_floor"),
+     1.5, "x"),
 ]
 
 
@@ -91,6 +94,26 @@ def _dig(report: dict[str, Any], path: tuple[str, ...]) -> Any:
     for key in path:
         node = node.get(key) if isinstance(node, dict) else None
     return node
+
+
+def _guest_doe_qemu_series(report: dict[str, Any]) -> dict[str, Any]:
+    """The guest's DOE exchange again with `make qemu`'s QEMU, whose series has the
+    two vfio-user changes of qemu/README.md: the waiting vCPU thread reads its own
+    reply, and (opt-in) config writes are posted.  Same pinning and floor."""
+    from bench.guest_doe import bench_guest_doe
+    from vdev.vm.qemu_build import installed_binary
+
+    binary = installed_binary()
+    if binary is None:
+        return {"skipped": "make qemu has not built the patched QEMU"}
+    access = report["config_access"]
+    floor = _dig(access, ("reads", "config_0", "floor_blocking", "p50_us"))
+    return {
+        "inline_receive": bench_guest_doe(access.get("cpu"), floor_rtt_us=floor,
+                                          qemu=binary),
+        "inline_receive_posted_config_writes": bench_guest_doe(
+            access.get("cpu"), floor_rtt_us=floor, qemu=binary, post_config_writes=True),
+    }
 
 
 def main() -> int:
@@ -130,6 +153,7 @@ def main() -> int:
         floor_rtt_us=_dig(access, ("reads", "config_0", "floor_blocking", "p50_us")),
         ours_rtt_us=_dig(access, ("reads", "doe_status", "vdev_" + str(
             access.get("event_loop", "asyncio")).split()[0], "p50_us")))
+    report["guest_doe_qemu_series"] = _guest_doe_qemu_series(report)
     report["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     verdicts: list[dict[str, Any]] = []
     for name, path, limit, unit in TARGETS:
@@ -172,6 +196,10 @@ def _summary(report: dict[str, Any]) -> list[str]:
             f"QEMU's vfio-user round trip to our server "
             f"{per.get('vfio_user_round_trip_seen_by_qemu')} us, our server's CPU "
             f"{per['server_cpu']} us")
+    for name, run in report.get("guest_doe_qemu_series", {}).items():
+        if isinstance(run, dict) and "exchange_ms_p50" in run:
+            lines.append(f"guest 4 KiB DOE exchange, make qemu's QEMU, {name}: "
+                         f"{run['exchange_ms_p50']} ms ({run.get('ratio_to_floor')}x the floor)")
     return lines
 
 

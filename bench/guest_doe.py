@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import statistics
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ from vdev.endpoint.tee_device import TeeDevice
 from vdev.profiles import load_profile
 from vdev.vm.demo import BDF
 from vdev.vm.env import VmEnvError, find_env
-from vdev.vm.qemu import choose_accel
+from vdev.vm.qemu import VfioUserAttach, choose_accel
 from vdev.vm.session import GuestRun, device_server, script
 
 OBJECT = 4096
@@ -72,14 +73,20 @@ def _per_access_ns(value: str | None) -> float | None:
 
 def bench_guest_doe(cpu: int | None, floor_rtt_us: float | None = None,
                     ours_rtt_us: float | None = None, exchanges: int = 20,
-                    reads: int = 2000) -> dict[str, Any]:
+                    reads: int = 2000, qemu: Path | None = None,
+                    post_config_writes: bool = False) -> dict[str, Any]:
     """One boot; `cpu` pins this process's children (server, QEMU and all its
     threads) to that CPU.  `floor_rtt_us`/`ours_rtt_us` are the pinned C-client
-    round trips to the floor server and to `vdev serve` (config_access)."""
+    round trips to the floor server and to `vdev serve` (config_access).
+    `qemu` replaces the VM environment's QEMU (`make qemu`'s, whose series has
+    the vfio-user changes of qemu/README.md); `post_config_writes` turns on its
+    x-post-config-writes."""
     try:
         env = find_env()
     except VmEnvError as exc:
         return {"skipped": str(exc)}
+    if qemu is not None:
+        env = replace(env, qemu_override=qemu)
     saved = os.sched_getaffinity(0)
     with tempfile.TemporaryDirectory(prefix="vdev-bench-doe-") as tmp:
         work = Path(tmp)
@@ -95,7 +102,8 @@ def bench_guest_doe(cpu: int | None, floor_rtt_us: float | None = None,
                                               "--state-dir", str(state)]).start(timeout=120)
             try:
                 res = GuestRun(
-                    env=env, workdir=work, modules=["vdevtest"], devices=[dev.socket],
+                    env=env, workdir=work, modules=["vdevtest"],
+                    devices=[VfioUserAttach(dev.socket, post_config_writes=post_config_writes)],
                     timeout=300,
                     scripts={"50-doe-bench.sh": script(
                         "doe-bench.sh", EP=BDF, MARKER_OFF=f"{REG_MARKER:#x}", N=reads,
@@ -122,6 +130,8 @@ def bench_guest_doe(cpu: int | None, floor_rtt_us: float | None = None,
     status = _per_access_ns(res.value("cfg_doe_status"))
     server_cpu = (b["process_cpu_us"] - a["process_cpu_us"]) / exchanges / accesses
     out: dict[str, Any] = {
+        "qemu": env.qemu_version() + (f" ({qemu})" if qemu else ""),
+        "x_post_config_writes": post_config_writes,
         "accel": choose_accel(env),
         "pinned_cpu": cpu,
         "object_bytes": OBJECT,
