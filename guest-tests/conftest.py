@@ -8,17 +8,20 @@ a missing VM environment is an error, not a skip.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
+import pluggy
 import pytest
 
 from vdev.vm.env import REPO, VmEnv, VmEnvError, find_env
 from vdev.vm.qemu import choose_accel
+from vdev.vm.qemu_build import ensure_qemu
 
 ARTIFACTS = REPO / "out" / "guest-tests"
 _accels: set[str] = set()
@@ -41,6 +44,14 @@ def vm_env() -> VmEnv:
         pytest.skip(str(exc))
     _accels.add(choose_accel(env))
     return env
+
+
+@pytest.fixture(scope="session")
+def patched_env(vm_env: VmEnv) -> VmEnv:
+    """The VM environment on `make qemu`'s QEMU (qemu/README.md), built first if
+    missing: a cold build happens in the first test that asks, so such tests
+    carry a long timeout."""
+    return dataclasses.replace(vm_env, qemu_override=ensure_qemu())
 
 
 @pytest.fixture
@@ -69,7 +80,9 @@ def private_tmp(monkeypatch: pytest.MonkeyPatch,
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+def pytest_runtest_makereport(
+        item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pluggy.Result[pytest.TestReport], None]:
     outcome = yield
     report = outcome.get_result()
     if report.failed and "workdir" in getattr(item, "fixturenames", ()):

@@ -23,7 +23,6 @@ from vdev.vm.config_dump import ConfigDump
 from vdev.vm.demo import ROOT_PORT_IDE, RunOptions, connect_session
 from vdev.vm.env import VmEnv
 from vdev.vm.qemu import VfioUserAttach, VmResult
-from vdev.vm.qemu_build import ensure_qemu
 from vdev.vm.session import (
     GuestRun,
     device_server,
@@ -38,11 +37,6 @@ RP = "0000:00:01.0"
 STREAM_ID = 1
 STREAM = "stream0.0.0"  # host bridge stream 0, root port block 0, endpoint block 0
 BUILD_TIMEOUT = 3600  # a cold build of the patched QEMU happens in the first test
-
-
-@pytest.fixture(scope="module")
-def patched_env(vm_env: VmEnv) -> VmEnv:
-    return dataclasses.replace(vm_env, qemu_override=ensure_qemu())
 
 
 @pytest.mark.timeout(BUILD_TIMEOUT)

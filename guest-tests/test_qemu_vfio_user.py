@@ -5,7 +5,6 @@ byte for byte, and the writes really went out without a reply."""
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from pathlib import Path
 
@@ -13,29 +12,24 @@ import pytest
 
 from bench.doe_throughput import CERTIFICATE_HEADER_SIZE, DOE_HEADER_SIZE, PROFILE, _get_certificate
 from bench.guest_doe import OBJECT, _vca_requests
+from vdev.doe.mailbox import DOE_READ
 from vdev.endpoint.tee_device import TeeDevice
+from vdev.pci.device_api import RegionIndex
 from vdev.profiles import load_profile
+from vdev.vfio_user.wire import NO_REPLY
 from vdev.vm.demo import BDF
 from vdev.vm.env import VmEnv
 from vdev.vm.qemu import VfioUserAttach
-from vdev.vm.qemu_build import ensure_qemu
 from vdev.vm.session import GuestRun, device_server, script
 
-CONFIG_REGION = 7  # VFIO_PCI_CONFIG_REGION_INDEX
 # The server's debug line per request: the command, its header flags, and the
 # REGION_WRITE payload's offset (u64) and region (u32), little-endian.
 REQUEST = re.compile(r"<- REGION_WRITE id \d+ flags (0x[0-9a-f]+) size \d+ fds \d+ "
                      r"([0-9a-f]{16})([0-9a-f]{8})")
-NO_REPLY = 0x10
-# Default profile: DOE capability at 0x100, its Read Data Mailbox at +0x14 (PCIe r6.2 §7.9.24).
-DOE_READ_DATA = 0x100 + 0x14
+# The default profile's DOE capability is at 0x100 (PCIe r6.2 §7.9.24).
+DOE_READ_DATA = 0x100 + DOE_READ
 VDEVTEST_DOE_MAX = 1536  # vdevtest's response buffer; doe.c reads and drops the rest
 BUILD_TIMEOUT = 3600  # a cold build of the patched QEMU
-
-
-@pytest.fixture(scope="module")
-def patched_env(vm_env: VmEnv) -> VmEnv:
-    return dataclasses.replace(vm_env, qemu_override=ensure_qemu())
 
 
 @pytest.mark.timeout(BUILD_TIMEOUT)
@@ -72,7 +66,7 @@ def test_posted_config_writes_carry_a_doe_object_byte_for_byte(
 
     config_writes = [(int(flags, 16), int.from_bytes(bytes.fromhex(offset), "little"))
                      for flags, offset, region in REQUEST.findall(dev.log_text())
-                     if int.from_bytes(bytes.fromhex(region), "little") == CONFIG_REGION]
+                     if int.from_bytes(bytes.fromhex(region), "little") == RegionIndex.CONFIG]
     acks = [flags for flags, offset in config_writes if offset == DOE_READ_DATA]
     # doe.c acknowledges every dword it reads from the Read Data Mailbox with a write
     # (PCIe r6.2 §6.30.2): at least one per dword of the 4 KiB object, all posted.
