@@ -203,5 +203,20 @@ def _summary(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def run() -> int:
+    """main() under `make bench`: Ctrl-C or SIGTERM stops it through an exception, so
+    every server, QEMU and temporary directory a benchmark started goes with it, and
+    the interruption is one line."""
+    from vdev.cli import Terminated, interrupted_status, stopped_by_signals
+
+    try:
+        with stopped_by_signals():
+            return main()
+    except KeyboardInterrupt as exc:
+        what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        print(f"\nmake bench: {what}; servers and QEMU stopped", file=sys.stderr)
+        return interrupted_status(exc)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

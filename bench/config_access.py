@@ -253,7 +253,7 @@ def run_config_access(workdir: Path, rounds: int = 5, n: int = 20000) -> dict[st
 
                 syscalls[t.name] = _syscalls(t.pid, run, 2000)
     finally:
-        for server in started:
+        for server in servers.values():  # the started ones, and the sockets of the rest
             server.stop()
     ratio = reads["config_0"][ours]["ratio_to_floor"]
     return {

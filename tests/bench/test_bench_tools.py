@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -107,3 +110,34 @@ def test_the_benchmarked_handshake_runs_to_the_end() -> None:
 
     identity = generate_identity(IdentityParams(key_type=_IDENTITIES["P-256"][0]))
     _in_process_round(SETS["P-256/SHA-256/AES-128-GCM"], identity)
+
+
+@pytest.mark.parametrize("how", ["Ctrl-C", "SIGTERM"])
+def test_a_signal_stops_make_bench_and_everything_it_started(tmp_path: Path, how: str) -> None:
+    """Stopped while its first benchmark runs a `vdev serve`: one line, the shell's
+    status for the signal, and no server or temporary directory left behind."""
+    from tests.helpers.process_tree import (
+        OnTerminal,
+        kill_marked,
+        private_env,
+        wait_for,
+        wait_gone,
+    )
+
+    tmpdir = tmp_path / "tmp"
+    bench = OnTerminal([sys.executable, "-m", "bench"], private_env(tmpdir)).start()
+    try:
+        wait_for(tmpdir, "vdev.cli --event-loop")
+        if how == "Ctrl-C":
+            bench.send("\x03")  # the terminal signals its whole foreground group
+        else:
+            os.kill(bench.pid, signal.SIGTERM)
+        status = bench.wait()
+        assert wait_gone(tmpdir) == []
+    finally:
+        kill_marked(tmpdir)
+    what = "interrupted" if how == "Ctrl-C" else "terminated"
+    assert status == (130 if how == "Ctrl-C" else 143), bench.text[-2000:]
+    assert bench.text.rstrip().endswith(f"make bench: {what}; servers and QEMU stopped")
+    assert "Traceback" not in bench.text
+    assert list(tmpdir.iterdir()) == []

@@ -65,9 +65,8 @@ class ServerProcess:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
+        """Stop the server if it runs; its socket goes in any case, started or not."""
+        if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
                 self.proc.wait(timeout=10)
@@ -79,7 +78,7 @@ class ServerProcess:
         if self.socket.parent.name.startswith("vdev-"):
             with contextlib.suppress(OSError):  # not empty: something else lives there
                 self.socket.parent.rmdir()
-        return self.proc.returncode
+        return None if self.proc is None else self.proc.returncode
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
