@@ -38,14 +38,29 @@ class IrqIndex(enum.IntEnum):
     REQ = 4
 
 
+#: The first index of a device-specific region: after the standard ones.
+FIRST_DEVICE_REGION = len(RegionIndex)
+
+
+@dataclass(frozen=True)
+class RegionType:
+    """What a device-specific region is (linux/vfio.h struct
+    vfio_region_info_cap_type): a client finds the region by these two numbers."""
+
+    type: int
+    subtype: int
+
+
 @dataclass(frozen=True)
 class RegionInfo:
-    """One vfio region as the device exposes it (size 0 = absent)."""
+    """One vfio region as the device exposes it (size 0 = absent).  A
+    device-specific region (index FIRST_DEVICE_REGION on) carries its type."""
 
     index: int
     size: int
     readable: bool = True
     writable: bool = True
+    type: RegionType | None = None
 
 
 class IrqSink(Protocol):
@@ -67,7 +82,8 @@ class VfioUserDevice(Protocol):
     """What the vfio-user server needs from a device model."""
 
     def regions(self) -> Sequence[RegionInfo]:
-        """Every region index 0..8, absent ones with size 0."""
+        """Every region index 0..8, absent ones with size 0, then the device-specific
+        ones, if any, at consecutive indices from FIRST_DEVICE_REGION."""
 
     def irq_count(self, index: int) -> int:
         """Number of vectors for an interrupt index (0 = not supported)."""

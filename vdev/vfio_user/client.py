@@ -246,6 +246,29 @@ class VfioUserClient:
         reply = self._req(Command.DEVICE_GET_REGION_INFO, payload)
         return wire.parse(wire.RegionInfo, reply.payload[: wire.REGION_INFO_SIZE])
 
+    def get_region_type(self, index: int) -> tuple[int, int] | None:
+        """A region's (type, subtype) from its VFIO_REGION_INFO_CAP_TYPE, or None:
+        asked the way QEMU asks, again with the argsz the first reply wanted."""
+        payload = wire.build(wire.RegionInfo, argsz=wire.REGION_INFO_SIZE, flags=0,
+                             index=index, cap_offset=0, size=0, offset=0)
+        info = wire.parse(wire.RegionInfo, self._req(Command.DEVICE_GET_REGION_INFO,
+                                                     payload).payload)
+        if info.argsz <= wire.REGION_INFO_SIZE:
+            return None
+        payload = wire.build(wire.RegionInfo, argsz=info.argsz, flags=0, index=index,
+                             cap_offset=0, size=0, offset=0)
+        reply = bytes(self._req(Command.DEVICE_GET_REGION_INFO, payload).payload)
+        offset = wire.parse(wire.RegionInfo, reply).cap_offset
+        seen: set[int] = set()
+        end = len(reply) - wire.REGION_INFO_CAP_TYPE_SIZE
+        while offset and offset not in seen and offset <= end:
+            seen.add(offset)
+            cap = wire.parse(wire.RegionInfoCapType, reply[offset:])
+            if cap.id == wire.REGION_INFO_CAP_TYPE:
+                return cap.type, cap.subtype
+            offset = cap.next
+        return None
+
     def get_irq_info(self, index: int) -> wire.Container:
         payload = wire.build(wire.IrqInfo, argsz=wire.IRQ_INFO_SIZE, flags=0, index=index,
                              count=0)

@@ -64,7 +64,7 @@ from dataclasses import dataclass
 
 from construct import ConstructError
 
-from vdev.pci.device_api import RegionIndex, RegionInfo, VfioUserDevice
+from vdev.pci.device_api import FIRST_DEVICE_REGION, RegionInfo, VfioUserDevice
 
 from . import event_loop, wire
 from .dma import DmaTable, GuestMemory
@@ -75,7 +75,6 @@ from .wire import Command, HeaderFlags
 
 log = logging.getLogger("vdev.vfio_user")
 
-NUM_REGIONS = len(RegionIndex)  # 9: BAR0-5, ROM, CONFIG, VGA (docs/vfio-user-qemu.md §3.3)
 NUM_IRQS = NUM_IRQ_INDICES  # 5: INTx, MSI, MSI-X, ERR, REQ
 
 #: Our VERSION capabilities.  Must stay shorter than QEMU's own VERSION JSON
@@ -172,13 +171,14 @@ class Connection:
         self._abandoned: set[int] = set()
         self._nesting = 0
         self._regions: dict[int, RegionInfo] = {r.index: r for r in device.regions()}
+        self._num_regions = _count_regions(self._regions)
         # Per region index, the size a read / write may reach (-1: no access at
         # all), so the hot path can accept a valid access with one comparison;
         # anything else goes through _check_region for the exact refusal.
-        self._read_limit = [-1] * NUM_REGIONS
-        self._write_limit = [-1] * NUM_REGIONS
+        self._read_limit = [-1] * self._num_regions
+        self._write_limit = [-1] * self._num_regions
         for index, info in self._regions.items():
-            if 0 <= index < NUM_REGIONS and info.size:
+            if info.size:
                 if info.readable:
                     self._read_limit[index] = info.size
                 if info.writable:
@@ -326,7 +326,7 @@ class Connection:
         driver is made of).  Anything that fails a check before the device is called
         goes the general way, which gives the exact refusal."""
         msg_id, cmd, size, flags, _, offset, region, count = fields
-        if region < NUM_REGIONS and count <= _MAX_XFER:
+        if region < self._num_regions and count <= _MAX_XFER:
             if cmd == _REGION_READ:
                 if (size == _REGION_HEAD and not flags
                         and offset + count <= self._read_limit[region]):
@@ -611,7 +611,7 @@ class Connection:
             wire.DeviceInfo,
             argsz=wire.DEVICE_INFO_SIZE,
             flags=wire.DeviceInfoFlags.PCI | wire.DeviceInfoFlags.RESET,
-            num_regions=NUM_REGIONS,
+            num_regions=self._num_regions,
             num_irqs=NUM_IRQS,
         )
 
@@ -619,7 +619,7 @@ class Connection:
         req = _fixed(wire.RegionInfo, msg.payload, wire.REGION_INFO_SIZE)
         if req.argsz < wire.REGION_INFO_SIZE:
             raise ProtocolError(errno.EINVAL, f"GET_REGION_INFO argsz {req.argsz}")
-        if not 0 <= req.index < NUM_REGIONS:
+        if not 0 <= req.index < self._num_regions:
             raise ProtocolError(errno.EINVAL, f"region index {req.index} out of range")
         info = self._regions.get(req.index)
         size = info.size if info is not None else 0
@@ -627,18 +627,25 @@ class Connection:
         if info is not None and size:
             flags |= wire.RegionInfoFlags.READ if info.readable else 0
             flags |= wire.RegionInfoFlags.WRITE if info.writable else 0
-        # No MMAP flag and no caps: we hand out no mmap fds, so QEMU uses posted
-        # writes for memory BARs, and the reply is always the bare 32-byte struct
-        # (argsz = 32 = what we need), which fits QEMU's first rsize of 48.
-        return wire.build(
-            wire.RegionInfo,
-            argsz=wire.REGION_INFO_SIZE,
-            flags=flags,
-            index=req.index,
-            cap_offset=0,
-            size=size,
-            offset=0,
-        )
+        # No MMAP flag: we hand out no mmap fds, so QEMU uses posted writes for
+        # memory BARs.  A standard region's reply is the bare 32-byte struct.
+        if info is None or info.type is None:
+            return wire.build(wire.RegionInfo, argsz=wire.REGION_INFO_SIZE, flags=flags,
+                              index=req.index, cap_offset=0, size=size, offset=0)
+        # A device-specific region's type follows the struct as a capability.  A
+        # client whose argsz has no room for it gets the argsz it needs, and neither
+        # the CAPS flag nor a cap_offset (QEMU refuses CAPS with cap_offset 0, which
+        # the kernel would send), and asks again (docs/vfio-user-qemu.md §3.3).
+        need = wire.REGION_INFO_SIZE + wire.REGION_INFO_CAP_TYPE_SIZE
+        if req.argsz < need:
+            return wire.build(wire.RegionInfo, argsz=need, flags=flags, index=req.index,
+                              cap_offset=0, size=size, offset=0)
+        flags |= wire.RegionInfoFlags.CAPS
+        reply = wire.build(wire.RegionInfo, argsz=need, flags=flags, index=req.index,
+                           cap_offset=wire.REGION_INFO_SIZE, size=size, offset=0)
+        return reply + wire.build(wire.RegionInfoCapType, id=wire.REGION_INFO_CAP_TYPE,
+                                  version=wire.REGION_INFO_CAP_TYPE_VERSION, next=0,
+                                  type=info.type.type, subtype=info.type.subtype)
 
     def _get_irq_info(self, msg: Message) -> bytes:
         req = _fixed(wire.IrqInfo, msg.payload, wire.IRQ_INFO_SIZE)
@@ -670,7 +677,7 @@ class Connection:
         return b""
 
     def _check_region(self, index: int, offset: int, count: int, write: bool) -> None:
-        if not 0 <= index < NUM_REGIONS:
+        if not 0 <= index < self._num_regions:
             raise ProtocolError(errno.EINVAL, f"region index {index} out of range")
         info = self._regions.get(index)
         if info is None or info.size == 0:
@@ -692,7 +699,7 @@ class Connection:
             raise ProtocolError(errno.EINVAL, f"payload {len(payload)} bytes, "
                                 f"need {wire.REGION_ACCESS_SIZE}")
         offset, region, count = _unpack_access(payload)
-        if not (region < NUM_REGIONS and count <= _MAX_XFER
+        if not (region < self._num_regions and count <= _MAX_XFER
                 and offset + count <= self._read_limit[region]):
             self._check_region(region, offset, count, write=False)
         data = bytes(self.device.region_read(region, offset, count))
@@ -711,7 +718,7 @@ class Connection:
                 errno.EINVAL,
                 f"REGION_WRITE count {count} but {len(payload) - 16} data bytes",
             )
-        if not (region < NUM_REGIONS and count <= _MAX_XFER
+        if not (region < self._num_regions and count <= _MAX_XFER
                 and offset + count <= self._write_limit[region]):
             self._check_region(region, offset, count, write=True)
         self.device.region_write(region, offset, payload[wire.REGION_ACCESS_SIZE :])
@@ -739,6 +746,21 @@ class Connection:
         return b""
 
 
+def _count_regions(regions: dict[int, RegionInfo]) -> int:
+    """DEVICE_GET_INFO's num_regions: the standard nine, then the device-specific
+    ones, which must follow at consecutive indices and say what they are."""
+    extra = sorted(index for index in regions if index >= FIRST_DEVICE_REGION)
+    if extra != list(range(FIRST_DEVICE_REGION, FIRST_DEVICE_REGION + len(extra))):
+        raise ValueError(f"device-specific regions {extra} do not follow region "
+                         f"{FIRST_DEVICE_REGION - 1} without a gap")
+    for index in extra:
+        if regions[index].type is None:
+            raise ValueError(f"device-specific region {index} has no type")
+    if any(index < 0 for index in regions):
+        raise ValueError("negative region index")
+    return FIRST_DEVICE_REGION + len(extra)
+
+
 def _as_message(fields: tuple[int, ...], data: bytes) -> Message:
     """The Message whose header and access fields (wire.REGION_MESSAGE) and data these
     are (the payload is the access struct, re-packed, and the data)."""
@@ -763,6 +785,8 @@ class VfioUserServer:
         *,
         dma_timeout: float = DEFAULT_DMA_TIMEOUT,
     ) -> None:
+        # A device whose regions cannot be described is refused here, not per client.
+        _count_regions({r.index: r for r in device.regions()})
         self.device = device
         self.socket_path = socket_path
         self.dma_timeout = dma_timeout

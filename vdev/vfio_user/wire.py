@@ -177,8 +177,8 @@ DeviceInfo = Struct(
 )
 
 #: DEVICE_GET_REGION_INFO request and reply (struct vfio_region_info, 32 bytes).
-#: We offer no capabilities (no MMAP, so no sparse areas), so the reply is
-#: always exactly this struct.
+#: We offer no MMAP (so no sparse areas); the only capability we send is a
+#: device-specific region's type, after the struct (RegionInfoCapType).
 RegionInfo = Struct(
     "argsz" / Int32ul,
     "flags" / Int32ul,
@@ -187,6 +187,19 @@ RegionInfo = Struct(
     "size" / Int64ul,
     "offset" / Int64ul,
 )
+
+#: VFIO_REGION_INFO_CAP_TYPE (linux/vfio.h struct vfio_region_info_cap_type):
+#: the capability header (id, version, offset of the next one or 0) and the
+#: region's type and subtype, which is how a client finds a device-specific region.
+RegionInfoCapType = Struct(
+    "id" / Int16ul,
+    "version" / Int16ul,
+    "next" / Int32ul,
+    "type" / Int32ul,
+    "subtype" / Int32ul,
+)
+REGION_INFO_CAP_TYPE = 2
+REGION_INFO_CAP_TYPE_VERSION = 1
 
 #: DEVICE_GET_IRQ_INFO request and reply (struct vfio_irq_info, 16 bytes).
 IrqInfo = Struct(
@@ -340,6 +353,7 @@ DMA_MAP_SIZE = DmaMap.sizeof()  # 32
 DMA_UNMAP_SIZE = DmaUnmap.sizeof()  # 24
 DEVICE_INFO_SIZE = DeviceInfo.sizeof()  # 16
 REGION_INFO_SIZE = RegionInfo.sizeof()  # 32
+REGION_INFO_CAP_TYPE_SIZE = RegionInfoCapType.sizeof()  # 16
 IRQ_INFO_SIZE = IrqInfo.sizeof()  # 16
 SET_IRQS_SIZE = 20
 REGION_ACCESS_SIZE = RegionAccess.sizeof()  # 16
