@@ -321,6 +321,22 @@ class DoeMailbox:
         if byte_enable == _DW:
             self.advance()
 
+    def available(self) -> int:
+        """Response DWs left to read, the current one included (0 unless DOR): what
+        a batch of Read Data Mailbox reads may take (vdev.pci.doe_batch)."""
+        if self.state is _READY:
+            return len(self._read_buf) - self._read_pos
+        return 0
+
+    def peek(self, count: int) -> list[int]:
+        """The next `count` response DWs from the current one, none acknowledged:
+        what `count` reads of the Read Data Mailbox would return, each followed by
+        a write.  Asking for more than `available()` is refused."""
+        if not 0 < count <= self.available():
+            raise DoeRejected(f"{count} response DWs asked for, "
+                              f"{self.available()} available")
+        return self._read_buf[self._read_pos : self._read_pos + count]
+
     def accessors(self, offset: int) -> tuple[Callable[[], int], Callable[[int, int], None]]:
         """(read, write(value, byte_enable)) of the register at `offset` in the
         capability: what `read_register`/`write_register` do there, without the

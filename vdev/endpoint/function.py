@@ -9,6 +9,7 @@ Composition (offsets for the default profile):
          0x100  DOE extended capability (0x2E, v2) -> `self.doe`
          0x118  IDE extended capability (0x30) -> `self.ide`
   BAR0          vdev.endpoint.registers register map
+  region 9      the DOE batch region (vdev.pci.doe_batch): the DOE mailbox in bulk
 
 The bare endpoint serves DOE types 0001:01 (CMA/SPDM) and 0001:02 (secured
 CMA/SPDM) with `spdm_unsupported_placeholder`; `vdev.endpoint.tee_device.TeeDevice` (what
@@ -45,7 +46,15 @@ from vdev.endpoint.registers import DeviceRegisters, msix_pba_offset
 from vdev.pci.activity import ActivityCounters
 from vdev.pci.bar import MemoryBar
 from vdev.pci.config_space import CONFIG_SPACE_SIZE, ConfigSpace
-from vdev.pci.device_api import DmaAccess, IrqIndex, IrqSink, RegionIndex, RegionInfo
+from vdev.pci.device_api import (
+    FIRST_DEVICE_REGION,
+    DmaAccess,
+    IrqIndex,
+    IrqSink,
+    RegionIndex,
+    RegionInfo,
+)
+from vdev.pci.doe_batch import DoeBatchRegion
 from vdev.pci.doe_cap import DoeCap
 from vdev.pci.header import HeaderIdentity, Type0Header
 from vdev.pci.ide_cap import IdeCap
@@ -134,6 +143,7 @@ class TeeIoEndpoint:
         self.config = ConfigSpace(
             self.header, [self.pcie, self.pm, self.msix], [self.doe_cap, self.ide]
         )
+        self.doe_batch = DoeBatchRegion({self.doe_cap.offset: self.doe})
         self.register_doe_protocol(
             PCI_SIG_VENDOR_ID, DOE_TYPE_CMA_SPDM, spdm_unsupported_placeholder
         )
@@ -215,7 +225,8 @@ class TeeIoEndpoint:
 
     def regions(self) -> Sequence[RegionInfo]:
         sizes = {RegionIndex.BAR0: self.profile.bar0_size, RegionIndex.CONFIG: CONFIG_SPACE_SIZE}
-        return [RegionInfo(int(index), sizes.get(index, 0)) for index in RegionIndex]
+        return [*(RegionInfo(int(index), sizes.get(index, 0)) for index in RegionIndex),
+                RegionInfo(FIRST_DEVICE_REGION, self.doe_batch.size, type=self.doe_batch.type)]
 
     def irq_count(self, index: int) -> int:
         if index == IrqIndex.INTX:
@@ -233,6 +244,9 @@ class TeeIoEndpoint:
         if index == _BAR0:
             reads[_BAR0] += 1
             return self.regs.read(offset, count)
+        if index == FIRST_DEVICE_REGION:
+            reads[index] += 1
+            return self.doe_batch.read(offset, count)
         if 0 <= index < len(reads):
             reads[index] += 1
         raise ValueError(f"region {index} is not implemented")
@@ -246,6 +260,10 @@ class TeeIoEndpoint:
         if index == _BAR0:
             writes[_BAR0] += 1
             self.regs.write(offset, data)
+            return
+        if index == FIRST_DEVICE_REGION:
+            writes[index] += 1
+            self.doe_batch.write(offset, data)
             return
         if 0 <= index < len(writes):
             writes[index] += 1

@@ -1,7 +1,7 @@
 """Activity counters of a device: what the host did to it, for benchmarks and tracing.
 
-Counts config-space and BAR accesses (reads and writes, as vfio-user region
-accesses) and DOE exchanges per protocol.  A guest can bracket a step with
+Counts config-space, BAR and DOE batch region accesses (reads and writes, as
+vfio-user region accesses) and DOE exchanges per protocol.  A guest can bracket a step with
 writes to the BAR0 MARKER register; each marker logs the running totals, so
 the difference between two markers is what the step cost on the device side.
 """
@@ -13,16 +13,17 @@ import time
 from collections import Counter
 from typing import Any
 
-from vdev.pci.device_api import RegionIndex
+from vdev.pci.device_api import FIRST_DEVICE_REGION, RegionIndex
 
 log = logging.getLogger("vdev.pci.activity")
 
 
 class ActivityCounters:
     def __init__(self) -> None:
-        # Per region index: accesses so far (plain lists: counted on every access).
-        self.reads = [0] * len(RegionIndex)
-        self.writes = [0] * len(RegionIndex)
+        # Per region index, the device-specific one (the DOE batch region) last:
+        # accesses so far (plain lists: counted on every access).
+        self.reads = [0] * (FIRST_DEVICE_REGION + 1)
+        self.writes = [0] * (FIRST_DEVICE_REGION + 1)
         self.doe: Counter[str] = Counter()  # "VVVV:TT" -> exchanges
 
     def doe_exchange(self, protocol: Any, request: bytes, response: bytes) -> None:
@@ -37,6 +38,8 @@ class ActivityCounters:
             "config_writes": self.writes[cfg],
             "bar_reads": sum(self.reads[RegionIndex.BAR0 : RegionIndex.BAR5 + 1]),
             "bar_writes": sum(self.writes[RegionIndex.BAR0 : RegionIndex.BAR5 + 1]),
+            "doe_batch_reads": self.reads[FIRST_DEVICE_REGION],
+            "doe_batch_writes": self.writes[FIRST_DEVICE_REGION],
             "doe_exchanges": sum(self.doe.values()),
             **{f"doe_{k}": v for k, v in sorted(self.doe.items())},
         }

@@ -16,7 +16,7 @@ from vdev.endpoint.registers import (
     REG_SCRATCH0,
     REG_VERSION,
 )
-from vdev.pci.device_api import IrqIndex, RegionIndex, VfioUserDevice
+from vdev.pci.device_api import IrqIndex, RegionIndex, RegionType, VfioUserDevice
 from vdev.pci.ide_cap import SLOTS, IdeStreamState
 from vdev.pci.pcie_cap import DEVCTL_BCR_FLR
 from vdev.profiles import DeviceProfile
@@ -38,7 +38,11 @@ def test_is_a_vfio_user_device(endpoint: TeeIoEndpoint) -> None:
 def test_regions() -> None:
     ep = TeeIoEndpoint(DeviceProfile(bar0_size=0x20000))
     sizes = {r.index: r.size for r in ep.regions()}
-    assert sizes == {0: 0x20000, 1: 0, 2: 0, 3: 0, 4: 0, 5: 0, 6: 0, 7: 4096, 8: 0}
+    # Index 9: the DOE batch region, a window per DOE capability at offset << 21.
+    assert sizes == {0: 0x20000, 1: 0, 2: 0, 3: 0, 4: 0, 5: 0, 6: 0, 7: 4096, 8: 0,
+                     9: 0x1000 << 21}
+    types = {r.index: r.type for r in ep.regions() if r.type is not None}
+    assert types == {9: RegionType(0x8000_0001, 0x2E)}
 
 
 def test_irq_counts() -> None:
