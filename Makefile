@@ -21,8 +21,9 @@
 # (docs/kernel-developers.md); PROFILE=NAME|FILE: the device profile of make run /
 # make vm (e.g. PROFILE=pqc: SPDM 1.4, ML-DSA-87 identity, ML-KEM-1024 sessions);
 # QEMU_IDE=1: the patched QEMU (built first), whose root port has an IDE capability,
-# so the kernel's own pci_ide runs the IDE stream.  RUNDIR=dir: where make run / make vm
-# keep their logs (default out/run, out/vm).
+# so the kernel's own pci_ide runs the IDE stream; DOE_BATCH=1: the patched QEMU moves
+# the DOE mailbox's data in bulk (x-doe-batch, qemu/README.md).  RUNDIR=dir: where
+# make run / make vm keep their logs (default out/run, out/vm).
 
 PYTHON ?= python3
 VENV := .venv
@@ -59,7 +60,8 @@ KERNEL_BUILD_ARGS = $(if $(O),--out "$(O)") $(if $(KCONFIG),--kconfig "$(KCONFIG
 RUN_ARGS = $(if $(KSRC),--ksrc "$(KSRC)" $(KERNEL_BUILD_ARGS)) \
 	$(if $(APPEND),--append "$(APPEND)") $(if $(filter 0,$(QUIET)),--no-quiet) \
 	$(foreach f,$(INITRAMFS_ADD),--initramfs-add "$(f)") $(if $(filter 0,$(VTSM)),--no-vtsm) \
-	$(if $(PROFILE),--profile "$(PROFILE)") $(if $(QEMU_IDE),--qemu-ide) \
+	$(if $(PROFILE),--profile "$(PROFILE)") $(if $(filter-out 0,$(QEMU_IDE)),--qemu-ide) \
+	$(if $(filter-out 0,$(DOE_BATCH)),--doe-batch) \
 	$(if $(RUNDIR),--workdir "$(RUNDIR)")
 
 # Installs the host packages the build needs with apt-get, naming each and why.
@@ -68,7 +70,7 @@ qemu: venv vm-env
 
 # exec: make's SIGTERM then reaches vdev, which stops QEMU and the servers (a shell
 # in between would die alone and leave them running).
-run: venv vm-env $(if $(QEMU_IDE),qemu)
+run: venv vm-env $(if $(filter-out 0,$(QEMU_IDE) $(DOE_BATCH)),qemu)
 	exec $(PY) -m vdev.cli run $(RUN_ARGS)
 
 kernel: venv

@@ -360,9 +360,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     except AdditionError as exc:
         raise SystemExit(f"vdev run: {exc}") from None
     source = _kernel_source("run", args)
+    own_qemu = os.environ.get("QEMU")
+    if (args.qemu_ide or args.doe_batch) and own_qemu:
+        wanted = "QEMU_IDE=1" if args.qemu_ide else "DOE_BATCH=1"
+        raise SystemExit(f"vdev run: {wanted} runs make qemu's QEMU; leave out QEMU={own_qemu}")
     options = RunOptions(append=args.append or "", quiet=not args.no_quiet,
                          additions=additions, vtsm=not args.no_vtsm,
-                         qemu_ide=args.qemu_ide)
+                         qemu_ide=args.qemu_ide, doe_batch=args.doe_batch)
     workdir = Path(args.workdir) if args.workdir else REPO / "out" / "run"
     try:
         # Always traced: the traces and pcaps are the run's record, and the picture of it.
@@ -495,6 +499,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--qemu-ide", action="store_true", help="use the patched QEMU whose root "
                    "port has an IDE capability (make qemu), so the kernel's pci_ide runs the "
                    "stream and the TSM programs the root port over QMP")
+    r.add_argument("--doe-batch", action="store_true", help="use the patched QEMU (make "
+                   "qemu) with x-doe-batch: it answers the guest's DOE mailbox data accesses "
+                   "itself and exchanges them with the device in bulk")
     r.set_defaults(func=cmd_run)
 
     v = sub.add_parser("vm", help="boot the guest with the device and give a shell",

@@ -184,6 +184,7 @@ class RunOptions:
     additions: tuple[Addition, ...] = ()  # --initramfs-add files
     vtsm: bool = True  # False: leave vtsm.ko out, report what the kernel did
     qemu_ide: bool = False  # the patched QEMU: the root port has an IDE capability
+    doe_batch: bool = False  # the patched QEMU: the DOE mailbox's data moves in bulk
 
 
 @dataclass(frozen=True)
@@ -220,7 +221,8 @@ def run_demo(profile_path: str | None = None, workdir: Path | None = None,
     `trace`: both servers write a decoded trace and a pcap into the workdir (vdev.trace).
     `source`: build that kernel tree first and boot it (KERNEL=/KDIR= otherwise).
     `options.qemu_ide`: the patched QEMU (qemu/README.md, built if missing), whose root
-    port has an IDE capability, so that the kernel's own pci_ide runs the stream."""
+    port has an IDE capability, so that the kernel's own pci_ide runs the stream.
+    `options.doe_batch`: the patched QEMU too, with x-doe-batch on the endpoint."""
     workdir = workdir or REPO / "out" / "run"
     try:
         env = guest_env(source)
@@ -228,7 +230,7 @@ def run_demo(profile_path: str | None = None, workdir: Path | None = None,
         _print(f"vdev run: {exc}")
         return REFUSED
     patched = None
-    if options.qemu_ide:
+    if options.qemu_ide or options.doe_batch:
         from vdev.vm.qemu_build import QemuBuildError, ensure_qemu
 
         try:
@@ -241,9 +243,12 @@ def run_demo(profile_path: str | None = None, workdir: Path | None = None,
     _print(f"vdev run: QEMU {env.qemu_version()}, guest kernel {env.kernel}, accel={accel}")
     if env.kdir_override:
         _print(f"          guest modules built against {env.kdir_override}")
-    if patched:
+    if options.qemu_ide:
         _print(f"          root port with an IDE capability ({ROOT_PORT_IDE}); "
                "the TSM programs its keys over QMP")
+    if options.doe_batch:
+        _print("          DOE mailbox data in bulk (x-doe-batch): QEMU answers the guest's "
+               "mailbox accesses, the device's mailbox gets them grouped")
     _print(f"          logs and evidence in {workdir}")
     report, result = connect_report(env, workdir, profile_path, narrate=True, trace=trace,
                                     options=options)
@@ -275,6 +280,7 @@ def connect_report(
     report, also written as KTAP to workdir/results.ktap.  Used by `make run`
     and the guest tests.
 
+    `options.doe_batch`: `env` runs the patched QEMU; the endpoint gets x-doe-batch.
     `options.qemu_ide`: `env` runs the patched QEMU; the endpoint's root port gets an
     IDE capability, the TSM programs its keys over QMP, and QEMU traces the root
     port's IDE events (state changes, rule violations) on its stderr."""
@@ -339,7 +345,8 @@ def connect_report(
     modules = ["vdevtest", "vtsm"] if options.vtsm else ["vdevtest"]
     run = GuestRun(
         env=env, workdir=workdir, modules=modules,
-        devices=[VfioUserAttach(device.socket, root_port=root_port), tsm.socket],
+        devices=[VfioUserAttach(device.socket, root_port=root_port,
+                                doe_batch=options.doe_batch), tsm.socket],
         scripts={"50-foundation.sh": foundation_script(exp), **flow},
         append=options.append, quiet=options.quiet, additions=options.additions,
         user_env={"EP": exp.bdf, "MB": MAILBOX_BDF},

@@ -34,13 +34,16 @@ class VfioUserAttach:
     `root_port` adds options to that root port, e.g. "x-ide-streams=4" for
     the patched QEMU's IDE capability (qemu/README.md).  `post_config_writes`
     sets that QEMU's x-post-config-writes: config space writes are sent without
-    waiting for the reply (stock QEMU has no such property).
+    waiting for the reply; `doe_batch` its x-doe-batch: the DOE mailboxes' data
+    moves in bulk through the device's DOE batch region (vdev.pci.doe_batch).
+    Stock QEMU has neither property.
     """
 
     socket: Path
     id: str = "vu0"
     root_port: str = ""
     post_config_writes: bool = False
+    doe_batch: bool = False
 
 
 @dataclass
@@ -153,6 +156,7 @@ def qemu_command(spec: VmSpec, accel: str) -> list[str]:
                 # Only the JSON form of the socket property works (docs/vfio-user-qemu.md §9).
                 "socket": {"type": "unix", "path": str(dev.socket)}, "rombar": 0,
                 **({"x-post-config-writes": True} if dev.post_config_writes else {}),
+                **({"x-doe-batch": True} if dev.doe_batch else {}),
             }, separators=(",", ":")),
         ]
     argv += spec.qemu_args

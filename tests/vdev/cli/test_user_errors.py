@@ -4,6 +4,7 @@ traceback (issue 15).  Each case runs `vdev` in its own process, as a user would
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +43,18 @@ def test_run_refuses_a_profile_that_cannot_reach_run_saying_why() -> None:
                            "(tee_io = false) and secure sessions (no KEY_EX capability), so "
                            "the guest's connect to RUN that `vdev run` checks cannot happen")
     assert "vdev vm --profile auth-only-spdm12" in line
+    assert out.returncode == 1
+
+
+@pytest.mark.parametrize(("option", "spelled"), [("--qemu-ide", "QEMU_IDE=1"),
+                                                 ("--doe-batch", "DOE_BATCH=1")])
+def test_run_on_the_patched_qemu_refuses_a_qemu_of_ones_own(option: str, spelled: str) -> None:
+    """QEMU_IDE=1 and DOE_BATCH=1 need make qemu's QEMU: a QEMU= beside them is refused,
+    not silently replaced."""
+    out = vdev("run", option, env={**os.environ, "QEMU": "/opt/my/qemu-system-x86_64"})
+    line = one_line_error(out, "vdev run:")
+    assert line == f"vdev run: {spelled} runs make qemu's QEMU; leave out " \
+        "QEMU=/opt/my/qemu-system-x86_64"
     assert out.returncode == 1
 
 

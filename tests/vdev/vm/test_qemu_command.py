@@ -53,6 +53,16 @@ def test_posted_config_writes_only_where_asked(tmp_path: Path) -> None:
     assert "x-post-config-writes" not in devs[1]  # stock QEMU would refuse the property
 
 
+def test_doe_batch_only_where_asked(tmp_path: Path) -> None:
+    spec = VmSpec(env=VmEnv(tmp_path, qemu_override=Path("/usr/bin/qemu-x")),
+                  initrd=tmp_path / "i.gz",
+                  devices=[VfioUserAttach(Path("/tmp/a.sock")),
+                           VfioUserAttach(Path("/tmp/b.sock"), id="vu1", doe_batch=True)])
+    devs = [json.loads(a) for a in qemu_command(spec, "tcg") if a.startswith("{")]
+    assert "x-doe-batch" not in devs[0]
+    assert devs[1]["x-doe-batch"] is True and "x-post-config-writes" not in devs[1]
+
+
 def test_console_records() -> None:
     res = VmResult(accel="tcg", returncode=0, timed_out=False, seconds=1.0, argv=[],
                    console=["noise\n", "@@VDEV boot 7.3.4\r\n", "x@@VDEV doe_features a b\n",
