@@ -11,13 +11,14 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from vdev.endpoint.registers import REG_MARKER
 from vdev.vm.demo import BDF, MAILBOX_BDF
 from vdev.vm.env import VmEnvError, find_env
-from vdev.vm.qemu import choose_accel
+from vdev.vm.qemu import VfioUserAttach, choose_accel
 from vdev.vm.session import (
     GuestRun,
     device_server,
@@ -42,34 +43,42 @@ def guest_markers(log: str) -> dict[int, dict[str, int]]:
 
 
 def _delta(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
-    return {k: b[k] - a.get(k, 0) for k in b if k.startswith(("config", "doe_exchanges"))}
+    return {k: b[k] - a.get(k, 0) for k in b
+            if k.startswith(("config", "doe_exchanges", "doe_batch"))}
 
 
 def bench_guest_connect(profile: Path | None = None, *, rounds: int = 1,
                         tsm_data_transfer_size: int | None = None,
-                        cpu: int | None = None) -> dict[str, Any]:
+                        cpu: int | None = None, doe_batch_qemu: Path | None = None,
+                        ) -> dict[str, Any]:
     """Boot the guest once and time `rounds` connect -> RUN -> disconnect cycles with the
     device on `profile` (default: the built-in one).  The first connect is a TSM's first
     sight of the device; later ones repeat the same exchanges on warm processes.  `cpu`
     pins both servers, QEMU and all its threads to that CPU (docs/benchmarks.md §3: a
-    round trip across vCPUs costs about twice one on a single vCPU)."""
+    round trip across vCPUs costs about twice one on a single vCPU).  `doe_batch_qemu`:
+    boot that QEMU (make qemu's) with x-doe-batch on the device."""
     try:
         env = find_env()
     except VmEnvError as exc:
         return {"skipped": str(exc)}
+    if doe_batch_qemu is not None:
+        env = replace(env, qemu_override=doe_batch_qemu)
     saved = os.sched_getaffinity(0)
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})  # inherited by the servers and QEMU
     try:
-        out = _boot_and_connect(env, profile, rounds, tsm_data_transfer_size)
+        out = _boot_and_connect(env, profile, rounds, tsm_data_transfer_size,
+                                doe_batch=doe_batch_qemu is not None)
     finally:
         os.sched_setaffinity(0, saved)
     out["pinned_cpu"] = cpu
+    out["x_doe_batch"] = doe_batch_qemu is not None
     return out
 
 
 def _boot_and_connect(env: Any, profile: Path | None, rounds: int,
-                      tsm_data_transfer_size: int | None) -> dict[str, Any]:
+                      tsm_data_transfer_size: int | None, *,
+                      doe_batch: bool = False) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="vdev-bench-guest-") as tmp:
         work = Path(tmp)
         identity = work / "identity"
@@ -86,7 +95,8 @@ def _boot_and_connect(env: Any, profile: Path | None, rounds: int,
             try:
                 res = GuestRun(
                     env=env, workdir=work, modules=["vdevtest", "vtsm"],
-                    devices=[dev.socket, tsm.socket], timeout=240 + 30 * rounds,
+                    devices=[VfioUserAttach(dev.socket, doe_batch=doe_batch), tsm.socket],
+                    timeout=240 + 30 * rounds,
                     scripts={"50-bench.sh": script("bench-connect.sh", EP=BDF, MB=MAILBOX_BDF,
                                                    MARKER_OFF=f"{REG_MARKER:#x}",
                                                    ROUNDS=str(rounds))},
@@ -157,4 +167,16 @@ def bench_guest_suites(cpu: int | None, rounds: int = 3) -> dict[str, Any]:
         if cpu is not None:
             out["ML-DSA-87/ML-KEM-1024 (pqc), unpinned"] = bench_guest_connect(
                 resolve_profile("pqc"), rounds=rounds)
+    return out
+
+
+def bench_guest_suites_doe_batch(cpu: int | None, qemu: Path, rounds: int = 3,
+                                 ) -> dict[str, Any]:
+    """The `pqc` suite on make qemu's QEMU with x-doe-batch, pinned to `cpu` and unpinned."""
+    from vdev.profiles import resolve_profile
+
+    pqc = resolve_profile("pqc")
+    out = {"unpinned": bench_guest_connect(pqc, rounds=rounds, doe_batch_qemu=qemu)}
+    if cpu is not None:
+        out["pinned"] = bench_guest_connect(pqc, rounds=rounds, cpu=cpu, doe_batch_qemu=qemu)
     return out

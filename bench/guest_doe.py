@@ -74,13 +74,16 @@ def _per_access_ns(value: str | None) -> float | None:
 def bench_guest_doe(cpu: int | None, floor_rtt_us: float | None = None,
                     ours_rtt_us: float | None = None, exchanges: int = 20,
                     reads: int = 2000, qemu: Path | None = None,
-                    post_config_writes: bool = False) -> dict[str, Any]:
+                    post_config_writes: bool = False, doe_batch: bool = False,
+                    guest_accesses: int | None = None) -> dict[str, Any]:
     """One boot; `cpu` pins this process's children (server, QEMU and all its
     threads) to that CPU.  `floor_rtt_us`/`ours_rtt_us` are the pinned C-client
     round trips to the floor server and to `vdev serve` (config_access).
     `qemu` replaces the VM environment's QEMU (`make qemu`'s, whose series has
-    the vfio-user changes of qemu/README.md); `post_config_writes` turns on its
-    x-post-config-writes."""
+    the vfio-user changes of qemu/README.md); `post_config_writes` and `doe_batch`
+    turn on its x-post-config-writes and x-doe-batch.  With x-doe-batch most of
+    the guest's config accesses never reach the server, so the floor is taken
+    over `guest_accesses`, the count a run without it measured."""
     try:
         env = find_env()
     except VmEnvError as exc:
@@ -103,7 +106,8 @@ def bench_guest_doe(cpu: int | None, floor_rtt_us: float | None = None,
             try:
                 res = GuestRun(
                     env=env, workdir=work, modules=["vdevtest"],
-                    devices=[VfioUserAttach(dev.socket, post_config_writes=post_config_writes)],
+                    devices=[VfioUserAttach(dev.socket, post_config_writes=post_config_writes,
+                                            doe_batch=doe_batch)],
                     timeout=300,
                     scripts={"50-doe-bench.sh": script(
                         "doe-bench.sh", EP=BDF, MARKER_OFF=f"{REG_MARKER:#x}", N=reads,
@@ -121,8 +125,13 @@ def bench_guest_doe(cpu: int | None, floor_rtt_us: float | None = None,
         return {"failed": f"{len(times)} exchanges timed, doe rc {rc}, markers {sorted(marks)}",
                 "accel": res.accel}
     a, b = marks[1], marks[2]
-    accesses = ((b["config_reads"] - a["config_reads"])
-                + (b["config_writes"] - a["config_writes"])) / exchanges
+    forwarded_accesses = ((b["config_reads"] - a["config_reads"])
+                          + (b["config_writes"] - a["config_writes"])) / exchanges
+    batch_accesses = ((b["doe_batch_reads"] - a["doe_batch_reads"])
+                      + (b["doe_batch_writes"] - a["doe_batch_writes"])) / exchanges
+    if doe_batch and guest_accesses is None:
+        return {"skipped": "x-doe-batch needs the guest's access count from a run without it"}
+    accesses = guest_accesses if doe_batch and guest_accesses else forwarded_accesses
     exchange_ms = statistics.median(times) / 1e6
     per_access = exchange_ms * 1000 / accesses
     emulated = _per_access_ns(res.value("cfg_emulated"))
@@ -132,10 +141,17 @@ def bench_guest_doe(cpu: int | None, floor_rtt_us: float | None = None,
     out: dict[str, Any] = {
         "qemu": env.qemu_version() + (f" ({qemu})" if qemu else ""),
         "x_post_config_writes": post_config_writes,
+        "x_doe_batch": doe_batch,
         "accel": choose_accel(env),
         "pinned_cpu": cpu,
         "object_bytes": OBJECT,
         "config_accesses_per_exchange": round(accesses),
+        "messages_to_the_server_per_exchange": {
+            "config_accesses": round(forwarded_accesses, 1),
+            "doe_batch_region_accesses": round(batch_accesses, 1),
+        },
+        "server_cpu_ms_per_exchange": round(
+            (b["process_cpu_us"] - a["process_cpu_us"]) / exchanges / 1000, 2),
         "exchange_ms_p50": round(exchange_ms, 2),
         "exchange_ms_all": [round(t / 1e6, 2) for t in times],
         "per_config_access_us": {
