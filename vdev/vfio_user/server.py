@@ -635,7 +635,7 @@ class Connection:
         # A device-specific region's type follows the struct as a capability.  A
         # client whose argsz has no room for it gets the argsz it needs, and neither
         # the CAPS flag nor a cap_offset (QEMU refuses CAPS with cap_offset 0, which
-        # the kernel would send), and asks again (docs/vfio-user-qemu.md §3.3).
+        # the kernel would send), and asks again (docs/vfio-user-qemu.md §3.4).
         need = wire.REGION_INFO_SIZE + wire.REGION_INFO_CAP_TYPE_SIZE
         if req.argsz < need:
             return wire.build(wire.RegionInfo, argsz=need, flags=flags, index=req.index,
