@@ -19,6 +19,7 @@ from pathlib import Path
 import pluggy
 import pytest
 
+from tests.helpers.doe_path import DoePath
 from vdev.vm.env import REPO, VmEnv, VmEnvError, find_env
 from vdev.vm.qemu import choose_accel
 from vdev.vm.qemu_build import ensure_qemu
@@ -52,6 +53,16 @@ def patched_env(vm_env: VmEnv) -> VmEnv:
     missing: a cold build happens in the first test that asks, so such tests
     carry a long timeout."""
     return dataclasses.replace(vm_env, qemu_override=ensure_qemu())
+
+
+@pytest.fixture(params=["config_accesses", "doe_batch"])
+def doe_path(request: pytest.FixtureRequest, vm_env: VmEnv) -> DoePath:
+    """A test taking this runs twice: the guest's DOE accesses forwarded one by one
+    (stock QEMU), and grouped by make qemu's QEMU with x-doe-batch.  The second
+    may build that QEMU first, so such tests carry a long timeout."""
+    if request.param == "doe_batch":
+        return DoePath(request.getfixturevalue("patched_env"), True)
+    return DoePath(vm_env, False)
 
 
 @pytest.fixture

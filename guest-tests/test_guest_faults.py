@@ -24,9 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from tests.helpers.doe_path import DoePath
 from vdev.control.client import call
 from vdev.vm.checks import BAD_DMESG
-from vdev.vm.env import REPO, VmEnv
+from vdev.vm.env import REPO
 from vdev.vm.fault_boot import boot_with_fault_control
 from vdev.vm.session import script, socket_path
 
@@ -34,6 +37,7 @@ EP = "0000:01:00.0"  # the endpoint, behind root port 1 (the TSM mailbox is 02:0
 # The guest waits this long after "@@VDEV arm <step>" for the host to arm the fault
 # (the host needs milliseconds: a console line, one control-socket request).
 ARM_WAIT = 1
+BUILD_TIMEOUT = 3600  # the doe_batch case may build make qemu's QEMU first
 # KEY_EXCHANGE_RSP ends with ResponderVerifyData (SHA-384, 48 bytes, as negotiated by
 # the default profile), preceded by the signature: byte -49 is the signature's last.
 KX_SIGNATURE_LAST = -49
@@ -124,13 +128,16 @@ class Arming:
             self.errors.append(f"{name}: {exc!r}")
 
 
-def test_connect_fails_with_the_errno_of_each_fault(vm_env: VmEnv, workdir: Path) -> None:
+@pytest.mark.timeout(BUILD_TIMEOUT)
+def test_connect_fails_with_the_errno_of_each_fault(doe_path: DoePath, workdir: Path) -> None:
     control = socket_path("device-ctl")
     arming = Arming(control)
-    boot = boot_with_fault_control(vm_env, workdir, {"50-guest-faults.sh": script(
+    boot = boot_with_fault_control(doe_path.env, workdir, {"50-guest-faults.sh": script(
             "guest-faults.sh", EP=EP, ARM_WAIT=ARM_WAIT,
-            STEPS=f'"{" ".join(s.name for s in STEPS)}"')}, control, arming, timeout=300)
+            STEPS=f'"{" ".join(s.name for s in STEPS)}"')}, control, arming, timeout=300,
+            doe_batch=doe_path.doe_batch)
     res, listed = boot.result, boot.rules
+    assert doe_path.applied_to(res)
     device, tsm = boot.servers["device"], boot.servers["tsm"]
     assert res.completed, "guest did not finish; see console.log"
     boot.assert_servers_healthy()

@@ -15,11 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from tests.helpers.doe_path import DoePath
 from vdev.endpoint.measurements import profile_image
 from vdev.profiles import DeviceProfile
 from vdev.vm.checks import BAD_DMESG
 from vdev.vm.env import VmEnv
-from vdev.vm.qemu import VmResult
+from vdev.vm.qemu import VfioUserAttach, VmResult
 from vdev.vm.session import (
     GuestRun,
     ServerProcess,
@@ -31,6 +34,7 @@ from vdev.vm.session import (
 
 EP = "0000:01:00.0"  # the endpoint, behind root port 1
 MBS = ("0000:02:00.0", "0000:03:00.0")  # TSM mailboxes, behind root ports 2 and 3
+BUILD_TIMEOUT = 3600  # the doe_batch cases may build make qemu's QEMU first
 
 # test_vtsm.bad_kernel_lines' markers, plus BAD_DMESG (DOE errors) from vdev.vm.checks.
 _MARKERS = ("WARNING:", "BUG:", "Oops", "Call Trace", "general protection", "KASAN",
@@ -68,10 +72,12 @@ def run_session(
     env: VmEnv, workdir: Path, script_name: str, *,
     device_args: Sequence[str] = (), tsm_args: Sequence[Sequence[str]] = ((),),
     variables: dict[str, object] | None = None, timeout: float = 240,
+    doe_batch: bool = False,
 ) -> Session:
     """`vdev serve` (+ `device_args`), one `vdev tsm serve` with the device's root CA
     as trust anchor and an evidence file per entry of `tsm_args`, and one boot
-    running guest-tests/scripts/`script_name` with EP, MB (first mailbox), MB0..."""
+    running guest-tests/scripts/`script_name` with EP, MB (first mailbox), MB0...
+    `doe_batch`: `env` is make qemu's QEMU, with x-doe-batch on the device."""
     identity = workdir / "identity"
     device = device_server(workdir, "device",
                            extra=["--state-dir", str(identity), *device_args]).start()
@@ -85,7 +91,8 @@ def run_session(
                           *extra], name=f"tsm{i}").start())
         mbs = {f"MB{i}": MBS[i] for i in range(len(tsms))}
         run = GuestRun(env=env, workdir=workdir, modules=["vtsm"],
-                       devices=[device.socket, *(t.socket for t in tsms)],
+                       devices=[VfioUserAttach(device.socket, doe_batch=doe_batch),
+                                *(t.socket for t in tsms)],
                        scripts={f"50-{script_name}": script(
                            script_name, EP=EP, MB=MBS[0], **mbs, **(variables or {}))},
                        timeout=timeout)
@@ -240,15 +247,18 @@ def test_measurement_policy_violation_refuses_then_matching_policy_connects(
 # ---- 3. a device whose DOE answers come too late ----------------------------------
 
 
+@pytest.mark.timeout(BUILD_TIMEOUT)
 def test_doe_response_after_the_kernel_timeout_fails_one_connect_only(
-    vm_env: VmEnv, workdir: Path
+    doe_path: DoePath, workdir: Path
 ) -> None:
     """`vdev serve --doe-delay-ms 1500 --doe-delay-count 1`: the first SPDM response
     is ready 1.5 s after GO.  pci_doe gives up after 1 s (PCI_DOE_TIMEOUT), aborts the
     mailbox and returns -EIO; vtsm hands that to the TSM, the connect fails with EIO.
     The device drops the held response on ABORT; the next connect works."""
-    s = run_session(vm_env, workdir, "vtsm-doe-slow.sh",
-                    device_args=["--doe-delay-ms", "1500", "--doe-delay-count", "1"])
+    s = run_session(doe_path.env, workdir, "vtsm-doe-slow.sh",
+                    device_args=["--doe-delay-ms", "1500", "--doe-delay-count", "1"],
+                    doe_batch=doe_path.doe_batch)
+    assert doe_path.applied_to(s.res)
     v = s.res.value
     expected_failure = "vtsm: connect via tsm0 failed: -5"
     problems = kernel_problems(s.res, [expected_failure])
@@ -297,11 +307,14 @@ def test_doe_response_after_the_kernel_timeout_fails_one_connect_only(
 # ---- 4. FLR while the TDI is in RUN ------------------------------------------------
 
 
-def test_flr_in_run_unlocks_the_tdi_and_the_tsm_sees_it(vm_env: VmEnv, workdir: Path) -> None:
+@pytest.mark.timeout(BUILD_TIMEOUT)
+def test_flr_in_run_unlocks_the_tdi_and_the_tsm_sees_it(doe_path: DoePath,
+                                                        workdir: Path) -> None:
     """`echo 1 > reset` (reset_method flr) while the TDI is in RUN: the device drops it
     to CONFIG_UNLOCKED, the TSM's GET_DEVICE_INTERFACE_STATE over the surviving SPDM
     session says so, STOP works, the guest's disconnect and rmmod are clean."""
-    s = run_session(vm_env, workdir, "vtsm-flr.sh")
+    s = run_session(doe_path.env, workdir, "vtsm-flr.sh", doe_batch=doe_path.doe_batch)
+    assert doe_path.applied_to(s.res)
     v = s.res.value
     problems = kernel_problems(s.res)
     assert problems == [], "\n".join(problems)

@@ -16,7 +16,7 @@ from typing import Any
 
 from vdev.control.client import call
 from vdev.vm.env import VmEnv
-from vdev.vm.qemu import VmResult
+from vdev.vm.qemu import VfioUserAttach, VmResult
 from vdev.vm.session import (
     GuestRun,
     ServerProcess,
@@ -44,9 +44,10 @@ class FaultBoot:
 
 def boot_with_fault_control(vm_env: VmEnv, workdir: Path, scripts: dict[str, bytes],
                             control: Path, on_line: ConsoleHook,
-                            timeout: float) -> FaultBoot:
+                            timeout: float, doe_batch: bool = False) -> FaultBoot:
     """Boot with vtsm; the device serves its control socket at `control` (from
-    `socket_path`), which `on_line` (the console callback) arms faults on."""
+    `socket_path`), which `on_line` (the console callback) arms faults on.
+    `doe_batch`: `vm_env` is make qemu's QEMU, with x-doe-batch on the device."""
     identity = workdir / "identity"
     device = device_server(workdir, "device", extra=[
         "--state-dir", str(identity), "--control", str(control)]).start()
@@ -56,7 +57,8 @@ def boot_with_fault_control(vm_env: VmEnv, workdir: Path, scripts: dict[str, byt
         tsm = servers["tsm"] = tsm_mailbox_server(
             workdir, ["--trust-anchor", str(anchor)]).start()
         run = GuestRun(env=vm_env, workdir=workdir, modules=["vtsm"],
-                       devices=[device.socket, tsm.socket], scripts=scripts, timeout=timeout)
+                       devices=[VfioUserAttach(device.socket, doe_batch=doe_batch), tsm.socket],
+                       scripts=scripts, timeout=timeout)
         result = run.boot(on_line=on_line)
         rules: list[dict[str, Any]] | None = None
         history: list[dict[str, Any]] = []
