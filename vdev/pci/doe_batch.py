@@ -33,12 +33,12 @@ from __future__ import annotations
 import struct
 from collections.abc import Mapping
 
+from vdev.doe.data_object import PCI_SIG_VENDOR_ID
 from vdev.doe.mailbox import DoeMailbox, DoeRejected
 from vdev.pci.device_api import RegionType
+from vdev.pci.doe_cap import EXT_CAP_ID_DOE
 
-PCI_SIG_VENDOR_ID = 0x0001
 VFIO_REGION_TYPE_PCI_VENDOR_TYPE = 1 << 31  # linux/vfio.h
-EXT_CAP_ID_DOE = 0x2E
 REGION_TYPE = RegionType(VFIO_REGION_TYPE_PCI_VENDOR_TYPE | PCI_SIG_VENDOR_ID, EXT_CAP_ID_DOE)
 
 WINDOW_SHIFT = 21
